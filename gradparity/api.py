@@ -1,0 +1,208 @@
+"""``compare``: the pipeline run -> records -> rows -> findings -> report, for layered models."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradparity import __version__, run_numpy, run_torch
+from gradparity.adapt import check_protocol, named_layers, params_of
+from gradparity.align import LayerPair, align_layers, pair_parameters, sync_module
+from gradparity.diff import Row, compare_layer, compare_loss
+from gradparity.errors import InputError
+from gradparity.locate import Finding, first_divergence, locate
+from gradparity.records import LayerRecord
+from gradparity.report import Report
+from gradparity.tolerance import tolerance_for
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def check_finite(name: str, a: np.ndarray) -> None:
+    """One-line refusal of an array holding NaN or infinity, naming it and the first index."""
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))
+        raise InputError(f"{name} holds {len(bad)} non-finite value(s), first at "
+                         f"{tuple(int(i) for i in bad[0])}; pass finite values")
+
+
+def prepare_input(x: Any, dtype: str) -> np.ndarray:
+    """x as a float array of ``dtype``, at least (1, features); refused if not finite."""
+    try:
+        arr = np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"x must be a numeric array: {exc}") from exc
+    if arr.ndim == 0 or arr.size == 0:
+        raise InputError(f"x must hold at least one example, got shape {arr.shape}")
+    arr = arr[None] if arr.ndim == 1 else arr
+    check_finite("x", arr)
+    return arr
+
+
+def prepare_target(target: Any, batch: int, dtype: str) -> np.ndarray:
+    """Integer class indices stay integers (shape (N,)); anything else becomes ``dtype``."""
+    arr = np.atleast_1d(np.asarray(target))
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "f":
+        raise InputError(f"target must be integer classes or a float array, got {arr.dtype}")
+    arr = arr.astype(dtype)
+    check_finite("target", arr)
+    if arr.shape[0] != batch and arr.ndim > 1:
+        raise InputError(f"target has {arr.shape[0]} rows but x has {batch} examples")
+    return arr
+
+
+def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
+    """Default softmax cross-entropy on both sides; a known ours loss gets its torch mirror."""
+    from gradparity.ours import SoftmaxCrossEntropy
+    from gradparity.reference import mirror_loss
+
+    ours_loss = SoftmaxCrossEntropy() if ours_loss is None else ours_loss
+    check_protocol("loss", ours_loss)
+    if reference_loss is None:
+        try:
+            reference_loss = mirror_loss(ours_loss)
+        except TypeError as exc:
+            raise InputError(f"{exc}; pass reference_loss=callable(output, target)") from exc
+    if not callable(reference_loss):
+        raise InputError("reference_loss must be callable(output, target) -> scalar tensor")
+    return ours_loss, reference_loss
+
+
+def _reference_copy(reference_model: Any, dtype: str) -> nn.Module:
+    if not isinstance(reference_model, nn.Module):
+        raise InputError(f"reference model must be a torch.nn.Module, "
+                         f"got {type(reference_model).__name__}")
+    try:
+        model = copy.deepcopy(reference_model)
+    except Exception as exc:
+        raise InputError(f"cannot copy the reference model ({exc}); it must support "
+                         "copy.deepcopy") from exc
+    return model.to(TORCH_DTYPES[dtype]).eval()
+
+
+def _warm(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A different input of the same shape, for the warm-up pass."""
+    spread = max(float(np.std(a)), 1.0)
+    return (a + rng.standard_normal(a.shape) * 0.5 * spread).astype(a.dtype)
+
+
+def run_isolation(pairs: list[LayerPair], ours_loss: Any, reference_loss: Any,
+                  ref_chain: dict[str, LayerRecord], target: np.ndarray,
+                  rng: np.random.Generator, tdtype: torch.dtype
+                  ) -> list[tuple[LayerPair, LayerRecord, LayerRecord]]:
+    """Each layer fed the reference's exact input and a seeded random upstream gradient.
+
+    Random, not the natural dL/dy: the natural upstream can be exactly zero (the assignment
+    network's hidden layer gets dL/dh = 0), which would hide every backward bug there.
+    """
+    results = []
+    for pair in pairs:
+        ref_in = ref_chain[pair.name].input
+        upstream = rng.standard_normal(ref_chain[pair.name].output.shape).astype(ref_in.dtype)
+        warm = _warm(ref_in, rng)
+        ref = run_torch.probe_module(pair, ref_in, upstream, tdtype)
+        ours = run_numpy.probe_layer(pair.layer, ref_in, upstream, warm)
+        results.append((pair, ours, ref))
+    logits = ref_chain["loss"].input
+    ours = run_numpy.probe_loss(ours_loss, logits, target, _warm(logits, rng))
+    ref = run_torch.probe_loss(reference_loss, logits, target, tdtype)
+    results.append((LayerPair("loss", ours_loss, "loss", None), ours, ref))
+    return results
+
+
+def _rows(mode: str, results, tol, batch: int, loss_type: str) -> tuple[list[Row], list[Row]]:
+    """(forward rows in forward order, backward rows in backward order)."""
+    fwd, bwd = [], []
+    for pair, ours, ref in results:
+        if pair.name == "loss":
+            f, b = compare_loss(mode, ours, ref, tol, batch, loss_type)
+        else:
+            f, b = compare_layer(mode, pair, ours, ref, tol, batch)
+        fwd += f
+        bwd = b + bwd
+    return fwd, bwd
+
+
+def _lint_findings(results, mode: str) -> tuple[list[Finding], list[Finding]]:
+    """(root causes, warnings) that need no reference: in-place mutation and aliasing."""
+    roots, warnings = [], []
+    for pair, ours, _ in results:
+        for what in ours.mutated:
+            phase = "forward" if what == "input" else "backward"
+            roots.append(Finding(
+                pair.name, "output" if phase == "forward" else "grad_input", "mutates_input",
+                {"phase": phase, "array": what}, mode=mode,
+                message=(f"{pair.name}: {phase} changed its {what.replace('_', ' ')} in place; "
+                         "work on a copy (the caller still needs the original values)")))
+        warnings += [Finding(pair.name, "grads", "aliased", {"alias": a}, mode=mode,
+                             message=f"{pair.name}: {a}; store a copy") for a in ours.aliases]
+    return roots, warnings
+
+
+def compare(ours_model: Any, reference_model: nn.Module, x: Any, target: Any,
+            ours_loss: Any = None, reference_loss: Any = None,
+            layer_map: dict[str, str] | None = None, dtype: str = "float64",
+            sync_weights: bool = True, seed: int = 0, *, rtol: float | None = None,
+            atol: float | None = None, name: str | None = None) -> Report:
+    """Diff every activation and gradient of a NumPy model against a torch reference.
+
+    x: (N, features) (a 1-D x is one example); target: (N,) integer classes for the default
+    softmax cross-entropy, or an array shaped like the output for other losses.
+    Runs both modes: ``chain`` (end to end) and ``isolate`` (each layer alone on the
+    reference's input and a seeded random upstream gradient). Neither model is modified:
+    both sides run on copies, and ``sync_weights`` copies ours' parameters into the copy.
+    """
+    if dtype not in TORCH_DTYPES:
+        raise InputError(f"dtype must be 'float64' or 'float32', not {dtype!r}")
+    tol = tolerance_for(dtype, rtol, atol)
+    tdtype = TORCH_DTYPES[dtype]
+    layers = named_layers(ours_model)
+    x = prepare_input(x, dtype)
+    target = prepare_target(target, x.shape[0], dtype)
+    ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
+    for lname, layer in layers:
+        for key, value in params_of(layer).items():
+            check_finite(f"parameter {lname}.{key}", np.asarray(value))
+    rng = np.random.default_rng(seed)
+    ref_model = _reference_copy(reference_model, dtype)
+    pairs = align_layers(layers, ref_model, layer_map)
+    pair_parameters(pairs, rng)
+    if sync_weights:
+        for pair in pairs:
+            sync_module(pair.layer, pair.module, pair.params)
+
+    ours_chain = run_numpy.run_chain(layers, ours_loss, x, target, _warm(x, rng))
+    ref_chain = run_torch.run_chain(ref_model, pairs, reference_loss, x, target, tdtype)
+    loss_pair = LayerPair("loss", ours_loss, "loss", None)
+    chain = [(p, ours_chain.get(p.name, LayerRecord()), ref_chain[p.name]) for p in pairs]
+    chain.append((loss_pair, ours_chain.get("loss", LayerRecord()), ref_chain["loss"]))
+    chain = [c for c in chain if c[0].name in ours_chain]
+    isolated = run_isolation(pairs, ours_loss, reference_loss, ref_chain, target, rng, tdtype)
+
+    loss_type = type(getattr(ours_loss, "obj", ours_loss)).__name__
+    batch = x.shape[0]
+    chain_fwd, chain_bwd = _rows("chain", chain, tol, batch, loss_type)
+    iso_fwd, iso_bwd = _rows("isolate", isolated, tol, batch, loss_type)
+    chain_rows, iso_rows = chain_fwd + chain_bwd, iso_fwd + iso_bwd
+    roots = locate(chain_rows, iso_rows)
+    lint_roots, warnings = _lint_findings(isolated, "isolate")
+    notes = [f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error]
+    return Report(
+        dtype=dtype,
+        tolerance=tol.as_dict(),
+        rows=iso_rows + chain_rows,
+        root_causes=roots + lint_roots,
+        warnings=warnings,
+        first_divergence=first_divergence(chain_rows),
+        conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],
+        notes=notes,
+        meta={"model": name or type(ours_model).__name__, "seed": seed, "batch_size": batch,
+              "isolate_upstream": "seeded random normal", "gradparity": __version__,
+              "numpy": np.__version__, "torch": torch.__version__},
+    )

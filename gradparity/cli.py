@@ -1,0 +1,147 @@
+"""Command line: ``gradparity check`` (and later ``train``, ``selftest``).
+
+Exit status: 0 parity, 1 divergence found, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradparity import zoo
+from gradparity.api import compare
+from gradparity.errors import InputError
+from gradparity.report import Report, merge_reports
+
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
+
+
+def load_factory(spec: str) -> Any:
+    """``module:callable`` or ``path/file.py:callable`` -> the callable."""
+    mod_name, sep, attr = spec.rpartition(":")
+    if not sep or not mod_name or not attr:
+        raise InputError(f"expected MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise InputError(f"no such file: {path}")
+            loader = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise InputError(f"cannot import {mod_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"{mod_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
+    """compare() keyword arguments from user factories.
+
+    The ours factory returns a model, or a dict with "model" and optionally "x", "target",
+    "loss", "layer_map"; the reference factory a torch module or a dict with "model" and
+    optionally "loss". Without x, a random batch of 8 is made from the reference's first
+    weight; without target, random classes of its output width.
+    """
+    ours = load_factory(ours_spec)()
+    ref = load_factory(ref_spec)()
+    ours = ours if isinstance(ours, dict) else {"model": ours}
+    ref = ref if isinstance(ref, dict) else {"model": ref}
+    kwargs = {"ours_model": ours["model"], "reference_model": ref["model"],
+              "ours_loss": ours.get("loss"), "reference_loss": ref.get("loss"),
+              "layer_map": ours.get("layer_map")}
+    rng = np.random.default_rng(seed)
+    x = ours.get("x")
+    if x is None:
+        first = next((p for p in ref["model"].parameters() if p.ndim == 2), None)
+        if first is None:
+            raise InputError("cannot infer the input width: return 'x' from the ours factory")
+        x = rng.standard_normal((8, first.shape[1]))
+    target = ours.get("target")
+    if target is None:
+        import torch
+
+        with torch.no_grad():
+            width = ref["model"].double()(torch.as_tensor(np.asarray(x, float))).shape[-1]
+        target = rng.integers(0, width, size=len(x))
+    kwargs.update(x=x, target=target)
+    return kwargs, ours_spec.rpartition(":")[2]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if bool(args.ours) != bool(args.reference):
+        raise InputError("--ours and --reference go together")
+    if args.ours and args.model:
+        raise InputError("give --model or --ours/--reference, not both")
+    reports: list[Report] = []
+    if args.ours:
+        kwargs, name = _custom_setup(args.ours, args.reference, args.seed)
+        reports.append(compare(**kwargs, dtype=args.dtype, seed=args.seed, name=name))
+    else:
+        for model in [args.model] if args.model else zoo.DEFAULT_MODELS:
+            try:
+                setup = zoo.build(model, args.seed)
+            except KeyError as exc:
+                raise InputError(exc.args[0]) from exc
+            reports.append(compare(setup.ours, setup.reference, setup.x, setup.target,
+                                   dtype=args.dtype, seed=args.seed, name=setup.name))
+    report = reports[0] if len(reports) == 1 else merge_reports(reports)
+    out = Path(args.out)
+    report.save(out)
+    if len(reports) > 1:
+        for r in reports:
+            r.save(out / r.meta["model"])
+    if args.format == "json":
+        print(report.to_json(), end="")
+    elif args.format == "md":
+        print(report.to_markdown(), end="")
+    else:
+        for r in reports:
+            print(r.summary())
+        print(f"report: {out / 'report.md'}")
+    return EXIT_OK if report.ok else EXIT_DIVERGED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradparity",
+        description="Diff hand-written NumPy backprop against PyTorch, layer by layer.")
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check", help="compare ours and the reference once (default)")
+    check.add_argument("--model", help=f"a built-in model: {', '.join(zoo.MODELS)}")
+    check.add_argument("--ours", metavar="MOD:FACTORY", help="factory of your NumPy model")
+    check.add_argument("--reference", metavar="MOD:FACTORY", help="factory of the torch model")
+    check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    check.add_argument("--out", default="reports/latest", help="report folder")
+    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--format", choices=["text", "md", "json"], default="text")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["check", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"gradparity: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

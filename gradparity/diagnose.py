@@ -1,0 +1,639 @@
+"""Name the likely bug behind one diverging pair of tensors (ours against the reference).
+
+``diagnose`` runs a fixed sequence of numeric tests and returns the first one that fits to the
+tolerance; a label is never guessed. When the shapes differ: ``transposed`` (2-D, values match
+after transposing), ``not_reduced`` (an extra batch axis that sums, or averages, to the
+reference), otherwise ``shape_mismatch``. When the shapes agree: ``nonfinite``, ``zero``,
+``sign_flipped``, ``batch_reduction``, ``scaled``, ``transposed`` (square),
+``missing_local_derivative``, and ``unexplained`` with the error statistics when nothing fits.
+``accumulated``, ``stale``, ``mutates_input`` and ``raised`` need several steps or the call
+itself, so the harness assigns them.
+
+"Matches" always means ``tensor_diff(ours', hypothesis, tol).ok``: the hypothesis (``-ref``,
+``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the
+tolerance scales with it. Fitted factors count as equal to ``1``, ``-1``, ``N`` or ``1/N`` within
+``max(1e-6, 10 * tol.rtol)`` relative.
+
+``detail`` holds only JSON values; a statistic that is infinite or NaN is stored as ``None``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradparity.metrics import TensorDiff, tensor_diff
+from gradparity.tolerance import Tolerance
+
+LABELS = (
+    "transposed",
+    "sign_flipped",
+    "scaled",
+    "batch_reduction",
+    "not_reduced",
+    "zero",
+    "nonfinite",
+    "missing_local_derivative",
+    "accumulated",
+    "stale",
+    "shape_mismatch",
+    "mutates_input",
+    "raised",
+    "unexplained",
+)
+
+_MAX_LISTED = 20
+# Beyond this rank, subsets of axes to reduce over are too many to try; only axis 0 is tried.
+_MAX_SUBSET_NDIM = 6
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What is wrong with one quantity of one layer.
+
+    ``message`` states the problem with numbers, without a layer prefix; ``fix`` is the likely
+    fix, in the imperative; ``detail`` holds the numbers as JSON values.
+    """
+
+    label: str
+    detail: dict
+    message: str
+    fix: str
+
+    def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"unknown diagnosis label {self.label!r}")
+
+
+@dataclass(frozen=True)
+class _Context:
+    tol: Tolerance
+    quantity: str
+    batch_size: int | None
+    upstream: np.ndarray | None
+    param_shape: tuple[int, ...] | None
+
+    @property
+    def kind(self) -> str:
+        """'grad_input', 'grad', 'output', 'loss', 'param', 'state' or 'other'."""
+        if self.quantity in ("grad_input", "output", "loss"):
+            return self.quantity
+        prefix = self.quantity.split(":", 1)[0]
+        return prefix if ":" in self.quantity and prefix in ("grad", "param", "state") else "other"
+
+    @property
+    def noun(self) -> str:
+        name = self.quantity.split(":", 1)[-1]
+        return {
+            "grad_input": "input gradient",
+            "grad": f"gradient of {name}",
+            "param": f"parameter {name} after the step",
+            "state": f"optimiser state {name}",
+        }.get(self.kind, self.quantity)
+
+
+def diagnose(
+    ours: np.ndarray,
+    ref: np.ndarray,
+    tol: Tolerance,
+    *,
+    quantity: str,
+    batch_size: int | None = None,
+    upstream: np.ndarray | None = None,
+    param_shape: tuple[int, ...] | None = None,
+) -> Diagnosis:
+    """Name what is wrong with ``ours`` given the reference value ``ref``.
+
+    ours: any shape. ref: the correct shape, already in ours' layout where the shapes are
+    compatible. quantity: "output", "grad_input", "grad:<param>", "loss", "param:<name>" or
+    "state:<name>". batch_size: leading dimension of the layer input (needed for
+    ``batch_reduction``). upstream: dL/d(output) fed to backward, shape of the layer output (for
+    ``missing_local_derivative``). param_shape: shape of ours' parameter, for "grad:*".
+
+    Raises ValueError when the pair has equal shapes and matches under ``tol``: a diagnosis is
+    only meaningful for a pair that diverges.
+    """
+    o = np.asarray(ours, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
+    up = None if upstream is None else np.asarray(upstream, dtype=np.float64)
+    ctx = _Context(
+        tol, quantity, batch_size, up, None if param_shape is None else tuple(param_shape)
+    )
+    if o.shape != r.shape:
+        return _diagnose_shapes(o, r, ctx)
+    if _matches(o, r, tol):
+        raise ValueError("pair does not diverge: ours matches the reference under the tolerance")
+    return _diagnose_values(o, r, ctx)
+
+
+def describe_location(mismatch: np.ndarray) -> dict:
+    """Where the ``True`` entries of a boolean mask lie.
+
+    Always: ``count``, ``numel``, ``indices`` (the first 20 mismatching multi-indices, each a
+    list of ints) and ``truncated``. For 2-D masks also: ``rows``/``cols`` (those wholly
+    mismatching), ``rows_hit``/``cols_hit`` (those with any mismatch) with ``n_rows_hit``/
+    ``n_cols_hit`` (lists hold at most 20 entries); for square masks ``diagonal_only`` and
+    ``off_diagonal_only``.
+    """
+    m = np.asarray(mismatch, dtype=bool)
+    where = np.argwhere(m)
+    loc: dict = {
+        "count": int(m.sum()),
+        "numel": int(m.size),
+        "indices": where[:_MAX_LISTED].tolist(),
+        "truncated": bool(len(where) > _MAX_LISTED),
+    }
+    if m.ndim == 2:
+        rows_hit, cols_hit = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        loc.update(
+            rows=np.flatnonzero(m.all(axis=1))[:_MAX_LISTED].tolist(),
+            cols=np.flatnonzero(m.all(axis=0))[:_MAX_LISTED].tolist(),
+            rows_hit=rows_hit[:_MAX_LISTED].tolist(),
+            n_rows_hit=len(rows_hit),
+            cols_hit=cols_hit[:_MAX_LISTED].tolist(),
+            n_cols_hit=len(cols_hit),
+        )
+        if m.shape[0] == m.shape[1]:
+            diag = np.eye(m.shape[0], dtype=bool)
+            loc["diagonal_only"] = bool(m.any() and not (m & ~diag).any())
+            loc["off_diagonal_only"] = bool(m.any() and not (m & diag).any())
+    return loc
+
+
+# ---------------------------------------------------------------- shapes differ
+
+
+def _diagnose_shapes(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
+    """Shape tests; o.shape != r.shape."""
+    # Singleton axes only, e.g. (6, 1) against (6,): a harmless layout the harness may convert.
+    if _squeezed(o.shape) == _squeezed(r.shape):
+        return _shape_mismatch(o, r, ctx, "reshape", o.reshape(r.shape))
+    if o.ndim == 2 and o.T.shape == r.shape:
+        if _matches(o.T, r, ctx.tol):
+            return Diagnosis(
+                "transposed",
+                {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
+                f"{ctx.noun} is the transpose of the reference's: shape {_shape(o.shape)}, "
+                f"the reference {_shape(r.shape)}",
+                _TRANSPOSE_FIX.get(ctx.kind, _TRANSPOSE_FIX["other"]),
+            )
+        return _shape_mismatch(o, r, ctx, "transposed", o.T)
+    found = _not_reduced(o, r, ctx)
+    if found is not None:
+        return found
+    if _find_reduction(r, o, ctx.tol) is not None:
+        return _shape_mismatch(o, r, ctx, "reduced")
+    if o.size == r.size and _matches(o.reshape(r.shape), r, ctx.tol):
+        return _shape_mismatch(o, r, ctx, "reshape", o.reshape(r.shape))
+    return _shape_mismatch(o, r, ctx, "other")
+
+
+def _not_reduced(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    """Ours carries an extra batch axis 0 (maybe with other extra axes) that reduces to ref."""
+    found = _find_reduction(o, r, ctx.tol)
+    if found is None:
+        return None
+    axes, how = found
+    verb, method = ("summed", "sum") if how == "sum" else ("averaged", "mean")
+    axis_arg = str(axes[0]) if len(axes) == 1 else str(axes)
+    if axes == (0,):
+        where = "the batch axis (axis 0)"
+    else:
+        where = f"the batch axis and axes {list(axes[1:])}"
+    example = "grad_out" if ctx.kind == "grad" and how == "sum" else "it"
+    return Diagnosis(
+        "not_reduced",
+        {
+            "ours_shape": list(o.shape),
+            "ref_shape": list(r.shape),
+            "axis": 0,
+            "axes": list(axes),
+            "batch_size": int(o.shape[0]),
+            "reduction": how,
+        },
+        f"{_shape_head(o, r, ctx)}; {verb} over axis {axis_arg} it equals the reference",
+        f"{'sum' if how == 'sum' else 'average'} it over {where}: "
+        f"{example}.{method}(axis={axis_arg})",
+    )
+
+
+def _find_reduction(
+    big: np.ndarray, small: np.ndarray, tol: Tolerance
+) -> tuple[tuple[int, ...], str] | None:
+    """Axes (always including 0) and "sum" or "mean" that reduce ``big`` to ``small``.
+
+    A reduction qualifies when the axes it keeps equal ``small``'s shape up to singleton axes;
+    fewer axes are tried first, and sum before mean.
+    """
+    if big.ndim == 0 or big.ndim <= small.ndim - small.shape.count(1):
+        return None
+    others = range(1, big.ndim) if big.ndim <= _MAX_SUBSET_NDIM else range(0)
+    for k in range(big.ndim):
+        for extra in itertools.combinations(others, k):
+            axes = (0, *extra)
+            kept = tuple(n for i, n in enumerate(big.shape) if i not in axes)
+            if _squeezed(kept) != _squeezed(small.shape):
+                continue
+            for how in ("sum", "mean"):
+                reduced = getattr(big, how)(axis=axes).reshape(small.shape)
+                if _matches(reduced, small, tol):
+                    return axes, how
+    return None
+
+
+def _shape_mismatch(
+    o: np.ndarray, r: np.ndarray, ctx: _Context, layout: str, aligned: np.ndarray | None = None
+) -> Diagnosis:
+    """``layout``: "reshape", "transposed", "reduced" (ours lacks an axis the reference keeps)
+    or "other"; ``aligned``: ours brought to ref's shape by that layout, when there is one."""
+    detail: dict = {"ours_shape": list(o.shape), "ref_shape": list(r.shape), "layout": layout}
+    if ctx.param_shape is not None:
+        detail["param_shape"] = list(ctx.param_shape)
+    head = _shape_head(o, r, ctx)
+    if aligned is None:
+        fixes = {
+            "reduced": f"keep the batch axis: the reference has one entry per example, shape "
+            f"{_shape(r.shape)}; ours summed or averaged over it",
+            "other": f"give it the shape {_shape(r.shape)}: a gradient has the shape of what it "
+            "differentiates; check which axes the formula keeps and which it sums over",
+        }
+        if layout == "reduced":
+            head += "; the reference reduced over its batch axis equals ours"
+        return Diagnosis("shape_mismatch", detail, head, fixes[layout])
+    if layout == "transposed":
+        verb, imperative = "transposing", _TRANSPOSE_FIX.get(ctx.kind, _TRANSPOSE_FIX["other"])
+    else:
+        verb, imperative = (
+            "reshaping",
+            f"reshape it to {_shape(r.shape)}: .reshape({_shape(r.shape)})",
+        )
+    detail["values_match"] = _matches(aligned, r, ctx.tol)
+    if detail["values_match"]:
+        return Diagnosis(
+            "shape_mismatch", detail, f"{head}; the values match after {verb}", imperative
+        )
+    inner = _diagnose_values(aligned, r, ctx)
+    detail["after_layout"] = {"label": inner.label, "detail": inner.detail}
+    return Diagnosis(
+        "shape_mismatch",
+        detail,
+        f"{head}; after {verb}: {inner.message}",
+        f"{imperative}; then {inner.fix}",
+    )
+
+
+def _shape_head(o: np.ndarray, r: np.ndarray, ctx: _Context) -> str:
+    if ctx.param_shape is not None and o.shape != ctx.param_shape:
+        return f"{ctx.noun} has shape {_shape(o.shape)}, the parameter {_shape(ctx.param_shape)}"
+    return f"{ctx.noun} has shape {_shape(o.shape)}, the reference {_shape(r.shape)}"
+
+
+# ---------------------------------------------------------------- same shape
+
+
+def _diagnose_values(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
+    """Value tests in order; o and r have the same shape and do not match."""
+    tests = (
+        _nonfinite,
+        _zero,
+        _sign_flipped,
+        _batch_reduction,
+        _scaled,
+        _transposed_square,
+        _missing_local_derivative,
+    )
+    for test in tests:
+        found = test(o, r, ctx)
+        if found is not None:
+            return found
+    return _unexplained(o, r, ctx)
+
+
+def _nonfinite(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    bad = ~np.isfinite(o) & np.isfinite(r)
+    if not bad.any():
+        return None
+    first = np.unravel_index(int(np.argmax(bad)), o.shape)
+    n_nan, n_inf = int(np.isnan(o[bad]).sum()), int(np.isinf(o[bad]).sum())
+    return Diagnosis(
+        "nonfinite",
+        {
+            "nan": n_nan,
+            "inf": n_inf,
+            "numel": int(o.size),
+            "first_index": [int(i) for i in first],
+            "ref_at_first": float(r[first]),
+        },
+        f"{ctx.noun} has {n_nan} NaN and {n_inf} infinite values where the reference is finite "
+        f"({_at(first, 'first at ')}the reference is {_fmt(r[first])} there)",
+        "find the exp, log, division or sqrt that overflows or divides by zero and use a stable "
+        "form: subtract the row max before exp, clip probabilities before log, add a small eps "
+        "before dividing",
+    )
+
+
+_ZERO_FIX = {
+    "grad": "the gradient is never written, or is written to a copy: assign the computed value "
+    "into layer.grads[key] in backward",
+    "grad_input": "backward returns zeros: return the computed dL/dx (e.g. grad_out @ W.T), not "
+    "a freshly allocated array",
+    "output": "forward returns zeros: return the computed result, not a buffer that is never "
+    "filled",
+    "loss": "the loss is zero: compute it from the logits and the targets and return it",
+    "param": "the parameter was zeroed: update it in place (p -= lr * g) instead of replacing it",
+    "state": "the optimiser state stays zero: update it every step and store it back",
+    "other": "the value is never computed: check that it is written and returned",
+}
+
+
+def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    if not (np.all(o == 0) and np.any(r != 0)):
+        return None
+    ref_max = float(np.max(np.abs(r)))
+    return Diagnosis(
+        "zero",
+        {"numel": int(o.size), "ref_max_abs": _num(ref_max)},
+        f"{ctx.noun} is all zeros; the reference's largest magnitude is {_fmt(ref_max)}",
+        _ZERO_FIX[ctx.kind],
+    )
+
+
+_SIGN_FIX = {
+    "grad": "flip the sign: check the order of a subtraction (softmax - onehot, not onehot - "
+    "softmax) and that the minus of a derivative such as d(1 - x)/dx is kept",
+    "param": "step against the gradient: p -= lr * grad, not p += lr * grad",
+    "state": "flip the sign in the state update, e.g. m = beta * m + (1 - beta) * grad",
+    "loss": "the loss is -log(p) of the true class: restore the minus sign",
+    "other": "flip the sign: check the order of a subtraction",
+}
+
+
+def _sign_flipped(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    if not _matches(-o, r, ctx.tol):
+        return None
+    at = np.unravel_index(int(np.argmax(np.abs(np.nan_to_num(r)))), r.shape)
+    kind = "grad" if ctx.kind == "grad_input" else ctx.kind
+    return Diagnosis(
+        "sign_flipped",
+        {"factor": -1.0},
+        f"{ctx.noun} has the opposite sign of the reference's everywhere ({_at(at)}"
+        f"ours {_fmt(o[at])}, reference {_fmt(r[at])})",
+        _SIGN_FIX.get(kind, _SIGN_FIX["other"]),
+    )
+
+
+def _fit_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> float | None:
+    """Least-squares f with o ≈ f * r, or None unless o matches f * r under ``tol``."""
+    if not (np.isfinite(o).all() and np.isfinite(r).all()):
+        return None
+    rr = float(np.vdot(r, r))
+    if rr == 0.0:
+        return None
+    f = float(np.vdot(o, r)) / rr
+    if f == 0.0 or not np.isfinite(f):
+        return None
+    return f if _matches(o, f * r, tol) else None
+
+
+def _close(a: float, b: float, tol: Tolerance) -> bool:
+    """a equals b within the factor closeness of the module docstring."""
+    return abs(a - b) <= max(1e-6, 10 * tol.rtol) * abs(b)
+
+
+def _batch_reduction(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    n = ctx.batch_size
+    if n is None or n <= 1:
+        return None
+    f = _fit_factor(o, r, ctx.tol)
+    if f is None:
+        return None
+    if _close(f, n, ctx.tol):
+        ours_red, ref_red = "sum", "mean"
+        message = (
+            f"values are {_fmt(f)} times the reference's, the batch size: ours sums over the "
+            "batch where the reference averages"
+        )
+        fix = (
+            "average the per-example losses over the batch instead of summing them"
+            if ctx.kind == "loss"
+            else f"divide by the batch size ({n}) exactly once, where the loss averages over the "
+            f"batch: dL/dlogits = (softmax - onehot) / {n}"
+        )
+    elif _close(f, 1 / n, ctx.tol):
+        ours_red, ref_red = "mean", "sum"
+        message = (
+            f"values are 1/{n} of the reference's (factor {_fmt(f)}): ours averages over the "
+            "batch where the reference sums, or divides by the batch size twice"
+        )
+        fix = (
+            "sum the per-example losses over the batch, as the reference does"
+            if ctx.kind == "loss"
+            else f"remove the extra division by the batch size ({n}): the 1/{n} of a mean loss "
+            "belongs in dL/dlogits only, and a layer's backward must not divide again"
+        )
+    else:
+        return None
+    detail = {
+        "factor": f,
+        "batch_size": int(n),
+        "ours_reduction": ours_red,
+        "ref_reduction": ref_red,
+    }
+    return Diagnosis("batch_reduction", detail, message, fix)
+
+
+def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    # One element always fits some factor, so a fit says nothing there.
+    f = _fit_factor(o, r, ctx.tol) if o.size > 1 else None
+    if f is None or _close(f, 1.0, ctx.tol) or _close(f, -1.0, ctx.tol):
+        return None
+    residual = float(np.linalg.norm(o - f * r) / np.linalg.norm(o))
+    return Diagnosis(
+        "scaled",
+        {"factor": f, "residual": residual},
+        f"values are {_fmt(f)} times the reference's",
+        _scaled_fix(f, ctx),
+    )
+
+
+def _scaled_fix(f: float, ctx: _Context) -> str:
+    if _close(abs(f), 2.0, ctx.tol):
+        fix = (
+            "remove the extra factor of 2: d(0.5 * x**2)/dx is x, not 2x; or a term is added twice"
+        )
+    elif _close(abs(f), 0.5, ctx.tol):
+        fix = "a factor of 2 is missing: d(x**2)/dx is 2x; or a term that appears twice is counted once"
+    elif ctx.kind in ("param", "state"):
+        fix = (
+            f"find the extra factor of {_fmt(f)}: check the learning rate, the momentum/beta "
+            "coefficients and the bias correction"
+        )
+    else:
+        fix = (
+            f"find the extra constant factor of {_fmt(f)} in the formula: a wrong constant, or a "
+            "normalisation applied twice"
+        )
+    return fix + ("; the sign is flipped as well" if f < 0 else "")
+
+
+_TRANSPOSE_FIX = {
+    "grad": "transpose it: for a weight stored (in, out) the gradient is x.T @ grad_out, not "
+    "grad_out.T @ x",
+    "grad_input": "transpose it: dL/dx has the input's shape, e.g. grad_out @ W.T for a weight "
+    "stored (in, out)",
+    "other": "transpose it: check the order of the matrix product (x @ W for a weight stored "
+    "(in, out))",
+}
+
+
+def _transposed_square(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    if o.ndim != 2 or o.shape[0] != o.shape[1] or not _matches(o.T, r, ctx.tol):
+        return None
+    return Diagnosis(
+        "transposed",
+        {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
+        f"{ctx.noun} is the transpose of the reference's (both have shape {_shape(o.shape)})",
+        _TRANSPOSE_FIX.get(ctx.kind, _TRANSPOSE_FIX["other"]),
+    )
+
+
+def _missing_local_derivative(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    up = ctx.upstream
+    if ctx.kind != "grad_input" or up is None or up.shape != o.shape:
+        return None
+    if not _matches(o, up, ctx.tol):
+        return None
+    ref_vs_up = _rel_norm(r, up)
+    return Diagnosis(
+        "missing_local_derivative",
+        {"ref_rel_diff_to_upstream": _num(ref_vs_up)},
+        f"{ctx.noun} equals the upstream gradient: the local derivative was not multiplied in "
+        f"(the reference differs from the upstream gradient by {_fmt(ref_vs_up)} relative)",
+        "multiply grad_out by the layer's local derivative, e.g. grad_out * s * (1 - s) for a "
+        "sigmoid, grad_out * (x > 0) for a ReLU",
+    )
+
+
+def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
+    d = _diff(o, r, ctx.tol)
+    mismatch, err = _mismatch(o, r, ctx.tol)
+    loc = describe_location(mismatch)
+    worst = np.unravel_index(int(np.argmax(err)), o.shape)
+    with np.errstate(invalid="ignore"):
+        flipped = np.sign(o[mismatch]) != np.sign(r[mismatch])
+    sign_frac = float(flipped.mean()) if flipped.size else 0.0
+    detail = {
+        "max_abs": _num(d.max_abs),
+        "max_rel": _num(d.max_rel),
+        "rel_norm": _num(_rel_norm(o, r)),
+        "cosine": d.cosine,
+        "mismatch_frac": d.mismatch_frac,
+        "mismatch_count": d.mismatch_count,
+        "numel": d.numel,
+        "worst_index": [int(i) for i in worst],
+        "ours_at_worst": _num(o[worst]),
+        "ref_at_worst": _num(r[worst]),
+        "sign_differs_frac": sign_frac,
+        "location": loc,
+    }
+    region = _region(loc, o.shape)
+    message = (
+        f"values differ in {d.mismatch_count} of {d.numel} elements ({100 * d.mismatch_frac:.1f}%)"
+        f"{', all ' + region[0] if region else ''}; max abs error {_fmt(err[worst])}"
+        f"{' at ' + _index(worst) if o.ndim else ''}: ours {_fmt(o[worst])}, "
+        f"reference {_fmt(r[worst])}"
+    )
+    if sign_frac >= 0.5:
+        message += f"; {100 * sign_frac:.0f}% of the differing elements have the opposite sign"
+    fix = f"compare the formula for the {ctx.noun} with the reference's term by term"
+    if region:
+        fix += f"; the error is confined to {region[1]}"
+    return Diagnosis("unexplained", detail, message, fix)
+
+
+def _region(loc: dict, shape: tuple[int, ...]) -> tuple[str, str] | None:
+    """(message phrase, fix phrase) naming where the mismatches lie, or None if everywhere."""
+    count = loc["count"]
+    if count == 0 or count == loc["numel"]:
+        return None
+    indices = [tuple(i) for i in loc["indices"]]
+    if count <= 3:
+        listed = ", ".join(_index(i) for i in indices)
+        return f"at {listed}", listed
+    if len(shape) == 1:
+        return None
+    if len(shape) == 2:
+        if loc["n_rows_hit"] < shape[0] and not loc["n_rows_hit"] > _MAX_LISTED:
+            return f"in rows {loc['rows_hit']}", f"rows {loc['rows_hit']}"
+        if loc["n_cols_hit"] < shape[1] and not loc["n_cols_hit"] > _MAX_LISTED:
+            return f"in columns {loc['cols_hit']}", f"columns {loc['cols_hit']}"
+        if loc.get("diagonal_only"):
+            return "on the diagonal", (
+                "the diagonal: check the terms that apply only when i == j (e.g. the delta_ij "
+                "of the softmax Jacobian)"
+            )
+        if loc.get("off_diagonal_only"):
+            return "off the diagonal", "the off-diagonal elements: check the cross terms (i != j)"
+    return None
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _diff(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> TensorDiff:
+    # tensor_diff's cosine maps inf to the largest float, whose squared norm overflows.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return tensor_diff(a, b, tol)
+
+
+def _matches(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
+    return a.shape == b.shape and _diff(a, b, tol).ok
+
+
+def _mismatch(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
+    """(mismatch mask, absolute error), elementwise exactly as ``tensor_diff`` counts them."""
+    same_nonfinite = ~np.isfinite(o) & ~np.isfinite(r) & (o == r)
+    allowed = tol.allowed(np.where(np.isfinite(r), r, 0.0))
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(o - r)
+    err = np.where(same_nonfinite, 0.0, err)
+    err = np.where(np.isnan(err), np.inf, err)
+    return err > allowed, err
+
+
+def _rel_norm(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| over the entries finite on both sides (inf when b is zero, a not)."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    num, den = float(np.linalg.norm(a - b)), float(np.linalg.norm(b))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n != 1)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(int(n) for n in shape))
+
+
+def _at(index: tuple, prefix: str = "at ") -> str:
+    """``prefix`` and the index followed by ", ", or "" for a scalar (0-D) index."""
+    return f"{prefix}{_index(index)}, " if index else ""
+
+
+def _index(index: tuple) -> str:
+    return str(tuple(int(i) for i in index))
+
+
+def _fmt(x: float) -> str:
+    return f"{float(x):.4g}"

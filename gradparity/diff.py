@@ -1,0 +1,135 @@
+"""Compare stage: one record pair (ours, reference) of a layer becomes table rows.
+
+Reference values are converted into ours' layout first, so every shape and index in a row is
+the one the user sees in their own code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from gradparity.align import LayerPair
+from gradparity.diagnose import diagnose
+from gradparity.metrics import tensor_diff
+from gradparity.records import LayerRecord
+from gradparity.reference.layout import to_ours_layout
+from gradparity.tolerance import Tolerance
+
+
+@dataclass
+class Row:
+    """One compared tensor: the unit of the report table (design schema plus extras)."""
+
+    mode: str
+    layer: str
+    type: str
+    quantity: str
+    shape_ours: list[int] | None
+    shape_ref: list[int] | None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    cosine: float | None = None
+    mismatch_frac: float | None = None
+    worst_index: list[int] | None = None
+    ours_at_worst: float | None = None
+    ref_at_worst: float | None = None
+    allowed_at_worst: float | None = None
+    status: str = "ok"
+    diagnosis: str | None = None
+    message: str = ""
+    fix: str = ""
+    conversion: str = ""
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        return self.status != "ok"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _shape(a: np.ndarray | None) -> list[int] | None:
+    return None if a is None else [int(d) for d in np.shape(a)]
+
+
+def compare_tensor(mode: str, pair_name: str, type_name: str, quantity: str,
+                   ours: np.ndarray | None, ref: np.ndarray, tol: Tolerance, *,
+                   batch_size: int | None = None, upstream: np.ndarray | None = None,
+                   param_shape: tuple[int, ...] | None = None, conversion: str = "") -> Row:
+    """Row for one tensor pair; ``ours`` None means the layer never produced it."""
+    row = Row(mode, pair_name, type_name, quantity, _shape(ours), _shape(ref),
+              conversion=conversion)
+    if ours is None:
+        row.status = "diverged"
+        return row
+    ours = np.asarray(ours)
+    if ours.shape == ref.shape:
+        d = tensor_diff(ours, ref, tol)
+        row.max_abs, row.max_rel, row.cosine = d.max_abs, d.max_rel, d.cosine
+        row.mismatch_frac = d.mismatch_frac
+        row.worst_index = list(d.worst_index) if d.worst_index is not None else None
+        row.ours_at_worst, row.ref_at_worst = d.ours_at_worst, d.ref_at_worst
+        row.allowed_at_worst = d.allowed_at_worst
+        if d.ok:
+            return row
+    row.status = "diverged"
+    diag = diagnose(ours, ref, tol, quantity=quantity, batch_size=batch_size,
+                    upstream=upstream, param_shape=param_shape)
+    row.diagnosis, row.detail = diag.label, dict(diag.detail)
+    row.message, row.fix = diag.message, diag.fix
+    return row
+
+
+def compare_layer(mode: str, pair: LayerPair, ours: LayerRecord, ref: LayerRecord,
+                  tol: Tolerance, batch_size: int) -> tuple[list[Row], list[Row]]:
+    """(forward rows, backward rows) for one layer. A layer that raised yields one ``raised``
+    row for the failing phase; quantities it never reached are left out."""
+    fwd = [_raised(mode, pair, ours)] if _failed(ours, "forward") else [
+        compare_tensor(mode, pair.name, pair.type_name, "output", ours.output, ref.output, tol,
+                       batch_size=batch_size)
+    ]
+    if ours.error is not None and ours.error["phase"] == "forward":
+        return fwd, []
+    if ours.grad_input is None and ours.error is None:
+        return fwd, []
+    if _failed(ours, "backward"):
+        return fwd, [_raised(mode, pair, ours)]
+    bwd = [compare_tensor(mode, pair.name, pair.type_name, "grad_input", ours.grad_input,
+                          ref.grad_input, tol, batch_size=batch_size, upstream=ours.grad_output)]
+    for p in pair.params:
+        expected = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
+        bwd.append(compare_tensor(mode, pair.name, pair.type_name, f"grad:{p.key}",
+                                  ours.grads.get(p.key), expected, tol, batch_size=batch_size,
+                                  upstream=ours.grad_output, param_shape=p.ours_shape,
+                                  conversion=p.conversion))
+    return fwd, bwd
+
+
+def compare_loss(mode: str, ours: LayerRecord, ref: LayerRecord, tol: Tolerance,
+                 batch_size: int, type_name: str) -> tuple[list[Row], list[Row]]:
+    """Rows of the loss, seen as the layer named "loss": output = value, grad_input = dL/dz."""
+    pair = LayerPair("loss", None, "loss", None)
+    if _failed(ours, "forward"):
+        return [_raised(mode, pair, ours, type_name)], []
+    fwd = [compare_tensor(mode, "loss", type_name, "output", ours.output, ref.output, tol)]
+    if _failed(ours, "backward"):
+        return fwd, [_raised(mode, pair, ours, type_name)]
+    return fwd, [compare_tensor(mode, "loss", type_name, "grad_input", ours.grad_input,
+                                ref.grad_input, tol, batch_size=batch_size)]
+
+
+def _failed(rec: LayerRecord, phase: str) -> bool:
+    return rec.error is not None and rec.error["phase"] == phase
+
+
+def _raised(mode: str, pair: LayerPair, rec: LayerRecord, type_name: str | None = None) -> Row:
+    err = rec.error
+    quantity = "output" if err["phase"] == "forward" else "grad_input"
+    where = f" at {err['where']}" if err.get("where") else ""
+    return Row(mode, pair.name, type_name or pair.type_name, quantity, None, None,
+               status="diverged", diagnosis="raised", detail=dict(err),
+               message=f"{err['phase']} raised {err['type']}: {err['message']}{where}",
+               fix=f"fix the exception in {err['phase']}")

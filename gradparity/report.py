@@ -1,0 +1,195 @@
+"""The report object: verdict, root causes, the table, and writing them to a folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from gradparity.diff import Row
+from gradparity.locate import Finding, place
+
+TABLE_COLUMNS = ["mode", "layer", "type", "quantity", "shape_ours", "shape_ref", "max_abs",
+                 "max_rel", "cosine", "mismatch_frac", "worst_index", "ours_at_worst",
+                 "ref_at_worst", "allowed_at_worst", "status", "diagnosis", "conversion"]
+_STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
+
+
+def _json_safe(value):
+    """Strict-JSON value: non-finite floats become "inf"/"-inf"/"nan", tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return _json_safe(value.item())
+    return value
+
+
+def _num(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def write_atomic(directory: Path, name: str, data: str | bytes) -> Path:
+    """Write ``directory/name`` via a temp file in the same folder and a rename, so a reader
+    never sees half a file and a failed write leaves the old one in place."""
+    target = directory / name
+    if target.resolve().parent != directory.resolve():
+        raise ValueError(f"refusing to write outside {directory}: {name}")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+@dataclass
+class Report:
+    """Result of a comparison. ``ok`` is True when nothing diverged and nothing was found."""
+
+    dtype: str
+    tolerance: dict
+    rows: list[Row]
+    root_causes: list[Finding]
+    warnings: list[Finding] = field(default_factory=list)
+    first_divergence: dict = field(default_factory=dict)
+    conversions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.root_causes and not any(r.diverged for r in self.rows)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per (mode, layer, quantity), in run order."""
+        return pd.DataFrame([r.as_dict() for r in self.rows], columns=[*TABLE_COLUMNS, "message"])
+
+    def to_dict(self) -> dict:
+        """The report.json content (design schema; deterministic for a given seed)."""
+        rows = []
+        for r in self.rows:
+            d = r.as_dict()
+            d.pop("detail")
+            rows.append(d)
+        return _json_safe({
+            "ok": self.ok,
+            "dtype": self.dtype,
+            "tolerance": self.tolerance,
+            "root_causes": [f.as_dict() for f in self.root_causes],
+            "warnings": [f.as_dict() for f in self.warnings],
+            "first_divergence": self.first_divergence,
+            "conversions": self.conversions,
+            "notes": self.notes,
+            "meta": self.meta,
+            "rows": rows,
+        })
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def summary(self) -> str:
+        """A few lines for a terminal: verdict, then each root cause's message."""
+        name = self.meta.get("model", "model")
+        n_layers = len({r.layer for r in self.rows})
+        if self.ok:
+            return (f"{name}: parity OK ({n_layers} layers, {len(self.rows)} tensors, "
+                    f"{self.dtype}, rtol {self.tolerance['rtol']:g})")
+        lines = [f"{name}: {len(self.root_causes)} root cause(s)"]
+        lines += [f"  - [{f.diagnosis}] {f.message}" for f in self.root_causes]
+        lines += [f"  ! {w.message}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """report.md: verdict and root causes first, then the tables, problems first."""
+        out = [f"# gradparity report: {self.meta.get('model', 'model')}", ""]
+        out.append("**Parity: OK**" if self.ok else
+                   f"**Divergence: {len(self.root_causes)} root cause(s)**")
+        out.append("")
+        if self.root_causes:
+            out += ["## Root causes", ""]
+            out += [f"{i}. `{f.diagnosis}` **{place(f.layer, f.quantity)}**: {f.message}"
+                    for i, f in enumerate(self.root_causes, 1)]
+            out.append("")
+        if self.warnings:
+            out += ["## Warnings", ""] + [f"- `{w.diagnosis}` {w.message}" for w in self.warnings]
+            out.append("")
+        first = {k: v for k, v in self.first_divergence.items() if v}
+        if first:
+            out += ["## First divergence in the chain run", ""]
+            out += [f"- {k}: {place(v['layer'], v['quantity'])}" for k, v in first.items()]
+            out.append("")
+        for mode in ("isolate", "chain"):
+            rows = [r for r in self.rows if r.mode == mode]
+            if rows:
+                out += [f"## {mode} rows", "", *self._md_table(rows), ""]
+        out += ["## Run details", "", f"- dtype: {self.dtype}",
+                f"- tolerance: {json.dumps(_json_safe(self.tolerance))}"]
+        out += [f"- {k}: {v}" for k, v in self.meta.items()]
+        out += [f"- layout: {c}" for c in self.conversions]
+        out += [f"- note: {n}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+    @staticmethod
+    def _md_table(rows: list[Row], max_ok: int = 30) -> list[str]:
+        cols = ["layer", "quantity", "status", "diagnosis", "shape_ours", "shape_ref", "max_abs",
+                "max_rel", "cosine", "mismatch_frac", "worst_index"]
+        ordered = sorted(rows, key=lambda r: _STATUS_RANK[r.status])
+        ok_rows = [r for r in ordered if r.status == "ok"]
+        shown = [r for r in ordered if r.status != "ok"] + ok_rows[:max_ok]
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in shown:
+            d = r.as_dict()
+            lines.append("| " + " | ".join(_num(d[c]) for c in cols) + " |")
+        if len(ok_rows) > max_ok:
+            lines.append(f"\n... and {len(ok_rows) - max_ok} more ok rows (see table.csv)")
+        return lines
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write report.json, report.md and table.csv into ``directory`` (created if needed).
+
+        Each file is written atomically; nothing else in the folder is touched.
+        """
+        out = Path(directory)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"report folder {out} exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, "report.json", self.to_json())
+        write_atomic(out, "report.md", self.to_markdown())
+        write_atomic(out, "table.csv", self.table.to_csv(index=False))
+        return out
+
+
+def merge_reports(reports: list[Report]) -> Report:
+    """One report over several models: layer names become "model/layer"."""
+    rows, roots, warnings = [], [], []
+    for rep in reports:
+        prefix = f"{rep.meta.get('model', 'model')}/"
+        for r in rep.rows:
+            rows.append(Row(**{**r.as_dict(), "layer": prefix + r.layer}))
+        for bucket, found in ((roots, rep.root_causes), (warnings, rep.warnings)):
+            bucket += [Finding(**{**f.as_dict(), "layer": prefix + f.layer}) for f in found]
+    first = reports[0]
+    return Report(dtype=first.dtype, tolerance=first.tolerance, rows=rows, root_causes=roots,
+                  warnings=warnings,
+                  conversions=[c for rep in reports for c in rep.conversions],
+                  notes=[n for rep in reports for n in rep.notes],
+                  meta={"model": "+".join(r.meta.get("model", "model") for r in reports),
+                        **{k: v for k, v in first.meta.items() if k != "model"}})

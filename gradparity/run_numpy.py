@@ -1,0 +1,147 @@
+"""Driving NumPy layers through the protocol: the whole chain, or one layer in isolation.
+
+Every run works on deep copies, so the user's objects are never touched and left-over state
+(caches in lists, gradients accumulated with ``+=``) cannot leak between runs. Each run is
+preceded by a forward pass on a different input, as in training, so a layer whose backward
+uses a stale cached input is caught rather than accidentally right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+import numpy as np
+
+from gradparity.adapt import grads_of, params_of
+from gradparity.records import LayerRecord, error_info, same_values, snapshot
+
+
+def zero_grads(layer: Any) -> None:
+    """Zero the layer's existing gradient arrays in place (layers that do ``grads[k] += ...``)."""
+    for grad in grads_of(layer).values():
+        if isinstance(grad, np.ndarray) and grad.flags.writeable:
+            grad[...] = 0
+
+
+def _warm_up(layers: list[tuple[str, Any]], x_warm: np.ndarray) -> None:
+    h = x_warm
+    for _, layer in layers:
+        try:
+            h = np.asarray(layer.forward(h.copy()))
+        except Exception:  # the real pass reports errors; the warm-up only leaves state behind
+            return
+
+
+def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
+    rec.input = snapshot(x)
+    fed = x.copy()
+    try:
+        out = layer.forward(fed)
+        if out is None:
+            raise TypeError("forward returned None instead of an array")
+    except Exception as exc:
+        rec.error = error_info("forward", exc)
+        return None
+    if not same_values(fed, rec.input):
+        rec.mutated.append("input")
+    rec.output = snapshot(out)
+    return rec.output
+
+
+def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
+    rec.grad_output = snapshot(grad_out)
+    fed = grad_out.copy()
+    try:
+        grad_in = layer.backward(fed)
+        if grad_in is None:
+            raise TypeError("backward returned None instead of dL/dx")
+    except Exception as exc:
+        rec.error = error_info("backward", exc)
+        return None
+    if not same_values(fed, rec.grad_output):
+        rec.mutated.append("grad_output")
+    grads = grads_of(layer)
+    params = params_of(layer)
+    rec.aliases = _aliases(grads, params, fed, grad_in)
+    rec.grads = {k: snapshot(v) for k, v in grads.items()}
+    rec.grad_input = snapshot(grad_in)
+    return rec.grad_input
+
+
+def _aliases(grads: dict, params: dict, grad_out: np.ndarray, grad_in: Any) -> list[str]:
+    """Gradient arrays sharing memory with a parameter or another gradient (an optimiser step
+    would then corrupt one through the other)."""
+    found = []
+    named = [(f"param {k}", v) for k, v in params.items()] + [("grad_output", grad_out)]
+    keys = list(grads)
+    for i, k in enumerate(keys):
+        g = grads[k]
+        if not isinstance(g, np.ndarray):
+            continue
+        others = named + [(f"grad {o}", grads[o]) for o in keys[i + 1:]]
+        found += [f"grad {k} shares memory with {name}" for name, arr in others
+                  if isinstance(arr, np.ndarray) and np.shares_memory(g, arr)]
+    return found
+
+
+def run_chain(layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray,
+              x_warm: np.ndarray) -> dict[str, LayerRecord]:
+    """Forward through every layer and the loss, then backward; records keyed by layer name
+    plus "loss". A layer that raises ends the pass there (later layers get no record)."""
+    layers = copy.deepcopy(layers)
+    loss = copy.deepcopy(loss)
+    _warm_up(layers, x_warm)
+    for _, layer in layers:
+        zero_grads(layer)
+    records: dict[str, LayerRecord] = {}
+    h: np.ndarray | None = x
+    for name, layer in layers:
+        records[name] = LayerRecord()
+        h = _forward(layer, h, records[name])
+        if h is None:
+            return records
+    records["loss"] = loss_rec = LayerRecord(input=snapshot(h))
+    try:
+        loss_rec.output = np.asarray(float(loss.forward(h.copy(), target)))
+        g = snapshot(loss.backward())
+    except Exception as exc:
+        loss_rec.error = error_info("forward" if loss_rec.output is None else "backward", exc)
+        return records
+    loss_rec.grad_input = g
+    for name, layer in reversed(layers):
+        g = _backward(layer, g, records[name])
+        if g is None:
+            return records
+    return records
+
+
+def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray,
+                x_warm: np.ndarray) -> LayerRecord:
+    """One layer alone on a fresh copy: warm-up forward, forward(x), backward(upstream)."""
+    fresh = copy.deepcopy(layer)
+    _warm_up([("", fresh)], x_warm)
+    zero_grads(fresh)
+    rec = LayerRecord()
+    if _forward(fresh, x, rec) is not None:
+        _backward(fresh, upstream, rec)
+    return rec
+
+
+def probe_loss(loss: Any, logits: np.ndarray, target: np.ndarray,
+               logits_warm: np.ndarray) -> LayerRecord:
+    """The loss alone on a fresh copy, fed the reference's logits."""
+    fresh = copy.deepcopy(loss)
+    with contextlib.suppress(Exception):  # the real call below reports errors
+        fresh.forward(logits_warm.copy(), target)
+    rec = LayerRecord(input=snapshot(logits))
+    fed = logits.copy()
+    try:
+        rec.output = np.asarray(float(fresh.forward(fed, target)))
+        rec.grad_input = snapshot(fresh.backward())
+    except Exception as exc:
+        rec.error = error_info("forward" if rec.output is None else "backward", exc)
+    if not same_values(fed, rec.input):
+        rec.mutated.append("input")
+    return rec

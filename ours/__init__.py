@@ -1,0 +1,24 @@
+"""gradparity.ours: a from-scratch NumPy neural-network framework (no torch)."""
+
+from gradparity.ours.containers import Sequential
+from gradparity.ours.layers import Layer, Linear, ReLU, Sigmoid, Softmax, Tanh, softmax
+from gradparity.ours.losses import MSE, SoftmaxCrossEntropy
+from gradparity.ours.models import assignment_data, assignment_network, mlp
+from gradparity.ours.optim import SGD
+
+__all__ = [
+    "MSE",
+    "SGD",
+    "Layer",
+    "Linear",
+    "ReLU",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
+    "SoftmaxCrossEntropy",
+    "Tanh",
+    "assignment_data",
+    "assignment_network",
+    "mlp",
+    "softmax",
+]

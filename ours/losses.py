@@ -1,0 +1,74 @@
+"""Losses: ``forward(prediction, target) -> float`` and ``backward() -> dL/dprediction``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradparity.ours.layers import softmax
+
+
+def _check_class_targets(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
+    target = np.asarray(target)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (N, C), got shape {logits.shape}")
+    if target.shape != (logits.shape[0],) or not np.issubdtype(target.dtype, np.integer):
+        raise ValueError(
+            f"target must be integer class indices of shape ({logits.shape[0]},), "
+            f"got {target.dtype} {target.shape}"
+        )
+    if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
+        raise ValueError(f"target classes must lie in [0, {logits.shape[1]}), got {target}")
+    return target
+
+
+def _softmax_ce_fwd(s: np.ndarray, target: np.ndarray) -> float:
+    picked = s[np.arange(len(target)), target]
+    return float(-np.log(np.maximum(picked, np.finfo(s.dtype).tiny)).mean())
+
+
+def _softmax_ce_bwd(s: np.ndarray, target: np.ndarray) -> np.ndarray:
+    grad = s.copy()
+    grad[np.arange(len(target)), target] -= 1.0
+    return grad / len(target)
+
+
+class SoftmaxCrossEntropy:
+    """Fused softmax + cross-entropy, mean over the batch (torch.nn.CrossEntropyLoss).
+
+    Shapes: logits (N, C), target (N,) integer classes; loss scalar; grad (N, C).
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+
+    def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
+        self._target = _check_class_targets(logits, target)
+        self._s = softmax(logits)
+        return _softmax_ce_fwd(self._s, self._target)
+
+    def backward(self) -> np.ndarray:
+        return _softmax_ce_bwd(self._s, self._target).astype(self._s.dtype, copy=False)
+
+
+class MSE:
+    """Mean squared error over all elements (torch.nn.MSELoss).
+
+    Shapes: prediction (N, ...), target like prediction; loss scalar; grad like prediction.
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+
+    def forward(self, prediction: np.ndarray, target: np.ndarray) -> float:
+        target = np.asarray(target)
+        if target.shape != prediction.shape:
+            raise ValueError(
+                f"MSE target shape {target.shape} differs from prediction {prediction.shape}"
+            )
+        self._diff = prediction - target.astype(prediction.dtype, copy=False)
+        return float(np.mean(self._diff**2))
+
+    def backward(self) -> np.ndarray:
+        return 2.0 * self._diff / self._diff.size
