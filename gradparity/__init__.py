@@ -9,5 +9,14 @@ from gradparity.locate import Finding
 from gradparity.report import Report
 from gradparity.tolerance import Tolerance, tolerance_for
 
-__all__ = ["Finding", "InputError", "Report", "Tolerance", "Wrapped", "__version__", "compare",
-           "tolerance_for", "wrap"]
+__all__ = [
+    "Finding",
+    "InputError",
+    "Report",
+    "Tolerance",
+    "Wrapped",
+    "__version__",
+    "compare",
+    "tolerance_for",
+    "wrap",
+]

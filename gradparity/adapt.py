@@ -19,8 +19,9 @@ Accessor = str | Sequence[str] | Callable[[Any], Any] | None
 class Wrapped:
     """A user object seen through the layer (or loss) protocol. Made by :func:`wrap`."""
 
-    def __init__(self, obj: Any, forward: Accessor, backward: Accessor, params: Accessor,
-                 grads: Accessor) -> None:
+    def __init__(
+        self, obj: Any, forward: Accessor, backward: Accessor, params: Accessor, grads: Accessor
+    ) -> None:
         self.obj = obj
         self._forward = forward
         self._backward = backward
@@ -46,8 +47,13 @@ class Wrapped:
         return f"wrap({type(self.obj).__name__})"
 
 
-def wrap(obj: Any, forward: Accessor = "forward", backward: Accessor = "backward",
-         params: Accessor = "params", grads: Accessor = "grads") -> Wrapped:
+def wrap(
+    obj: Any,
+    forward: Accessor = "forward",
+    backward: Accessor = "backward",
+    params: Accessor = "params",
+    grads: Accessor = "grads",
+) -> Wrapped:
     """Adapt ``obj`` to the layer protocol.
 
     Each accessor is a name on ``obj`` or a callable taking ``obj`` first:
@@ -63,11 +69,15 @@ def wrap(obj: Any, forward: Accessor = "forward", backward: Accessor = "backward
     for role, acc in (("forward", forward), ("backward", backward)):
         if isinstance(acc, str) and not callable(getattr(obj, acc, None)):
             raise InputError(f"wrap: {type(obj).__name__} has no method {acc!r} for {role}=")
-    if isinstance(params, (list, tuple)) and isinstance(grads, (list, tuple)) and (
-        len(params) != len(grads)
+    if (
+        isinstance(params, (list, tuple))
+        and isinstance(grads, (list, tuple))
+        and (len(params) != len(grads))
     ):
-        raise InputError(f"wrap: params= names {list(params)} and grads= names {list(grads)} "
-                         "differ in length; give one gradient attribute per parameter")
+        raise InputError(
+            f"wrap: params= names {list(params)} and grads= names {list(grads)} "
+            "differ in length; give one gradient attribute per parameter"
+        )
     return Wrapped(obj, forward, backward, params, grads)
 
 
@@ -133,7 +143,8 @@ def named_layers(model: Any) -> list[tuple[str, Any]]:
         pairs = list(model.named_layers())
     elif isinstance(model, (list, tuple)):
         pairs = [
-            item if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+            item
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
             else (str(i), item)
             for i, item in enumerate(model)
         ]

@@ -37,8 +37,10 @@ class ParamPair:
     how: str  # why this conversion: "shape", "model convention" or "forward agreement"
 
     def describe(self) -> str:
-        return (f"{self.key} {self.ours_shape} <-> {self.torch_name} {self.torch_shape}: "
-                f"{self.conversion} ({self.how})")
+        return (
+            f"{self.key} {self.ours_shape} <-> {self.torch_name} {self.torch_shape}: "
+            f"{self.conversion} ({self.how})"
+        )
 
 
 @dataclass
@@ -62,8 +64,9 @@ def _fmt(names: list[str], limit: int = 12) -> str:
     return f"[{shown}{', ...' if len(names) > limit else ''}]"
 
 
-def align_layers(ours: list[tuple[str, Any]], torch_model: nn.Module,
-                 layer_map: dict[str, str] | None = None) -> list[LayerPair]:
+def align_layers(
+    ours: list[tuple[str, Any]], torch_model: nn.Module, layer_map: dict[str, str] | None = None
+) -> list[LayerPair]:
     """Pair every NumPy layer with a torch module; one-line error naming what is unmatched."""
     modules = {n: m for n, m in torch_model.named_modules() if n}
     if not modules:
@@ -71,12 +74,16 @@ def align_layers(ours: list[tuple[str, Any]], torch_model: nn.Module,
     layer_map = dict(layer_map or {})
     unknown = [v for v in layer_map.values() if v not in modules]
     if unknown:
-        raise InputError(f"layer_map names reference modules {unknown} that do not exist; "
-                         f"the reference has {_fmt(list(modules))}")
+        raise InputError(
+            f"layer_map names reference modules {unknown} that do not exist; "
+            f"the reference has {_fmt(list(modules))}"
+        )
     stray = [k for k in layer_map if k not in dict(ours)]
     if stray:
-        raise InputError(f"layer_map names NumPy layers {stray} that do not exist; "
-                         f"ours has {_fmt([n for n, _ in ours])}")
+        raise InputError(
+            f"layer_map names NumPy layers {stray} that do not exist; "
+            f"ours has {_fmt([n for n, _ in ours])}"
+        )
     names = [n for n, _ in ours]
     if all(n in layer_map or n in modules for n in names):
         chosen = [layer_map.get(n, n) for n in names]
@@ -100,11 +107,15 @@ def _pair_params(pair: LayerPair) -> list[tuple[str, str, list[str]]]:
     """(ours key, torch name, candidate conversions) by order, else by shape."""
     ours = {k: tuple(np.shape(v)) for k, v in params_of(pair.layer).items()}
     ref = {n: tuple(p.shape) for n, p in pair.module.named_parameters()}
-    listing = (f"ours {', '.join(f'{k} {s}' for k, s in ours.items()) or 'none'}; reference "
-               f"{', '.join(f'{k} {s}' for k, s in ref.items()) or 'none'}")
+    listing = (
+        f"ours {', '.join(f'{k} {s}' for k, s in ours.items()) or 'none'}; reference "
+        f"{', '.join(f'{k} {s}' for k, s in ref.items()) or 'none'}"
+    )
     if len(ours) != len(ref):
-        raise InputError(f"layer {pair.name!r}: {len(ours)} parameters on ours, {len(ref)} on "
-                         f"reference module {pair.module_name!r} ({listing})")
+        raise InputError(
+            f"layer {pair.name!r}: {len(ours)} parameters on ours, {len(ref)} on "
+            f"reference module {pair.module_name!r} ({listing})"
+        )
     by_order = [(k, n, candidate_conversions(ours[k], ref[n])) for k, n in zip(ours, ref)]
     if all(c for _, _, c in by_order):
         return by_order
@@ -112,8 +123,10 @@ def _pair_params(pair: LayerPair) -> list[tuple[str, str, list[str]]]:
     for k, shape in ours.items():
         fits = [n for n, s in free.items() if candidate_conversions(shape, s)]
         if not fits:
-            raise InputError(f"layer {pair.name!r}: ours parameter {k!r} of shape {shape} fits no "
-                             f"reference parameter by any layout conversion ({listing})")
+            raise InputError(
+                f"layer {pair.name!r}: ours parameter {k!r} of shape {shape} fits no "
+                f"reference parameter by any layout conversion ({listing})"
+            )
         paired.append((k, fits[0], candidate_conversions(shape, free.pop(fits[0]))))
     return paired
 
@@ -141,14 +154,18 @@ def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
                 if convention is not None:
                     options, how = [convention], "model convention"
                 else:
-                    options, how = [_forward_agreement(pair, k, n, options, rng)], (
-                        "forward agreement")
-            pair.params.append(ParamPair(k, n, options[0], tuple(np.shape(ours[k])),
-                                         tuple(ref[n].shape), how))
+                    options, how = (
+                        [_forward_agreement(pair, k, n, options, rng)],
+                        ("forward agreement"),
+                    )
+            pair.params.append(
+                ParamPair(k, n, options[0], tuple(np.shape(ours[k])), tuple(ref[n].shape), how)
+            )
 
 
-def _forward_agreement(pair: LayerPair, key: str, torch_name: str, options: list[str],
-                       rng: np.random.Generator) -> str:
+def _forward_agreement(
+    pair: LayerPair, key: str, torch_name: str, options: list[str], rng: np.random.Generator
+) -> str:
     """The conversion of ``key`` under which ours and the module compute the same output."""
     module = copy.deepcopy(pair.module).double()
     first = next(iter(module.parameters()), None)
@@ -157,8 +174,10 @@ def _forward_agreement(pair: LayerPair, key: str, torch_name: str, options: list
         return options[-1]
     x = rng.standard_normal((3, in_features))
     for conversion in options:
-        candidate = [ParamPair(k, n, conversion if k == key else c[0],
-                               (), (), "") for k, n, c in _pair_params(pair)]
+        candidate = [
+            ParamPair(k, n, conversion if k == key else c[0], (), (), "")
+            for k, n, c in _pair_params(pair)
+        ]
         sync_module(pair.layer, module, candidate)
         with torch.no_grad():
             expected = module(torch.as_tensor(x)).numpy()

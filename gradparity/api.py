@@ -14,6 +14,7 @@ from gradparity.adapt import check_protocol, named_layers, params_of
 from gradparity.align import LayerPair, align_layers, pair_parameters, sync_module
 from gradparity.diff import Row, compare_layer, compare_loss
 from gradparity.errors import InputError
+from gradparity.explain import Probe, add_evidence
 from gradparity.locate import Finding, first_divergence, locate
 from gradparity.records import LayerRecord
 from gradparity.report import Report
@@ -26,8 +27,10 @@ def check_finite(name: str, a: np.ndarray) -> None:
     """One-line refusal of an array holding NaN or infinity, naming it and the first index."""
     if a.dtype.kind in "fc" and not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))
-        raise InputError(f"{name} holds {len(bad)} non-finite value(s), first at "
-                         f"{tuple(int(i) for i in bad[0])}; pass finite values")
+        raise InputError(
+            f"{name} holds {len(bad)} non-finite value(s), first at "
+            f"{tuple(int(i) for i in bad[0])}; pass finite values"
+        )
 
 
 def prepare_input(x: Any, dtype: str) -> np.ndarray:
@@ -76,13 +79,15 @@ def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
 
 def _reference_copy(reference_model: Any, dtype: str) -> nn.Module:
     if not isinstance(reference_model, nn.Module):
-        raise InputError(f"reference model must be a torch.nn.Module, "
-                         f"got {type(reference_model).__name__}")
+        raise InputError(
+            f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
+        )
     try:
         model = copy.deepcopy(reference_model)
     except Exception as exc:
-        raise InputError(f"cannot copy the reference model ({exc}); it must support "
-                         "copy.deepcopy") from exc
+        raise InputError(
+            f"cannot copy the reference model ({exc}); it must support copy.deepcopy"
+        ) from exc
     return model.to(TORCH_DTYPES[dtype]).eval()
 
 
@@ -92,28 +97,42 @@ def _warm(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (a + rng.standard_normal(a.shape) * 0.5 * spread).astype(a.dtype)
 
 
-def run_isolation(pairs: list[LayerPair], ours_loss: Any, reference_loss: Any,
-                  ref_chain: dict[str, LayerRecord], target: np.ndarray,
-                  rng: np.random.Generator, tdtype: torch.dtype
-                  ) -> list[tuple[LayerPair, LayerRecord, LayerRecord]]:
+def run_isolation(
+    pairs: list[LayerPair],
+    ours_loss: Any,
+    reference_loss: Any,
+    ref_chain: dict[str, LayerRecord],
+    target: np.ndarray,
+    rng: np.random.Generator,
+    tdtype: torch.dtype,
+) -> dict[str, Probe]:
     """Each layer fed the reference's exact input and a seeded random upstream gradient.
 
     Random, not the natural dL/dy: the natural upstream can be exactly zero (the assignment
     network's hidden layer gets dL/dh = 0), which would hide every backward bug there.
     """
-    results = []
+    probes = {}
     for pair in pairs:
         ref_in = ref_chain[pair.name].input
         upstream = rng.standard_normal(ref_chain[pair.name].output.shape).astype(ref_in.dtype)
         warm = _warm(ref_in, rng)
-        ref = run_torch.probe_module(pair, ref_in, upstream, tdtype)
-        ours = run_numpy.probe_layer(pair.layer, ref_in, upstream, warm)
-        results.append((pair, ours, ref))
+        probes[pair.name] = Probe(
+            pair,
+            run_numpy.probe_layer(pair.layer, ref_in, upstream, warm),
+            run_torch.probe_module(pair, ref_in, upstream, tdtype),
+            warm,
+            upstream,
+        )
     logits = ref_chain["loss"].input
-    ours = run_numpy.probe_loss(ours_loss, logits, target, _warm(logits, rng))
-    ref = run_torch.probe_loss(reference_loss, logits, target, tdtype)
-    results.append((LayerPair("loss", ours_loss, "loss", None), ours, ref))
-    return results
+    warm = _warm(logits, rng)
+    probes["loss"] = Probe(
+        LayerPair("loss", ours_loss, "loss", None),
+        run_numpy.probe_loss(ours_loss, logits, target, warm),
+        run_torch.probe_loss(reference_loss, logits, target, tdtype),
+        warm,
+        None,
+    )
+    return probes
 
 
 def _rows(mode: str, results, tol, batch: int, loss_type: str) -> tuple[list[Row], list[Row]]:
@@ -135,21 +154,49 @@ def _lint_findings(results, mode: str) -> tuple[list[Finding], list[Finding]]:
     for pair, ours, _ in results:
         for what in ours.mutated:
             phase = "forward" if what == "input" else "backward"
-            roots.append(Finding(
-                pair.name, "output" if phase == "forward" else "grad_input", "mutates_input",
-                {"phase": phase, "array": what}, mode=mode,
-                message=(f"{pair.name}: {phase} changed its {what.replace('_', ' ')} in place; "
-                         "work on a copy (the caller still needs the original values)")))
-        warnings += [Finding(pair.name, "grads", "aliased", {"alias": a}, mode=mode,
-                             message=f"{pair.name}: {a}; store a copy") for a in ours.aliases]
+            roots.append(
+                Finding(
+                    pair.name,
+                    "output" if phase == "forward" else "grad_input",
+                    "mutates_input",
+                    {"phase": phase, "array": what},
+                    mode=mode,
+                    message=(
+                        f"{pair.name}: {phase} changed its {what.replace('_', ' ')} in place; "
+                        "work on a copy (the caller still needs the original values)"
+                    ),
+                )
+            )
+        warnings += [
+            Finding(
+                pair.name,
+                "grads",
+                "aliased",
+                {"alias": a},
+                mode=mode,
+                message=f"{pair.name}: {a}; store a copy",
+            )
+            for a in ours.aliases
+        ]
     return roots, warnings
 
 
-def compare(ours_model: Any, reference_model: nn.Module, x: Any, target: Any,
-            ours_loss: Any = None, reference_loss: Any = None,
-            layer_map: dict[str, str] | None = None, dtype: str = "float64",
-            sync_weights: bool = True, seed: int = 0, *, rtol: float | None = None,
-            atol: float | None = None, name: str | None = None) -> Report:
+def compare(
+    ours_model: Any,
+    reference_model: nn.Module,
+    x: Any,
+    target: Any,
+    ours_loss: Any = None,
+    reference_loss: Any = None,
+    layer_map: dict[str, str] | None = None,
+    dtype: str = "float64",
+    sync_weights: bool = True,
+    seed: int = 0,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    name: str | None = None,
+) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
     x: (N, features) (a 1-D x is one example); target: (N,) integer classes for the default
@@ -183,13 +230,15 @@ def compare(ours_model: Any, reference_model: nn.Module, x: Any, target: Any,
     chain = [(p, ours_chain.get(p.name, LayerRecord()), ref_chain[p.name]) for p in pairs]
     chain.append((loss_pair, ours_chain.get("loss", LayerRecord()), ref_chain["loss"]))
     chain = [c for c in chain if c[0].name in ours_chain]
-    isolated = run_isolation(pairs, ours_loss, reference_loss, ref_chain, target, rng, tdtype)
+    probes = run_isolation(pairs, ours_loss, reference_loss, ref_chain, target, rng, tdtype)
+    isolated = [(p.pair, p.ours, p.ref) for p in probes.values()]
 
     loss_type = type(getattr(ours_loss, "obj", ours_loss)).__name__
     batch = x.shape[0]
     chain_fwd, chain_bwd = _rows("chain", chain, tol, batch, loss_type)
     iso_fwd, iso_bwd = _rows("isolate", isolated, tol, batch, loss_type)
     chain_rows, iso_rows = chain_fwd + chain_bwd, iso_fwd + iso_bwd
+    add_evidence(iso_rows, probes, tol, target, reference_loss, tdtype, rng)
     roots = locate(chain_rows, iso_rows)
     lint_roots, warnings = _lint_findings(isolated, "isolate")
     notes = [f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error]
@@ -202,7 +251,13 @@ def compare(ours_model: Any, reference_model: nn.Module, x: Any, target: Any,
         first_divergence=first_divergence(chain_rows),
         conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],
         notes=notes,
-        meta={"model": name or type(ours_model).__name__, "seed": seed, "batch_size": batch,
-              "isolate_upstream": "seeded random normal", "gradparity": __version__,
-              "numpy": np.__version__, "torch": torch.__version__},
+        meta={
+            "model": name or type(ours_model).__name__,
+            "seed": seed,
+            "batch_size": batch,
+            "isolate_upstream": "seeded random normal",
+            "gradparity": __version__,
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+        },
     )

@@ -1,4 +1,4 @@
-"""Command line: ``gradparity check`` (and later ``train``, ``selftest``).
+"""Command line: ``gradparity check`` and ``gradparity selftest``.
 
 Exit status: 0 parity, 1 divergence found, 2 usage or input error.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,9 +59,13 @@ def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
     ref = load_factory(ref_spec)()
     ours = ours if isinstance(ours, dict) else {"model": ours}
     ref = ref if isinstance(ref, dict) else {"model": ref}
-    kwargs = {"ours_model": ours["model"], "reference_model": ref["model"],
-              "ours_loss": ours.get("loss"), "reference_loss": ref.get("loss"),
-              "layer_map": ours.get("layer_map")}
+    kwargs = {
+        "ours_model": ours["model"],
+        "reference_model": ref["model"],
+        "ours_loss": ours.get("loss"),
+        "reference_loss": ref.get("loss"),
+        "layer_map": ours.get("layer_map"),
+    }
     rng = np.random.default_rng(seed)
     x = ours.get("x")
     if x is None:
@@ -94,8 +99,17 @@ def cmd_check(args: argparse.Namespace) -> int:
                 setup = zoo.build(model, args.seed)
             except KeyError as exc:
                 raise InputError(exc.args[0]) from exc
-            reports.append(compare(setup.ours, setup.reference, setup.x, setup.target,
-                                   dtype=args.dtype, seed=args.seed, name=setup.name))
+            reports.append(
+                compare(
+                    setup.ours,
+                    setup.reference,
+                    setup.x,
+                    setup.target,
+                    dtype=args.dtype,
+                    seed=args.seed,
+                    name=setup.name,
+                )
+            )
     report = reports[0] if len(reports) == 1 else merge_reports(reports)
     out = Path(args.out)
     report.save(out)
@@ -113,10 +127,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_DIVERGED
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from gradparity.selftest import format_table, run_corpus
+
+    try:
+        results = run_corpus(args.bug or None, seed=args.seed)
+    except KeyError as exc:
+        raise InputError(exc.args[0]) from exc
+    if args.format == "json":
+        print(json.dumps({"bugs": [r.as_dict() for r in results]}, indent=2))
+    else:
+        print(format_table(results))
+    return EXIT_OK if all(r.localized for r in results) else EXIT_DIVERGED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradparity",
-        description="Diff hand-written NumPy backprop against PyTorch, layer by layer.")
+        description="Diff hand-written NumPy backprop against PyTorch, layer by layer.",
+    )
     sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check", help="compare ours and the reference once (default)")
     check.add_argument("--model", help=f"a built-in model: {', '.join(zoo.MODELS)}")
@@ -127,13 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--format", choices=["text", "md", "json"], default="text")
     check.set_defaults(func=cmd_check)
+    selftest = sub.add_parser("selftest", help="inject the known-bug corpus, show what was found")
+    selftest.add_argument("--bug", action="append", metavar="NAME", help="only this bug (repeat)")
+    selftest.add_argument("--format", choices=["text", "json"], default="text")
+    selftest.add_argument("--seed", type=int, default=0)
+    selftest.set_defaults(func=cmd_selftest)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["check", *argv]
     args = parser.parse_args(argv)
     try:

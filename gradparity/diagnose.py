@@ -1,20 +1,18 @@
 """Name the likely bug behind one diverging pair of tensors (ours against the reference).
 
-``diagnose`` runs a fixed sequence of numeric tests and returns the first one that fits to the
-tolerance; a label is never guessed. When the shapes differ: ``transposed`` (2-D, values match
-after transposing), ``not_reduced`` (an extra batch axis that sums, or averages, to the
-reference), otherwise ``shape_mismatch``. When the shapes agree: ``nonfinite``, ``zero``,
-``sign_flipped``, ``batch_reduction``, ``scaled``, ``transposed`` (square),
-``missing_local_derivative``, and ``unexplained`` with the error statistics when nothing fits.
-``accumulated``, ``stale``, ``mutates_input`` and ``raised`` need several steps or the call
-itself, so the harness assigns them.
+``diagnose`` runs fixed numeric tests and returns the first that fits to the tolerance; a label
+is never guessed. Shapes differ: ``transposed`` (2-D, values match once transposed),
+``not_reduced`` (an extra batch axis that sums, or averages, to the reference), else
+``shape_mismatch``. Shapes agree: ``nonfinite``, ``zero``, ``sign_flipped``,
+``batch_reduction``, ``scaled``, ``transposed`` (square), ``missing_local_derivative``, else
+``unexplained`` with the error statistics. The harness assigns ``accumulated``, ``stale``,
+``mutates_input`` and ``raised``: they need several steps or the call itself.
 
-"Matches" always means ``tensor_diff(ours', hypothesis, tol).ok``: the hypothesis (``-ref``,
+"Matches" always means ``tensor_diff(x, hypothesis, tol).ok``: the hypothesis (``-ref``,
 ``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the
-tolerance scales with it. Fitted factors count as equal to ``1``, ``-1``, ``N`` or ``1/N`` within
-``max(1e-6, 10 * tol.rtol)`` relative.
-
-``detail`` holds only JSON values; a statistic that is infinite or NaN is stored as ``None``.
+tolerance scales with it. A fitted factor counts as ``1``, ``-1``, ``N`` or ``1/N`` within
+``max(1e-6, 10 * tol.rtol)`` relative. ``detail`` holds only JSON values; an infinite or NaN
+statistic is stored as ``None``.
 """
 
 from __future__ import annotations
@@ -27,25 +25,16 @@ import numpy as np
 from gradparity.metrics import TensorDiff, tensor_diff
 from gradparity.tolerance import Tolerance
 
+# fmt: off
 LABELS = (
-    "transposed",
-    "sign_flipped",
-    "scaled",
-    "batch_reduction",
-    "not_reduced",
-    "zero",
-    "nonfinite",
-    "missing_local_derivative",
-    "accumulated",
-    "stale",
-    "shape_mismatch",
-    "mutates_input",
-    "raised",
-    "unexplained",
+    "transposed", "sign_flipped", "scaled", "batch_reduction", "not_reduced", "zero",
+    "nonfinite", "missing_local_derivative", "accumulated", "stale", "shape_mismatch",
+    "mutates_input", "raised", "unexplained",
 )
+# fmt: on
 
 _MAX_LISTED = 20
-# Beyond this rank, subsets of axes to reduce over are too many to try; only axis 0 is tried.
+# Above this rank the subsets of axes to reduce over are too many to try: only axis 0 is.
 _MAX_SUBSET_NDIM = 6
 
 
@@ -53,8 +42,8 @@ _MAX_SUBSET_NDIM = 6
 class Diagnosis:
     """What is wrong with one quantity of one layer.
 
-    ``message`` states the problem with numbers, without a layer prefix; ``fix`` is the likely
-    fix, in the imperative; ``detail`` holds the numbers as JSON values.
+    ``message``: the problem with numbers, no layer prefix; ``fix``: the likely fix, imperative;
+    ``detail``: the numbers, as JSON values.
     """
 
     label: str
@@ -93,6 +82,10 @@ class _Context:
             "state": f"optimiser state {name}",
         }.get(self.kind, self.quantity)
 
+    def hint(self, table: dict[str, str]) -> str:
+        """This quantity's entry of a table of fixes keyed by kind, else its "other" entry."""
+        return table.get(self.kind, table["other"])
+
 
 def diagnose(
     ours: np.ndarray,
@@ -106,21 +99,20 @@ def diagnose(
 ) -> Diagnosis:
     """Name what is wrong with ``ours`` given the reference value ``ref``.
 
-    ours: any shape. ref: the correct shape, already in ours' layout where the shapes are
-    compatible. quantity: "output", "grad_input", "grad:<param>", "loss", "param:<name>" or
-    "state:<name>". batch_size: leading dimension of the layer input (needed for
-    ``batch_reduction``). upstream: dL/d(output) fed to backward, shape of the layer output (for
-    ``missing_local_derivative``). param_shape: shape of ours' parameter, for "grad:*".
+    ours: any shape. ref: the correct shape, in ours' layout where the shapes are compatible.
+    quantity: "output", "grad_input", "grad:<param>", "loss", "param:<name>", "state:<name>".
+    batch_size: leading dimension of the layer input (``batch_reduction`` needs it).
+    upstream: dL/d(output) fed to backward, the layer output's shape (for "grad_input").
+    param_shape: shape of ours' parameter (for "grad:*").
 
-    Raises ValueError when the pair has equal shapes and matches under ``tol``: a diagnosis is
-    only meaningful for a pair that diverges.
+    Raises ValueError when the shapes are equal and ours matches ref under ``tol``: only a
+    diverging pair has something to diagnose.
     """
     o = np.asarray(ours, dtype=np.float64)
     r = np.asarray(ref, dtype=np.float64)
     up = None if upstream is None else np.asarray(upstream, dtype=np.float64)
-    ctx = _Context(
-        tol, quantity, batch_size, up, None if param_shape is None else tuple(param_shape)
-    )
+    pshape = None if param_shape is None else tuple(param_shape)
+    ctx = _Context(tol, quantity, batch_size, up, pshape)
     if o.shape != r.shape:
         return _diagnose_shapes(o, r, ctx)
     if _matches(o, r, tol):
@@ -129,13 +121,12 @@ def diagnose(
 
 
 def describe_location(mismatch: np.ndarray) -> dict:
-    """Where the ``True`` entries of a boolean mask lie.
+    """Where the ``True`` entries of a boolean mask (any shape) lie.
 
-    Always: ``count``, ``numel``, ``indices`` (the first 20 mismatching multi-indices, each a
-    list of ints) and ``truncated``. For 2-D masks also: ``rows``/``cols`` (those wholly
-    mismatching), ``rows_hit``/``cols_hit`` (those with any mismatch) with ``n_rows_hit``/
-    ``n_cols_hit`` (lists hold at most 20 entries); for square masks ``diagonal_only`` and
-    ``off_diagonal_only``.
+    Always ``count``, ``numel``, ``indices`` (the first 20 as multi-index lists) and
+    ``truncated``. 2-D masks add ``rows``/``cols`` (wholly mismatching), ``rows_hit``/
+    ``cols_hit`` (any mismatch; lists hold at most 20) with ``n_rows_hit``/``n_cols_hit``, and
+    square ones ``diagonal_only``/``off_diagonal_only``.
     """
     m = np.asarray(mismatch, dtype=bool)
     where = np.argwhere(m)
@@ -162,6 +153,37 @@ def describe_location(mismatch: np.ndarray) -> dict:
     return loc
 
 
+# ---------------------------------------------------------------- fixes by kind of quantity
+
+_TRANSPOSE_FIX = {
+    "grad": "transpose it: for a weight stored (in, out) the gradient is x.T @ grad_out, not "
+    "grad_out.T @ x",
+    "grad_input": "transpose it: dL/dx has the input's shape, e.g. grad_out @ W.T for a weight "
+    "stored (in, out)",
+    "other": "transpose it: check the order of the matrix product (x @ W for W stored (in, out))",
+}
+_ZERO_FIX = {
+    "grad": "the gradient is never written, or is written to a copy: assign the computed value "
+    "into layer.grads[key] in backward",
+    "grad_input": "backward returns zeros: return the computed dL/dx (e.g. grad_out @ W.T), not "
+    "a freshly allocated array",
+    "output": "forward returns zeros: return the computed result, not a buffer never filled",
+    "loss": "the loss is zero: compute it from the logits and the targets and return it",
+    "param": "the parameter was zeroed: update it in place (p -= lr * g) instead of replacing it",
+    "state": "the optimiser state stays zero: update it every step and store it back",
+    "other": "the value is never computed: check that it is written and returned",
+}
+_SIGN_FIX = {
+    "grad": "flip the sign: check the order of a subtraction (softmax - onehot, not onehot - "
+    "softmax) and that the minus of a derivative such as d(1 - x)/dx is kept",
+    "param": "step against the gradient: p -= lr * grad, not p += lr * grad",
+    "state": "flip the sign in the state update, e.g. m = beta * m + (1 - beta) * grad",
+    "loss": "the loss is -log(p) of the true class: restore the minus sign",
+    "other": "flip the sign: check the order of a subtraction",
+}
+_SIGN_FIX["grad_input"] = _SIGN_FIX["grad"]
+
+
 # ---------------------------------------------------------------- shapes differ
 
 
@@ -171,15 +193,15 @@ def _diagnose_shapes(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     if _squeezed(o.shape) == _squeezed(r.shape):
         return _shape_mismatch(o, r, ctx, "reshape", o.reshape(r.shape))
     if o.ndim == 2 and o.T.shape == r.shape:
-        if _matches(o.T, r, ctx.tol):
-            return Diagnosis(
-                "transposed",
-                {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
-                f"{ctx.noun} is the transpose of the reference's: shape {_shape(o.shape)}, "
-                f"the reference {_shape(r.shape)}",
-                _TRANSPOSE_FIX.get(ctx.kind, _TRANSPOSE_FIX["other"]),
-            )
-        return _shape_mismatch(o, r, ctx, "transposed", o.T)
+        if not _matches(o.T, r, ctx.tol):
+            return _shape_mismatch(o, r, ctx, "transposed", o.T)
+        return Diagnosis(
+            "transposed",
+            {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
+            f"{ctx.noun} is the transpose of the reference's: shape {_shape(o.shape)}, the "
+            f"reference {_shape(r.shape)}",
+            ctx.hint(_TRANSPOSE_FIX),
+        )
     found = _not_reduced(o, r, ctx)
     if found is not None:
         return found
@@ -191,43 +213,34 @@ def _diagnose_shapes(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
 
 
 def _not_reduced(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    """Ours carries an extra batch axis 0 (maybe with other extra axes) that reduces to ref."""
+    """Ours has an extra batch axis 0 (perhaps with more extra axes) that reduces to ref."""
     found = _find_reduction(o, r, ctx.tol)
     if found is None:
         return None
     axes, how = found
-    verb, method = ("summed", "sum") if how == "sum" else ("averaged", "mean")
-    axis_arg = str(axes[0]) if len(axes) == 1 else str(axes)
-    if axes == (0,):
-        where = "the batch axis (axis 0)"
-    else:
-        where = f"the batch axis and axes {list(axes[1:])}"
-    example = "grad_out" if ctx.kind == "grad" and how == "sum" else "it"
+    arg = str(axes[0]) if len(axes) == 1 else str(axes)
+    where = "the batch axis (axis 0)" if len(axes) == 1 else f"axes {arg}"
+    subject = "grad_out" if ctx.kind == "grad" and how == "sum" else "it"
+    detail = {"ours_shape": list(o.shape), "ref_shape": list(r.shape), "axis": 0,
+              "axes": list(axes), "batch_size": int(o.shape[0]), "reduction": how}  # fmt: skip
     return Diagnosis(
         "not_reduced",
-        {
-            "ours_shape": list(o.shape),
-            "ref_shape": list(r.shape),
-            "axis": 0,
-            "axes": list(axes),
-            "batch_size": int(o.shape[0]),
-            "reduction": how,
-        },
-        f"{_shape_head(o, r, ctx)}; {verb} over axis {axis_arg} it equals the reference",
-        f"{'sum' if how == 'sum' else 'average'} it over {where}: "
-        f"{example}.{method}(axis={axis_arg})",
+        detail,
+        f"{_shape_head(o, r, ctx)}; {'summed' if how == 'sum' else 'averaged'} over {where} "
+        "it equals the reference",
+        f"{'sum' if how == 'sum' else 'average'} it over {where}: {subject}.{how}(axis={arg})",
     )
 
 
 def _find_reduction(
     big: np.ndarray, small: np.ndarray, tol: Tolerance
 ) -> tuple[tuple[int, ...], str] | None:
-    """Axes (always including 0) and "sum" or "mean" that reduce ``big`` to ``small``.
+    """Axes (always with 0) and "sum" or "mean" that reduce ``big`` to match ``small``.
 
-    A reduction qualifies when the axes it keeps equal ``small``'s shape up to singleton axes;
-    fewer axes are tried first, and sum before mean.
+    Only reductions whose kept axes equal ``small``'s shape up to singleton axes are tried;
+    fewer axes first, sum before mean.
     """
-    if big.ndim == 0 or big.ndim <= small.ndim - small.shape.count(1):
+    if big.ndim == 0 or big.ndim <= len(_squeezed(small.shape)):
         return None
     others = range(1, big.ndim) if big.ndim <= _MAX_SUBSET_NDIM else range(0)
     for k in range(big.ndim):
@@ -237,8 +250,7 @@ def _find_reduction(
             if _squeezed(kept) != _squeezed(small.shape):
                 continue
             for how in ("sum", "mean"):
-                reduced = getattr(big, how)(axis=axes).reshape(small.shape)
-                if _matches(reduced, small, tol):
+                if _matches(getattr(big, how)(axis=axes).reshape(small.shape), small, tol):
                     return axes, how
     return None
 
@@ -246,41 +258,37 @@ def _find_reduction(
 def _shape_mismatch(
     o: np.ndarray, r: np.ndarray, ctx: _Context, layout: str, aligned: np.ndarray | None = None
 ) -> Diagnosis:
-    """``layout``: "reshape", "transposed", "reduced" (ours lacks an axis the reference keeps)
-    or "other"; ``aligned``: ours brought to ref's shape by that layout, when there is one."""
+    """layout: "reshape", "transposed", "reduced" (ours lacks the batch axis ref has) or
+    "other"; aligned: ours brought to ref's shape by that layout, where there is one."""
     detail: dict = {"ours_shape": list(o.shape), "ref_shape": list(r.shape), "layout": layout}
     if ctx.param_shape is not None:
         detail["param_shape"] = list(ctx.param_shape)
     head = _shape_head(o, r, ctx)
-    if aligned is None:
-        fixes = {
-            "reduced": f"keep the batch axis: the reference has one entry per example, shape "
-            f"{_shape(r.shape)}; ours summed or averaged over it",
-            "other": f"give it the shape {_shape(r.shape)}: a gradient has the shape of what it "
-            "differentiates; check which axes the formula keeps and which it sums over",
-        }
-        if layout == "reduced":
-            head += "; the reference reduced over its batch axis equals ours"
-        return Diagnosis("shape_mismatch", detail, head, fixes[layout])
-    if layout == "transposed":
-        verb, imperative = "transposing", _TRANSPOSE_FIX.get(ctx.kind, _TRANSPOSE_FIX["other"])
-    else:
-        verb, imperative = (
-            "reshaping",
-            f"reshape it to {_shape(r.shape)}: .reshape({_shape(r.shape)})",
+    if layout == "reduced":
+        return Diagnosis(
+            "shape_mismatch",
+            detail,
+            f"{head}; the reference reduced over its batch axis equals ours",
+            f"keep the batch axis: the reference has one entry per example, shape "
+            f"{_shape(r.shape)}; do not sum or average over it",
         )
+    if aligned is None:
+        fix = (
+            f"give it the shape {_shape(r.shape)}: a gradient has the shape of what it "
+            "differentiates; check which axes the formula keeps and which it sums over"
+        )
+        return Diagnosis("shape_mismatch", detail, head, fix)
+    if layout == "transposed":
+        verb, fix = "transposing", ctx.hint(_TRANSPOSE_FIX)
+    else:
+        verb, fix = "reshaping", f"reshape it to {_shape(r.shape)}: .reshape({_shape(r.shape)})"
     detail["values_match"] = _matches(aligned, r, ctx.tol)
     if detail["values_match"]:
-        return Diagnosis(
-            "shape_mismatch", detail, f"{head}; the values match after {verb}", imperative
-        )
+        return Diagnosis("shape_mismatch", detail, f"{head}; the values match after {verb}", fix)
     inner = _diagnose_values(aligned, r, ctx)
     detail["after_layout"] = {"label": inner.label, "detail": inner.detail}
     return Diagnosis(
-        "shape_mismatch",
-        detail,
-        f"{head}; after {verb}: {inner.message}",
-        f"{imperative}; then {inner.fix}",
+        "shape_mismatch", detail, f"{head}; after {verb}: {inner.message}", f"{fix}; {inner.fix}"
     )
 
 
@@ -295,16 +303,8 @@ def _shape_head(o: np.ndarray, r: np.ndarray, ctx: _Context) -> str:
 
 def _diagnose_values(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     """Value tests in order; o and r have the same shape and do not match."""
-    tests = (
-        _nonfinite,
-        _zero,
-        _sign_flipped,
-        _batch_reduction,
-        _scaled,
-        _transposed_square,
-        _missing_local_derivative,
-    )
-    for test in tests:
+    for test in (_nonfinite, _zero, _sign_flipped, _batch_reduction, _scaled,
+                 _transposed_square, _missing_local_derivative):  # fmt: skip
         found = test(o, r, ctx)
         if found is not None:
             return found
@@ -317,35 +317,17 @@ def _nonfinite(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
         return None
     first = np.unravel_index(int(np.argmax(bad)), o.shape)
     n_nan, n_inf = int(np.isnan(o[bad]).sum()), int(np.isinf(o[bad]).sum())
+    detail = {"nan": n_nan, "inf": n_inf, "numel": int(o.size),
+              "first_index": [int(i) for i in first], "ref_at_first": float(r[first])}  # fmt: skip
     return Diagnosis(
         "nonfinite",
-        {
-            "nan": n_nan,
-            "inf": n_inf,
-            "numel": int(o.size),
-            "first_index": [int(i) for i in first],
-            "ref_at_first": float(r[first]),
-        },
+        detail,
         f"{ctx.noun} has {n_nan} NaN and {n_inf} infinite values where the reference is finite "
-        f"({_at(first, 'first at ')}the reference is {_fmt(r[first])} there)",
+        f"({'first' + _at(first) + ': ' if first else ''}the reference is {_fmt(r[first])} there)",
         "find the exp, log, division or sqrt that overflows or divides by zero and use a stable "
         "form: subtract the row max before exp, clip probabilities before log, add a small eps "
         "before dividing",
     )
-
-
-_ZERO_FIX = {
-    "grad": "the gradient is never written, or is written to a copy: assign the computed value "
-    "into layer.grads[key] in backward",
-    "grad_input": "backward returns zeros: return the computed dL/dx (e.g. grad_out @ W.T), not "
-    "a freshly allocated array",
-    "output": "forward returns zeros: return the computed result, not a buffer that is never "
-    "filled",
-    "loss": "the loss is zero: compute it from the logits and the targets and return it",
-    "param": "the parameter was zeroed: update it in place (p -= lr * g) instead of replacing it",
-    "state": "the optimiser state stays zero: update it every step and store it back",
-    "other": "the value is never computed: check that it is written and returned",
-}
 
 
 def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
@@ -356,115 +338,82 @@ def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
         "zero",
         {"numel": int(o.size), "ref_max_abs": _num(ref_max)},
         f"{ctx.noun} is all zeros; the reference's largest magnitude is {_fmt(ref_max)}",
-        _ZERO_FIX[ctx.kind],
+        ctx.hint(_ZERO_FIX),
     )
-
-
-_SIGN_FIX = {
-    "grad": "flip the sign: check the order of a subtraction (softmax - onehot, not onehot - "
-    "softmax) and that the minus of a derivative such as d(1 - x)/dx is kept",
-    "param": "step against the gradient: p -= lr * grad, not p += lr * grad",
-    "state": "flip the sign in the state update, e.g. m = beta * m + (1 - beta) * grad",
-    "loss": "the loss is -log(p) of the true class: restore the minus sign",
-    "other": "flip the sign: check the order of a subtraction",
-}
 
 
 def _sign_flipped(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     if not _matches(-o, r, ctx.tol):
         return None
     at = np.unravel_index(int(np.argmax(np.abs(np.nan_to_num(r)))), r.shape)
-    kind = "grad" if ctx.kind == "grad_input" else ctx.kind
     return Diagnosis(
         "sign_flipped",
         {"factor": -1.0},
-        f"{ctx.noun} has the opposite sign of the reference's everywhere ({_at(at)}"
-        f"ours {_fmt(o[at])}, reference {_fmt(r[at])})",
-        _SIGN_FIX.get(kind, _SIGN_FIX["other"]),
+        f"{ctx.noun} has the opposite sign of the reference's everywhere (ours {_fmt(o[at])}, "
+        f"reference {_fmt(r[at])}{_at(at)})",
+        ctx.hint(_SIGN_FIX),
     )
 
 
 def _fit_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> float | None:
-    """Least-squares f with o ≈ f * r, or None unless o matches f * r under ``tol``."""
+    """Least-squares f of o ≈ f * r, or None unless o matches f * r under ``tol``."""
     if not (np.isfinite(o).all() and np.isfinite(r).all()):
         return None
     rr = float(np.vdot(r, r))
-    if rr == 0.0:
-        return None
-    f = float(np.vdot(o, r)) / rr
+    f = float(np.vdot(o, r)) / rr if rr > 0 else 0.0
     if f == 0.0 or not np.isfinite(f):
         return None
     return f if _matches(o, f * r, tol) else None
 
 
 def _close(a: float, b: float, tol: Tolerance) -> bool:
-    """a equals b within the factor closeness of the module docstring."""
+    """a equals b within the closeness for factors given in the module docstring."""
     return abs(a - b) <= max(1e-6, 10 * tol.rtol) * abs(b)
 
 
 def _batch_reduction(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     n = ctx.batch_size
-    if n is None or n <= 1:
-        return None
-    f = _fit_factor(o, r, ctx.tol)
+    f = _fit_factor(o, r, ctx.tol) if n is not None and n > 1 else None
     if f is None:
         return None
+    loss = ctx.kind == "loss"
     if _close(f, n, ctx.tol):
         ours_red, ref_red = "sum", "mean"
-        message = (
-            f"values are {_fmt(f)} times the reference's, the batch size: ours sums over the "
-            "batch where the reference averages"
-        )
+        message = f"values are {_fmt(f)} times the reference's, the batch size: ours sums over "
         fix = (
             "average the per-example losses over the batch instead of summing them"
-            if ctx.kind == "loss"
+            if loss
             else f"divide by the batch size ({n}) exactly once, where the loss averages over the "
             f"batch: dL/dlogits = (softmax - onehot) / {n}"
         )
     elif _close(f, 1 / n, ctx.tol):
         ours_red, ref_red = "mean", "sum"
-        message = (
-            f"values are 1/{n} of the reference's (factor {_fmt(f)}): ours averages over the "
-            "batch where the reference sums, or divides by the batch size twice"
-        )
+        message = f"values are 1/{n} of the reference's (factor {_fmt(f)}): ours averages over "
         fix = (
             "sum the per-example losses over the batch, as the reference does"
-            if ctx.kind == "loss"
+            if loss
             else f"remove the extra division by the batch size ({n}): the 1/{n} of a mean loss "
             "belongs in dL/dlogits only, and a layer's backward must not divide again"
         )
     else:
         return None
-    detail = {
-        "factor": f,
-        "batch_size": int(n),
-        "ours_reduction": ours_red,
-        "ref_reduction": ref_red,
-    }
+    message += f"the batch where the reference {'averages' if ref_red == 'mean' else 'sums'}"
+    if ours_red == "mean" and not loss:
+        message += ", or divides by the batch size twice"
+    detail = {"factor": f, "batch_size": int(n), "ours_reduction": ours_red,
+              "ref_reduction": ref_red}  # fmt: skip
     return Diagnosis("batch_reduction", detail, message, fix)
 
 
 def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    # One element always fits some factor, so a fit says nothing there.
+    # One element always fits some factor, so there a fit says nothing.
     f = _fit_factor(o, r, ctx.tol) if o.size > 1 else None
     if f is None or _close(f, 1.0, ctx.tol) or _close(f, -1.0, ctx.tol):
         return None
-    residual = float(np.linalg.norm(o - f * r) / np.linalg.norm(o))
-    return Diagnosis(
-        "scaled",
-        {"factor": f, "residual": residual},
-        f"values are {_fmt(f)} times the reference's",
-        _scaled_fix(f, ctx),
-    )
-
-
-def _scaled_fix(f: float, ctx: _Context) -> str:
     if _close(abs(f), 2.0, ctx.tol):
-        fix = (
-            "remove the extra factor of 2: d(0.5 * x**2)/dx is x, not 2x; or a term is added twice"
-        )
+        fix = "remove the extra factor of 2: d(0.5 * x**2)/dx is x, not 2x; or a term is doubled"
     elif _close(abs(f), 0.5, ctx.tol):
-        fix = "a factor of 2 is missing: d(x**2)/dx is 2x; or a term that appears twice is counted once"
+        fix = "a factor of 2 is missing: d(x**2)/dx is 2x; or a term should appear twice"
     elif ctx.kind in ("param", "state"):
         fix = (
             f"find the extra factor of {_fmt(f)}: check the learning rate, the momentum/beta "
@@ -472,20 +421,15 @@ def _scaled_fix(f: float, ctx: _Context) -> str:
         )
     else:
         fix = (
-            f"find the extra constant factor of {_fmt(f)} in the formula: a wrong constant, or a "
-            "normalisation applied twice"
+            f"find the extra constant factor of {_fmt(f)} in the formula: a wrong constant, or "
+            "a normalisation applied twice"
         )
-    return fix + ("; the sign is flipped as well" if f < 0 else "")
-
-
-_TRANSPOSE_FIX = {
-    "grad": "transpose it: for a weight stored (in, out) the gradient is x.T @ grad_out, not "
-    "grad_out.T @ x",
-    "grad_input": "transpose it: dL/dx has the input's shape, e.g. grad_out @ W.T for a weight "
-    "stored (in, out)",
-    "other": "transpose it: check the order of the matrix product (x @ W for a weight stored "
-    "(in, out))",
-}
+    return Diagnosis(
+        "scaled",
+        {"factor": f, "residual": float(np.linalg.norm(o - f * r) / np.linalg.norm(o))},
+        f"values are {_fmt(f)} times the reference's",
+        fix + ("; the sign is flipped as well" if f < 0 else ""),
+    )
 
 
 def _transposed_square(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
@@ -495,15 +439,13 @@ def _transposed_square(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis
         "transposed",
         {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
         f"{ctx.noun} is the transpose of the reference's (both have shape {_shape(o.shape)})",
-        _TRANSPOSE_FIX.get(ctx.kind, _TRANSPOSE_FIX["other"]),
+        ctx.hint(_TRANSPOSE_FIX),
     )
 
 
 def _missing_local_derivative(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     up = ctx.upstream
-    if ctx.kind != "grad_input" or up is None or up.shape != o.shape:
-        return None
-    if not _matches(o, up, ctx.tol):
+    if ctx.kind != "grad_input" or up is None or not _matches(o, up, ctx.tol):
         return None
     ref_vs_up = _rel_norm(r, up)
     return Diagnosis(
@@ -541,9 +483,8 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     region = _region(loc, o.shape)
     message = (
         f"values differ in {d.mismatch_count} of {d.numel} elements ({100 * d.mismatch_frac:.1f}%)"
-        f"{', all ' + region[0] if region else ''}; max abs error {_fmt(err[worst])}"
-        f"{' at ' + _index(worst) if o.ndim else ''}: ours {_fmt(o[worst])}, "
-        f"reference {_fmt(r[worst])}"
+        f"{', ' + region[0] if region else ''}; max abs error {_fmt(err[worst])}{_at(worst)}: "
+        f"ours {_fmt(o[worst])}, reference {_fmt(r[worst])}"
     )
     if sign_frac >= 0.5:
         message += f"; {100 * sign_frac:.0f}% of the differing elements have the opposite sign"
@@ -554,28 +495,26 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
 
 
 def _region(loc: dict, shape: tuple[int, ...]) -> tuple[str, str] | None:
-    """(message phrase, fix phrase) naming where the mismatches lie, or None if everywhere."""
-    count = loc["count"]
+    """(message phrase, fix phrase) saying where the mismatches lie; None if not confined."""
+    count, listed = loc["count"], [tuple(i) for i in loc["indices"]]
     if count == 0 or count == loc["numel"]:
         return None
-    indices = [tuple(i) for i in loc["indices"]]
     if count <= 3:
-        listed = ", ".join(_index(i) for i in indices)
-        return f"at {listed}", listed
-    if len(shape) == 1:
+        at = ", ".join(_index(i) for i in listed)
+        return f"only at {at}", at
+    if len(shape) != 2:
         return None
-    if len(shape) == 2:
-        if loc["n_rows_hit"] < shape[0] and not loc["n_rows_hit"] > _MAX_LISTED:
-            return f"in rows {loc['rows_hit']}", f"rows {loc['rows_hit']}"
-        if loc["n_cols_hit"] < shape[1] and not loc["n_cols_hit"] > _MAX_LISTED:
-            return f"in columns {loc['cols_hit']}", f"columns {loc['cols_hit']}"
-        if loc.get("diagonal_only"):
-            return "on the diagonal", (
-                "the diagonal: check the terms that apply only when i == j (e.g. the delta_ij "
-                "of the softmax Jacobian)"
-            )
-        if loc.get("off_diagonal_only"):
-            return "off the diagonal", "the off-diagonal elements: check the cross terms (i != j)"
+    for axis, name in ((0, "rows"), (1, "columns")):
+        hit, n_hit = loc[f"{name[:3]}s_hit"], loc[f"n_{name[:3]}s_hit"]
+        if n_hit < shape[axis] and n_hit <= _MAX_LISTED:
+            return f"all in {name} {hit}", f"{name} {hit}"
+    if loc.get("diagonal_only"):
+        return "all on the diagonal", (
+            "the diagonal: check the terms that apply only when i == j (e.g. the delta_ij of the "
+            "softmax Jacobian)"
+        )
+    if loc.get("off_diagonal_only"):
+        return "all off the diagonal", "the off-diagonal elements: check the i != j cross terms"
     return None
 
 
@@ -593,7 +532,7 @@ def _matches(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
 
 
 def _mismatch(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
-    """(mismatch mask, absolute error), elementwise exactly as ``tensor_diff`` counts them."""
+    """(mismatch mask, absolute error) per element, exactly as ``tensor_diff`` counts them."""
     same_nonfinite = ~np.isfinite(o) & ~np.isfinite(r) & (o == r)
     allowed = tol.allowed(np.where(np.isfinite(r), r, 0.0))
     with np.errstate(invalid="ignore", over="ignore"):
@@ -606,8 +545,7 @@ def _mismatch(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> tuple[np.ndarray,
 def _rel_norm(a: np.ndarray, b: np.ndarray) -> float:
     """||a - b|| / ||b|| over the entries finite on both sides (inf when b is zero, a not)."""
     keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    num, den = float(np.linalg.norm(a - b)), float(np.linalg.norm(b))
+    num, den = float(np.linalg.norm(a[keep] - b[keep])), float(np.linalg.norm(b[keep]))
     if den == 0.0:
         return 0.0 if num == 0.0 else float("inf")
     return num / den
@@ -626,13 +564,13 @@ def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(int(n) for n in shape))
 
 
-def _at(index: tuple, prefix: str = "at ") -> str:
-    """``prefix`` and the index followed by ", ", or "" for a scalar (0-D) index."""
-    return f"{prefix}{_index(index)}, " if index else ""
-
-
 def _index(index: tuple) -> str:
     return str(tuple(int(i) for i in index))
+
+
+def _at(index: tuple) -> str:
+    """ " at (i, j)", or "" for the index of a scalar (0-D)."""
+    return f" at {_index(index)}" if index else ""
 
 
 def _fmt(x: float) -> str:

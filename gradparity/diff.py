@@ -55,13 +55,24 @@ def _shape(a: np.ndarray | None) -> list[int] | None:
     return None if a is None else [int(d) for d in np.shape(a)]
 
 
-def compare_tensor(mode: str, pair_name: str, type_name: str, quantity: str,
-                   ours: np.ndarray | None, ref: np.ndarray, tol: Tolerance, *,
-                   batch_size: int | None = None, upstream: np.ndarray | None = None,
-                   param_shape: tuple[int, ...] | None = None, conversion: str = "") -> Row:
+def compare_tensor(
+    mode: str,
+    pair_name: str,
+    type_name: str,
+    quantity: str,
+    ours: np.ndarray | None,
+    ref: np.ndarray,
+    tol: Tolerance,
+    *,
+    batch_size: int | None = None,
+    upstream: np.ndarray | None = None,
+    param_shape: tuple[int, ...] | None = None,
+    conversion: str = "",
+) -> Row:
     """Row for one tensor pair; ``ours`` None means the layer never produced it."""
-    row = Row(mode, pair_name, type_name, quantity, _shape(ours), _shape(ref),
-              conversion=conversion)
+    row = Row(
+        mode, pair_name, type_name, quantity, _shape(ours), _shape(ref), conversion=conversion
+    )
     if ours is None:
         row.status = "diverged"
         return row
@@ -76,40 +87,83 @@ def compare_tensor(mode: str, pair_name: str, type_name: str, quantity: str,
         if d.ok:
             return row
     row.status = "diverged"
-    diag = diagnose(ours, ref, tol, quantity=quantity, batch_size=batch_size,
-                    upstream=upstream, param_shape=param_shape)
+    diag = diagnose(
+        ours,
+        ref,
+        tol,
+        quantity=quantity,
+        batch_size=batch_size,
+        upstream=upstream,
+        param_shape=param_shape,
+    )
     row.diagnosis, row.detail = diag.label, dict(diag.detail)
     row.message, row.fix = diag.message, diag.fix
     return row
 
 
-def compare_layer(mode: str, pair: LayerPair, ours: LayerRecord, ref: LayerRecord,
-                  tol: Tolerance, batch_size: int) -> tuple[list[Row], list[Row]]:
+def compare_layer(
+    mode: str, pair: LayerPair, ours: LayerRecord, ref: LayerRecord, tol: Tolerance, batch_size: int
+) -> tuple[list[Row], list[Row]]:
     """(forward rows, backward rows) for one layer. A layer that raised yields one ``raised``
     row for the failing phase; quantities it never reached are left out."""
-    fwd = [_raised(mode, pair, ours)] if _failed(ours, "forward") else [
-        compare_tensor(mode, pair.name, pair.type_name, "output", ours.output, ref.output, tol,
-                       batch_size=batch_size)
-    ]
+    fwd = (
+        [_raised(mode, pair, ours)]
+        if _failed(ours, "forward")
+        else [
+            compare_tensor(
+                mode,
+                pair.name,
+                pair.type_name,
+                "output",
+                ours.output,
+                ref.output,
+                tol,
+                batch_size=batch_size,
+            )
+        ]
+    )
     if ours.error is not None and ours.error["phase"] == "forward":
         return fwd, []
     if ours.grad_input is None and ours.error is None:
         return fwd, []
     if _failed(ours, "backward"):
         return fwd, [_raised(mode, pair, ours)]
-    bwd = [compare_tensor(mode, pair.name, pair.type_name, "grad_input", ours.grad_input,
-                          ref.grad_input, tol, batch_size=batch_size, upstream=ours.grad_output)]
+    bwd = [
+        compare_tensor(
+            mode,
+            pair.name,
+            pair.type_name,
+            "grad_input",
+            ours.grad_input,
+            ref.grad_input,
+            tol,
+            batch_size=batch_size,
+            upstream=ours.grad_output,
+        )
+    ]
     for p in pair.params:
         expected = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
-        bwd.append(compare_tensor(mode, pair.name, pair.type_name, f"grad:{p.key}",
-                                  ours.grads.get(p.key), expected, tol, batch_size=batch_size,
-                                  upstream=ours.grad_output, param_shape=p.ours_shape,
-                                  conversion=p.conversion))
+        bwd.append(
+            compare_tensor(
+                mode,
+                pair.name,
+                pair.type_name,
+                f"grad:{p.key}",
+                ours.grads.get(p.key),
+                expected,
+                tol,
+                batch_size=batch_size,
+                upstream=ours.grad_output,
+                param_shape=p.ours_shape,
+                conversion=p.conversion,
+            )
+        )
     return fwd, bwd
 
 
-def compare_loss(mode: str, ours: LayerRecord, ref: LayerRecord, tol: Tolerance,
-                 batch_size: int, type_name: str) -> tuple[list[Row], list[Row]]:
+def compare_loss(
+    mode: str, ours: LayerRecord, ref: LayerRecord, tol: Tolerance, batch_size: int, type_name: str
+) -> tuple[list[Row], list[Row]]:
     """Rows of the loss, seen as the layer named "loss": output = value, grad_input = dL/dz."""
     pair = LayerPair("loss", None, "loss", None)
     if _failed(ours, "forward"):
@@ -117,8 +171,18 @@ def compare_loss(mode: str, ours: LayerRecord, ref: LayerRecord, tol: Tolerance,
     fwd = [compare_tensor(mode, "loss", type_name, "output", ours.output, ref.output, tol)]
     if _failed(ours, "backward"):
         return fwd, [_raised(mode, pair, ours, type_name)]
-    return fwd, [compare_tensor(mode, "loss", type_name, "grad_input", ours.grad_input,
-                                ref.grad_input, tol, batch_size=batch_size)]
+    return fwd, [
+        compare_tensor(
+            mode,
+            "loss",
+            type_name,
+            "grad_input",
+            ours.grad_input,
+            ref.grad_input,
+            tol,
+            batch_size=batch_size,
+        )
+    ]
 
 
 def _failed(rec: LayerRecord, phase: str) -> bool:
@@ -129,7 +193,16 @@ def _raised(mode: str, pair: LayerPair, rec: LayerRecord, type_name: str | None 
     err = rec.error
     quantity = "output" if err["phase"] == "forward" else "grad_input"
     where = f" at {err['where']}" if err.get("where") else ""
-    return Row(mode, pair.name, type_name or pair.type_name, quantity, None, None,
-               status="diverged", diagnosis="raised", detail=dict(err),
-               message=f"{err['phase']} raised {err['type']}: {err['message']}{where}",
-               fix=f"fix the exception in {err['phase']}")
+    return Row(
+        mode,
+        pair.name,
+        type_name or pair.type_name,
+        quantity,
+        None,
+        None,
+        status="diverged",
+        diagnosis="raised",
+        detail=dict(err),
+        message=f"{err['phase']} raised {err['type']}: {err['message']}{where}",
+        fix=f"fix the exception in {err['phase']}",
+    )

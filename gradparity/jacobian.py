@@ -201,8 +201,13 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
     worst = None
     if any_mismatch:
         b, i, j = np.unravel_index(int(np.argmax(np.where(mismatch, err, -1.0))), r.shape)
-        worst = {"sample": int(b), "out": int(i), "in": int(j),
-                 "ours": float(o[b, i, j]), "reference": float(r[b, i, j])}
+        worst = {
+            "sample": int(b),
+            "out": int(i),
+            "in": int(j),
+            "ours": float(o[b, i, j]),
+            "reference": float(r[b, i, j]),
+        }
     pattern: dict = {
         "samples": batch,
         "out_features": n_out,
@@ -217,9 +222,17 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
         "ours_zero": any_mismatch and ours_zero(),
         "worst": worst,
     }
-    square_keys = ("diagonal_mismatches", "off_diagonal_mismatches", "diagonal_match",
-                   "off_diagonal_match", "diagonal_only", "off_diagonal_only",
-                   "ours_diagonal_zero", "ours_offdiag_zero", "transposed")
+    square_keys = (
+        "diagonal_mismatches",
+        "off_diagonal_mismatches",
+        "diagonal_match",
+        "off_diagonal_match",
+        "diagonal_only",
+        "off_diagonal_only",
+        "ours_diagonal_zero",
+        "ours_offdiag_zero",
+        "transposed",
+    )
     if n_out != n_in:
         return pattern | dict.fromkeys(square_keys)
     diag = np.broadcast_to(np.eye(n_out, dtype=bool), r.shape)
@@ -248,40 +261,56 @@ def _message(p: dict) -> str:
     if k == 0:
         return f"ours' Jacobian matches the reference's in all {n} entries"
     if p["ours_zero"]:
-        return (f"ours' Jacobian is zero everywhere ({share} differ): backward passes no "
-                "gradient through (e.g. it returns zeros or multiplies by a zero mask)")
+        return (
+            f"ours' Jacobian is zero everywhere ({share} differ): backward passes no "
+            "gradient through (e.g. it returns zeros or multiplies by a zero mask)"
+        )
     if p["negated"]:
         return f"ours' Jacobian is the reference's negated ({share} differ): a sign error"
     if p["transposed"]:
-        return (f"ours' Jacobian is the reference's transposed ({share} differ): backward "
-                "multiplies by J instead of J^T, e.g. by W where W.T belongs")
+        return (
+            f"ours' Jacobian is the reference's transposed ({share} differ): backward "
+            "multiplies by J instead of J^T, e.g. by W where W.T belongs"
+        )
     if p["ours_offdiag_zero"]:
         also = "" if p["diagonal_match"] else ", and its diagonal is wrong as well"
-        return (f"ours' Jacobian is diagonal only ({share} differ): the off-diagonal terms "
-                "(-s_i*s_j for softmax) are missing; an elementwise derivative was used for a "
-                f"layer that mixes its inputs{also}")
+        return (
+            f"ours' Jacobian is diagonal only ({share} differ): the off-diagonal terms "
+            "(-s_i*s_j for softmax) are missing; an elementwise derivative was used for a "
+            f"layer that mixes its inputs{also}"
+        )
     if p["diagonal_only"]:
         zero = ", where ours is zero" if p["ours_diagonal_zero"] else ""
-        return (f"the Jacobians differ only on the diagonal ({share}{zero}): the "
-                "Kronecker-delta (i == j) term is wrong (inverted or missing)")
+        return (
+            f"the Jacobians differ only on the diagonal ({share}{zero}): the "
+            "Kronecker-delta (i == j) term is wrong (inverted or missing)"
+        )
     if p["off_diagonal_only"]:
-        return (f"the Jacobians differ only off the diagonal ({share}): the cross terms "
-                "d out_i/d x_j (i != j) are wrong while the elementwise part is right")
+        return (
+            f"the Jacobians differ only off the diagonal ({share}): the cross terms "
+            "d out_i/d x_j (i != j) are wrong while the elementwise part is right"
+        )
     rows, cols = p["whole_rows"], p["whole_cols"]
     if 0 < len(rows) < p["out_features"] and k == len(rows) * p["in_features"] * batch:
-        return (f"the Jacobians differ in whole rows only (outputs {rows}): ours' derivative "
-                "of those outputs is wrong with respect to every input")
+        return (
+            f"the Jacobians differ in whole rows only (outputs {rows}): ours' derivative "
+            "of those outputs is wrong with respect to every input"
+        )
     if 0 < len(cols) < p["in_features"] and k == len(cols) * p["out_features"] * batch:
-        return (f"the Jacobians differ in whole columns only (inputs {cols}): the gradient "
-                "ours sends to those inputs is wrong from every output")
+        return (
+            f"the Jacobians differ in whole columns only (inputs {cols}): the gradient "
+            "ours sends to those inputs is wrong from every output"
+        )
     parts = [f"{p['sign_flipped_entries']} of them with the opposite sign"]
     if p["diagonal_match"] is not None:
         parts.append(f"diagonal {'agrees' if p['diagonal_match'] else 'differs'}")
         parts.append(f"off-diagonal {'agrees' if p['off_diagonal_match'] else 'differs'}")
     w = p["worst"]
-    return (f"the Jacobians differ in {share} ({', '.join(parts)}); the worst is "
-            f"d out[{w['out']}]/d x[{w['in']}] of sample {w['sample']}: ours {w['ours']:.6g}, "
-            f"reference {w['reference']:.6g}")
+    return (
+        f"the Jacobians differ in {share} ({', '.join(parts)}); the worst is "
+        f"d out[{w['out']}]/d x[{w['in']}] of sample {w['sample']}: ours {w['ours']:.6g}, "
+        f"reference {w['reference']:.6g}"
+    )
 
 
 def probe(

@@ -43,8 +43,14 @@ def finding_from_row(row: Row, mode: str) -> Finding:
     if row.max_abs is not None:
         detail.setdefault("max_abs", row.max_abs)
         detail.setdefault("mismatch_frac", row.mismatch_frac)
-    return Finding(row.layer, row.quantity, row.diagnosis or "unexplained", detail,
-                   f"{place(row.layer, row.quantity)}: {text}{fix}", mode)
+    return Finding(
+        row.layer,
+        row.quantity,
+        row.diagnosis or "unexplained",
+        detail,
+        f"{place(row.layer, row.quantity)}: {text}{fix}",
+        mode,
+    )
 
 
 def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:

@@ -74,7 +74,7 @@ def tensor_diff(ours: np.ndarray, ref: np.ndarray, tol: Tolerance) -> TensorDiff
     return TensorDiff(
         max_abs=float(err.max()),
         max_rel=float(rel.max()),
-        cosine=cosine_similarity(np.nan_to_num(o), np.nan_to_num(r)),
+        cosine=cosine_similarity(np.where(np.isfinite(o), o, 0.0), finite_r),
         mismatch_count=int(mismatch.sum()),
         numel=int(o.size),
         worst_index=tuple(int(i) for i in worst),

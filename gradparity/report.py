@@ -14,9 +14,25 @@ import pandas as pd
 from gradparity.diff import Row
 from gradparity.locate import Finding, place
 
-TABLE_COLUMNS = ["mode", "layer", "type", "quantity", "shape_ours", "shape_ref", "max_abs",
-                 "max_rel", "cosine", "mismatch_frac", "worst_index", "ours_at_worst",
-                 "ref_at_worst", "allowed_at_worst", "status", "diagnosis", "conversion"]
+TABLE_COLUMNS = [
+    "mode",
+    "layer",
+    "type",
+    "quantity",
+    "shape_ours",
+    "shape_ref",
+    "max_abs",
+    "max_rel",
+    "cosine",
+    "mismatch_frac",
+    "worst_index",
+    "ours_at_worst",
+    "ref_at_worst",
+    "allowed_at_worst",
+    "status",
+    "diagnosis",
+    "conversion",
+]
 _STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
 
 
@@ -89,18 +105,20 @@ class Report:
             d = r.as_dict()
             d.pop("detail")
             rows.append(d)
-        return _json_safe({
-            "ok": self.ok,
-            "dtype": self.dtype,
-            "tolerance": self.tolerance,
-            "root_causes": [f.as_dict() for f in self.root_causes],
-            "warnings": [f.as_dict() for f in self.warnings],
-            "first_divergence": self.first_divergence,
-            "conversions": self.conversions,
-            "notes": self.notes,
-            "meta": self.meta,
-            "rows": rows,
-        })
+        return _json_safe(
+            {
+                "ok": self.ok,
+                "dtype": self.dtype,
+                "tolerance": self.tolerance,
+                "root_causes": [f.as_dict() for f in self.root_causes],
+                "warnings": [f.as_dict() for f in self.warnings],
+                "first_divergence": self.first_divergence,
+                "conversions": self.conversions,
+                "notes": self.notes,
+                "meta": self.meta,
+                "rows": rows,
+            }
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
@@ -110,8 +128,10 @@ class Report:
         name = self.meta.get("model", "model")
         n_layers = len({r.layer for r in self.rows})
         if self.ok:
-            return (f"{name}: parity OK ({n_layers} layers, {len(self.rows)} tensors, "
-                    f"{self.dtype}, rtol {self.tolerance['rtol']:g})")
+            return (
+                f"{name}: parity OK ({n_layers} layers, {len(self.rows)} tensors, "
+                f"{self.dtype}, rtol {self.tolerance['rtol']:g})"
+            )
         lines = [f"{name}: {len(self.root_causes)} root cause(s)"]
         lines += [f"  - [{f.diagnosis}] {f.message}" for f in self.root_causes]
         lines += [f"  ! {w.message}" for w in self.warnings]
@@ -120,13 +140,18 @@ class Report:
     def to_markdown(self) -> str:
         """report.md: verdict and root causes first, then the tables, problems first."""
         out = [f"# gradparity report: {self.meta.get('model', 'model')}", ""]
-        out.append("**Parity: OK**" if self.ok else
-                   f"**Divergence: {len(self.root_causes)} root cause(s)**")
+        out.append(
+            "**Parity: OK**"
+            if self.ok
+            else f"**Divergence: {len(self.root_causes)} root cause(s)**"
+        )
         out.append("")
         if self.root_causes:
             out += ["## Root causes", ""]
-            out += [f"{i}. `{f.diagnosis}` **{place(f.layer, f.quantity)}**: {f.message}"
-                    for i, f in enumerate(self.root_causes, 1)]
+            out += [
+                f"{i}. `{f.diagnosis}` **{place(f.layer, f.quantity)}**: {f.message}"
+                for i, f in enumerate(self.root_causes, 1)
+            ]
             out.append("")
         if self.warnings:
             out += ["## Warnings", ""] + [f"- `{w.diagnosis}` {w.message}" for w in self.warnings]
@@ -140,8 +165,12 @@ class Report:
             rows = [r for r in self.rows if r.mode == mode]
             if rows:
                 out += [f"## {mode} rows", "", *self._md_table(rows), ""]
-        out += ["## Run details", "", f"- dtype: {self.dtype}",
-                f"- tolerance: {json.dumps(_json_safe(self.tolerance))}"]
+        out += [
+            "## Run details",
+            "",
+            f"- dtype: {self.dtype}",
+            f"- tolerance: {json.dumps(_json_safe(self.tolerance))}",
+        ]
         out += [f"- {k}: {v}" for k, v in self.meta.items()]
         out += [f"- layout: {c}" for c in self.conversions]
         out += [f"- note: {n}" for n in self.notes]
@@ -149,8 +178,19 @@ class Report:
 
     @staticmethod
     def _md_table(rows: list[Row], max_ok: int = 30) -> list[str]:
-        cols = ["layer", "quantity", "status", "diagnosis", "shape_ours", "shape_ref", "max_abs",
-                "max_rel", "cosine", "mismatch_frac", "worst_index"]
+        cols = [
+            "layer",
+            "quantity",
+            "status",
+            "diagnosis",
+            "shape_ours",
+            "shape_ref",
+            "max_abs",
+            "max_rel",
+            "cosine",
+            "mismatch_frac",
+            "worst_index",
+        ]
         ordered = sorted(rows, key=lambda r: _STATUS_RANK[r.status])
         ok_rows = [r for r in ordered if r.status == "ok"]
         shown = [r for r in ordered if r.status != "ok"] + ok_rows[:max_ok]
@@ -187,9 +227,16 @@ def merge_reports(reports: list[Report]) -> Report:
         for bucket, found in ((roots, rep.root_causes), (warnings, rep.warnings)):
             bucket += [Finding(**{**f.as_dict(), "layer": prefix + f.layer}) for f in found]
     first = reports[0]
-    return Report(dtype=first.dtype, tolerance=first.tolerance, rows=rows, root_causes=roots,
-                  warnings=warnings,
-                  conversions=[c for rep in reports for c in rep.conversions],
-                  notes=[n for rep in reports for n in rep.notes],
-                  meta={"model": "+".join(r.meta.get("model", "model") for r in reports),
-                        **{k: v for k, v in first.meta.items() if k != "model"}})
+    return Report(
+        dtype=first.dtype,
+        tolerance=first.tolerance,
+        rows=rows,
+        root_causes=roots,
+        warnings=warnings,
+        conversions=[c for rep in reports for c in rep.conversions],
+        notes=[n for rep in reports for n in rep.notes],
+        meta={
+            "model": "+".join(r.meta.get("model", "model") for r in reports),
+            **{k: v for k, v in first.meta.items() if k != "model"},
+        },
+    )

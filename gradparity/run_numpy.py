@@ -80,14 +80,18 @@ def _aliases(grads: dict, params: dict, grad_out: np.ndarray, grad_in: Any) -> l
         g = grads[k]
         if not isinstance(g, np.ndarray):
             continue
-        others = named + [(f"grad {o}", grads[o]) for o in keys[i + 1:]]
-        found += [f"grad {k} shares memory with {name}" for name, arr in others
-                  if isinstance(arr, np.ndarray) and np.shares_memory(g, arr)]
+        others = named + [(f"grad {o}", grads[o]) for o in keys[i + 1 :]]
+        found += [
+            f"grad {k} shares memory with {name}"
+            for name, arr in others
+            if isinstance(arr, np.ndarray) and np.shares_memory(g, arr)
+        ]
     return found
 
 
-def run_chain(layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray,
-              x_warm: np.ndarray) -> dict[str, LayerRecord]:
+def run_chain(
+    layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray, x_warm: np.ndarray
+) -> dict[str, LayerRecord]:
     """Forward through every layer and the loss, then backward; records keyed by layer name
     plus "loss". A layer that raises ends the pass there (later layers get no record)."""
     layers = copy.deepcopy(layers)
@@ -117,8 +121,7 @@ def run_chain(layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: n
     return records
 
 
-def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray,
-                x_warm: np.ndarray) -> LayerRecord:
+def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray, x_warm: np.ndarray) -> LayerRecord:
     """One layer alone on a fresh copy: warm-up forward, forward(x), backward(upstream)."""
     fresh = copy.deepcopy(layer)
     _warm_up([("", fresh)], x_warm)
@@ -129,8 +132,9 @@ def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray,
     return rec
 
 
-def probe_loss(loss: Any, logits: np.ndarray, target: np.ndarray,
-               logits_warm: np.ndarray) -> LayerRecord:
+def probe_loss(
+    loss: Any, logits: np.ndarray, target: np.ndarray, logits_warm: np.ndarray
+) -> LayerRecord:
     """The loss alone on a fresh copy, fed the reference's logits."""
     fresh = copy.deepcopy(loss)
     with contextlib.suppress(Exception):  # the real call below reports errors

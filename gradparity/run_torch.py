@@ -51,8 +51,14 @@ def _install_hooks(pairs: list[LayerPair], records: dict[str, LayerRecord]) -> l
     return handles
 
 
-def run_chain(model: nn.Module, pairs: list[LayerPair], loss_fn: Callable, x: np.ndarray,
-              target: np.ndarray, dtype: torch.dtype) -> dict[str, LayerRecord]:
+def run_chain(
+    model: nn.Module,
+    pairs: list[LayerPair],
+    loss_fn: Callable,
+    x: np.ndarray,
+    target: np.ndarray,
+    dtype: torch.dtype,
+) -> dict[str, LayerRecord]:
     """Forward and backward of the whole reference; records keyed like ours' (plus "loss").
 
     Parameter gradients are taken with ``torch.autograd.grad``, so no ``.grad`` is touched.
@@ -66,39 +72,58 @@ def run_chain(model: nn.Module, pairs: list[LayerPair], loss_fn: Callable, x: np
         loss = loss_fn(logits, as_tensor(target, dtype))
         (dlogits,) = torch.autograd.grad(loss, [logits])
     except Exception as exc:
-        raise InputError(f"the reference model raised {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise InputError(
+            f"the reference model raised {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     finally:
         for h in handles:
             h.remove()
-    params = [(p.name, pp.torch_name, dict(p.module.named_parameters())[pp.torch_name])
-              for p in pairs for pp in p.params]
-    grads = torch.autograd.grad(out, [x_t] + [t for _, _, t in params], grad_outputs=dlogits,
-                                allow_unused=True)
+    params = [
+        (p.name, pp.torch_name, dict(p.module.named_parameters())[pp.torch_name])
+        for p in pairs
+        for pp in p.params
+    ]
+    grads = torch.autograd.grad(
+        out, [x_t] + [t for _, _, t in params], grad_outputs=dlogits, allow_unused=True
+    )
     for (name, tname, tparam), g in zip(params, grads[1:]):
         records[name].grads[tname] = to_numpy(g) if g is not None else np.zeros(tuple(tparam.shape))
-    records["loss"] = LayerRecord(input=to_numpy(out), output=to_numpy(loss),
-                                  grad_input=to_numpy(dlogits))
+    records["loss"] = LayerRecord(
+        input=to_numpy(out), output=to_numpy(loss), grad_input=to_numpy(dlogits)
+    )
     return records
 
 
-def probe_module(pair: LayerPair, x: np.ndarray, upstream: np.ndarray,
-                 dtype: torch.dtype) -> LayerRecord:
+def probe_module(
+    pair: LayerPair, x: np.ndarray, upstream: np.ndarray, dtype: torch.dtype
+) -> LayerRecord:
     """One module alone: forward on x, backward of ``upstream``; grads keyed by torch names."""
     x_t = as_tensor(x, dtype, grad=True)
     named = list(pair.module.named_parameters())
     out = pair.module(x_t)
-    grads = torch.autograd.grad(out, [x_t] + [t for _, t in named],
-                                grad_outputs=as_tensor(upstream, dtype), allow_unused=True)
-    rec = LayerRecord(input=x.copy(), output=to_numpy(out), grad_output=upstream.copy(),
-                      grad_input=to_numpy(grads[0]))
-    rec.grads = {n: to_numpy(g) if g is not None else np.zeros(tuple(t.shape))
-                 for (n, t), g in zip(named, grads[1:])}
+    grads = torch.autograd.grad(
+        out,
+        [x_t] + [t for _, t in named],
+        grad_outputs=as_tensor(upstream, dtype),
+        allow_unused=True,
+    )
+    rec = LayerRecord(
+        input=x.copy(),
+        output=to_numpy(out),
+        grad_output=upstream.copy(),
+        grad_input=to_numpy(grads[0]),
+    )
+    rec.grads = {
+        n: to_numpy(g) if g is not None else np.zeros(tuple(t.shape))
+        for (n, t), g in zip(named, grads[1:])
+    }
     return rec
 
 
-def probe_loss(loss_fn: Callable, logits: np.ndarray, target: np.ndarray,
-               dtype: torch.dtype) -> LayerRecord:
+def probe_loss(
+    loss_fn: Callable, logits: np.ndarray, target: np.ndarray, dtype: torch.dtype
+) -> LayerRecord:
     """The reference loss alone at ``logits``."""
     z = as_tensor(logits, dtype, grad=True)
     loss = loss_fn(z, as_tensor(target, dtype))

@@ -27,8 +27,14 @@ class Setup:
 def _assignment(seed: int) -> Setup:
     ours = assignment_network()
     x, target = assignment_data()
-    return Setup("assignment", ours, mirror(ours), x, target,
-                 "the course assignment: 2-3-2 sigmoid network, x = [1, -1], target 0")
+    return Setup(
+        "assignment",
+        ours,
+        mirror(ours),
+        x,
+        target,
+        "the course assignment: 2-3-2 sigmoid network, x = [1, -1], target 0",
+    )
 
 
 def _mlp(seed: int) -> Setup:
@@ -36,8 +42,14 @@ def _mlp(seed: int) -> Setup:
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((16, 784))
     target = rng.integers(0, 10, size=16)
-    return Setup("mlp", ours, mirror(ours), x, target,
-                 "784-300-10 sigmoid MLP, random weights and non-zero biases, random batch of 16")
+    return Setup(
+        "mlp",
+        ours,
+        mirror(ours),
+        x,
+        target,
+        "784-300-10 sigmoid MLP, random weights and non-zero biases, random batch of 16",
+    )
 
 
 MODELS: dict[str, Callable[[int], Setup]] = {"assignment": _assignment, "mlp": _mlp}

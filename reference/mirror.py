@@ -21,8 +21,7 @@ _ELEMENTWISE = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU}
 def _kind(obj) -> str:
     """The first ours class name in obj's MRO, so subclasses (e.g. injected bugs) mirror too."""
     known = {"Linear", "Softmax", "SoftmaxCrossEntropy", "MSE", *_ELEMENTWISE}
-    return next((c.__name__ for c in type(obj).__mro__ if c.__name__ in known),
-                type(obj).__name__)
+    return next((c.__name__ for c in type(obj).__mro__ if c.__name__ in known), type(obj).__name__)
 
 
 def mirror_layer(layer) -> nn.Module:

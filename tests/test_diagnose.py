@@ -117,8 +117,9 @@ def test_singleton_axis_layout_with_wrong_values_diagnoses_values(rng):
 
 
 def test_wrong_size_names_the_parameter_shape(rng):
-    d = diagnose(rng.standard_normal(5), rng.standard_normal(6), TOL, quantity="grad:b",
-                 param_shape=(6,))  # fmt: skip
+    d = diagnose(
+        rng.standard_normal(5), rng.standard_normal(6), TOL, quantity="grad:b", param_shape=(6,)
+    )
     assert d.label == "shape_mismatch"
     assert d.detail["param_shape"] == [6]
     assert "gradient of b has shape (5,), the parameter (6,)" in d.message
@@ -200,8 +201,9 @@ def test_factor_of_batch_size_without_batch_size_is_scaled(rng):
 def test_doubled_derivative_is_scaled_by_two(rng):
     x, target = rng.standard_normal((N, 4)), rng.standard_normal((N, 4))
     ref = (x - target) / N  # d/dx of 0.5 * mean squared error
-    d = diagnose(_roundoff(2 * (x - target) / N, rng), ref, TOL, quantity="grad_input",
-                 batch_size=N)  # fmt: skip
+    d = diagnose(
+        _roundoff(2 * (x - target) / N, rng), ref, TOL, quantity="grad_input", batch_size=N
+    )
     _json_ok(d)
     assert d.label == "scaled"
     assert d.detail["factor"] == pytest.approx(2.0, rel=1e-12)
@@ -298,8 +300,9 @@ def test_scaled_recovers_any_other_factor(seed, shape, factor, batch_size):
     assume(np.prod(shape) > 1)
     rng = np.random.default_rng(seed)
     ref = rng.standard_normal(shape)
-    d = diagnose(_roundoff(factor * ref, rng), ref, TOL, quantity="grad_input",
-                 batch_size=batch_size)  # fmt: skip
+    d = diagnose(
+        _roundoff(factor * ref, rng), ref, TOL, quantity="grad_input", batch_size=batch_size
+    )
     assert d.label == "scaled"
     assert d.detail["factor"] == pytest.approx(factor, rel=1e-9)
 

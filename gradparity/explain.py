@@ -1,0 +1,141 @@
+"""Evidence for the rows that diverge in isolation: stale caches, the referee's verdict and
+the Jacobian probe. Runs only where something diverged, so a clean run pays nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradparity import jacobian, referee, run_torch
+from gradparity.align import LayerPair
+from gradparity.diff import Row
+from gradparity.metrics import tensor_diff
+from gradparity.records import LayerRecord
+from gradparity.reference.layout import to_ours_layout
+from gradparity.tolerance import Tolerance
+
+
+@dataclass
+class Probe:
+    """One isolated run of one layer on both sides, with what it was fed."""
+
+    pair: LayerPair
+    ours: LayerRecord
+    ref: LayerRecord
+    warm: np.ndarray  # the warm-up input fed to ours before the real forward
+    upstream: np.ndarray | None  # None for the loss
+
+
+def _ref_value(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarray:
+    if quantity == "grad_input":
+        return rec.grad_input
+    p = next(p for p in pair.params if p.key == quantity[5:])
+    return to_ours_layout(rec.grads[p.torch_name], p.conversion, p.ours_shape)
+
+
+def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
+    return rec.grad_input if quantity == "grad_input" else rec.grads.get(quantity[5:])
+
+
+def _is_stale(probe: Probe, quantity: str, tol: Tolerance, tdtype: torch.dtype) -> bool:
+    """Ours equals the reference's gradient at the warm-up input: backward used an old cache."""
+    ours = _ours_value(probe.ours, quantity)
+    if ours is None:
+        return False
+    at_warm = run_torch.probe_module(probe.pair, probe.warm, probe.upstream, tdtype)
+    expected = _ref_value(probe.pair, at_warm, quantity)
+    return np.shape(ours) == expected.shape and tensor_diff(np.asarray(ours), expected, tol).ok
+
+
+def _mark_stale(row: Row) -> None:
+    row.diagnosis = "stale"
+    row.message = (
+        "equals the reference's value for the input of the previous forward call: "
+        "backward used a stale cached input"
+    )
+    row.fix = "cache the input on every forward call (self.x = x), not only on the first"
+
+
+def add_evidence(
+    rows: list[Row],
+    probes: dict[str, Probe],
+    tol: Tolerance,
+    target: np.ndarray,
+    reference_loss: Any,
+    tdtype: torch.dtype,
+    rng: np.random.Generator,
+) -> None:
+    """Enrich diverging isolate rows in place (``detail``, and ``diagnosis``/``message`` for
+    stale caches and for gradients where the referee finds the reference at fault)."""
+    for row in rows:
+        if (
+            not row.diverged
+            or row.diagnosis == "raised"
+            or not (row.quantity == "grad_input" or row.quantity.startswith("grad:"))
+        ):
+            continue
+        probe = probes[row.layer]
+        if row.layer == "loss":
+            verdict = referee.referee_loss(
+                probe.pair.layer,
+                reference_loss,
+                probe.ref.input,
+                target,
+                probe.ours.grad_input,
+                probe.ref.grad_input,
+                rng,
+            )
+        else:
+            if _is_stale(probe, row.quantity, tol, tdtype):
+                _mark_stale(row)
+            verdict = referee.referee_layer(
+                probe.pair,
+                probe.ref.input,
+                probe.upstream,
+                row.quantity,
+                _ours_value(probe.ours, row.quantity),
+                _ref_value(probe.pair, probe.ref, row.quantity),
+                rng,
+            )
+            if row.quantity == "grad_input":
+                _add_jacobian(row, _jacobian(probe, tol))
+        row.detail["referee"] = verdict
+        if verdict["referee"] == "ours":
+            row.message = (
+                "the reference is wrong here, not ours: ours matches central "
+                "differences of the forward, the reference does not"
+            )
+            row.fix = "check the reference model (a custom autograd Function or a detach)"
+
+
+def _add_jacobian(row: Row, evidence: dict) -> None:
+    """Attach the probe's evidence; a transposed Jacobian names the bug outright."""
+    row.detail["jacobian"] = evidence
+    pattern = evidence.get("pattern", {})
+    if row.diagnosis == "unexplained" and pattern.get("transposed"):
+        row.diagnosis = "transposed"
+        row.message = (
+            "the layer's Jacobian is the transpose of the reference's: backward "
+            "multiplies by W where W.T belongs (or the reverse)"
+        )
+        row.fix = "for y = x @ W use grad_out @ W.T; for y = x @ W.T use grad_out @ W"
+    elif "message" in evidence:
+        row.message = f"{row.message}; Jacobian probe: {evidence['message']}"
+
+
+def _jacobian(probe: Probe, tol: Tolerance) -> dict:
+    """The probe's pattern and message, or a note when the layer is too large to probe."""
+    x = probe.ref.input
+    note = jacobian.too_large(x.shape, probe.ref.output.shape)
+    if note is not None:
+        return {"note": note}
+    try:
+        result = jacobian.probe(probe.pair.layer, probe.pair.module, x, tol)
+    except ValueError as exc:
+        return {"note": f"skipped: {exc}"}
+    if isinstance(result, str):
+        return {"note": result}
+    return {"pattern": result.pattern, "message": result.message}
