@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from gradparity.adapt import Wrapped, wrap
 from gradparity.api import compare
 from gradparity.errors import InputError
+from gradparity.lints import lint
 from gradparity.locate import Finding
 from gradparity.report import Report
 from gradparity.tolerance import Tolerance, tolerance_for
@@ -17,6 +18,7 @@ __all__ = [
     "Wrapped",
     "__version__",
     "compare",
+    "lint",
     "tolerance_for",
     "wrap",
 ]

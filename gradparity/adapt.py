@@ -164,3 +164,8 @@ def named_layers(model: Any) -> list[tuple[str, Any]]:
     for name, layer in pairs:
         check_protocol(name, layer)
     return pairs
+
+
+def model_name(model: Any) -> str:
+    """A name for reports: the class name, or "model" for a plain list of layers."""
+    return "model" if isinstance(model, (list, tuple)) else type(model).__name__

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from gradparity import __version__, run_numpy, run_torch
-from gradparity.adapt import check_protocol, named_layers, params_of
+from gradparity.adapt import check_protocol, model_name, named_layers, params_of
 from gradparity.align import LayerPair, align_layers, pair_parameters, sync_module
 from gradparity.diff import Row, compare_layer, compare_loss
 from gradparity.errors import InputError
 from gradparity.explain import Probe, add_evidence
-from gradparity.locate import Finding, first_divergence, locate
+from gradparity.lints import lint_records
+from gradparity.locate import first_divergence, locate
 from gradparity.records import LayerRecord
 from gradparity.report import Report
 from gradparity.tolerance import tolerance_for
@@ -148,39 +149,6 @@ def _rows(mode: str, results, tol, batch: int, loss_type: str) -> tuple[list[Row
     return fwd, bwd
 
 
-def _lint_findings(results, mode: str) -> tuple[list[Finding], list[Finding]]:
-    """(root causes, warnings) that need no reference: in-place mutation and aliasing."""
-    roots, warnings = [], []
-    for pair, ours, _ in results:
-        for what in ours.mutated:
-            phase = "forward" if what == "input" else "backward"
-            roots.append(
-                Finding(
-                    pair.name,
-                    "output" if phase == "forward" else "grad_input",
-                    "mutates_input",
-                    {"phase": phase, "array": what},
-                    mode=mode,
-                    message=(
-                        f"{pair.name}: {phase} changed its {what.replace('_', ' ')} in place; "
-                        "work on a copy (the caller still needs the original values)"
-                    ),
-                )
-            )
-        warnings += [
-            Finding(
-                pair.name,
-                "grads",
-                "aliased",
-                {"alias": a},
-                mode=mode,
-                message=f"{pair.name}: {a}; store a copy",
-            )
-            for a in ours.aliases
-        ]
-    return roots, warnings
-
-
 def compare(
     ours_model: Any,
     reference_model: nn.Module,
@@ -240,19 +208,22 @@ def compare(
     chain_rows, iso_rows = chain_fwd + chain_bwd, iso_fwd + iso_bwd
     add_evidence(iso_rows, probes, tol, target, reference_loss, tdtype, rng)
     roots = locate(chain_rows, iso_rows)
-    lint_roots, warnings = _lint_findings(isolated, "isolate")
+    lint_roots, warnings = lint_records(
+        [(p.name, params_of(p.layer), o) for p, o, _ in isolated], "isolate"
+    )
+    blamed = {(f.layer, f.quantity) for f in roots}
     notes = [f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error]
     return Report(
         dtype=dtype,
         tolerance=tol.as_dict(),
         rows=iso_rows + chain_rows,
-        root_causes=roots + lint_roots,
+        root_causes=roots + [f for f in lint_roots if (f.layer, f.quantity) not in blamed],
         warnings=warnings,
         first_divergence=first_divergence(chain_rows),
         conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],
         notes=notes,
         meta={
-            "model": name or type(ours_model).__name__,
+            "model": name or model_name(ours_model),
             "seed": seed,
             "batch_size": batch,
             "isolate_upstream": "seeded random normal",

@@ -7,6 +7,7 @@ must find it: layer, quantity and diagnosis.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -186,6 +187,7 @@ class Bug:
     layer: str
     quantity: str
     diagnosis: str
+    mutant: type
     build: Callable[[int], tuple[Sequential, object, np.ndarray, np.ndarray]]
 
 
@@ -226,7 +228,34 @@ def softmax_network(seed: int, softmax: type = Softmax, loss: type = MSE):
 
 
 def _bug(name, description, layer, quantity, diagnosis, build) -> Bug:
-    return Bug(name, description, layer, quantity, diagnosis, build)
+    model, loss, _, _ = build(0)
+    mutant = type(loss) if layer == "loss" else type(model[layer])
+    return Bug(name, description, layer, quantity, diagnosis, mutant, build)
+
+
+def inject(model: Sequential, loss: object, bug: Bug) -> tuple[Sequential, object]:
+    """Copies of ``model`` and ``loss`` with ``bug`` injected into the layer of the same name
+    (same state, the mutant's methods). TypeError when that layer is not of the bug's kind."""
+    base = bug.mutant.__mro__[1]
+    if bug.layer == "loss":
+        if not isinstance(loss, base):
+            raise TypeError(f"bug {bug.name} needs a {base.__name__} loss")
+        return copy.deepcopy(model), _as_mutant(loss, bug.mutant)
+    layers = list(model.named_layers())
+    if not any(n == bug.layer and isinstance(layer, base) for n, layer in layers):
+        raise TypeError(f"bug {bug.name} needs a {base.__name__} layer named {bug.layer!r}")
+    return Sequential(
+        *[
+            (n, _as_mutant(layer, bug.mutant) if n == bug.layer else copy.deepcopy(layer))
+            for n, layer in layers
+        ]
+    ), copy.deepcopy(loss)
+
+
+def _as_mutant(obj: object, mutant: type) -> object:
+    new = mutant.__new__(mutant)
+    new.__dict__.update(copy.deepcopy(obj.__dict__))
+    return new
 
 
 BUGS: list[Bug] = [

@@ -84,9 +84,25 @@ def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
     return kwargs, ours_spec.rpartition(":")[2]
 
 
+def _inject(model: Any, bug_name: str) -> tuple[Any, Any]:
+    """The model and default loss with a corpus bug injected (``check --bug``)."""
+    from gradparity.bugs import BUGS, inject
+    from gradparity.ours import SoftmaxCrossEntropy
+
+    bug = next((b for b in BUGS if b.name == bug_name), None)
+    if bug is None:
+        raise InputError(f"unknown bug {bug_name!r}; choose from {', '.join(b.name for b in BUGS)}")
+    try:
+        return inject(model, SoftmaxCrossEntropy(), bug)
+    except TypeError as exc:
+        raise InputError(f"{exc}; this model cannot take it") from exc
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     if bool(args.ours) != bool(args.reference):
         raise InputError("--ours and --reference go together")
+    if args.ours and args.bug:
+        raise InputError("--bug injects into built-in models only, not into --ours")
     if args.ours and args.model:
         raise InputError("give --model or --ours/--reference, not both")
     reports: list[Report] = []
@@ -99,15 +115,20 @@ def cmd_check(args: argparse.Namespace) -> int:
                 setup = zoo.build(model, args.seed)
             except KeyError as exc:
                 raise InputError(exc.args[0]) from exc
+            ours, loss, name = setup.ours, None, setup.name
+            if args.bug:
+                ours, loss = _inject(ours, args.bug)
+                name = f"{setup.name}+{args.bug}"
             reports.append(
                 compare(
-                    setup.ours,
+                    ours,
                     setup.reference,
                     setup.x,
                     setup.target,
+                    ours_loss=loss,
                     dtype=args.dtype,
                     seed=args.seed,
-                    name=setup.name,
+                    name=name,
                 )
             )
     report = reports[0] if len(reports) == 1 else merge_reports(reports)
@@ -155,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", default="reports/latest", help="report folder")
     check.add_argument("--seed", type=int, default=0)
     check.add_argument("--format", choices=["text", "md", "json"], default="text")
+    check.add_argument("--bug", metavar="NAME", help="inject a known bug (see selftest)")
     check.set_defaults(func=cmd_check)
     selftest = sub.add_parser("selftest", help="inject the known-bug corpus, show what was found")
     selftest.add_argument("--bug", action="append", metavar="NAME", help="only this bug (repeat)")

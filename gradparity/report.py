@@ -149,7 +149,7 @@ class Report:
         if self.root_causes:
             out += ["## Root causes", ""]
             out += [
-                f"{i}. `{f.diagnosis}` **{place(f.layer, f.quantity)}**: {f.message}"
+                f"{i}. `{f.diagnosis}` {f.message}"
                 for i, f in enumerate(self.root_causes, 1)
             ]
             out.append("")

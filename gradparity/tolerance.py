@@ -9,10 +9,10 @@ term makes the test normwise: round-off in a sum grows with the size of its term
 the (possibly cancelled) result, so an element that is tiny only because of cancellation is
 not flagged. ``atol`` only matters for all-zero reference tensors.
 
-Float64 figures (see ``benchmarks/tolerance.py``): NumPy-vs-torch round-off on correct layers
-stays below 1e-13 of the tensor scale, while the smallest error any bug of the self-test
-corpus makes is above 1e-2 of it. ``rtol = 1e-7`` sits six orders of magnitude above the
-first and five below the second.
+Float64 figures from ``benchmarks/tolerance.py``: on correct code (5072 tensors) the largest
+NumPy-vs-torch difference is 4.8e-8 of the allowed error; the smallest error any value-changing
+bug of the self-test corpus makes is 2.4e6 times the allowed error. ``rtol = 1e-7`` leaves
+about seven orders of magnitude of margin on one side and six on the other.
 """
 
 from __future__ import annotations

@@ -1,0 +1,66 @@
+"""Measure both sides of the float64 tolerance: round-off on correct code, error of real bugs.
+
+Prints, as multiples of the allowed error at each tensor's worst element:
+- the largest NumPy-vs-torch difference over correct models (must stay far below 1),
+- the smallest difference any known-bug corpus entry makes at its root cause (far above 1).
+
+Run: .venv/bin/python benchmarks/tolerance.py [--seeds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from gradparity.api import compare
+from gradparity.bugs import BUGS, UNMUTATED
+from gradparity.reference import mirror, mirror_loss
+from gradparity.zoo import build
+
+
+def _ratio(row) -> float | None:
+    if row.allowed_at_worst is None or row.ours_at_worst is None:
+        return None
+    return abs(row.ours_at_worst - row.ref_at_worst) / row.allowed_at_worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=50)
+    args = parser.parse_args()
+
+    clean, tensors = 0.0, 0
+    setups = list(UNMUTATED.values())
+    for builder in setups:
+        for seed in range(args.seeds):
+            model, loss, x, target = builder(seed)
+            report = compare(model, mirror(model), x, target, ours_loss=loss,
+                             reference_loss=mirror_loss(loss), seed=seed)
+            ratios = [r for r in map(_ratio, report.rows) if r is not None]
+            clean, tensors = max(clean, *ratios), tensors + len(ratios)
+    for seed in range(3):
+        s = build("mlp", seed)
+        report = compare(s.ours, s.reference, s.x, s.target, seed=seed)
+        ratios = [r for r in map(_ratio, report.rows) if r is not None]
+        clean, tensors = max(clean, *ratios), tensors + len(ratios)
+    print(f"correct code: largest error = {clean:.3g} x allowed "
+          f"({tensors} tensors, {len(setups)} small models x {args.seeds} seeds + 784-300-10 MLP)")
+
+    smallest, which = np.inf, ""
+    for bug in BUGS:
+        model, loss, x, target = bug.build(0)
+        report = compare(model, mirror(model), x, target, ours_loss=loss,
+                         reference_loss=mirror_loss(loss))
+        for row in report.rows:
+            here = (row.layer, row.quantity) == (bug.layer, bug.quantity)
+            if row.mode == "isolate" and here and row.diverged:
+                ratio = _ratio(row)
+                if ratio is not None and ratio < smallest:
+                    smallest, which = ratio, bug.name
+    print(f"known bugs:   smallest error = {smallest:.3g} x allowed ({which}; "
+          f"{len(BUGS)} bugs; shape-changing and in-place bugs have no value error to measure)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The command line: defaults, built-in models, user factories, exit codes, bad input."""
+
+import json
+import textwrap
+
+import pytest
+
+from gradparity.cli import main
+
+
+def test_no_arguments_checks_both_defaults_and_writes_the_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "assignment: parity OK" in out and "mlp: parity OK" in out
+    report = json.loads((tmp_path / "reports/latest/report.json").read_text())
+    assert report["ok"] is True
+    assert {"ok", "dtype", "tolerance", "root_causes", "rows"} <= set(report)
+    layers = {r["layer"] for r in report["rows"]}
+    assert "assignment/fc1" in layers and "mlp/fc2" in layers
+    for name in ("report.md", "table.csv", "assignment/report.json", "mlp/report.json"):
+        assert (tmp_path / "reports/latest" / name).is_file()
+
+
+def test_report_json_is_deterministic(tmp_path):
+    for run in ("a", "b"):
+        assert main(["check", "--model", "assignment", "--out", str(tmp_path / run)]) == 0
+    assert (tmp_path / "a/report.json").read_bytes() == (tmp_path / "b/report.json").read_bytes()
+
+
+def test_json_format_prints_the_report(capsys, tmp_path):
+    assert main(["check", "--model", "assignment", "--format", "json", "--out", str(tmp_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "report.json").read_text())
+
+
+def _write_factories(tmp_path, bug: bool) -> tuple[str, str]:
+    (tmp_path / "mine.py").write_text(textwrap.dedent(f"""
+        import numpy as np
+        from gradparity.ours import Linear, Sequential, Sigmoid, SoftmaxCrossEntropy
+
+        class Loss(SoftmaxCrossEntropy):
+            def backward(self):
+                return {"-" if bug else ""}super().backward()
+
+        def build():
+            rng = np.random.default_rng(3)
+            model = Sequential(("fc1", Linear(4, 5, rng=rng)), ("act", Sigmoid()),
+                               ("fc2", Linear(5, 3, rng=rng)))
+            return {{"model": model, "loss": Loss()}}
+    """))
+    (tmp_path / "ref.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def build():
+            return nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 3)).double()
+    """))
+    return f"{tmp_path / 'mine.py'}:build", f"{tmp_path / 'ref.py'}:build"
+
+
+def test_user_factories_parity_and_divergence(tmp_path, capsys):
+    ours, ref = _write_factories(tmp_path, bug=False)
+    assert main(["check", "--ours", ours, "--reference", ref, "--out", str(tmp_path / "ok")]) == 0
+    ours, ref = _write_factories(tmp_path, bug=True)
+    code = main(["check", "--ours", ours, "--reference", ref, "--out", str(tmp_path / "bad")])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "[sign_flipped] loss grad_input" in out
+    assert json.loads((tmp_path / "bad/report.json").read_text())["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["check", "--model", "nope"], "unknown model 'nope'"),
+        (["check", "--ours", "x.py:build"], "--ours and --reference go together"),
+        (["check", "--ours", "missing.py:f", "--reference", "missing.py:f"], "no such file"),
+        (["check", "--ours", "nocolon", "--reference", "nocolon"], "MODULE:FACTORY"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_bad_option_value_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "--dtype", "float16"])
+    assert exc.value.code == 2
+
+
+def test_report_folder_keeps_other_files(tmp_path):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("mine")
+    assert main(["check", "--model", "assignment", "--out", str(tmp_path)]) == 0
+    assert keep.read_text() == "mine"
+    assert not list(tmp_path.glob(".*.tmp"))
