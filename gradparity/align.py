@@ -100,7 +100,24 @@ def align_layers(
                 f" unmatched reference {_fmt(unmatched_ref)}; pass layer_map={{ours: module}}"
             )
         chosen = [layer_map.get(n, c) for n, c in zip(names, candidates[0])]
+    _refuse_uncovered(modules, chosen, names)
     return [LayerPair(n, layer, m, modules[m]) for (n, layer), m in zip(ours, chosen)]
+
+
+def _refuse_uncovered(modules: dict[str, nn.Module], chosen: list[str], names: list[str]) -> None:
+    """Every reference leaf module must sit inside a chosen module: an unmatched one computes
+    something ours does not, and every comparison after it would be meaningless."""
+    if "" in modules:
+        return
+    leaves = [n for n, m in modules.items() if not any(True for _ in m.children())]
+    uncovered = [
+        leaf for leaf in leaves if not any(leaf == c or leaf.startswith(f"{c}.") for c in chosen)
+    ]
+    if uncovered:
+        raise InputError(
+            f"the reference has modules no NumPy layer is aligned with: {_fmt(uncovered)}; "
+            f"ours has {_fmt(names)}; add the missing layers or pass layer_map={{ours: module}}"
+        )
 
 
 def _pair_params(pair: LayerPair) -> list[tuple[str, str, list[str]]]:
@@ -154,10 +171,8 @@ def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
                 if convention is not None:
                     options, how = [convention], "model convention"
                 else:
-                    options, how = (
-                        [_forward_agreement(pair, k, n, options, rng)],
-                        ("forward agreement"),
-                    )
+                    chosen, how = _forward_agreement(pair, k, n, options, rng)
+                    options = [chosen]
             pair.params.append(
                 ParamPair(k, n, options[0], tuple(np.shape(ours[k])), tuple(ref[n].shape), how)
             )
@@ -165,13 +180,14 @@ def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
 
 def _forward_agreement(
     pair: LayerPair, key: str, torch_name: str, options: list[str], rng: np.random.Generator
-) -> str:
-    """The conversion of ``key`` under which ours and the module compute the same output."""
+) -> tuple[str, str]:
+    """(conversion, how): the conversion of ``key`` under which ours and the module compute
+    the same output; when none does (or ours cannot run), the last candidate, said so."""
     module = copy.deepcopy(pair.module).double()
     first = next(iter(module.parameters()), None)
     in_features = first.shape[-1] if first is not None and first.ndim == 2 else None
     if in_features is None:
-        return options[-1]
+        return options[-1], "assumed: no 2-D input to test the forward on"
     x = rng.standard_normal((3, in_features))
     for conversion in options:
         candidate = [
@@ -186,8 +202,8 @@ def _forward_agreement(
         except Exception:  # a layer that cannot run here is judged (and reported) later
             continue
         if np.shape(got) == expected.shape and np.allclose(got, expected, rtol=1e-6, atol=1e-9):
-            return conversion
-    return options[-1]
+            return conversion, "forward agreement"
+    return options[-1], "assumed: no layout made the forwards agree"
 
 
 @torch.no_grad()

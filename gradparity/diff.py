@@ -142,6 +142,9 @@ def compare_layer(
         )
     ]
     for p in pair.params:
+        if p.key not in ours.grads:
+            bwd.append(_missing_grad(mode, pair, p.key, sorted(ours.grads)))
+            continue
         expected = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
         bwd.append(
             compare_tensor(
@@ -205,4 +208,21 @@ def _raised(mode: str, pair: LayerPair, rec: LayerRecord, type_name: str | None 
         detail=dict(err),
         message=f"{err['phase']} raised {err['type']}: {err['message']}{where}",
         fix=f"fix the exception in {err['phase']}",
+    )
+
+
+def _missing_grad(mode: str, pair: LayerPair, key: str, present: list[str]) -> Row:
+    return Row(
+        mode,
+        pair.name,
+        pair.type_name,
+        f"grad:{key}",
+        None,
+        None,
+        status="diverged",
+        diagnosis="unexplained",
+        detail={"grads_present": present},
+        message=f"backward recorded no gradient for {key!r} (grads holds {present or 'nothing'})",
+        fix=f"fill grads[{key!r}] in backward; with gp.wrap, check that grads= names the "
+        "attributes backward really sets",
     )

@@ -148,10 +148,7 @@ class Report:
         out.append("")
         if self.root_causes:
             out += ["## Root causes", ""]
-            out += [
-                f"{i}. `{f.diagnosis}` {f.message}"
-                for i, f in enumerate(self.root_causes, 1)
-            ]
+            out += [f"{i}. `{f.diagnosis}` {f.message}" for i, f in enumerate(self.root_causes, 1)]
             out.append("")
         if self.warnings:
             out += ["## Warnings", ""] + [f"- `{w.diagnosis}` {w.message}" for w in self.warnings]

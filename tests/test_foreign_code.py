@@ -257,9 +257,13 @@ def test_wrap_with_callables_and_renamed_methods():
     rng = np.random.default_rng(1)
 
     def adapt(layer):
-        return gp.wrap(layer, forward="fprop", backward="bprop",
-                       params=lambda l: {"W": l.W, "b": l.b},
-                       grads=lambda l: {"W": l.gW, "b": l.gb})
+        return gp.wrap(
+            layer,
+            forward="fprop",
+            backward="bprop",
+            params=lambda l: {"W": l.W, "b": l.b},
+            grads=lambda l: {"W": l.gW, "b": l.gb},
+        )
 
     fc1, fc2 = FCLayer(4, 6, rng), FCLayer(6, 3, rng)
     model = [("h", adapt(fc1)), ("act", StudentTanh()), ("out", adapt(fc2))]
@@ -273,8 +277,13 @@ def test_wrap_with_callables_and_renamed_methods():
 def test_wrap_with_callable_forward_backward():
     rng = np.random.default_rng(2)
     fc = FCLayer(3, 2, rng)
-    wrapped = gp.wrap(fc, forward=lambda l, x: l.fprop(x), backward=lambda l, g: l.bprop(g),
-                      params=["W", "b"], grads=["gW", "gb"])
+    wrapped = gp.wrap(
+        fc,
+        forward=lambda l, x: l.fprop(x),
+        backward=lambda l, g: l.bprop(g),
+        params=["W", "b"],
+        grads=["gW", "gb"],
+    )
     report = gp.compare([("fc", wrapped)], seq(fc=torch_linear(3, 2)), *data(4, 3, 2))
     assert_ok(report)
 
@@ -310,8 +319,10 @@ def test_fused_layer_aligned_to_named_submodule():
     rng = np.random.default_rng(4)
     d1, d2 = DenseSigmoid(3, 5, rng), DenseOI(5, 3, rng)
     model = [("dense1", dense(d1)), ("out", dense(d2))]
-    ref = seq(dense1=nn.Sequential(nn.Linear(3, 5, dtype=F64), nn.Sigmoid()),
-              out=nn.Linear(5, 3, dtype=F64))
+    ref = seq(
+        dense1=nn.Sequential(nn.Linear(3, 5, dtype=F64), nn.Sigmoid()),
+        out=nn.Linear(5, 3, dtype=F64),
+    )
     report = gp.compare(model, ref, *data(4, 3, 3))
     assert_ok(report)
     assert set(report.table["layer"]) == {"dense1", "out", "loss"}
@@ -322,8 +333,9 @@ def test_fused_layer_aligned_by_order_to_unnamed_children():
     rng = np.random.default_rng(5)
     d1, d2 = DenseSigmoid(3, 5, rng), DenseOI(5, 3, rng)
     model = [("layer_a", dense(d1)), ("layer_b", dense(d2))]
-    ref = nn.Sequential(nn.Sequential(nn.Linear(3, 5, dtype=F64), nn.Sigmoid()),
-                        nn.Linear(5, 3, dtype=F64))
+    ref = nn.Sequential(
+        nn.Sequential(nn.Linear(3, 5, dtype=F64), nn.Sigmoid()), nn.Linear(5, 3, dtype=F64)
+    )
     report = gp.compare(model, ref, *data(4, 3, 3))
     assert_ok(report)
 
@@ -338,8 +350,10 @@ def test_fused_layer_with_bug_is_found_inside_the_submodule():
             return grad @ self.weights
 
     model = [("dense1", dense(DenseSigmoidNoLocal(3, 4, rng))), ("out", dense(DenseOI(4, 2, rng)))]
-    ref = seq(dense1=nn.Sequential(nn.Linear(3, 4, dtype=F64), nn.Sigmoid()),
-              out=nn.Linear(4, 2, dtype=F64))
+    ref = seq(
+        dense1=nn.Sequential(nn.Linear(3, 4, dtype=F64), nn.Sigmoid()),
+        out=nn.Linear(4, 2, dtype=F64),
+    )
     report = gp.compare(model, ref, *data(5, 3, 2))
     assert not report.ok
     assert {layer for layer, _ in roots(report)} == {"dense1"}
@@ -350,10 +364,20 @@ def test_fused_layer_with_bug_is_found_inside_the_submodule():
 def test_square_out_in_weights_layout_inferred(n):
     rng = np.random.default_rng(7)
     fc1, fc2, fc3 = DenseOI(4, 4, rng), DenseOI(4, 4, rng), DenseOI(4, 4, rng)
-    model = [("fc1", dense(fc1)), ("a1", StudentTanh()), ("fc2", dense(fc2)),
-             ("a2", StudentSigmoid()), ("fc3", dense(fc3))]
-    ref = seq(fc1=nn.Linear(4, 4, dtype=F64), a1=nn.Tanh(), fc2=nn.Linear(4, 4, dtype=F64),
-              a2=nn.Sigmoid(), fc3=nn.Linear(4, 4, dtype=F64))
+    model = [
+        ("fc1", dense(fc1)),
+        ("a1", StudentTanh()),
+        ("fc2", dense(fc2)),
+        ("a2", StudentSigmoid()),
+        ("fc3", dense(fc3)),
+    ]
+    ref = seq(
+        fc1=nn.Linear(4, 4, dtype=F64),
+        a1=nn.Tanh(),
+        fc2=nn.Linear(4, 4, dtype=F64),
+        a2=nn.Sigmoid(),
+        fc3=nn.Linear(4, 4, dtype=F64),
+    )
     report = gp.compare(model, ref, *data(n, 4, 4))
     assert_ok(report)
     weights = report.table[report.table["quantity"] == "grad:weights"]
@@ -363,11 +387,20 @@ def test_square_out_in_weights_layout_inferred(n):
 def test_square_weights_follow_model_convention():
     """A square (out, in) weight in a model whose other weights show the (out, in) layout."""
     rng = np.random.default_rng(8)
-    model = [("fc1", dense(DenseOI(3, 4, rng))), ("a1", StudentTanh()),
-             ("fc2", dense(DenseOI(4, 4, rng))), ("a2", StudentTanh()),
-             ("fc3", dense(DenseOI(4, 2, rng)))]
-    ref = seq(fc1=nn.Linear(3, 4, dtype=F64), a1=nn.Tanh(), fc2=nn.Linear(4, 4, dtype=F64),
-              a2=nn.Tanh(), fc3=nn.Linear(4, 2, dtype=F64))
+    model = [
+        ("fc1", dense(DenseOI(3, 4, rng))),
+        ("a1", StudentTanh()),
+        ("fc2", dense(DenseOI(4, 4, rng))),
+        ("a2", StudentTanh()),
+        ("fc3", dense(DenseOI(4, 2, rng))),
+    ]
+    ref = seq(
+        fc1=nn.Linear(3, 4, dtype=F64),
+        a1=nn.Tanh(),
+        fc2=nn.Linear(4, 4, dtype=F64),
+        a2=nn.Tanh(),
+        fc3=nn.Linear(4, 2, dtype=F64),
+    )
     report = gp.compare(model, ref, *data(5, 3, 2))
     assert_ok(report)
 
@@ -390,8 +423,12 @@ class DenseIO:
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 6), sizes=st.lists(st.integers(1, 7), min_size=2, max_size=4),
-       layout=st.sampled_from(["out_in", "in_out"]), seed=st.integers(0, 2**32 - 1))
+@given(
+    n=st.integers(1, 6),
+    sizes=st.lists(st.integers(1, 7), min_size=2, max_size=4),
+    layout=st.sampled_from(["out_in", "in_out"]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_random_student_networks_ok(n, sizes, layout, seed):
     """Any sizes (square, 1 x k, 1 x 1 included), either layout: the harness works it out."""
     rng = np.random.default_rng(seed)
@@ -413,10 +450,14 @@ def test_model_as_plain_list_of_pairs():
     rng = np.random.default_rng(9)
     fc1, fc2 = FCLayer(2, 3, rng), FCLayer(3, 2, rng)
     wrap = {"forward": "fprop", "backward": "bprop", "params": ["W", "b"], "grads": ["gW", "gb"]}
-    model = [("first", gp.wrap(fc1, **wrap)), ("squash", StudentSigmoid()),
-             ("second", gp.wrap(fc2, **wrap))]
-    ref = seq(first=nn.Linear(2, 3, dtype=F64), squash=nn.Sigmoid(),
-              second=nn.Linear(3, 2, dtype=F64))
+    model = [
+        ("first", gp.wrap(fc1, **wrap)),
+        ("squash", StudentSigmoid()),
+        ("second", gp.wrap(fc2, **wrap)),
+    ]
+    ref = seq(
+        first=nn.Linear(2, 3, dtype=F64), squash=nn.Sigmoid(), second=nn.Linear(3, 2, dtype=F64)
+    )
     report = gp.compare(model, ref, *data(3, 2, 2))
     assert_ok(report)
     assert set(report.table["layer"]) == {"first", "squash", "second", "loss"}
@@ -424,28 +465,41 @@ def test_model_as_plain_list_of_pairs():
 
 def test_model_object_with_named_layers():
     rng = np.random.default_rng(10)
-    net = StudentNet({"enc": dense(DenseOI(5, 3, rng)), "act": StudentTanh(),
-                      "dec": dense(DenseOI(3, 5, rng))})
+    net = StudentNet(
+        {"enc": dense(DenseOI(5, 3, rng)), "act": StudentTanh(), "dec": dense(DenseOI(3, 5, rng))}
+    )
     ref = seq(enc=nn.Linear(5, 3, dtype=F64), act=nn.Tanh(), dec=nn.Linear(3, 5, dtype=F64))
     x = np.random.default_rng(0).standard_normal((4, 5))
     y = np.random.default_rng(1).standard_normal((4, 5))
-    report = gp.compare(net, ref, x, y,
-                        ours_loss=gp.wrap(StudentMSE(), forward="loss", backward="grad",
-                                          params=None, grads=None),
-                        reference_loss=nn.MSELoss())
+    report = gp.compare(
+        net,
+        ref,
+        x,
+        y,
+        ours_loss=gp.wrap(StudentMSE(), forward="loss", backward="grad", params=None, grads=None),
+        reference_loss=nn.MSELoss(),
+    )
     assert_ok(report)
     assert report.meta["model"] == "StudentNet"
 
 
 def test_layer_map_with_different_names():
     rng = np.random.default_rng(11)
-    model = [("hidden", dense(DenseOI(3, 5, rng))), ("nonlin", StudentSigmoid()),
-             ("logits", dense(DenseOI(5, 2, rng)))]
-    ref = seq(linear_a=nn.Linear(3, 5, dtype=F64), sig=nn.Sigmoid(),
-              linear_b=nn.Linear(5, 2, dtype=F64))
+    model = [
+        ("hidden", dense(DenseOI(3, 5, rng))),
+        ("nonlin", StudentSigmoid()),
+        ("logits", dense(DenseOI(5, 2, rng))),
+    ]
+    ref = seq(
+        linear_a=nn.Linear(3, 5, dtype=F64), sig=nn.Sigmoid(), linear_b=nn.Linear(5, 2, dtype=F64)
+    )
     # a map that goes against the order would be caught by the shapes; this one is right
-    report = gp.compare(model, ref, *data(4, 3, 2),
-                        layer_map={"hidden": "linear_a", "nonlin": "sig", "logits": "linear_b"})
+    report = gp.compare(
+        model,
+        ref,
+        *data(4, 3, 2),
+        layer_map={"hidden": "linear_a", "nonlin": "sig", "logits": "linear_b"},
+    )
     assert_ok(report)
     assert set(report.table["layer"]) == {"hidden", "nonlin", "logits", "loss"}
 
@@ -465,10 +519,17 @@ class RegisteredOutOfOrder(nn.Module):
 
 def test_layer_map_needed_when_registration_order_differs():
     rng = np.random.default_rng(20)
-    model = [("hidden", dense(DenseOI(3, 5, rng))), ("nonlin", StudentSigmoid()),
-             ("logits", dense(DenseOI(5, 2, rng)))]
-    report = gp.compare(model, RegisteredOutOfOrder(), *data(4, 3, 2),
-                        layer_map={"hidden": "body", "nonlin": "squash", "logits": "head"})
+    model = [
+        ("hidden", dense(DenseOI(3, 5, rng))),
+        ("nonlin", StudentSigmoid()),
+        ("logits", dense(DenseOI(5, 2, rng))),
+    ]
+    report = gp.compare(
+        model,
+        RegisteredOutOfOrder(),
+        *data(4, 3, 2),
+        layer_map={"hidden": "body", "nonlin": "squash", "logits": "head"},
+    )
     assert_ok(report)
 
 
@@ -476,8 +537,9 @@ def test_layer_map_naming_missing_module_refused():
     rng = np.random.default_rng(21)
     model = [("hidden", dense(DenseOI(3, 5, rng)))]
     with pytest.raises(gp.InputError) as exc:
-        gp.compare(model, seq(lin=nn.Linear(3, 5, dtype=F64)), *data(4, 3, 5),
-                   layer_map={"hidden": "nope"})
+        gp.compare(
+            model, seq(lin=nn.Linear(3, 5, dtype=F64)), *data(4, 3, 5), layer_map={"hidden": "nope"}
+        )
     assert "nope" in one_line(exc)
 
 
@@ -486,8 +548,11 @@ def test_layer_map_naming_missing_module_refused():
 
 def test_layer_counts_that_do_not_align():
     rng = np.random.default_rng(12)
-    model = [("fc1", dense(DenseOI(3, 4, rng))), ("act1", StudentSigmoid()),
-             ("fc2", dense(DenseOI(4, 2, rng)))]
+    model = [
+        ("fc1", dense(DenseOI(3, 4, rng))),
+        ("act1", StudentSigmoid()),
+        ("fc2", dense(DenseOI(4, 2, rng))),
+    ]
     ref = seq(lin1=nn.Linear(3, 4, dtype=F64), lin2=nn.Linear(4, 2, dtype=F64))
     with pytest.raises(gp.InputError) as exc:
         gp.compare(model, ref, *data(4, 3, 2))
@@ -504,14 +569,20 @@ def test_reference_with_an_extra_layer_is_refused_even_when_names_match(where):
     divergence blamed on the loss (or on the layer after the extra one)."""
     rng = np.random.default_rng(22)
     if where == "end":
-        model = [("fc1", dense(DenseOI(3, 4, rng))), ("act1", StudentSigmoid()),
-                 ("fc2", dense(DenseOI(4, 2, rng)))]
-        ref = seq(fc1=nn.Linear(3, 4, dtype=F64), act1=nn.Sigmoid(),
-                  fc2=nn.Linear(4, 2, dtype=F64), extra=nn.Tanh())
+        model = [
+            ("fc1", dense(DenseOI(3, 4, rng))),
+            ("act1", StudentSigmoid()),
+            ("fc2", dense(DenseOI(4, 2, rng))),
+        ]
+        ref = seq(
+            fc1=nn.Linear(3, 4, dtype=F64),
+            act1=nn.Sigmoid(),
+            fc2=nn.Linear(4, 2, dtype=F64),
+            extra=nn.Tanh(),
+        )
     else:
         model = [("fc1", dense(DenseOI(3, 4, rng))), ("fc2", dense(DenseOI(4, 2, rng)))]
-        ref = seq(fc1=nn.Linear(3, 4, dtype=F64), extra=nn.Tanh(),
-                  fc2=nn.Linear(4, 2, dtype=F64))
+        ref = seq(fc1=nn.Linear(3, 4, dtype=F64), extra=nn.Tanh(), fc2=nn.Linear(4, 2, dtype=F64))
     with pytest.raises(gp.InputError) as exc:
         gp.compare(model, ref, *data(4, 3, 2))
     assert "extra" in one_line(exc)
@@ -519,8 +590,11 @@ def test_reference_with_an_extra_layer_is_refused_even_when_names_match(where):
 
 def test_parameter_shapes_no_conversion_reconciles():
     rng = np.random.default_rng(13)
-    model = [("fc1", dense(DenseOI(5, 3, rng))), ("act1", StudentSigmoid()),
-             ("fc2", dense(DenseOI(3, 2, rng)))]
+    model = [
+        ("fc1", dense(DenseOI(5, 3, rng))),
+        ("act1", StudentSigmoid()),
+        ("fc2", dense(DenseOI(3, 2, rng))),
+    ]
     ref = seq(fc1=nn.Linear(4, 3, dtype=F64), act1=nn.Sigmoid(), fc2=nn.Linear(3, 2, dtype=F64))
     with pytest.raises(gp.InputError) as exc:
         gp.compare(model, ref, *data(4, 5, 2))
@@ -532,8 +606,11 @@ def test_parameter_shapes_no_conversion_reconciles():
 @pytest.mark.parametrize("phase", ["forward", "backward"])
 def test_layer_that_raises_becomes_a_finding(phase):
     rng = np.random.default_rng(14)
-    model = [("fc1", dense(DenseOI(3, 4, rng))), ("boom", Exploding(phase)),
-             ("fc2", dense(DenseOI(4, 2, rng)))]
+    model = [
+        ("fc1", dense(DenseOI(3, 4, rng))),
+        ("boom", Exploding(phase)),
+        ("fc2", dense(DenseOI(4, 2, rng))),
+    ]
     ref = seq(fc1=nn.Linear(3, 4, dtype=F64), boom=nn.Tanh(), fc2=nn.Linear(4, 2, dtype=F64))
     report = gp.compare(model, ref, *data(4, 3, 2))
     assert not report.ok
@@ -579,11 +656,20 @@ def test_nonfinite_x_refused(bad):
 
 def test_transposed_weight_gradient_square_out_in():
     rng = np.random.default_rng(16)
-    model = [("fc1", dense(DenseOI(4, 4, rng))), ("act1", StudentTanh()),
-             ("fc2", dense(DenseTransposedGrad(4, 4, rng))), ("act2", StudentSigmoid()),
-             ("fc3", dense(DenseOI(4, 4, rng)))]
-    ref = seq(fc1=nn.Linear(4, 4, dtype=F64), act1=nn.Tanh(), fc2=nn.Linear(4, 4, dtype=F64),
-              act2=nn.Sigmoid(), fc3=nn.Linear(4, 4, dtype=F64))
+    model = [
+        ("fc1", dense(DenseOI(4, 4, rng))),
+        ("act1", StudentTanh()),
+        ("fc2", dense(DenseTransposedGrad(4, 4, rng))),
+        ("act2", StudentSigmoid()),
+        ("fc3", dense(DenseOI(4, 4, rng))),
+    ]
+    ref = seq(
+        fc1=nn.Linear(4, 4, dtype=F64),
+        act1=nn.Tanh(),
+        fc2=nn.Linear(4, 4, dtype=F64),
+        act2=nn.Sigmoid(),
+        fc3=nn.Linear(4, 4, dtype=F64),
+    )
     report = gp.compare(model, ref, *data(6, 4, 4))
     assert not report.ok
     assert roots(report) == [("fc2", "grad:weights")]
@@ -595,8 +681,11 @@ def test_transposed_weight_gradient_square_out_in():
 
 def test_bias_gradient_not_summed():
     rng = np.random.default_rng(17)
-    model = [("fc1", dense(DenseBiasNotSummed(3, 5, rng))), ("act1", StudentSigmoid()),
-             ("fc2", dense(DenseOI(5, 2, rng)))]
+    model = [
+        ("fc1", dense(DenseBiasNotSummed(3, 5, rng))),
+        ("act1", StudentSigmoid()),
+        ("fc2", dense(DenseOI(5, 2, rng))),
+    ]
     ref = seq(fc1=nn.Linear(3, 5, dtype=F64), act1=nn.Sigmoid(), fc2=nn.Linear(5, 2, dtype=F64))
     report = gp.compare(model, ref, *data(6, 3, 2))
     assert not report.ok
@@ -624,15 +713,15 @@ def _same(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize(("sync", "tdtype"), [(True, F64), (False, F64),
-                                              (True, torch.float32)])
+@pytest.mark.parametrize(("sync", "tdtype"), [(True, F64), (False, F64), (True, torch.float32)])
 def test_users_objects_are_not_mutated(sync, tdtype):
     rng = np.random.default_rng(18)
     fc1, fc2 = AccumDense(3, 4, rng), DenseOI(4, 2, rng)
     fc1.forward(rng.standard_normal((2, 3)))
     model = [("fc1", dense(fc1)), ("act1", StudentSigmoid()), ("fc2", dense(fc2))]
-    ref = seq(fc1=nn.Linear(3, 4, dtype=tdtype), act1=nn.Sigmoid(),
-              fc2=nn.Linear(4, 2, dtype=tdtype))
+    ref = seq(
+        fc1=nn.Linear(3, 4, dtype=tdtype), act1=nn.Sigmoid(), fc2=nn.Linear(4, 2, dtype=tdtype)
+    )
     before = _state(model)
     ref_before = {k: v.detach().clone() for k, v in ref.state_dict().items()}
     x, t = data(5, 3, 2)
@@ -653,12 +742,16 @@ def test_users_objects_are_not_mutated(sync, tdtype):
 
 def test_without_sync_different_weights_diverge():
     rng = np.random.default_rng(19)
-    model = [("fc1", dense(DenseOI(3, 4, rng))), ("act1", StudentSigmoid()),
-             ("fc2", dense(DenseOI(4, 2, rng)))]
+    model = [
+        ("fc1", dense(DenseOI(3, 4, rng))),
+        ("act1", StudentSigmoid()),
+        ("fc2", dense(DenseOI(4, 2, rng))),
+    ]
     torch.manual_seed(0)
     ref = seq(fc1=nn.Linear(3, 4, dtype=F64), act1=nn.Sigmoid(), fc2=nn.Linear(4, 2, dtype=F64))
     report = gp.compare(model, ref, *data(4, 3, 2), sync_weights=False)
     assert not report.ok
-    ref_synced = seq(fc1=torch_linear(model[0][1].obj), act1=nn.Sigmoid(),
-                     fc2=torch_linear(model[2][1].obj))
+    ref_synced = seq(
+        fc1=torch_linear(model[0][1].obj), act1=nn.Sigmoid(), fc2=torch_linear(model[2][1].obj)
+    )
     assert_ok(gp.compare(model, ref_synced, *data(4, 3, 2), sync_weights=False))

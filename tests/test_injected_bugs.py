@@ -34,9 +34,13 @@ class TransposedWeightGrad(Linear):
 
 def model(fc1=Linear, fc2=Linear, fc3=Linear) -> Sequential:
     rng = np.random.default_rng(0)
-    return Sequential(("fc1", fc1(D, D, rng=rng)), ("act1", Tanh()),
-                      ("fc2", fc2(D, D, rng=rng)), ("act2", Sigmoid()),
-                      ("fc3", fc3(D, D, rng=rng)))
+    return Sequential(
+        ("fc1", fc1(D, D, rng=rng)),
+        ("act1", Tanh()),
+        ("fc2", fc2(D, D, rng=rng)),
+        ("act2", Sigmoid()),
+        ("fc3", fc3(D, D, rng=rng)),
+    )
 
 
 def data(seed: int = 1):
@@ -111,8 +115,11 @@ def test_transposed_weight_gradient():
 
 def test_three_bugs_in_one_run():
     report = run(model(fc1=BiasNotSummed, fc3=TransposedWeightGrad), loss=SignFlippedLoss())
-    expected = {("loss", "grad_input"): "sign_flipped", ("fc1", "grad:b"): "not_reduced",
-                ("fc3", "grad:W"): "transposed"}
+    expected = {
+        ("loss", "grad_input"): "sign_flipped",
+        ("fc1", "grad:b"): "not_reduced",
+        ("fc3", "grad:W"): "transposed",
+    }
     check_only(report, expected)
     assert len({f.layer for f in report.root_causes}) == 3
 

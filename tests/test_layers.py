@@ -53,10 +53,14 @@ def torch_run(module: nn.Module, x: np.ndarray, upstream: np.ndarray):
     x_t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     named = list(module.named_parameters())
     out = module(x_t)
-    grads = torch.autograd.grad(out, [x_t] + [p for _, p in named],
-                                grad_outputs=torch.tensor(upstream, dtype=torch.float64))
-    return (out.detach().numpy(), grads[0].numpy(),
-            {n: g.numpy() for (n, _), g in zip(named, grads[1:])})
+    grads = torch.autograd.grad(
+        out, [x_t] + [p for _, p in named], grad_outputs=torch.tensor(upstream, dtype=torch.float64)
+    )
+    return (
+        out.detach().numpy(),
+        grads[0].numpy(),
+        {n: g.numpy() for (n, _), g in zip(named, grads[1:])},
+    )
 
 
 def torch_loss(loss_fn, logits: np.ndarray, target: np.ndarray):
@@ -263,8 +267,12 @@ def _expect_rows(report, model) -> None:
     """Both modes hold output and grad_input of every layer, grad:<key> of every param, loss."""
     table = report.table
     for mode in ("chain", "isolate"):
-        got = set(zip(table.loc[table["mode"] == mode, "layer"],
-                      table.loc[table["mode"] == mode, "quantity"]))
+        got = set(
+            zip(
+                table.loc[table["mode"] == mode, "layer"],
+                table.loc[table["mode"] == mode, "quantity"],
+            )
+        )
         for name, layer in model.named_layers():
             assert (name, "output") in got
             assert (name, "grad_input") in got
@@ -278,8 +286,11 @@ def _expect_rows(report, model) -> None:
 @given(n=batches, n_in=features, hidden=features, n_out=features, seed=seeds)
 def test_harness_ok_on_mirror_cross_entropy(kind, n, n_in, hidden, n_out, seed):
     rng = np.random.default_rng(seed)
-    model = Sequential(("fc1", Linear(n_in, hidden, rng=rng)), ("act1", ACTIVATIONS[kind][0]()),
-                       ("fc2", Linear(hidden, n_out, rng=rng)))
+    model = Sequential(
+        ("fc1", Linear(n_in, hidden, rng=rng)),
+        ("act1", ACTIVATIONS[kind][0]()),
+        ("fc2", Linear(hidden, n_out, rng=rng)),
+    )
     x = rng.standard_normal((n, n_in))
     target = rng.integers(0, n_out, n)
     report = gp.compare(model, mirror(model), x, target, seed=seed % 1000)
@@ -302,8 +313,12 @@ def test_harness_ok_on_mirror_mse(kind, n, n_in, n_out, seed):
 
 
 @SETTINGS
-@given(n=batches, sizes=st.lists(features, min_size=2, max_size=5), seed=seeds,
-       kinds=st.lists(st.sampled_from(list(ACTIVATIONS)), min_size=4, max_size=4))
+@given(
+    n=batches,
+    sizes=st.lists(features, min_size=2, max_size=5),
+    seed=seeds,
+    kinds=st.lists(st.sampled_from(list(ACTIVATIONS)), min_size=4, max_size=4),
+)
 def test_harness_ok_on_random_deep_mirror(n, sizes, seed, kinds):
     rng = np.random.default_rng(seed)
     layers = []
@@ -321,20 +336,24 @@ def test_harness_ok_on_random_deep_mirror(n, sizes, seed, kinds):
 
 def test_harness_float32_mode_ok():
     rng = np.random.default_rng(3)
-    model = Sequential(("fc1", Linear(5, 4, rng=rng)), ("act1", Tanh()),
-                       ("fc2", Linear(4, 3, rng=rng)))
-    report = gp.compare(model, mirror(model), rng.standard_normal((4, 5)),
-                        rng.integers(0, 3, 4), dtype="float32")
+    model = Sequential(
+        ("fc1", Linear(5, 4, rng=rng)), ("act1", Tanh()), ("fc2", Linear(4, 3, rng=rng))
+    )
+    report = gp.compare(
+        model, mirror(model), rng.standard_normal((4, 5)), rng.integers(0, 3, 4), dtype="float32"
+    )
     _rows_ok(report)
     assert report.dtype == "float32"
 
 
 def test_harness_does_not_touch_ours_model():
     rng = np.random.default_rng(4)
-    model = Sequential(("fc1", Linear(3, 3, rng=rng)), ("act1", Sigmoid()),
-                       ("fc2", Linear(3, 2, rng=rng)))
-    before = {(n, k): v.copy() for n, layer in model.named_layers()
-              for k, v in layer.params.items()}
+    model = Sequential(
+        ("fc1", Linear(3, 3, rng=rng)), ("act1", Sigmoid()), ("fc2", Linear(3, 2, rng=rng))
+    )
+    before = {
+        (n, k): v.copy() for n, layer in model.named_layers() for k, v in layer.params.items()
+    }
     ref = mirror(model)
     ref_before = {k: v.detach().clone() for k, v in ref.state_dict().items()}
     gp.compare(model, ref, rng.standard_normal((4, 3)), rng.integers(0, 2, 4))
@@ -350,17 +369,26 @@ def test_harness_does_not_touch_ours_model():
 
 def _two_layer(n_in: int, hidden: int, n_out: int, seed: int) -> Sequential:
     rng = np.random.default_rng(seed)
-    return Sequential(("fc1", Linear(n_in, hidden, rng=rng)), ("act1", Tanh()),
-                      ("fc2", Linear(hidden, n_out, rng=rng)))
+    return Sequential(
+        ("fc1", Linear(n_in, hidden, rng=rng)),
+        ("act1", Tanh()),
+        ("fc2", Linear(hidden, n_out, rng=rng)),
+    )
 
 
 @SETTINGS
 @given(n_in=features, hidden=features, n_out=features, seed=seeds)
 def test_copy_weights_to_torch_transposes_exactly(n_in, hidden, n_out, seed):
     model = _two_layer(n_in, hidden, n_out, seed)
-    torch_model = nn.Sequential(OrderedDict([
-        ("fc1", nn.Linear(n_in, hidden, dtype=torch.float64)), ("act1", nn.Tanh()),
-        ("fc2", nn.Linear(hidden, n_out, dtype=torch.float64))]))
+    torch_model = nn.Sequential(
+        OrderedDict(
+            [
+                ("fc1", nn.Linear(n_in, hidden, dtype=torch.float64)),
+                ("act1", nn.Tanh()),
+                ("fc2", nn.Linear(hidden, n_out, dtype=torch.float64)),
+            ]
+        )
+    )
     copy_weights(model, torch_model, "to_torch")
     for name in ("fc1", "fc2"):
         module = getattr(torch_model, name)
@@ -373,9 +401,15 @@ def test_copy_weights_to_torch_transposes_exactly(n_in, hidden, n_out, seed):
 def test_copy_weights_to_ours_transposes_exactly(n_in, hidden, n_out, seed):
     model = _two_layer(n_in, hidden, n_out, seed)
     torch.manual_seed(seed % 2**31)
-    torch_model = nn.Sequential(OrderedDict([
-        ("fc1", nn.Linear(n_in, hidden, dtype=torch.float64)), ("act1", nn.Tanh()),
-        ("fc2", nn.Linear(hidden, n_out, dtype=torch.float64))]))
+    torch_model = nn.Sequential(
+        OrderedDict(
+            [
+                ("fc1", nn.Linear(n_in, hidden, dtype=torch.float64)),
+                ("act1", nn.Tanh()),
+                ("fc2", nn.Linear(hidden, n_out, dtype=torch.float64)),
+            ]
+        )
+    )
     copy_weights(model, torch_model, "to_ours")
     for name in ("fc1", "fc2"):
         module = getattr(torch_model, name)
@@ -391,15 +425,15 @@ def test_copy_weights_to_ours_transposes_exactly(n_in, hidden, n_out, seed):
 def test_copy_weights_round_trip_square(n, seed):
     """Square weights: the shape cannot tell the layout, ours W is still transposed."""
     model = _two_layer(n, n, n, seed)
-    original = {(name, k): v.copy() for name, layer in model.named_layers()
-                for k, v in layer.params.items()}
+    original = {
+        (name, k): v.copy() for name, layer in model.named_layers() for k, v in layer.params.items()
+    }
     torch_model = mirror(model)
     with torch.no_grad():
         for p in torch_model.parameters():
             p.add_(1.0)  # make torch differ, then overwrite it from ours
     copy_weights(model, torch_model, "to_torch")
-    np.testing.assert_array_equal(torch_model.fc1.weight.detach().numpy(),
-                                  original["fc1", "W"].T)
+    np.testing.assert_array_equal(torch_model.fc1.weight.detach().numpy(), original["fc1", "W"].T)
     for layer_name in ("fc1", "fc2"):
         model[layer_name].params["W"] = np.zeros_like(model[layer_name].params["W"])
         model[layer_name].params["b"] = np.zeros_like(model[layer_name].params["b"])
