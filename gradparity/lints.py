@@ -56,33 +56,37 @@ def _shape_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Fi
     return found
 
 
+def _finite(a: np.ndarray | None) -> bool:
+    return a is None or np.asarray(a).dtype.kind not in "fc" or bool(np.isfinite(a).all())
+
+
 def _nonfinite_lint(name: str, rec: LayerRecord, mode: str) -> list[Finding]:
-    arrays = {
-        "output": rec.output,
-        "grad_input": rec.grad_input,
-        **{f"grad:{k}": v for k, v in rec.grads.items()},
-    }
+    """Only a layer that turns finite values into inf/nan is flagged, not one passing them on."""
+    if not _finite(rec.input):
+        return []
+    arrays = {"output": rec.output}
+    if _finite(rec.output) and _finite(rec.grad_output):
+        arrays |= {"grad_input": rec.grad_input, **{f"grad:{k}": v for k, v in rec.grads.items()}}
     found = []
     for quantity, value in arrays.items():
-        if value is None or np.asarray(value).dtype.kind not in "fc":
+        if _finite(value):
             continue
         bad = ~np.isfinite(value)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            found.append(
-                Finding(
-                    name,
-                    quantity,
-                    "nonfinite",
-                    {"count": int(bad.sum()), "first_index": list(first)},
-                    mode=mode,
-                    message=(
-                        f"{name} {quantity}: {int(bad.sum())} non-finite value(s), first at "
-                        f"{first}, from finite inputs; look for a log of 0, a division by 0 "
-                        "or an exp that overflows"
-                    ),
-                )
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        found.append(
+            Finding(
+                name,
+                quantity,
+                "nonfinite",
+                {"count": int(bad.sum()), "first_index": list(first)},
+                mode=mode,
+                message=(
+                    f"{name} {quantity}: {int(bad.sum())} non-finite value(s), first at "
+                    f"{first}, from finite inputs; look for a log of 0, a division by 0 "
+                    "or an exp that overflows"
+                ),
             )
+        )
     return found
 
 
