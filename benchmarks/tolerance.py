@@ -15,7 +15,7 @@ import numpy as np
 
 from gradparity.api import compare
 from gradparity.bugs import BUGS, UNMUTATED
-from gradparity.reference import mirror, mirror_loss
+from gradparity.selftest import compare_setup
 from gradparity.zoo import build
 
 
@@ -35,8 +35,7 @@ def main() -> None:
     for builder in setups:
         for seed in range(args.seeds):
             model, loss, x, target = builder(seed)
-            report = compare(model, mirror(model), x, target, ours_loss=loss,
-                             reference_loss=mirror_loss(loss), seed=seed)
+            report = compare_setup(model, loss, x, target, seed=seed)
             ratios = [r for r in map(_ratio, report.rows) if r is not None]
             clean, tensors = max(clean, *ratios), tensors + len(ratios)
     for seed in range(3):
@@ -44,22 +43,25 @@ def main() -> None:
         report = compare(s.ours, s.reference, s.x, s.target, seed=seed)
         ratios = [r for r in map(_ratio, report.rows) if r is not None]
         clean, tensors = max(clean, *ratios), tensors + len(ratios)
-    print(f"correct code: largest error = {clean:.3g} x allowed "
-          f"({tensors} tensors, {len(setups)} small models x {args.seeds} seeds + 784-300-10 MLP)")
+    print(
+        f"correct code: largest error = {clean:.3g} x allowed "
+        f"({tensors} tensors, {len(setups)} small models x {args.seeds} seeds + 784-300-10 MLP)"
+    )
 
     smallest, which = np.inf, ""
     for bug in BUGS:
         model, loss, x, target = bug.build(0)
-        report = compare(model, mirror(model), x, target, ours_loss=loss,
-                         reference_loss=mirror_loss(loss))
+        report = compare_setup(model, loss, x, target)
         for row in report.rows:
             here = (row.layer, row.quantity) == (bug.layer, bug.quantity)
             if row.mode == "isolate" and here and row.diverged:
                 ratio = _ratio(row)
                 if ratio is not None and ratio < smallest:
                     smallest, which = ratio, bug.name
-    print(f"known bugs:   smallest error = {smallest:.3g} x allowed ({which}; "
-          f"{len(BUGS)} bugs; shape-changing and in-place bugs have no value error to measure)")
+    print(
+        f"known bugs:   smallest error = {smallest:.3g} x allowed ({which}; "
+        f"{len(BUGS)} bugs; shape-changing and in-place bugs have no value error to measure)"
+    )
 
 
 if __name__ == "__main__":

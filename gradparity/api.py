@@ -16,7 +16,7 @@ from gradparity.diff import Row, compare_layer, compare_loss
 from gradparity.errors import InputError
 from gradparity.explain import Probe, add_evidence
 from gradparity.lints import lint_records
-from gradparity.locate import first_divergence, locate
+from gradparity.locate import Finding, first_divergence, locate
 from gradparity.records import LayerRecord
 from gradparity.report import Report
 from gradparity.tolerance import tolerance_for
@@ -149,6 +149,22 @@ def _rows(mode: str, results, tol, batch: int, loss_type: str) -> tuple[list[Row
     return fwd, bwd
 
 
+def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
+    """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
+    finding (``detail["also"]`` and its message) instead of repeating it."""
+    merged = list(roots)
+    by_place = {(f.layer, f.quantity): f for f in roots}
+    for lint in lints:
+        same = by_place.get((lint.layer, lint.quantity))
+        if same is None:
+            merged.append(lint)
+            by_place[(lint.layer, lint.quantity)] = lint
+        elif lint.diagnosis != same.diagnosis:
+            same.detail.setdefault("also", []).append(lint.diagnosis)
+            same.message += f"; also: {lint.message.split(': ', 1)[-1]}"
+    return merged
+
+
 def compare(
     ours_model: Any,
     reference_model: nn.Module,
@@ -211,13 +227,13 @@ def compare(
     lint_roots, warnings = lint_records(
         [(p.name, params_of(p.layer), o) for p, o, _ in isolated], "isolate"
     )
-    blamed = {(f.layer, f.quantity) for f in roots}
+    roots = merge_lints(roots, lint_roots)
     notes = [f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error]
     return Report(
         dtype=dtype,
         tolerance=tol.as_dict(),
         rows=iso_rows + chain_rows,
-        root_causes=roots + [f for f in lint_roots if (f.layer, f.quantity) not in blamed],
+        root_causes=roots,
         warnings=warnings,
         first_divergence=first_divergence(chain_rows),
         conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],

@@ -5,7 +5,9 @@ is never guessed. Shapes differ: ``transposed`` (2-D, values match once transpos
 ``not_reduced`` (an extra batch axis that sums, or averages, to the reference), else
 ``shape_mismatch``. Shapes agree: ``nonfinite``, ``zero``, ``sign_flipped``,
 ``batch_reduction``, ``scaled``, ``transposed`` (square), ``missing_local_derivative``, else
-``unexplained`` with the error statistics. The harness assigns ``accumulated``, ``stale``,
+``unexplained`` with the error statistics. The shape tests live in
+``gradparity.diagnose_shapes``; ``LABELS``, ``Diagnosis`` and the shared helpers in
+``gradparity.diagnose_common``. The harness assigns ``accumulated``, ``stale``,
 ``mutates_input`` and ``raised``: they need several steps or the call itself.
 
 "Matches" always means ``tensor_diff(x, hypothesis, tol).ok``: the hypothesis (``-ref``,
@@ -17,74 +19,23 @@ statistic is stored as ``None``.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 import numpy as np
 
-from gradparity.metrics import TensorDiff, tensor_diff
+from gradparity.diagnose_common import (
+    _TRANSPOSE_FIX,
+    LABELS,
+    Diagnosis,
+    _Context,
+    _diff,
+    _matches,
+    _shape,
+)
+from gradparity.diagnose_shapes import _diagnose_shapes
 from gradparity.tolerance import Tolerance
 
-# fmt: off
-LABELS = (
-    "transposed", "sign_flipped", "scaled", "batch_reduction", "not_reduced", "zero",
-    "nonfinite", "missing_local_derivative", "accumulated", "stale", "shape_mismatch",
-    "mutates_input", "raised", "unexplained",
-)
-# fmt: on
+__all__ = ["LABELS", "Diagnosis", "describe_location", "diagnose"]
 
 _MAX_LISTED = 20
-# Above this rank the subsets of axes to reduce over are too many to try: only axis 0 is.
-_MAX_SUBSET_NDIM = 6
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """What is wrong with one quantity of one layer.
-
-    ``message``: the problem with numbers, no layer prefix; ``fix``: the likely fix, imperative;
-    ``detail``: the numbers, as JSON values.
-    """
-
-    label: str
-    detail: dict
-    message: str
-    fix: str
-
-    def __post_init__(self) -> None:
-        if self.label not in LABELS:
-            raise ValueError(f"unknown diagnosis label {self.label!r}")
-
-
-@dataclass(frozen=True)
-class _Context:
-    tol: Tolerance
-    quantity: str
-    batch_size: int | None
-    upstream: np.ndarray | None
-    param_shape: tuple[int, ...] | None
-
-    @property
-    def kind(self) -> str:
-        """'grad_input', 'grad', 'output', 'loss', 'param', 'state' or 'other'."""
-        if self.quantity in ("grad_input", "output", "loss"):
-            return self.quantity
-        prefix = self.quantity.split(":", 1)[0]
-        return prefix if ":" in self.quantity and prefix in ("grad", "param", "state") else "other"
-
-    @property
-    def noun(self) -> str:
-        name = self.quantity.split(":", 1)[-1]
-        return {
-            "grad_input": "input gradient",
-            "grad": f"gradient of {name}",
-            "param": f"parameter {name} after the step",
-            "state": f"optimiser state {name}",
-        }.get(self.kind, self.quantity)
-
-    def hint(self, table: dict[str, str]) -> str:
-        """This quantity's entry of a table of fixes keyed by kind, else its "other" entry."""
-        return table.get(self.kind, table["other"])
 
 
 def diagnose(
@@ -114,7 +65,7 @@ def diagnose(
     pshape = None if param_shape is None else tuple(param_shape)
     ctx = _Context(tol, quantity, batch_size, up, pshape)
     if o.shape != r.shape:
-        return _diagnose_shapes(o, r, ctx)
+        return _diagnose_shapes(o, r, ctx, _diagnose_values)
     if _matches(o, r, tol):
         raise ValueError("pair does not diverge: ours matches the reference under the tolerance")
     return _diagnose_values(o, r, ctx)
@@ -154,14 +105,8 @@ def describe_location(mismatch: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------- fixes by kind of quantity
+# (_TRANSPOSE_FIX, shared with the shape tests, is in diagnose_common)
 
-_TRANSPOSE_FIX = {
-    "grad": "transpose it: for a weight stored (in, out) the gradient is x.T @ grad_out, not "
-    "grad_out.T @ x",
-    "grad_input": "transpose it: dL/dx has the input's shape, e.g. grad_out @ W.T for a weight "
-    "stored (in, out)",
-    "other": "transpose it: check the order of the matrix product (x @ W for W stored (in, out))",
-}
 _ZERO_FIX = {
     "grad": "the gradient is never written, or is written to a copy: assign the computed value "
     "into layer.grads[key] in backward",
@@ -182,120 +127,6 @@ _SIGN_FIX = {
     "other": "flip the sign: check the order of a subtraction",
 }
 _SIGN_FIX["grad_input"] = _SIGN_FIX["grad"]
-
-
-# ---------------------------------------------------------------- shapes differ
-
-
-def _diagnose_shapes(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
-    """Shape tests; o.shape != r.shape."""
-    # Singleton axes only, e.g. (6, 1) against (6,): a harmless layout the harness may convert.
-    if _squeezed(o.shape) == _squeezed(r.shape):
-        return _shape_mismatch(o, r, ctx, "reshape", o.reshape(r.shape))
-    if o.ndim == 2 and o.T.shape == r.shape:
-        if not _matches(o.T, r, ctx.tol):
-            return _shape_mismatch(o, r, ctx, "transposed", o.T)
-        return Diagnosis(
-            "transposed",
-            {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
-            f"{ctx.noun} is the transpose of the reference's: shape {_shape(o.shape)}, the "
-            f"reference {_shape(r.shape)}",
-            ctx.hint(_TRANSPOSE_FIX),
-        )
-    found = _not_reduced(o, r, ctx)
-    if found is not None:
-        return found
-    if _find_reduction(r, o, ctx.tol) is not None:
-        return _shape_mismatch(o, r, ctx, "reduced")
-    if o.size == r.size and _matches(o.reshape(r.shape), r, ctx.tol):
-        return _shape_mismatch(o, r, ctx, "reshape", o.reshape(r.shape))
-    return _shape_mismatch(o, r, ctx, "other")
-
-
-def _not_reduced(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    """Ours has an extra batch axis 0 (perhaps with more extra axes) that reduces to ref."""
-    found = _find_reduction(o, r, ctx.tol)
-    if found is None:
-        return None
-    axes, how = found
-    arg = str(axes[0]) if len(axes) == 1 else str(axes)
-    where = "the batch axis (axis 0)" if len(axes) == 1 else f"axes {arg}"
-    subject = "grad_out" if ctx.kind == "grad" and how == "sum" else "it"
-    detail = {"ours_shape": list(o.shape), "ref_shape": list(r.shape), "axis": 0,
-              "axes": list(axes), "batch_size": int(o.shape[0]), "reduction": how}  # fmt: skip
-    return Diagnosis(
-        "not_reduced",
-        detail,
-        f"{_shape_head(o, r, ctx)}; {'summed' if how == 'sum' else 'averaged'} over {where} "
-        "it equals the reference",
-        f"{'sum' if how == 'sum' else 'average'} it over {where}: {subject}.{how}(axis={arg})",
-    )
-
-
-def _find_reduction(
-    big: np.ndarray, small: np.ndarray, tol: Tolerance
-) -> tuple[tuple[int, ...], str] | None:
-    """Axes (always with 0) and "sum" or "mean" that reduce ``big`` to match ``small``.
-
-    Only reductions whose kept axes equal ``small``'s shape up to singleton axes are tried;
-    fewer axes first, sum before mean.
-    """
-    if big.ndim == 0 or big.ndim <= len(_squeezed(small.shape)):
-        return None
-    others = range(1, big.ndim) if big.ndim <= _MAX_SUBSET_NDIM else range(0)
-    for k in range(big.ndim):
-        for extra in itertools.combinations(others, k):
-            axes = (0, *extra)
-            kept = tuple(n for i, n in enumerate(big.shape) if i not in axes)
-            if _squeezed(kept) != _squeezed(small.shape):
-                continue
-            for how in ("sum", "mean"):
-                if _matches(getattr(big, how)(axis=axes).reshape(small.shape), small, tol):
-                    return axes, how
-    return None
-
-
-def _shape_mismatch(
-    o: np.ndarray, r: np.ndarray, ctx: _Context, layout: str, aligned: np.ndarray | None = None
-) -> Diagnosis:
-    """layout: "reshape", "transposed", "reduced" (ours lacks the batch axis ref has) or
-    "other"; aligned: ours brought to ref's shape by that layout, where there is one."""
-    detail: dict = {"ours_shape": list(o.shape), "ref_shape": list(r.shape), "layout": layout}
-    if ctx.param_shape is not None:
-        detail["param_shape"] = list(ctx.param_shape)
-    head = _shape_head(o, r, ctx)
-    if layout == "reduced":
-        return Diagnosis(
-            "shape_mismatch",
-            detail,
-            f"{head}; the reference reduced over its batch axis equals ours",
-            f"keep the batch axis: the reference has one entry per example, shape "
-            f"{_shape(r.shape)}; do not sum or average over it",
-        )
-    if aligned is None:
-        fix = (
-            f"give it the shape {_shape(r.shape)}: a gradient has the shape of what it "
-            "differentiates; check which axes the formula keeps and which it sums over"
-        )
-        return Diagnosis("shape_mismatch", detail, head, fix)
-    if layout == "transposed":
-        verb, fix = "transposing", ctx.hint(_TRANSPOSE_FIX)
-    else:
-        verb, fix = "reshaping", f"reshape it to {_shape(r.shape)}: .reshape({_shape(r.shape)})"
-    detail["values_match"] = _matches(aligned, r, ctx.tol)
-    if detail["values_match"]:
-        return Diagnosis("shape_mismatch", detail, f"{head}; the values match after {verb}", fix)
-    inner = _diagnose_values(aligned, r, ctx)
-    detail["after_layout"] = {"label": inner.label, "detail": inner.detail}
-    return Diagnosis(
-        "shape_mismatch", detail, f"{head}; after {verb}: {inner.message}", f"{fix}; {inner.fix}"
-    )
-
-
-def _shape_head(o: np.ndarray, r: np.ndarray, ctx: _Context) -> str:
-    if ctx.param_shape is not None and o.shape != ctx.param_shape:
-        return f"{ctx.noun} has shape {_shape(o.shape)}, the parameter {_shape(ctx.param_shape)}"
-    return f"{ctx.noun} has shape {_shape(o.shape)}, the reference {_shape(r.shape)}"
 
 
 # ---------------------------------------------------------------- same shape
@@ -521,16 +352,6 @@ def _region(loc: dict, shape: tuple[int, ...]) -> tuple[str, str] | None:
 # ---------------------------------------------------------------- helpers
 
 
-def _diff(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> TensorDiff:
-    # tensor_diff's cosine maps inf to the largest float, whose squared norm overflows.
-    with np.errstate(over="ignore", invalid="ignore"):
-        return tensor_diff(a, b, tol)
-
-
-def _matches(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
-    return a.shape == b.shape and _diff(a, b, tol).ok
-
-
 def _mismatch(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
     """(mismatch mask, absolute error) per element, exactly as ``tensor_diff`` counts them."""
     same_nonfinite = ~np.isfinite(o) & ~np.isfinite(r) & (o == r)
@@ -554,14 +375,6 @@ def _rel_norm(a: np.ndarray, b: np.ndarray) -> float:
 def _num(x: float) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
-
-
-def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(n for n in shape if n != 1)
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return str(tuple(int(n) for n in shape))
 
 
 def _index(index: tuple) -> str:

@@ -180,7 +180,8 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
     diagonal_only / off_diagonal_only (there are mismatches, all on / all off i == j);
     ours_diagonal_zero / ours_offdiag_zero (ours is zero there, within the tolerance, and
     mismatches there: the reference is not); transposed (there are mismatches, yet ours
-    matches the reference's per-sample transpose).
+    matches the reference's per-sample transpose); reference_elementwise (the reference's
+    off-diagonal is exactly zero: an elementwise layer such as a sigmoid).
     """
     if ours.shape != reference.shape or ours.ndim != 3:
         raise ValueError(
@@ -232,6 +233,7 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
         "ours_diagonal_zero",
         "ours_offdiag_zero",
         "transposed",
+        "reference_elementwise",
     )
     if n_out != n_in:
         return pattern | dict.fromkeys(square_keys)
@@ -248,6 +250,7 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
         "ours_diagonal_zero": diag_bad > 0 and ours_zero(diag),
         "ours_offdiag_zero": off_bad > 0 and ours_zero(~diag),
         "transposed": bool(transposed),
+        "reference_elementwise": not np.abs(r[~diag]).any(),
     }
 
 
@@ -278,6 +281,11 @@ def _message(p: dict) -> str:
             f"ours' Jacobian is diagonal only ({share} differ): the off-diagonal terms "
             "(-s_i*s_j for softmax) are missing; an elementwise derivative was used for a "
             f"layer that mixes its inputs{also}"
+        )
+    if p["diagonal_only"] and p["reference_elementwise"]:
+        return (
+            f"the layer is elementwise and ours' derivative f'(x) is wrong ({share}): "
+            "check which value the derivative is evaluated at (input or output) and its formula"
         )
     if p["diagonal_only"]:
         zero = ", where ours is zero" if p["ours_diagonal_zero"] else ""

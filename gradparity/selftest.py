@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from gradparity.api import compare
 from gradparity.bugs import BUGS, Bug
 from gradparity.reference import mirror, mirror_loss
+from gradparity.report import Report
 
 
 @dataclass
@@ -26,11 +27,9 @@ class BugResult:
         return asdict(self)
 
 
-def run_bug(bug: Bug, seed: int = 0) -> BugResult:
-    """Localized: the expected (layer, quantity) is a root cause and no other layer is blamed.
-    Diagnosed: that root cause carries the expected label."""
-    model, loss, x, target = bug.build(seed)
-    report = compare(
+def compare_setup(model, loss, x, target, seed: int = 0, name: str | None = None) -> Report:
+    """``compare`` of an ours model against its torch mirror, with the mirrored loss."""
+    return compare(
         model,
         mirror(model),
         x,
@@ -38,8 +37,15 @@ def run_bug(bug: Bug, seed: int = 0) -> BugResult:
         ours_loss=loss,
         reference_loss=mirror_loss(loss),
         seed=seed,
-        name=bug.name,
+        name=name,
     )
+
+
+def run_bug(bug: Bug, seed: int = 0) -> BugResult:
+    """Localized: the expected (layer, quantity) is a root cause and no other layer is blamed.
+    Diagnosed: that root cause carries the expected label."""
+    model, loss, x, target = bug.build(seed)
+    report = compare_setup(model, loss, x, target, seed=seed, name=bug.name)
     found = [
         {"layer": f.layer, "quantity": f.quantity, "diagnosis": f.diagnosis, "message": f.message}
         for f in report.root_causes
