@@ -18,6 +18,7 @@ from gradparity.explain import Probe, add_evidence
 from gradparity.lints import lint_records
 from gradparity.locate import Finding, first_divergence, locate
 from gradparity.records import LayerRecord
+from gradparity.reference.layout import to_torch_layout
 from gradparity.report import Report
 from gradparity.tolerance import tolerance_for
 
@@ -149,6 +150,23 @@ def _rows(mode: str, results, tol, batch: int, loss_type: str) -> tuple[list[Row
     return fwd, bwd
 
 
+def _weight_differences(pairs: list[LayerPair]) -> list[str]:
+    """Notes naming parameters that differ between the sides (only when not synced)."""
+    notes = []
+    for pair in pairs:
+        ours, ref = params_of(pair.layer), dict(pair.module.named_parameters())
+        for p in pair.params:
+            theirs = ref[p.torch_name].detach().cpu().numpy()
+            mine = to_torch_layout(np.asarray(ours[p.key]), p.conversion, p.torch_shape)
+            gap = float(np.abs(mine - theirs).max()) if mine.size else 0.0
+            if gap > 0:
+                notes.append(
+                    f"sync_weights=False and {pair.name}.{p.key} differs from the "
+                    f"reference's {p.torch_name} (max abs {gap:.3g})"
+                )
+    return notes
+
+
 def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
     """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
     finding (``detail["also"]`` and its message) instead of repeating it."""
@@ -207,6 +225,7 @@ def compare(
     if sync_weights:
         for pair in pairs:
             sync_module(pair.layer, pair.module, pair.params)
+    weight_notes = [] if sync_weights else _weight_differences(pairs)
 
     ours_chain = run_numpy.run_chain(layers, ours_loss, x, target, _warm(x, rng))
     ref_chain = run_torch.run_chain(ref_model, pairs, reference_loss, x, target, tdtype)
@@ -228,7 +247,9 @@ def compare(
         [(p.name, params_of(p.layer), o) for p, o, _ in isolated], "isolate"
     )
     roots = merge_lints(roots, lint_roots)
-    notes = [f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error]
+    notes = weight_notes + [
+        f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error
+    ]
     return Report(
         dtype=dtype,
         tolerance=tol.as_dict(),

@@ -73,3 +73,14 @@ def test_harness_names_a_broken_loss_backward_on_assignment():
     assert [(f.layer, f.quantity) for f in report.root_causes] == [("loss", "grad_input")]
     assert report.root_causes[0].diagnosis == "scaled"
     assert report.root_causes[0].detail["factor"] == pytest.approx(0.5)
+
+
+def test_unsynced_weights_are_named_in_the_notes():
+    model, x, target = assignment_network(), *assignment_data()
+    ref = mirror(model)
+    assert gp.compare(model, ref, x, target, sync_weights=False).notes == []
+    with torch.no_grad():
+        ref.fc2.bias += 0.5
+    report = gp.compare(model, ref, x, target, sync_weights=False)
+    assert not report.ok
+    assert any("fc2.b differs from the reference's bias" in n for n in report.notes)

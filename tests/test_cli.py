@@ -98,3 +98,11 @@ def test_report_folder_keeps_other_files(tmp_path):
     assert main(["check", "--model", "assignment", "--out", str(tmp_path)]) == 0
     assert keep.read_text() == "mine"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_check_with_an_injected_bug_names_it(tmp_path, capsys):
+    argv = ["check", "--model", "assignment", "--bug", "loss_grad_sign", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    assert "[sign_flipped] loss grad_input" in capsys.readouterr().out
+    assert main(["check", "--model", "assignment", "--bug", "softmax_diagonal_only"]) == 2
+    assert "needs a Softmax layer named 'softmax'" in capsys.readouterr().err
