@@ -10,24 +10,15 @@ import gradparity as gp
 import gradparity.jacobian
 from gradparity import bugs
 from gradparity.ours import Sequential, mlp
-from gradparity.reference import mirror, mirror_loss
+from gradparity.reference import mirror
+from gradparity.selftest import compare_setup
 from gradparity.tolerance import tolerance_for
 
 TOL = tolerance_for("float64")
 
 
 def run(model, loss, x, target, seed=0):
-    return gp.compare(
-        model,
-        mirror(model),
-        x,
-        target,
-        ours_loss=loss,
-        reference_loss=mirror_loss(loss),
-        seed=seed,
-        rtol=TOL.rtol,
-        atol=TOL.atol,
-    )
+    return compare_setup(model, loss, x, target, seed=seed)
 
 
 def root(report, layer, quantity):
