@@ -12,7 +12,7 @@ from torch import nn
 from gradparity import __version__, run_numpy, run_torch
 from gradparity.adapt import check_protocol, model_name, named_layers, params_of
 from gradparity.align import LayerPair, align_layers, pair_parameters, sync_module
-from gradparity.diff import Row, compare_layer, compare_loss
+from gradparity.diff import Row, compare_layer
 from gradparity.errors import InputError
 from gradparity.explain import Probe, add_evidence
 from gradparity.lints import lint_records
@@ -93,7 +93,7 @@ def _reference_copy(reference_model: Any, dtype: str) -> nn.Module:
     return model.to(TORCH_DTYPES[dtype]).eval()
 
 
-def _warm(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def warm_input(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A different input of the same shape, for the warm-up pass."""
     spread = max(float(np.std(a)), 1.0)
     return (a + rng.standard_normal(a.shape) * 0.5 * spread).astype(a.dtype)
@@ -101,7 +101,7 @@ def _warm(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def run_isolation(
     pairs: list[LayerPair],
-    ours_loss: Any,
+    loss_pair: LayerPair,
     reference_loss: Any,
     ref_chain: dict[str, LayerRecord],
     target: np.ndarray,
@@ -117,7 +117,7 @@ def run_isolation(
     for pair in pairs:
         ref_in = ref_chain[pair.name].input
         upstream = rng.standard_normal(ref_chain[pair.name].output.shape).astype(ref_in.dtype)
-        warm = _warm(ref_in, rng)
+        warm = warm_input(ref_in, rng)
         probes[pair.name] = Probe(
             pair,
             run_numpy.probe_layer(pair.layer, ref_in, upstream, warm),
@@ -126,10 +126,10 @@ def run_isolation(
             upstream,
         )
     logits = ref_chain["loss"].input
-    warm = _warm(logits, rng)
+    warm = warm_input(logits, rng)
     probes["loss"] = Probe(
-        LayerPair("loss", ours_loss, "loss", None),
-        run_numpy.probe_loss(ours_loss, logits, target, warm),
+        loss_pair,
+        run_numpy.probe_loss(loss_pair.layer, logits, target, warm),
         run_torch.probe_loss(reference_loss, logits, target, tdtype),
         warm,
         None,
@@ -137,14 +137,11 @@ def run_isolation(
     return probes
 
 
-def _rows(mode: str, results, tol, batch: int, loss_type: str) -> tuple[list[Row], list[Row]]:
+def _rows(mode: str, results, tol, batch: int) -> tuple[list[Row], list[Row]]:
     """(forward rows in forward order, backward rows in backward order)."""
     fwd, bwd = [], []
     for pair, ours, ref in results:
-        if pair.name == "loss":
-            f, b = compare_loss(mode, ours, ref, tol, batch, loss_type)
-        else:
-            f, b = compare_layer(mode, pair, ours, ref, tol, batch)
+        f, b = compare_layer(mode, pair, ours, ref, tol, batch)
         fwd += f
         bwd = b + bwd
     return fwd, bwd
@@ -227,19 +224,20 @@ def compare(
             sync_module(pair.layer, pair.module, pair.params)
     weight_notes = [] if sync_weights else _weight_differences(pairs)
 
-    ours_chain = run_numpy.run_chain(layers, ours_loss, x, target, _warm(x, rng))
+    ours_chain = run_numpy.run_chain(layers, ours_loss, x, target, warm_input(x, rng))
     ref_chain = run_torch.run_chain(ref_model, pairs, reference_loss, x, target, tdtype)
     loss_pair = LayerPair("loss", ours_loss, "loss", None)
-    chain = [(p, ours_chain.get(p.name, LayerRecord()), ref_chain[p.name]) for p in pairs]
-    chain.append((loss_pair, ours_chain.get("loss", LayerRecord()), ref_chain["loss"]))
-    chain = [c for c in chain if c[0].name in ours_chain]
-    probes = run_isolation(pairs, ours_loss, reference_loss, ref_chain, target, rng, tdtype)
+    chain = [
+        (p, ours_chain[p.name], ref_chain[p.name])
+        for p in [*pairs, loss_pair]
+        if p.name in ours_chain  # a layer that raised ends the chain run there
+    ]
+    probes = run_isolation(pairs, loss_pair, reference_loss, ref_chain, target, rng, tdtype)
     isolated = [(p.pair, p.ours, p.ref) for p in probes.values()]
 
-    loss_type = type(getattr(ours_loss, "obj", ours_loss)).__name__
     batch = x.shape[0]
-    chain_fwd, chain_bwd = _rows("chain", chain, tol, batch, loss_type)
-    iso_fwd, iso_bwd = _rows("isolate", isolated, tol, batch, loss_type)
+    chain_fwd, chain_bwd = _rows("chain", chain, tol, batch)
+    iso_fwd, iso_bwd = _rows("isolate", isolated, tol, batch)
     chain_rows, iso_rows = chain_fwd + chain_bwd, iso_fwd + iso_bwd
     add_evidence(iso_rows, probes, tol, target, reference_loss, tdtype, rng)
     roots = locate(chain_rows, iso_rows)

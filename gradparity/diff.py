@@ -101,33 +101,38 @@ def compare_tensor(
     return row
 
 
+def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarray:
+    """The reference's "grad_input" or "grad:<key>" from ``rec``, in ours' layout."""
+    if quantity == "grad_input":
+        return rec.grad_input
+    p = next(p for p in pair.params if p.key == quantity[5:])
+    return to_ours_layout(rec.grads[p.torch_name], p.conversion, p.ours_shape)
+
+
 def compare_layer(
     mode: str, pair: LayerPair, ours: LayerRecord, ref: LayerRecord, tol: Tolerance, batch_size: int
 ) -> tuple[list[Row], list[Row]]:
-    """(forward rows, backward rows) for one layer. A layer that raised yields one ``raised``
-    row for the failing phase; quantities it never reached are left out."""
-    fwd = (
-        [_raised(mode, pair, ours)]
-        if _failed(ours, "forward")
-        else [
-            compare_tensor(
-                mode,
-                pair.name,
-                pair.type_name,
-                "output",
-                ours.output,
-                ref.output,
-                tol,
-                batch_size=batch_size,
-            )
-        ]
-    )
-    if ours.error is not None and ours.error["phase"] == "forward":
-        return fwd, []
-    if ours.grad_input is None and ours.error is None:
-        return fwd, []
+    """(forward rows, backward rows) for one layer or the loss (the pair named "loss", whose
+    output is the loss value). A layer that raised yields one ``raised`` row for the failing
+    phase; quantities it never reached are left out."""
+    if _failed(ours, "forward"):
+        return [_raised(mode, pair, ours)], []
+    fwd = [
+        compare_tensor(
+            mode,
+            pair.name,
+            pair.type_name,
+            "output",
+            ours.output,
+            ref.output,
+            tol,
+            batch_size=batch_size,
+        )
+    ]
     if _failed(ours, "backward"):
         return fwd, [_raised(mode, pair, ours)]
+    if ours.grad_input is None:  # the chain stopped at a later layer before backward
+        return fwd, []
     bwd = [
         compare_tensor(
             mode,
@@ -145,15 +150,14 @@ def compare_layer(
         if p.key not in ours.grads:
             bwd.append(_missing_grad(mode, pair, p.key, sorted(ours.grads)))
             continue
-        expected = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
         bwd.append(
             compare_tensor(
                 mode,
                 pair.name,
                 pair.type_name,
                 f"grad:{p.key}",
-                ours.grads.get(p.key),
-                expected,
+                ours.grads[p.key],
+                reference_grad(pair, ref, f"grad:{p.key}"),
                 tol,
                 batch_size=batch_size,
                 upstream=ours.grad_output,
@@ -164,42 +168,18 @@ def compare_layer(
     return fwd, bwd
 
 
-def compare_loss(
-    mode: str, ours: LayerRecord, ref: LayerRecord, tol: Tolerance, batch_size: int, type_name: str
-) -> tuple[list[Row], list[Row]]:
-    """Rows of the loss, seen as the layer named "loss": output = value, grad_input = dL/dz."""
-    pair = LayerPair("loss", None, "loss", None)
-    if _failed(ours, "forward"):
-        return [_raised(mode, pair, ours, type_name)], []
-    fwd = [compare_tensor(mode, "loss", type_name, "output", ours.output, ref.output, tol)]
-    if _failed(ours, "backward"):
-        return fwd, [_raised(mode, pair, ours, type_name)]
-    return fwd, [
-        compare_tensor(
-            mode,
-            "loss",
-            type_name,
-            "grad_input",
-            ours.grad_input,
-            ref.grad_input,
-            tol,
-            batch_size=batch_size,
-        )
-    ]
-
-
 def _failed(rec: LayerRecord, phase: str) -> bool:
     return rec.error is not None and rec.error["phase"] == phase
 
 
-def _raised(mode: str, pair: LayerPair, rec: LayerRecord, type_name: str | None = None) -> Row:
+def _raised(mode: str, pair: LayerPair, rec: LayerRecord) -> Row:
     err = rec.error
     quantity = "output" if err["phase"] == "forward" else "grad_input"
     where = f" at {err['where']}" if err.get("where") else ""
     return Row(
         mode,
         pair.name,
-        type_name or pair.type_name,
+        pair.type_name,
         quantity,
         None,
         None,

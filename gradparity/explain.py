@@ -11,10 +11,9 @@ import torch
 
 from gradparity import jacobian, referee, run_torch
 from gradparity.align import LayerPair
-from gradparity.diff import Row
+from gradparity.diff import Row, reference_grad
 from gradparity.metrics import tensor_diff
 from gradparity.records import LayerRecord
-from gradparity.reference.layout import to_ours_layout
 from gradparity.tolerance import Tolerance
 
 
@@ -29,13 +28,6 @@ class Probe:
     upstream: np.ndarray | None  # None for the loss
 
 
-def _ref_value(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarray:
-    if quantity == "grad_input":
-        return rec.grad_input
-    p = next(p for p in pair.params if p.key == quantity[5:])
-    return to_ours_layout(rec.grads[p.torch_name], p.conversion, p.ours_shape)
-
-
 def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
     return rec.grad_input if quantity == "grad_input" else rec.grads.get(quantity[5:])
 
@@ -46,7 +38,7 @@ def _is_stale(probe: Probe, quantity: str, tol: Tolerance, tdtype: torch.dtype) 
     if ours is None:
         return False
     at_warm = run_torch.probe_module(probe.pair, probe.warm, probe.upstream, tdtype)
-    expected = _ref_value(probe.pair, at_warm, quantity)
+    expected = reference_grad(probe.pair, at_warm, quantity)
     return np.shape(ours) == expected.shape and tensor_diff(np.asarray(ours), expected, tol).ok
 
 
@@ -97,7 +89,7 @@ def add_evidence(
                 probe.upstream,
                 row.quantity,
                 _ours_value(probe.ours, row.quantity),
-                _ref_value(probe.pair, probe.ref, row.quantity),
+                reference_grad(probe.pair, probe.ref, row.quantity),
                 rng,
             )
             if row.quantity == "grad_input":

@@ -124,7 +124,7 @@ def lint(
 
     x (N, features); target as the loss expects (default softmax cross-entropy: (N,) ints).
     """
-    from gradparity.api import prepare_input, prepare_target, resolve_losses
+    from gradparity.api import prepare_input, prepare_target, resolve_losses, warm_input
 
     layers = named_layers(model)
     x = prepare_input(x, "float64")
@@ -132,8 +132,7 @@ def lint(
     if ours_loss is None:
         ours_loss, _ = resolve_losses(None, None)
     rng = np.random.default_rng(seed)
-    warm = x + rng.standard_normal(x.shape)
-    records = run_numpy.run_chain(layers, ours_loss, x, target, warm)
+    records = run_numpy.run_chain(layers, ours_loss, x, target, warm_input(x, rng))
     errors, warnings = lint_records(
         [(n, params_of(layer), records[n]) for n, layer in layers if n in records], "lint"
     )
