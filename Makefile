@@ -24,6 +24,7 @@ selftest: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/tolerance.py
+	$(BIN)/python benchmarks/report_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check gradparity ours reference tests benchmarks

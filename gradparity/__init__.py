@@ -1,24 +1,37 @@
 """gradparity: find the layer where hand-written NumPy backprop parts from PyTorch, and why."""
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from gradparity.adapt import Wrapped, wrap
-from gradparity.api import compare
-from gradparity.errors import InputError
-from gradparity.lints import lint
-from gradparity.locate import Finding
-from gradparity.report import Report
-from gradparity.tolerance import Tolerance, tolerance_for
+# Public name -> defining module, imported on first use (PEP 562): every pytest run loads the
+# plugin submodule, and it must not pay for importing torch.
+_EXPORTS = {
+    "Finding": "gradparity.locate",
+    "InputError": "gradparity.errors",
+    "ParityError": "gradparity.assertion",
+    "Report": "gradparity.report",
+    "Tolerance": "gradparity.tolerance",
+    "Wrapped": "gradparity.adapt",
+    "assert_parity": "gradparity.assertion",
+    "compare": "gradparity.api",
+    "lint": "gradparity.lints",
+    "tolerance_for": "gradparity.tolerance",
+    "wrap": "gradparity.adapt",
+}
+__all__ = ["__version__", *_EXPORTS]
 
-__all__ = [
-    "Finding",
-    "InputError",
-    "Report",
-    "Tolerance",
-    "Wrapped",
-    "__version__",
-    "compare",
-    "lint",
-    "tolerance_for",
-    "wrap",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gradparity' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

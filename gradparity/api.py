@@ -239,7 +239,7 @@ def compare(
     chain_fwd, chain_bwd = _rows("chain", chain, tol, batch)
     iso_fwd, iso_bwd = _rows("isolate", isolated, tol, batch)
     chain_rows, iso_rows = chain_fwd + chain_bwd, iso_fwd + iso_bwd
-    add_evidence(iso_rows, probes, tol, target, reference_loss, tdtype, rng)
+    arrays = add_evidence(iso_rows, probes, tol, target, reference_loss, tdtype, rng)
     roots = locate(chain_rows, iso_rows)
     lint_roots, warnings = lint_records(
         [(p.name, params_of(p.layer), o) for p, o, _ in isolated], "isolate"
@@ -253,6 +253,11 @@ def compare(
         tolerance=tol.as_dict(),
         rows=iso_rows + chain_rows,
         root_causes=roots,
+        arrays={
+            place: arrays[place]
+            for place in ((f.layer, f.quantity) for f in roots)
+            if place in arrays
+        },
         warnings=warnings,
         first_divergence=first_divergence(chain_rows),
         conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],

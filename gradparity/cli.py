@@ -18,8 +18,11 @@ import numpy as np
 
 from gradparity import zoo
 from gradparity.api import compare
+from gradparity.assertion import default_target
 from gradparity.errors import InputError
 from gradparity.report import Report, merge_reports
+from gradparity.terminal import render as render_terminal
+from gradparity.terminal import use_colour
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
 
@@ -75,11 +78,7 @@ def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
         x = rng.standard_normal((8, first.shape[1]))
     target = ours.get("target")
     if target is None:
-        import torch
-
-        with torch.no_grad():
-            width = ref["model"].double()(torch.as_tensor(np.asarray(x, float))).shape[-1]
-        target = rng.integers(0, width, size=len(x))
+        target = default_target(ref["model"], x, seed)
     kwargs.update(x=x, target=target)
     return kwargs, ours_spec.rpartition(":")[2]
 
@@ -142,8 +141,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     elif args.format == "md":
         print(report.to_markdown(), end="")
     else:
+        colour = use_colour(sys.stdout)
         for r in reports:
-            print(r.summary())
+            print(render_terminal(r, colour))
         print(f"report: {out / 'report.md'}")
     return EXIT_OK if report.ok else EXIT_DIVERGED
 

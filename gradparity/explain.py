@@ -59,17 +59,22 @@ def add_evidence(
     reference_loss: Any,
     tdtype: torch.dtype,
     rng: np.random.Generator,
-) -> None:
+) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """Enrich diverging isolate rows in place (``detail``, and ``diagnosis``/``message`` for
-    stale caches and for gradients where the referee finds the reference at fault)."""
+    stale caches and for gradients where the referee finds the reference at fault).
+
+    Returns the arrays behind each diverging row, keyed by (layer, quantity): "ours" and
+    "reference" (ours' layout), plus "jacobian_ours"/"jacobian_reference" (batch, out, in)
+    where the Jacobian probe ran. They feed the report's plots, not its JSON.
+    """
+    arrays: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for row in rows:
-        if (
-            not row.diverged
-            or row.diagnosis == "raised"
-            or not (row.quantity == "grad_input" or row.quantity.startswith("grad:"))
-        ):
+        if not row.diverged or row.diagnosis == "raised":
             continue
         probe = probes[row.layer]
+        arrays[(row.layer, row.quantity)] = evidence = _values(probe, row.quantity)
+        if row.quantity == "output":
+            continue
         if row.layer == "loss":
             verdict = referee.referee_loss(
                 probe.pair.layer,
@@ -93,7 +98,11 @@ def add_evidence(
                 rng,
             )
             if row.quantity == "grad_input":
-                _add_jacobian(row, _jacobian(probe, tol))
+                summary, result = _jacobian(probe, tol)
+                _add_jacobian(row, summary)
+                if result is not None:
+                    evidence["jacobian_ours"] = result.ours
+                    evidence["jacobian_reference"] = result.reference
         row.detail["referee"] = verdict
         if verdict["referee"] == "ours":
             row.message = (
@@ -101,6 +110,19 @@ def add_evidence(
                 "differences of the forward, the reference does not"
             )
             row.fix = "check the reference model (a custom autograd Function or a detach)"
+    return arrays
+
+
+def _values(probe: Probe, quantity: str) -> dict[str, np.ndarray]:
+    """Ours' and the reference's value of one quantity (reference in ours' layout)."""
+    if quantity == "output":
+        ours, ref = probe.ours.output, probe.ref.output
+    else:
+        ours, ref = (
+            _ours_value(probe.ours, quantity),
+            reference_grad(probe.pair, probe.ref, quantity),
+        )
+    return {} if ours is None else {"ours": np.asarray(ours), "reference": np.asarray(ref)}
 
 
 def _add_jacobian(row: Row, evidence: dict) -> None:
@@ -118,16 +140,17 @@ def _add_jacobian(row: Row, evidence: dict) -> None:
         row.message = f"{row.message}; Jacobian probe: {evidence['message']}"
 
 
-def _jacobian(probe: Probe, tol: Tolerance) -> dict:
-    """The probe's pattern and message, or a note when the layer is too large to probe."""
+def _jacobian(probe: Probe, tol: Tolerance) -> tuple[dict, jacobian.JacobianProbe | None]:
+    """(summary for ``detail``, the probe itself): pattern and message, or a note when the
+    layer is too large or not of a shape the probe handles."""
     x = probe.ref.input
     note = jacobian.too_large(x.shape, probe.ref.output.shape)
     if note is not None:
-        return {"note": note}
+        return {"note": note}, None
     try:
         result = jacobian.probe(probe.pair.layer, probe.pair.module, x, tol)
     except ValueError as exc:
-        return {"note": f"skipped: {exc}"}
+        return {"note": f"skipped: {exc}"}, None
     if isinstance(result, str):
-        return {"note": result}
-    return {"pattern": result.pattern, "message": result.message}
+        return {"note": result}, None
+    return {"pattern": result.pattern, "message": result.message}, result

@@ -24,6 +24,8 @@ class Finding:
     message: str = ""
     mode: str = "isolate"
     step: int | None = None
+    problem: str = ""  # the message's "what is wrong" part, without place and fix
+    fix: str = ""  # the message's advice part
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +52,8 @@ def finding_from_row(row: Row, mode: str) -> Finding:
         detail,
         f"{place(row.layer, row.quantity)}: {text}{fix}",
         mode,
+        problem=text,
+        fix=row.fix,
     )
 
 

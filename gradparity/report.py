@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from gradparity.diff import Row
+from gradparity.errors import InputError
 from gradparity.locate import Finding, place
 
 TABLE_COLUMNS = [
@@ -34,6 +36,14 @@ TABLE_COLUMNS = [
     "conversion",
 ]
 _STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
+MAX_HEATMAPS = 20
+MAX_MD_PROBLEM_ROWS = 200
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-name-safe version of a layer or quantity name: [A-Za-z0-9_.-] only."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")
+    return cleaned[:limit] or "unnamed"
 
 
 def _json_safe(value):
@@ -88,6 +98,9 @@ class Report:
     conversions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # (layer, quantity) of each root cause -> {"ours", "reference"[, "jacobian_ours",
+    # "jacobian_reference"]}: the values behind the plots; not part of report.json.
+    arrays: dict = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -137,8 +150,9 @@ class Report:
         lines += [f"  ! {w.message}" for w in self.warnings]
         return "\n".join(lines)
 
-    def to_markdown(self) -> str:
-        """report.md: verdict and root causes first, then the tables, problems first."""
+    def to_markdown(self, plot_files: list[str] | None = None) -> str:
+        """report.md: verdict and root causes first, then the tables (problems first), the
+        plots (``plot_files``, names under plots/) and the run details."""
         out = [f"# gradparity report: {self.meta.get('model', 'model')}", ""]
         out.append(
             "**Parity: OK**"
@@ -162,6 +176,8 @@ class Report:
             rows = [r for r in self.rows if r.mode == mode]
             if rows:
                 out += [f"## {mode} rows", "", *self._md_table(rows), ""]
+        if plot_files:
+            out += ["## Plots", ""] + [f"![{f}](plots/{f})" for f in plot_files] + [""]
         out += [
             "## Run details",
             "",
@@ -190,27 +206,80 @@ class Report:
         ]
         ordered = sorted(rows, key=lambda r: _STATUS_RANK[r.status])
         ok_rows = [r for r in ordered if r.status == "ok"]
-        shown = [r for r in ordered if r.status != "ok"] + ok_rows[:max_ok]
+        problems = [r for r in ordered if r.status != "ok"]
+        shown = problems[:MAX_MD_PROBLEM_ROWS] + ok_rows[:max_ok]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in shown:
             d = r.as_dict()
             lines.append("| " + " | ".join(_num(d[c]) for c in cols) + " |")
+        if len(problems) > MAX_MD_PROBLEM_ROWS:
+            lines.append(
+                f"\n... and {len(problems) - MAX_MD_PROBLEM_ROWS} more problem rows (see table.csv)"
+            )
         if len(ok_rows) > max_ok:
             lines.append(f"\n... and {len(ok_rows) - max_ok} more ok rows (see table.csv)")
         return lines
 
+    def plots(self) -> list[tuple[str, bytes, str]]:
+        """(file name, PNG bytes, caption): the error chart, then heatmaps of each root cause
+        (ours, reference, difference) and of its Jacobian probe where one ran."""
+        from gradparity import plots
+
+        name = self.meta.get("model", "model")
+        files = [
+            (
+                "error_chart.png",
+                plots.error_chart(self.rows, title=f"{name}: error per layer"),
+                "Error relative to the tolerance, per layer: where it starts and how it spreads",
+            )
+        ]
+        for i, f in enumerate(self.root_causes[:MAX_HEATMAPS], 1):
+            arrays = self.arrays.get((f.layer, f.quantity), {})
+            where = place(f.layer, f.quantity)
+            if "ours" in arrays:
+                files.append(
+                    (
+                        f"root_cause_{i:02d}_{safe_name(where)}.png",
+                        plots.heatmaps(
+                            f"{where} [{f.diagnosis}]", arrays["ours"], arrays["reference"]
+                        ),
+                        f"Root cause {i}, {where}: ours, reference and their difference",
+                    )
+                )
+            if "jacobian_ours" in arrays:
+                files.append(
+                    (
+                        f"jacobian_{i:02d}_{safe_name(where)}.png",
+                        plots.jacobian_heatmaps(
+                            f"{f.layer}: Jacobian of sample 0",
+                            arrays["jacobian_ours"],
+                            arrays["jacobian_reference"],
+                        ),
+                        f"Root cause {i}, {where}: Jacobian probe (d output_i / d input_j)",
+                    )
+                )
+        return files
+
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write report.json, report.md and table.csv into ``directory`` (created if needed).
+        """Write report.json, report.md, report.html, table.csv and plots/*.png into
+        ``directory`` (created if needed).
 
         Each file is written atomically; nothing else in the folder is touched.
         """
+        from gradparity.html_report import render
+
         out = Path(directory)
         if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"report folder {out} exists and is not a directory")
+            raise InputError(f"report folder {out} exists and is not a directory; pick another")
+        plots = self.plots()
         out.mkdir(parents=True, exist_ok=True)
+        (out / "plots").mkdir(exist_ok=True)
+        for file_name, png, _ in plots:
+            write_atomic(out / "plots", file_name, png)
         write_atomic(out, "report.json", self.to_json())
-        write_atomic(out, "report.md", self.to_markdown())
+        write_atomic(out, "report.md", self.to_markdown([p[0] for p in plots]))
         write_atomic(out, "table.csv", self.table.to_csv(index=False))
+        write_atomic(out, "report.html", render(self, plots))
         return out
 
 
@@ -223,8 +292,14 @@ def merge_reports(reports: list[Report]) -> Report:
             rows.append(Row(**{**r.as_dict(), "layer": prefix + r.layer}))
         for bucket, found in ((roots, rep.root_causes), (warnings, rep.warnings)):
             bucket += [Finding(**{**f.as_dict(), "layer": prefix + f.layer}) for f in found]
+    arrays = {
+        (f"{rep.meta.get('model', 'model')}/{layer}", quantity): values
+        for rep in reports
+        for (layer, quantity), values in rep.arrays.items()
+    }
     first = reports[0]
     return Report(
+        arrays=arrays,
         dtype=first.dtype,
         tolerance=first.tolerance,
         rows=rows,

@@ -1,0 +1,76 @@
+"""Time to write a report of a 1000-layer run, and the comparison's cost against torch.
+
+A 500-block Linear/Tanh network (1000 layers) with a scaled weight gradient injected in
+block 10, so the report has a root cause and hundreds of inherited rows. Prints:
+- seconds for ``report.save`` (target: under 2 s),
+- ``compare`` time as a multiple of one torch forward+backward of the same network,
+  measured in the same run.
+
+Run: .venv/bin/python benchmarks/report_speed.py [--blocks N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from gradparity.api import compare
+from gradparity.bugs import WeightGradScaled
+from gradparity.ours import Linear, Sequential, Tanh
+from gradparity.reference import mirror
+
+
+def build(blocks: int, width: int = 8) -> Sequential:
+    rng = np.random.default_rng(0)
+    layers = []
+    for i in range(blocks):
+        kind = WeightGradScaled if i == 10 else Linear
+        layers += [(f"fc{i}", kind(width, width, rng=rng)), (f"act{i}", Tanh())]
+    return Sequential(*layers)
+
+
+def torch_step_seconds(model: torch.nn.Module, x: np.ndarray, target: np.ndarray) -> float:
+    xt, tt = torch.as_tensor(x), torch.as_tensor(target)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(xt), tt).backward()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=500)
+    args = parser.parse_args()
+    model = build(args.blocks)
+    reference = mirror(model)
+    rng = np.random.default_rng(1)
+    x, target = rng.standard_normal((16, 8)), rng.integers(0, 8, size=16)
+
+    baseline = torch_step_seconds(reference, x, target)
+    start = time.perf_counter()
+    report = compare(model, reference, x, target, name=f"{2 * args.blocks}-layer")
+    compare_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        report.save(out)
+        save_s = time.perf_counter() - start
+    problems = sum(r.status != "ok" for r in report.rows)
+    print(
+        f"{2 * args.blocks} layers, {len(report.rows)} rows ({problems} problem rows), "
+        f"{len(report.root_causes)} root cause(s)"
+    )
+    print(f"report.save: {save_s:.2f} s")
+    print(
+        f"compare: {compare_s:.2f} s = {compare_s / baseline:.0f} x one torch "
+        f"forward+backward ({baseline * 1e3:.1f} ms)"
+    )
+
+
+if __name__ == "__main__":
+    main()

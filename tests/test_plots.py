@@ -1,0 +1,244 @@
+"""Report figures: every function returns a PNG for real and synthetic reports, error ratios
+are right, odd inputs (0-D to 3-D, differing shapes, NaN/inf) render, and pyplot stays out."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from io import BytesIO
+
+import numpy as np
+import pytest
+
+from gradparity import bugs, plots
+from gradparity.diff import Row
+from gradparity.selftest import compare_setup
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, from the IHDR chunk."""
+    assert png.startswith(PNG)
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def _report(bug: str | None):
+    setup = bugs.base_network(0) if bug is None else next(b for b in bugs.BUGS if b.name == bug)
+    return compare_setup(*(setup if bug is None else setup.build(0)))
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return {name: _report(name) for name in (None, "bias_not_summed", "bias_grad_sign")}
+
+
+def _row(mode="chain", layer="fc1", quantity="output", status="ok", **values) -> Row:
+    return Row(mode, layer, "Linear", quantity, [2, 3], [2, 3], status=status, **values)
+
+
+def test_error_ratio_is_worst_error_over_allowed():
+    row = _row(max_abs=3e-6, ours_at_worst=1.5, ref_at_worst=1.5 - 2e-6, allowed_at_worst=4e-7)
+    assert plots.error_ratio(row) == pytest.approx(5.0)
+    exact = _row(max_abs=0.0, ours_at_worst=0.25, ref_at_worst=0.25, allowed_at_worst=1e-8)
+    assert plots.error_ratio(exact) == 0.0
+
+
+def test_error_ratio_edge_cases():
+    assert plots.error_ratio(_row(status="diverged")) is None  # shape mismatch, raised, missing
+    nan = _row(max_abs=math.inf, ours_at_worst=math.nan, ref_at_worst=1.0, allowed_at_worst=1e-7)
+    assert plots.error_ratio(nan) == math.inf
+    same_inf = _row(max_abs=0.0, ours_at_worst=math.inf, ref_at_worst=math.inf, allowed_at_worst=1)
+    assert plots.error_ratio(same_inf) == 0.0
+    assert plots.error_ratio(_row(max_abs=0.0)) == 0.0  # empty tensor: no worst element
+
+
+def test_error_ratio_on_a_real_sign_flip(reports):
+    rows = reports["bias_grad_sign"].rows
+    root = next(r for r in rows if r.mode == "isolate" and r.status == "root_cause")
+    assert (root.layer, root.quantity) == ("fc1", "grad:b")
+    # A sign flip doubles the value: error 2|r| against rtol (|r| + max|r|) + atol.
+    assert plots.error_ratio(root) == pytest.approx(
+        abs(2 * root.ref_at_worst) / root.allowed_at_worst
+    )
+    assert plots.error_ratio(root) > 1
+    assert all(plots.error_ratio(r) < 1 for r in rows if r.status == "ok")
+
+
+def test_layer_order_is_forward_with_loss_last(reports):
+    assert plots.layer_order(reports[None].rows) == ["fc1", "act1", "fc2", "loss"]
+    # A chain run that stopped early: the missing layers come from the isolate rows.
+    rows = [
+        _row("isolate", "loss", "grad_input"),
+        _row("isolate", "a"),
+        _row("isolate", "b"),
+        _row("isolate", "loss"),
+        _row("chain", "a"),
+    ]
+    assert plots.layer_order(rows) == ["a", "b", "loss"]
+
+
+@pytest.mark.parametrize("bug", [None, "bias_not_summed", "bias_grad_sign"])
+def test_error_chart_of_real_reports(reports, bug):
+    png = plots.error_chart(reports[bug].rows, title=f"{bug}: error per layer")
+    width, height = _size(png)
+    assert width > 600 and height > 400
+
+
+def test_bias_not_summed_root_cause_has_no_ratio(reports):
+    rows = reports["bias_not_summed"].rows
+    roots = [r for r in rows if r.status == "root_cause"]
+    assert roots and all(plots.error_ratio(r) is None for r in roots)
+    points = plots._worst_per_point(rows)
+    _, novalue, is_root = points[("isolate", "backward", "fc2")]
+    assert novalue and is_root
+    assert points[("isolate", "forward", "fc2")][1:] == [False, False]
+
+
+def _synthetic_rows(n_layers: int) -> list[Row]:
+    """Chain then isolate rows of a deep network whose layer 700 is broken, one shape mismatch
+    (layer 900 grad:b) and exact matches (ratio 0) everywhere in the gradients."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for mode in ("isolate", "chain"):
+        fwd, bwd = [], []
+        for i in range(n_layers):
+            err = 10.0 ** rng.uniform(-16, -9)
+            status = "ok"
+            if i == 700:
+                err, status = 1e-3, "root_cause"
+            elif mode == "chain" and i > 700:
+                err, status = 1e-3, "inherited"
+            fwd.append(
+                _row(
+                    mode,
+                    f"layer{i}",
+                    max_abs=err,
+                    ours_at_worst=1 + err,
+                    ref_at_worst=1.0,
+                    allowed_at_worst=1e-7,
+                    status=status,
+                )
+            )
+            grad = _row(
+                mode,
+                f"layer{i}",
+                "grad:W",
+                max_abs=0.0,
+                ours_at_worst=2.0,
+                ref_at_worst=2.0,
+                allowed_at_worst=1e-7,
+            )
+            bias = (
+                Row(mode, f"layer{i}", "Linear", "grad:b", [8, 3], [3], status="root_cause")
+                if i == 900
+                else _row(
+                    mode,
+                    f"layer{i}",
+                    "grad:b",
+                    max_abs=0.0,
+                    ours_at_worst=0.0,
+                    ref_at_worst=0.0,
+                    allowed_at_worst=1e-12,
+                )
+            )
+            bwd = [grad, bias, *bwd]
+        rows += [*fwd, _row(mode, "loss", "output", max_abs=0.0), *bwd]
+    return rows
+
+
+def test_error_chart_of_1500_rows_is_quick():
+    rows = _synthetic_rows(500)  # 500 layers x 3 quantities x 2 modes
+    assert len(rows) >= 1500
+    start = time.perf_counter()
+    png = plots.error_chart(rows, title="deep network")
+    elapsed = time.perf_counter() - start
+    width, _ = _size(png)
+    assert width < 2500  # thinned labels keep the figure a sane size
+    assert elapsed < 5.0  # about 0.5 s on a slow shared CPU; catches per-point annotations
+
+
+def test_error_chart_ticks_thin_out_but_keep_root_causes():
+    step, ticks = plots._ticks(1500, {700, 701})
+    assert step == math.ceil(1500 / plots.THINNED_LABELS)
+    assert {700, 701} <= set(ticks) and len(ticks) <= plots.THINNED_LABELS + 2
+    assert plots._ticks(60, set()) == (1, list(range(60)))
+
+
+def test_error_chart_of_nothing_and_of_raised_rows():
+    assert _size(plots.error_chart([]))[0] > 0
+    raised = Row(
+        "isolate", "fc1", "Linear", "output", None, None, status="root_cause", diagnosis="raised"
+    )
+    nan = _row(
+        "isolate",
+        "fc2",
+        max_abs=math.inf,
+        ours_at_worst=math.nan,
+        ref_at_worst=1.0,
+        allowed_at_worst=1e-7,
+        status="root_cause",
+    )
+    plots.error_chart([raised, nan, _row("isolate", "loss", "output", max_abs=0.0)])
+
+
+@pytest.mark.parametrize(
+    ("ours", "reference"),
+    [
+        (np.float64(1.5), np.float64(1.5 + 1e-3)),
+        (np.arange(5.0), -np.arange(5.0)),
+        (np.ones((8, 3)), np.ones((8, 3))),  # constant and identical: flat colour range
+        (np.random.default_rng(0).standard_normal((4, 3, 5)), np.zeros((4, 3, 5))),
+        (np.ones((8, 3)), np.ones(3)),  # bias not summed: the difference panel says so
+        (np.zeros((0, 3)), np.zeros((0, 3))),
+    ],
+    ids=["0d", "1d", "2d-constant", "3d", "shapes-differ", "empty"],
+)
+def test_heatmaps_of_any_shape(ours, reference):
+    assert _size(plots.heatmaps("fc2 grad:b [not_reduced]", ours, reference))[0] > 1000
+
+
+def test_heatmaps_with_nan_and_inf():
+    ours = np.random.default_rng(1).standard_normal((6, 4))
+    reference = ours.copy()
+    ours[0, 0], ours[1, 2], reference[3, 3] = np.nan, np.inf, -np.inf
+    plots.heatmaps("non-finite", ours, reference)
+    plots.heatmaps("all nan", np.full((2, 2), np.nan), np.full((2, 2), np.inf))
+
+
+def test_heatmaps_of_a_large_layer_render_at_a_readable_size():
+    rng = np.random.default_rng(2)
+    weights = rng.standard_normal((784, 300))
+    width, height = _size(plots.heatmaps("fc1.W", weights, weights * 1.0001))
+    assert width < 2000 and height < 600
+
+
+def test_jacobian_heatmaps():
+    rng = np.random.default_rng(3)
+    ours, reference = rng.standard_normal((4, 3, 3)), rng.standard_normal((4, 3, 3))
+    assert _size(plots.jacobian_heatmaps("act1: Jacobian", ours, reference))[0] > 1000
+    assert plots.jacobian_heatmaps("last sample", ours, reference, sample=3).startswith(PNG)
+    with pytest.raises(ValueError, match="out of range"):
+        plots.jacobian_heatmaps("x", ours, reference, sample=4)
+    with pytest.raises(ValueError, match=r"\(batch, out, in\)"):
+        plots.jacobian_heatmaps("x", ours[0], reference[0])
+
+
+def test_png_bytes_are_deterministic():
+    a = np.arange(12.0).reshape(3, 4)
+    assert plots.heatmaps("t", a, a + 1) == plots.heatmaps("t", a, a + 1)
+
+
+def test_pngs_decode():
+    """The bytes are a real image, not just a signature (decoded with matplotlib's reader)."""
+    from matplotlib.image import imread
+
+    image = imread(BytesIO(plots.heatmaps("t", np.eye(3), np.eye(3))), format="png")
+    assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_pyplot_is_never_imported():
+    code = "import gradparity.plots, sys; assert 'matplotlib.pyplot' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,193 @@
+"""report.save: every file, atomic and only inside the folder; the HTML parses and leads with
+the root cause; the terminal rendering; large reports stay readable."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from gradparity import bugs
+from gradparity.diff import Row
+from gradparity.errors import InputError
+from gradparity.report import Report, safe_name
+from gradparity.selftest import compare_setup
+from gradparity.terminal import render, use_colour
+
+
+class _Page(HTMLParser):
+    """Collects what a browser would need: tags, ids, image sources, text in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.ids: list[str] = []
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.text: list[str] = []
+        self.cell_styles: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag not in ("meta", "img", "br", "link"):
+            self.stack.append(tag)
+        if "id" in attrs:
+            self.ids.append(attrs["id"])
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag in ("link", "script") or "href" in attrs:
+            self.links.append(attrs.get("href") or attrs.get("src") or tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}> in {self.stack[-3:]}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        if data.strip():
+            self.text.append(data.strip())
+
+
+@pytest.fixture(scope="module")
+def buggy(tmp_path_factory) -> tuple[Report, Path]:
+    report = compare_setup(*bugs.softmax_network(0, softmax=bugs.SoftmaxDiagonalOnly))
+    out = tmp_path_factory.mktemp("report")
+    report.save(out)
+    return report, out
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    assert page.stack == ["html"] or page.stack == [], page.stack
+    return page
+
+
+def test_save_writes_every_file(buggy):
+    _, out = buggy
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "report.html", "table.csv", "plots"} <= names
+    pngs = sorted(p.name for p in (out / "plots").iterdir())
+    assert "error_chart.png" in pngs
+    assert any(n.startswith("root_cause_01_softmax_grad_input") for n in pngs)
+    assert any(n.startswith("jacobian_01_softmax") for n in pngs)
+    for png in (out / "plots").iterdir():
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "report.json").read_text())["ok"] is False
+    assert "plots/error_chart.png" in (out / "report.md").read_text()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_html_is_self_contained_and_well_formed(buggy):
+    _, out = buggy
+    page = _parse(out / "report.html")
+    assert page.links == []  # no stylesheet, script or link to fetch
+    assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert len(page.images) == len(list((out / "plots").iterdir()))
+
+
+def test_html_leads_with_the_root_cause_and_its_fix(buggy):
+    report, out = buggy
+    page = _parse(out / "report.html")
+    assert page.ids[:2] == ["root-causes", "first-divergence"]
+    assert page.ids.index("layers") < page.ids.index("plots") < page.ids.index("run-details")
+    first_text = " ".join(page.text[:12])
+    assert "Divergence: 1 root cause(s): fix softmax grad_input first" in first_text
+    assert "softmax grad_input" in first_text and "Fix:" in first_text
+    html = (out / "report.html").read_text()
+    assert "#f8d0d0" in html  # root-cause row coloured by the Styler
+    assert report.meta["torch"] in html and "layout" in html
+
+
+def test_ok_report_collapses_nothing_it_needs(tmp_path):
+    report = compare_setup(*bugs.base_network(0))
+    report.save(tmp_path)
+    page = _parse(tmp_path / "report.html")
+    assert "root-causes" not in page.ids
+    assert any(t.startswith("Parity OK") for t in page.text)
+    assert [p.name for p in (tmp_path / "plots").iterdir()] == ["error_chart.png"]
+
+
+def test_save_keeps_other_files_and_refuses_a_file_as_folder(tmp_path):
+    mine = tmp_path / "keep.txt"
+    mine.write_text("mine")
+    report = compare_setup(*bugs.base_network(0))
+    report.save(tmp_path)
+    assert mine.read_text() == "mine"
+    with pytest.raises(InputError, match="is not a directory"):
+        report.save(mine)
+    assert mine.read_text() == "mine"
+
+
+def test_layer_names_are_sanitised_for_file_names():
+    assert safe_name("../../etc/passwd grad:W") == "etc_passwd_grad_W"
+    assert safe_name("a/b\\c:d*e") == "a_b_c_d_e"
+    assert safe_name("...") == "unnamed"
+    assert len(safe_name("x" * 500)) == 80
+
+
+def _rows(n_layers: int) -> list[Row]:
+    rows = []
+    for i in range(n_layers):
+        status = "root_cause" if i == 7 else ("inherited" if i > 7 else "ok")
+        rows.append(
+            Row(
+                "chain",
+                f"layer{i}",
+                "Linear",
+                "output",
+                [4, 4],
+                [4, 4],
+                max_abs=0.1,
+                max_rel=0.1,
+                cosine=0.9,
+                mismatch_frac=0.5,
+                worst_index=[0, 0],
+                ours_at_worst=1.0,
+                ref_at_worst=0.9,
+                allowed_at_worst=1e-7,
+                status=status,
+                diagnosis=None if status == "ok" else "unexplained",
+            )
+        )
+    return rows
+
+
+def test_thousands_of_layers_stay_readable(tmp_path):
+    report = Report(
+        dtype="float64",
+        tolerance={"rtol": 1e-7, "atol": 1e-12, "dtype": "float64"},
+        rows=_rows(3000),
+        root_causes=[],
+        meta={"model": "big"},
+    )
+    report.save(tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "more problem rows in table.csv" in html
+    assert "7 ok rows" in html
+    first_problem = html.index("layer7<")
+    assert first_problem < html.index("layer8<") < html.index("layer0<")
+    assert len((tmp_path / "table.csv").read_text().splitlines()) == 3001
+    assert "more problem rows (see table.csv)" in (tmp_path / "report.md").read_text()
+
+
+def test_terminal_table_and_colour(buggy, monkeypatch):
+    report, _ = buggy
+    plain = render(report, colour=False)
+    lines = plain.splitlines()
+    assert lines[0].endswith("DIVERGED, 1 root cause(s)")
+    assert "softmax grad_input  root_cause" in lines[2]
+    assert lines[-1].startswith("1. [unexplained] softmax grad_input:")
+    assert "\033[" not in plain
+    assert "\033[31;1m" in render(report, colour=True)
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert use_colour(Tty())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not use_colour(Tty())
