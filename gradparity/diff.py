@@ -6,7 +6,7 @@ the one the user sees in their own code.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,7 +48,8 @@ class Row:
         return self.status != "ok"
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        # Shallow on purpose: dataclasses.asdict deep-copies, and reports have 10^4 rows.
+        return dict(self.__dict__)
 
 
 def _shape(a: np.ndarray | None) -> list[int] | None:

@@ -22,6 +22,7 @@ from gradparity.locate import place
 FLOOR = 1e-12  # exact matches (ratio 0) are drawn here: a log axis has no 0
 MAX_TICK_LABELS = 60  # more layers than this and only 1 in k is labelled...
 THINNED_LABELS = 40  # ...leaving about this many: each label costs milliseconds to draw
+MAX_ROOT_LABELS = 10  # root-cause layers always labelled (in red), the first this many
 DPI = 100
 MAX_RINGED = 50  # non-finite cells of a heatmap circled individually, up to this many
 # (mode, direction, legend label, marker, colour)
@@ -114,7 +115,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     finite = [p[0] for p in points.values() if math.isfinite(p[0])]
     top = 10.0 ** math.ceil(math.log10(max([1.0, *finite]) * 100))  # headroom above the data
     roots = [r for r in rows if r.status == "root_cause" and _direction(r.quantity)]
-    root_xs = {x_of[r.layer] for r in roots}
+    root_xs = set(list(dict.fromkeys(x_of[r.layer] for r in roots))[:MAX_ROOT_LABELS])
     step, ticks = _ticks(len(order), root_xs)
     labels = [_short(order[t], 28) for t in ticks]
 
@@ -122,7 +123,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     # again, which doubles the time of a chart with a thousand layers.
     rotate = len(ticks) > 8 or any(len(name) > 10 for name in labels)
     bottom = 0.5 + (0.05 * max(map(len, labels), default=0) + 0.1 if rotate else 0.2)
-    plot_w, plot_h, left, right, top_m = min(max(5.0, 0.22 * len(ticks)), 14.0), 4.2, 0.9, 2.6, 0.5
+    plot_w, plot_h, left, right, top_m = min(max(5.0, 0.22 * len(ticks)), 14.0), 4.2, 0.9, 2.8, 0.5
     width, height = left + plot_w + right, bottom + plot_h + top_m
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((left / width, bottom / height, plot_w / width, plot_h / height))
@@ -134,7 +135,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     if roots:
         places = dict.fromkeys(place(r.layer, r.quantity) for r in roots)
         more = f" (+{len(places) - 1} more)" if len(places) > 1 else ""
-        root_label = f"root cause\nfirst: {_short(next(iter(places)), 20)}{more}"
+        root_label = f"root cause{more}\nfirst: {_short(next(iter(places)), 22)}"
     novalue_any = _draw_series(ax, points, x_of, top, root_label)
     handles, legend_labels = ax.get_legend_handles_labels()
     if novalue_any:
@@ -143,15 +144,8 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     ax.legend(
         handles, legend_labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small"
     )
-    ax.text(
-        1.02,
-        0.0,
-        f"exact or below {FLOOR:g}:\ndrawn at {FLOOR:g}\nno value or infinite:\ndrawn at the top",
-        transform=ax.transAxes,
-        va="bottom",
-        fontsize="small",
-        color="dimgray",
-    )
+    note = f"exact or below {FLOOR:g}:\ndrawn at {FLOOR:g}\nno value or infinite:\ndrawn at the top"
+    ax.text(1.02, 0, note, transform=ax.transAxes, va="bottom", fontsize="small", color="dimgray")
 
     ax.set_ylim(FLOOR / 10, top * 5)
     ax.yaxis.set_major_formatter(FuncFormatter(_decade))
@@ -178,7 +172,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
 
 
 def _ticks(n: int, root_xs: set[int]) -> tuple[int, list[int]]:
-    """(step, labelled positions): every ``step``-th layer plus every root-cause layer, whose
+    """(step, labelled positions): every ``step``-th layer plus the root-cause layers, whose
     neighbours closer than half a step give way so that labels do not overlap."""
     step = 1 if n <= MAX_TICK_LABELS else math.ceil(n / THINNED_LABELS)
     kept = [t for t in range(0, n, step) if all(abs(t - x) >= step / 2 for x in root_xs)]
@@ -243,9 +237,12 @@ def _panel(ax, data: np.ndarray, shape: tuple, name: str, cmap, vmin: float, vma
     """One heatmap of ``data`` (2-D, from an array of ``shape``); None for an empty array."""
     bad = ~np.isfinite(data)
     n_bad = int(np.count_nonzero(bad))
-    shown = "" if data.shape == shape else f" shown {data.shape[0]} x {data.shape[1]}"
-    note = f", {n_bad} non-finite (magenta)" if n_bad else ""
-    ax.set_title(f"{name}\n{shape}{shown}{note}", fontsize="medium")
+    if data.size == 1:
+        about = f"{'scalar' if shape == () else shape} = {data.flat[0]:.6g}"
+    else:
+        shown = "" if data.shape == shape else f" shown {data.shape[0]} x {data.shape[1]}"
+        about = f"{shape}{shown}" + (f", {n_bad} non-finite (magenta)" if n_bad else "")
+    ax.set_title(f"{name}\n{about}", fontsize="medium")
     if data.size == 0:
         ax.text(0.5, 0.5, "empty", transform=ax.transAxes, ha="center", va="center")
         ax.set_axis_off()
@@ -292,15 +289,8 @@ def _side_by_side(title: str, ours, reference, labels: tuple[str, str]) -> bytes
         fig.colorbar(image, cax=axes(9.05, 0.15), label="value (ours and reference)")
     if ours.shape != reference.shape:
         ax_d.set_axis_off()
-        ax_d.text(
-            0.5,
-            0.5,
-            f"shapes differ: {ours.shape} vs {reference.shape}",
-            transform=ax_d.transAxes,
-            ha="center",
-            va="center",
-            fontsize="large",
-        )
+        text = f"shapes differ: {ours.shape} vs {reference.shape}"
+        ax_d.text(0.5, 0.5, text, transform=ax_d.transAxes, ha="center", va="center", size="large")
         return _png(fig)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = o - r

@@ -98,18 +98,19 @@ def test_bias_not_summed_root_cause_has_no_ratio(reports):
 
 
 def _synthetic_rows(n_layers: int) -> list[Row]:
-    """Chain then isolate rows of a deep network whose layer 700 is broken, one shape mismatch
-    (layer 900 grad:b) and exact matches (ratio 0) everywhere in the gradients."""
+    """Isolate then chain rows of a deep network with a broken output at 3/5 of its depth, a
+    shape mismatch (grad:b) at 4/5 and exact matches (ratio 0) in every other gradient."""
     rng = np.random.default_rng(0)
+    broken, mismatch = n_layers * 3 // 5, n_layers * 4 // 5
     rows = []
     for mode in ("isolate", "chain"):
         fwd, bwd = [], []
         for i in range(n_layers):
             err = 10.0 ** rng.uniform(-16, -9)
             status = "ok"
-            if i == 700:
+            if i == broken:
                 err, status = 1e-3, "root_cause"
-            elif mode == "chain" and i > 700:
+            elif mode == "chain" and i > broken:
                 err, status = 1e-3, "inherited"
             fwd.append(
                 _row(
@@ -133,7 +134,7 @@ def _synthetic_rows(n_layers: int) -> list[Row]:
             )
             bias = (
                 Row(mode, f"layer{i}", "Linear", "grad:b", [8, 3], [3], status="root_cause")
-                if i == 900
+                if i == mismatch
                 else _row(
                     mode,
                     f"layer{i}",
@@ -152,6 +153,9 @@ def _synthetic_rows(n_layers: int) -> list[Row]:
 def test_error_chart_of_1500_rows_is_quick():
     rows = _synthetic_rows(500)  # 500 layers x 3 quantities x 2 modes
     assert len(rows) >= 1500
+    points = plots._worst_per_point(rows)
+    assert points[("isolate", "forward", "layer300")] == [pytest.approx(1e4), False, True]
+    assert points[("isolate", "backward", "layer400")][1:] == [True, True]
     start = time.perf_counter()
     png = plots.error_chart(rows, title="deep network")
     elapsed = time.perf_counter() - start
@@ -165,6 +169,22 @@ def test_error_chart_ticks_thin_out_but_keep_root_causes():
     assert step == math.ceil(1500 / plots.THINNED_LABELS)
     assert {700, 701} <= set(ticks) and len(ticks) <= plots.THINNED_LABELS + 2
     assert plots._ticks(60, set()) == (1, list(range(60)))
+
+
+def test_error_chart_with_every_layer_a_root_cause():
+    rows = [
+        _row(
+            "isolate",
+            f"layer{i}",
+            max_abs=1.0,
+            ours_at_worst=1.0,
+            ref_at_worst=0.0,
+            allowed_at_worst=1e-7,
+            status="root_cause",
+        )
+        for i in range(300)
+    ]
+    assert _size(plots.error_chart(rows))[0] < 2500
 
 
 def test_error_chart_of_nothing_and_of_raised_rows():

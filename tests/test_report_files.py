@@ -191,3 +191,37 @@ def test_terminal_table_and_colour(buggy, monkeypatch):
     assert use_colour(Tty())
     monkeypatch.setenv("NO_COLOR", "1")
     assert not use_colour(Tty())
+
+
+def test_non_finite_values_stay_strict_json(tmp_path):
+    row = Row(
+        "chain",
+        "fc",
+        "Linear",
+        "output",
+        [2],
+        [2],
+        max_abs=float("inf"),
+        max_rel=float("nan"),
+        status="diverged",
+        diagnosis="nonfinite",
+    )
+    report = Report(dtype="float64", tolerance={"rtol": 1e-7}, rows=[row], root_causes=[])
+    loaded = json.loads(report.to_json())
+    assert loaded == report.to_dict()
+    assert loaded["rows"][0]["max_abs"] == "inf" and loaded["rows"][0]["max_rel"] == "nan"
+
+
+def test_committed_example_is_what_the_readme_command_writes(tmp_path):
+    from gradparity.cli import main
+
+    example = Path(__file__).resolve().parents[1] / "reports" / "example"
+    argv = ["check", "--model", "assignment", "--bug", "loss_times_softmax_prime"]
+    assert main([*argv, "--out", str(tmp_path)]) == 1
+    readme = (example.parents[1] / "README.md").read_text()
+    assert " ".join(["gradparity", *argv, "--out", "reports/example"]) in readme
+    for name in ("report.json", "report.md", "table.csv"):
+        assert (tmp_path / name).read_text() == (example / name).read_text(), name
+    assert sorted(p.name for p in (example / "plots").iterdir()) == sorted(
+        p.name for p in (tmp_path / "plots").iterdir()
+    )
