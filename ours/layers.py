@@ -1,7 +1,8 @@
 """Layers of the NumPy framework. Each follows the gradparity layer protocol:
 
     forward(x) -> y          caches what backward needs
-    backward(grad_out) -> grad_in, and fills ``grads`` (same keys as ``params``)
+    backward(grad_out) -> grad_in, and adds to ``grads`` (same keys as ``params``; like torch,
+                              gradients add up until an optimiser's ``zero_grad``)
 
 The maths sits in pure ``_fwd``/``_bwd`` functions next to each other; the classes only cache.
 Every layer keeps its input's dtype (float32 stays float32, float64 stays float64).
@@ -24,6 +25,15 @@ class Layer:
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _accumulate(self, **grads: np.ndarray) -> None:
+        """Add to the stored gradients, as torch does: an optimiser's ``zero_grad`` resets them
+        between steps, and two backward passes without one add up."""
+        for key, grad in grads.items():
+            if key in self.grads:
+                self.grads[key] += grad
+            else:
+                self.grads[key] = grad
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={v.shape}" for k, v in self.params.items())
@@ -71,7 +81,8 @@ class Linear(Layer):
         return _linear_fwd(x, self.params["W"], self.params["b"])
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x, self.grads["W"], self.grads["b"] = _linear_bwd(self._x, self.params["W"], grad_out)
+        grad_x, grad_W, grad_b = _linear_bwd(self._x, self.params["W"], grad_out)
+        self._accumulate(W=grad_W, b=grad_b)
         return grad_x
 
 
