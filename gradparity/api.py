@@ -51,14 +51,18 @@ def prepare_input(x: Any, dtype: str) -> np.ndarray:
 def prepare_target(target: Any, batch: int, dtype: str) -> np.ndarray:
     """Integer class indices stay integers (shape (N,)); anything else becomes ``dtype``."""
     arr = np.atleast_1d(np.asarray(target))
+    if arr.shape[0] != batch:
+        raise InputError(f"target has {arr.shape[0]} rows but x has {batch} examples")
     if arr.dtype.kind in "iub":
+        if arr.min() < 0:
+            raise InputError(
+                f"target holds the negative class {int(arr.min())}; classes are 0, 1, ..., C-1"
+            )
         return arr.astype(np.int64)
     if arr.dtype.kind not in "f":
         raise InputError(f"target must be integer classes or a float array, got {arr.dtype}")
     arr = arr.astype(dtype)
     check_finite("target", arr)
-    if arr.shape[0] != batch and arr.ndim > 1:
-        raise InputError(f"target has {arr.shape[0]} rows but x has {batch} examples")
     return arr
 
 

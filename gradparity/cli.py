@@ -1,4 +1,4 @@
-"""Command line: ``gradparity check`` and ``gradparity selftest``.
+"""Command line: ``gradparity check``, ``gradparity train`` and ``gradparity selftest``.
 
 Exit status: 0 parity, 1 divergence found, 2 usage or input error.
 """
@@ -162,6 +162,98 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.localized for r in results) else EXIT_DIVERGED
 
 
+TRAIN_MODELS = ("mlp", "assignment")
+DEFAULT_LR = {"sgd": 0.5, "momentum": 0.05, "adam": 1e-3}
+
+
+def _train_model(name: str, n_features: int, n_classes: int, hidden: int, seed: int):
+    from gradparity.ours import Linear, Sequential, Sigmoid, mlp
+
+    if name == "mlp":
+        return mlp((n_features, hidden, n_classes), seed=seed)
+    rng = np.random.default_rng(seed)  # the assignment's shape: 3 sigmoid hidden units
+    return Sequential(
+        ("fc1", Linear(n_features, 3, rng=rng)),
+        ("act1", Sigmoid()),
+        ("fc2", Linear(3, n_classes, rng=rng)),
+    )
+
+
+def _optimizer_pair(kind: str, lr: float):
+    import torch
+
+    from gradparity.ours import SGD, Adam
+
+    if kind == "adam":
+        return lambda m: Adam(m, lr=lr), lambda p: torch.optim.Adam(p, lr=lr)
+    momentum = 0.9 if kind == "momentum" else 0.0
+    return (
+        lambda m: SGD(m, lr=lr, momentum=momentum),
+        lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gradparity.data import batches, load_dataset
+    from gradparity.reference import mirror
+    from gradparity.training import compare_training
+
+    if args.steps is not None and args.epochs is not None:
+        raise InputError("give --steps or --epochs, not both")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    data = load_dataset(args.dataset, seed=args.seed)
+    model = _train_model(args.model, data.n_features, data.n_classes, args.hidden, args.seed)
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    if lr <= 0:
+        raise InputError(f"--lr must be positive, got {lr}")
+    epochs = None if args.steps is not None else (args.epochs or 10)
+    per_epoch = -(-len(data.x_train) // args.batch_size)
+    total = args.steps if args.steps is not None else epochs * per_epoch
+    ours_opt, ref_opt = _optimizer_pair(args.optimizer, lr)
+    name = f"{args.model}-{data.name}-{args.optimizer}"
+    report = compare_training(
+        model,
+        mirror(model),
+        batches(
+            data.x_train,
+            data.y_train,
+            args.batch_size,
+            seed=args.seed,
+            epochs=epochs,
+            steps=args.steps,
+        ),
+        ours_optimizer=ours_opt,
+        reference_optimizer=ref_opt,
+        dtype=args.dtype,
+        seed=args.seed,
+        validation=(data.x_val, data.y_val),
+        eval_every=max(1, min(per_epoch, total // 20 or 1)),
+        progress=lambda it: tqdm(
+            it, total=total, desc="training", unit="step", disable=not sys.stderr.isatty()
+        ),
+        name=name,
+    )
+    out = Path(args.out)
+    report.save(out)
+    scored = report.history.dropna(subset=["val_acc_ours"])
+    last = scored.iloc[-1]
+    print(
+        f"{name}: {len(report.history)} steps, lr {lr:g}, batch {args.batch_size}; "
+        f"validation accuracy ours {last.val_acc_ours:.3f}, reference {last.val_acc_ref:.3f}"
+    )
+    if report.first_divergent_step is None:
+        print("no divergence: both sides stayed within tolerance at every step")
+    else:
+        print(f"first divergent step: {report.first_divergent_step}")
+        for f in report.root_causes:
+            print(f"  - [{f.diagnosis}] {f.message}")
+    print(f"report: {out / 'report.md'}")
+    return EXIT_OK if report.ok else EXIT_DIVERGED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradparity",
@@ -178,6 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--format", choices=["text", "md", "json"], default="text")
     check.add_argument("--bug", metavar="NAME", help="inject a known bug (see selftest)")
     check.set_defaults(func=cmd_check)
+    train = sub.add_parser(
+        "train", help="train both sides side by side, find the first divergent step"
+    )
+    train.add_argument(
+        "--model",
+        choices=TRAIN_MODELS,
+        default="mlp",
+        help="mlp: one sigmoid hidden layer (--hidden units); assignment: 3",
+    )
+    train.add_argument("--dataset", default="digits", help="synth, digits or mnist:DIR")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--epochs", type=int, help="default 10 when --steps is not given")
+    train.add_argument("--optimizer", choices=list(DEFAULT_LR), default="sgd")
+    train.add_argument("--lr", type=float, help="default: sgd 0.5, momentum 0.05, adam 0.001")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--hidden", type=int, default=300)
+    train.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    train.add_argument("--out", default="reports/train")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=cmd_train)
     selftest = sub.add_parser("selftest", help="inject the known-bug corpus, show what was found")
     selftest.add_argument("--bug", action="append", metavar="NAME", help="only this bug (repeat)")
     selftest.add_argument("--format", choices=["text", "json"], default="text")

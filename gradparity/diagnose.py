@@ -36,6 +36,8 @@ from gradparity.tolerance import Tolerance
 __all__ = ["LABELS", "Diagnosis", "describe_location", "diagnose"]
 
 _MAX_LISTED = 20
+# Cosine above this: ours points the reference's way, only the length is off (a near-factor).
+_NEARLY_PARALLEL = 0.999
 
 
 def diagnose(
@@ -322,6 +324,14 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     fix = f"compare the formula for the {ctx.noun} with the reference's term by term"
     if region:
         fix += f"; the error is confined to {region[1]}"
+    if d.cosine > _NEARLY_PARALLEL and np.any(r):
+        factor = float(np.vdot(o, r) / np.vdot(r, r))
+        detail["approx_factor"] = factor
+        message += f"; close to {_fmt(factor)} times the reference's, but not exactly"
+        fix += (
+            f"; look for a factor of about {_fmt(factor)} that is not quite constant "
+            "(an epsilon, or a correction such as Adam's 1 - beta**t)"
+        )
     return Diagnosis("unexplained", detail, message, fix)
 
 

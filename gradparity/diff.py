@@ -41,6 +41,7 @@ class Row:
     message: str = ""
     fix: str = ""
     conversion: str = ""
+    step: int | None = None  # training: the optimisation step (from 1); None for compare()
     detail: dict = field(default_factory=dict)
 
     @property

@@ -34,6 +34,7 @@ TABLE_COLUMNS = [
     "status",
     "diagnosis",
     "conversion",
+    "step",
 ]
 _STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
 MAX_HEATMAPS = 20

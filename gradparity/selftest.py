@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from gradparity.api import compare
 from gradparity.bugs import BUGS, Bug
 from gradparity.reference import mirror, mirror_loss
 from gradparity.report import Report
+from gradparity.training import compare_training
+from gradparity.training_bugs import TRAINING_BUGS, TrainingBug
 
 
 @dataclass
@@ -22,6 +26,7 @@ class BugResult:
     found: list[dict] = field(default_factory=list)
     localized: bool = False
     diagnosed: bool = False
+    step: int | None = None  # training bugs: the step where it must be found
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,13 +61,63 @@ def run_bug(bug: Bug, seed: int = 0) -> BugResult:
     return BugResult(bug.name, bug.layer, bug.quantity, bug.diagnosis, found, localized, diagnosed)
 
 
+def training_batches(seed: int, n: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The self-test's training data for ``bugs.base_network``: n batches x (8, 5), y (8,)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((8, 5)), rng.integers(0, 3, size=8)) for _ in range(n)]
+
+
+def run_training_bug(bug: TrainingBug, seed: int = 0) -> BugResult:
+    """Localized: the first divergent step is the expected one and a finding there is of the
+    expected quantity kind (the optimiser touches every layer, so no single layer is expected).
+    Diagnosed: such a finding carries the expected label."""
+    model, ours_opt, ref_opt = bug.build(seed)
+    report = compare_training(
+        model,
+        mirror(model),
+        training_batches(seed),
+        ours_optimizer=ours_opt,
+        reference_optimizer=ref_opt,
+        seed=seed,
+        name=bug.name,
+    )
+    found = [
+        {
+            "layer": f.layer,
+            "quantity": f.quantity,
+            "diagnosis": f.diagnosis,
+            "step": f.step,
+            "message": f.message,
+        }
+        for f in report.root_causes
+    ]
+    hits = [f for f in found if f["quantity"].startswith(f"{bug.kind}:")]
+    localized = report.first_divergent_step == bug.step and bool(hits)
+    diagnosed = localized and any(f["diagnosis"] == bug.diagnosis for f in hits)
+    return BugResult(
+        bug.name, "*", f"{bug.kind}:*", bug.diagnosis, found, localized, diagnosed, bug.step
+    )
+
+
 def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]:
-    """Every bug of the corpus (or the named ones); unknown names raise KeyError."""
-    by_name = {b.name: b for b in BUGS}
-    unknown = [n for n in names or [] if n not in by_name]
+    """Every bug of both corpora, layer bugs first (or the named ones); unknown names raise
+    KeyError."""
+    runners = {b.name: (run_bug, b) for b in BUGS}
+    runners |= {b.name: (run_training_bug, b) for b in TRAINING_BUGS}
+    unknown = [n for n in names or [] if n not in runners]
     if unknown:
-        raise KeyError(f"unknown bug(s) {unknown}; choose from {', '.join(by_name)}")
-    return [run_bug(by_name[n], seed) for n in names or by_name]
+        raise KeyError(f"unknown bug(s) {unknown}; choose from {', '.join(runners)}")
+    return [run(bug, seed) for run, bug in (runners[n] for n in names or runners)]
+
+
+def _found_text(result: BugResult, limit: int = 2) -> str:
+    parts = [
+        ("" if f.get("step") is None else f"step {f['step']} ")
+        + f"{f['layer']} {f['quantity']} [{f['diagnosis']}]"
+        for f in result.found
+    ]
+    more = f" +{len(parts) - limit} more" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
 
 
 def format_table(results: list[BugResult]) -> str:
@@ -70,12 +125,12 @@ def format_table(results: list[BugResult]) -> str:
     header = ("bug", "expected", "found", "localized", "diagnosed")
     lines = []
     for r in results:
-        found = ", ".join(f"{f['layer']} {f['quantity']} [{f['diagnosis']}]" for f in r.found)
         lines.append(
             (
                 r.name,
-                f"{r.layer} {r.quantity} [{r.expected_diagnosis}]",
-                found or "-",
+                ("" if r.step is None else f"step {r.step} ")
+                + f"{r.layer} {r.quantity} [{r.expected_diagnosis}]",
+                _found_text(r) or "-",
                 "yes" if r.localized else "NO",
                 "yes" if r.diagnosed else "no",
             )

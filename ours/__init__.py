@@ -4,13 +4,15 @@ from gradparity.ours.containers import Sequential
 from gradparity.ours.layers import Layer, Linear, ReLU, Sigmoid, Softmax, Tanh, softmax
 from gradparity.ours.losses import MSE, SoftmaxCrossEntropy
 from gradparity.ours.models import assignment_data, assignment_network, mlp
-from gradparity.ours.optim import SGD
+from gradparity.ours.optim import SGD, Adam, Optimizer
 
 __all__ = [
     "MSE",
     "SGD",
+    "Adam",
     "Layer",
     "Linear",
+    "Optimizer",
     "ReLU",
     "Sequential",
     "Sigmoid",

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from gradparity import bugs, selftest
+from gradparity.training_bugs import TRAINING_BUGS
 from gradparity.cli import main
 from gradparity.tolerance import tolerance_for
 
@@ -97,7 +98,7 @@ def test_square_transposed_bug_really_is_square():
 def test_corpus_sizes_and_scores(corpus):
     n = len(corpus)
     assert n >= 20
-    assert n == len(bugs.BUGS)
+    assert n == len(bugs.BUGS) + len(TRAINING_BUGS)
     not_localized = [r.name for r in corpus if not r.localized]
     assert not_localized == [], not_localized
     diagnosed = sum(r.diagnosed for r in corpus)
@@ -106,8 +107,13 @@ def test_corpus_sizes_and_scores(corpus):
 
 def test_every_bug_result_is_consistent(corpus):
     for r in corpus:
-        hits = [f for f in r.found if (f["layer"], f["quantity"]) == (r.layer, r.quantity)]
-        assert r.localized == (bool(hits) and all(f["layer"] == r.layer for f in r.found))
+        if r.step is None:  # a layer bug: judged by its exact place
+            hits = [f for f in r.found if (f["layer"], f["quantity"]) == (r.layer, r.quantity)]
+            assert r.localized == (bool(hits) and all(f["layer"] == r.layer for f in r.found))
+        else:  # a training bug: judged by its step and quantity kind
+            kind = r.quantity.split(":")[0] + ":"
+            hits = [f for f in r.found if f["quantity"].startswith(kind)]
+            assert r.localized == (bool(hits) and all(f["step"] == r.step for f in r.found))
         assert r.diagnosed == any(f["diagnosis"] == r.expected_diagnosis for f in hits)
         for f in r.found:
             assert f["message"], r.name
@@ -159,8 +165,8 @@ def test_cli_selftest_json_schema(capsys):
     out = capsys.readouterr().out
     doc = json.loads(out)
     assert set(doc) == {"bugs"}
-    assert len(doc["bugs"]) == len(bugs.BUGS)
-    assert [b["name"] for b in doc["bugs"]] == [b.name for b in bugs.BUGS]
+    expected = [b.name for b in bugs.BUGS] + [b.name for b in TRAINING_BUGS]
+    assert [b["name"] for b in doc["bugs"]] == expected
     for entry in doc["bugs"]:
         assert set(entry) >= SCHEMA, entry
         assert isinstance(entry["name"], str)

@@ -1,0 +1,537 @@
+"""``compare_training``: ours and the reference through the same optimisation steps.
+
+The harness owns the loop (zero_grad, forward, loss, backward, step) on both sides with
+identical batches, numbered from 1. Each step compares the loss, every gradient, every
+parameter update (as a delta: value after minus before, so a wrong step size is ``scaled`` and
+an ascent ``sign_flipped``) and the optimiser state. At the first step that diverges the
+findings say why: gradients that were never zeroed (``accumulated``), a gradient from an
+earlier batch (``stale``), a backprop bug (localised by ``compare`` on that step's batch and
+weights), or an optimiser bug (the updates diverge while the gradients agree).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from gradparity import run_torch
+from gradparity.adapt import model_name, named_layers, params_of
+from gradparity.align import LayerPair, align_layers, pair_parameters, sync_module
+from gradparity.api import (
+    TORCH_DTYPES,
+    _reference_copy,
+    compare,
+    prepare_input,
+    prepare_target,
+    resolve_losses,
+)
+from gradparity.diff import Row, compare_tensor
+from gradparity.errors import InputError
+from gradparity.locate import Finding, finding_from_row
+from gradparity.metrics import tensor_diff
+from gradparity.records import error_info
+from gradparity.report import Report
+from gradparity.tolerance import Tolerance, tolerance_for
+from gradparity.training_steps import StepResult, ours_step, reference_step
+
+# A float32 run may drift from the reference by this multiple of the reference's own
+# float32-vs-float64 drift before anything is called a bug.
+DRIFT_FACTOR = 10.0
+KINDS = ("loss", "grad", "param", "state")
+
+
+@dataclass
+class TrainingReport(Report):
+    """A Report over steps: ``history`` has one row per step, ``first_divergent_step`` is the
+    first step where anything diverged (None when none). Rows are kept for step 1, the first
+    divergent step and the last step."""
+
+    history: pd.DataFrame | None = None
+    first_divergent_step: int | None = None
+
+    def _head(self) -> dict:
+        history = [] if self.history is None else self.history.to_dict(orient="records")
+        return {
+            **super()._head(),
+            "first_divergent_step": self.first_divergent_step,
+            "history": [_plain(h) for h in history],
+        }
+
+    def plots(self) -> list[tuple[str, bytes, str]]:
+        from gradparity import training_plots as plots
+
+        files = []
+        if self.history is not None and len(self.history):
+            name = self.meta.get("model", "model")
+            files.append(
+                (
+                    "training_curves.png",
+                    plots.training_curves(self.history, name),
+                    "Loss and validation accuracy per step, ours and reference",
+                )
+            )
+            files.append(
+                (
+                    "error_growth.png",
+                    plots.error_growth(self.history, name),
+                    "Largest error per quantity kind and step, relative to the tolerance",
+                )
+            )
+        return files + super().plots()
+
+
+def _plain(record: dict) -> dict:
+    return {
+        k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()
+    }
+
+
+def _ratio(row: Row) -> float:
+    """Error over allowed error at the worst element; inf when there is no comparable value."""
+    from gradparity.plots import error_ratio
+
+    ratio = error_ratio(row)
+    return float("inf") if ratio is None else ratio
+
+
+def _kind(quantity: str) -> str:
+    return quantity.split(":", 1)[0] if ":" in quantity else "loss"
+
+
+def _optimizers(
+    ours_model: Any, reference_model: nn.Module, ours_optimizer: Any, reference_optimizer: Any
+) -> tuple[Any, Any, Any, Any]:
+    """Copies of both models with optimisers bound to the copies (instances are deep-copied
+    together with their model, factories are called on the copy)."""
+    if (ours_optimizer is None) != (reference_optimizer is None):
+        raise InputError(
+            "give both ours_optimizer and reference_optimizer, or neither "
+            "(then both are plain SGD with lr 0.1)"
+        )
+    if ours_optimizer is None:
+        from gradparity.ours import SGD
+
+        ours_optimizer = lambda model: SGD(model, lr=0.1)  # noqa: E731
+        reference_optimizer = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
+    if hasattr(ours_optimizer, "step"):
+        ours_model, ours_opt = copy.deepcopy((ours_model, ours_optimizer))
+    else:
+        ours_model = copy.deepcopy(ours_model)
+        ours_opt = ours_optimizer(ours_model)
+    if hasattr(reference_optimizer, "step"):
+        reference_model, ref_opt = copy.deepcopy((reference_model, reference_optimizer))
+    else:
+        reference_model = copy.deepcopy(reference_model)
+        ref_opt = reference_optimizer(reference_model.parameters())
+    for name, opt in (("ours_optimizer", ours_opt), ("reference_optimizer", ref_opt)):
+        if not (callable(getattr(opt, "step", None)) and callable(getattr(opt, "zero_grad", None))):
+            raise InputError(f"{name} needs step() and zero_grad() methods")
+    return ours_model, ours_opt, reference_model, ref_opt
+
+
+@dataclass
+class _Tracker:
+    """What earlier steps left behind, to name accumulated and stale gradients."""
+
+    ref_grad_sum: dict = field(default_factory=dict)
+    ref_grad_last: dict = field(default_factory=dict)
+
+    def add(self, ref: StepResult) -> None:
+        self.ref_grad_last = {k: v.copy() for k, v in ref.grads.items()}
+        for k, v in ref.grads.items():
+            self.ref_grad_sum[k] = self.ref_grad_sum.get(k, 0) + v
+
+
+def _compare_step(
+    step: int, ours: StepResult, ref: StepResult, tol: Tolerance, pairs: list[LayerPair], batch: int
+) -> list[Row]:
+    rows = [
+        compare_tensor(
+            "train", "loss", "loss", "loss", np.asarray(ours.loss), np.asarray(ref.loss), tol
+        )
+    ]
+    for pair in pairs:
+        for p in pair.params:
+            where = (pair.name, p.key)
+            for quantity, side in ((f"grad:{p.key}", "grads"), (f"param:{p.key}", "deltas")):
+                rows.append(
+                    compare_tensor(
+                        "train",
+                        pair.name,
+                        pair.type_name,
+                        quantity,
+                        getattr(ours, side).get(where),
+                        getattr(ref, side)[where],
+                        tol,
+                        batch_size=batch,
+                        param_shape=p.ours_shape,
+                        conversion=p.conversion,
+                    )
+                )
+            for state_name, value in ref.state.get(where, {}).items():
+                mine = ours.state.get(where, {}).get(state_name)
+                if mine is not None:
+                    rows.append(
+                        compare_tensor(
+                            "train",
+                            pair.name,
+                            pair.type_name,
+                            f"state:{p.key}.{state_name}",
+                            mine,
+                            value,
+                            tol,
+                        )
+                    )
+    for row in rows:
+        row.step = step
+    return rows
+
+
+def _explain_gradients(
+    rows: list[Row],
+    ours: StepResult,
+    ref: StepResult,
+    tracker: _Tracker,
+    step: int,
+    tol: Tolerance,
+) -> list[Finding]:
+    """Diverged gradients that equal the reference's running sum (never zeroed) or an earlier
+    step's gradient (stale)."""
+    found = []
+    for row in rows:
+        if not (row.diverged and row.quantity.startswith("grad:")) or step < 2:
+            continue
+        where = (row.layer, row.quantity[5:])
+        mine = ours.grads.get(where)
+        for label, candidate, text, fix in (
+            (
+                "accumulated",
+                tracker.ref_grad_sum.get(where, 0) + ref.grads[where],
+                f"equals the sum of the reference's gradients over steps 1..{step}",
+                "zero the gradients before each backward pass (optimizer.zero_grad())",
+            ),
+            (
+                "stale",
+                tracker.ref_grad_last.get(where),
+                f"equals the reference's gradient of step {step - 1}: an earlier batch's gradient",
+                "recompute the gradient from the current batch; do not reuse a stored one",
+            ),
+        ):
+            if (
+                mine is not None
+                and candidate is not None
+                and np.shape(mine) == np.shape(candidate)
+                and tensor_diff(np.asarray(mine), candidate, tol).ok
+            ):
+                row.diagnosis, row.message, row.fix = label, text, fix
+                found.append(finding_from_row(row, "train"))
+                break
+    return found
+
+
+def _findings_at(
+    step: int,
+    rows: list[Row],
+    ours: StepResult,
+    ref: StepResult,
+    tracker: _Tracker,
+    tol: Tolerance,
+    localise: Callable[[], Report],
+) -> list[Finding]:
+    """Why the first divergent step diverged, most specific explanation first."""
+    bad = [r for r in rows if r.diverged]
+    if any(r.quantity == "loss" or r.quantity.startswith("grad:") for r in bad):
+        found = _explain_gradients(rows, ours, ref, tracker, step, tol)
+        if found:
+            return found
+        report = localise()
+        if report.root_causes:
+            return report.root_causes
+    updates = [r for r in bad if r.quantity.startswith(("param:", "state:"))]
+    return [finding_from_row(r, "train") for r in (updates or bad)]
+
+
+def compare_training(
+    ours_model: Any,
+    reference_model: nn.Module,
+    batches: Iterable[tuple[Any, Any]],
+    ours_loss: Any = None,
+    reference_loss: Any = None,
+    ours_optimizer: Any = None,
+    reference_optimizer: Any = None,
+    steps: int | None = None,
+    layer_map: dict[str, str] | None = None,
+    dtype: str = "float64",
+    *,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    eval_every: int = 10,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    name: str | None = None,
+) -> TrainingReport:
+    """Train both sides on the same ``batches`` and report the first step where they part.
+
+    batches: iterable of (x (N, features), target (N,) or like the output); ``steps`` caps it.
+    Optimisers: instances bound to the given models (copied together with them) or factories
+    (``f(ours_model)``, ``f(reference_params)``); default plain SGD, lr 0.1, on both sides.
+    validation: (x, y) scored every ``eval_every`` steps into ``history``. Neither model nor
+    optimiser passed in is modified.
+    """
+    if dtype not in TORCH_DTYPES:
+        raise InputError(f"dtype must be 'float64' or 'float32', not {dtype!r}")
+    tol = tolerance_for(dtype, rtol, atol)
+    tdtype = TORCH_DTYPES[dtype]
+    ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
+    ours_model, ours_opt, ref_model, ref_opt = _optimizers(
+        ours_model, _reference_copy(reference_model, dtype), ours_optimizer, reference_optimizer
+    )
+    ref_model.train()
+    layers = named_layers(ours_model)
+    pairs = align_layers(layers, ref_model, layer_map)
+    pair_parameters(pairs, np.random.default_rng(seed))
+    for pair in pairs:
+        sync_module(pair.layer, pair.module, pair.params)
+    shadow = (
+        _Shadow.make(ref_model, reference_optimizer, pairs, reference_loss)
+        if dtype == "float32"
+        else None
+    )
+
+    tracker, history, kept, findings, width = _Tracker(), [], [], [], None
+    first_divergent, last_rows, notes = None, [], []
+    iterator = batches if steps is None else _take(batches, steps)
+    for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
+        x = prepare_input(x, dtype)
+        target = prepare_target(target, x.shape[0], dtype)
+        width = _check_batch(step, x, target, ref_model, tdtype, width)
+        try:
+            ours = ours_step(layers, ours_loss, ours_opt, x, target)
+        except Exception as exc:  # the user's code raised: that is the finding
+            err = error_info("forward/backward/step", exc)
+            findings.append(
+                Finding(
+                    "model",
+                    "step",
+                    "raised",
+                    err,
+                    step=step,
+                    mode="train",
+                    message=f"step {step}: {err['type']}: {err['message']}",
+                )
+            )
+            first_divergent = first_divergent or step
+            break
+        ref = reference_step(ref_model, reference_loss, ref_opt, pairs, x, target, tdtype)
+        step_tol = tol if shadow is None else shadow.widen(tol, ref, x, target)
+        rows = _compare_step(step, ours, ref, step_tol, pairs, x.shape[0])
+        history.append(_history_row(step, ours, ref, rows))
+        if validation is not None and (step % eval_every == 0 or step == 1):
+            history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
+        if not np.isfinite(ours.loss):
+            kind = "both sides" if not np.isfinite(ref.loss) else "ours"
+            findings.append(
+                Finding(
+                    "loss",
+                    "loss",
+                    "nonfinite",
+                    {"loss": str(ours.loss)},
+                    step=step,
+                    mode="train",
+                    message=f"step {step}: the loss of {kind} is not finite; "
+                    "lower the learning rate or look for a log of 0",
+                )
+            )
+            first_divergent = first_divergent or step
+            kept += rows
+            break
+        if first_divergent is None and any(r.diverged for r in rows):
+            first_divergent = step
+            kept += rows
+            findings += _findings_at(
+                step,
+                rows,
+                ours,
+                ref,
+                tracker,
+                step_tol,
+                lambda x=x, t=target, ours=ours: compare(
+                    _rewound(layers, ours.before),
+                    ref_model,
+                    x,
+                    t,
+                    ours_loss,
+                    reference_loss,
+                    layer_map,
+                    dtype,
+                    seed=seed,
+                    name="localised",
+                ),
+            )
+            for f in findings:
+                f.step = step
+        elif step == 1:
+            kept += rows
+        tracker.add(ref)
+        last_rows = rows
+    if not history:
+        raise InputError("the batches gave no (x, target) pair: check the data set")
+    if last_rows and last_rows[0].step not in {r.step for r in kept}:
+        kept += last_rows
+    return TrainingReport(
+        dtype=dtype,
+        tolerance=tol.as_dict(),
+        rows=kept,
+        root_causes=findings,
+        conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],
+        notes=notes,
+        history=pd.DataFrame(history),
+        first_divergent_step=first_divergent,
+        meta={
+            "model": name or model_name(ours_model),
+            "seed": seed,
+            "steps": len(history),
+            "ours_optimizer": repr(ours_opt),
+            "reference_optimizer": type(ref_opt).__name__,
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+        },
+    )
+
+
+def _check_batch(
+    step: int,
+    x: np.ndarray,
+    target: np.ndarray,
+    ref_model: nn.Module,
+    tdtype: torch.dtype,
+    width: tuple[int, int] | None,
+) -> tuple[int, int]:
+    """(input width, output width), learnt from the first batch; a later batch of another
+    width, or class labels beyond the output, is refused naming the step."""
+    if width is None:
+        with torch.no_grad():
+            try:
+                out = ref_model(run_torch.as_tensor(x, tdtype))
+            except Exception as exc:
+                raise InputError(
+                    f"batch {step}: the reference cannot take x of shape "
+                    f"{x.shape}: {str(exc).splitlines()[0]}"
+                ) from exc
+        width = (x.shape[1], out.shape[-1])
+    if x.shape[1:] != (width[0],):
+        raise InputError(
+            f"batch {step}: x has shape {x.shape}, earlier batches had {width[0]} features"
+        )
+    if target.dtype.kind == "i" and target.max() >= width[1]:
+        raise InputError(
+            f"batch {step}: target holds class {int(target.max())} but the model "
+            f"has {width[1]} outputs (classes 0..{width[1] - 1})"
+        )
+    return width
+
+
+def _rewound(layers: list[tuple[str, Any]], before: dict) -> list[tuple[str, Any]]:
+    """Copies of the layers with the parameters they had before this step's update. Until the
+    first divergent step both sides held equal parameters, so ``compare`` (which copies ours'
+    parameters into the reference) sees exactly the step that diverged."""
+    rewound = copy.deepcopy(layers)
+    for name, layer in rewound:
+        for key, value in params_of(layer).items():
+            value[...] = before[(name, key)]
+    return rewound
+
+
+def _take(batches: Iterable, steps: int) -> Iterable:
+    if steps < 1:
+        raise InputError(f"steps must be at least 1, got {steps}")
+    for i, batch in enumerate(batches):
+        if i >= steps:
+            return
+        yield batch
+
+
+def _history_row(step: int, ours: StepResult, ref: StepResult, rows: list[Row]) -> dict:
+    worst = dict.fromkeys(KINDS, 0.0)
+    for row in rows:
+        kind = _kind(row.quantity)
+        worst[kind] = max(worst[kind], _ratio(row))
+    return {
+        "step": step,
+        "loss_ours": float(ours.loss),
+        "loss_ref": float(ref.loss),
+        **{f"err_{k}": v for k, v in worst.items()},
+    }
+
+
+def _accuracy(layers, ref_model: nn.Module, validation, dtype: str, tdtype: torch.dtype) -> dict:
+    x, y = prepare_input(validation[0], dtype), np.asarray(validation[1])
+    h = x
+    for _, layer in copy.deepcopy(layers):
+        h = np.asarray(layer.forward(h))
+    with torch.no_grad():
+        ref_out = run_torch.to_numpy(ref_model(run_torch.as_tensor(x, tdtype)))
+    return {
+        "val_acc_ours": float(np.mean(h.argmax(axis=1) == y)),
+        "val_acc_ref": float(np.mean(ref_out.argmax(axis=1) == y)),
+    }
+
+
+@dataclass
+class _Shadow:
+    """A float64 twin of the reference, stepped alongside, to measure how far the reference's
+    own float32 run drifts from float64."""
+
+    model: nn.Module
+    optimizer: Any
+    pairs: list[LayerPair]
+    loss: Any
+
+    @staticmethod
+    def make(
+        ref_model: nn.Module, reference_optimizer: Any, pairs: list[LayerPair], loss: Any
+    ) -> _Shadow:
+        model = copy.deepcopy(ref_model).double()
+        modules = dict(model.named_modules())
+        twin = [
+            LayerPair(p.name, p.layer, p.module_name, modules[p.module_name], p.params)
+            for p in pairs
+        ]
+        if reference_optimizer is None:
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        elif hasattr(reference_optimizer, "step"):
+            opt = type(reference_optimizer)(model.parameters(), **reference_optimizer.defaults)
+        else:
+            opt = reference_optimizer(model.parameters())
+        return _Shadow(model, opt, twin, loss)
+
+    def widen(
+        self, tol: Tolerance, ref32: StepResult, x: np.ndarray, target: np.ndarray
+    ) -> Tolerance:
+        ref64 = reference_step(
+            self.model,
+            self.loss,
+            self.optimizer,
+            self.pairs,
+            x.astype(np.float64),
+            target,
+            torch.float64,
+        )
+        drift = max(_relative_gap(ref32.grads[k], ref64.grads[k]) for k in ref64.grads)
+        drift = max(
+            [drift] + [_relative_gap(ref32.deltas[k], ref64.deltas[k]) for k in ref64.deltas]
+        )
+        return Tolerance(rtol=max(tol.rtol, DRIFT_FACTOR * drift), atol=tol.atol, dtype=tol.dtype)
+
+
+def _relative_gap(a: np.ndarray, b: np.ndarray) -> float:
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    return float(np.abs(a - b).max()) / scale if scale > 0 else 0.0

@@ -1,0 +1,101 @@
+"""One optimisation step on each side, recorded in ours' layout: the loop body of
+``compare_training``, kept apart from the comparison bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradparity.adapt import grads_of, params_of
+from gradparity.align import LayerPair
+from gradparity.reference.layout import to_ours_layout
+from gradparity.run_torch import as_tensor, to_numpy
+
+Key = tuple[str, str]  # (layer name, ours param key)
+
+
+@dataclass
+class StepResult:
+    """One side's step: loss before the update, gradients, updates (after - before) and the
+    optimiser state after the update, all keyed (layer, param key) in ours' layout."""
+
+    loss: float
+    before: dict[Key, np.ndarray] = field(default_factory=dict)  # parameters before the update
+    grads: dict[Key, np.ndarray] = field(default_factory=dict)
+    deltas: dict[Key, np.ndarray] = field(default_factory=dict)
+    state: dict[Key, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _params(layers) -> dict[Key, np.ndarray]:
+    return {(n, k): v for n, layer in layers for k, v in params_of(layer).items()}
+
+
+def ours_step(
+    layers: list[tuple[str, Any]], loss: Any, optimizer: Any, x: np.ndarray, target: np.ndarray
+) -> StepResult:
+    """zero_grad, forward, loss, backward, step on the NumPy side (objects updated in place)."""
+    optimizer.zero_grad()
+    h = x
+    for _, layer in layers:
+        h = layer.forward(h)
+    value = float(loss.forward(h, target))
+    g = loss.backward()
+    for _, layer in reversed(layers):
+        g = layer.backward(g)
+    grads = {
+        (n, k): np.array(v, copy=True) for n, layer in layers for k, v in grads_of(layer).items()
+    }
+    before = {k: np.array(v, copy=True) for k, v in _params(layers).items()}
+    optimizer.step()
+    after = _params(layers)
+    state = {
+        key: {name: np.asarray(v, dtype=np.float64) for name, v in entry.items()}
+        for key, entry in getattr(optimizer, "state", {}).items()
+        if isinstance(key, tuple)
+    }
+    return StepResult(value, before, grads, {k: after[k] - before[k] for k in before}, state)
+
+
+def reference_step(
+    model: nn.Module,
+    loss_fn: Any,
+    optimizer: Any,
+    pairs: list[LayerPair],
+    x: np.ndarray,
+    target: np.ndarray,
+    dtype: torch.dtype,
+) -> StepResult:
+    """The same step on the torch side, converted to ours' keys and layouts."""
+    optimizer.zero_grad()
+    loss = loss_fn(model(as_tensor(x, dtype)), as_tensor(target, dtype))
+    loss.backward()
+    tensors = {
+        (p.name, pp.key): (dict(p.module.named_parameters())[pp.torch_name], pp)
+        for p in pairs
+        for pp in p.params
+    }
+    before = {k: to_numpy(t) for k, (t, _) in tensors.items()}
+    grads = {
+        k: to_numpy(t.grad) if t.grad is not None else np.zeros(tuple(t.shape))
+        for k, (t, _) in tensors.items()
+    }
+    optimizer.step()
+    result = StepResult(float(loss.detach()))
+    for key, (tensor, pp) in tensors.items():
+
+        def ours_layout(a: np.ndarray, pp=pp) -> np.ndarray:
+            return to_ours_layout(a, pp.conversion, pp.ours_shape) if a.ndim else a
+
+        result.grads[key] = ours_layout(grads[key])
+        result.deltas[key] = ours_layout(to_numpy(tensor) - before[key])
+        result.state[key] = {
+            name: ours_layout(np.asarray(to_numpy(v), dtype=np.float64))
+            if isinstance(v, torch.Tensor)
+            else np.asarray(v, dtype=np.float64)
+            for name, v in optimizer.state.get(tensor, {}).items()
+        }
+    return result
