@@ -83,7 +83,7 @@ def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
     return ours_loss, reference_loss
 
 
-def _reference_copy(reference_model: Any, dtype: str) -> nn.Module:
+def reference_copy(reference_model: Any, dtype: str) -> nn.Module:
     if not isinstance(reference_model, nn.Module):
         raise InputError(
             f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
@@ -220,7 +220,7 @@ def compare(
         for key, value in params_of(layer).items():
             check_finite(f"parameter {lname}.{key}", np.asarray(value))
     rng = np.random.default_rng(seed)
-    ref_model = _reference_copy(reference_model, dtype)
+    ref_model = reference_copy(reference_model, dtype)
     pairs = align_layers(layers, ref_model, layer_map)
     pair_parameters(pairs, rng)
     if sync_weights:

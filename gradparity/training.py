@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,28 +23,22 @@ from torch import nn
 
 from gradparity import run_torch
 from gradparity.adapt import model_name, named_layers, params_of
-from gradparity.align import LayerPair, align_layers, pair_parameters, sync_module
+from gradparity.align import align_layers, pair_parameters, sync_module
 from gradparity.api import (
     TORCH_DTYPES,
-    _reference_copy,
     compare,
     prepare_input,
     prepare_target,
+    reference_copy,
     resolve_losses,
 )
-from gradparity.diff import Row, compare_tensor
 from gradparity.errors import InputError
-from gradparity.locate import Finding, finding_from_row
-from gradparity.metrics import tensor_diff
+from gradparity.locate import Finding
 from gradparity.records import error_info
 from gradparity.report import Report
-from gradparity.tolerance import Tolerance, tolerance_for
-from gradparity.training_steps import StepResult, ours_step, reference_step
-
-# A float32 run may drift from the reference by this multiple of the reference's own
-# float32-vs-float64 drift before anything is called a bug.
-DRIFT_FACTOR = 10.0
-KINDS = ("loss", "grad", "param", "state")
+from gradparity.tolerance import tolerance_for
+from gradparity.training_compare import Tracker, compare_step, findings_at, history_row
+from gradparity.training_steps import Shadow, ours_step, reference_step
 
 
 @dataclass
@@ -93,18 +87,6 @@ def _plain(record: dict) -> dict:
     }
 
 
-def _ratio(row: Row) -> float:
-    """Error over allowed error at the worst element; inf when there is no comparable value."""
-    from gradparity.plots import error_ratio
-
-    ratio = error_ratio(row)
-    return float("inf") if ratio is None else ratio
-
-
-def _kind(quantity: str) -> str:
-    return quantity.split(":", 1)[0] if ":" in quantity else "loss"
-
-
 def _optimizers(
     ours_model: Any, reference_model: nn.Module, ours_optimizer: Any, reference_optimizer: Any
 ) -> tuple[Any, Any, Any, Any]:
@@ -134,128 +116,6 @@ def _optimizers(
         if not (callable(getattr(opt, "step", None)) and callable(getattr(opt, "zero_grad", None))):
             raise InputError(f"{name} needs step() and zero_grad() methods")
     return ours_model, ours_opt, reference_model, ref_opt
-
-
-@dataclass
-class _Tracker:
-    """What earlier steps left behind, to name accumulated and stale gradients."""
-
-    ref_grad_sum: dict = field(default_factory=dict)
-    ref_grad_last: dict = field(default_factory=dict)
-
-    def add(self, ref: StepResult) -> None:
-        self.ref_grad_last = {k: v.copy() for k, v in ref.grads.items()}
-        for k, v in ref.grads.items():
-            self.ref_grad_sum[k] = self.ref_grad_sum.get(k, 0) + v
-
-
-def _compare_step(
-    step: int, ours: StepResult, ref: StepResult, tol: Tolerance, pairs: list[LayerPair], batch: int
-) -> list[Row]:
-    rows = [
-        compare_tensor(
-            "train", "loss", "loss", "loss", np.asarray(ours.loss), np.asarray(ref.loss), tol
-        )
-    ]
-    for pair in pairs:
-        for p in pair.params:
-            where = (pair.name, p.key)
-            for quantity, side in ((f"grad:{p.key}", "grads"), (f"param:{p.key}", "deltas")):
-                rows.append(
-                    compare_tensor(
-                        "train",
-                        pair.name,
-                        pair.type_name,
-                        quantity,
-                        getattr(ours, side).get(where),
-                        getattr(ref, side)[where],
-                        tol,
-                        batch_size=batch,
-                        param_shape=p.ours_shape,
-                        conversion=p.conversion,
-                    )
-                )
-            for state_name, value in ref.state.get(where, {}).items():
-                mine = ours.state.get(where, {}).get(state_name)
-                if mine is not None:
-                    rows.append(
-                        compare_tensor(
-                            "train",
-                            pair.name,
-                            pair.type_name,
-                            f"state:{p.key}.{state_name}",
-                            mine,
-                            value,
-                            tol,
-                        )
-                    )
-    for row in rows:
-        row.step = step
-    return rows
-
-
-def _explain_gradients(
-    rows: list[Row],
-    ours: StepResult,
-    ref: StepResult,
-    tracker: _Tracker,
-    step: int,
-    tol: Tolerance,
-) -> list[Finding]:
-    """Diverged gradients that equal the reference's running sum (never zeroed) or an earlier
-    step's gradient (stale)."""
-    found = []
-    for row in rows:
-        if not (row.diverged and row.quantity.startswith("grad:")) or step < 2:
-            continue
-        where = (row.layer, row.quantity[5:])
-        mine = ours.grads.get(where)
-        for label, candidate, text, fix in (
-            (
-                "accumulated",
-                tracker.ref_grad_sum.get(where, 0) + ref.grads[where],
-                f"equals the sum of the reference's gradients over steps 1..{step}",
-                "zero the gradients before each backward pass (optimizer.zero_grad())",
-            ),
-            (
-                "stale",
-                tracker.ref_grad_last.get(where),
-                f"equals the reference's gradient of step {step - 1}: an earlier batch's gradient",
-                "recompute the gradient from the current batch; do not reuse a stored one",
-            ),
-        ):
-            if (
-                mine is not None
-                and candidate is not None
-                and np.shape(mine) == np.shape(candidate)
-                and tensor_diff(np.asarray(mine), candidate, tol).ok
-            ):
-                row.diagnosis, row.message, row.fix = label, text, fix
-                found.append(finding_from_row(row, "train"))
-                break
-    return found
-
-
-def _findings_at(
-    step: int,
-    rows: list[Row],
-    ours: StepResult,
-    ref: StepResult,
-    tracker: _Tracker,
-    tol: Tolerance,
-    localise: Callable[[], Report],
-) -> list[Finding]:
-    """Why the first divergent step diverged, most specific explanation first."""
-    bad = [r for r in rows if r.diverged]
-    if any(r.quantity == "loss" or r.quantity.startswith("grad:") for r in bad):
-        found = _explain_gradients(rows, ours, ref, tracker, step, tol)
-        if found:
-            return found
-        report = localise()
-        if report.root_causes:
-            return report.root_causes
-    updates = [r for r in bad if r.quantity.startswith(("param:", "state:"))]
-    return [finding_from_row(r, "train") for r in (updates or bad)]
 
 
 def compare_training(
@@ -292,7 +152,7 @@ def compare_training(
     tdtype = TORCH_DTYPES[dtype]
     ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
     ours_model, ours_opt, ref_model, ref_opt = _optimizers(
-        ours_model, _reference_copy(reference_model, dtype), ours_optimizer, reference_optimizer
+        ours_model, reference_copy(reference_model, dtype), ours_optimizer, reference_optimizer
     )
     ref_model.train()
     layers = named_layers(ours_model)
@@ -301,12 +161,12 @@ def compare_training(
     for pair in pairs:
         sync_module(pair.layer, pair.module, pair.params)
     shadow = (
-        _Shadow.make(ref_model, reference_optimizer, pairs, reference_loss)
+        Shadow.make(ref_model, reference_optimizer, pairs, reference_loss)
         if dtype == "float32"
         else None
     )
 
-    tracker, history, kept, findings, width = _Tracker(), [], [], [], None
+    tracker, history, kept, findings, width = Tracker(), [], [], [], None
     first_divergent, last_rows, notes = None, [], []
     iterator = batches if steps is None else _take(batches, steps)
     for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
@@ -332,8 +192,8 @@ def compare_training(
             break
         ref = reference_step(ref_model, reference_loss, ref_opt, pairs, x, target, tdtype)
         step_tol = tol if shadow is None else shadow.widen(tol, ref, x, target)
-        rows = _compare_step(step, ours, ref, step_tol, pairs, x.shape[0])
-        history.append(_history_row(step, ours, ref, rows))
+        rows = compare_step(step, ours, ref, step_tol, pairs, x.shape[0])
+        history.append(history_row(step, ours, ref, rows))
         if validation is not None and (step % eval_every == 0 or step == 1):
             history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
         if not np.isfinite(ours.loss):
@@ -356,7 +216,7 @@ def compare_training(
         if first_divergent is None and any(r.diverged for r in rows):
             first_divergent = step
             kept += rows
-            findings += _findings_at(
+            findings += findings_at(
                 step,
                 rows,
                 ours,
@@ -459,19 +319,6 @@ def _take(batches: Iterable, steps: int) -> Iterable:
         yield batch
 
 
-def _history_row(step: int, ours: StepResult, ref: StepResult, rows: list[Row]) -> dict:
-    worst = dict.fromkeys(KINDS, 0.0)
-    for row in rows:
-        kind = _kind(row.quantity)
-        worst[kind] = max(worst[kind], _ratio(row))
-    return {
-        "step": step,
-        "loss_ours": float(ours.loss),
-        "loss_ref": float(ref.loss),
-        **{f"err_{k}": v for k, v in worst.items()},
-    }
-
-
 def _accuracy(layers, ref_model: nn.Module, validation, dtype: str, tdtype: torch.dtype) -> dict:
     x, y = prepare_input(validation[0], dtype), np.asarray(validation[1])
     h = x
@@ -483,55 +330,3 @@ def _accuracy(layers, ref_model: nn.Module, validation, dtype: str, tdtype: torc
         "val_acc_ours": float(np.mean(h.argmax(axis=1) == y)),
         "val_acc_ref": float(np.mean(ref_out.argmax(axis=1) == y)),
     }
-
-
-@dataclass
-class _Shadow:
-    """A float64 twin of the reference, stepped alongside, to measure how far the reference's
-    own float32 run drifts from float64."""
-
-    model: nn.Module
-    optimizer: Any
-    pairs: list[LayerPair]
-    loss: Any
-
-    @staticmethod
-    def make(
-        ref_model: nn.Module, reference_optimizer: Any, pairs: list[LayerPair], loss: Any
-    ) -> _Shadow:
-        model = copy.deepcopy(ref_model).double()
-        modules = dict(model.named_modules())
-        twin = [
-            LayerPair(p.name, p.layer, p.module_name, modules[p.module_name], p.params)
-            for p in pairs
-        ]
-        if reference_optimizer is None:
-            opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        elif hasattr(reference_optimizer, "step"):
-            opt = type(reference_optimizer)(model.parameters(), **reference_optimizer.defaults)
-        else:
-            opt = reference_optimizer(model.parameters())
-        return _Shadow(model, opt, twin, loss)
-
-    def widen(
-        self, tol: Tolerance, ref32: StepResult, x: np.ndarray, target: np.ndarray
-    ) -> Tolerance:
-        ref64 = reference_step(
-            self.model,
-            self.loss,
-            self.optimizer,
-            self.pairs,
-            x.astype(np.float64),
-            target,
-            torch.float64,
-        )
-        drift = max(_relative_gap(ref32.grads[k], ref64.grads[k]) for k in ref64.grads)
-        drift = max(
-            [drift] + [_relative_gap(ref32.deltas[k], ref64.deltas[k]) for k in ref64.deltas]
-        )
-        return Tolerance(rtol=max(tol.rtol, DRIFT_FACTOR * drift), atol=tol.atol, dtype=tol.dtype)
-
-
-def _relative_gap(a: np.ndarray, b: np.ndarray) -> float:
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    return float(np.abs(a - b).max()) / scale if scale > 0 else 0.0

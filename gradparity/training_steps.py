@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from gradparity.adapt import grads_of, params_of
 from gradparity.align import LayerPair
 from gradparity.reference.layout import to_ours_layout
 from gradparity.run_torch import as_tensor, to_numpy
+from gradparity.tolerance import Tolerance
 
 Key = tuple[str, str]  # (layer name, ours param key)
 
@@ -99,3 +101,60 @@ def reference_step(
             for name, v in optimizer.state.get(tensor, {}).items()
         }
     return result
+
+
+# A float32 run may drift from the reference by this multiple of the reference's own
+# float32-vs-float64 drift before anything is called a bug.
+DRIFT_FACTOR = 10.0
+
+
+@dataclass
+class Shadow:
+    """A float64 twin of the reference, stepped alongside, to measure how far the reference's
+    own float32 run drifts from float64."""
+
+    model: nn.Module
+    optimizer: Any
+    pairs: list[LayerPair]
+    loss: Any
+
+    @staticmethod
+    def make(
+        ref_model: nn.Module, reference_optimizer: Any, pairs: list[LayerPair], loss: Any
+    ) -> Shadow:
+        model = copy.deepcopy(ref_model).double()
+        modules = dict(model.named_modules())
+        twin = [
+            LayerPair(p.name, p.layer, p.module_name, modules[p.module_name], p.params)
+            for p in pairs
+        ]
+        if reference_optimizer is None:
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        elif hasattr(reference_optimizer, "step"):
+            opt = type(reference_optimizer)(model.parameters(), **reference_optimizer.defaults)
+        else:
+            opt = reference_optimizer(model.parameters())
+        return Shadow(model, opt, twin, loss)
+
+    def widen(
+        self, tol: Tolerance, ref32: StepResult, x: np.ndarray, target: np.ndarray
+    ) -> Tolerance:
+        ref64 = reference_step(
+            self.model,
+            self.loss,
+            self.optimizer,
+            self.pairs,
+            x.astype(np.float64),
+            target,
+            torch.float64,
+        )
+        drift = max(_relative_gap(ref32.grads[k], ref64.grads[k]) for k in ref64.grads)
+        drift = max(
+            [drift] + [_relative_gap(ref32.deltas[k], ref64.deltas[k]) for k in ref64.deltas]
+        )
+        return Tolerance(rtol=max(tol.rtol, DRIFT_FACTOR * drift), atol=tol.atol, dtype=tol.dtype)
+
+
+def _relative_gap(a: np.ndarray, b: np.ndarray) -> float:
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    return float(np.abs(a - b).max()) / scale if scale > 0 else 0.0

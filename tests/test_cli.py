@@ -35,7 +35,8 @@ def test_json_format_prints_the_report(capsys, tmp_path):
 
 
 def _write_factories(tmp_path, bug: bool) -> tuple[str, str]:
-    (tmp_path / "mine.py").write_text(textwrap.dedent(f"""
+    (tmp_path / "mine.py").write_text(
+        textwrap.dedent(f"""
         import numpy as np
         from gradparity.ours import Linear, Sequential, Sigmoid, SoftmaxCrossEntropy
 
@@ -48,14 +49,17 @@ def _write_factories(tmp_path, bug: bool) -> tuple[str, str]:
             model = Sequential(("fc1", Linear(4, 5, rng=rng)), ("act", Sigmoid()),
                                ("fc2", Linear(5, 3, rng=rng)))
             return {{"model": model, "loss": Loss()}}
-    """))
-    (tmp_path / "ref.py").write_text(textwrap.dedent("""
+    """)
+    )
+    (tmp_path / "ref.py").write_text(
+        textwrap.dedent("""
         import torch
         from torch import nn
 
         def build():
             return nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 3)).double()
-    """))
+    """)
+    )
     return f"{tmp_path / 'mine.py'}:build", f"{tmp_path / 'ref.py'}:build"
 
 
