@@ -18,6 +18,7 @@ _EXPORTS = {
     "Wrapped": "gradparity.adapt",
     "assert_parity": "gradparity.assertion",
     "compare": "gradparity.api",
+    "compare_training": "gradparity.training",
     "lint": "gradparity.lints",
     "tolerance_for": "gradparity.tolerance",
     "wrap": "gradparity.adapt",

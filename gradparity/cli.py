@@ -202,8 +202,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.epochs is not None:
         raise InputError("give --steps or --epochs, not both")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for flag, value in (
+        ("--batch-size", args.batch_size),
+        ("--hidden", args.hidden),
+        ("--steps", args.steps),
+        ("--epochs", args.epochs),
+    ):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
     data = load_dataset(args.dataset, seed=args.seed)
     model = _train_model(args.model, data.n_features, data.n_classes, args.hidden, args.seed)
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr

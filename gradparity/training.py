@@ -29,7 +29,6 @@ from gradparity.api import (
     compare,
     prepare_input,
     prepare_target,
-    reference_copy,
     resolve_losses,
 )
 from gradparity.errors import InputError
@@ -151,10 +150,15 @@ def compare_training(
     tol = tolerance_for(dtype, rtol, atol)
     tdtype = TORCH_DTYPES[dtype]
     ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
+    if not isinstance(reference_model, nn.Module):
+        raise InputError(
+            f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
+        )
     ours_model, ours_opt, ref_model, ref_opt = _optimizers(
-        ours_model, reference_copy(reference_model, dtype), ours_optimizer, reference_optimizer
+        ours_model, reference_model, ours_optimizer, reference_optimizer
     )
-    ref_model.train()
+    # In place, so an optimiser instance copied with the model keeps its parameters.
+    ref_model.to(tdtype).train()
     layers = named_layers(ours_model)
     pairs = align_layers(layers, ref_model, layer_map)
     pair_parameters(pairs, np.random.default_rng(seed))
@@ -170,8 +174,11 @@ def compare_training(
     first_divergent, last_rows, notes = None, [], []
     iterator = batches if steps is None else _take(batches, steps)
     for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
-        x = prepare_input(x, dtype)
-        target = prepare_target(target, x.shape[0], dtype)
+        try:
+            x = prepare_input(x, dtype)
+            target = prepare_target(target, x.shape[0], dtype)
+        except InputError as exc:
+            raise InputError(f"batch {step}: {exc}") from exc
         width = _check_batch(step, x, target, ref_model, tdtype, width)
         try:
             ours = ours_step(layers, ours_loss, ours_opt, x, target)
@@ -212,6 +219,7 @@ def compare_training(
             )
             first_divergent = first_divergent or step
             kept += rows
+            last_rows = rows
             break
         if first_divergent is None and any(r.diverged for r in rows):
             first_divergent = step
@@ -246,6 +254,8 @@ def compare_training(
         raise InputError("the batches gave no (x, target) pair: check the data set")
     if last_rows and last_rows[0].step not in {r.step for r in kept}:
         kept += last_rows
+    if validation is not None and "val_acc_ours" not in history[-1]:
+        history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
     return TrainingReport(
         dtype=dtype,
         tolerance=tol.as_dict(),

@@ -21,9 +21,11 @@ def _check_class_targets(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
     return target
 
 
-def _softmax_ce_fwd(s: np.ndarray, target: np.ndarray) -> float:
-    picked = s[np.arange(len(target)), target]
-    return float(-np.log(np.maximum(picked, np.finfo(s.dtype).tiny)).mean())
+def _softmax_ce_fwd(z: np.ndarray, target: np.ndarray) -> float:
+    """Mean over the batch of logsumexp(z) - z[target]: exact even where softmax underflows."""
+    top = z.max(axis=-1)
+    lse = top + np.log(np.exp(z - top[:, None]).sum(axis=-1))
+    return float((lse - z[np.arange(len(target)), target]).mean())
 
 
 def _softmax_ce_bwd(s: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -45,7 +47,7 @@ class SoftmaxCrossEntropy:
     def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
         self._target = _check_class_targets(logits, target)
         self._s = softmax(logits)
-        return _softmax_ce_fwd(self._s, self._target)
+        return _softmax_ce_fwd(logits, self._target)
 
     def backward(self) -> np.ndarray:
         return _softmax_ce_bwd(self._s, self._target).astype(self._s.dtype, copy=False)
