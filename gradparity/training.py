@@ -171,7 +171,7 @@ def compare_training(
     )
 
     tracker, history, kept, findings, width = Tracker(), [], [], [], None
-    first_divergent, last_rows, notes = None, [], []
+    first_divergent, last_rows = None, []
     iterator = batches if steps is None else _take(batches, steps)
     for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
         try:
@@ -250,11 +250,11 @@ def compare_training(
             kept += rows
         tracker.add(ref)
         last_rows = rows
-    if not history:
+    if not history and not findings:
         raise InputError("the batches gave no (x, target) pair: check the data set")
     if last_rows and last_rows[0].step not in {r.step for r in kept}:
         kept += last_rows
-    if validation is not None and "val_acc_ours" not in history[-1]:
+    if validation is not None and history and "val_acc_ours" not in history[-1]:
         history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
     return TrainingReport(
         dtype=dtype,
@@ -262,7 +262,6 @@ def compare_training(
         rows=kept,
         root_causes=findings,
         conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],
-        notes=notes,
         history=pd.DataFrame(history),
         first_divergent_step=first_divergent,
         meta={

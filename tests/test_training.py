@@ -902,3 +902,20 @@ def test_long_correct_run_stays_within_tolerance(capsys):
     assert report.history["err_param"].max() < 1
     assert (report.history[ERR_COLUMNS] < 1).all().all()
     assert capsys.readouterr().out == ""
+
+
+def test_a_layer_raising_at_step_1_is_a_finding_not_an_input_error(tmp_path):
+    class Boom(Sigmoid):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    model = bugs.base_network(0)[0]
+    reference = mirror(model)
+    model._layers[1] = ("act1", Boom())
+    rng = np.random.default_rng(0)
+    report = compare_training(model, reference, [(rng.standard_normal((8, 5)), np.arange(8) % 3)])
+    assert report.first_divergent_step == 1
+    assert [(f.diagnosis, f.step) for f in report.root_causes] == [("raised", 1)]
+    assert "boom" in report.root_causes[0].message
+    report.save(tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["ok"] is False
