@@ -8,9 +8,9 @@ import json
 import pytest
 
 from gradparity import bugs, selftest
-from gradparity.training_bugs import TRAINING_BUGS
 from gradparity.cli import main
 from gradparity.tolerance import tolerance_for
+from gradparity.training_bugs import TRAINING_BUGS
 
 TOL = tolerance_for("float64")
 
