@@ -152,7 +152,9 @@ def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
     """Fill ``pair.params`` for every layer pair.
 
     A square weight's layout cannot be read off its shape: it follows the model's convention
-    (what its non-square weights showed), else whichever layout makes the two forwards agree.
+    (what its non-square weights showed), else whichever layout makes the two forwards agree,
+    else (a layer whose forward agrees under no layout, e.g. a forward bug) the layout the
+    other layers agreed on.
     """
     raw = {p.name: _pair_params(p) for p in pairs}
     decided = {
@@ -162,32 +164,42 @@ def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
         if len(c) == 1 and c[0] in (IDENTITY, TRANSPOSE) and np.ndim(params_of(pair.layer)[k]) == 2
     }
     convention = decided.pop() if len(decided) == 1 else None
+    chosen: dict[tuple[str, str], tuple[str | None, str]] = {}
+    for pair in pairs:
+        for k, n, options in raw[pair.name]:
+            if len(options) == 1:
+                chosen[(pair.name, k)] = (options[0], "shape")
+            elif convention is not None:
+                chosen[(pair.name, k)] = (convention, "model convention")
+            else:
+                chosen[(pair.name, k)] = _forward_agreement(pair, k, n, options, rng)
+    agreed = [c for c, how in chosen.values() if how == "forward agreement"]
+    fallback = max(set(agreed), key=agreed.count) if agreed else TRANSPOSE
     for pair in pairs:
         ours = params_of(pair.layer)
         ref = dict(pair.module.named_parameters())
-        for k, n, options in raw[pair.name]:
-            how = "shape"
-            if len(options) > 1:
-                if convention is not None:
-                    options, how = [convention], "model convention"
-                else:
-                    chosen, how = _forward_agreement(pair, k, n, options, rng)
-                    options = [chosen]
+        for k, n, _ in raw[pair.name]:
+            conversion, how = chosen[(pair.name, k)]
+            if conversion is None:
+                conversion = fallback
+                how = (
+                    f"assumed ({how}): {'the layout other layers agreed on' if agreed else 'x @ W'}"
+                )
             pair.params.append(
-                ParamPair(k, n, options[0], tuple(np.shape(ours[k])), tuple(ref[n].shape), how)
+                ParamPair(k, n, conversion, tuple(np.shape(ours[k])), tuple(ref[n].shape), how)
             )
 
 
 def _forward_agreement(
     pair: LayerPair, key: str, torch_name: str, options: list[str], rng: np.random.Generator
-) -> tuple[str, str]:
+) -> tuple[str | None, str]:
     """(conversion, how): the conversion of ``key`` under which ours and the module compute
-    the same output; when none does (or ours cannot run), the last candidate, said so."""
+    the same output; (None, why) when none does or ours cannot run."""
     module = copy.deepcopy(pair.module).double()
     first = next(iter(module.parameters()), None)
     in_features = first.shape[-1] if first is not None and first.ndim == 2 else None
     if in_features is None:
-        return options[-1], "assumed: no 2-D input to test the forward on"
+        return None, "no 2-D input to test the forward on"
     x = rng.standard_normal((3, in_features))
     for conversion in options:
         candidate = [
@@ -203,7 +215,7 @@ def _forward_agreement(
             continue
         if np.shape(got) == expected.shape and np.allclose(got, expected, rtol=1e-6, atol=1e-9):
             return conversion, "forward agreement"
-    return options[-1], "assumed: no layout made the forwards agree"
+    return None, "no layout made the forwards agree"
 
 
 @torch.no_grad()

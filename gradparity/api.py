@@ -168,6 +168,9 @@ def _weight_differences(pairs: list[LayerPair]) -> list[str]:
     return notes
 
 
+_SHAPE_LABELS = ("not_reduced", "transposed", "shape_mismatch")  # already say the shape is off
+
+
 def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
     """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
     finding (``detail["also"]`` and its message) instead of repeating it."""
@@ -178,7 +181,9 @@ def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
         if same is None:
             merged.append(lint)
             by_place[(lint.layer, lint.quantity)] = lint
-        elif lint.diagnosis != same.diagnosis:
+        elif lint.diagnosis != same.diagnosis and not (
+            lint.diagnosis == "shape_mismatch" and same.diagnosis in _SHAPE_LABELS
+        ):
             same.detail.setdefault("also", []).append(lint.diagnosis)
             same.message += f"; also: {lint.message.split(': ', 1)[-1]}"
     return merged
@@ -249,9 +254,17 @@ def compare(
         [(p.name, params_of(p.layer), o) for p, o, _ in isolated], "isolate"
     )
     roots = merge_lints(roots, lint_roots)
-    notes = weight_notes + [
-        f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error
+    layout_notes = [
+        f"layout of {p.name}.{pp.key} {pp.how}; pass a model whose forward runs, or check it"
+        for p in pairs
+        for pp in p.params
+        if pp.how.startswith("assumed")
     ]
+    notes = (
+        weight_notes
+        + layout_notes
+        + [f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error]
+    )
     return Report(
         dtype=dtype,
         tolerance=tol.as_dict(),

@@ -9,12 +9,14 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gradparity import zoo
 from gradparity.api import compare
@@ -42,12 +44,34 @@ def load_factory(spec: str) -> Any:
             loader.loader.exec_module(module)
         else:
             module = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise InputError(f"cannot import {mod_name!r}: {exc}") from exc
+    except InputError:
+        raise
+    except Exception as exc:  # a SyntaxError or an error at import time is the user's to fix
+        raise InputError(f"cannot import {mod_name!r}: {type(exc).__name__}: {exc}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InputError(f"{mod_name!r} has no callable {attr!r}")
     return factory
+
+
+def _call_factory(spec: str) -> Any:
+    factory = load_factory(spec)
+    try:
+        return factory()
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"{spec} raised {type(exc).__name__}: {first}") from exc
+
+
+def _check_out(path: str) -> Path:
+    """The report folder, refused early when it cannot be one."""
+    if not path:
+        raise InputError("--out needs a folder name")
+    out = Path(path)
+    blocked = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise InputError(f"--out {path}: {blocked} is a file, not a folder")
+    return out
 
 
 def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
@@ -58,10 +82,14 @@ def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
     optionally "loss". Without x, a random batch of 8 is made from the reference's first
     weight; without target, random classes of its output width.
     """
-    ours = load_factory(ours_spec)()
-    ref = load_factory(ref_spec)()
+    ours, ref = _call_factory(ours_spec), _call_factory(ref_spec)
     ours = ours if isinstance(ours, dict) else {"model": ours}
     ref = ref if isinstance(ref, dict) else {"model": ref}
+    if not isinstance(ref.get("model"), torch.nn.Module):
+        raise InputError(
+            f"{ref_spec} must return a torch.nn.Module (or a dict with 'model'), "
+            f"got {type(ref.get('model')).__name__}"
+        )
     kwargs = {
         "ours_model": ours["model"],
         "reference_model": ref["model"],
@@ -98,6 +126,7 @@ def _inject(model: Any, bug_name: str) -> tuple[Any, Any]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    out = _check_out(args.out)
     if bool(args.ours) != bool(args.reference):
         raise InputError("--ours and --reference go together")
     if args.ours and args.bug:
@@ -131,7 +160,6 @@ def cmd_check(args: argparse.Namespace) -> int:
                 )
             )
     report = reports[0] if len(reports) == 1 else merge_reports(reports)
-    out = Path(args.out)
     report.save(out)
     if len(reports) > 1:
         for r in reports:
@@ -210,11 +238,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be at least 1, got {value}")
+    out = _check_out(args.out)
     data = load_dataset(args.dataset, seed=args.seed)
     model = _train_model(args.model, data.n_features, data.n_classes, args.hidden, args.seed)
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
-    if lr <= 0:
-        raise InputError(f"--lr must be positive, got {lr}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr must be a positive finite number, got {lr}")
     epochs = None if args.steps is not None else (args.epochs or 10)
     per_epoch = -(-len(data.x_train) // args.batch_size)
     total = args.steps if args.steps is not None else epochs * per_epoch
@@ -242,7 +271,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         ),
         name=name,
     )
-    out = Path(args.out)
     report.save(out)
     scored = report.history.dropna(subset=["val_acc_ours"])
     last = scored.iloc[-1]

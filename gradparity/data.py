@@ -8,6 +8,7 @@ float64 of shape ``(N, features)``; labels are int64 class indices of shape ``(N
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from collections.abc import Iterator
@@ -114,7 +115,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise InputError(f"{path} is truncated: header needs {header} bytes, file has {len(raw)}")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(int(d) for d in shape)  # Python ints: huge headers must not wrap
     have = (len(raw) - header) // dtype.itemsize
     if (len(raw) - header) != expected * dtype.itemsize:
         problem = "is truncated" if have < expected else "has trailing data"
@@ -143,12 +144,16 @@ def _load_mnist_pair(directory: Path, part: str) -> tuple[np.ndarray, np.ndarray
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:
         raise InputError(f"{images_path} should hold images (N, rows, cols), has {images.shape}")
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{labels_path} should hold integer labels (N,), has {labels.shape}")
+    if labels.ndim != 1:
+        raise InputError(f"{labels_path} should hold labels (N,), has shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{labels_path} should hold integer labels, has {labels.dtype}")
     if len(images) != len(labels):
         raise InputError(
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
         )
+    if len(images) == 0:
+        raise InputError(f"{images_path} holds no images")
     x = images.reshape(len(images), -1).astype(np.float64) / 255.0
     return x, labels.astype(np.int64)
 

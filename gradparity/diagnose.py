@@ -38,6 +38,7 @@ __all__ = ["LABELS", "Diagnosis", "describe_location", "diagnose"]
 _MAX_LISTED = 20
 # Cosine above this: ours points the reference's way, only the length is off (a near-factor).
 _NEARLY_PARALLEL = 0.999
+_NOT_ONE = 0.02  # a near-factor this close to 1 says nothing the error statistics do not
 
 
 def diagnose(
@@ -49,6 +50,7 @@ def diagnose(
     batch_size: int | None = None,
     upstream: np.ndarray | None = None,
     param_shape: tuple[int, ...] | None = None,
+    layout: str = "",
 ) -> Diagnosis:
     """Name what is wrong with ``ours`` given the reference value ``ref``.
 
@@ -57,6 +59,8 @@ def diagnose(
     batch_size: leading dimension of the layer input (``batch_reduction`` needs it).
     upstream: dL/d(output) fed to backward, the layer output's shape (for "grad_input").
     param_shape: shape of ours' parameter (for "grad:*").
+    layout: the parameter's layout conversion to torch ("identity" means ours stores a weight
+    (out, in) like torch, "transpose" (in, out)); it picks the wording of the fix.
 
     Raises ValueError when the shapes are equal and ours matches ref under ``tol``: only a
     diverging pair has something to diagnose.
@@ -65,7 +69,7 @@ def diagnose(
     r = np.asarray(ref, dtype=np.float64)
     up = None if upstream is None else np.asarray(upstream, dtype=np.float64)
     pshape = None if param_shape is None else tuple(param_shape)
-    ctx = _Context(tol, quantity, batch_size, up, pshape)
+    ctx = _Context(tol, quantity, batch_size, up, pshape, layout)
     if o.shape != r.shape:
         return _diagnose_shapes(o, r, ctx, _diagnose_values)
     if _matches(o, r, tol):
@@ -217,7 +221,9 @@ def _batch_reduction(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis |
             "average the per-example losses over the batch instead of summing them"
             if loss
             else f"divide by the batch size ({n}) exactly once, where the loss averages over the "
-            f"batch: dL/dlogits = (softmax - onehot) / {n}"
+            f"batch: for a mean loss dL/dprediction carries the 1/{n} (softmax-CE: "
+            f"(softmax - onehot) / {n}); if the loss also averages over outputs, check that "
+            "divisor too"
         )
     elif _close(f, 1 / n, ctx.tol):
         ours_red, ref_red = "mean", "sum"
@@ -243,15 +249,15 @@ def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     f = _fit_factor(o, r, ctx.tol) if o.size > 1 else None
     if f is None or _close(f, 1.0, ctx.tol) or _close(f, -1.0, ctx.tol):
         return None
-    if _close(abs(f), 2.0, ctx.tol):
-        fix = "remove the extra factor of 2: d(0.5 * x**2)/dx is x, not 2x; or a term is doubled"
-    elif _close(abs(f), 0.5, ctx.tol):
-        fix = "a factor of 2 is missing: d(x**2)/dx is 2x; or a term should appear twice"
-    elif ctx.kind in ("param", "state"):
+    if ctx.kind in ("param", "state"):  # an update or optimiser state: not calculus
         fix = (
             f"find the extra factor of {_fmt(f)}: check the learning rate, the momentum/beta "
             "coefficients and the bias correction"
         )
+    elif _close(abs(f), 2.0, ctx.tol):
+        fix = "remove the extra factor of 2: d(0.5 * x**2)/dx is x, not 2x; or a term is doubled"
+    elif _close(abs(f), 0.5, ctx.tol):
+        fix = "a factor of 2 is missing: d(x**2)/dx is 2x; or a term should appear twice"
     else:
         fix = (
             f"find the extra constant factor of {_fmt(f)} in the formula: a wrong constant, or "
@@ -286,9 +292,17 @@ def _missing_local_derivative(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Di
         {"ref_rel_diff_to_upstream": _num(ref_vs_up)},
         f"{ctx.noun} equals the upstream gradient: the local derivative was not multiplied in "
         f"(the reference differs from the upstream gradient by {_fmt(ref_vs_up)} relative)",
-        "multiply grad_out by the layer's local derivative, e.g. grad_out * s * (1 - s) for a "
-        "sigmoid, grad_out * (x > 0) for a ReLU",
+        _LOCAL_DERIVATIVE_FIX.get(ctx.layout, _LOCAL_DERIVATIVE_FIX[""]),
     )
+
+
+# Keyed by the layer's weight layout ("" for a layer without a weight).
+_LOCAL_DERIVATIVE_FIX = {
+    "": "multiply grad_out by the layer's local derivative, e.g. grad_out * s * (1 - s) for a "
+    "sigmoid, grad_out * (x > 0) for a ReLU",
+    "transpose": "multiply by the weight: dL/dx = grad_out @ W.T for a weight stored (in, out)",
+    "identity": "multiply by the weight: dL/dx = grad_out @ W for a weight stored (out, in)",
+}
 
 
 def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
@@ -324,8 +338,8 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     fix = f"compare the formula for the {ctx.noun} with the reference's term by term"
     if region:
         fix += f"; the error is confined to {region[1]}"
-    if d.cosine > _NEARLY_PARALLEL and np.any(r):
-        factor = float(np.vdot(o, r) / np.vdot(r, r))
+    factor = float(np.vdot(o, r) / np.vdot(r, r)) if np.any(r) else 1.0
+    if d.cosine > _NEARLY_PARALLEL and abs(factor - 1.0) > _NOT_ONE:
         detail["approx_factor"] = factor
         message += f"; close to {_fmt(factor)} times the reference's, but not exactly"
         fix += (

@@ -49,6 +49,7 @@ class _Context:
     batch_size: int | None
     upstream: np.ndarray | None
     param_shape: tuple[int, ...] | None
+    layout: str = ""  # how ours' parameter maps onto torch's: "identity" = stored (out, in)
 
     @property
     def kind(self) -> str:
@@ -69,14 +70,17 @@ class _Context:
         }.get(self.kind, self.quantity)
 
     def hint(self, table: dict[str, str]) -> str:
-        """This quantity's entry of a table of fixes keyed by kind, else its "other" entry."""
-        return table.get(self.kind, table["other"])
+        """This quantity's entry of a table of fixes keyed by kind (and, where the table has
+        one, by the parameter's layout: "grad/identity"), else its "other" entry."""
+        return table.get(f"{self.kind}/{self.layout}", table.get(self.kind, table["other"]))
 
 
 # Shared by the shape tests and the square-transpose value test.
 _TRANSPOSE_FIX = {
     "grad": "transpose it: for a weight stored (in, out) the gradient is x.T @ grad_out, not "
     "grad_out.T @ x",
+    "grad/identity": "transpose it: for a weight stored (out, in), as in y = x @ W.T, the "
+    "gradient is grad_out.T @ x, not x.T @ grad_out",
     "grad_input": "transpose it: dL/dx has the input's shape, e.g. grad_out @ W.T for a weight "
     "stored (in, out)",
     "other": "transpose it: check the order of the matrix product (x @ W for W stored (in, out))",

@@ -97,6 +97,7 @@ def compare_tensor(
         batch_size=batch_size,
         upstream=upstream,
         param_shape=param_shape,
+        layout=conversion,
     )
     row.diagnosis, row.detail = diag.label, dict(diag.detail)
     row.message, row.fix = diag.message, diag.fix
@@ -135,6 +136,7 @@ def compare_layer(
         return fwd, [_raised(mode, pair, ours)]
     if ours.grad_input is None:  # the chain stopped at a later layer before backward
         return fwd, []
+    weights = [p.conversion for p in pair.params if len(p.ours_shape) == 2]
     bwd = [
         compare_tensor(
             mode,
@@ -146,6 +148,7 @@ def compare_layer(
             tol,
             batch_size=batch_size,
             upstream=ours.grad_output,
+            conversion=weights[0] if weights else "",
         )
     ]
     for p in pair.params:

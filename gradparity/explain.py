@@ -104,7 +104,17 @@ def add_evidence(
                     evidence["jacobian_ours"] = result.ours
                     evidence["jacobian_reference"] = result.reference
         row.detail["referee"] = verdict
-        if verdict["referee"] == "ours":
+        forward_differs = any(
+            r.layer == row.layer and r.quantity == "output" and r.diverged for r in rows
+        )
+        if verdict["referee"] == "both" and forward_differs:
+            row.detail["follows_forward"] = True
+            row.message = (
+                "ours' backward matches central differences of ours' own forward: this gradient "
+                "differs only because the forward does"
+            )
+            row.fix = "fix the forward (or a setting such as a slope or epsilon) first"
+        elif verdict["referee"] == "ours":
             row.message = (
                 "the reference is wrong here, not ours: ours matches central "
                 "differences of the forward, the reference does not"

@@ -87,7 +87,9 @@ def _finding(f: Finding, kind: str = "") -> str:
 
 
 def _styled_table(rows: list[Row]) -> str:
-    frame = pd.DataFrame([r.as_dict() for r in rows], columns=_TABLE_COLUMNS)
+    stepped = any(r.step is not None for r in rows)
+    columns = ["step", *_TABLE_COLUMNS] if stepped else _TABLE_COLUMNS
+    frame = pd.DataFrame([r.as_dict() for r in rows], columns=columns)
     for col in ("shape_ours", "shape_ref", "worst_index"):
         frame[col] = frame[col].map(lambda v: "" if v is None else str(tuple(v)))
     status = frame["status"].tolist()
@@ -135,16 +137,11 @@ def render(report, plots: list[tuple[str, bytes, str]]) -> str:
     """The page for ``report``; ``plots`` are (file name, PNG bytes, caption)."""
     name = report.meta.get("model", "model")
     if report.ok:
-        verdict = (
-            f'<p class="verdict ok">Parity OK: {len({r.layer for r in report.rows})} '
-            f"layers, {len(report.rows)} tensors within tolerance</p>"
-        )
+        verdict = f'<p class="verdict ok">{_e(report.verdict())}</p>'
     else:
         first = report.root_causes[0] if report.root_causes else None
         lead = f": fix {_e(place(first.layer, first.quantity))} first" if first else ""
-        verdict = (
-            f'<p class="verdict bad">Divergence: {len(report.root_causes)} root cause(s){lead}</p>'
-        )
+        verdict = f'<p class="verdict bad">{_e(report.verdict())}{lead}</p>'
     sections = [f"<h1>gradparity report: {_e(name)}</h1>", verdict]
     if report.root_causes:
         sections.append(

@@ -1,7 +1,8 @@
 """Consistency lints that need no reference: what a layer's own run shows to be wrong.
 
 - a gradient whose shape differs from its parameter's,
-- a layer that changes its input (forward) or upstream gradient (backward) in place,
+- a layer that changes its input (forward) or upstream gradient (backward) in place, or its
+  own parameters (an update hidden in forward or backward),
 - a gradient sharing memory with a parameter or another gradient,
 - non-finite values in an output or gradient although the input was finite.
 """
@@ -19,6 +20,20 @@ from gradparity.records import LayerRecord
 
 
 def _mutation(name: str, what: str, mode: str) -> Finding:
+    if what.startswith("param "):
+        key, backward = what.split()[1], what.endswith("(backward)")
+        phase = "backward" if backward else "forward"
+        return Finding(
+            name,
+            "grad_input" if backward else "output",
+            "mutates_input",
+            {"phase": phase, "array": f"param {key}"},
+            mode=mode,
+            message=(
+                f"{name}: {phase} changed parameter {key}; compute gradients only and "
+                "leave the update to the optimiser (a training loop would apply it twice)"
+            ),
+        )
     phase = "forward" if what == "input" else "backward"
     return Finding(
         name,

@@ -3,7 +3,9 @@
 A root cause is a layer quantity that diverges in isolation (the layer was fed the reference's
 exact input and upstream gradient). In the chain run, a divergence at a root cause keeps that
 status, one that follows an earlier divergence is ``inherited``, and the first divergence with
-no root cause behind it stays ``diverged`` and is reported as a chain finding.
+no root cause behind it stays ``diverged`` and is reported as a chain finding. An isolated
+gradient that the referee finds consistent with ours' own diverging forward is ``inherited``
+from that forward, not a second root cause.
 """
 
 from __future__ import annotations
@@ -32,9 +34,15 @@ class Finding:
 
 
 def place(layer: str, quantity: str) -> str:
-    """How a person names a quantity: "fc2.b" for grad:b, "fc2 output" otherwise."""
-    if quantity.startswith("grad:"):
-        return f"{layer}.{quantity[5:]}"
+    """How a person names a quantity: "fc2.b" for grad:b, "fc2.b update" for param:b,
+    "fc2.W exp_avg" for state:W.exp_avg, "fc2 output" otherwise."""
+    kind, _, name = quantity.partition(":")
+    if kind == "grad":
+        return f"{layer}.{name}"
+    if kind == "param":
+        return f"{layer}.{name} update"
+    if kind == "state":
+        return f"{layer}.{name.replace('.', ' ', 1)}"
     return f"{layer} {quantity}"
 
 
@@ -66,7 +74,9 @@ def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
     roots: list[Finding] = []
     blamed = set()
     for row in isolate_rows:
-        if row.diverged:
+        if row.diverged and row.detail.get("follows_forward"):
+            row.status = "inherited"  # consistent with ours' own (diverging) forward
+        elif row.diverged:
             row.status = "root_cause"
             blamed.add((row.layer, row.quantity))
             roots.append(finding_from_row(row, "isolate"))

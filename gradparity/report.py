@@ -169,6 +169,15 @@ class Report:
         body = f"[\n    {rows}\n  ]" if rows else "[]"
         return f'{head[:-2]},\n  "rows": {body}\n}}\n'
 
+    def verdict(self) -> str:
+        """One line: parity, or how many root causes (training reports add the step)."""
+        if self.ok:
+            return (
+                f"Parity OK: {len({r.layer for r in self.rows})} layers, {len(self.rows)} "
+                "tensors within tolerance"
+            )
+        return f"Divergence: {len(self.root_causes)} root cause(s)"
+
     def summary(self) -> str:
         """A few lines for a terminal: verdict, then each root cause's message."""
         name = self.meta.get("model", "model")
@@ -187,11 +196,7 @@ class Report:
         """report.md: verdict and root causes first, then the tables (problems first), the
         plots (``plot_files``, names under plots/) and the run details."""
         out = [f"# gradparity report: {self.meta.get('model', 'model')}", ""]
-        out.append(
-            "**Parity: OK**"
-            if self.ok
-            else f"**Divergence: {len(self.root_causes)} root cause(s)**"
-        )
+        out.append(f"**{self.verdict()}**")
         out.append("")
         if self.root_causes:
             out += ["## Root causes", ""]
@@ -305,14 +310,17 @@ class Report:
         if out.exists() and not out.is_dir():
             raise InputError(f"report folder {out} exists and is not a directory; pick another")
         plots = self.plots()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "plots").mkdir(exist_ok=True)
-        for file_name, png, _ in plots:
-            write_atomic(out / "plots", file_name, png)
-        write_atomic(out, "report.json", self.to_json())
-        write_atomic(out, "report.md", self.to_markdown([p[0] for p in plots]))
-        write_atomic(out, "table.csv", self.table.to_csv(index=False))
-        write_atomic(out, "report.html", render(self, plots))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "plots").mkdir(exist_ok=True)
+            for file_name, png, _ in plots:
+                write_atomic(out / "plots", file_name, png)
+            write_atomic(out, "report.json", self.to_json())
+            write_atomic(out, "report.md", self.to_markdown([p[0] for p in plots]))
+            write_atomic(out, "table.csv", self.table.to_csv(index=False))
+            write_atomic(out, "report.html", render(self, plots))
+        except OSError as exc:
+            raise InputError(f"cannot write the report into {out}: {exc.strerror or exc}") from exc
         return out
 
 

@@ -34,9 +34,24 @@ def _warm_up(layers: list[tuple[str, Any]], x_warm: np.ndarray) -> None:
             return
 
 
+def _changed_params(layer: Any, before: dict[str, np.ndarray]) -> list[str]:
+    """Parameters whose values differ from ``before``: only an optimiser may change them."""
+    now = params_of(layer)
+    return [
+        f"param {k}"
+        for k, v in before.items()
+        if k in now and not same_values(np.asarray(now[k]), v)
+    ]
+
+
+def _param_snapshot(layer: Any) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in params_of(layer).items()}
+
+
 def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
     rec.input = snapshot(x)
     fed = x.copy()
+    params_before = _param_snapshot(layer)
     try:
         out = layer.forward(fed)
         if out is None:
@@ -46,6 +61,7 @@ def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
         return None
     if not same_values(fed, rec.input):
         rec.mutated.append("input")
+    rec.mutated += _changed_params(layer, params_before)
     rec.output = snapshot(out)
     return rec.output
 
@@ -53,6 +69,7 @@ def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
 def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
     rec.grad_output = snapshot(grad_out)
     fed = grad_out.copy()
+    params_before = _param_snapshot(layer)
     try:
         grad_in = layer.backward(fed)
         if grad_in is None:
@@ -62,6 +79,7 @@ def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray 
         return None
     if not same_values(fed, rec.grad_output):
         rec.mutated.append("grad_output")
+    rec.mutated += [f"{p} (backward)" for p in _changed_params(layer, params_before)]
     grads = grads_of(layer)
     params = params_of(layer)
     rec.aliases = _aliases(grads, params, fed, grad_in)

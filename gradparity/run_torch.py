@@ -29,6 +29,11 @@ def as_tensor(a: np.ndarray, dtype: torch.dtype, grad: bool = False) -> torch.Te
     return t.requires_grad_(grad)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
 def _install_hooks(pairs: list[LayerPair], records: dict[str, LayerRecord]) -> list:
     handles = []
     for pair in pairs:
@@ -68,17 +73,20 @@ def run_chain(
     x_t = as_tensor(x, dtype, grad=True)
     try:
         out = model(x_t)
-        logits = out.detach().requires_grad_(True)
+    except Exception as exc:
+        raise InputError(f"the reference model raised {_one_line(exc)}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    logits = out.detach().requires_grad_(True)
+    try:
         loss = loss_fn(logits, as_tensor(target, dtype))
         (dlogits,) = torch.autograd.grad(loss, [logits])
     except Exception as exc:
         raise InputError(
-            f"the reference model raised {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            f"the reference loss rejected the target ({target.dtype} {target.shape}) for the "
+            f"output {tuple(out.shape)}: {_one_line(exc)}"
         ) from exc
-    finally:
-        for h in handles:
-            h.remove()
     params = [
         (p.name, pp.torch_name, dict(p.module.named_parameters())[pp.torch_name])
         for p in pairs

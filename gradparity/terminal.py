@@ -17,8 +17,8 @@ _RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
 
 
 def use_colour(stream: TextIO) -> bool:
-    """True when ``stream`` is a terminal and the user has not set NO_COLOR."""
-    return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
+    """True when ``stream`` is a terminal and NO_COLOR is unset or empty (no-color.org)."""
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
 
 
 def _paint(text: str, status: str, colour: bool) -> str:
@@ -56,9 +56,7 @@ def render(report, colour: bool = False) -> str:
     name = report.meta.get("model", "model")
     if report.ok:
         return _paint(report.summary(), "ok", colour)
-    lines = [
-        _paint(f"{name}: DIVERGED, {len(report.root_causes)} root cause(s)", "root_cause", colour)
-    ]
+    lines = [_paint(f"{name}: {report.verdict()}", "root_cause", colour)]
     problems = sorted((r for r in report.rows if r.status != "ok"), key=lambda r: _RANK[r.status])
     lines += ["  " + line for line in _table(problems[:MAX_TABLE_ROWS], colour)]
     if len(problems) > MAX_TABLE_ROWS:

@@ -49,6 +49,22 @@ class TrainingReport(Report):
     history: pd.DataFrame | None = None
     first_divergent_step: int | None = None
 
+    def verdict(self) -> str:
+        steps = 0 if self.history is None else len(self.history)
+        if self.ok:
+            text = f"Parity OK over {steps} steps"
+            if self.history is not None and "val_acc_ours" in self.history:
+                last = self.history.dropna(subset=["val_acc_ours"]).iloc[-1]
+                text += (
+                    f"; validation accuracy ours {last.val_acc_ours:.3f}, reference "
+                    f"{last.val_acc_ref:.3f}"
+                )
+            return text
+        return (
+            f"Divergence at step {self.first_divergent_step} of {steps}: "
+            f"{len(self.root_causes)} root cause(s)"
+        )
+
     def _head(self) -> dict:
         history = [] if self.history is None else self.history.to_dict(orient="records")
         return {
@@ -164,11 +180,7 @@ def compare_training(
     pair_parameters(pairs, np.random.default_rng(seed))
     for pair in pairs:
         sync_module(pair.layer, pair.module, pair.params)
-    shadow = (
-        Shadow.make(ref_model, reference_optimizer, pairs, reference_loss)
-        if dtype == "float32"
-        else None
-    )
+    shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 
     tracker, history, kept, findings, width = Tracker(), [], [], [], None
     first_divergent, last_rows = None, []
@@ -268,12 +280,20 @@ def compare_training(
             "model": name or model_name(ours_model),
             "seed": seed,
             "steps": len(history),
-            "ours_optimizer": repr(ours_opt),
+            "ours_optimizer": _describe(ours_opt),
             "reference_optimizer": type(ref_opt).__name__,
             "numpy": np.__version__,
             "torch": torch.__version__,
         },
     )
+
+
+def _describe(optimizer: Any) -> str:
+    """The optimiser's own repr when it has one, else its class name (no memory address, so
+    report.json stays deterministic)."""
+    if type(optimizer).__repr__ is object.__repr__:
+        return type(optimizer).__name__
+    return repr(optimizer)
 
 
 def _check_batch(

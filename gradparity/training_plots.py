@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from gradparity.plots import FLOOR, _png
 
@@ -29,6 +30,7 @@ def training_curves(history: pd.DataFrame, name: str = "") -> bytes:
         label="loss, reference",
     )
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("training loss (batch)")
     ax.set_title(f"{name}: learning curves, ours and reference" if name else "learning curves")
     handles, labels = ax.get_legend_handles_labels()
@@ -87,6 +89,7 @@ def error_growth(history: pd.DataFrame, name: str = "") -> bytes:
     ax.set_yscale("log")
     ax.set_ylim(FLOOR / 2, max(10.0, top * 10))
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"error / allowed error (log; exact at {FLOOR:g})")
     ax.set_title(f"{name}: error growth per step" if name else "error growth per step")
     ax.legend(loc="upper left", fontsize="small")

@@ -98,7 +98,7 @@ def reference_step(
             name: ours_layout(np.asarray(to_numpy(v), dtype=np.float64))
             if isinstance(v, torch.Tensor)
             else np.asarray(v, dtype=np.float64)
-            for name, v in optimizer.state.get(tensor, {}).items()
+            for name, v in getattr(optimizer, "state", {}).get(tensor, {}).items()
         }
     return result
 
@@ -119,21 +119,16 @@ class Shadow:
     loss: Any
 
     @staticmethod
-    def make(
-        ref_model: nn.Module, reference_optimizer: Any, pairs: list[LayerPair], loss: Any
-    ) -> Shadow:
-        model = copy.deepcopy(ref_model).double()
+    def make(ref_model: nn.Module, ref_optimizer: Any, pairs: list[LayerPair], loss: Any) -> Shadow:
+        """Copy the reference and its optimiser together (so parameter groups, learning rates
+        and state carry over) and move the copy to float64 in place."""
+        model, opt = copy.deepcopy((ref_model, ref_optimizer))
+        model.double()
         modules = dict(model.named_modules())
         twin = [
             LayerPair(p.name, p.layer, p.module_name, modules[p.module_name], p.params)
             for p in pairs
         ]
-        if reference_optimizer is None:
-            opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        elif hasattr(reference_optimizer, "step"):
-            opt = type(reference_optimizer)(model.parameters(), **reference_optimizer.defaults)
-        else:
-            opt = reference_optimizer(model.parameters())
         return Shadow(model, opt, twin, loss)
 
     def widen(

@@ -55,7 +55,8 @@ class BiasNotSummed(Linear):
 
 
 class BiasGradAliasesParam(Linear):
-    """Right values, but the bias gradient is written into the bias itself."""
+    """Right gradient values, but written into the bias itself: the gradient aliases the
+    parameter, and backward overwrites the parameter."""
 
     def backward(self, grad_out):
         grad_x = super().backward(grad_out)
@@ -190,9 +191,10 @@ def test_gradient_of_wrong_shape(data):
 def test_gradient_aliasing_its_parameter_is_a_warning(data):
     x, t = data
     found = gp.lint(net(fc2=BiasGradAliasesParam), x, t)
-    assert keyed(found) == [("fc2", "grads", "aliased")]
-    assert "param b" in found[0].message
-    assert "copy" in found[0].message
+    assert keyed(found) == [("fc2", "grad_input", "mutates_input"), ("fc2", "grads", "aliased")]
+    assert "changed parameter b" in found[0].message
+    assert "param b" in found[1].message
+    assert "copy" in found[1].message
 
 
 def test_gradient_aliasing_another_gradient_is_a_warning(data):
@@ -213,7 +215,7 @@ def test_warnings_come_after_errors(data):
     )
     found = gp.lint(model, x, t)
     labels = [f.diagnosis for f in found]
-    assert sorted(labels) == sorted(["aliased", "mutates_input", "shape_mismatch"])
+    assert sorted(labels) == sorted(["aliased", "mutates_input", "mutates_input", "shape_mismatch"])
     assert labels[-1] == "aliased"
 
 
@@ -281,11 +283,12 @@ def test_compare_aliasing_is_a_warning_not_a_failure(data):
     assert report.to_dict()["warnings"][0]["diagnosis"] == "aliased"
 
 
-def test_compare_aliasing_param_is_a_warning_not_a_failure(data):
+def test_compare_gradient_written_into_its_parameter_is_a_root_cause(data):
     x, t = data
     model = net(fc2=BiasGradAliasesParam)
     report = gp.compare(model, mirror(model), x, t, seed=0)
-    assert report.ok
+    assert not report.ok
+    assert ("fc2", "grad_input", "mutates_input") in keyed(report.root_causes)
     assert keyed(report.warnings) == [("fc2", "grads", "aliased")]
 
 

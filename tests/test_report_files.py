@@ -177,7 +177,7 @@ def test_terminal_table_and_colour(buggy, monkeypatch):
     report, _ = buggy
     plain = render(report, colour=False)
     lines = plain.splitlines()
-    assert lines[0].endswith("DIVERGED, 1 root cause(s)")
+    assert lines[0].endswith("Divergence: 1 root cause(s)")
     assert "softmax grad_input  root_cause" in lines[2]
     assert lines[-1].startswith("1. [unexplained] softmax grad_input:")
     assert "\033[" not in plain
