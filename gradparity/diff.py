@@ -17,6 +17,25 @@ from gradparity.records import LayerRecord
 from gradparity.reference.layout import to_ours_layout
 from gradparity.tolerance import Tolerance
 
+# Problems first: the order every rendering sorts rows in.
+STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
+# The columns a person reads (renderings pick from these; table.csv has every field).
+DISPLAY_COLUMNS = [
+    "mode",
+    "layer",
+    "type",
+    "quantity",
+    "status",
+    "diagnosis",
+    "shape_ours",
+    "shape_ref",
+    "max_abs",
+    "max_rel",
+    "cosine",
+    "mismatch_frac",
+    "worst_index",
+]
+
 
 @dataclass
 class Row:

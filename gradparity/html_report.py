@@ -12,34 +12,18 @@ import json
 
 import pandas as pd
 
-from gradparity.diff import Row
+from gradparity.diff import DISPLAY_COLUMNS, STATUS_RANK, Row
 from gradparity.locate import Finding, place
 
 # Enough to see every problem of a real network; the rest stays in table.csv.
 MAX_PROBLEM_ROWS = 300
 MAX_OK_ROWS = 100
-_STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
 _STATUS_STYLE = {
     "root_cause": "background-color: #f8d0d0; font-weight: 600",
     "diverged": "background-color: #fbe3c8",
     "inherited": "background-color: #fdf6d2",
     "ok": "background-color: #e6f4e6",
 }
-_TABLE_COLUMNS = [
-    "mode",
-    "layer",
-    "type",
-    "quantity",
-    "status",
-    "diagnosis",
-    "shape_ours",
-    "shape_ref",
-    "max_abs",
-    "max_rel",
-    "cosine",
-    "mismatch_frac",
-    "worst_index",
-]
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
@@ -88,7 +72,7 @@ def _finding(f: Finding, kind: str = "") -> str:
 
 def _styled_table(rows: list[Row]) -> str:
     stepped = any(r.step is not None for r in rows)
-    columns = ["step", *_TABLE_COLUMNS] if stepped else _TABLE_COLUMNS
+    columns = ["step", *DISPLAY_COLUMNS] if stepped else DISPLAY_COLUMNS
     frame = pd.DataFrame([r.as_dict() for r in rows], columns=columns)
     for col in ("shape_ours", "shape_ref", "worst_index"):
         frame[col] = frame[col].map(lambda v: "" if v is None else str(tuple(v)))
@@ -103,7 +87,7 @@ def _styled_table(rows: list[Row]) -> str:
 
 def layer_tables(rows: list[Row]) -> str:
     """Problem rows first (all statuses but ok), ok rows collapsed under a summary."""
-    problems = sorted((r for r in rows if r.status != "ok"), key=lambda r: _STATUS_RANK[r.status])
+    problems = sorted((r for r in rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status])
     ok_rows = [r for r in rows if r.status == "ok"]
     parts = []
     if problems:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradparity.diff import Row
+from gradparity.diff import DISPLAY_COLUMNS, STATUS_RANK, Row
 from gradparity.errors import InputError
 from gradparity.locate import Finding, place
 
@@ -36,7 +36,6 @@ TABLE_COLUMNS = [
     "conversion",
     "step",
 ]
-_STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
 MAX_HEATMAPS = 20
 MAX_MD_PROBLEM_ROWS = 200
 
@@ -229,20 +228,8 @@ class Report:
 
     @staticmethod
     def _md_table(rows: list[Row], max_ok: int = 30) -> list[str]:
-        cols = [
-            "layer",
-            "quantity",
-            "status",
-            "diagnosis",
-            "shape_ours",
-            "shape_ref",
-            "max_abs",
-            "max_rel",
-            "cosine",
-            "mismatch_frac",
-            "worst_index",
-        ]
-        ordered = sorted(rows, key=lambda r: _STATUS_RANK[r.status])
+        cols = [c for c in DISPLAY_COLUMNS if c not in ("mode", "type")]
+        ordered = sorted(rows, key=lambda r: STATUS_RANK[r.status])
         ok_rows = [r for r in ordered if r.status == "ok"]
         problems = [r for r in ordered if r.status != "ok"]
         shown = problems[:MAX_MD_PROBLEM_ROWS] + ok_rows[:max_ok]

@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 from typing import TextIO
 
-from gradparity.diff import Row
+from gradparity.diff import STATUS_RANK, Row
 from gradparity.locate import place
 
 MAX_TABLE_ROWS = 12
 _COLOURS = {"root_cause": "31;1", "diverged": "33;1", "inherited": "33", "ok": "32"}
-_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
 
 
 def use_colour(stream: TextIO) -> bool:
@@ -57,7 +56,9 @@ def render(report, colour: bool = False) -> str:
     if report.ok:
         return _paint(report.summary(), "ok", colour)
     lines = [_paint(f"{name}: {report.verdict()}", "root_cause", colour)]
-    problems = sorted((r for r in report.rows if r.status != "ok"), key=lambda r: _RANK[r.status])
+    problems = sorted(
+        (r for r in report.rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status]
+    )
     lines += ["  " + line for line in _table(problems[:MAX_TABLE_ROWS], colour)]
     if len(problems) > MAX_TABLE_ROWS:
         lines.append(f"  ... {len(problems) - MAX_TABLE_ROWS} more problem rows in the report")
