@@ -2,7 +2,9 @@
 
 Prints, as multiples of the allowed error at each tensor's worst element:
 - the largest NumPy-vs-torch difference over correct models (must stay far below 1),
-- the smallest difference any known-bug corpus entry makes at its root cause (far above 1).
+- the smallest difference any known-bug corpus entry makes at its root cause (far above 1),
+- the same two for the central-difference referee (``compare_function(reference=None)``) on
+  the one-function network of ``gradparity.function_bugs``.
 
 Run: .venv/bin/python benchmarks/tolerance.py [--seeds N]
 """
@@ -15,6 +17,8 @@ import numpy as np
 
 from gradparity.api import compare
 from gradparity.bugs import BUGS, UNMUTATED
+from gradparity.function_bugs import FUNCTION_BUGS, function_setup
+from gradparity.function_compare import compare_function
 from gradparity.selftest import compare_setup
 from gradparity.zoo import build
 
@@ -61,6 +65,31 @@ def main() -> None:
     print(
         f"known bugs:   smallest error = {smallest:.3g} x allowed ({which}; "
         f"{len(BUGS)} bugs; shape-changing and in-place bugs have no value error to measure)"
+    )
+
+    _numeric_referee(args.seeds)
+
+
+def _numeric_referee(seeds: int) -> None:
+    clean, tensors = 0.0, 0
+    for seed in range(seeds):
+        report = compare_function(**function_setup(None, seed, numeric=True), seed=seed)
+        ratios = [r for r in map(_ratio, report.rows) if r is not None]
+        clean, tensors = max(clean, *ratios), tensors + len(ratios)
+    print(
+        f"central differences, correct code: largest error = {clean:.3g} x allowed "
+        f"({tensors} gradients, {seeds} seeds)"
+    )
+    smallest, which = np.inf, ""
+    for bug in FUNCTION_BUGS:
+        report = compare_function(**function_setup(bug, 0, numeric=True))
+        for row in report.rows:
+            ratio = _ratio(row) if row.quantity == f"grad:{bug.numeric_param}" else None
+            if ratio is not None and ratio < smallest:
+                smallest, which = ratio, bug.name
+    print(
+        f"central differences, known bugs: smallest error = {smallest:.3g} x allowed ({which}; "
+        f"{len(FUNCTION_BUGS)} bugs; shape-changing ones have no value error to measure)"
     )
 
 

@@ -18,8 +18,10 @@ _EXPORTS = {
     "Wrapped": "gradparity.adapt",
     "assert_parity": "gradparity.assertion",
     "compare": "gradparity.api",
+    "compare_function": "gradparity.function_compare",
     "compare_training": "gradparity.training",
     "lint": "gradparity.lints",
+    "tap": "gradparity.taps",
     "tolerance_for": "gradparity.tolerance",
     "wrap": "gradparity.adapt",
 }

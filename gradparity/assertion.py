@@ -203,7 +203,12 @@ def assert_parity(
     __tracebackhide__ = True  # pytest: show the caller's line, not this frame
     if target is None:
         target = default_target(reference, x, options.get("seed", 0))
-    report = compare(ours, reference, x, target, **options)
+    return _passed(compare(ours, reference, x, target, **options), report_dir)
+
+
+def _passed(report: Report, report_dir: str | os.PathLike | None) -> Report:
+    """``report`` when ok, else ParityError (the report saved to ``report_dir`` if given)."""
+    __tracebackhide__ = True
     if report.ok:
         return report
     message = failure_message(report)
@@ -211,3 +216,21 @@ def assert_parity(
         saved = report.save(report_dir)
         message += f"\nfull report: {Path(saved) / 'report.md'}"
     raise ParityError(message, report)
+
+
+def assert_function_parity(
+    grads: Any,
+    params: Any,
+    reference: torch.nn.Module | None,
+    x: Any,
+    target: Any,
+    *,
+    report_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> Report:
+    """``gradparity.compare_function(grads, params, reference, x, target, **options)`` as an
+    assertion: the report when ok, else ParityError with the root cause on line 1."""
+    __tracebackhide__ = True
+    from gradparity.function_compare import compare_function
+
+    return _passed(compare_function(grads, params, reference, x, target, **options), report_dir)

@@ -39,6 +39,9 @@ def load_factory(spec: str) -> Any:
             path = Path(mod_name)
             if not path.is_file():
                 raise InputError(f"no such file: {path}")
+            # As when running it as a script: modules next to the file can be imported.
+            if str(path.resolve().parent) not in sys.path:
+                sys.path.insert(0, str(path.resolve().parent))
             loader = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(module)
@@ -125,8 +128,36 @@ def _inject(model: Any, bug_name: str) -> tuple[Any, Any]:
         raise InputError(f"{exc}; this model cannot take it") from exc
 
 
+def _function_report(spec: str, dtype: str, seed: int) -> Report:
+    """``check --function``: the factory returns compare_function's keyword arguments."""
+    from gradparity.function_compare import compare_function
+
+    kwargs = _call_factory(spec)
+    required = ("grads", "params", "reference", "x", "target")
+    if not isinstance(kwargs, dict) or any(k not in kwargs for k in required):
+        got = sorted(kwargs) if isinstance(kwargs, dict) else type(kwargs).__name__
+        raise InputError(
+            f"{spec} must return a dict of compare_function arguments with {', '.join(required)} "
+            f"(reference may be None), got {got}"
+        )
+    kwargs = {**kwargs, "dtype": dtype, "seed": seed}
+    kwargs.setdefault("name", spec.rpartition(":")[2])
+    try:
+        return compare_function(**kwargs)
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise InputError(
+            f"{spec} returned an argument compare_function does not take: {exc}"
+        ) from exc
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     out = _check_out(args.out)
+    if args.function and (args.model or args.ours or args.reference or args.bug):
+        raise InputError(
+            "--function checks a gradient function alone: drop --model, --ours and --bug"
+        )
     if bool(args.ours) != bool(args.reference):
         raise InputError("--ours and --reference go together")
     if args.ours and args.bug:
@@ -134,7 +165,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.ours and args.model:
         raise InputError("give --model or --ours/--reference, not both")
     reports: list[Report] = []
-    if args.ours:
+    if args.function:
+        reports.append(_function_report(args.function, args.dtype, args.seed))
+    elif args.ours:
         kwargs, name = _custom_setup(args.ours, args.reference, args.seed)
         reports.append(compare(**kwargs, dtype=args.dtype, seed=args.seed, name=name))
     else:
@@ -298,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", help=f"a built-in model: {', '.join(zoo.MODELS)}")
     check.add_argument("--ours", metavar="MOD:FACTORY", help="factory of your NumPy model")
     check.add_argument("--reference", metavar="MOD:FACTORY", help="factory of the torch model")
+    check.add_argument(
+        "--function",
+        metavar="MOD:FACTORY",
+        help="backprop written as one function: FACTORY returns compare_function's arguments",
+    )
     check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     check.add_argument("--out", default="reports/latest", help="report folder")
     check.add_argument("--seed", type=int, default=0)

@@ -49,7 +49,9 @@ class _Context:
     batch_size: int | None
     upstream: np.ndarray | None
     param_shape: tuple[int, ...] | None
-    layout: str = ""  # how ours' parameter maps onto torch's: "identity" = stored (out, in)
+    # How ours' parameter maps onto torch's: "identity" = stored (out, in); "columns" = stored
+    # (out, in) in code that holds examples as columns (z = W @ a + b).
+    layout: str = ""
 
     @property
     def kind(self) -> str:
@@ -81,6 +83,8 @@ _TRANSPOSE_FIX = {
     "grad_out.T @ x",
     "grad/identity": "transpose it: for a weight stored (out, in), as in y = x @ W.T, the "
     "gradient is grad_out.T @ x, not x.T @ grad_out",
+    "grad/columns": "transpose it: with examples as columns (z = W @ a + b, W stored (out, in)) "
+    "the weight gradient is delta @ a.T, not a @ delta.T (nor (delta @ a.T).T)",
     "grad_input": "transpose it: dL/dx has the input's shape, e.g. grad_out @ W.T for a weight "
     "stored (in, out)",
     "other": "transpose it: check the order of the matrix product (x @ W for W stored (in, out))",

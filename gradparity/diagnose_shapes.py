@@ -59,29 +59,34 @@ def _diagnose_shapes(
 
 
 def _not_reduced(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    """Ours has an extra batch axis 0 (perhaps with more extra axes) that reduces to ref."""
+    """Ours has an extra batch axis (perhaps with more extra axes) that reduces to ref."""
     found = _find_reduction(o, r, ctx.tol)
     if found is None:
         return None
     axes, how = found
     arg = str(axes[0]) if len(axes) == 1 else str(axes)
-    where = "the batch axis (axis 0)" if len(axes) == 1 else f"axes {arg}"
-    subject = "grad_out" if ctx.kind == "grad" and how == "sum" else "it"
-    detail = {"ours_shape": list(o.shape), "ref_shape": list(r.shape), "axis": 0,
-              "axes": list(axes), "batch_size": int(o.shape[0]), "reduction": how}  # fmt: skip
+    where = f"the batch axis (axis {arg})" if len(axes) == 1 else f"axes {arg}"
+    subject = "it"
+    if ctx.kind == "grad" and how == "sum":
+        subject = "delta" if ctx.layout == "columns" else "grad_out"
+    keep = ", keepdims=True" if o.ndim == r.ndim else ""
+    detail = {"ours_shape": list(o.shape), "ref_shape": list(r.shape), "axis": axes[0],
+              "axes": list(axes), "batch_size": int(o.shape[axes[0]]),
+              "reduction": how}  # fmt: skip
     return Diagnosis(
         "not_reduced",
         detail,
         f"{_shape_head(o, r, ctx)}; {'summed' if how == 'sum' else 'averaged'} over {where} "
         "it equals the reference",
-        f"{'sum' if how == 'sum' else 'average'} it over {where}: {subject}.{how}(axis={arg})",
+        f"{'sum' if how == 'sum' else 'average'} it over {where}: "
+        f"{subject}.{how}(axis={arg}{keep})",
     )
 
 
 def _find_reduction(
     big: np.ndarray, small: np.ndarray, tol: Tolerance
 ) -> tuple[tuple[int, ...], str] | None:
-    """Axes (always with 0) and "sum" or "mean" that reduce ``big`` to match ``small``.
+    """Axes (one, or several with 0) and "sum" or "mean" that reduce ``big`` to ``small``.
 
     Only reductions whose kept axes equal ``small``'s shape up to singleton axes are tried;
     fewer axes first, sum before mean.
@@ -89,15 +94,16 @@ def _find_reduction(
     if big.ndim == 0 or big.ndim <= len(_squeezed(small.shape)):
         return None
     others = range(1, big.ndim) if big.ndim <= _MAX_SUBSET_NDIM else range(0)
-    for k in range(big.ndim):
-        for extra in itertools.combinations(others, k):
-            axes = (0, *extra)
-            kept = tuple(n for i, n in enumerate(big.shape) if i not in axes)
-            if _squeezed(kept) != _squeezed(small.shape):
-                continue
-            for how in ("sum", "mean"):
-                if _matches(getattr(big, how)(axis=axes).reshape(small.shape), small, tol):
-                    return axes, how
+    # Any single axis (the batch axis is last when examples are columns), then axis 0 with more.
+    singles = [(i,) for i in range(big.ndim)]
+    combos = [(0, *e) for k in range(1, big.ndim) for e in itertools.combinations(others, k)]
+    for axes in singles + combos:
+        kept = tuple(n for i, n in enumerate(big.shape) if i not in axes)
+        if _squeezed(kept) != _squeezed(small.shape):
+            continue
+        for how in ("sum", "mean"):
+            if _matches(getattr(big, how)(axis=axes).reshape(small.shape), small, tol):
+                return axes, how
     return None
 
 

@@ -68,12 +68,30 @@ class ParityChecker:
         "gradparity" summary, and with ``--parity-report DIR`` the full report is saved.
         """
         __tracebackhide__ = True
-        from gradparity.assertion import ParityError, assert_parity
+        from gradparity.assertion import assert_parity
+
+        return self._run(assert_parity, (ours, reference, x, target), options, "check")
+
+    def check_function(
+        self, grads: Any, params: Any, reference: Any, x: Any, target: Any, **options: Any
+    ) -> Report:
+        """``gradparity.compare_function(grads, params, reference, x, target, **options)`` as
+        a check: the Report when every gradient matches, else the test fails as ``check`` does
+        (``reference=None`` checks against central differences of ``loss_fn``)."""
+        __tracebackhide__ = True
+        from gradparity.assertion import assert_function_parity
+
+        args = (grads, params, reference, x, target)
+        return self._run(assert_function_parity, args, options, "check_function")
+
+    def _run(self, assertion: Any, args: tuple, options: dict, what: str) -> Report:
+        __tracebackhide__ = True
+        from gradparity.assertion import ParityError
         from gradparity.errors import InputError
         from gradparity.locate import place
 
         self._calls += 1
-        caller = sys._getframe(1)
+        caller = sys._getframe(2)
         where = f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}"
         if self._report_root is not None and "report_dir" not in options:
             suffix = "" if self._calls == 1 else f"-{self._calls}"
@@ -82,7 +100,7 @@ class ParityChecker:
         # pytest.fail is called outside the except blocks: inside, pytest would print the
         # caught error as well ("During handling of the above exception ...").
         try:
-            return assert_parity(ours, reference, x, target, **options)
+            return assertion(*args, **options)
         except ParityError as err:
             self._node.user_properties.append(
                 (
@@ -93,9 +111,9 @@ class ParityChecker:
                     ],
                 )
             )
-            message = f"{err}\n(parity.check at {where})"
+            message = f"{err}\n(parity.{what} at {where})"
         except InputError as err:
-            message = f"gradparity: error: {err} (parity.check at {where})"
+            message = f"gradparity: error: {err} (parity.{what} at {where})"
         pytest.fail(message, pytrace=False)
 
 
@@ -111,6 +129,11 @@ def parity(request: pytest.FixtureRequest) -> ParityChecker:
             x = np.random.default_rng(0).standard_normal((8, 5))
             parity.check(model, reference, x)      # target: random classes by default
             parity.check(model, reference, x, target, dtype="float32")  # any compare() option
+
+        def test_my_backprop(parity):             # backprop written as one function
+            net = Network([4, 5, 3])
+            parity.check_function(net.backprop, {"b": net.biases, "w": net.weights},
+                                  None, x, y, loss_fn=my_cost)   # None: central differences
 
     ``check`` returns the ``gradparity.Report``; on divergence the test fails with the root
     cause (layer, what is wrong, how to fix it) on the first line. ``--parity-report DIR``

@@ -120,6 +120,8 @@ class Report:
     conversions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # compare_function: taps recorded but not in tap_map, as {"name", "shape"}
+    unmapped_taps: list[dict] = field(default_factory=list)
     # (layer, quantity) of each root cause -> {"ours", "reference"[, "jacobian_ours",
     # "jacobian_reference"]}: the values behind the plots; not part of report.json.
     arrays: dict = field(default_factory=dict, repr=False)
@@ -153,6 +155,7 @@ class Report:
                 "conversions": self.conversions,
                 "notes": self.notes,
                 "meta": self.meta,
+                **({"unmapped_taps": self.unmapped_taps} if self.unmapped_taps else {}),
             }
         )
 
@@ -168,22 +171,26 @@ class Report:
         body = f"[\n    {rows}\n  ]" if rows else "[]"
         return f'{head[:-2]},\n  "rows": {body}\n}}\n'
 
+    def scope(self) -> str:
+        """What was compared, in words: "4 layers", or "6 parameter gradients, 3 taps"."""
+        params = sum(r.type == "parameter" for r in self.rows)
+        if not params:
+            return f"{len({r.layer for r in self.rows})} layers"
+        taps = sum(r.type == "tap" for r in self.rows)
+        return f"{params} parameter gradients" + (f", {taps} taps" if taps else "")
+
     def verdict(self) -> str:
         """One line: parity, or how many root causes (training reports add the step)."""
         if self.ok:
-            return (
-                f"Parity OK: {len({r.layer for r in self.rows})} layers, {len(self.rows)} "
-                "tensors within tolerance"
-            )
+            return f"Parity OK: {self.scope()}, {len(self.rows)} tensors within tolerance"
         return f"Divergence: {len(self.root_causes)} root cause(s)"
 
     def summary(self) -> str:
         """A few lines for a terminal: verdict, then each root cause's message."""
         name = self.meta.get("model", "model")
-        n_layers = len({r.layer for r in self.rows})
         if self.ok:
             return (
-                f"{name}: parity OK ({n_layers} layers, {len(self.rows)} tensors, "
+                f"{name}: parity OK ({self.scope()}, {len(self.rows)} tensors, "
                 f"{self.dtype}, rtol {self.tolerance['rtol']:g})"
             )
         lines = [f"{name}: {len(self.root_causes)} root cause(s)"]
@@ -209,7 +216,7 @@ class Report:
             out += ["## First divergence in the chain run", ""]
             out += [f"- {k}: {place(v['layer'], v['quantity'])}" for k, v in first.items()]
             out.append("")
-        for mode in ("isolate", "chain"):
+        for mode in dict.fromkeys(["isolate", "chain", *(r.mode for r in self.rows)]):
             rows = [r for r in self.rows if r.mode == mode]
             if rows:
                 out += [f"## {mode} rows", "", *self._md_table(rows), ""]

@@ -9,6 +9,8 @@ import numpy as np
 
 from gradparity.api import compare
 from gradparity.bugs import BUGS, Bug
+from gradparity.function_bugs import FUNCTION_BUGS, FunctionBug, function_setup
+from gradparity.function_compare import compare_function
 from gradparity.reference import mirror, mirror_loss
 from gradparity.report import Report
 from gradparity.training import compare_training
@@ -99,11 +101,39 @@ def run_training_bug(bug: TrainingBug, seed: int = 0) -> BugResult:
     )
 
 
+def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> BugResult:
+    """``compare_function`` on the one-function network with ``bug``: against its torch twin,
+    or (``numeric``) against central differences of its loss.
+
+    Localized: the first root cause, where the report says to look, is the expected place (a
+    gradient tap or a parameter). Diagnosed: it carries the expected label."""
+    report = compare_function(**function_setup(bug, seed, numeric), seed=seed)
+    fn = "backprop"
+    if numeric:
+        layer, quantity, label = fn, f"grad:{bug.numeric_param}", bug.numeric_diagnosis
+    elif bug.place.startswith("grad:"):
+        layer, quantity, label = fn, bug.place, bug.diagnosis
+    else:
+        layer, quantity, label = bug.place, "grad_output", bug.diagnosis
+    found = [
+        {"layer": f.layer, "quantity": f.quantity, "diagnosis": f.diagnosis, "message": f.message}
+        for f in report.root_causes
+    ]
+    first = found[0] if found else {}
+    localized = (first.get("layer"), first.get("quantity")) == (layer, quantity)
+    diagnosed = localized and first["diagnosis"] == label
+    name = f"fn:{bug.name}" + ("+numeric" if numeric else "")
+    return BugResult(name, layer, quantity, label, found, localized, diagnosed)
+
+
 def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]:
-    """Every bug of both corpora, layer bugs first (or the named ones); unknown names raise
-    KeyError."""
+    """Every bug of the corpora, layer bugs first (or the named ones); unknown names raise
+    KeyError. Function bugs run twice: "fn:NAME" against torch, "fn:NAME+numeric" without."""
     runners = {b.name: (run_bug, b) for b in BUGS}
     runners |= {b.name: (run_training_bug, b) for b in TRAINING_BUGS}
+    for b in FUNCTION_BUGS:
+        runners[f"fn:{b.name}"] = (run_function_bug, b)
+        runners[f"fn:{b.name}+numeric"] = (lambda bug, seed: run_function_bug(bug, seed, True), b)
     unknown = [n for n in names or [] if n not in runners]
     if unknown:
         raise KeyError(f"unknown bug(s) {unknown}; choose from {', '.join(runners)}")

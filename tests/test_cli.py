@@ -110,3 +110,57 @@ def test_check_with_an_injected_bug_names_it(tmp_path, capsys):
     assert "[sign_flipped] loss grad_input" in capsys.readouterr().out
     assert main(["check", "--model", "assignment", "--bug", "softmax_diagonal_only"]) == 2
     assert "needs a Softmax layer named 'softmax'" in capsys.readouterr().err
+
+
+def _function_factory(tmp_path) -> str:
+    (tmp_path / "fn_setup.py").write_text(
+        textwrap.dedent("""
+        from gradparity.function_bugs import FUNCTION_BUGS, function_setup
+
+        def correct():
+            return function_setup(None)
+
+        def transposed():
+            return function_setup(FUNCTION_BUGS[0])
+
+        def no_reference():
+            return function_setup(FUNCTION_BUGS[0], numeric=True)
+
+        def not_a_dict():
+            return [1, 2]
+
+        def stray_argument():
+            return {**function_setup(None), "layer_map": {}}
+        """)
+    )
+    return str(tmp_path / "fn_setup.py")
+
+
+def test_check_function_parity_and_divergence(tmp_path, capsys):
+    spec = _function_factory(tmp_path)
+    assert main(["check", "--function", f"{spec}:correct", "--out", str(tmp_path / "ok")]) == 0
+    assert "correct: parity OK (6 parameter gradients, 8 taps" in capsys.readouterr().out
+    for factory in ("transposed", "no_reference"):
+        out_dir = tmp_path / factory
+        assert main(["check", "--function", f"{spec}:{factory}", "--out", str(out_dir)]) == 1
+        assert "[transposed] backprop.W2: gradient of W2 is the transpose" in (
+            capsys.readouterr().out
+        )
+        saved = json.loads((out_dir / "report.json").read_text())
+        assert saved["root_causes"][0]["quantity"] == "grad:W2"
+        assert saved["meta"]["model"] == factory
+
+
+@pytest.mark.parametrize(
+    ("factory", "extra", "needle"),
+    [
+        ("not_a_dict", [], "must return a dict of compare_function arguments"),
+        ("stray_argument", [], "an argument compare_function does not take"),
+        ("correct", ["--model", "assignment"], "--function checks a gradient function alone"),
+    ],
+)
+def test_check_function_bad_factories_exit_2(tmp_path, capsys, factory, extra, needle):
+    spec = _function_factory(tmp_path)
+    assert main(["check", "--function", f"{spec}:{factory}", *extra, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1

@@ -76,6 +76,34 @@ def test_summary_and_reports_under_xdist(suite: pytest.Pytester):
     _check_outcome(result, suite.path / "reports")
 
 
+def test_check_function_fails_with_the_parameter_first(pytester: pytest.Pytester, monkeypatch):
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    pytester.makepyfile(
+        test_fn=textwrap.dedent(
+            """
+            from gradparity.function_bugs import FUNCTION_BUGS, function_setup
+
+
+            def test_correct(parity):
+                assert parity.check_function(**function_setup(None)).ok
+
+
+            def test_transposed_without_reference(parity):
+                parity.check_function(**function_setup(FUNCTION_BUGS[0], numeric=True))
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "gradparity: backprop.W2: gradient of W2 is the transpose*",
+            "(parity.check_function at test_fn.py:*)",
+            "test_fn.py::test_transposed_without_reference -> backprop.W2 [transposed]",
+        ]
+    )
+
+
 def test_option_is_documented_in_help(suite: pytest.Pytester):
     # In process: a fresh pytest config loads the installed entry points all the same.
     result = suite.runpytest("--help")

@@ -16,3 +16,52 @@ def test_readme_python_example_runs_and_reports_parity():
     with contextlib.redirect_stdout(out):
         exec(compile(blocks[0], "README.md", "exec"), {})
     assert "parity OK" in out.getvalue()
+
+
+TESTS = README.parent / "tests"
+
+
+def _block_after(heading: str, fence: str) -> list[str]:
+    """Every code block of the README section under ``heading`` whose fence says ``fence``
+    ("" for a plain block)."""
+    text = README.read_text()
+    section = text[text.index(heading) :]
+    section = section[: section.index("\n## ", 1)]
+    blocks, lang, lines = [], None, []
+    for line in section.splitlines(keepends=True):
+        if lang is None and line.startswith("```"):
+            lang, lines = line[3:].strip(), []
+        elif lang is not None and line.rstrip() == "```":
+            if lang == fence:
+                blocks.append("".join(lines))
+            lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
+def test_readme_function_section_shows_the_textbook_backprop_verbatim():
+    code = _block_after("## Backprop written as one function", "python")[0]
+    assert code.startswith("    def backprop(self, x, y):")
+    assert code in (TESTS / "textbook_network.py").read_text()
+
+
+def test_readme_function_example_runs_and_prints_what_the_readme_shows(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    example = _block_after("## Backprop written as one function", "python")[1]
+    shown = _block_after("## Backprop written as one function", "")[0]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(example, "README.md", "exec"), {})
+    assert out.getvalue() == shown
+
+
+def test_readme_function_command_output_is_what_the_command_prints(tmp_path, capsys):
+    from gradparity.cli import main
+
+    blocks = _block_after("## Backprop written as one function", "")
+    command = _block_after("## Backprop written as one function", "sh")[0].split()
+    assert command[:2] == [".venv/bin/gradparity", "check"]
+    assert main([*command[1:], "--out", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out.replace(str(tmp_path), "reports/latest")
+    assert printed in blocks

@@ -9,6 +9,7 @@ import pytest
 
 from gradparity import bugs, selftest
 from gradparity.cli import main
+from gradparity.function_bugs import FUNCTION_BUGS
 from gradparity.tolerance import tolerance_for
 from gradparity.training_bugs import TRAINING_BUGS
 
@@ -98,7 +99,7 @@ def test_square_transposed_bug_really_is_square():
 def test_corpus_sizes_and_scores(corpus):
     n = len(corpus)
     assert n >= 20
-    assert n == len(bugs.BUGS) + len(TRAINING_BUGS)
+    assert n == len(bugs.BUGS) + len(TRAINING_BUGS) + 2 * len(FUNCTION_BUGS)
     not_localized = [r.name for r in corpus if not r.localized]
     assert not_localized == [], not_localized
     diagnosed = sum(r.diagnosed for r in corpus)
@@ -107,6 +108,13 @@ def test_corpus_sizes_and_scores(corpus):
 
 def test_every_bug_result_is_consistent(corpus):
     for r in corpus:
+        if r.name.startswith("fn:"):  # a function bug: judged by the first root cause
+            hits = r.found[:1]
+            assert r.localized == (
+                bool(hits) and (hits[0]["layer"], hits[0]["quantity"]) == (r.layer, r.quantity)
+            )
+            assert r.diagnosed == (r.localized and hits[0]["diagnosis"] == r.expected_diagnosis)
+            continue
         if r.step is None:  # a layer bug: judged by its exact place
             hits = [f for f in r.found if (f["layer"], f["quantity"]) == (r.layer, r.quantity)]
             assert r.localized == (bool(hits) and all(f["layer"] == r.layer for f in r.found))
@@ -123,6 +131,9 @@ def test_run_corpus_named_subset_and_unknown():
     (only,) = selftest.run_corpus(["bias_not_summed"])
     assert only.name == "bias_not_summed"
     assert only.localized and only.diagnosed
+    (fn,) = selftest.run_corpus(["fn:transposed_square_weight_grad+numeric"])
+    assert (fn.layer, fn.quantity, fn.expected_diagnosis) == ("backprop", "grad:W2", "transposed")
+    assert fn.localized and fn.diagnosed
     with pytest.raises(KeyError, match="no_such_bug"):
         selftest.run_corpus(["no_such_bug"])
 
@@ -166,6 +177,7 @@ def test_cli_selftest_json_schema(capsys):
     doc = json.loads(out)
     assert set(doc) == {"bugs"}
     expected = [b.name for b in bugs.BUGS] + [b.name for b in TRAINING_BUGS]
+    expected += [f"fn:{b.name}{mode}" for b in FUNCTION_BUGS for mode in ("", "+numeric")]
     assert [b["name"] for b in doc["bugs"]] == expected
     for entry in doc["bugs"]:
         assert set(entry) >= SCHEMA, entry

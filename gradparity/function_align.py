@@ -1,0 +1,157 @@
+"""Pairing a function's parameters and taps with a torch reference.
+
+Parameters: ``param_map`` first, then order, else each parameter takes the first free reference
+parameter its shape fits (biases prefer 1-D ones), so ``(biases, weights)`` lists pair with
+torch's layer-by-layer order. A square weight's layout follows the model's convention (what
+its non-square weights showed), else the evidence (``decide``: the loss or the forward taps
+agree under one layout), else the layout the examples suggest (columns: ``W @ a``, so (out, in)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from torch import nn
+
+from gradparity.align import ParamPair
+from gradparity.errors import InputError
+from gradparity.reference.layout import IDENTITY, TRANSPOSE, candidate_conversions
+
+
+def _fmt(names: list[str], limit: int = 12) -> str:
+    return f"[{', '.join(names[:limit])}{', ...' if len(names) > limit else ''}]"
+
+
+def _listing(shapes: dict[str, tuple[int, ...]]) -> str:
+    return _fmt([f"{n} {s}" for n, s in shapes.items()])
+
+
+def _is_bias(shape: tuple[int, ...]) -> bool:
+    return len([d for d in shape if d != 1]) <= 1
+
+
+def _pair_names(
+    ours: dict[str, tuple[int, ...]],
+    ref: dict[str, tuple[int, ...]],
+    param_map: dict[str, str],
+) -> list[tuple[str, str]]:
+    """(ours name, torch name) for every parameter; one-line errors for what cannot pair."""
+    unknown = [k for k in param_map if k not in ours]
+    if unknown:
+        raise InputError(
+            f"param_map names parameters {unknown} that params does not have; params has "
+            f"{_fmt(list(ours))}"
+        )
+    missing = [v for v in param_map.values() if v not in ref]
+    if missing:
+        raise InputError(
+            f"param_map names reference parameters {missing} that do not exist; the reference "
+            f"has {_fmt(list(ref))}"
+        )
+    if len(ours) != len(ref):
+        raise InputError(
+            f"params holds {len(ours)} arrays {_listing(ours)} but the reference has "
+            f"{len(ref)} parameters {_listing(ref)}; give every parameter once"
+        )
+    free_ours = [n for n in ours if n not in param_map]
+    free_ref = [n for n in ref if n not in param_map.values()]
+    if all(candidate_conversions(ours[o], ref[r]) for o, r in zip(free_ours, free_ref)):
+        return [*param_map.items(), *zip(free_ours, free_ref)]
+    pairs = list(param_map.items())
+    for name in free_ours:
+        fits = [r for r in free_ref if candidate_conversions(ours[name], ref[r])]
+        fits.sort(key=lambda r: _is_bias(ours[name]) != (len(ref[r]) == 1))
+        if not fits:
+            raise InputError(
+                f"parameter {name} of shape {ours[name]} fits no free reference parameter by "
+                f"any layout conversion (free: {_listing({r: ref[r] for r in free_ref})}); "
+                "pass param_map={name: torch parameter name}"
+            )
+        free_ref.remove(fits[0])
+        pairs.append((name, fits[0]))
+    return pairs
+
+
+def pair_function_params(
+    ours: dict[str, np.ndarray],
+    model: nn.Module,
+    param_map: dict[str, str] | None,
+    columns: bool,
+    decide: Callable[[list[ParamPair]], bool | None],
+) -> list[ParamPair]:
+    """A ParamPair per parameter (ours' order). ``decide(pairs)`` tells whether the two sides
+    agree with the square weights laid out as in ``pairs`` (None: no evidence either way)."""
+    shapes = {n: tuple(np.shape(a)) for n, a in ours.items()}
+    ref = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    paired = dict(_pair_names(shapes, ref, dict(param_map or {})))
+    options = {o: candidate_conversions(shapes[o], ref[paired[o]]) for o in shapes}
+
+    def build(square: str, how: str) -> list[ParamPair]:
+        return [
+            ParamPair(
+                o,
+                paired[o],
+                c[0] if len(c) == 1 else square,
+                shapes[o],
+                ref[paired[o]],
+                "shape" if len(c) == 1 else how,
+            )
+            for o, c in options.items()
+        ]
+
+    decided = {c[0] for o, c in options.items() if len(c) == 1 and len(shapes[o]) == 2}
+    decided &= {IDENTITY, TRANSPOSE}
+    if len(decided) == 1:
+        return build(decided.pop(), "model convention")
+    if all(len(c) == 1 for c in options.values()):
+        return build(IDENTITY, "shape")
+    for conversion in (IDENTITY, TRANSPOSE):
+        candidate = build(conversion, "the two sides agree under it")
+        if decide(candidate):
+            return candidate
+    if columns:
+        return build(IDENTITY, "assumed: (out, in), as z = W @ a with examples as columns")
+    return build(TRANSPOSE, "assumed: (in, out), as z = x @ W with examples as rows")
+
+
+def depth_of(model: nn.Module, pairs: list[ParamPair]) -> dict[str, int]:
+    """ours name -> position of its reference module in forward (registration) order."""
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return {p.key: order.get(p.torch_name.rpartition(".")[0], 0) for p in pairs}
+
+
+def resolve_tap_map(tap_map: dict[str, str] | None, model: nn.Module) -> dict[str, tuple[str, str]]:
+    """tap name -> ("output" | "grad_output", module name); one line naming a missing module."""
+    modules = [n for n, _ in model.named_modules() if n]
+    resolved = {}
+    for tap, target in dict(tap_map or {}).items():
+        if not isinstance(target, str):
+            raise InputError(
+                f"tap_map[{tap!r}] must be 'MODULE' or 'grad:MODULE', got {type(target).__name__}"
+            )
+        kind, module = (
+            ("grad_output", target[5:])
+            if target.startswith("grad:")
+            else (
+                "output",
+                target,
+            )
+        )
+        if module not in modules:
+            raise InputError(
+                f"tap_map[{tap!r}] names module {module!r}, which the reference does not have; "
+                f"its modules are {_fmt(modules, 30)}"
+            )
+        resolved[str(tap)] = (kind, module)
+    return resolved
+
+
+def tap_conversion(
+    ours_shape: tuple[int, ...], ref_shape: tuple[int, ...], columns: bool
+) -> str | None:
+    """How a tap maps onto the reference tensor: a square one follows the examples' layout."""
+    options = candidate_conversions(ours_shape, ref_shape)
+    if len(options) > 1:
+        return TRANSPOSE if columns else IDENTITY
+    return options[0] if options else None

@@ -1,0 +1,380 @@
+"""``compare_function``: backprop written as one function, checked parameter by parameter.
+
+The user's ``grads(x, target)`` returns gradients structured like ``params``; the reference is
+a torch model holding the same numbers (or, with ``reference=None``, central differences of
+the user's own ``loss_fn``). Taps (``gp.tap``) mapped to reference modules turn "some gradient
+is wrong" into "the bug is between these two lines".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradparity import __version__
+from gradparity.align import ParamPair
+from gradparity.api import TORCH_DTYPES, check_finite, reference_copy, warm_input
+from gradparity.diff import Row, compare_tensor
+from gradparity.errors import InputError
+from gradparity.function_align import (
+    depth_of,
+    pair_function_params,
+    resolve_tap_map,
+    tap_conversion,
+)
+from gradparity.function_locate import function_report, mark_repeat
+from gradparity.function_run import ReferenceRun, UserRun, run_reference, run_user
+from gradparity.metrics import tensor_diff
+from gradparity.reference.layout import IDENTITY, candidate_conversions, to_ours_layout
+from gradparity.report import Report
+from gradparity.structure import flatten, rebuild
+from gradparity.taps import follow_map
+from gradparity.tolerance import tolerance_for
+
+
+def _as_array(what: str, value: Any, dtype: str) -> np.ndarray:
+    """A float array (integer class labels stay integers), refused when not finite."""
+    try:
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iub":
+            arr = arr.astype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a numeric array: {exc}") from exc
+    if arr.size == 0:
+        raise InputError(f"{what} is empty (shape {arr.shape})")
+    check_finite(what, arr)
+    return arr
+
+
+def default_reference_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy averaged over the batch: class indices or class probabilities."""
+    return F.cross_entropy(output, target if target.is_floating_point() else target.long())
+
+
+def _is_columns(x: np.ndarray, reference_x: np.ndarray) -> bool:
+    """True when the user holds examples as columns: x is the reference's batch transposed."""
+    return x.ndim == 2 and x.shape != reference_x.shape and x.T.shape == reference_x.shape
+
+
+def _warm_reference_input(x: np.ndarray, rx: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
+    """The warm-up input in the reference's layout, where rx is x in a known layout."""
+    if rx.shape == x.shape and np.array_equal(rx, x):
+        return warm
+    if x.ndim == 2 and rx.shape == x.T.shape and np.array_equal(rx, x.T):
+        return warm.T
+    if rx.size == x.size and np.array_equal(rx.ravel(), x.ravel()):
+        return warm.reshape(rx.shape)
+    return None
+
+
+def _explainable(grad_shape: tuple[int, ...], param_shape: tuple[int, ...]) -> bool:
+    """A gradient shape a diagnosis can speak about: a layout of the parameter's shape, or that
+    shape with one extra (batch) axis."""
+    if candidate_conversions(grad_shape, param_shape):
+        return True
+    core = tuple(d for d in param_shape if d != 1)
+    return any(
+        tuple(d for d in grad_shape[:i] + grad_shape[i + 1 :] if d != 1) == core
+        for i in range(len(grad_shape))
+    )
+
+
+def check_grad_shapes(grads: dict[str, np.ndarray], flat: dict[str, np.ndarray]) -> None:
+    for name, g in grads.items():
+        if not _explainable(g.shape, flat[name].shape):
+            raise InputError(
+                f"the gradient of {name} has shape {g.shape}, the parameter {flat[name].shape}; "
+                "no layout or batch sum explains it: return an array of the parameter's shape"
+            )
+
+
+def function_name(grads: Callable) -> str:
+    """The name rows and findings give the function: its __name__ ("grads" for a lambda)."""
+    given = getattr(grads, "__name__", "grads")
+    return "grads" if given == "<lambda>" else given
+
+
+def compare_function(
+    grads: Callable,
+    params: Any,
+    reference: nn.Module | None,
+    x: Any,
+    target: Any,
+    reference_loss: Callable | None = None,
+    reference_x: Any = None,
+    reference_target: Any = None,
+    param_map: dict[str, str] | None = None,
+    tap_map: dict[str, str] | None = None,
+    dtype: str = "float64",
+    *,
+    loss_fn: Callable | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    name: str | None = None,
+) -> Report:
+    """Compare every parameter gradient that ``grads(x, target)`` returns with a reference.
+
+    params: the live arrays, a dict {name: array}, a list (names p0, p1, ...) or nested lists
+    (``{"b": biases, "w": weights}`` gives b[0], w[1], ...); any layout (weights (out, in) or
+    (in, out); biases (n,), (n, 1) or (1, n)). grads(x, target) returns gradients in the same
+    structure. reference: a torch module whose parameters (in order, or by ``param_map``
+    {name: torch parameter name}) hold the same numbers; its inputs are ``reference_x`` and
+    ``reference_target`` (default x and target; e.g. x.T when ours holds examples as
+    columns (features, N)), its loss ``reference_loss(output, target)`` (default softmax
+    cross-entropy, batch mean). tap_map {tap name: "MODULE" | "grad:MODULE"} compares
+    ``gp.tap`` values with that module's output or with dL/d(that output).
+    loss_fn(params, x, target) -> float: ours' loss; with a reference it is compared as the
+    ``loss`` row, and with ``reference=None`` it is the referee: every gradient is checked by
+    float64 central differences of it. batch_size: for the batch-reduction diagnosis
+    (default: the reference's batch, or what x and target show).
+    ``grads`` is called twice (a warm-up on a perturbed x first, so cached values show up as
+    ``stale``); the live parameters are never left changed.
+    """
+    if dtype not in TORCH_DTYPES:
+        raise InputError(f"dtype must be 'float64' or 'float32', not {dtype!r}")
+    if not callable(grads):
+        raise InputError(f"grads must be callable(x, target), got {type(grads).__name__}")
+    flat = flatten(params)
+    for pname, value in flat.items():
+        check_finite(f"parameter {pname}", value)
+    fn = function_name(grads)
+    x_arr, t_arr = _as_array("x", x, dtype), _as_array("target", target, dtype)
+    rng = np.random.default_rng(seed)
+    x_warm = warm_input(x_arr, rng)
+    warm_run = run_user(grads, params, flat, x_warm, t_arr)
+    run = run_user(grads, params, flat, x_arr, t_arr)
+    if run.grads is not None:
+        check_grad_shapes(run.grads, flat)
+    if reference is None:
+        from gradparity.function_numeric import numeric_report
+
+        for given, option in (
+            (tap_map, "tap_map"),
+            (param_map, "param_map"),
+            (reference_loss, "reference_loss"),
+            (reference_x, "reference_x"),
+            (reference_target, "reference_target"),
+        ):
+            if given is not None:
+                raise InputError(f"{option} needs a reference model; reference=None uses loss_fn")
+        return numeric_report(
+            fn, params, flat, run, warm_run, loss_fn, x_arr, t_arr, batch_size, rng,
+            meta={"model": name or fn, "seed": seed, **_versions()}, x_warm=x_warm,
+        )  # fmt: skip
+    setup = _Setup(
+        fn, params, flat, reference, x_arr, t_arr, reference_x, reference_target, reference_loss,
+        param_map, tap_map, dtype, loss_fn, tolerance_for(dtype, rtol, atol),
+    )  # fmt: skip
+    return setup.report(run, warm_run, x_warm, batch_size, seed, name or fn)
+
+
+def _versions() -> dict:
+    return {"gradparity": __version__, "numpy": np.__version__, "torch": torch.__version__}
+
+
+class _Setup:
+    """Everything fixed before the comparison: the reference copy, its inputs and pairings."""
+
+    def __init__(
+        self, fn, params, flat, reference, x, target, reference_x, reference_target,
+        reference_loss, param_map, tap_map, dtype, loss_fn, tol,
+    ) -> None:  # fmt: skip
+        self.fn, self.params, self.flat, self.dtype, self.tol = fn, params, flat, dtype, tol
+        self.x, self.target, self.loss_fn = x, target, loss_fn
+        self.tdtype = TORCH_DTYPES[dtype]
+        self.model = reference_copy(reference, dtype)
+        self.rx = x if reference_x is None else _as_array("reference_x", reference_x, dtype)
+        self.rt = (
+            target if reference_target is None
+            else _as_array("reference_target", reference_target, dtype)
+        )  # fmt: skip
+        self.columns = _is_columns(x, self.rx)
+        self.reference_loss = reference_loss or default_reference_loss
+        if not callable(self.reference_loss):
+            raise InputError("reference_loss must be callable(output, target) -> scalar tensor")
+        self.tap_specs = resolve_tap_map(tap_map, self.model)
+        self.param_map = param_map
+        self.arrays: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self.ours_loss = None if loss_fn is None else self._ours_loss()
+
+    def _ours_loss(self) -> float:
+        copies = {n: a.copy() for n, a in self.flat.items()}
+        try:
+            value = float(self.loss_fn(rebuild(self.params, copies), self.x.copy(), self.target))
+        except Exception as exc:
+            raise InputError(
+                f"loss_fn(params, x, target) raised {type(exc).__name__}: {exc}; it must return "
+                "the loss as a float"
+            ) from exc
+        return value
+
+    def sync(self, pairs: list[ParamPair]) -> None:
+        tparams = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for p in pairs:
+                value = self.flat[p.key]
+                converted = value.T if p.conversion == "transpose" else value
+                tparams[p.torch_name].copy_(
+                    torch.as_tensor(np.ascontiguousarray(converted).reshape(p.torch_shape))
+                )
+
+    def run_reference(self, x: np.ndarray, specs: dict | None = None) -> ReferenceRun:
+        specs = self.tap_specs if specs is None else specs
+        return run_reference(self.model, x, self.rt, self.reference_loss, specs, self.tdtype)
+
+    def agree(self, pairs: list[ParamPair], run: UserRun) -> bool | None:
+        """Do the loss (when loss_fn is given) or the forward taps agree under ``pairs``?"""
+        forward = {t: s for t, s in self.tap_specs.items() if s[0] == "output" and t in run.taps}
+        if self.ours_loss is None and not forward:
+            return None
+        self.sync(pairs)
+        ref = self.run_reference(self.rx, forward)
+        if self.ours_loss is not None:
+            return bool(np.isclose(self.ours_loss, ref.loss, rtol=1e-6, atol=1e-12))
+        return all(
+            self._aligned(run.taps[t], ref.taps[t]) is not None
+            and tensor_diff(run.taps[t], self._aligned(run.taps[t], ref.taps[t]), self.tol).ok
+            for t in forward
+        )
+
+    def _aligned(self, ours: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
+        conversion = tap_conversion(ours.shape, ref.shape, self.columns)
+        return None if conversion is None else to_ours_layout(ref, conversion, ours.shape)
+
+    def report(
+        self,
+        run: UserRun,
+        warm_run: UserRun,
+        x_warm: np.ndarray,
+        batch_size: int | None,
+        seed: int,
+        model_name: str,
+    ) -> Report:
+        run.taps = follow_map(run.taps, list(self.tap_specs))
+        missing = [t for t in self.tap_specs if t not in run.taps]
+        if missing and run.error is None:
+            raise InputError(
+                f"tap_map names taps {missing} that grads never recorded; it recorded "
+                f"{list(run.taps) or 'none (call gp.tap(name, array) inside it)'}"
+            )
+        pairs = pair_function_params(
+            self.flat, self.model, self.param_map, self.columns, lambda p: self.agree(p, run)
+        )
+        self.sync(pairs)
+        ref = self.run_reference(self.rx)
+        batch = batch_size or (int(self.rx.shape[0]) if self.rx.ndim > 1 else 1)
+        depth = depth_of(self.model, pairs)
+        order = {m: i for i, (m, _) in enumerate(self.model.named_modules())}
+        fwd, bwd = self._tap_rows(run, ref, batch, order)
+        loss_rows = [] if self.ours_loss is None else [self._loss_row(ref)]
+        param_rows = self._param_rows(run, ref, pairs, depth, batch)
+        self._mark_repeats(param_rows, run, warm_run, x_warm, pairs, ref)
+        notes = [
+            f"layout of {p.key} {p.how}; pass loss_fn or map a forward tap to decide it"
+            for p in pairs
+            if p.how.startswith("assumed")
+        ]
+        return function_report(
+            self.fn,
+            fwd + loss_rows,
+            bwd,
+            param_rows,
+            depth,
+            run,
+            set(self.tap_specs),
+            self.arrays,
+            notes,
+            dtype=self.dtype,
+            tolerance=self.tol.as_dict(),
+            conversions=[p.describe() for p in pairs]
+            + [f"tap {r.layer}: {r.conversion}" for r in fwd + bwd],
+            meta={
+                "model": model_name,
+                "seed": seed,
+                "batch_size": batch,
+                "examples_as": "columns" if self.columns else "rows",
+                "reference": type(self.model).__name__,
+                **_versions(),
+            },
+        )
+
+    def _tap_rows(
+        self, run: UserRun, ref: ReferenceRun, batch: int, order: dict[str, int]
+    ) -> tuple[list[Row], list[Row]]:
+        """(forward taps in forward order, gradient taps in backward order)."""
+        fwd, bwd = [], []
+        for tap, (kind, module) in self.tap_specs.items():
+            if tap not in run.taps:  # grads raised before reaching it
+                continue
+            ours, theirs = run.taps[tap], ref.taps[tap]
+            conversion = tap_conversion(ours.shape, theirs.shape, self.columns)
+            aligned = (
+                theirs if conversion is None else to_ours_layout(theirs, conversion, ours.shape)
+            )
+            row = compare_tensor(
+                "chain", tap, "tap", kind, ours, aligned, self.tol, batch_size=batch
+            )
+            self.arrays[(tap, kind)] = {"ours": ours, "reference": aligned}
+            what = "output" if kind == "output" else "dL/d(output)"
+            row.conversion = f"{module} {what} {theirs.shape}: {conversion or 'no layout fits'}"
+            row.detail["module"] = module
+            (fwd if kind == "output" else bwd).append((order[module], row))
+        fwd.sort(key=lambda t: t[0])
+        bwd.sort(key=lambda t: -t[0])
+        return [r for _, r in fwd], [r for _, r in bwd]
+
+    def _loss_row(self, ref: ReferenceRun) -> Row:
+        row = compare_tensor(
+            "chain", "loss", "loss", "output", np.array(self.ours_loss), np.array(ref.loss),
+            self.tol,
+        )  # fmt: skip
+        if row.diverged:
+            row.fix = (
+                "make loss_fn compute the reference's loss (same cost, same batch reduction), "
+                "or pass reference_loss"
+            )
+        return row
+
+    def _param_rows(
+        self, run: UserRun, ref: ReferenceRun, pairs: list[ParamPair], depth: dict, batch: int
+    ) -> list[Row]:
+        """One row per parameter, deepest (closest to the output) first."""
+        if run.grads is None:
+            return []
+        rows = []
+        for p in sorted(pairs, key=lambda p: -depth[p.key]):
+            expected = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
+            layout = "columns" if self.columns and p.conversion == IDENTITY else p.conversion
+            row = compare_tensor(
+                "chain", self.fn, "parameter", f"grad:{p.key}", run.grads[p.key], expected,
+                self.tol, batch_size=batch, param_shape=p.ours_shape, conversion=layout,
+            )  # fmt: skip
+            row.conversion = p.conversion
+            row.detail["reference_parameter"] = p.torch_name
+            self.arrays[(self.fn, row.quantity)] = {"ours": run.grads[p.key], "reference": expected}
+            rows.append(row)
+        return rows
+
+    def _mark_repeats(
+        self, rows: list[Row], run: UserRun, warm_run: UserRun, x_warm: np.ndarray, pairs, ref
+    ) -> None:
+        """``stale`` (equals the gradient at the warm-up input) and ``accumulated`` (equals the
+        sum of both calls' gradients) for diverging rows."""
+        diverging = [r for r in rows if r.diverged and r.shape_ours == r.shape_ref]
+        rx_warm = _warm_reference_input(self.x, self.rx, x_warm)
+        if not diverging or rx_warm is None or warm_run.grads is None:
+            return
+        at_warm = self.run_reference(rx_warm, {})
+        by_key = {p.key: p for p in pairs}
+        for row in diverging:
+            p = by_key[row.quantity[5:]]
+            old = to_ours_layout(at_warm.grads[p.torch_name], p.conversion, p.ours_shape)
+            now = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
+            mark_repeat(row, run.grads[p.key], now, old, self.tol)

@@ -1,0 +1,199 @@
+"""Locate stage of a function comparison: statuses, root causes and the report.
+
+Taps run like a chain: forward taps in forward order, the loss, then gradient taps in backward
+order. The first that diverges is a root cause, the place where the bug is (between it and
+the tap before it that agrees); every later divergence is ``inherited``. Every diverging
+parameter gradient is a root cause; the deepest (closest to the output) is marked, since a
+backward bug shows first there and spreads towards the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradparity.diff import Row
+from gradparity.function_run import UserRun
+from gradparity.locate import Finding, finding_from_row, place
+from gradparity.metrics import tensor_diff
+from gradparity.report import Report
+
+
+def mark_repeat(row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, tol) -> None:
+    """Relabel a diverging gradient ``stale`` (it equals ``old``, the right value for the
+    previous call's input) or ``accumulated`` (it equals ``now + old``)."""
+    if tensor_diff(ours, old, tol).ok:
+        row.diagnosis = "stale"
+        row.message = (
+            "equals the right gradient for the previous call's input: the function used "
+            "values cached by an earlier call"
+        )
+        row.fix = "recompute every cached activation on each call"
+    elif tensor_diff(ours, now + old, tol).ok:
+        row.diagnosis = "accumulated"
+        row.message = (
+            "equals the sum of the right gradients for this call and the previous one: "
+            "gradients are added to across calls"
+        )
+        row.fix = "start each call from zero gradients (np.zeros_like(p) for every p)"
+
+
+def _per_element_factor(values: dict[str, np.ndarray]) -> str | None:
+    """Words for ours = f * reference with f positive but different per element: what a
+    wrong local (activation) derivative does to a delta, while a wrong matrix mixes signs."""
+    ours, ref = values.get("ours"), values.get("reference")
+    if ours is None or np.shape(ours) != np.shape(ref):
+        return None
+    keep = np.abs(ref) > 1e-9 * np.abs(ref).max()
+    if keep.sum() < 2:
+        return None
+    ratio = ours[keep] / ref[keep]
+    low, high = float(ratio.min()), float(ratio.max())
+    if low <= 0 or high < 1.01 * low:
+        return None
+    return (
+        f"ours / reference is positive everywhere but varies element by element (from {low:.3g} "
+        f"to {high:.3g}): a per-element factor is off, as with a wrong activation derivative"
+    )
+
+
+def _tap_finding(row: Row, backward: bool, before: str | None, values: dict) -> Finding:
+    found = finding_from_row(row, "chain")
+    factor = _per_element_factor(values) if backward and row.diagnosis == "unexplained" else None
+    if factor is not None:
+        found.problem = f"{factor}; {found.problem}"
+        found.fix = (
+            "check the local derivative this delta is multiplied by (sigmoid: s * (1 - s) of "
+            "this layer's z; tanh: 1 - tanh(z)**2; ReLU: z > 0)"
+        )
+    order = "backward" if backward else "forward"
+    kind = "gradient tap" if backward else "forward tap"
+    if before is None:
+        where = (
+            "the cost derivative or the output layer's delta"
+            if backward
+            else "the first layer's lines"
+        )
+        found.problem += f"; the first {kind} in {order} order already diverges: look at {where}"
+    else:
+        found.problem += (
+            f"; the first {kind} to diverge in {order} order, while {before} before it agrees: "
+            f"the bug is in the lines that compute {row.layer} from {before}"
+        )
+    found.message = f"{place(row.layer, row.quantity)}: {found.problem}" + (
+        f"; {found.fix}" if found.fix else ""
+    )
+    return found
+
+
+def _raised(fn: str, run: UserRun) -> Row:
+    err = run.error
+    where = f" at {err['where']}" if err.get("where") else ""
+    return Row(
+        "chain", fn, "function", "call", None, None,
+        status="root_cause", diagnosis="raised", detail=dict(err),
+        message=f"{fn} raised {err['type']}: {err['message']}{where}",
+        fix="fix the exception; the taps recorded before it are still compared",
+    )  # fmt: skip
+
+
+def _mutation(fn: str, what: str, params: set[str]) -> Finding:
+    if what in params:
+        return Finding(
+            fn, f"grad:{what}", "mutates_input", {"array": f"param {what}"}, mode="chain",
+            problem=f"{fn} changed parameter {what} in place (gradparity put it back)",
+            fix="compute gradients only and leave the update to the caller",
+            message=f"{fn}: changed parameter {what} in place (gradparity put it back); compute "
+            "gradients only and leave the update to the caller",
+        )  # fmt: skip
+    return Finding(
+        fn, "call", "mutates_input", {"array": what}, mode="chain",
+        problem=f"{fn} changed its {what} argument in place",
+        fix="work on a copy: the caller still needs the original values",
+        message=f"{fn}: changed its {what} argument in place; work on a copy",
+    )  # fmt: skip
+
+
+def function_report(
+    fn: str,
+    forward: list[Row],
+    backward: list[Row],
+    param_rows: list[Row],
+    depth: dict[str, int],
+    run: UserRun,
+    mapped: set[str],
+    arrays: dict,
+    notes: list[str],
+    **fields,
+) -> Report:
+    """Statuses (in place), root causes, notes and the Report; ``param_rows`` deepest first,
+    ``depth`` the parameter name -> position towards the output."""
+    roots: list[Finding] = []
+    extra: list[Row] = []
+    if run.error is not None:
+        extra.append(_raised(fn, run))
+        roots.append(finding_from_row(extra[0], "chain"))
+        notes = [*notes, f"{fn} raised, so no gradient could be compared"]
+    upstream = False
+    agreeing: dict[bool, str | None] = {False: None, True: None}
+    for row in forward + backward:
+        is_backward = row.quantity != "output"
+        if not row.diverged:
+            agreeing[is_backward] = row.layer
+        elif upstream:
+            row.status = "inherited"
+        else:
+            row.status, upstream = "root_cause", True
+            values = arrays.get((row.layer, row.quantity), {})
+            roots.append(_tap_finding(row, is_backward, agreeing[is_backward], values))
+    diverging = [r for r in param_rows if r.diverged]
+    deepest = max((depth[r.quantity[5:]] for r in diverging), default=None)
+    for row in diverging:
+        row.status = "root_cause"
+        found = finding_from_row(row, row.mode)
+        if depth[row.quantity[5:]] == deepest:
+            found.detail["deepest"] = True
+            found.problem += (
+                "; the deepest diverging parameter (closest to the output): a backward bug "
+                "shows first here and spreads towards the input"
+            )
+            found.message = f"{place(row.layer, row.quantity)}: {found.problem}" + (
+                f"; {found.fix}" if found.fix else ""
+            )
+        roots.append(found)
+    roots += [_mutation(fn, what, set(depth)) for what in run.mutated]
+    warnings = [
+        Finding(fn, "grads", "aliased", {"alias": a}, mode="chain", message=f"{fn}: {a}; "
+                "return a copy")
+        for a in run.aliases
+    ]  # fmt: skip
+    first = {
+        "forward": next(({"layer": r.layer, "quantity": r.quantity}
+                         for r in forward if r.diverged), None),
+        "backward": next(({"layer": r.layer, "quantity": r.quantity}
+                          for r in backward + diverging if r.diverged), None),
+    }  # fmt: skip
+    unmapped = [{"name": t, "shape": list(v.shape)} for t, v in run.taps.items() if t not in mapped]
+    if unmapped:
+        listed = ", ".join(f"{u['name']} {tuple(u['shape'])}" for u in unmapped[:30])
+        notes = [
+            *notes,
+            f"unmapped taps (pair them with tap_map={{name: 'MODULE' or 'grad:MODULE'}}): {listed}"
+            + (" ..." if len(unmapped) > 30 else ""),
+        ]
+    if diverging and not backward:
+        notes = [
+            *notes,
+            "to narrow a gradient bug down to a few lines, tap the deltas "
+            "(gp.tap('delta', delta)) and map them to 'grad:MODULE' in tap_map",
+        ]
+    wanted = {(f.layer, f.quantity) for f in roots}
+    return Report(
+        rows=extra + forward + backward + param_rows,
+        root_causes=roots,
+        warnings=warnings,
+        first_divergence=first,
+        arrays={k: v for k, v in arrays.items() if k in wanted},
+        unmapped_taps=unmapped,
+        notes=notes,
+        **fields,
+    )

@@ -1,0 +1,271 @@
+"""``compare_function(..., reference=None)``: the float64 central-difference referee on the
+user's own ``loss_fn(params, x, target)``, parameter by parameter.
+
+A parameter of at most ``FULL_LIMIT`` entries gets its whole numeric gradient (two loss calls
+per entry), so every diagnosis applies as against a torch reference. A larger one is sampled:
+``DIRECTIONS`` random directions and ``ENTRIES`` single entries (the largest of ours' gradient
+and random ones); ours' directional derivatives, and those of its transpose or batch sum, are
+tested against the numeric ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradparity.diagnose import diagnose
+from gradparity.diagnose_common import _TRANSPOSE_FIX
+from gradparity.diff import Row, compare_tensor
+from gradparity.errors import InputError
+from gradparity.function_locate import function_report, mark_repeat
+from gradparity.function_run import UserRun
+from gradparity.metrics import tensor_diff
+from gradparity.report import Report
+from gradparity.structure import rebuild
+from gradparity.tolerance import Tolerance
+
+FULL_LIMIT = 1024
+DIRECTIONS = 6
+ENTRIES = 6
+RELATIVE_STEP = 1e-6
+# Central differences with that step are good to ~1e-9 relative to the loss; a bug is off by
+# O(1), so 1e-5 (plus 1e-8 of the loss) separates the two with room on both sides.
+NUMERIC_RTOL = 1e-5
+NUMERIC_ATOL_PER_LOSS = 1e-8
+
+
+def depth_by_name(names: list[str]) -> dict[str, int]:
+    """Position towards the output, read from the last number in each name (w[2], W2,
+    layers.2.weight), else from the parameter's place in params."""
+    found = {n: re.findall(r"\d+", n) for n in names}
+    return {n: int(d[-1]) if d else i for i, (n, d) in enumerate(found.items())}
+
+
+def batch_of(x: np.ndarray, target: np.ndarray) -> tuple[int | None, bool]:
+    """(batch size, examples as columns) as x and target show them; (None, False) if unclear."""
+    if x.ndim != 2:
+        return (1, False) if x.ndim == 1 else (int(x.shape[0]), False)
+    rows, cols = x.shape
+    t = target.shape
+    if len(t) == 1:
+        if t[0] == rows != cols:
+            return rows, False
+        if t[0] == cols != rows:
+            return cols, True
+    elif len(t) == 2:
+        if t[0] == rows and (t[1] != cols or rows != cols):
+            return rows, False
+        if t[1] == cols and t[0] != rows:
+            return cols, True
+    return None, False
+
+
+class _Loss:
+    """The user's loss at a working copy of the parameters, one entry moved at a time."""
+
+    def __init__(self, loss_fn: Callable, params: Any, flat: dict, x, target) -> None:
+        self.fn, self.x, self.target = loss_fn, x, target
+        self.work = {n: np.array(a, dtype=np.float64, copy=True) for n, a in flat.items()}
+        self.tree = rebuild(params, self.work)
+        self.base = self()
+
+    def __call__(self) -> float:
+        try:
+            value = float(self.fn(self.tree, self.x.copy(), self.target.copy()))
+        except Exception as exc:
+            raise InputError(
+                f"loss_fn(params, x, target) raised {type(exc).__name__}: {exc}; it must return "
+                "the loss as a float"
+            ) from exc
+        if not np.isfinite(value):
+            raise InputError(f"loss_fn returned {value}; it must return a finite loss")
+        return value
+
+    def slope(self, name: str, direction: np.ndarray) -> float:
+        """Central difference of the loss along ``direction`` (parameter ``name``'s shape)."""
+        p = self.work[name]
+        saved = p.copy()
+        h = RELATIVE_STEP * max(1.0, float(np.abs(saved).max()))
+        p += h * direction
+        up = self()
+        p[...] = saved - h * direction
+        down = self()
+        p[...] = saved
+        return (up - down) / (2 * h)
+
+    def gradient(self, name: str) -> np.ndarray:
+        out = np.zeros(self.work[name].shape)
+        unit = np.zeros(self.work[name].shape)
+        for i in np.ndindex(out.shape):
+            unit[i] = 1.0
+            out[i] = self.slope(name, unit)
+            unit[i] = 0.0
+        return out
+
+    def uses_params(self) -> bool:
+        """Does moving every parameter change the loss at all?"""
+        saved = {n: a.copy() for n, a in self.work.items()}
+        for a in self.work.values():
+            a += 1e-3 * max(1.0, float(np.abs(a).max()))
+        moved = self()
+        for n, a in self.work.items():
+            a[...] = saved[n]
+        return moved != self.base
+
+
+def _candidates(g: np.ndarray, shape: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:
+    """(label, ours brought to the parameter's shape): "" = as it is (or reshaped)."""
+    core = tuple(d for d in shape if d != 1)
+    found = []
+    if g.shape == shape or tuple(d for d in g.shape if d != 1) == core:
+        found.append(("", g.reshape(shape)))
+    if g.ndim == 2 and g.T.shape == shape:
+        found.append(("transposed", g.T))
+    for axis in range(g.ndim):
+        kept = tuple(d for i, d in enumerate(g.shape) if i != axis and d != 1)
+        if kept == core and g.shape[axis] != 1:
+            found += [
+                ("not_reduced", g.sum(axis=axis).reshape(shape)),
+                ("not_reduced", g.mean(axis=axis).reshape(shape)),
+            ]
+    return found
+
+
+def _sampled_row(
+    fn: str, name: str, g: np.ndarray, loss: _Loss, tol: Tolerance, batch, layout: str, rng
+) -> Row:
+    p = loss.work[name]
+    directions = [rng.standard_normal(p.shape) for _ in range(DIRECTIONS)]
+    picks = list(np.argsort(-np.abs(g.ravel()))[: ENTRIES // 2]) if g.shape == p.shape else []
+    picks += list(rng.choice(p.size, size=ENTRIES - len(picks), replace=False))
+    for flat_index in picks:
+        unit = np.zeros(p.size)
+        unit[flat_index] = 1.0
+        directions.append(unit.reshape(p.shape))
+    numeric = np.array([loss.slope(name, d) for d in directions])
+
+    def along(a: np.ndarray) -> np.ndarray:
+        return np.array([float(np.sum(a * d)) for d in directions])
+
+    row = Row("numeric", fn, "parameter", f"grad:{name}", list(g.shape), list(p.shape))
+    row.detail = {"sampled": {"directions": DIRECTIONS, "entries": len(picks)},
+                  "numeric": numeric.tolist()}  # fmt: skip
+    options = _candidates(g, p.shape)
+    if g.shape == p.shape and g.ndim == 2 and g.shape[0] == g.shape[1]:
+        options.append(("transposed", g.T))
+    for label, aligned in options:
+        ours = along(aligned)
+        d = tensor_diff(ours, numeric, tol)
+        if label == "" or row.max_abs is None:
+            row.max_abs, row.max_rel, row.cosine = d.max_abs, d.max_rel, d.cosine
+            row.mismatch_frac, row.detail["ours"] = d.mismatch_frac, ours.tolist()
+        if not d.ok:
+            continue
+        if label == "" and g.shape == p.shape:
+            return row
+        row.status, row.diagnosis = "diverged", label or "shape_mismatch"
+        row.message, row.fix = _sampled_words(label, name, g.shape, p.shape, layout)
+        return row
+    row.status = "diverged"
+    if g.shape != p.shape:
+        row.diagnosis = "shape_mismatch"
+        row.message = (
+            f"gradient of {name} has shape {g.shape}, the parameter {p.shape}, and no layout "
+            "of it matches the numeric gradient"
+        )
+        row.fix = f"give it the shape {p.shape} and check the formula"
+        return row
+    found = diagnose(along(g), numeric, tol, quantity=f"grad:{name}", batch_size=batch)
+    row.diagnosis, row.fix = found.label, found.fix
+    row.detail.update(found.detail)
+    row.message = found.message
+    if found.label == "unexplained":
+        row.message = (
+            f"ours' directional derivatives differ from central differences of loss_fn along "
+            f"{round(row.mismatch_frac * len(numeric))} of {len(numeric)} directions "
+            f"(max relative error {row.max_rel:.3g})"
+        )
+    return row
+
+
+def _sampled_words(label: str, name: str, g_shape, p_shape, layout: str) -> tuple[str, str]:
+    if label == "transposed":
+        return (
+            f"gradient of {name} is the transpose of the numeric gradient (shape {g_shape}, "
+            f"the parameter {p_shape})",
+            _TRANSPOSE_FIX.get(f"grad/{layout}", _TRANSPOSE_FIX["grad"]),
+        )
+    if label == "not_reduced":
+        return (
+            f"gradient of {name} has shape {g_shape}, the parameter {p_shape}: reduced over its "
+            "extra (batch) axis it matches the numeric gradient",
+            "sum (or average, as the loss does) over the batch axis, keeping the parameter's shape",
+        )
+    return (
+        f"gradient of {name} has shape {g_shape}, the parameter {p_shape}; the values match "
+        "after reshaping",
+        f"reshape it to {p_shape}",
+    )
+
+
+def numeric_report(
+    fn: str,
+    params: Any,
+    flat: dict[str, np.ndarray],
+    run: UserRun,
+    warm_run: UserRun,
+    loss_fn: Callable | None,
+    x: np.ndarray,
+    target: np.ndarray,
+    batch_size: int | None,
+    rng: np.random.Generator,
+    meta: dict,
+    x_warm: np.ndarray,
+) -> Report:
+    """Every parameter gradient of ``run`` against central differences of ``loss_fn``."""
+    if not callable(loss_fn):
+        raise InputError(
+            "reference=None needs loss_fn=callable(params, x, target) -> float: the loss whose "
+            "gradient grads returns"
+        )
+    loss = _Loss(loss_fn, params, flat, x, target)
+    if not loss.uses_params():
+        raise InputError(
+            "loss_fn returned the same loss when every parameter changed; it must compute the "
+            "loss from the params it is given, not from arrays it holds"
+        )
+    batch, columns = batch_of(x, target)
+    batch = batch_size or batch
+    tol = Tolerance(NUMERIC_RTOL, NUMERIC_ATOL_PER_LOSS * max(1.0, abs(loss.base)), "float64")
+    depth = depth_by_name(list(flat))
+    rows: list[Row] = []
+    arrays: dict = {}
+    for name in sorted(flat, key=lambda n: -depth[n]) if run.grads is not None else []:
+        g, p = run.grads[name], loss.work[name]
+        layout = "columns" if columns and p.ndim == 2 else ""
+        if p.size > FULL_LIMIT:
+            rows.append(_sampled_row(fn, name, g, loss, tol, batch, layout, rng))
+            continue
+        expected = loss.gradient(name)
+        row = compare_tensor(
+            "numeric", fn, "parameter", f"grad:{name}", g, expected, tol,
+            batch_size=batch, param_shape=p.shape, conversion=layout,
+        )  # fmt: skip
+        row.conversion = ""
+        arrays[(fn, row.quantity)] = {"ours": g, "reference": expected}
+        rows.append(row)
+        if row.diverged and g.shape == p.shape and warm_run.grads is not None:
+            at_warm = _Loss(loss_fn, params, flat, x_warm, target).gradient(name)
+            mark_repeat(row, g, expected, at_warm, tol)
+    return function_report(
+        fn, [], [], rows, depth, run, set(), arrays,
+        [f"reference: float64 central differences of loss_fn (loss {loss.base:.6g}); "
+         f"parameters over {FULL_LIMIT} entries sampled along {DIRECTIONS} directions and "
+         f"{ENTRIES} entries"],
+        dtype="float64", tolerance=tol.as_dict(),
+        meta={**meta, "batch_size": batch, "examples_as": "columns" if columns else "rows",
+              "reference": "central differences of loss_fn"},
+    )  # fmt: skip

@@ -1,0 +1,149 @@
+"""Running both sides of a function comparison: the user's ``grads(x, target)`` with its taps,
+and the torch reference with hooks on the modules the taps map to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradparity import taps
+from gradparity.errors import InputError
+from gradparity.records import error_info, same_values
+from gradparity.run_torch import as_tensor, to_numpy
+from gradparity.structure import match_grads
+
+
+@dataclass
+class UserRun:
+    """One call of the user's gradient function.
+
+    grads: parameter name -> gradient (None when the call raised); taps: name -> value in call
+    order; mutated: parameters (or "x", "target") the call changed in place, since restored;
+    aliases: gradients sharing memory with a parameter.
+    """
+
+    grads: dict[str, np.ndarray] | None
+    taps: dict[str, np.ndarray]
+    error: dict | None = None
+    mutated: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+
+
+def run_user(
+    grads_fn: Callable, params: Any, flat: dict[str, np.ndarray], x: np.ndarray, target: Any
+) -> UserRun:
+    """Call ``grads_fn(x, target)`` on copies of x and target, recording taps. The live
+    parameters are put back as they were if the call changed them."""
+    before = {n: a.copy() for n, a in flat.items()}
+    x_in, t_in = np.array(x, copy=True), np.array(target, copy=True)
+    error, returned = None, None
+    with taps.recording() as log:
+        try:
+            returned = grads_fn(x_in, t_in)
+        except Exception as exc:  # the user's code raised: a finding, not a crash
+            error = error_info("call", exc)
+    mutated = []
+    for name, live in flat.items():
+        if not same_values(live, before[name]):
+            mutated.append(name)
+            live[...] = before[name]
+    mutated += [
+        n
+        for n, used, given in (("x", x_in, x), ("target", t_in, target))
+        if not same_values(used, np.asarray(given))
+    ]
+    if error is not None:
+        return UserRun(None, taps.named(log), error, mutated)
+    grads = match_grads(params, returned)
+    aliases = [
+        f"the gradient of {g} shares memory with parameter {p}"
+        for g, value in grads.items()
+        for p, live in flat.items()
+        if np.shares_memory(value, live)
+    ]
+    grads = {n: np.array(v, copy=True) for n, v in grads.items()}
+    return UserRun(grads, taps.named(log), None, mutated, aliases)
+
+
+@dataclass
+class ReferenceRun:
+    """The reference's loss, parameter gradients (torch names) and tapped tensors."""
+
+    loss: float
+    grads: dict[str, np.ndarray]
+    taps: dict[str, np.ndarray]  # tap name -> module output or dL/d(module output)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def run_reference(
+    model: nn.Module,
+    x: np.ndarray,
+    target: np.ndarray,
+    loss_fn: Callable,
+    tap_specs: dict[str, tuple[str, str]],
+    dtype: torch.dtype,
+) -> ReferenceRun:
+    """Forward, loss and backward of the reference; each module's first call is the tapped one."""
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    tapped: dict[str, np.ndarray] = {}
+
+    def hook(module, args, out, name):
+        if name in seen or not isinstance(out, torch.Tensor):
+            return
+        seen[name] = out
+        for tap, (kind, mod) in tap_specs.items():
+            if mod != name:
+                continue
+            if kind == "output":
+                tapped[tap] = to_numpy(out)
+            elif out.requires_grad:
+                out.register_hook(lambda g, tap=tap: tapped.__setitem__(tap, to_numpy(g)))
+
+    wanted = {m for _, m in tap_specs.values()}
+    handles = [
+        modules[m].register_forward_hook(lambda mod, a, o, m=m: hook(mod, a, o, m)) for m in wanted
+    ]
+    params = list(model.named_parameters())
+    try:
+        try:
+            out = model(as_tensor(x, dtype))
+        except Exception as exc:
+            raise InputError(
+                f"the reference model raised {_one_line(exc)} on reference_x of shape {x.shape}; "
+                "pass reference_x in the reference's layout (e.g. x.T for column examples)"
+            ) from exc
+        try:
+            loss = loss_fn(out, as_tensor(target, dtype))
+            grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+        except Exception as exc:
+            raise InputError(
+                f"the reference loss failed on the output {tuple(out.shape)} and the target "
+                f"({target.dtype} {target.shape}): {_one_line(exc)}; pass reference_target or "
+                "reference_loss"
+            ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+    never = [t for t, (_, m) in tap_specs.items() if m not in seen]
+    if never:
+        raise InputError(f"tap_map maps {never} to modules the reference's forward never calls")
+    for tap, (_, m) in tap_specs.items():  # an output the loss does not depend on: gradient 0
+        tapped.setdefault(tap, np.zeros(tuple(seen[m].shape)))
+    return ReferenceRun(
+        float(loss.detach()),
+        {
+            n: to_numpy(g) if g is not None else np.zeros(tuple(p.shape))
+            for (n, p), g in zip(params, grads)
+        },
+        tapped,
+    )

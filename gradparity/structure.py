@@ -1,0 +1,135 @@
+"""Parameters given as a structure (dict, list, or nested lists such as ``(biases, weights)``)
+and the gradients a user function returns in the same structure.
+
+Names: a dict's keys (``"W1"``); a top-level list's positions ``p0, p1, ...``; nested lists
+add ``[i]`` and nested dicts ``.key`` (``{"w": weights}`` gives ``w[0], w[1]``). Leaves are
+NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gradparity.errors import InputError
+
+
+def _child(name: str, key: Any, top_list: bool) -> str:
+    if not name:
+        return f"p{key}" if top_list else str(key)
+    return f"{name}[{key}]" if isinstance(key, int) else f"{name}.{key}"
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"shape {value.shape}"
+    if isinstance(value, (list, tuple, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _items(tree: dict | list | tuple) -> list[tuple[Any, Any]]:
+    return list(tree.items()) if isinstance(tree, dict) else list(enumerate(tree))
+
+
+def flatten(params: Any) -> dict[str, np.ndarray]:
+    """name -> array, in structure order; one-line error for a leaf that is not an array."""
+    if not isinstance(params, (dict, list, tuple)) or not params:
+        raise InputError(
+            f"params must be a non-empty dict or list of NumPy arrays, got {_what(params)}"
+        )
+    out: dict[str, np.ndarray] = {}
+
+    def walk(node: Any, name: str) -> None:
+        if isinstance(node, np.ndarray):
+            if node.dtype.kind not in "fc":
+                raise InputError(f"parameter {name} has dtype {node.dtype}; it must be float")
+            out[name] = node
+        elif isinstance(node, (dict, list, tuple)) and node:
+            for key, child in _items(node):
+                walk(child, _child(name, key, isinstance(params, (list, tuple))))
+        else:
+            raise InputError(
+                f"parameter {name or 'params'} is {_what(node)}; params must hold NumPy arrays "
+                "(in dicts or lists)"
+            )
+
+    walk(params, "")
+    return out
+
+
+def match_grads(params: Any, grads: Any) -> dict[str, np.ndarray]:
+    """The gradients ``grads`` holds for each parameter of ``params``, by parameter name.
+
+    A dict of k entries may be answered by a tuple or list of k, in the dict's order (params
+    ``{"b": biases, "w": weights}`` with grads ``(nabla_b, nabla_w)``). Shapes are not checked
+    here. One-line errors name the parameter for a missing, extra or non-numeric entry.
+    """
+    out: dict[str, np.ndarray] = {}
+    top_list = isinstance(params, (list, tuple))
+
+    def walk(p: Any, g: Any, name: str) -> None:
+        where = name or "the top level"
+        if isinstance(p, np.ndarray):
+            if g is None:
+                raise InputError(f"grads returned None for {name} (parameter shape {p.shape})")
+            try:
+                out[name] = np.asarray(g, dtype=np.result_type(g, np.float64))
+            except (TypeError, ValueError) as exc:
+                raise InputError(
+                    f"the gradient of {name} is not a numeric array ({_what(g)}): {exc}"
+                ) from exc
+            return
+        if isinstance(p, dict) and isinstance(g, dict):
+            for key, child in p.items():
+                if key not in g:
+                    raise InputError(
+                        f"grads has no entry {key!r} for {_child(name, key, top_list)} "
+                        f"(parameter {_what(child)}); it has {sorted(map(str, g))}"
+                    )
+            extra = [k for k in g if k not in p]
+            if extra:
+                raise InputError(
+                    f"grads has an entry {extra[0]!r} ({_what(g[extra[0]])}) that params "
+                    f"lacks; params has {list(map(str, p))}"
+                )
+            for key, child in p.items():
+                walk(child, g[key], _child(name, key, top_list))
+            return
+        if not isinstance(g, (list, tuple)) or (isinstance(p, dict) and len(g) != len(p)):
+            raise InputError(
+                f"grads returned {_what(g)} at {where} where params has {_what(p)}; return "
+                "gradients in the structure of params"
+            )
+        children = _items(p)
+        if len(g) < len(children):
+            key, child = children[len(g)]
+            raise InputError(
+                f"grads returned {len(g)} entries at {where} where params has {len(children)}: "
+                f"no gradient for {_child(name, key, top_list)} (parameter {_what(child)})"
+            )
+        if len(g) > len(children):
+            raise InputError(
+                f"grads returned {len(g)} entries at {where} where params has {len(children)}: "
+                f"an extra entry at position {len(children)} ({_what(g[len(children)])})"
+            )
+        for (key, child), value in zip(children, g):
+            walk(child, value, _child(name, key, top_list))
+
+    walk(params, grads, "")
+    return out
+
+
+def rebuild(params: Any, values: dict[str, np.ndarray]) -> Any:
+    """``params`` with each leaf replaced by ``values[name]`` (dicts, lists and tuples kept)."""
+    top_list = isinstance(params, (list, tuple))
+
+    def walk(node: Any, name: str) -> Any:
+        if isinstance(node, np.ndarray):
+            return values[name]
+        if isinstance(node, dict):
+            return {k: walk(v, _child(name, k, top_list)) for k, v in node.items()}
+        return type(node)(walk(v, _child(name, i, top_list)) for i, v in enumerate(node))
+
+    return walk(params, "")

@@ -1,0 +1,62 @@
+"""``gp.tap(name, array)``: record an intermediate inside user code during a comparison.
+
+Outside a comparison ``tap`` only returns its argument (one global read), so taps can stay in
+the code for good. A name tapped several times in one call (a tap inside a loop) becomes
+``name[0]``, ``name[1]``, ... in call order; a name tapped once keeps its plain name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+_active: list[tuple[str, np.ndarray]] | None = None
+
+
+def tap(name: str, array: T) -> T:
+    """Record a copy of ``array`` under ``name`` while gradparity runs this code; return
+    ``array`` unchanged (so ``a = gp.tap("a1", sigmoid(z))`` works inline)."""
+    if _active is not None:
+        _active.append((str(name), np.array(array, copy=True)))
+    return array
+
+
+@contextmanager
+def recording() -> Iterator[list[tuple[str, np.ndarray]]]:
+    """Collect every ``tap`` made inside the block, as (name, copy) in call order."""
+    global _active
+    outer, _active = _active, []
+    log = _active
+    try:
+        yield log
+    finally:
+        _active = outer
+
+
+def named(log: list[tuple[str, Any]]) -> dict[str, np.ndarray]:
+    """The recorded taps by final name, in call order: a repeated name gets [i] suffixes."""
+    counts: dict[str, int] = {}
+    for name, _ in log:
+        counts[name] = counts.get(name, 0) + 1
+    seen: dict[str, int] = {}
+    out: dict[str, np.ndarray] = {}
+    for name, value in log:
+        if counts[name] == 1:
+            out[name] = value
+        else:
+            out[f"{name}[{seen.get(name, 0)}]"] = value
+            seen[name] = seen.get(name, 0) + 1
+    return out
+
+
+def follow_map(recorded: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+    """``recorded`` with a tap made once under ``name`` renamed ``name[0]`` where ``wanted``
+    asks for that (a loop that ran once, e.g. a network with one hidden layer)."""
+    return {
+        f"{n}[0]" if f"{n}[0]" in wanted and n not in wanted else n: v for n, v in recorded.items()
+    }

@@ -1,0 +1,175 @@
+"""compare_function's edges: taps outside a comparison, parameter structures, bad input (one
+line naming the parameter or module), the sampled referee for large parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import gradparity as gp
+from gradparity.function_bugs import TAP_MAP, function_setup
+from gradparity.structure import flatten, match_grads, rebuild
+from gradparity.taps import named, recording
+
+
+def test_tap_outside_a_comparison_returns_its_argument_and_records_nothing():
+    a = np.arange(3.0)
+    assert gp.tap("a", a) is a
+    with recording() as log:
+        gp.tap("z", a)
+        gp.tap("z", a * 2)
+        gp.tap("once", a)
+    assert gp.tap("after", a) is a
+    taps = named(log)
+    assert list(taps) == ["z[0]", "z[1]", "once"]
+    assert np.array_equal(taps["z[1]"], a * 2)
+
+
+def test_tap_keeps_a_copy_not_the_live_array():
+    a = np.zeros(2)
+    with recording() as log:
+        gp.tap("a", a)
+        a += 1
+    assert np.array_equal(named(log)["a"], [0.0, 0.0])
+
+
+def test_structures_flatten_match_and_rebuild():
+    w, b = np.ones((2, 3)), np.zeros((2, 1))
+    assert list(flatten({"w": [w, w], "b": [b]})) == ["w[0]", "w[1]", "b[0]"]
+    assert list(flatten([w, b])) == ["p0", "p1"]
+    assert list(flatten(([b], [w]))) == ["p0[0]", "p1[0]"]
+    grads = match_grads({"b": [b], "w": [w]}, ([b + 1], [w + 1]))  # a tuple answers a dict
+    assert np.array_equal(grads["w[0]"], w + 1)
+    rebuilt = rebuild({"b": [b], "w": (w,)}, {"b[0]": b + 2, "w[0]": w})
+    assert isinstance(rebuilt["w"], tuple) and np.array_equal(rebuilt["b"][0], b + 2)
+
+
+@pytest.mark.parametrize(
+    ("params", "grads", "needle"),
+    [
+        ({"b": [np.ones((2, 1))] * 2}, {"b": [np.ones((2, 1))]},
+         r"no gradient for b\[1\] \(parameter shape \(2, 1\)\)"),
+        ([np.ones(2)], [np.ones(2), np.ones(3)], r"an extra entry at position 1 \(shape \(3,\)\)"),
+        ({"W": np.ones(2), "b": np.ones(2)}, {"W": np.ones(2)}, r"no entry 'b' for b"),
+        ({"W": np.ones(2)}, {"W": None}, r"grads returned None for W \(parameter shape \(2,\)\)"),
+        ({"W": np.ones(2)}, np.ones(2), r"grads returned shape \(2,\) at the top level"),
+        ({"W": np.ones(2)}, {"W": "text"}, r"the gradient of W is not a numeric array"),
+    ],
+)  # fmt: skip
+def test_grads_that_do_not_match_params_get_one_line(params, grads, needle):
+    with pytest.raises(gp.InputError, match=needle) as err:
+        match_grads(params, grads)
+    assert "\n" not in str(err.value)
+
+
+def _corpus(**changes) -> dict:
+    return {**function_setup(None), **changes}
+
+
+def test_a_gradient_shape_nothing_explains_names_the_parameter_and_both_shapes():
+    kwargs = _corpus()
+    inner = kwargs["grads"]
+    kwargs["grads"] = lambda x, y: {**inner(x, y), "W2": np.ones(7)}
+    with pytest.raises(gp.InputError, match=r"gradient of W2 has shape \(7,\), the parameter "
+                       r"\(5, 5\)"):  # fmt: skip
+        gp.compare_function(**kwargs)
+
+
+def test_tap_map_naming_a_missing_module_lists_the_modules():
+    with pytest.raises(gp.InputError, match=r"names module 'fc9'.*its modules are \[fc1, act1"):
+        gp.compare_function(**_corpus(tap_map={"dh2": "grad:fc9"}))
+
+
+def test_tap_map_naming_a_tap_never_made_lists_the_taps():
+    with pytest.raises(gp.InputError, match=r"taps \['delta'\] that grads never recorded; it "
+                       r"recorded \['h1', 'a1'"):  # fmt: skip
+        gp.compare_function(**_corpus(tap_map={**TAP_MAP, "delta": "grad:fc1"}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"grads": 3}, "grads must be callable"),
+        ({"params": {"W": [1.0, 2.0]}}, r"parameter W\[0\] is a float"),
+        ({"params": []}, "params must be a non-empty dict or list"),
+        ({"dtype": "float16"}, "dtype must be"),
+        ({"reference": None, "loss_fn": None, "tap_map": None}, "reference=None needs loss_fn"),
+        ({"reference": None}, "tap_map needs a reference model"),
+        ({"reference": torch.nn.Linear(4, 3), "tap_map": None},
+         r"params holds 6 arrays .* but the reference has 2 parameters"),
+        ({"x": np.full((6, 4), np.nan)}, "x holds 24 non-finite"),
+        ({"reference_x": np.ones((6, 7))}, "the reference model raised .* reference_x"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line(changes, needle):
+    with pytest.raises(gp.InputError, match=needle) as err:
+        gp.compare_function(**_corpus(**changes))
+    assert "\n" not in str(err.value)
+
+
+def test_a_loss_fn_that_ignores_its_params_is_refused():
+    kwargs = function_setup(None, numeric=True)
+    fixed = kwargs["loss_fn"](kwargs["params"], kwargs["x"], kwargs["target"])
+    with pytest.raises(gp.InputError, match="must compute the loss from the params it is given"):
+        gp.compare_function(**{**kwargs, "loss_fn": lambda p, x, y: fixed})
+
+
+def test_correct_corpus_network_has_no_finding_over_200_seeds():
+    for seed in range(200):
+        for numeric in (False, True):
+            report = gp.compare_function(**function_setup(None, seed, numeric), seed=seed)
+            assert report.ok and not report.warnings, (seed, numeric, report.summary())
+
+
+# --- large parameters: the referee samples directions and entries -----------------------
+
+
+def _wide(bug: str | None = None, seed: int = 0) -> dict:
+    """Rows of 40 features, W1 (40, 30) = 1200 entries: above the full-gradient limit."""
+    rng = np.random.default_rng(seed)
+    params = {"W1": rng.normal(size=(40, 30)) / 6, "b1": rng.normal(size=30),
+              "W2": rng.normal(size=(30, 3)) / 5, "b2": rng.normal(size=3)}  # fmt: skip
+    x, y = rng.normal(size=(8, 40)), rng.normal(size=(8, 3))
+
+    def loss(p, x, y):
+        return float(0.5 * np.mean(np.sum((np.tanh(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
+                                           - y) ** 2, axis=1)))  # fmt: skip
+
+    def grads(x, y):
+        h = np.tanh(x @ params["W1"] + params["b1"])
+        d_out = (h @ params["W2"] + params["b2"] - y) / len(x)
+        dh = d_out @ params["W2"].T * (1 - h**2)
+        per_example = x[:, :, None] * dh[:, None, :]
+        dW1 = {
+            "sign": -(x.T @ dh), "transposed": (x.T @ dh).T, "doubled": 2 * (x.T @ dh),
+            "per_example": per_example, "one_column": x.T @ (dh * [0.0] + dh * (
+                np.arange(30) > 0)),
+        }.get(bug, x.T @ dh)  # fmt: skip
+        return {"W1": dW1, "b1": dh.sum(0), "W2": h.T @ d_out, "b2": d_out.sum(0)}
+
+    return {"grads": grads, "params": params, "reference": None, "x": x, "target": y,
+            "loss_fn": loss}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("bug", "label"),
+    [(None, None), ("sign", "sign_flipped"), ("transposed", "transposed"),
+     ("doubled", "scaled"), ("per_example", "not_reduced"), ("one_column", "unexplained")],
+)  # fmt: skip
+def test_large_parameters_are_sampled_and_still_diagnosed(bug, label):
+    report = gp.compare_function(**_wide(bug))
+    row = next(r for r in report.rows if r.quantity == "grad:W1")
+    assert row.detail["sampled"] == {"directions": 6, "entries": 6}
+    if label is None:
+        assert report.ok, report.summary()
+        return
+    assert [(f.quantity, f.diagnosis) for f in report.root_causes] == [("grad:W1", label)]
+
+
+def test_function_report_saves_and_names_the_function(tmp_path):
+    report = gp.compare_function(**_wide("doubled"))
+    assert report.root_causes[0].message.startswith("grads.W1: values are 2 times")
+    report.save(tmp_path)
+    assert "numeric rows" in (tmp_path / "report.md").read_text()
+    assert "central differences of loss_fn" in (tmp_path / "report.html").read_text()
