@@ -31,6 +31,7 @@ _SERIES = (
     ("chain", "backward", "chain backward", "^", "tab:orange"),
     ("isolate", "forward", "isolate forward", "s", "tab:green"),
     ("isolate", "backward", "isolate backward", "v", "tab:purple"),
+    ("numeric", "backward", "vs central differences", "D", "tab:brown"),
 )
 _VALUES_CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="magenta")
 _DIFF_CMAP = matplotlib.colormaps["RdBu_r"].with_extremes(bad="magenta")
@@ -67,17 +68,28 @@ def error_ratio(row: Row) -> float | None:
 def _direction(quantity: str) -> str | None:
     if quantity in ("output", "loss"):
         return "forward"
-    if quantity == "grad_input" or quantity.startswith("grad:"):
+    if quantity in ("grad_input", "grad_output") or quantity.startswith("grad:"):
         return "backward"
     return None  # training quantities (param:, state:) have no place on a per-layer chart
 
 
+def column(row: Row) -> str:
+    """The chart column of a row: its layer; a function's parameter gets its own column."""
+    return place(row.layer, row.quantity) if row.type == "parameter" else row.layer
+
+
 def layer_order(rows: list[Row]) -> list[str]:
-    """Layer names in forward order: chain outputs first, then isolate outputs, then any row;
-    the loss last."""
-    seen = dict.fromkeys(r.layer for r in rows if r.mode == "chain" and r.quantity == "output")
-    seen.update(dict.fromkeys(r.layer for r in rows if r.quantity == "output"))
-    seen.update(dict.fromkeys(r.layer for r in rows))
+    """Columns in forward order: chain outputs first, then isolate outputs, then columns with
+    gradients only (a function's gradient taps and parameters, listed in backward order, so
+    reversed here); the loss last."""
+    seen = dict.fromkeys(column(r) for r in rows if r.mode == "chain" and r.quantity == "output")
+    seen.update(dict.fromkeys(column(r) for r in rows if r.quantity == "output"))
+    groups: dict[str, list[str]] = {}  # by row type: gradient taps, then parameters
+    for r in rows:
+        if column(r) not in seen:
+            groups.setdefault(r.type, []).append(column(r))
+    for names in groups.values():
+        seen.update(dict.fromkeys(reversed(list(dict.fromkeys(names)))))
     return [n for n in seen if n != "loss"] + (["loss"] if "loss" in seen else [])
 
 
@@ -93,7 +105,7 @@ def _worst_per_point(rows: list[Row]) -> dict[tuple[str, str, str], list]:
         ratio = error_ratio(r)
         if ratio is None and r.status == "ok":
             continue
-        p = points.setdefault((r.mode, direction, r.layer), [0.0, False, False])
+        p = points.setdefault((r.mode, direction, column(r)), [0.0, False, False])
         if ratio is None:
             p[1] = True
         else:
@@ -115,7 +127,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     finite = [p[0] for p in points.values() if math.isfinite(p[0])]
     top = 10.0 ** math.ceil(math.log10(max([1.0, *finite]) * 100))  # headroom above the data
     roots = [r for r in rows if r.status == "root_cause" and _direction(r.quantity)]
-    root_xs = set(list(dict.fromkeys(x_of[r.layer] for r in roots))[:MAX_ROOT_LABELS])
+    root_xs = set(list(dict.fromkeys(x_of[column(r)] for r in roots))[:MAX_ROOT_LABELS])
     step, ticks = _ticks(len(order), root_xs)
     labels = [_short(order[t], 28) for t in ticks]
 

@@ -97,6 +97,8 @@ def match_grads(params: Any, grads: Any) -> dict[str, np.ndarray]:
             for key, child in p.items():
                 walk(child, g[key], _child(name, key, top_list))
             return
+        if isinstance(g, np.ndarray) and g.ndim > 0 and len(g) == len(p):
+            g = list(g)  # np.array(list of gradients): one entry per parameter
         if not isinstance(g, (list, tuple)) or (isinstance(p, dict) and len(g) != len(p)):
             raise InputError(
                 f"grads returned {_what(g)} at {where} where params has {_what(p)}; return "
@@ -130,6 +132,7 @@ def rebuild(params: Any, values: dict[str, np.ndarray]) -> Any:
             return values[name]
         if isinstance(node, dict):
             return {k: walk(v, _child(name, k, top_list)) for k, v in node.items()}
-        return type(node)(walk(v, _child(name, i, top_list)) for i, v in enumerate(node))
+        items = [walk(v, _child(name, i, top_list)) for i, v in enumerate(node)]
+        return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)
 
     return walk(params, "")

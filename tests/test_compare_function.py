@@ -194,3 +194,15 @@ def test_param_map_pairs_what_order_cannot():
     assert gp.compare_function(grads, params, ref, x, y, param_map=param_map, **options).ok
     with pytest.raises(gp.InputError, match=r"param_map names reference parameters \['9.weight'\]"):
         gp.compare_function(grads, params, ref, x, y, param_map={"w_out": "9.weight"}, **options)
+
+
+def test_error_chart_has_a_column_per_tap_and_parameter_in_forward_order():
+    from gradparity.plots import error_chart, layer_order
+
+    report = gp.compare_function(**setup(HIDDEN_DERIVATIVE))
+    order = layer_order(report.rows)
+    assert order[:9] == [
+        "z[0]", "a[0]", "z[1]", "a[1]", "z[2]", "a[2]", "delta[2]", "delta[1]", "delta[0]"
+    ]  # fmt: skip
+    assert order[9:] == [f"backprop.{p}[{i}]" for i in range(3) for p in ("w", "b")]
+    assert error_chart(report.rows).startswith(b"\x89PNG")

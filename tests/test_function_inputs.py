@@ -3,6 +3,10 @@ line naming the parameter or module), the sampled referee for large parameters."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections import namedtuple
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +47,19 @@ def test_structures_flatten_match_and_rebuild():
     assert np.array_equal(grads["w[0]"], w + 1)
     rebuilt = rebuild({"b": [b], "w": (w,)}, {"b[0]": b + 2, "w[0]": w})
     assert isinstance(rebuilt["w"], tuple) and np.array_equal(rebuilt["b"][0], b + 2)
+    pair = namedtuple("Pair", "w b")
+    assert rebuild(pair(w, b), {"p0": w + 1, "p1": b}).w[0, 0] == 2.0
+    stacked = match_grads([w, w], np.stack([w, w + 1]))  # an array with one entry per param
+    assert np.array_equal(stacked["p1"], w + 1)
+
+
+def test_tapping_costs_no_torch_import():
+    code = (
+        "import sys, numpy, gradparity as gp; gp.tap('a', numpy.ones(2)); "
+        "print('torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
 
 
 @pytest.mark.parametrize(
