@@ -167,14 +167,21 @@ def _nonfinite(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     )
 
 
+# Ours this small next to the reference is zero up to round-off (e.g. a sum that cancels).
+_ROUND_OFF_ZERO = 1e-10
+
+
 def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    if not (np.all(o == 0) and np.any(r != 0)):
+    if not np.any(r != 0) or not np.isfinite(o).all():
         return None
-    ref_max = float(np.max(np.abs(r)))
+    ref_max, ours_max = float(np.max(np.abs(r))), float(np.max(np.abs(o)))
+    if ours_max > _ROUND_OFF_ZERO * ref_max:
+        return None
+    what = "all zeros" if ours_max == 0 else f"zero up to round-off (largest {_fmt(ours_max)})"
     return Diagnosis(
         "zero",
-        {"numel": int(o.size), "ref_max_abs": _num(ref_max)},
-        f"{ctx.noun} is all zeros; the reference's largest magnitude is {_fmt(ref_max)}",
+        {"numel": int(o.size), "ref_max_abs": _num(ref_max), "ours_max_abs": ours_max},
+        f"{ctx.noun} is {what}; the reference's largest magnitude is {_fmt(ref_max)}",
         ctx.hint(_ZERO_FIX),
     )
 
@@ -310,8 +317,10 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     mismatch, err = _mismatch(o, r, ctx.tol)
     loc = describe_location(mismatch)
     worst = np.unravel_index(int(np.argmax(err)), o.shape)
+    # Only where both sides are nonzero: against an exact 0 a sign says nothing.
+    signed = mismatch & (o != 0) & (r != 0)
     with np.errstate(invalid="ignore"):
-        flipped = np.sign(o[mismatch]) != np.sign(r[mismatch])
+        flipped = np.sign(o[signed]) != np.sign(r[signed])
     sign_frac = float(flipped.mean()) if flipped.size else 0.0
     detail = {
         "max_abs": _num(d.max_abs),
@@ -336,6 +345,14 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     if sign_frac >= 0.5:
         message += f"; {100 * sign_frac:.0f}% of the differing elements have the opposite sign"
     fix = f"compare the formula for the {ctx.noun} with the reference's term by term"
+    unmasked = _unmasked(o, r, mismatch)
+    if unmasked:
+        detail["unmasked"] = unmasked
+        message += (
+            f"; all {unmasked} differing elements are where the reference is exactly 0, and "
+            "the rest match: a mask is missing"
+        )
+        fix = "multiply by the mask the reference applies, e.g. (z > 0) for a ReLU"
     if region:
         fix += f"; the error is confined to {region[1]}"
     factor = float(np.vdot(o, r) / np.vdot(r, r)) if np.any(r) else 1.0
@@ -347,6 +364,15 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
             "(an epsilon, or a correction such as Adam's 1 - beta**t)"
         )
     return Diagnosis("unexplained", detail, message, fix)
+
+
+def _unmasked(o: np.ndarray, r: np.ndarray, mismatch: np.ndarray) -> int:
+    """How many elements differ, when every one of them is an exact 0 of the reference (0 when
+    some differ elsewhere, or when the reference is 0 everywhere)."""
+    zero = r == 0
+    if not mismatch.any() or zero.all() or (mismatch & ~zero).any():
+        return 0
+    return int(mismatch.sum())
 
 
 def _region(loc: dict, shape: tuple[int, ...]) -> tuple[str, str] | None:

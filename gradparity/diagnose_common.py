@@ -85,6 +85,9 @@ _TRANSPOSE_FIX = {
     "gradient is grad_out.T @ x, not x.T @ grad_out",
     "grad/columns": "transpose it: with examples as columns (z = W @ a + b, W stored (out, in)) "
     "the weight gradient is delta @ a.T, not a @ delta.T (nor (delta @ a.T).T)",
+    "grad/unknown": "transpose it: a weight gradient has the weight's layout: x.T @ delta for W "
+    "stored (in, out) with examples as rows, delta @ a.T for W stored (out, in) with examples as "
+    "columns",
     "grad_input": "transpose it: dL/dx has the input's shape, e.g. grad_out @ W.T for a weight "
     "stored (in, out)",
     "other": "transpose it: check the order of the matrix product (x @ W for W stored (in, out))",

@@ -140,6 +140,12 @@ def _shape_mismatch(
         verb, fix = "transposing", ctx.hint(_TRANSPOSE_FIX)
     else:
         verb, fix = "reshaping", f"reshape it to {_shape(r.shape)}: .reshape({_shape(r.shape)})"
+        if ctx.kind == "grad" and not _matches(aligned, r, ctx.tol):
+            fix = (
+                f"give it the shape {_shape(r.shape)}; if it is a sum over the batch, sum over "
+                "the examples' axis (axis 1 with examples as columns, axis 0 as rows) and keep "
+                "the parameter's"
+            )
     detail["values_match"] = _matches(aligned, r, ctx.tol)
     if detail["values_match"]:
         return Diagnosis("shape_mismatch", detail, f"{head}; the values match after {verb}", fix)

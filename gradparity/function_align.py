@@ -9,6 +9,7 @@ agree under one layout), else the layout the examples suggest (columns: ``W @ a`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch import nn
 from gradparity.align import ParamPair
 from gradparity.errors import InputError
 from gradparity.reference.layout import IDENTITY, TRANSPOSE, candidate_conversions
+from gradparity.structure import layer_index
 
 
 def _fmt(names: list[str], limit: int = 12) -> str:
@@ -49,12 +51,28 @@ def _pair_names(
             f"param_map names reference parameters {missing} that do not exist; the reference "
             f"has {_fmt(list(ref))}"
         )
-    if len(ours) != len(ref):
+    twice = sorted({v for v in param_map.values() if list(param_map.values()).count(v) > 1})
+    if twice:
+        raise InputError(f"param_map pairs {twice} with more than one parameter; use each once")
+    for name, target in param_map.items():
+        if not candidate_conversions(ours[name], ref[target]):
+            raise InputError(
+                f"param_map pairs {name} {ours[name]} with {target} {ref[target]}: no layout "
+                "conversion fits those shapes"
+            )
+    all_mapped = len(param_map) == len(ours)
+    if len(ours) > len(ref) or (len(ours) < len(ref) and not all_mapped):
         raise InputError(
             f"params holds {len(ours)} arrays {_listing(ours)} but the reference has "
-            f"{len(ref)} parameters {_listing(ref)}; give every parameter once"
+            f"{len(ref)} parameters {_listing(ref)}; give every parameter once (with fewer, "
+            "pair each with param_map)"
         )
+    # Numbered names (W1, b1, W2, ... or w[0], b[0], ...) in layer order, whatever the order
+    # they were given in: square layers of equal shape can only be told apart by that.
+    index = layer_index(list(ours), list(ours.values()))
     free_ours = [n for n in ours if n not in param_map]
+    if all(re.search(r"\d", n) for n in free_ours):
+        free_ours.sort(key=lambda n: index[n])
     free_ref = [n for n in ref if n not in param_map.values()]
     if all(candidate_conversions(ours[o], ref[r]) for o, r in zip(free_ours, free_ref)):
         return [*param_map.items(), *zip(free_ours, free_ref)]
@@ -106,13 +124,20 @@ def pair_function_params(
         return build(decided.pop(), "model convention")
     if all(len(c) == 1 for c in options.values()):
         return build(IDENTITY, "shape")
+    answers = []
     for conversion in (IDENTITY, TRANSPOSE):
         candidate = build(conversion, "the two sides agree under it")
-        if decide(candidate):
+        answers.append(decide(candidate))
+        if answers[-1]:
             return candidate
+    why = (
+        "neither layout made the loss or the forward taps agree"
+        if False in answers
+        else "no loss_fn or forward tap to decide"
+    )
     if columns:
-        return build(IDENTITY, "assumed: (out, in), as z = W @ a with examples as columns")
-    return build(TRANSPOSE, "assumed: (in, out), as z = x @ W with examples as rows")
+        return build(IDENTITY, f"assumed ({why}): (out, in), as z = W @ a, examples as columns")
+    return build(TRANSPOSE, f"assumed ({why}): (in, out), as z = x @ W, examples as rows")
 
 
 def depth_of(model: nn.Module, pairs: list[ParamPair]) -> dict[str, int]:

@@ -8,6 +8,7 @@ is wrong" into "the bug is between these two lines".
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -52,13 +53,22 @@ def _as_array(what: str, value: Any, dtype: str) -> np.ndarray:
 
 
 def default_reference_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy averaged over the batch: class indices or class probabilities."""
-    return F.cross_entropy(output, target if target.is_floating_point() else target.long())
+    """Softmax cross-entropy averaged over the batch: class indices (also as whole floats,
+    0., 1., 2.) or class probabilities shaped like the output."""
+    whole = target.is_floating_point() and torch.equal(target, target.round())
+    if not target.is_floating_point() or (whole and target.ndim == output.ndim - 1):
+        target = target.long()
+    return F.cross_entropy(output, target)
 
 
 def _is_columns(x: np.ndarray, reference_x: np.ndarray) -> bool:
-    """True when the user holds examples as columns: x is the reference's batch transposed."""
-    return x.ndim == 2 and x.shape != reference_x.shape and x.T.shape == reference_x.shape
+    """True when the user holds examples as columns: x is the reference's batch transposed
+    (told by the values when x is square)."""
+    if x.ndim != 2 or reference_x.shape != x.T.shape:
+        return False
+    if reference_x.shape == x.shape and np.array_equal(reference_x, x):
+        return False
+    return reference_x.shape != x.shape or np.array_equal(reference_x, x.T)
 
 
 def _warm_reference_input(x: np.ndarray, rx: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
@@ -91,6 +101,22 @@ def check_grad_shapes(grads: dict[str, np.ndarray], flat: dict[str, np.ndarray])
                 f"the gradient of {name} has shape {g.shape}, the parameter {flat[name].shape}; "
                 "no layout or batch sum explains it: return an array of the parameter's shape"
             )
+
+
+def _check_signature(fn: Callable, what: str, n_args: int, example: str) -> None:
+    """One line when ``fn`` cannot take ``n_args`` positional arguments."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (a builtin): calling will tell
+        return
+    try:
+        signature.bind(*[None] * n_args)
+    except TypeError:
+        wanted = "(x, target)" if n_args == 2 else "(params, x, target)"
+        raise InputError(
+            f"{what} is called as {what}{wanted}, but {function_name(fn)}{signature} cannot "
+            f"take that; wrap it: {example}"
+        ) from None
 
 
 def function_name(grads: Callable) -> str:
@@ -141,6 +167,15 @@ def compare_function(
         raise InputError(f"dtype must be 'float64' or 'float32', not {dtype!r}")
     if not callable(grads):
         raise InputError(f"grads must be callable(x, target), got {type(grads).__name__}")
+    _check_signature(grads, "grads", 2, f"grads=lambda x, y: {function_name(grads)}(params, x, y)")
+    if loss_fn is not None and not callable(loss_fn):
+        raise InputError(
+            f"loss_fn must be callable(params, x, target) -> float, got {type(loss_fn).__name__}"
+        )
+    if loss_fn is not None:
+        _check_signature(loss_fn, "loss_fn", 3, "loss_fn=lambda params, x, y: ...")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     flat = flatten(params)
     for pname, value in flat.items():
         check_finite(f"parameter {pname}", value)
@@ -258,8 +293,16 @@ class _Setup:
         model_name: str,
     ) -> Report:
         run.taps = follow_map(run.taps, list(self.tap_specs))
+        warm_run.taps = follow_map(warm_run.taps, list(self.tap_specs))
         missing = [t for t in self.tap_specs if t not in run.taps]
-        if missing and run.error is None:
+        notes = []
+        if missing and all(t in warm_run.taps for t in missing):
+            notes.append(
+                f"taps {missing} were recorded on the first (warm-up) call of {self.fn} but not "
+                "on the compared one: it returned without running that code (results cached "
+                "from an earlier call?)"
+            )
+        elif missing and run.error is None:
             raise InputError(
                 f"tap_map names taps {missing} that grads never recorded; it recorded "
                 f"{list(run.taps) or 'none (call gp.tap(name, array) inside it)'}"
@@ -275,9 +318,16 @@ class _Setup:
         fwd, bwd = self._tap_rows(run, ref, batch, order)
         loss_rows = [] if self.ours_loss is None else [self._loss_row(ref)]
         param_rows = self._param_rows(run, ref, pairs, depth, batch)
-        self._mark_repeats(param_rows, run, warm_run, x_warm, pairs, ref)
-        notes = [
-            f"layout of {p.key} {p.how}; pass loss_fn or map a forward tap to decide it"
+        self._mark_repeats(fwd + bwd + param_rows, run, warm_run, x_warm, pairs, ref)
+        self._referee(param_rows, run, np.random.default_rng(seed + 1))
+        notes += [
+            f"layout of {p.key} {p.how}; "
+            + (
+                "check reference_x and reference_target (x.T when your examples are columns) "
+                "and that the reference is the same network"
+                if "neither" in p.how
+                else "pass loss_fn or map a forward tap to decide it"
+            )
             for p in pairs
             if p.how.startswith("assumed")
         ]
@@ -362,18 +412,47 @@ class _Setup:
             rows.append(row)
         return rows
 
+    def _referee(self, rows: list[Row], run: UserRun, rng: np.random.Generator) -> None:
+        """With loss_fn: a diverging gradient that matches central differences of loss_fn is
+        right for ours' own loss, so the reference (or its loss) is what differs."""
+        diverging = [r for r in rows if r.diverged and r.diagnosis not in ("stale", "accumulated")]
+        if self.loss_fn is None or not diverging:
+            return
+        from gradparity.function_numeric import NumericLoss, matches_numeric
+
+        loss = NumericLoss(self.loss_fn, self.params, self.flat, self.x, self.target)
+        for row in diverging:
+            ours_right = matches_numeric(loss, row.quantity[5:], run.grads[row.quantity[5:]], rng)
+            row.detail["referee"] = "ours" if ours_right else "reference"
+            if ours_right:
+                row.message = (
+                    f"ours matches central differences of loss_fn, the reference does not "
+                    f"({row.message}): the reference computes another function than ours"
+                )
+                row.fix = (
+                    "make the reference model and reference_loss compute what loss_fn "
+                    "computes (same layers, same cost and reduction, same penalty terms)"
+                )
+
     def _mark_repeats(
         self, rows: list[Row], run: UserRun, warm_run: UserRun, x_warm: np.ndarray, pairs, ref
     ) -> None:
-        """``stale`` (equals the gradient at the warm-up input) and ``accumulated`` (equals the
-        sum of both calls' gradients) for diverging rows."""
+        """``stale`` (equals the right value at the warm-up input) and ``accumulated`` (equals
+        the sum of both calls' gradients) for diverging parameter and tap rows."""
         diverging = [r for r in rows if r.diverged and r.shape_ours == r.shape_ref]
         rx_warm = _warm_reference_input(self.x, self.rx, x_warm)
         if not diverging or rx_warm is None or warm_run.grads is None:
             return
-        at_warm = self.run_reference(rx_warm, {})
+        at_warm = self.run_reference(rx_warm)
         by_key = {p.key: p for p in pairs}
         for row in diverging:
+            if row.type == "tap":
+                ours = run.taps[row.layer]
+                now = self.arrays[(row.layer, row.quantity)]["reference"]
+                old = self._aligned(ours, at_warm.taps[row.layer])
+                if old is not None:
+                    mark_repeat(row, ours, now, old, self.tol)
+                continue
             p = by_key[row.quantity[5:]]
             old = to_ours_layout(at_warm.grads[p.torch_name], p.conversion, p.ours_shape)
             now = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)

@@ -16,16 +16,17 @@ from gradparity.function_run import UserRun
 from gradparity.locate import Finding, finding_from_row, place
 from gradparity.metrics import tensor_diff
 from gradparity.report import Report
+from gradparity.tolerance import Tolerance
 
 
 def mark_repeat(row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, tol) -> None:
-    """Relabel a diverging gradient ``stale`` (it equals ``old``, the right value for the
+    """Relabel a diverging value ``stale`` (it equals ``old``, the right value for the
     previous call's input) or ``accumulated`` (it equals ``now + old``)."""
     if tensor_diff(ours, old, tol).ok:
         row.diagnosis = "stale"
         row.message = (
-            "equals the right gradient for the previous call's input: the function used "
-            "values cached by an earlier call"
+            "equals the right value for the previous call's input: the function used values "
+            "cached by an earlier call"
         )
         row.fix = "recompute every cached activation on each call"
     elif tensor_diff(ours, now + old, tol).ok:
@@ -67,7 +68,14 @@ def _tap_finding(row: Row, backward: bool, before: str | None, values: dict) -> 
         )
     order = "backward" if backward else "forward"
     kind = "gradient tap" if backward else "forward tap"
-    if before is None:
+    if row.type == "loss":
+        agree = f"the forward taps up to {before} agree, so " if before else ""
+        found.problem += (
+            f"; {agree}loss_fn and the reference's loss compute different costs (the batch "
+            "reduction, a 0.5 factor, a penalty term)"
+        )
+        found.fix = "make loss_fn and reference_loss compute the same cost"
+    elif before is None:
         where = (
             "the cost derivative or the output layer's delta"
             if backward
@@ -83,6 +91,53 @@ def _tap_finding(row: Row, backward: bool, before: str | None, values: dict) -> 
         f"; {found.fix}" if found.fix else ""
     )
     return found
+
+
+def _batch_convention(
+    backward: list[Row], param_rows: list[Row], arrays: dict, tol: Tolerance
+) -> str | None:
+    """Accept gradient taps that are exactly N times dL/d(output), the deltas of code that
+    applies the 1/N of a mean loss in dW and db instead, when that convention is vouched for:
+    some such tap's module owns parameters (any parameter, for a module without one) whose
+    gradients all agree. A note when any was accepted."""
+    candidates = []
+    for row in backward:
+        if row.diagnosis != "batch_reduction" or row.detail.get("ours_reduction") != "sum":
+            continue
+        n = row.detail["batch_size"]
+        values = arrays[(row.layer, row.quantity)]
+        d = tensor_diff(values["ours"], values["reference"] * n, tol)
+        if d.ok:
+            candidates.append((row, n, d))
+
+    def owned(row: Row) -> list[Row]:
+        module = row.detail.get("module")
+        mine = [
+            r for r in param_rows
+            if r.detail.get("reference_parameter", "").rpartition(".")[0] == module
+        ]  # fmt: skip
+        return mine or param_rows
+
+    vouched = any(
+        owned(row) and not any(r.diverged for r in owned(row)) for row, _, _ in candidates
+    )
+    if not vouched:
+        return None
+    for row, n, d in candidates:
+        row.status, row.diagnosis, row.message, row.fix = "ok", None, "", ""
+        row.max_abs, row.max_rel, row.cosine, row.mismatch_frac = (
+            d.max_abs,
+            d.max_rel,
+            d.cosine,
+            d.mismatch_frac,
+        )
+        row.detail = {"module": row.detail.get("module"), "batch_convention": n}
+    return (
+        f"gradient taps {[r.layer for r, _, _ in candidates]} hold {candidates[0][1]} (the batch "
+        "size) times dL/d(output): the deltas carry no 1/N, which is applied in the weight and "
+        f"bias gradients instead (as in dW = dZ @ A.T / m); they were compared with the "
+        f"reference's times {candidates[0][1]}"
+    )
 
 
 def _raised(fn: str, run: UserRun) -> Row:
@@ -133,6 +188,9 @@ def function_report(
         extra.append(_raised(fn, run))
         roots.append(finding_from_row(extra[0], "chain"))
         notes = [*notes, f"{fn} raised, so no gradient could be compared"]
+    convention = _batch_convention(backward, param_rows, arrays, Tolerance(**fields["tolerance"]))
+    if convention is not None:
+        notes = [*notes, convention]
     upstream = False
     agreeing: dict[bool, str | None] = {False: None, True: None}
     for row in forward + backward:
@@ -150,7 +208,7 @@ def function_report(
     for row in diverging:
         row.status = "root_cause"
         found = finding_from_row(row, row.mode)
-        if depth[row.quantity[5:]] == deepest:
+        if depth[row.quantity[5:]] == deepest and row.detail.get("referee") != "ours":
             found.detail["deepest"] = True
             found.problem += (
                 "; the deepest diverging parameter (closest to the output): a backward bug "
@@ -160,7 +218,8 @@ def function_report(
                 f"; {found.fix}" if found.fix else ""
             )
         roots.append(found)
-    roots += [_mutation(fn, what, set(depth)) for what in run.mutated]
+    # A function that changes its inputs invalidates what follows: say so first.
+    roots[:0] = [_mutation(fn, what, set(depth)) for what in run.mutated]
     warnings = [
         Finding(fn, "grads", "aliased", {"alias": a}, mode="chain", message=f"{fn}: {a}; "
                 "return a copy")

@@ -79,6 +79,14 @@ class ReferenceRun:
     taps: dict[str, np.ndarray]  # tap name -> module output or dL/d(module output)
 
 
+def _shape_of(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return str(tuple(value.shape))
+    if isinstance(value, (tuple, list)):
+        return f"({', '.join(_shape_of(v) for v in value)})"
+    return type(value).__name__
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"
@@ -127,7 +135,7 @@ def run_reference(
             grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
         except Exception as exc:
             raise InputError(
-                f"the reference loss failed on the output {tuple(out.shape)} and the target "
+                f"the reference loss failed on the output {_shape_of(out)} and the target "
                 f"({target.dtype} {target.shape}): {_one_line(exc)}; pass reference_target or "
                 "reference_loss"
             ) from exc

@@ -23,7 +23,8 @@ def to_numpy(t: torch.Tensor | None) -> np.ndarray | None:
 
 
 def as_tensor(a: np.ndarray, dtype: torch.dtype, grad: bool = False) -> torch.Tensor:
-    t = torch.as_tensor(np.ascontiguousarray(a))
+    # ascontiguousarray would turn a 0-d array (one example's class) into shape (1,).
+    t = torch.as_tensor(np.ascontiguousarray(a) if np.ndim(a) else np.asarray(a))
     if t.is_floating_point():
         t = t.to(dtype)
     return t.requires_grad_(grad)

@@ -8,6 +8,7 @@ NumPy arrays.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -75,11 +76,15 @@ def match_grads(params: Any, grads: Any) -> dict[str, np.ndarray]:
             if g is None:
                 raise InputError(f"grads returned None for {name} (parameter shape {p.shape})")
             try:
-                out[name] = np.asarray(g, dtype=np.result_type(g, np.float64))
-            except (TypeError, ValueError) as exc:
+                arr = np.asarray(g)
+            except (TypeError, ValueError) as exc:  # e.g. ragged nested lists
+                raise InputError(f"the gradient of {name} is not an array: {exc}") from exc
+            if arr.dtype.kind not in "fciub":
                 raise InputError(
-                    f"the gradient of {name} is not a numeric array ({_what(g)}): {exc}"
-                ) from exc
+                    f"the gradient of {name} is not numeric ({_what(g)}, dtype {arr.dtype}); "
+                    f"return an array shaped like the parameter {p.shape}"
+                )
+            out[name] = arr if arr.dtype.kind in "fc" else arr.astype(np.float64)
             return
         if isinstance(p, dict) and isinstance(g, dict):
             for key, child in p.items():
@@ -136,3 +141,26 @@ def rebuild(params: Any, values: dict[str, np.ndarray]) -> Any:
         return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)
 
     return walk(params, "")
+
+
+def layer_index(names: list[str], shapes: list[tuple[int, ...]] | None = None) -> dict[str, int]:
+    """Each parameter's layer, larger closer to the output: the number in its name (w[2], W2,
+    layers.2.weight), else its position in params.
+
+    With two numbers (nested lists) the layer is the inner one when there is one outer group
+    or each holds one kind of parameter (``(biases, weights)``: p1[2] is layer 2), else the
+    outer one (``[[W1, b1], [W2, b2]]``: p1[0] is layer 1); ``shapes`` tell biases from
+    weights.
+    """
+    numbers = {n: [int(d) for d in re.findall(r"\d+", n)] for n in names}
+    if not all(numbers.values()):
+        return {n: i for i, n in enumerate(names)}
+    pick = -1
+    if shapes is not None and all(len(v) >= 2 for v in numbers.values()):
+        kinds: dict[int, set[bool]] = {}
+        for name, shape in zip(names, shapes):
+            kinds.setdefault(numbers[name][0], set()).add(len([d for d in shape if d != 1]) <= 1)
+        single = all(len(k) == 1 for k in kinds.values())
+        distinct = {next(iter(k)) for k in kinds.values()} if single else set()
+        pick = -1 if len(kinds) == 1 or len(distinct) > 1 else 0
+    return {n: v[pick] for n, v in numbers.items()}

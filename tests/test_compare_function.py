@@ -171,7 +171,9 @@ def test_all_square_weights_take_the_layout_the_loss_agrees_with():
     )
     assumed = gp.compare_function(net.backprop, params, ref, x, y, **options)
     assert assumed.ok  # examples as columns: (out, in) assumed, and a note says so
-    assert any("assumed: (out, in)" in n for n in assumed.notes)
+    assert any(
+        "assumed (no loss_fn or forward tap to decide): (out, in)" in n for n in assumed.notes
+    )
 
 
 def test_param_map_pairs_what_order_cannot():

@@ -51,6 +51,8 @@ def test_structures_flatten_match_and_rebuild():
     assert rebuild(pair(w, b), {"p0": w + 1, "p1": b}).w[0, 0] == 2.0
     stacked = match_grads([w, w], np.stack([w, w + 1]))  # an array with one entry per param
     assert np.array_equal(stacked["p1"], w + 1)
+    as_lists = match_grads({"W": w, "n": np.ones(2)}, {"W": w.tolist(), "n": [1, 2]})
+    assert as_lists["W"].dtype == np.float64 and as_lists["n"].dtype == np.float64
 
 
 def test_tapping_costs_no_torch_import():
@@ -71,7 +73,8 @@ def test_tapping_costs_no_torch_import():
         ({"W": np.ones(2), "b": np.ones(2)}, {"W": np.ones(2)}, r"no entry 'b' for b"),
         ({"W": np.ones(2)}, {"W": None}, r"grads returned None for W \(parameter shape \(2,\)\)"),
         ({"W": np.ones(2)}, np.ones(2), r"grads returned shape \(2,\) at the top level"),
-        ({"W": np.ones(2)}, {"W": "text"}, r"the gradient of W is not a numeric array"),
+        ({"W": np.ones(2)}, {"W": "text"}, r"the gradient of W is not numeric \(a str"),
+        ({"W": np.ones(2)}, {"W": {"a": 1}}, r"the gradient of W is not numeric \(a dict"),
     ],
 )  # fmt: skip
 def test_grads_that_do_not_match_params_get_one_line(params, grads, needle):
@@ -190,3 +193,115 @@ def test_function_report_saves_and_names_the_function(tmp_path):
     report.save(tmp_path)
     assert "numeric rows" in (tmp_path / "report.md").read_text()
     assert "central differences of loss_fn" in (tmp_path / "report.html").read_text()
+
+
+# --- cases found by testing on code written outside this repository ----------------------
+
+
+def _linear_softmax(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    params = {"W": rng.normal(size=(5, 3)), "b": rng.normal(size=3)}
+    x, y = rng.normal(size=(7, 5)), rng.integers(0, 3, size=7)
+
+    def probs(p, x):
+        s = np.atleast_2d(x) @ p["W"] + p["b"]
+        e = np.exp(s - s.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def loss(p, x, y):
+        y = np.atleast_1d(y).astype(int)
+        return float(-np.log(probs(p, x)[np.arange(len(y)), y]).mean())
+
+    def grads(x, y):
+        x, y = np.atleast_2d(x), np.atleast_1d(y)
+        d = probs(params, x) - np.eye(3)[y.astype(int)]
+        return {"W": x.T @ d / len(y), "b": d.sum(0) / len(y)}
+
+    return params, x, y, loss, grads
+
+
+def test_a_loss_unchanged_by_equal_shifts_still_counts_as_using_its_params():
+    params, x, y, loss, grads = _linear_softmax()  # softmax ignores a shift of every score
+    assert gp.compare_function(grads, params, None, x, y, loss_fn=loss).ok
+
+
+def test_whole_float_labels_and_a_single_unbatched_example_use_the_default_loss():
+    params, x, y, _loss, grads = _linear_softmax()
+    ref = torch.nn.Linear(5, 3)
+    assert gp.compare_function(grads, params, ref, x, y.astype(float)).ok
+    one = gp.compare_function(grads, params, ref, x[0], y[0])  # x (5,), y a 0-d class
+    assert one.ok, one.summary()
+
+
+def test_param_map_mistakes_are_one_line():
+    params, x, y, _loss, grads = _linear_softmax()
+    ref = torch.nn.Linear(5, 3)
+    with pytest.raises(gp.InputError, match=r"pairs \['weight'\] with more than one"):
+        gp.compare_function(grads, params, ref, x, y, param_map={"W": "weight", "b": "weight"})
+    with pytest.raises(gp.InputError, match=r"pairs b \(3,\) with weight \(3, 5\): no layout"):
+        gp.compare_function(grads, params, ref, x, y, param_map={"b": "weight"})
+
+
+def test_a_reference_with_an_unused_extra_parameter_is_fine_with_a_full_param_map():
+    params, x, y, _loss, grads = _linear_softmax()
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 3))
+    ref.register_parameter("unused", torch.nn.Parameter(torch.zeros(2)))
+    full = {"W": "0.weight", "b": "0.bias"}
+    assert gp.compare_function(grads, params, ref, x, y, param_map=full).ok
+    with pytest.raises(gp.InputError, match="with fewer, pair each with param_map"):
+        gp.compare_function(grads, params, ref, x, y)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [({"batch_size": 0}, "batch_size must be a positive integer"),
+     ({"loss_fn": 3}, "loss_fn must be callable")],
+)  # fmt: skip
+def test_bad_options_are_one_line(changes, needle):
+    with pytest.raises(gp.InputError, match=needle):
+        gp.compare_function(**_corpus(**changes))
+
+
+def test_numbered_names_pair_square_layers_whatever_their_order():
+    kwargs = function_setup(None)
+    shuffled = dict(reversed(kwargs["params"].items()))  # b3, W3, b2, W2, b1, W1
+    inner = kwargs["grads"]
+    report = gp.compare_function(**{**kwargs, "params": shuffled, "grads": inner})
+    assert report.ok, report.summary()
+    assert "W2 (5, 5) <-> fc2.weight (5, 5): transpose (model convention)" in report.conversions
+
+
+def test_cached_results_skipping_the_taps_are_stale_not_a_tap_map_error():
+    kwargs = function_setup(None)
+    inner, cache = kwargs["grads"], {}
+
+    def cached(x, y):
+        if "g" not in cache:
+            cache["g"] = inner(x, y)
+        return cache["g"]
+
+    report = gp.compare_function(**{**kwargs, "grads": cached})
+    assert {f.diagnosis for f in report.root_causes} == {"stale"}
+    assert any("recorded on the first (warm-up) call" in n for n in report.notes)
+
+
+def test_with_loss_fn_a_wrong_reference_is_not_blamed_on_ours():
+    kwargs = function_setup(None)
+    wrong = kwargs["reference"]
+    wrong.act2 = torch.nn.Tanh()  # the reference computes another network
+    report = gp.compare_function(**kwargs)
+    first = report.root_causes[0]
+    assert (first.layer, first.quantity) == ("a2", "output")
+    params = [f for f in report.root_causes if f.layer == "backprop"]
+    assert params and all(f.detail["referee"] == "ours" for f in params)
+    assert all("ours matches central differences of loss_fn" in f.message for f in params)
+    assert not any(f.detail.get("deepest") for f in params)
+
+
+def test_a_loss_fn_that_differs_from_the_reference_loss_is_named_at_the_loss():
+    kwargs = function_setup(None)
+    inner = kwargs["loss_fn"]
+    report = gp.compare_function(**{**kwargs, "loss_fn": lambda p, x, y: 2 * inner(p, x, y)})
+    first = report.root_causes[0]
+    assert (first.layer, first.quantity) == ("loss", "output")
+    assert "loss_fn and the reference's loss compute different costs" in first.message
