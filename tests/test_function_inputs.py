@@ -305,3 +305,37 @@ def test_a_loss_fn_that_differs_from_the_reference_loss_is_named_at_the_loss():
     first = report.root_causes[0]
     assert (first.layer, first.quantity) == ("loss", "output")
     assert "loss_fn and the reference's loss compute different costs" in first.message
+
+
+def test_an_l2_penalty_works_through_loss_fn_and_a_reference_returning_it():
+    params, x, y, loss, grads = _linear_softmax()
+    reg = 0.1
+
+    def reg_loss(p, x, y):
+        return loss(p, x, y) + 0.5 * reg * float(np.sum(p["W"] ** 2))
+
+    def reg_grads(x, y):
+        g = grads(x, y)
+        return {"W": g["W"] + reg * params["W"], "b": g["b"]}
+
+    class Penalised(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc(x), 0.5 * reg * (self.fc.weight**2).sum()
+
+    def reference_loss(out, t):
+        scores, penalty = out
+        return torch.nn.functional.cross_entropy(scores, t) + penalty
+
+    assert gp.compare_function(reg_grads, params, None, x, y, loss_fn=reg_loss).ok
+    report = gp.compare_function(reg_grads, params, Penalised(), x, y, loss_fn=reg_loss,
+                                 reference_loss=reference_loss)  # fmt: skip
+    assert report.ok, report.summary()
+    forgot = gp.compare_function(grads, params, Penalised(), x, y, loss_fn=reg_loss,
+                                 reference_loss=reference_loss)  # fmt: skip
+    assert [(f.quantity, f.detail["referee"]) for f in forgot.root_causes] == [
+        ("grad:W", "reference")
+    ]
