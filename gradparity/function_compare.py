@@ -225,6 +225,10 @@ class _Setup:
         self.x, self.target, self.loss_fn = x, target, loss_fn
         self.tdtype = TORCH_DTYPES[dtype]
         self.model = reference_copy(reference, dtype)
+        # The mode the user left each module in (a new module trains: batch-norm uses the
+        # batch's statistics, as hand-written training code does).
+        for copied, given in zip(self.model.modules(), reference.modules()):
+            copied.training = given.training
         self.rx = x if reference_x is None else _as_array("reference_x", reference_x, dtype)
         self.rt = (
             target if reference_target is None
@@ -351,6 +355,7 @@ class _Setup:
                 "batch_size": batch,
                 "examples_as": "columns" if self.columns else "rows",
                 "reference": type(self.model).__name__,
+                "reference_mode": "train" if self.model.training else "eval",
                 **_versions(),
             },
         )

@@ -339,3 +339,23 @@ def test_an_l2_penalty_works_through_loss_fn_and_a_reference_returning_it():
     assert [(f.quantity, f.detail["referee"]) for f in forgot.root_causes] == [
         ("grad:W", "reference")
     ]
+
+
+def test_the_reference_runs_in_the_mode_it_was_given():
+    rng = np.random.default_rng(0)
+    params = {"gamma": rng.normal(size=4), "beta": rng.normal(size=4)}
+    x, y = rng.normal(size=(8, 4)) * 3 + 1, rng.integers(0, 4, size=8)
+
+    def grads(x, y):  # batch norm with the batch's statistics, then softmax cross-entropy
+        xhat = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
+        s = params["gamma"] * xhat + params["beta"]
+        e = np.exp(s - s.max(1, keepdims=True))
+        d = (e / e.sum(1, keepdims=True) - np.eye(4)[y]) / len(y)
+        return {"gamma": (d * xhat).sum(0), "beta": d.sum(0)}
+
+    norm = torch.nn.BatchNorm1d(4)
+    training = gp.compare_function(grads, params, norm, x, y)
+    assert training.ok and training.meta["reference_mode"] == "train"
+    assert norm.training  # the given module is not touched
+    inference = gp.compare_function(grads, params, norm.eval(), x, y)
+    assert not inference.ok and inference.meta["reference_mode"] == "eval"
