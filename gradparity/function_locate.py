@@ -218,6 +218,12 @@ def function_report(
                 f"; {found.fix}" if found.fix else ""
             )
         roots.append(found)
+    deepest_names = [f.quantity[5:] for f in roots if f.detail.get("deepest")]
+    if deepest_names:
+        notes = [
+            *notes,
+            f"deepest diverging parameter(s), closest to the output: {', '.join(deepest_names)}",
+        ]
     # A function that changes its inputs invalidates what follows: say so first.
     roots[:0] = [_mutation(fn, what, set(depth)) for what in run.mutated]
     warnings = [

@@ -70,6 +70,7 @@ def test_wrong_hidden_derivative_first_gradient_tap_is_just_below_the_output():
     assert diverging == {"grad:w[1]", "grad:b[1]", "grad:w[0]", "grad:b[0]"}
     deepest = {f.quantity for f in report.root_causes if f.detail.get("deepest")}
     assert deepest == {"grad:w[1]", "grad:b[1]"}
+    assert "deepest diverging parameter(s), closest to the output: b[1], w[1]" in report.notes
     assert status(report, "backprop", "grad:w[2]") == "ok"
 
 
