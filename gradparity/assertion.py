@@ -109,7 +109,7 @@ def _value_block(report: Report, finding: Finding, row: Row) -> list[str]:
         ]
         if row.worst_index is not None:
             lines.append(
-                f"Worst element: index {_index(row.worst_index)} (ours "
+                f"Worst element against its tolerance: index {_index(row.worst_index)} (ours "
                 f"{_fmt(row.ours_at_worst)}, reference {_fmt(row.ref_at_worst)}; up to "
                 f"{_fmt(row.allowed_at_worst)} allowed)"
             )

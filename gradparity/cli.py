@@ -13,18 +13,17 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from gradparity import zoo
-from gradparity.api import compare
-from gradparity.assertion import default_target
 from gradparity.errors import InputError
-from gradparity.report import Report, merge_reports
 from gradparity.terminal import render as render_terminal
 from gradparity.terminal import use_colour
+
+if TYPE_CHECKING:  # torch, pandas and the harness load when a command runs, not for --help
+    from gradparity.report import Report
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
 
@@ -85,6 +84,10 @@ def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
     optionally "loss". Without x, a random batch of 8 is made from the reference's first
     weight; without target, random classes of its output width.
     """
+    import torch
+
+    from gradparity.assertion import default_target
+
     ours, ref = _call_factory(ours_spec), _call_factory(ref_spec)
     ours = ours if isinstance(ours, dict) else {"model": ours}
     ref = ref if isinstance(ref, dict) else {"model": ref}
@@ -153,6 +156,9 @@ def _function_report(spec: str, dtype: str, seed: int) -> Report:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gradparity.api import compare
+    from gradparity.report import merge_reports
+
     out = _check_out(args.out)
     if args.function and (args.model or args.ours or args.reference or args.bug):
         raise InputError(

@@ -345,6 +345,13 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     if sign_frac >= 0.5:
         message += f"; {100 * sign_frac:.0f}% of the differing elements have the opposite sign"
     fix = f"compare the formula for the {ctx.noun} with the reference's term by term"
+    if o.ndim >= 2 and _matches(o, r[..., ::-1, ::-1], ctx.tol):
+        detail["flipped_last_two_axes"] = True
+        message += "; it equals the reference with its last two axes reversed (a flipped kernel)"
+        fix = (
+            "do not flip the kernel: torch's convolution is a cross-correlation, so "
+            "dW[f, c] = sum over positions of (input window * upstream gradient)"
+        )
     unmasked = _unmasked(o, r, mismatch)
     if unmasked:
         detail["unmasked"] = unmasked

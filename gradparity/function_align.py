@@ -146,8 +146,14 @@ def depth_of(model: nn.Module, pairs: list[ParamPair]) -> dict[str, int]:
     return {p.key: order.get(p.torch_name.rpartition(".")[0], 0) for p in pairs}
 
 
-def resolve_tap_map(tap_map: dict[str, str] | None, model: nn.Module) -> dict[str, tuple[str, str]]:
-    """tap name -> ("output" | "grad_output", module name); one line naming a missing module."""
+def resolve_tap_map(
+    tap_map: dict[str, str] | None, model: nn.Module
+) -> dict[str, tuple[str, str, int | None]]:
+    """tap name -> ("output" | "grad_output", module name, call or None).
+
+    "MODULE@k" names the module's k-th call (from 0), for a module the forward runs several
+    times (a recurrent cell); plain "MODULE" is its first. One line naming a missing module.
+    """
     modules = [n for n, _ in model.named_modules() if n]
     resolved = {}
     for tap, target in dict(tap_map or {}).items():
@@ -155,20 +161,18 @@ def resolve_tap_map(tap_map: dict[str, str] | None, model: nn.Module) -> dict[st
             raise InputError(
                 f"tap_map[{tap!r}] must be 'MODULE' or 'grad:MODULE', got {type(target).__name__}"
             )
-        kind, module = (
-            ("grad_output", target[5:])
-            if target.startswith("grad:")
-            else (
-                "output",
-                target,
-            )
+        kind, rest = (
+            ("grad_output", target[5:]) if target.startswith("grad:") else ("output", target)
         )
+        module, at, call = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        if at and not call.isdigit():
+            raise InputError(f"tap_map[{tap!r}]: after '@' comes the call number, got {call!r}")
         if module not in modules:
             raise InputError(
                 f"tap_map[{tap!r}] names module {module!r}, which the reference does not have; "
                 f"its modules are {_fmt(modules, 30)}"
             )
-        resolved[str(tap)] = (kind, module)
+        resolved[str(tap)] = (kind, module, int(call) if at else None)
     return resolved
 
 

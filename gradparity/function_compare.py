@@ -28,7 +28,7 @@ from gradparity.function_align import (
     resolve_tap_map,
     tap_conversion,
 )
-from gradparity.function_locate import function_report, mark_repeat
+from gradparity.function_locate import explain_penalty, function_report, mark_repeat
 from gradparity.function_run import ReferenceRun, UserRun, run_reference, run_user
 from gradparity.metrics import tensor_diff
 from gradparity.reference.layout import IDENTITY, candidate_conversions, to_ours_layout
@@ -69,6 +69,14 @@ def _is_columns(x: np.ndarray, reference_x: np.ndarray) -> bool:
     if reference_x.shape == x.shape and np.array_equal(reference_x, x):
         return False
     return reference_x.shape != x.shape or np.array_equal(reference_x, x.T)
+
+
+def _warm(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another input of x's shape for the warm-up call; integer x (indices, tokens) gets its
+    own values shuffled, so every index stays valid."""
+    if x.dtype.kind in "iub":
+        return rng.permutation(x.ravel()).reshape(x.shape)
+    return warm_input(x, rng)
 
 
 def _warm_reference_input(x: np.ndarray, rx: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
@@ -182,7 +190,7 @@ def compare_function(
     fn = function_name(grads)
     x_arr, t_arr = _as_array("x", x, dtype), _as_array("target", target, dtype)
     rng = np.random.default_rng(seed)
-    x_warm = warm_input(x_arr, rng)
+    x_warm = _warm(x_arr, rng)
     warm_run = run_user(grads, params, flat, x_warm, t_arr)
     run = run_user(grads, params, flat, x_arr, t_arr)
     if run.grads is not None:
@@ -208,6 +216,31 @@ def compare_function(
         param_map, tap_map, dtype, loss_fn, tolerance_for(dtype, rtol, atol),
     )  # fmt: skip
     return setup.report(run, warm_run, x_warm, batch_size, seed, name or fn)
+
+
+def _mode_hints(model: nn.Module) -> list[str]:
+    """Modules whose train/eval mode makes the reference differ from hand-written training
+    code: batch norm in eval (running statistics), dropout in train (random masks)."""
+    norms = [
+        n for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
+    ]  # fmt: skip
+    drops = [
+        n for n, m in model.named_modules()
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+    ]  # fmt: skip
+    hints = []
+    if norms:
+        hints.append(
+            f"the reference's batch norm {norms} is in eval mode and uses its running "
+            "statistics, where training code uses the batch's: call .train() on the reference"
+        )
+    if drops:
+        hints.append(
+            f"the reference's dropout {drops} is in train mode: its random masks differ from "
+            "yours; pass the reference in eval() mode (and switch your dropout off) to compare"
+        )
+    return hints
 
 
 def _versions() -> dict:
@@ -241,6 +274,7 @@ class _Setup:
         self.tap_specs = resolve_tap_map(tap_map, self.model)
         self.param_map = param_map
         self.arrays: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self.notes: list[str] = []
         self.ours_loss = None if loss_fn is None else self._ours_loss()
 
     def _ours_loss(self) -> float:
@@ -299,7 +333,7 @@ class _Setup:
         run.taps = follow_map(run.taps, list(self.tap_specs))
         warm_run.taps = follow_map(warm_run.taps, list(self.tap_specs))
         missing = [t for t in self.tap_specs if t not in run.taps]
-        notes = []
+        notes = self.notes
         if missing and all(t in warm_run.taps for t in missing):
             notes.append(
                 f"taps {missing} were recorded on the first (warm-up) call of {self.fn} but not "
@@ -316,6 +350,12 @@ class _Setup:
         )
         self.sync(pairs)
         ref = self.run_reference(self.rx)
+        notes += [
+            f"module {m!r} ran {ref.calls[m]} times in the reference's forward; tap {t} is "
+            f"compared with its first call (name another as '{m}@k', k from 0)"
+            for t, (_, m, c) in self.tap_specs.items()
+            if c is None and ref.calls.get(m, 0) > 1
+        ]
         batch = batch_size or (int(self.rx.shape[0]) if self.rx.ndim > 1 else 1)
         depth = depth_of(self.model, pairs)
         order = {m: i for i, (m, _) in enumerate(self.model.named_modules())}
@@ -324,6 +364,8 @@ class _Setup:
         param_rows = self._param_rows(run, ref, pairs, depth, batch)
         self._mark_repeats(fwd + bwd + param_rows, run, warm_run, x_warm, pairs, ref)
         self._referee(param_rows, run, np.random.default_rng(seed + 1))
+        if any(r.diverged for r in fwd + bwd + loss_rows + param_rows):
+            notes += _mode_hints(self.model)
         notes += [
             f"layout of {p.key} {p.how}; "
             + (
@@ -365,7 +407,7 @@ class _Setup:
     ) -> tuple[list[Row], list[Row]]:
         """(forward taps in forward order, gradient taps in backward order)."""
         fwd, bwd = [], []
-        for tap, (kind, module) in self.tap_specs.items():
+        for tap, (kind, module, call) in self.tap_specs.items():
             if tap not in run.taps:  # grads raised before reaching it
                 continue
             ours, theirs = run.taps[tap], ref.taps[tap]
@@ -378,11 +420,12 @@ class _Setup:
             )
             self.arrays[(tap, kind)] = {"ours": ours, "reference": aligned}
             what = "output" if kind == "output" else "dL/d(output)"
-            row.conversion = f"{module} {what} {theirs.shape}: {conversion or 'no layout fits'}"
-            row.detail["module"] = module
-            (fwd if kind == "output" else bwd).append((order[module], row))
+            where = module if call is None else f"{module}@{call}"
+            row.conversion = f"{where} {what} {theirs.shape}: {conversion or 'no layout fits'}"
+            row.detail["module"], row.detail["module_index"] = module, order[module]
+            (fwd if kind == "output" else bwd).append(((order[module], call or 0), row))
         fwd.sort(key=lambda t: t[0])
-        bwd.sort(key=lambda t: -t[0])
+        bwd.sort(key=lambda t: t[0], reverse=True)
         return [r for _, r in fwd], [r for _, r in bwd]
 
     def _loss_row(self, ref: ReferenceRun) -> Row:
@@ -411,6 +454,7 @@ class _Setup:
                 "chain", self.fn, "parameter", f"grad:{p.key}", run.grads[p.key], expected,
                 self.tol, batch_size=batch, param_shape=p.ours_shape, conversion=layout,
             )  # fmt: skip
+            explain_penalty(row, run.grads[p.key], expected, self.flat[p.key], self.tol)
             row.conversion = p.conversion
             row.detail["reference_parameter"] = p.torch_name
             self.arrays[(self.fn, row.quantity)] = {"ours": run.grads[p.key], "reference": expected}
@@ -448,7 +492,13 @@ class _Setup:
         rx_warm = _warm_reference_input(self.x, self.rx, x_warm)
         if not diverging or rx_warm is None or warm_run.grads is None:
             return
-        at_warm = self.run_reference(rx_warm)
+        try:
+            at_warm = self.run_reference(rx_warm)
+        except InputError as exc:
+            self.notes.append(
+                f"no check for cached values: the reference fails on the warm-up input ({exc})"
+            )
+            return
         by_key = {p.key: p for p in pairs}
         for row in diverging:
             if row.type == "tap":

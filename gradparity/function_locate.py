@@ -4,7 +4,9 @@ Taps run like a chain: forward taps in forward order, the loss, then gradient ta
 order. The first that diverges is a root cause, the place where the bug is (between it and
 the tap before it that agrees); every later divergence is ``inherited``. Every diverging
 parameter gradient is a root cause; the deepest (closest to the output) is marked, since a
-backward bug shows first there and spreads towards the input.
+backward bug shows first there and spreads towards the input. A gradient tap named as the
+bug's place explains the parameters its delta reaches (its module's and those before it):
+their rows are ``inherited``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,31 @@ def mark_repeat(row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, to
             "gradients are added to across calls"
         )
         row.fix = "start each call from zero gradients (np.zeros_like(p) for every p)"
+
+
+def explain_penalty(
+    row: Row, ours: np.ndarray, ref: np.ndarray, param: np.ndarray, tol: Tolerance
+) -> None:
+    """An unexplained parameter gradient that is off by exactly c times the parameter: a
+    weight-decay (L2) term missing, extra or with another factor."""
+    shapes = {np.shape(ours), np.shape(ref), np.shape(param)}
+    if row.diagnosis != "unexplained" or len(shapes) != 1:
+        return
+    p = np.asarray(param, dtype=np.float64)
+    norm = float(np.vdot(p, p))
+    c = float(np.vdot(ours - ref, p)) / norm if norm > 0 else 0.0
+    if c == 0.0 or not tensor_diff(ours, ref + c * p, tol).ok:
+        return
+    name = row.quantity.partition(":")[2]
+    row.detail["penalty_factor"] = c
+    row.message = (
+        f"ours minus the reference is {c:.3g} times {name} itself: a weight-decay (L2) term "
+        "differs (the gradient of 0.5 * reg * sum(W**2) is reg * W)"
+    )
+    row.fix = (
+        "check the reg * W term: in both the loss and its gradient, once, with the same factor "
+        "(and in the reference's loss when it has one)"
+    )
 
 
 def _per_element_factor(values: dict[str, np.ndarray]) -> str | None:
@@ -131,7 +158,11 @@ def _batch_convention(
             d.cosine,
             d.mismatch_frac,
         )
-        row.detail = {"module": row.detail.get("module"), "batch_convention": n}
+        row.detail = {
+            "module": row.detail.get("module"),
+            "module_index": row.detail.get("module_index"),
+            "batch_convention": n,
+        }
     return (
         f"gradient taps {[r.layer for r, _, _ in candidates]} hold {candidates[0][1]} (the batch "
         "size) times dL/d(output): the deltas carry no 1/N, which is applied in the weight and "
@@ -205,10 +236,19 @@ def function_report(
             roots.append(_tap_finding(row, is_backward, agreeing[is_backward], values))
     diverging = [r for r in param_rows if r.diverged]
     deepest = max((depth[r.quantity[5:]] for r in diverging), default=None)
+    # A gradient tap named as the bug's place explains every parameter its delta reaches:
+    # those of its module and of every module before it.
+    reach = max(
+        (r.detail["module_index"] for r in backward if r.status == "root_cause"), default=None
+    )
     for row in diverging:
+        name = row.quantity[5:]
+        if reach is not None and depth[name] <= reach and row.detail.get("referee") != "ours":
+            row.status = "inherited"
+            continue
         row.status = "root_cause"
         found = finding_from_row(row, row.mode)
-        if depth[row.quantity[5:]] == deepest and row.detail.get("referee") != "ours":
+        if depth[name] == deepest and row.detail.get("referee") != "ours":
             found.detail["deepest"] = True
             found.problem += (
                 "; the deepest diverging parameter (closest to the output): a backward bug "
@@ -218,11 +258,12 @@ def function_report(
                 f"; {found.fix}" if found.fix else ""
             )
         roots.append(found)
-    deepest_names = [f.quantity[5:] for f in roots if f.detail.get("deepest")]
+    deepest_names = [r.quantity[5:] for r in diverging if depth[r.quantity[5:]] == deepest]
     if deepest_names:
         notes = [
             *notes,
-            f"deepest diverging parameter(s), closest to the output: {', '.join(deepest_names)}",
+            f"deepest diverging parameter(s), closest to the output: {', '.join(deepest_names)}"
+            + ("; their gradients follow from the gradient tap named above" if reach else ""),
         ]
     # A function that changes its inputs invalidates what follows: say so first.
     roots[:0] = [_mutation(fn, what, set(depth)) for what in run.mutated]

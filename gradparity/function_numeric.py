@@ -19,14 +19,14 @@ from gradparity.diagnose import diagnose
 from gradparity.diagnose_common import _TRANSPOSE_FIX
 from gradparity.diff import Row, compare_tensor
 from gradparity.errors import InputError
-from gradparity.function_locate import function_report, mark_repeat
+from gradparity.function_locate import explain_penalty, function_report, mark_repeat
 from gradparity.function_run import UserRun
 from gradparity.metrics import tensor_diff
 from gradparity.report import Report
 from gradparity.structure import layer_index, rebuild
 from gradparity.tolerance import Tolerance
 
-FULL_LIMIT = 1024
+FULL_LIMIT = 256
 DIRECTIONS = 6
 ENTRIES = 6
 RELATIVE_STEP = 1e-6
@@ -270,6 +270,7 @@ def numeric_report(
             "numeric", fn, "parameter", f"grad:{name}", g, expected, tol,
             batch_size=batch, param_shape=p.shape, conversion=layout,
         )  # fmt: skip
+        explain_penalty(row, g, expected, p, tol)
         row.conversion = ""
         arrays[(fn, row.quantity)] = {"ours": g, "reference": expected}
         rows.append(row)

@@ -77,6 +77,7 @@ class ReferenceRun:
     loss: float
     grads: dict[str, np.ndarray]
     taps: dict[str, np.ndarray]  # tap name -> module output or dL/d(module output)
+    calls: dict[str, int] = field(default_factory=dict)  # tapped module -> calls in the forward
 
 
 def _shape_of(value: object) -> str:
@@ -97,27 +98,27 @@ def run_reference(
     x: np.ndarray,
     target: np.ndarray,
     loss_fn: Callable,
-    tap_specs: dict[str, tuple[str, str]],
+    tap_specs: dict[str, tuple[str, str, int | None]],
     dtype: torch.dtype,
 ) -> ReferenceRun:
-    """Forward, loss and backward of the reference; each module's first call is the tapped one."""
+    """Forward, loss and backward of the reference, recording the tapped module calls."""
     modules = dict(model.named_modules())
-    seen: dict[str, torch.Tensor] = {}
+    calls: dict[str, list[torch.Tensor]] = {}
     tapped: dict[str, np.ndarray] = {}
 
     def hook(module, args, out, name):
-        if name in seen or not isinstance(out, torch.Tensor):
+        if not isinstance(out, torch.Tensor):
             return
-        seen[name] = out
-        for tap, (kind, mod) in tap_specs.items():
-            if mod != name:
+        calls.setdefault(name, []).append(out)
+        for tap, (kind, mod, call) in tap_specs.items():
+            if mod != name or len(calls[name]) - 1 != (call or 0):
                 continue
             if kind == "output":
                 tapped[tap] = to_numpy(out)
             elif out.requires_grad:
                 out.register_hook(lambda g, tap=tap: tapped.__setitem__(tap, to_numpy(g)))
 
-    wanted = {m for _, m in tap_specs.values()}
+    wanted = {m for _, m, _ in tap_specs.values()}
     handles = [
         modules[m].register_forward_hook(lambda mod, a, o, m=m: hook(mod, a, o, m)) for m in wanted
     ]
@@ -142,11 +143,14 @@ def run_reference(
     finally:
         for h in handles:
             h.remove()
-    never = [t for t, (_, m) in tap_specs.items() if m not in seen]
+    never = [t for t, (_, m, c) in tap_specs.items() if len(calls.get(m, [])) <= (c or 0)]
     if never:
-        raise InputError(f"tap_map maps {never} to modules the reference's forward never calls")
-    for tap, (_, m) in tap_specs.items():  # an output the loss does not depend on: gradient 0
-        tapped.setdefault(tap, np.zeros(tuple(seen[m].shape)))
+        raise InputError(
+            f"tap_map maps {never} to module calls the reference's forward never makes (calls "
+            f"made: { ({m: len(v) for m, v in calls.items()}) })"
+        )
+    for tap, (_, m, c) in tap_specs.items():  # an output the loss does not depend on: 0
+        tapped.setdefault(tap, np.zeros(tuple(calls[m][c or 0].shape)))
     return ReferenceRun(
         float(loss.detach()),
         {
@@ -154,4 +158,5 @@ def run_reference(
             for (n, p), g in zip(params, grads)
         },
         tapped,
+        {m: len(v) for m, v in calls.items()},
     )

@@ -11,8 +11,10 @@ from that forward, not a second root cause.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from gradparity.diff import Row
+if TYPE_CHECKING:  # type hints only: gradparity.diff loads torch
+    from gradparity.diff import Row
 
 
 @dataclass

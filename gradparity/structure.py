@@ -105,9 +105,12 @@ def match_grads(params: Any, grads: Any) -> dict[str, np.ndarray]:
         if isinstance(g, np.ndarray) and g.ndim > 0 and len(g) == len(p):
             g = list(g)  # np.array(list of gradients): one entry per parameter
         if not isinstance(g, (list, tuple)) or (isinstance(p, dict) and len(g) != len(p)):
+            hint = ""
+            if not name and isinstance(g, tuple) and len(g) == 2 and np.ndim(g[0]) == 0:
+                hint = " (it looks like (loss, grads): pass grads=lambda x, y: f(x, y)[1])"
             raise InputError(
                 f"grads returned {_what(g)} at {where} where params has {_what(p)}; return "
-                "gradients in the structure of params"
+                f"gradients in the structure of params{hint}"
             )
         children = _items(p)
         if len(g) < len(children):

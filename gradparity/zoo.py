@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from gradparity.ours import assignment_data, assignment_network, mlp
-from gradparity.reference import mirror
+
+if TYPE_CHECKING:  # the command line lists these names without paying for torch
+    from torch import nn
 
 
 @dataclass
@@ -25,6 +27,8 @@ class Setup:
 
 
 def _assignment(seed: int) -> Setup:
+    from gradparity.reference import mirror
+
     ours = assignment_network()
     x, target = assignment_data()
     return Setup(
@@ -38,6 +42,8 @@ def _assignment(seed: int) -> Setup:
 
 
 def _mlp(seed: int) -> Setup:
+    from gradparity.reference import mirror
+
     ours = mlp((784, 300, 10), seed=seed)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((16, 784))

@@ -164,3 +164,15 @@ def test_check_function_bad_factories_exit_2(tmp_path, capsys, factory, extra, n
     assert main(["check", "--function", f"{spec}:{factory}", *extra, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_help_is_quick_it_imports_neither_torch_nor_pandas():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from gradparity.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules, 'pandas' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["False", "False"]

@@ -380,3 +380,11 @@ def test_float32_input_is_accepted(rng):
 def test_unknown_label_is_rejected():
     with pytest.raises(ValueError, match="unknown diagnosis label"):
         Diagnosis("typo", {}, "m", "f")
+
+
+def test_a_flipped_kernel_is_named(rng):
+    ref = rng.standard_normal((2, 3, 3, 3))  # (F, C, HH, WW) conv weight gradient
+    d = diagnose(ref[..., ::-1, ::-1].copy(), ref, TOL, quantity="grad:W")
+    assert d.label == "unexplained"
+    assert d.detail["flipped_last_two_axes"] is True
+    assert "a flipped kernel" in d.message and "cross-correlation" in d.fix

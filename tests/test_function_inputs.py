@@ -73,6 +73,8 @@ def test_tapping_costs_no_torch_import():
         ({"W": np.ones(2), "b": np.ones(2)}, {"W": np.ones(2)}, r"no entry 'b' for b"),
         ({"W": np.ones(2)}, {"W": None}, r"grads returned None for W \(parameter shape \(2,\)\)"),
         ({"W": np.ones(2)}, np.ones(2), r"grads returned shape \(2,\) at the top level"),
+        ({"W": np.ones(2), "b": np.ones(2), "c": np.ones(1)}, (0.5, {"W": np.ones(2)}),
+         r"it looks like \(loss, grads\): pass grads=lambda x, y: f\(x, y\)\[1\]"),
         ({"W": np.ones(2)}, {"W": "text"}, r"the gradient of W is not numeric \(a str"),
         ({"W": np.ones(2)}, {"W": {"a": 1}}, r"the gradient of W is not numeric \(a dict"),
     ],
@@ -339,6 +341,7 @@ def test_an_l2_penalty_works_through_loss_fn_and_a_reference_returning_it():
     assert [(f.quantity, f.detail["referee"]) for f in forgot.root_causes] == [
         ("grad:W", "reference")
     ]
+    assert "-0.1 times W itself: a weight-decay (L2) term differs" in forgot.root_causes[0].message
 
 
 def test_the_reference_runs_in_the_mode_it_was_given():
@@ -359,3 +362,75 @@ def test_the_reference_runs_in_the_mode_it_was_given():
     assert norm.training  # the given module is not touched
     inference = gp.compare_function(grads, params, norm.eval(), x, y)
     assert not inference.ok and inference.meta["reference_mode"] == "eval"
+    assert any("batch norm ['0'] is in eval mode" in n or "is in eval mode" in n
+               for n in inference.notes)  # fmt: skip
+
+
+def test_a_module_called_at_every_step_is_tapped_at_the_call_named():
+    rng = np.random.default_rng(0)
+    params = {"Wxh": rng.normal(size=(3, 4)) / 2, "Whh": rng.normal(size=(3, 3)) / 2}
+    xs, target = rng.normal(size=(3, 4)), rng.normal(size=3)  # 3 steps of a 4-feature input
+
+    def grads(xs, target):
+        hs = [np.zeros(3)]
+        for t in range(3):
+            hs.append(gp.tap("h", np.tanh(params["Wxh"] @ xs[t] + params["Whh"] @ hs[-1])))
+        dh, dWxh, dWhh = hs[-1] - target, 0, 0
+        for t in reversed(range(3)):
+            dz = dh * (1 - hs[t + 1] ** 2)
+            dWxh, dWhh = dWxh + np.outer(dz, xs[t]), dWhh + np.outer(dz, hs[t])
+            dh = params["Whh"].T @ dz
+        return {"Wxh": dWxh, "Whh": dWhh}
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.Wxh = torch.nn.Parameter(torch.zeros(3, 4))
+            self.Whh = torch.nn.Parameter(torch.zeros(3, 3))
+            self.cell = torch.nn.Tanh()
+
+        def forward(self, xs):
+            h = torch.zeros(3, dtype=xs.dtype)
+            for t in range(3):
+                h = self.cell(self.Wxh @ xs[t] + self.Whh @ h)
+            return h
+
+    def half_squared(out, t):
+        return 0.5 * ((out - t) ** 2).sum()
+
+    options = {"reference_loss": half_squared, "param_map": {"Wxh": "Wxh", "Whh": "Whh"}}
+    steps = {f"h[{t}]": f"cell@{t}" for t in range(3)}
+    report = gp.compare_function(grads, params, Recurrent(), xs, target, tap_map=steps, **options)
+    assert report.ok, report.summary()
+    first_only = gp.compare_function(grads, params, Recurrent(), xs, target,
+                                     tap_map={"h[2]": "cell"}, **options)  # fmt: skip
+    assert not first_only.ok
+    assert any("'cell' ran 3 times" in n and "cell@k" in n for n in first_only.notes)
+
+
+def test_integer_inputs_are_shuffled_for_the_warm_up_call():
+    rng = np.random.default_rng(2)
+    params = {"E": rng.normal(size=(10, 4)), "W": rng.normal(size=(4, 3))}
+    idx, y = rng.integers(0, 10, size=5), rng.integers(0, 3, size=5)
+
+    def grads(idx, y):
+        h = params["E"][idx]
+        s = h @ params["W"]
+        e = np.exp(s - s.max(1, keepdims=True))
+        d = (e / e.sum(1, keepdims=True) - np.eye(3)[y]) / len(y)
+        dE = np.zeros_like(params["E"])
+        dE[idx] = d @ params["W"].T  # the bug: repeated indices must add (np.add.at)
+        return {"E": dE, "W": h.T @ d}
+
+    class Embed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.E = torch.nn.Embedding(10, 4)
+            self.W = torch.nn.Linear(4, 3, bias=False)
+
+        def forward(self, idx):
+            return self.W(self.E(idx))
+
+    report = gp.compare_function(grads, params, Embed(), idx, y)
+    assert len(set(idx.tolist())) < len(idx)  # a repeated index: the bug shows
+    assert [(f.quantity, f.diagnosis) for f in report.root_causes] == [("grad:E", "unexplained")]
