@@ -20,6 +20,8 @@ from gradparity.metrics import tensor_diff
 from gradparity.report import Report
 from gradparity.tolerance import Tolerance
 
+NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
+
 
 def mark_repeat(row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, tol) -> None:
     """Relabel a diverging value ``stale`` (it equals ``old``, the right value for the
@@ -279,14 +281,19 @@ def function_report(
                           for r in backward + diverging if r.diverged), None),
     }  # fmt: skip
     unmapped = [{"name": t, "shape": list(v.shape)} for t, v in run.taps.items() if t not in mapped]
+    has_reference = fields["meta"].get("reference") != NUMERIC_REFERENCE
     if unmapped:
         listed = ", ".join(f"{u['name']} {tuple(u['shape'])}" for u in unmapped[:30])
+        how = (
+            "pair them with tap_map={name: 'MODULE' or 'grad:MODULE'}"
+            if has_reference
+            else "taps are compared only with a reference model"
+        )
         notes = [
             *notes,
-            f"unmapped taps (pair them with tap_map={{name: 'MODULE' or 'grad:MODULE'}}): {listed}"
-            + (" ..." if len(unmapped) > 30 else ""),
+            f"unmapped taps ({how}): {listed}" + (" ..." if len(unmapped) > 30 else ""),
         ]
-    if diverging and not backward:
+    if diverging and not backward and has_reference:
         notes = [
             *notes,
             "to narrow a gradient bug down to a few lines, tap the deltas "

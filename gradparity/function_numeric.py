@@ -19,7 +19,12 @@ from gradparity.diagnose import diagnose
 from gradparity.diagnose_common import _TRANSPOSE_FIX
 from gradparity.diff import Row, compare_tensor
 from gradparity.errors import InputError
-from gradparity.function_locate import explain_penalty, function_report, mark_repeat
+from gradparity.function_locate import (
+    NUMERIC_REFERENCE,
+    explain_penalty,
+    function_report,
+    mark_repeat,
+)
 from gradparity.function_run import UserRun
 from gradparity.metrics import tensor_diff
 from gradparity.report import Report
@@ -285,5 +290,5 @@ def numeric_report(
            if "sampled" in r.detail],
         dtype="float64", tolerance=tol.as_dict(),
         meta={**meta, "batch_size": batch, "examples_as": layout or "rows",
-              "reference": "central differences of loss_fn"},
+              "reference": NUMERIC_REFERENCE},
     )  # fmt: skip

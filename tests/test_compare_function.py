@@ -84,6 +84,9 @@ def test_wrong_hidden_derivative_without_reference_names_the_deepest_parameter()
         "grad:w[1]", "grad:b[1]"
     }  # fmt: skip
     assert report.first_divergence["backward"]["quantity"] == "grad:b[1]"
+    assert any(n.startswith("unmapped taps (taps are compared only with a reference model)")
+               for n in report.notes)  # fmt: skip
+    assert not any("tap_map" in n for n in report.notes)
     assert {f.quantity for f in report.root_causes} == {
         "grad:w[1]", "grad:b[1]", "grad:w[0]", "grad:b[0]"
     }  # fmt: skip
