@@ -16,6 +16,7 @@ _EXPORTS = {
     "Report": "gradparity.report",
     "Tolerance": "gradparity.tolerance",
     "Wrapped": "gradparity.adapt",
+    "assert_function_parity": "gradparity.assertion",
     "assert_parity": "gradparity.assertion",
     "compare": "gradparity.api",
     "compare_function": "gradparity.function_compare",
