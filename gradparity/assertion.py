@@ -179,7 +179,8 @@ def default_target(reference: torch.nn.Module, x: np.ndarray, seed: int = 0) -> 
             width = model(torch.from_numpy(arr)).shape[-1]
     except Exception as exc:
         raise InputError(
-            f"the reference model fails on x of shape {arr.shape} ({exc}); pass target explicitly"
+            f"the reference model fails on x of shape {arr.shape} ({exc}); check x against "
+            "the reference's first layer (features on the last axis)"
         ) from exc
     return np.random.default_rng(seed).integers(0, width, size=arr.shape[0])
 

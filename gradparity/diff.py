@@ -6,6 +6,7 @@ the one the user sees in their own code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,19 @@ def _shape(a: np.ndarray | None) -> list[int] | None:
     return None if a is None else [int(d) for d in np.shape(a)]
 
 
+def broadcasts_onto(
+    grad_shape: tuple[int, ...], param_shape: tuple[int, ...], ref_shape: tuple[int, ...]
+) -> bool:
+    """A gradient shape differing from the reference's by singleton axes only, which an
+    in-place update of the parameter still takes ((n,) onto (1, n), not onto (n, 1))."""
+    if tuple(grad_shape) == tuple(ref_shape) or math.prod(grad_shape) != math.prod(ref_shape):
+        return False
+    try:
+        return np.broadcast_shapes(tuple(param_shape), tuple(grad_shape)) == tuple(param_shape)
+    except ValueError:
+        return False
+
+
 def compare_tensor(
     mode: str,
     pair_name: str,
@@ -106,6 +120,18 @@ def compare_tensor(
         row.ours_at_worst, row.ref_at_worst = d.ours_at_worst, d.ref_at_worst
         row.allowed_at_worst = d.allowed_at_worst
         if d.ok:
+            return row
+    if param_shape is not None and broadcasts_onto(ours.shape, param_shape, ref.shape):
+        d = tensor_diff(ours.reshape(ref.shape), ref, tol)
+        if d.ok:  # right values in a shape that `p -= lr * g` takes
+            row.max_abs, row.max_rel, row.cosine = d.max_abs, d.max_rel, d.cosine
+            row.mismatch_frac = d.mismatch_frac
+            row.detail["broadcasts"] = True
+            row.message = (
+                f"gradient has shape {ours.shape}, the parameter {tuple(param_shape)}: the values "
+                "are right and an update p -= lr * g broadcasts, but a gradient usually has its "
+                "parameter's shape"
+            )
             return row
     row.status = "diverged"
     diag = diagnose(

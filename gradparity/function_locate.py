@@ -273,6 +273,10 @@ def function_report(
         Finding(fn, "grads", "aliased", {"alias": a}, mode="chain", message=f"{fn}: {a}; "
                 "return a copy")
         for a in run.aliases
+    ] + [
+        Finding(fn, r.quantity, "shape_mismatch", {"broadcasts": True}, mode=r.mode,
+                message=f"{place(r.layer, r.quantity)}: {r.message}")
+        for r in param_rows if r.detail.get("broadcasts")
     ]  # fmt: skip
     first = {
         "forward": next(({"layer": r.layer, "quantity": r.quantity}

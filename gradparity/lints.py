@@ -15,6 +15,7 @@ import numpy as np
 
 from gradparity import run_numpy
 from gradparity.adapt import named_layers, params_of
+from gradparity.diff import broadcasts_onto
 from gradparity.locate import Finding
 from gradparity.records import LayerRecord
 
@@ -49,25 +50,32 @@ def _mutation(name: str, what: str, mode: str) -> Finding:
 
 
 def _shape_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Finding]:
+    """A gradient whose shape is not its parameter's; ``detail["broadcasts"]`` when an update
+    ``p -= lr * g`` still takes it ((n,) onto (1, n)): then it is only a warning."""
     found = []
     for key, grad in rec.grads.items():
-        if key in params and np.shape(grad) != np.shape(params[key]):
-            found.append(
-                Finding(
-                    name,
-                    f"grad:{key}",
-                    "shape_mismatch",
-                    {
-                        "grad_shape": list(np.shape(grad)),
-                        "param_shape": list(np.shape(params[key])),
-                    },
-                    mode=mode,
-                    message=(
-                        f"{name}.{key}: gradient has shape {np.shape(grad)}, the parameter "
-                        f"{np.shape(params[key])}; a gradient must have its parameter's shape"
-                    ),
-                )
+        g_shape, p_shape = np.shape(grad), np.shape(params.get(key))
+        if key not in params or g_shape == p_shape:
+            continue
+        takes = broadcasts_onto(g_shape, p_shape, p_shape)
+        consequence = (
+            "p -= lr * g still broadcasts, but a gradient usually has its parameter's shape"
+            if takes
+            else "a gradient must have its parameter's shape"
+        )
+        found.append(
+            Finding(
+                name,
+                f"grad:{key}",
+                "shape_mismatch",
+                {"grad_shape": list(g_shape), "param_shape": list(p_shape), "broadcasts": takes},
+                mode=mode,
+                message=(
+                    f"{name}.{key}: gradient has shape {g_shape}, the parameter {p_shape}; "
+                    f"{consequence}"
+                ),
             )
+        )
     return found
 
 
@@ -116,7 +124,9 @@ def lint_records(
     errors, warnings = [], []
     for name, params, rec in records:
         errors += [_mutation(name, what, mode) for what in rec.mutated]
-        errors += _shape_lint(name, params, rec, mode)
+        shapes = _shape_lint(name, params, rec, mode)
+        errors += [f for f in shapes if not f.detail["broadcasts"]]
+        warnings += [f for f in shapes if f.detail["broadcasts"]]
         errors += _nonfinite_lint(name, rec, mode)
         warnings += [
             Finding(

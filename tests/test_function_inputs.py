@@ -206,7 +206,7 @@ def _linear_softmax(seed: int = 0):
     x, y = rng.normal(size=(7, 5)), rng.integers(0, 3, size=7)
 
     def probs(p, x):
-        s = np.atleast_2d(x) @ p["W"] + p["b"]
+        s = np.atleast_2d(x) @ p["W"] + p["b"].reshape(-1)
         e = np.exp(s - s.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
@@ -434,3 +434,16 @@ def test_integer_inputs_are_shuffled_for_the_warm_up_call():
     report = gp.compare_function(grads, params, Embed(), idx, y)
     assert len(set(idx.tolist())) < len(idx)  # a repeated index: the bug shows
     assert [(f.quantity, f.diagnosis) for f in report.root_causes] == [("grad:E", "unexplained")]
+
+
+def test_a_gradient_an_update_still_takes_is_a_warning_not_a_root_cause():
+    params, x, y, _loss, grads = _linear_softmax()
+    params["b"] = params["b"].reshape(1, 3)  # a (1, n) bias; grads returns db as (n,)
+    report = gp.compare_function(grads, params, torch.nn.Linear(5, 3), x, y)
+    assert report.ok and not report.root_causes
+    (warning,) = report.warnings
+    assert (warning.quantity, warning.diagnosis) == ("grad:b", "shape_mismatch")
+    assert "p -= lr * g broadcasts" in warning.message
+    params["b"] = params["b"].reshape(3, 1)  # (n, 1): p -= lr * g would make it (n, n)
+    report = gp.compare_function(grads, params, torch.nn.Linear(5, 3), x, y)
+    assert [(f.quantity, f.diagnosis) for f in report.root_causes] == [("grad:b", "shape_mismatch")]

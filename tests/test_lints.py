@@ -342,3 +342,34 @@ def test_compare_clean_model_has_no_warnings(data):
     assert report.ok
     assert report.warnings == []
     assert report.tolerance["rtol"] == TOL.rtol
+
+
+def test_a_bias_gradient_an_update_still_takes_is_only_a_warning():
+    """b stored (1, n), db returned (n,): b -= lr * db works, so parity holds with a warning;
+    stored (n, 1), the same db would turn b into (n, n) and stays an error."""
+    import torch
+
+    class Dense:
+        def __init__(self, w, b):
+            self.w, self.b = w, b
+
+        def fprop(self, x):
+            self.x = x
+            return x @ self.w.T + self.b.reshape(1, -1)
+
+        def bprop(self, g):
+            self.dw, self.db = g.T @ self.x, g.sum(0)
+            return g @ self.w
+
+    rng = np.random.default_rng(0)
+    x, t = rng.normal(size=(5, 4)), np.array([0, 1, 2, 0, 1])
+    for bias_shape, fine in (((1, 3), True), ((3, 1), False)):
+        layer = gp.wrap(Dense(rng.normal(size=(3, 4)), rng.normal(size=bias_shape)),
+                        forward="fprop", backward="bprop", params=["w", "b"],
+                        grads=["dw", "db"])  # fmt: skip
+        report = gp.compare([("fc", layer)], torch.nn.Sequential(torch.nn.Linear(4, 3)), x, t)
+        assert report.ok is fine, report.summary()
+        if fine:
+            assert [(w.quantity, w.diagnosis) for w in report.warnings] == [
+                ("grad:b", "shape_mismatch")
+            ]
