@@ -144,3 +144,11 @@ def test_default_target_is_classes_of_the_output_width():
     np.testing.assert_array_equal(target, default_target(reference, x, seed=3))
     assert next(reference.parameters()).dtype == torch.float32  # the reference is untouched
     assert default_target(reference, x[0]).shape == (1,)  # a 1-D x is one example
+
+
+def test_without_target_an_x_the_reference_rejects_points_at_x():
+    from gradparity.errors import InputError
+
+    model = mlp((5, 4, 3))
+    with pytest.raises(InputError, match=r"fails on x of shape \(6, 7\).*check x against"):
+        assert_parity(model, mirror(model), np.ones((6, 7)))
