@@ -447,3 +447,16 @@ def test_a_gradient_an_update_still_takes_is_a_warning_not_a_root_cause():
     params["b"] = params["b"].reshape(3, 1)  # (n, 1): p -= lr * g would make it (n, n)
     report = gp.compare_function(grads, params, torch.nn.Linear(5, 3), x, y)
     assert [(f.quantity, f.diagnosis) for f in report.root_causes] == [("grad:b", "shape_mismatch")]
+
+
+def test_taps_from_another_thread_do_not_reach_this_recording():
+    import threading
+
+    with recording() as log:
+        worker = threading.Thread(target=gp.tap, args=("elsewhere", np.ones(1)))
+        worker.start()
+        worker.join()
+        with recording() as inner:
+            gp.tap("inner", np.ones(1))
+        gp.tap("outer", np.ones(1))
+    assert [n for n, _ in log] == ["outer"] and [n for n, _ in inner] == ["inner"]
