@@ -143,8 +143,9 @@ def _function_report(spec: str, dtype: str, seed: int) -> Report:
             f"{spec} must return a dict of compare_function arguments with {', '.join(required)} "
             f"(reference may be None), got {got}"
         )
+    module, _, attr = spec.rpartition(":")
     kwargs = {**kwargs, "dtype": dtype, "seed": seed}
-    kwargs.setdefault("name", spec.rpartition(":")[2])
+    kwargs.setdefault("name", f"{Path(module).stem}:{attr}")
     try:
         return compare_function(**kwargs)
     except TypeError as exc:
@@ -162,7 +163,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     out = _check_out(args.out)
     if args.function and (args.model or args.ours or args.reference or args.bug):
         raise InputError(
-            "--function checks a gradient function alone: drop --model, --ours and --bug"
+            "--function checks a gradient function alone: drop --model, --ours, --reference "
+            "and --bug"
         )
     if bool(args.ours) != bool(args.reference):
         raise InputError("--ours and --reference go together")
@@ -340,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--function",
         metavar="MOD:FACTORY",
-        help="backprop written as one function: FACTORY returns compare_function's arguments",
+        help="backprop written as one function: FACTORY returns a dict of compare_function's "
+        "keyword arguments (grads, params, reference, x, target, ...)",
     )
     check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     check.add_argument("--out", default="reports/latest", help="report folder")

@@ -94,6 +94,12 @@ _TRANSPOSE_FIX = {
 }
 
 
+def transpose_fix(kind: str, layout: str = "") -> str:
+    """The advice for a transposed quantity of ``kind`` ("grad", "grad_input", ...) in a
+    parameter ``layout`` ("identity", "transpose", "columns", "unknown" or "")."""
+    return _TRANSPOSE_FIX.get(f"{kind}/{layout}", _TRANSPOSE_FIX.get(kind, _TRANSPOSE_FIX["other"]))
+
+
 def _diff(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> TensorDiff:
     # tensor_diff's cosine maps inf to the largest float, whose squared norm overflows.
     with np.errstate(over="ignore", invalid="ignore"):

@@ -1,10 +1,11 @@
 """Pairing a function's parameters and taps with a torch reference.
 
-Parameters: ``param_map`` first, then order, else each parameter takes the first free reference
-parameter its shape fits (biases prefer 1-D ones), so ``(biases, weights)`` lists pair with
-torch's layer-by-layer order. A square weight's layout follows the model's convention (what
-its non-square weights showed), else the evidence (``decide``: the loss or the forward taps
-agree under one layout), else the layout the examples suggest (columns: ``W @ a``, so (out, in)).
+Parameters: ``param_map`` first, then equal names ("Wxh" with "cell.Wxh"), then order, else
+each parameter takes the first free reference parameter its shape fits (biases prefer 1-D
+ones), so ``(biases, weights)`` lists pair with torch's layer-by-layer order. A square
+weight's layout follows the model's convention (what its non-square weights showed), else the
+evidence (``decide``: the forward taps or the loss agree under one layout), else the layout
+the examples suggest (columns: ``W @ a``, so (out, in)).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def _pair_names(
             f"{len(ref)} parameters {_listing(ref)}; give every parameter once (with fewer, "
             "pair each with param_map)"
         )
+    param_map = {**_by_name(ours, ref, param_map), **param_map}
     # Numbered names (W1, b1, W2, ... or w[0], b[0], ...) in layer order, whatever the order
     # they were given in: square layers of equal shape can only be told apart by that.
     index = layer_index(list(ours), list(ours.values()))
@@ -89,6 +91,23 @@ def _pair_names(
         free_ref.remove(fits[0])
         pairs.append((name, fits[0]))
     return pairs
+
+
+def _by_name(
+    ours: dict[str, tuple[int, ...]], ref: dict[str, tuple[int, ...]], taken: dict[str, str]
+) -> dict[str, str]:
+    """Pairs by name: ours "Wxh" with the reference's "Wxh" or "cell.Wxh", where exactly one
+    free reference parameter has that name and its shape fits."""
+    free = [r for r in ref if r not in taken.values()]
+    found = {}
+    for name in ours:
+        if name in taken:
+            continue
+        same = [r for r in free if name in (r, r.rsplit(".", 1)[-1])]
+        if len(same) == 1 and candidate_conversions(ours[name], ref[same[0]]):
+            found[name] = same[0]
+            free.remove(same[0])
+    return found
 
 
 def pair_function_params(

@@ -23,7 +23,6 @@ TAP_MAP = {
     "h1": "fc1", "a1": "act1", "h2": "fc2", "a2": "act2", "scores": "fc3",
     "dscores": "grad:fc3", "dh2": "grad:fc2", "dh1": "grad:fc1",
 }  # fmt: skip
-_accumulator: dict[str, np.ndarray] = {}
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -31,9 +30,14 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def forward_backward(
-    params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, bug: str | None = None
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    bug: str | None = None,
+    accumulator: dict[str, np.ndarray] | None = None,
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """(mean softmax cross-entropy, {name: gradient}); x (N, 4), y (N,) classes 0..2."""
+    """(mean softmax cross-entropy, {name: gradient}); x (N, 4), y (N,) classes 0..2.
+    ``accumulator``: the buffer the "grads_accumulated_across_calls" bug adds into."""
     W1, b1, W2, b2, W3, b3 = (params[k] for k in ("W1", "b1", "W2", "b2", "W3", "b3"))
     n = x.shape[0]
     h1 = tap("h1", x @ W1 + b1)
@@ -62,10 +66,10 @@ def forward_backward(
     dh1 = tap("dh1", da1 * a1 * (1 - a1))
     grads["W1"] = (2 if bug == "weight_grad_doubled" else 1) * (x.T @ dh1)
     grads["b1"] = dh1.sum(axis=0)
-    if bug == "grads_accumulated_across_calls":
+    if bug == "grads_accumulated_across_calls" and accumulator is not None:
         for k, g in grads.items():
-            _accumulator[k] = _accumulator.get(k, 0) + g
-        grads = {k: _accumulator[k].copy() for k in grads}
+            accumulator[k] = accumulator.get(k, 0) + g
+        grads = {k: accumulator[k].copy() for k in grads}
     return loss, {k: grads[k] for k in ("W1", "b1", "W2", "b2", "W3", "b3")}
 
 
@@ -75,6 +79,8 @@ def cross_entropy(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -
 
 
 def make_params(seed: int) -> dict[str, np.ndarray]:
+    """W1 (4, 5), b1 (5,), W2 (5, 5), b2 (5,), W3 (5, 3), b3 (3,): weights scaled by
+    1/sqrt(fan-in), biases non-zero."""
     rng = np.random.default_rng(seed)
     params = {}
     for i, (n_in, n_out) in enumerate(itertools.pairwise(SIZES), 1):
@@ -130,14 +136,14 @@ FUNCTION_BUGS = [
 def function_setup(bug: FunctionBug | None, seed: int = 0, numeric: bool = False) -> dict:
     """``compare_function`` keyword arguments for the corpus network with ``bug`` switched on
     (None: the correct network). ``numeric``: no reference, central differences instead."""
-    _accumulator.clear()
     params = make_params(seed)
+    accumulator: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(seed + 1)
     x, y = rng.normal(size=(6, SIZES[0])), rng.integers(0, SIZES[-1], size=6)
     name = None if bug is None else bug.name
 
     def backprop(x_in: np.ndarray, y_in: np.ndarray) -> dict[str, np.ndarray]:
-        return forward_backward(params, x_in, y_in, name)[1]
+        return forward_backward(params, x_in, y_in, name, accumulator)[1]
 
     kwargs = {"grads": backprop, "params": params, "x": x, "target": y, "loss_fn": cross_entropy}
     if numeric:

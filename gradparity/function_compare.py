@@ -8,18 +8,16 @@ is wrong" into "the bug is between these two lines".
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gradparity import __version__
 from gradparity.align import ParamPair
-from gradparity.api import TORCH_DTYPES, check_finite, reference_copy, warm_input
+from gradparity.api import TORCH_DTYPES, check_finite, reference_copy
 from gradparity.diff import Row, compare_tensor
 from gradparity.errors import InputError
 from gradparity.function_align import (
@@ -28,109 +26,25 @@ from gradparity.function_align import (
     resolve_tap_map,
     tap_conversion,
 )
+from gradparity.function_inputs import (
+    as_array,
+    check_grad_shapes,
+    check_signature,
+    default_reference_loss,
+    function_name,
+    is_columns,
+    mode_hints,
+    warm_input_for,
+    warm_reference_input,
+)
 from gradparity.function_locate import explain_penalty, function_report, mark_repeat
 from gradparity.function_run import ReferenceRun, UserRun, run_reference, run_user
 from gradparity.metrics import tensor_diff
-from gradparity.reference.layout import IDENTITY, candidate_conversions, to_ours_layout
+from gradparity.reference.layout import IDENTITY, to_ours_layout, to_torch_layout
 from gradparity.report import Report
 from gradparity.structure import flatten, rebuild
 from gradparity.taps import follow_map
-from gradparity.tolerance import tolerance_for
-
-
-def _as_array(what: str, value: Any, dtype: str) -> np.ndarray:
-    """A float array (integer class labels stay integers), refused when not finite."""
-    try:
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "iub":
-            arr = arr.astype(dtype)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} must be a numeric array: {exc}") from exc
-    if arr.size == 0:
-        raise InputError(f"{what} is empty (shape {arr.shape})")
-    check_finite(what, arr)
-    return arr
-
-
-def default_reference_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy averaged over the batch: class indices (also as whole floats,
-    0., 1., 2.) or class probabilities shaped like the output."""
-    whole = target.is_floating_point() and torch.equal(target, target.round())
-    if not target.is_floating_point() or (whole and target.ndim == output.ndim - 1):
-        target = target.long()
-    return F.cross_entropy(output, target)
-
-
-def _is_columns(x: np.ndarray, reference_x: np.ndarray) -> bool:
-    """True when the user holds examples as columns: x is the reference's batch transposed
-    (told by the values when x is square)."""
-    if x.ndim != 2 or reference_x.shape != x.T.shape:
-        return False
-    if reference_x.shape == x.shape and np.array_equal(reference_x, x):
-        return False
-    return reference_x.shape != x.shape or np.array_equal(reference_x, x.T)
-
-
-def _warm(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Another input of x's shape for the warm-up call; integer x (indices, tokens) gets its
-    own values shuffled, so every index stays valid."""
-    if x.dtype.kind in "iub":
-        return rng.permutation(x.ravel()).reshape(x.shape)
-    return warm_input(x, rng)
-
-
-def _warm_reference_input(x: np.ndarray, rx: np.ndarray, warm: np.ndarray) -> np.ndarray | None:
-    """The warm-up input in the reference's layout, where rx is x in a known layout."""
-    if rx.shape == x.shape and np.array_equal(rx, x):
-        return warm
-    if x.ndim == 2 and rx.shape == x.T.shape and np.array_equal(rx, x.T):
-        return warm.T
-    if rx.size == x.size and np.array_equal(rx.ravel(), x.ravel()):
-        return warm.reshape(rx.shape)
-    return None
-
-
-def _explainable(grad_shape: tuple[int, ...], param_shape: tuple[int, ...]) -> bool:
-    """A gradient shape a diagnosis can speak about: a layout of the parameter's shape, or that
-    shape with one extra (batch) axis."""
-    if candidate_conversions(grad_shape, param_shape):
-        return True
-    core = tuple(d for d in param_shape if d != 1)
-    return any(
-        tuple(d for d in grad_shape[:i] + grad_shape[i + 1 :] if d != 1) == core
-        for i in range(len(grad_shape))
-    )
-
-
-def check_grad_shapes(grads: dict[str, np.ndarray], flat: dict[str, np.ndarray]) -> None:
-    for name, g in grads.items():
-        if not _explainable(g.shape, flat[name].shape):
-            raise InputError(
-                f"the gradient of {name} has shape {g.shape}, the parameter {flat[name].shape}; "
-                "no layout or batch sum explains it: return an array of the parameter's shape"
-            )
-
-
-def _check_signature(fn: Callable, what: str, n_args: int, example: str) -> None:
-    """One line when ``fn`` cannot take ``n_args`` positional arguments."""
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # no signature to read (a builtin): calling will tell
-        return
-    try:
-        signature.bind(*[None] * n_args)
-    except TypeError:
-        wanted = "(x, target)" if n_args == 2 else "(params, x, target)"
-        raise InputError(
-            f"{what} is called as {what}{wanted}, but {function_name(fn)}{signature} cannot "
-            f"take that; wrap it: {example}"
-        ) from None
-
-
-def function_name(grads: Callable) -> str:
-    """The name rows and findings give the function: its __name__ ("grads" for a lambda)."""
-    given = getattr(grads, "__name__", "grads")
-    return "grads" if given == "<lambda>" else given
+from gradparity.tolerance import Tolerance, tolerance_for
 
 
 def compare_function(
@@ -175,29 +89,16 @@ def compare_function(
         raise InputError(f"dtype must be 'float64' or 'float32', not {dtype!r}")
     if not callable(grads):
         raise InputError(f"grads must be callable(x, target), got {type(grads).__name__}")
-    _check_signature(grads, "grads", 2, f"grads=lambda x, y: {function_name(grads)}(params, x, y)")
+    check_signature(grads, "grads", 2, f"grads=lambda x, y: {function_name(grads)}(params, x, y)")
     if loss_fn is not None and not callable(loss_fn):
         raise InputError(
             f"loss_fn must be callable(params, x, target) -> float, got {type(loss_fn).__name__}"
         )
     if loss_fn is not None:
-        _check_signature(loss_fn, "loss_fn", 3, "loss_fn=lambda params, x, y: ...")
+        check_signature(loss_fn, "loss_fn", 3, "loss_fn=lambda params, x, y: ...")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    flat = flatten(params)
-    for pname, value in flat.items():
-        check_finite(f"parameter {pname}", value)
-    fn = function_name(grads)
-    x_arr, t_arr = _as_array("x", x, dtype), _as_array("target", target, dtype)
-    rng = np.random.default_rng(seed)
-    x_warm = _warm(x_arr, rng)
-    warm_run = run_user(grads, params, flat, x_warm, t_arr)
-    run = run_user(grads, params, flat, x_arr, t_arr)
-    if run.grads is not None:
-        check_grad_shapes(run.grads, flat)
     if reference is None:
-        from gradparity.function_numeric import numeric_report
-
         for given, option in (
             (tap_map, "tap_map"),
             (param_map, "param_map"),
@@ -207,40 +108,39 @@ def compare_function(
         ):
             if given is not None:
                 raise InputError(f"{option} needs a reference model; reference=None uses loss_fn")
+        if dtype != "float64":
+            raise InputError("reference=None compares in float64 (central differences need it)")
+        if loss_fn is None:
+            raise InputError(
+                "reference=None needs loss_fn=callable(params, x, target) -> float: the loss "
+                "whose gradient grads returns"
+            )
+    flat = flatten(params)
+    for pname, value in flat.items():
+        check_finite(f"parameter {pname}", value)
+    fn = function_name(grads)
+    x_arr, t_arr = as_array("x", x, dtype), as_array("target", target, dtype)
+    rng = np.random.default_rng(seed)
+    x_warm = warm_input_for(x_arr, rng)
+    warm_run = run_user(grads, params, flat, x_warm, t_arr)
+    run = run_user(grads, params, flat, x_arr, t_arr)
+    if run.grads is not None:
+        check_grad_shapes(run.grads, flat)
+    if reference is None:
+        from gradparity.function_numeric import numeric_report
+
         return numeric_report(
-            fn, params, flat, run, warm_run, loss_fn, x_arr, t_arr, batch_size, rng,
-            meta={"model": name or fn, "seed": seed, **_versions()}, x_warm=x_warm,
+            fn, params, flat, run, warm_run, loss_fn, x_arr, t_arr, x_warm=x_warm, rng=rng,
+            meta={"model": name or fn, "seed": seed, **_versions()}, batch_size=batch_size,
+            rtol=rtol, atol=atol,
         )  # fmt: skip
     setup = _Setup(
-        fn, params, flat, reference, x_arr, t_arr, reference_x, reference_target, reference_loss,
-        param_map, tap_map, dtype, loss_fn, tolerance_for(dtype, rtol, atol),
+        fn=fn, params=params, flat=flat, reference=reference, x=x_arr, target=t_arr,
+        reference_x=reference_x, reference_target=reference_target,
+        reference_loss=reference_loss, param_map=param_map, tap_map=tap_map, dtype=dtype,
+        loss_fn=loss_fn, tol=tolerance_for(dtype, rtol, atol),
     )  # fmt: skip
     return setup.report(run, warm_run, x_warm, batch_size, seed, name or fn)
-
-
-def _mode_hints(model: nn.Module) -> list[str]:
-    """Modules whose train/eval mode makes the reference differ from hand-written training
-    code: batch norm in eval (running statistics), dropout in train (random masks)."""
-    norms = [
-        n for n, m in model.named_modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
-    ]  # fmt: skip
-    drops = [
-        n for n, m in model.named_modules()
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
-    ]  # fmt: skip
-    hints = []
-    if norms:
-        hints.append(
-            f"the reference's batch norm {norms} is in eval mode and uses its running "
-            "statistics, where training code uses the batch's: call .train() on the reference"
-        )
-    if drops:
-        hints.append(
-            f"the reference's dropout {drops} is in train mode: its random masks differ from "
-            "yours; pass the reference in eval() mode (and switch your dropout off) to compare"
-        )
-    return hints
 
 
 def _versions() -> dict:
@@ -251,9 +151,23 @@ class _Setup:
     """Everything fixed before the comparison: the reference copy, its inputs and pairings."""
 
     def __init__(
-        self, fn, params, flat, reference, x, target, reference_x, reference_target,
-        reference_loss, param_map, tap_map, dtype, loss_fn, tol,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        fn: str,
+        params: Any,
+        flat: dict[str, np.ndarray],
+        reference: nn.Module,
+        x: np.ndarray,
+        target: np.ndarray,
+        reference_x: Any,
+        reference_target: Any,
+        reference_loss: Callable | None,
+        param_map: dict[str, str] | None,
+        tap_map: dict[str, str] | None,
+        dtype: str,
+        loss_fn: Callable | None,
+        tol: Tolerance,
+    ) -> None:
         self.fn, self.params, self.flat, self.dtype, self.tol = fn, params, flat, dtype, tol
         self.x, self.target, self.loss_fn = x, target, loss_fn
         self.tdtype = TORCH_DTYPES[dtype]
@@ -262,25 +176,27 @@ class _Setup:
         # batch's statistics, as hand-written training code does).
         for copied, given in zip(self.model.modules(), reference.modules()):
             copied.training = given.training
-        self.rx = x if reference_x is None else _as_array("reference_x", reference_x, dtype)
+        self.rx = x if reference_x is None else as_array("reference_x", reference_x, dtype)
         self.rt = (
             target if reference_target is None
-            else _as_array("reference_target", reference_target, dtype)
+            else as_array("reference_target", reference_target, dtype)
         )  # fmt: skip
-        self.columns = _is_columns(x, self.rx)
+        self.columns = is_columns(x, self.rx)
+        self.default_loss = reference_loss is None
         self.reference_loss = reference_loss or default_reference_loss
         if not callable(self.reference_loss):
             raise InputError("reference_loss must be callable(output, target) -> scalar tensor")
         self.tap_specs = resolve_tap_map(tap_map, self.model)
         self.param_map = param_map
         self.arrays: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-        self.notes: list[str] = []
         self.ours_loss = None if loss_fn is None else self._ours_loss()
 
     def _ours_loss(self) -> float:
         copies = {n: a.copy() for n, a in self.flat.items()}
         try:
-            value = float(self.loss_fn(rebuild(self.params, copies), self.x.copy(), self.target))
+            value = float(
+                self.loss_fn(rebuild(self.params, copies), self.x.copy(), self.target.copy())
+            )
         except Exception as exc:
             raise InputError(
                 f"loss_fn(params, x, target) raised {type(exc).__name__}: {exc}; it must return "
@@ -289,32 +205,30 @@ class _Setup:
         return value
 
     def sync(self, pairs: list[ParamPair]) -> None:
+        """Copy ours' parameters into the reference copy, in each pair's layout."""
         tparams = dict(self.model.named_parameters())
         with torch.no_grad():
             for p in pairs:
-                value = self.flat[p.key]
-                converted = value.T if p.conversion == "transpose" else value
-                tparams[p.torch_name].copy_(
-                    torch.as_tensor(np.ascontiguousarray(converted).reshape(p.torch_shape))
-                )
+                converted = to_torch_layout(self.flat[p.key], p.conversion, p.torch_shape)
+                tparams[p.torch_name].copy_(torch.as_tensor(converted))
 
     def run_reference(self, x: np.ndarray, specs: dict | None = None) -> ReferenceRun:
         specs = self.tap_specs if specs is None else specs
         return run_reference(self.model, x, self.rt, self.reference_loss, specs, self.tdtype)
 
     def agree(self, pairs: list[ParamPair], run: UserRun) -> bool | None:
-        """Do the loss (when loss_fn is given) or the forward taps agree under ``pairs``?"""
+        """Do the forward taps (or, without any, the loss) agree under ``pairs``? The taps
+        come first: a loss_fn may hold a term the reference's loss lacks (a penalty)."""
         forward = {t: s for t, s in self.tap_specs.items() if s[0] == "output" and t in run.taps}
         if self.ours_loss is None and not forward:
             return None
         self.sync(pairs)
         ref = self.run_reference(self.rx, forward)
-        if self.ours_loss is not None:
+        if not forward:
             return bool(np.isclose(self.ours_loss, ref.loss, rtol=1e-6, atol=1e-12))
+        aligned = {t: self._aligned(run.taps[t], ref.taps[t]) for t in forward}
         return all(
-            self._aligned(run.taps[t], ref.taps[t]) is not None
-            and tensor_diff(run.taps[t], self._aligned(run.taps[t], ref.taps[t]), self.tol).ok
-            for t in forward
+            a is not None and tensor_diff(run.taps[t], a, self.tol).ok for t, a in aligned.items()
         )
 
     def _aligned(self, ours: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
@@ -333,7 +247,7 @@ class _Setup:
         run.taps = follow_map(run.taps, list(self.tap_specs))
         warm_run.taps = follow_map(warm_run.taps, list(self.tap_specs))
         missing = [t for t in self.tap_specs if t not in run.taps]
-        notes = self.notes
+        notes: list[str] = []
         if missing and all(t in warm_run.taps for t in missing):
             notes.append(
                 f"taps {missing} were recorded on the first (warm-up) call of {self.fn} but not "
@@ -362,10 +276,16 @@ class _Setup:
         fwd, bwd = self._tap_rows(run, ref, batch, order)
         loss_rows = [] if self.ours_loss is None else [self._loss_row(ref)]
         param_rows = self._param_rows(run, ref, pairs, depth, batch)
-        self._mark_repeats(fwd + bwd + param_rows, run, warm_run, x_warm, pairs, ref)
+        notes += self._mark_repeats(fwd + bwd + param_rows, run, warm_run, x_warm, pairs, ref)
         self._referee(param_rows, run, np.random.default_rng(seed + 1))
         if any(r.diverged for r in fwd + bwd + loss_rows + param_rows):
-            notes += _mode_hints(self.model)
+            notes += mode_hints(self.model)
+            if self.default_loss:
+                notes.append(
+                    "reference_loss was not given, so the reference's loss is softmax "
+                    "cross-entropy averaged over the batch; pass reference_loss=callable(output,"
+                    " target) if your cost is another"
+                )
         notes += [
             f"layout of {p.key} {p.how}; "
             + (
@@ -398,6 +318,9 @@ class _Setup:
                 "examples_as": "columns" if self.columns else "rows",
                 "reference": type(self.model).__name__,
                 "reference_mode": "train" if self.model.training else "eval",
+                "reference_loss": "softmax cross-entropy, batch mean (default)"
+                if self.default_loss
+                else getattr(self.reference_loss, "__name__", type(self.reference_loss).__name__),
                 **_versions(),
             },
         )
@@ -412,9 +335,8 @@ class _Setup:
                 continue
             ours, theirs = run.taps[tap], ref.taps[tap]
             conversion = tap_conversion(ours.shape, theirs.shape, self.columns)
-            aligned = (
-                theirs if conversion is None else to_ours_layout(theirs, conversion, ours.shape)
-            )
+            aligned = self._aligned(ours, theirs)
+            aligned = theirs if aligned is None else aligned
             row = compare_tensor(
                 "chain", tap, "tap", kind, ours, aligned, self.tol, batch_size=batch
             )
@@ -484,21 +406,24 @@ class _Setup:
                 )
 
     def _mark_repeats(
-        self, rows: list[Row], run: UserRun, warm_run: UserRun, x_warm: np.ndarray, pairs, ref
-    ) -> None:
+        self,
+        rows: list[Row],
+        run: UserRun,
+        warm_run: UserRun,
+        x_warm: np.ndarray,
+        pairs: list[ParamPair],
+        ref: ReferenceRun,
+    ) -> list[str]:
         """``stale`` (equals the right value at the warm-up input) and ``accumulated`` (equals
-        the sum of both calls' gradients) for diverging parameter and tap rows."""
+        the sum of both calls' gradients) for diverging parameter and tap rows; notes."""
         diverging = [r for r in rows if r.diverged and r.shape_ours == r.shape_ref]
-        rx_warm = _warm_reference_input(self.x, self.rx, x_warm)
+        rx_warm = warm_reference_input(self.x, self.rx, x_warm)
         if not diverging or rx_warm is None or warm_run.grads is None:
-            return
+            return []
         try:
             at_warm = self.run_reference(rx_warm)
         except InputError as exc:
-            self.notes.append(
-                f"no check for cached values: the reference fails on the warm-up input ({exc})"
-            )
-            return
+            return [f"no check for cached values: the reference fails on the warm-up input ({exc})"]
         by_key = {p.key: p for p in pairs}
         for row in diverging:
             if row.type == "tap":
@@ -512,3 +437,4 @@ class _Setup:
             old = to_ours_layout(at_warm.grads[p.torch_name], p.conversion, p.ours_shape)
             now = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
             mark_repeat(row, run.grads[p.key], now, old, self.tol)
+        return []

@@ -127,8 +127,9 @@ def _batch_convention(
 ) -> str | None:
     """Accept gradient taps that are exactly N times dL/d(output), the deltas of code that
     applies the 1/N of a mean loss in dW and db instead, when that convention is vouched for:
-    some such tap's module owns parameters (any parameter, for a module without one) whose
-    gradients all agree. A note when any was accepted."""
+    some such tap's module owns weights (else any parameter; all parameters, for a module
+    without one) whose gradients all agree. A bias off by N then gets the advice for this
+    convention. A note when any tap was accepted."""
     candidates = []
     for row in backward:
         if row.diagnosis != "batch_reduction" or row.detail.get("ours_reduction") != "sum":
@@ -145,7 +146,8 @@ def _batch_convention(
             r for r in param_rows
             if r.detail.get("reference_parameter", "").rpartition(".")[0] == module
         ]  # fmt: skip
-        return mine or param_rows
+        weights = [r for r in mine if len(r.shape_ref or []) >= 2]
+        return weights or mine or param_rows
 
     vouched = any(
         owned(row) and not any(r.diverged for r in owned(row)) for row, _, _ in candidates
@@ -165,6 +167,13 @@ def _batch_convention(
             "module_index": row.detail.get("module_index"),
             "batch_convention": n,
         }
+    for row in param_rows:
+        if row.diagnosis == "batch_reduction" and row.detail.get("ours_reduction") == "sum":
+            row.fix = (
+                f"divide it by the batch size ({row.detail['batch_size']}) as the weight "
+                "gradients are: the deltas here carry no 1/N (with examples as columns, "
+                "db = dZ.sum(axis=1, keepdims=True) / m)"
+            )
     return (
         f"gradient taps {[r.layer for r, _, _ in candidates]} hold {candidates[0][1]} (the batch "
         "size) times dL/d(output): the deltas carry no 1/N, which is applied in the weight and "
@@ -188,9 +197,9 @@ def _mutation(fn: str, what: str, params: set[str]) -> Finding:
     if what in params:
         return Finding(
             fn, f"grad:{what}", "mutates_input", {"array": f"param {what}"}, mode="chain",
-            problem=f"{fn} changed parameter {what} in place (gradparity put it back)",
+            problem=f"{fn} changed parameter {what} (gradparity put it back)",
             fix="compute gradients only and leave the update to the caller",
-            message=f"{fn}: changed parameter {what} in place (gradparity put it back); compute "
+            message=f"{fn}: changed parameter {what} (gradparity put it back); compute "
             "gradients only and leave the update to the caller",
         )  # fmt: skip
     return Finding(

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from gradparity.diagnose import diagnose
-from gradparity.diagnose_common import _TRANSPOSE_FIX
-from gradparity.diff import Row, compare_tensor
+from gradparity.diagnose_common import transpose_fix
+from gradparity.diff import Row, broadcasts_onto, compare_tensor
 from gradparity.errors import InputError
 from gradparity.function_locate import (
     NUMERIC_REFERENCE,
@@ -113,8 +113,16 @@ class NumericLoss:
         return moved != self.base
 
 
-def numeric_tolerance(loss_value: float) -> Tolerance:
-    return Tolerance(NUMERIC_RTOL, NUMERIC_ATOL_PER_LOSS * max(1.0, abs(loss_value)), "float64")
+def numeric_tolerance(
+    loss_value: float, rtol: float | None = None, atol: float | None = None
+) -> Tolerance:
+    """The tolerance against central differences at a loss of ``loss_value``; ``rtol`` and
+    ``atol`` replace the defaults where given."""
+    return Tolerance(
+        NUMERIC_RTOL if rtol is None else float(rtol),
+        NUMERIC_ATOL_PER_LOSS * max(1.0, abs(loss_value)) if atol is None else float(atol),
+        "float64",
+    )
 
 
 def matches_numeric(loss: NumericLoss, name: str, g: np.ndarray, rng: np.random.Generator) -> bool:
@@ -172,10 +180,7 @@ def _sampled_row(
     row = Row("numeric", fn, "parameter", f"grad:{name}", list(g.shape), list(p.shape))
     row.detail = {"sampled": {"directions": DIRECTIONS, "entries": len(picks)},
                   "numeric": numeric.tolist()}  # fmt: skip
-    options = _candidates(g, p.shape)
-    if g.shape == p.shape and g.ndim == 2 and g.shape[0] == g.shape[1]:
-        options.append(("transposed", g.T))
-    for label, aligned in options:
+    for label, aligned in _candidates(g, p.shape):
         ours = along(aligned)
         d = tensor_diff(ours, numeric, tol)
         if label == "" or row.max_abs is None:
@@ -184,6 +189,14 @@ def _sampled_row(
         if not d.ok:
             continue
         if label == "" and g.shape == p.shape:
+            return row
+        if label == "" and broadcasts_onto(g.shape, p.shape, p.shape):
+            row.detail["broadcasts"] = True
+            row.message = (
+                f"gradient has shape {g.shape}, the parameter {p.shape}: the values are right "
+                "and an update p -= lr * g broadcasts, but a gradient usually has its "
+                "parameter's shape"
+            )
             return row
         row.status, row.diagnosis = "diverged", label or "shape_mismatch"
         row.message, row.fix = _sampled_words(label, name, g.shape, p.shape, layout)
@@ -215,7 +228,7 @@ def _sampled_words(label: str, name: str, g_shape, p_shape, layout: str) -> tupl
         return (
             f"gradient of {name} is the transpose of the numeric gradient (shape {g_shape}, "
             f"the parameter {p_shape})",
-            _TRANSPOSE_FIX.get(f"grad/{layout}", _TRANSPOSE_FIX["grad"]),
+            transpose_fix("grad", layout),
         )
     if label == "not_reduced":
         return (
@@ -230,26 +243,31 @@ def _sampled_words(label: str, name: str, g_shape, p_shape, layout: str) -> tupl
     )
 
 
+def _numeric_words(text: str) -> str:
+    return text.replace("the reference's", "the numeric gradient's").replace(
+        "the reference", "the numeric gradient"
+    )
+
+
 def numeric_report(
     fn: str,
     params: Any,
     flat: dict[str, np.ndarray],
     run: UserRun,
     warm_run: UserRun,
-    loss_fn: Callable | None,
+    loss_fn: Callable,
     x: np.ndarray,
     target: np.ndarray,
-    batch_size: int | None,
+    *,
+    x_warm: np.ndarray,
     rng: np.random.Generator,
     meta: dict,
-    x_warm: np.ndarray,
+    batch_size: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> Report:
-    """Every parameter gradient of ``run`` against central differences of ``loss_fn``."""
-    if not callable(loss_fn):
-        raise InputError(
-            "reference=None needs loss_fn=callable(params, x, target) -> float: the loss whose "
-            "gradient grads returns"
-        )
+    """Every parameter gradient of ``run`` against central differences of ``loss_fn``; the
+    gradients at ``x_warm`` (the warm-up input) tell stale and accumulated ones."""
     loss = NumericLoss(loss_fn, params, flat, x, target)
     if not loss.uses_params(rng):
         raise InputError(
@@ -261,7 +279,7 @@ def numeric_report(
         batch, columns = batch_size, x.shape[1] == batch_size != x.shape[0]
     # The wording of a transpose fix needs the layout; unknown gets words for both.
     layout = {True: "columns", False: "", None: "unknown"}[columns]
-    tol = numeric_tolerance(loss.base)
+    tol = numeric_tolerance(loss.base, rtol, atol)
     depth = layer_index(list(flat), [a.shape for a in flat.values()])
     rows: list[Row] = []
     arrays: dict = {}
@@ -282,6 +300,9 @@ def numeric_report(
         if row.diverged and g.shape == p.shape and warm_run.grads is not None:
             at_warm = NumericLoss(loss_fn, params, flat, x_warm, target).gradient(name)
             mark_repeat(row, g, expected, at_warm, tol)
+    for row in rows:  # here the reference is the numeric gradient: say so
+        row.message = _numeric_words(row.message)
+        row.fix = _numeric_words(row.fix)
     return function_report(
         fn, [], [], rows, depth, run, set(), arrays,
         [f"reference: float64 central differences of loss_fn (loss {loss.base:.6g})"]

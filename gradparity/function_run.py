@@ -15,7 +15,7 @@ from gradparity import taps
 from gradparity.errors import InputError
 from gradparity.records import error_info, same_values
 from gradparity.run_torch import as_tensor, to_numpy
-from gradparity.structure import match_grads
+from gradparity.structure import match_grads, restore
 
 
 @dataclass
@@ -38,7 +38,8 @@ def run_user(
     grads_fn: Callable, params: Any, flat: dict[str, np.ndarray], x: np.ndarray, target: Any
 ) -> UserRun:
     """Call ``grads_fn(x, target)`` on copies of x and target, recording taps. The live
-    parameters are put back as they were if the call changed them."""
+    parameters are put back as they were if the call changed them, in place or by rebinding
+    an entry of ``params`` to a new array."""
     before = {n: a.copy() for n, a in flat.items()}
     x_in, t_in = np.array(x, copy=True), np.array(target, copy=True)
     error, returned = None, None
@@ -47,9 +48,9 @@ def run_user(
             returned = grads_fn(x_in, t_in)
         except Exception as exc:  # the user's code raised: a finding, not a crash
             error = error_info("call", exc)
-    mutated = []
+    mutated = restore(params, flat)  # rebound: params[k] = new array
     for name, live in flat.items():
-        if not same_values(live, before[name]):
+        if not same_values(live, before[name]):  # changed in place
             mutated.append(name)
             live[...] = before[name]
     mutated += [

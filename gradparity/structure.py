@@ -87,20 +87,9 @@ def match_grads(params: Any, grads: Any) -> dict[str, np.ndarray]:
             out[name] = arr if arr.dtype.kind in "fc" else arr.astype(np.float64)
             return
         if isinstance(p, dict) and isinstance(g, dict):
+            keys = _grad_keys(p, g, name, top_list)
             for key, child in p.items():
-                if key not in g:
-                    raise InputError(
-                        f"grads has no entry {key!r} for {_child(name, key, top_list)} "
-                        f"(parameter {_what(child)}); it has {sorted(map(str, g))}"
-                    )
-            extra = [k for k in g if k not in p]
-            if extra:
-                raise InputError(
-                    f"grads has an entry {extra[0]!r} ({_what(g[extra[0]])}) that params "
-                    f"lacks; params has {list(map(str, p))}"
-                )
-            for key, child in p.items():
-                walk(child, g[key], _child(name, key, top_list))
+                walk(child, g[keys[key]], _child(name, key, top_list))
             return
         if isinstance(g, np.ndarray) and g.ndim > 0 and len(g) == len(p):
             g = list(g)  # np.array(list of gradients): one entry per parameter
@@ -129,6 +118,51 @@ def match_grads(params: Any, grads: Any) -> dict[str, np.ndarray]:
 
     walk(params, grads, "")
     return out
+
+
+def restore(params: Any, originals: dict[str, np.ndarray]) -> list[str]:
+    """Put back every leaf of ``params`` that is no longer the original array (a rebinding
+    such as ``params["W"] = W - lr * g``); the names put back."""
+    top_list = isinstance(params, (list, tuple))
+    rebound: list[str] = []
+
+    def walk(node: Any, name: str) -> None:
+        for key, child in _items(node):
+            child_name = _child(name, key, top_list)
+            if child_name in originals:
+                if child is not originals[child_name] and not isinstance(node, tuple):
+                    node[key] = originals[child_name]
+                    rebound.append(child_name)
+            elif isinstance(child, (dict, list, tuple)):
+                walk(child, child_name)
+
+    walk(params, "")
+    return rebound
+
+
+def _grad_keys(p: dict, g: dict, name: str, top_list: bool) -> dict:
+    """params key -> grads key: the same key, or "d" + key (grads {"dW1": ..., "db1": ...},
+    whose other entries, such as "dA0", are then left alone)."""
+    for key, child in p.items():
+        if key not in g and f"d{key}" not in g:
+            raise InputError(
+                f"grads has no entry {key!r} (nor 'd{key}') for {_child(name, key, top_list)} "
+                f"(parameter {_what(child)}); it has {sorted(map(str, g))}"
+            )
+    prefixed = all(k not in g for k in p)
+    keys = {k: f"d{k}" if prefixed else k for k in p}
+    for key in p:
+        if keys[key] not in g:
+            raise InputError(
+                f"grads has 'd{key}' for {key!r} but other entries without the 'd': use one style"
+            )
+    extra = [k for k in g if k not in keys.values()]
+    if extra and not prefixed:
+        raise InputError(
+            f"grads has an entry {extra[0]!r} ({_what(g[extra[0]])}) that params lacks; params "
+            f"has {list(map(str, p))}"
+        )
+    return keys
 
 
 def rebuild(params: Any, values: dict[str, np.ndarray]) -> Any:

@@ -139,7 +139,7 @@ def _function_factory(tmp_path) -> str:
 def test_check_function_parity_and_divergence(tmp_path, capsys):
     spec = _function_factory(tmp_path)
     assert main(["check", "--function", f"{spec}:correct", "--out", str(tmp_path / "ok")]) == 0
-    assert "correct: parity OK (6 parameter gradients, 8 taps" in capsys.readouterr().out
+    assert "fn_setup:correct: parity OK (6 parameter gradients, 8 taps" in capsys.readouterr().out
     for factory in ("transposed", "no_reference"):
         out_dir = tmp_path / factory
         assert main(["check", "--function", f"{spec}:{factory}", "--out", str(out_dir)]) == 1
@@ -148,7 +148,7 @@ def test_check_function_parity_and_divergence(tmp_path, capsys):
         )
         saved = json.loads((out_dir / "report.json").read_text())
         assert saved["root_causes"][0]["quantity"] == "grad:W2"
-        assert saved["meta"]["model"] == factory
+        assert saved["meta"]["model"] == f"fn_setup:{factory}"
 
 
 @pytest.mark.parametrize(

@@ -215,3 +215,11 @@ def test_error_chart_has_a_column_per_tap_and_parameter_in_forward_order():
     ]  # fmt: skip
     assert order[9:] == [f"backprop.{p}[{i}]" for i in range(3) for p in ("w", "b")]
     assert error_chart(report.rows).startswith(b"\x89PNG")
+
+
+def test_the_default_reference_loss_is_named_in_the_report():
+    report = gp.compare_function(**setup(reference_loss=None))  # quadratic cost vs default CE
+    assert not report.ok
+    assert report.meta["reference_loss"] == "softmax cross-entropy, batch mean (default)"
+    assert any(n.startswith("reference_loss was not given") for n in report.notes)
+    assert gp.compare_function(**setup()).meta["reference_loss"] == "<lambda>"

@@ -37,7 +37,8 @@ def ng_network(n: int = 4, m: int = 6, bug: str | None = None, seed: int = 0) ->
         dZ2 = gp.tap("dZ", (params["W3"].T @ dZ3) * (1 - A2**2))
         dW2 = dZ2 @ A1.T / m
         db2 = (dZ2.sum(axis=0, keepdims=True) if bug == "bias_wrong_axis"
-               else dZ2.sum(axis=1, keepdims=True)) / m  # fmt: skip
+               else dZ2.sum(axis=1, keepdims=True))  # fmt: skip
+        db2 = db2 if bug == "db2_without_m" else db2 / m
         dZ1 = gp.tap("dZ", (params["W2"].T @ dZ2) * (1 - A1**2))
         dW1 = (X @ dZ1.T if bug == "dW1_transposed" else dZ1 @ X.T) / m
         return {"W1": dW1, "b1": dZ1.sum(axis=1, keepdims=True) / m, "W2": dW2, "b2": db2,
@@ -141,3 +142,12 @@ def test_a_backprop_taking_params_first_is_told_how_to_wrap_it():
     kwargs = ng_network()
     with pytest.raises(gp.InputError, match=r"grads=lambda x, y: backprop\(params, x, y\)"):
         gp.compare_function(**{**kwargs, "grads": backprop, "reference": None})
+
+
+def test_a_bias_missing_its_1_over_m_is_blamed_on_the_bias_not_on_the_deltas():
+    report = gp.compare_function(**_with_torch(ng_network(bug="db2_without_m")))
+    assert [(f.quantity, f.diagnosis) for f in report.root_causes] == [
+        ("grad:b2", "batch_reduction")
+    ]
+    assert "as the weight gradients are: the deltas here carry no 1/N" in report.root_causes[0].fix
+    assert all(r.status == "ok" for r in report.rows if r.type == "tap")

@@ -51,6 +51,10 @@ def test_structures_flatten_match_and_rebuild():
     assert rebuild(pair(w, b), {"p0": w + 1, "p1": b}).w[0, 0] == 2.0
     stacked = match_grads([w, w], np.stack([w, w + 1]))  # an array with one entry per param
     assert np.array_equal(stacked["p1"], w + 1)
+    course = match_grads({"W1": w, "b1": b}, {"dW1": w + 3, "db1": b, "dA0": np.ones(9)})
+    assert list(course) == ["W1", "b1"] and course["W1"][0, 0] == 4.0  # "d" + name, extras left
+    with pytest.raises(gp.InputError, match="has 'db1' for 'b1' but other entries without"):
+        match_grads({"W1": w, "b1": b}, {"W1": w, "db1": b})
     as_lists = match_grads({"W": w, "n": np.ones(2)}, {"W": w.tolist(), "n": [1, 2]})
     assert as_lists["W"].dtype == np.float64 and as_lists["n"].dtype == np.float64
 
@@ -70,7 +74,7 @@ def test_tapping_costs_no_torch_import():
         ({"b": [np.ones((2, 1))] * 2}, {"b": [np.ones((2, 1))]},
          r"no gradient for b\[1\] \(parameter shape \(2, 1\)\)"),
         ([np.ones(2)], [np.ones(2), np.ones(3)], r"an extra entry at position 1 \(shape \(3,\)\)"),
-        ({"W": np.ones(2), "b": np.ones(2)}, {"W": np.ones(2)}, r"no entry 'b' for b"),
+        ({"W": np.ones(2), "b": np.ones(2)}, {"W": np.ones(2)}, r"no entry 'b' \(nor 'db'\) for b"),
         ({"W": np.ones(2)}, {"W": None}, r"grads returned None for W \(parameter shape \(2,\)\)"),
         ({"W": np.ones(2)}, np.ones(2), r"grads returned shape \(2,\) at the top level"),
         ({"W": np.ones(2), "b": np.ones(2), "c": np.ones(1)}, (0.5, {"W": np.ones(2)}),
@@ -460,3 +464,27 @@ def test_taps_from_another_thread_do_not_reach_this_recording():
             gp.tap("inner", np.ones(1))
         gp.tap("outer", np.ones(1))
     assert [n for n, _ in log] == ["outer"] and [n for n, _ in inner] == ["inner"]
+
+
+def test_parameters_pair_by_name_before_order():
+    from gradparity.function_align import pair_function_params
+
+    class Cell(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.Wxh = torch.nn.Parameter(torch.zeros(4, 3))
+            self.Whh = torch.nn.Parameter(torch.zeros(4, 4))
+
+    class Recurrent(torch.nn.Module):  # own parameters first, the cell's after them
+        def __init__(self) -> None:
+            super().__init__()
+            self.Why = torch.nn.Parameter(torch.zeros(3, 4))
+            self.cell = Cell()
+
+    ours = {"Wxh": np.zeros((4, 3)), "Whh": np.zeros((4, 4)), "Why": np.zeros((3, 4))}
+    pairs = pair_function_params(ours, Recurrent(), None, False, lambda p: None)
+    assert {p.key: (p.torch_name, p.conversion) for p in pairs} == {
+        "Wxh": ("cell.Wxh", "identity"),
+        "Whh": ("cell.Whh", "identity"),
+        "Why": ("Why", "identity"),
+    }
