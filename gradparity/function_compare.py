@@ -29,6 +29,7 @@ from gradparity.function_align import (
 from gradparity.function_inputs import (
     as_array,
     check_grad_shapes,
+    check_numeric_options,
     check_signature,
     default_reference_loss,
     function_name,
@@ -38,6 +39,7 @@ from gradparity.function_inputs import (
     warm_reference_input,
 )
 from gradparity.function_locate import explain_penalty, function_report, mark_repeat
+from gradparity.function_numeric import NumericLoss, numeric_report, referee_rows
 from gradparity.function_run import ReferenceRun, UserRun, run_reference, run_user
 from gradparity.metrics import tensor_diff
 from gradparity.reference.layout import IDENTITY, to_ours_layout, to_torch_layout
@@ -99,22 +101,11 @@ def compare_function(
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if reference is None:
-        for given, option in (
-            (tap_map, "tap_map"),
-            (param_map, "param_map"),
-            (reference_loss, "reference_loss"),
-            (reference_x, "reference_x"),
-            (reference_target, "reference_target"),
-        ):
-            if given is not None:
-                raise InputError(f"{option} needs a reference model; reference=None uses loss_fn")
-        if dtype != "float64":
-            raise InputError("reference=None compares in float64 (central differences need it)")
-        if loss_fn is None:
-            raise InputError(
-                "reference=None needs loss_fn=callable(params, x, target) -> float: the loss "
-                "whose gradient grads returns"
-            )
+        check_numeric_options(
+            loss_fn=loss_fn, dtype=dtype, tap_map=tap_map, param_map=param_map,
+            reference_loss=reference_loss, reference_x=reference_x,
+            reference_target=reference_target,
+        )  # fmt: skip
     flat = flatten(params)
     for pname, value in flat.items():
         check_finite(f"parameter {pname}", value)
@@ -127,8 +118,6 @@ def compare_function(
     if run.grads is not None:
         check_grad_shapes(run.grads, flat)
     if reference is None:
-        from gradparity.function_numeric import numeric_report
-
         return numeric_report(
             fn, params, flat, run, warm_run, loss_fn, x_arr, t_arr, x_warm=x_warm, rng=rng,
             meta={"model": name or fn, "seed": seed, **_versions()}, batch_size=batch_size,
@@ -277,7 +266,13 @@ class _Setup:
         loss_rows = [] if self.ours_loss is None else [self._loss_row(ref)]
         param_rows = self._param_rows(run, ref, pairs, depth, batch)
         notes += self._mark_repeats(fwd + bwd + param_rows, run, warm_run, x_warm, pairs, ref)
-        self._referee(param_rows, run, np.random.default_rng(seed + 1))
+        if self.loss_fn is not None:
+            referee_rows(
+                param_rows,
+                run.grads or {},
+                lambda: NumericLoss(self.loss_fn, self.params, self.flat, self.x, self.target),
+                np.random.default_rng(seed + 1),
+            )
         if any(r.diverged for r in fwd + bwd + loss_rows + param_rows):
             notes += mode_hints(self.model)
             if self.default_loss:
@@ -382,28 +377,6 @@ class _Setup:
             self.arrays[(self.fn, row.quantity)] = {"ours": run.grads[p.key], "reference": expected}
             rows.append(row)
         return rows
-
-    def _referee(self, rows: list[Row], run: UserRun, rng: np.random.Generator) -> None:
-        """With loss_fn: a diverging gradient that matches central differences of loss_fn is
-        right for ours' own loss, so the reference (or its loss) is what differs."""
-        diverging = [r for r in rows if r.diverged and r.diagnosis not in ("stale", "accumulated")]
-        if self.loss_fn is None or not diverging:
-            return
-        from gradparity.function_numeric import NumericLoss, matches_numeric
-
-        loss = NumericLoss(self.loss_fn, self.params, self.flat, self.x, self.target)
-        for row in diverging:
-            ours_right = matches_numeric(loss, row.quantity[5:], run.grads[row.quantity[5:]], rng)
-            row.detail["referee"] = "ours" if ours_right else "reference"
-            if ours_right:
-                row.message = (
-                    f"ours matches central differences of loss_fn, the reference does not "
-                    f"({row.message}): the reference computes another function than ours"
-                )
-                row.fix = (
-                    "make the reference model and reference_loss compute what loss_fn "
-                    "computes (same layers, same cost and reduction, same penalty terms)"
-                )
 
     def _mark_repeats(
         self,

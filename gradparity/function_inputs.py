@@ -82,6 +82,8 @@ def _explainable(grad_shape: tuple[int, ...], param_shape: tuple[int, ...]) -> b
 
 
 def check_grad_shapes(grads: dict[str, np.ndarray], flat: dict[str, np.ndarray]) -> None:
+    """One line for a gradient whose shape no layout or batch sum relates to its parameter's
+    (name -> array on both sides)."""
     for name, g in grads.items():
         if not _explainable(g.shape, flat[name].shape):
             raise InputError(
@@ -135,3 +137,18 @@ def mode_hints(model: nn.Module) -> list[str]:
             "yours; pass the reference in eval() mode (and switch your dropout off) to compare"
         )
     return hints
+
+
+def check_numeric_options(*, loss_fn: Callable | None, dtype: str, **reference_only: Any) -> None:
+    """One line for what ``reference=None`` cannot take: options that need a reference model
+    (``reference_only``: tap_map, param_map, ...), float32, or no loss_fn."""
+    for option, given in reference_only.items():
+        if given is not None:
+            raise InputError(f"{option} needs a reference model; reference=None uses loss_fn")
+    if dtype != "float64":
+        raise InputError("reference=None compares in float64 (central differences need it)")
+    if loss_fn is None:
+        raise InputError(
+            "reference=None needs loss_fn=callable(params, x, target) -> float: the loss whose "
+            "gradient grads returns"
+        )

@@ -11,6 +11,8 @@ their rows are ``inherited``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from gradparity.diff import Row
@@ -23,7 +25,9 @@ from gradparity.tolerance import Tolerance
 NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
 
 
-def mark_repeat(row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, tol) -> None:
+def mark_repeat(
+    row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, tol: Tolerance
+) -> None:
     """Relabel a diverging value ``stale`` (it equals ``old``, the right value for the
     previous call's input) or ``accumulated`` (it equals ``now + old``)."""
     if tensor_diff(ours, old, tol).ok:
@@ -210,48 +214,35 @@ def _mutation(fn: str, what: str, params: set[str]) -> Finding:
     )  # fmt: skip
 
 
-def function_report(
-    fn: str,
-    forward: list[Row],
-    backward: list[Row],
-    param_rows: list[Row],
-    depth: dict[str, int],
-    run: UserRun,
-    mapped: set[str],
-    arrays: dict,
-    notes: list[str],
-    **fields,
-) -> Report:
-    """Statuses (in place), root causes, notes and the Report; ``param_rows`` deepest first,
-    ``depth`` the parameter name -> position towards the output."""
-    roots: list[Finding] = []
-    extra: list[Row] = []
-    if run.error is not None:
-        extra.append(_raised(fn, run))
-        roots.append(finding_from_row(extra[0], "chain"))
-        notes = [*notes, f"{fn} raised, so no gradient could be compared"]
-    convention = _batch_convention(backward, param_rows, arrays, Tolerance(**fields["tolerance"]))
-    if convention is not None:
-        notes = [*notes, convention]
-    upstream = False
+def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Finding]:
+    """The chain of taps (forward, loss, then gradients): the first divergence is the root
+    cause, the later ones ``inherited``; statuses set in place."""
+    roots = []
     agreeing: dict[bool, str | None] = {False: None, True: None}
     for row in forward + backward:
         is_backward = row.quantity != "output"
         if not row.diverged:
             agreeing[is_backward] = row.layer
-        elif upstream:
+        elif roots:
             row.status = "inherited"
         else:
-            row.status, upstream = "root_cause", True
+            row.status = "root_cause"
             values = arrays.get((row.layer, row.quantity), {})
             roots.append(_tap_finding(row, is_backward, agreeing[is_backward], values))
-    diverging = [r for r in param_rows if r.diverged]
+    return roots
+
+
+def _param_roots(
+    diverging: list[Row], backward: list[Row], depth: dict[str, int]
+) -> tuple[list[Finding], str | None]:
+    """(root causes, a note naming the deepest): a diverging gradient is a root cause unless a
+    gradient tap named as the bug's place reaches it (its module's and earlier modules'
+    parameters), then ``inherited``; statuses set in place."""
     deepest = max((depth[r.quantity[5:]] for r in diverging), default=None)
-    # A gradient tap named as the bug's place explains every parameter its delta reaches:
-    # those of its module and of every module before it.
     reach = max(
         (r.detail["module_index"] for r in backward if r.status == "root_cause"), default=None
     )
+    roots = []
     for row in diverging:
         name = row.quantity[5:]
         if reach is not None and depth[name] <= reach and row.detail.get("referee") != "ours":
@@ -269,32 +260,21 @@ def function_report(
                 f"; {found.fix}" if found.fix else ""
             )
         roots.append(found)
-    deepest_names = [r.quantity[5:] for r in diverging if depth[r.quantity[5:]] == deepest]
-    if deepest_names:
-        notes = [
-            *notes,
-            f"deepest diverging parameter(s), closest to the output: {', '.join(deepest_names)}"
-            + ("; their gradients follow from the gradient tap named above" if reach else ""),
-        ]
-    # A function that changes its inputs invalidates what follows: say so first.
-    roots[:0] = [_mutation(fn, what, set(depth)) for what in run.mutated]
-    warnings = [
-        Finding(fn, "grads", "aliased", {"alias": a}, mode="chain", message=f"{fn}: {a}; "
-                "return a copy")
-        for a in run.aliases
-    ] + [
-        Finding(fn, r.quantity, "shape_mismatch", {"broadcasts": True}, mode=r.mode,
-                message=f"{place(r.layer, r.quantity)}: {r.message}")
-        for r in param_rows if r.detail.get("broadcasts")
-    ]  # fmt: skip
-    first = {
-        "forward": next(({"layer": r.layer, "quantity": r.quantity}
-                         for r in forward if r.diverged), None),
-        "backward": next(({"layer": r.layer, "quantity": r.quantity}
-                          for r in backward + diverging if r.diverged), None),
-    }  # fmt: skip
+    names = [r.quantity[5:] for r in diverging if depth[r.quantity[5:]] == deepest]
+    if not names:
+        return roots, None
+    return roots, (
+        f"deepest diverging parameter(s), closest to the output: {', '.join(names)}"
+        + ("; their gradients follow from the gradient tap named above" if reach else "")
+    )
+
+
+def _tap_notes(
+    run: UserRun, mapped: set[str], has_reference: bool, diverging: bool, any_gradient_tap: bool
+) -> tuple[list[dict], list[str]]:
+    """(unmapped taps as {"name", "shape"}, notes about taps)."""
     unmapped = [{"name": t, "shape": list(v.shape)} for t, v in run.taps.items() if t not in mapped]
-    has_reference = fields["meta"].get("reference") != NUMERIC_REFERENCE
+    notes = []
     if unmapped:
         listed = ", ".join(f"{u['name']} {tuple(u['shape'])}" for u in unmapped[:30])
         how = (
@@ -302,24 +282,77 @@ def function_report(
             if has_reference
             else "taps are compared only with a reference model"
         )
-        notes = [
-            *notes,
-            f"unmapped taps ({how}): {listed}" + (" ..." if len(unmapped) > 30 else ""),
-        ]
-    if diverging and not backward and has_reference:
-        notes = [
-            *notes,
+        notes.append(f"unmapped taps ({how}): {listed}" + (" ..." if len(unmapped) > 30 else ""))
+    if diverging and not any_gradient_tap and has_reference:
+        notes.append(
             "to narrow a gradient bug down to a few lines, tap the deltas "
-            "(gp.tap('delta', delta)) and map them to 'grad:MODULE' in tap_map",
-        ]
+            "(gp.tap('delta', delta)) and map them to 'grad:MODULE' in tap_map"
+        )
+    return unmapped, notes
+
+
+def _warnings(fn: str, run: UserRun, param_rows: list[Row]) -> list[Finding]:
+    """Aliased gradients, and gradients whose shape only an update's broadcast accepts."""
+    aliased = [
+        Finding(fn, "grads", "aliased", {"alias": a}, mode="chain",
+                message=f"{fn}: {a}; return a copy")
+        for a in run.aliases
+    ]  # fmt: skip
+    broadcasting = [
+        Finding(fn, r.quantity, "shape_mismatch", {"broadcasts": True}, mode=r.mode,
+                message=f"{place(r.layer, r.quantity)}: {r.message}")
+        for r in param_rows if r.detail.get("broadcasts")
+    ]  # fmt: skip
+    return aliased + broadcasting
+
+
+def _first(rows: list[Row]) -> dict | None:
+    return next(({"layer": r.layer, "quantity": r.quantity} for r in rows if r.diverged), None)
+
+
+def function_report(
+    fn: str,
+    forward: list[Row],
+    backward: list[Row],
+    param_rows: list[Row],
+    depth: dict[str, int],
+    run: UserRun,
+    mapped: set[str],
+    arrays: dict,
+    notes: list[str],
+    **fields: Any,
+) -> Report:
+    """Statuses (in place), root causes, notes and the Report. ``forward``: forward taps and
+    the loss in forward order; ``backward``: gradient taps in backward order; ``param_rows``
+    deepest first; ``depth``: parameter name -> position towards the output; ``fields``: the
+    rest of the Report (dtype, tolerance, conversions, meta)."""
+    notes = list(notes)
+    roots: list[Finding] = []
+    extra: list[Row] = []
+    if run.error is not None:
+        extra.append(_raised(fn, run))
+        roots.append(finding_from_row(extra[0], "chain"))
+        notes.append(f"{fn} raised, so no gradient could be compared")
+    convention = _batch_convention(backward, param_rows, arrays, Tolerance(**fields["tolerance"]))
+    if convention is not None:
+        notes.append(convention)
+    roots += _tap_roots(forward, backward, arrays)
+    diverging = [r for r in param_rows if r.diverged]
+    param_found, deepest_note = _param_roots(diverging, backward, depth)
+    roots += param_found
+    notes += [deepest_note] if deepest_note else []
+    # A function that changes its inputs invalidates what follows: say so first.
+    roots[:0] = [_mutation(fn, what, set(depth)) for what in run.mutated]
+    has_reference = fields["meta"].get("reference") != NUMERIC_REFERENCE
+    unmapped, tap_notes = _tap_notes(run, mapped, has_reference, bool(diverging), bool(backward))
     wanted = {(f.layer, f.quantity) for f in roots}
     return Report(
         rows=extra + forward + backward + param_rows,
         root_causes=roots,
-        warnings=warnings,
-        first_divergence=first,
+        warnings=_warnings(fn, run, param_rows),
+        first_divergence={"forward": _first(forward), "backward": _first(backward + diverging)},
         arrays={k: v for k, v in arrays.items() if k in wanted},
         unmapped_taps=unmapped,
-        notes=notes,
+        notes=notes + tap_notes,
         **fields,
     )

@@ -93,6 +93,7 @@ class NumericLoss:
         return (up - down) / (2 * h)
 
     def gradient(self, name: str) -> np.ndarray:
+        """The whole numeric gradient of parameter ``name`` (its shape), entry by entry."""
         out = np.zeros(self.work[name].shape)
         unit = np.zeros(self.work[name].shape)
         for i in np.ndindex(out.shape):
@@ -134,6 +135,33 @@ def matches_numeric(loss: NumericLoss, name: str, g: np.ndarray, rng: np.random.
     numeric = np.array([loss.slope(name, d) for d in directions])
     ours = np.array([float(np.sum(g * d)) for d in directions])
     return tensor_diff(ours, numeric, numeric_tolerance(loss.base)).ok
+
+
+def referee_rows(
+    rows: list[Row],
+    grads: dict[str, np.ndarray],
+    make_loss: Callable[[], NumericLoss],
+    rng: np.random.Generator,
+) -> None:
+    """With a torch reference and loss_fn: a diverging gradient that matches central
+    differences of loss_fn is right for ours' own loss, so the reference (or its loss) is what
+    differs. Sets ``detail["referee"]`` ("ours" or "reference") and the wording, in place."""
+    diverging = [r for r in rows if r.diverged and r.diagnosis not in ("stale", "accumulated")]
+    if not diverging:
+        return
+    loss = make_loss()
+    for row in diverging:
+        ours_right = matches_numeric(loss, row.quantity[5:], grads[row.quantity[5:]], rng)
+        row.detail["referee"] = "ours" if ours_right else "reference"
+        if ours_right:
+            row.message = (
+                f"ours matches central differences of loss_fn, the reference does not "
+                f"({row.message}): the reference computes another function than ours"
+            )
+            row.fix = (
+                "make the reference model and reference_loss compute what loss_fn computes "
+                "(same layers, same cost and reduction, same penalty terms)"
+            )
 
 
 def _candidates(g: np.ndarray, shape: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:

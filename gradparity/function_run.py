@@ -104,13 +104,13 @@ def run_reference(
 ) -> ReferenceRun:
     """Forward, loss and backward of the reference, recording the tapped module calls."""
     modules = dict(model.named_modules())
-    calls: dict[str, list[torch.Tensor]] = {}
+    calls: dict[str, list[Any]] = {}
     tapped: dict[str, np.ndarray] = {}
 
     def hook(module, args, out, name):
+        calls.setdefault(name, []).append(out)
         if not isinstance(out, torch.Tensor):
             return
-        calls.setdefault(name, []).append(out)
         for tap, (kind, mod, call) in tap_specs.items():
             if mod != name or len(calls[name]) - 1 != (call or 0):
                 continue
@@ -128,9 +128,15 @@ def run_reference(
         try:
             out = model(as_tensor(x, dtype))
         except Exception as exc:
+            hint = (
+                f"x is {x.dtype}: integers are kept as they are (token indices); pass "
+                "x.astype(float) for features"
+                if x.dtype.kind in "iub"
+                else "pass reference_x in the reference's layout (e.g. x.T for column examples)"
+            )
             raise InputError(
-                f"the reference model raised {_one_line(exc)} on reference_x of shape {x.shape}; "
-                "pass reference_x in the reference's layout (e.g. x.T for column examples)"
+                f"the reference model raised {_one_line(exc)} on reference_x of shape "
+                f"{x.shape}; {hint}"
             ) from exc
         try:
             loss = loss_fn(out, as_tensor(target, dtype))
@@ -144,6 +150,16 @@ def run_reference(
     finally:
         for h in handles:
             h.remove()
+    not_tensor = [
+        t for t, (_, m, c) in tap_specs.items()
+        if len(calls.get(m, [])) > (c or 0) and not isinstance(calls[m][c or 0], torch.Tensor)
+    ]  # fmt: skip
+    if not_tensor:
+        m = tap_specs[not_tensor[0]][1]
+        raise InputError(
+            f"tap_map maps {not_tensor} to module {m!r}, which returns a "
+            f"{type(calls[m][0]).__name__}, not a tensor; map them to a module that outputs one"
+        )
     never = [t for t, (_, m, c) in tap_specs.items() if len(calls.get(m, [])) <= (c or 0)]
     if never:
         raise InputError(

@@ -488,3 +488,29 @@ def test_parameters_pair_by_name_before_order():
         "Whh": ("cell.Whh", "identity"),
         "Why": ("Why", "identity"),
     }
+
+
+def test_integer_features_and_tuple_outputs_get_one_line_advice():
+    params, x, y, _loss, grads = _linear_softmax()
+    pixels = np.random.default_rng(0).integers(0, 255, size=(7, 5))
+    with pytest.raises(gp.InputError, match=r"x is int64: .* pass x.astype\(float\)"):
+        gp.compare_function(grads, params, torch.nn.Linear(5, 3), pixels, y)
+
+    class Pair(torch.nn.Module):
+        def forward(self, s):
+            return s, s.sum()
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.pair = torch.nn.Linear(5, 3), Pair()
+
+        def forward(self, x):
+            return self.pair(self.fc(x))[0]
+
+    def tapped(x, y):
+        gp.tap("s", x @ params["W"])
+        return grads(x, y)
+
+    with pytest.raises(gp.InputError, match=r"module 'pair', which returns a tuple, not a tensor"):
+        gp.compare_function(tapped, params, Wrapped(), x, y, tap_map={"s": "pair"})
