@@ -131,7 +131,7 @@ def _inject(model: Any, bug_name: str) -> tuple[Any, Any]:
         raise InputError(f"{exc}; this model cannot take it") from exc
 
 
-def _function_report(spec: str, dtype: str, seed: int) -> Report:
+def _function_report(spec: str, dtype: str | None, seed: int | None) -> Report:
     """``check --function``: the factory returns compare_function's keyword arguments."""
     from gradparity.function_compare import compare_function
 
@@ -144,7 +144,9 @@ def _function_report(spec: str, dtype: str, seed: int) -> Report:
             f"(reference may be None), got {got}"
         )
     module, _, attr = spec.rpartition(":")
-    kwargs = {**kwargs, "dtype": dtype, "seed": seed}
+    # The command line's --dtype and --seed win where given; else the factory's, else defaults.
+    kwargs = {**kwargs, **({"dtype": dtype} if dtype else {})}
+    kwargs = {**kwargs, **({"seed": seed} if seed is not None else {})}
     kwargs.setdefault("name", f"{Path(module).stem}:{attr}")
     try:
         return compare_function(**kwargs)
@@ -173,15 +175,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.ours and args.model:
         raise InputError("give --model or --ours/--reference, not both")
     reports: list[Report] = []
-    if args.function:
+    dtype, seed = args.dtype or "float64", 0 if args.seed is None else args.seed
+    if args.function:  # given as None: the factory's own dtype and seed count then
         reports.append(_function_report(args.function, args.dtype, args.seed))
     elif args.ours:
-        kwargs, name = _custom_setup(args.ours, args.reference, args.seed)
-        reports.append(compare(**kwargs, dtype=args.dtype, seed=args.seed, name=name))
+        kwargs, name = _custom_setup(args.ours, args.reference, seed)
+        reports.append(compare(**kwargs, dtype=dtype, seed=seed, name=name))
     else:
         for model in [args.model] if args.model else zoo.DEFAULT_MODELS:
             try:
-                setup = zoo.build(model, args.seed)
+                setup = zoo.build(model, seed)
             except KeyError as exc:
                 raise InputError(exc.args[0]) from exc
             ours, loss, name = setup.ours, None, setup.name
@@ -195,8 +198,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     setup.x,
                     setup.target,
                     ours_loss=loss,
-                    dtype=args.dtype,
-                    seed=args.seed,
+                    dtype=dtype,
+                    seed=seed,
                     name=name,
                 )
             )
@@ -345,9 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="backprop written as one function: FACTORY returns a dict of compare_function's "
         "keyword arguments (grads, params, reference, x, target, ...)",
     )
-    check.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    check.add_argument(
+        "--dtype", choices=["float64", "float32"], help="default float64 (or the --function's)"
+    )
     check.add_argument("--out", default="reports/latest", help="report folder")
-    check.add_argument("--seed", type=int, default=0)
+    check.add_argument("--seed", type=int, help="default 0 (or the --function's)")
     check.add_argument("--format", choices=["text", "md", "json"], default="text")
     check.add_argument("--bug", metavar="NAME", help="inject a known bug (see selftest)")
     check.set_defaults(func=cmd_check)

@@ -131,6 +131,9 @@ def _function_factory(tmp_path) -> str:
 
         def stray_argument():
             return {**function_setup(None), "layer_map": {}}
+
+        def single_precision():
+            return {**function_setup(None), "dtype": "float32"}
         """)
     )
     return str(tmp_path / "fn_setup.py")
@@ -176,3 +179,11 @@ def test_help_is_quick_it_imports_neither_torch_nor_pandas():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["False", "False"]
+
+
+def test_check_function_keeps_the_factorys_dtype_unless_the_command_line_gives_one(tmp_path):
+    spec = f"{_function_factory(tmp_path)}:single_precision"
+    for extra, expected in (([], "float32"), (["--dtype", "float64"], "float64")):
+        out = tmp_path / expected
+        assert main(["check", "--function", spec, *extra, "--out", str(out)]) == 0
+        assert json.loads((out / "report.json").read_text())["dtype"] == expected
