@@ -8,6 +8,7 @@ order, else by shape, each with the layout conversion that makes them hold the s
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,19 +134,35 @@ def _pair_params(pair: LayerPair) -> list[tuple[str, str, list[str]]]:
             f"layer {pair.name!r}: {len(ours)} parameters on ours, {len(ref)} on "
             f"reference module {pair.module_name!r} ({listing})"
         )
-    by_order = [(k, n, candidate_conversions(ours[k], ref[n])) for k, n in zip(ours, ref)]
-    if all(c for _, _, c in by_order):
-        return by_order
-    paired, free = [], dict(ref)
-    for k, shape in ours.items():
-        fits = [n for n, s in free.items() if candidate_conversions(shape, s)]
+    paired, unfit = by_order_else_shape(ours, ref)
+    if unfit is not None:
+        raise InputError(
+            f"layer {pair.name!r}: ours parameter {unfit!r} of shape {ours[unfit]} fits no "
+            f"reference parameter by any layout conversion ({listing})"
+        )
+    return [(k, n, candidate_conversions(ours[k], ref[n])) for k, n in paired]
+
+
+def by_order_else_shape(
+    ours: dict[str, tuple[int, ...]],
+    ref: dict[str, tuple[int, ...]],
+    first: Callable[[str, str], bool] | None = None,
+) -> tuple[list[tuple[str, str]], str | None]:
+    """((ours name, reference name) pairs, None): in order when every pair fits some layout
+    conversion, else each ours entry takes the first free reference entry it fits (those
+    ``first(ours, ref)`` marks come first). (pairs so far, name) for an entry nothing fits."""
+    if all(candidate_conversions(ours[o], ref[r]) for o, r in zip(ours, ref)):
+        return list(zip(ours, ref)), None
+    paired, free = [], list(ref)
+    for name, shape in ours.items():
+        fits = [r for r in free if candidate_conversions(shape, ref[r])]
+        if first is not None:
+            fits.sort(key=lambda r: not first(name, r))
         if not fits:
-            raise InputError(
-                f"layer {pair.name!r}: ours parameter {k!r} of shape {shape} fits no "
-                f"reference parameter by any layout conversion ({listing})"
-            )
-        paired.append((k, fits[0], candidate_conversions(shape, free.pop(fits[0]))))
-    return paired
+            return paired, name
+        free.remove(fits[0])
+        paired.append((name, fits[0]))
+    return paired, None
 
 
 def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from torch import nn
 
-from gradparity.align import ParamPair
+from gradparity.align import ParamPair, by_order_else_shape
 from gradparity.errors import InputError
 from gradparity.reference.layout import IDENTITY, TRANSPOSE, candidate_conversions
 from gradparity.structure import layer_index
@@ -75,22 +75,20 @@ def _pair_names(
     free_ours = [n for n in ours if n not in param_map]
     if all(re.search(r"\d", n) for n in free_ours):
         free_ours.sort(key=lambda n: index[n])
-    free_ref = [n for n in ref if n not in param_map.values()]
-    if all(candidate_conversions(ours[o], ref[r]) for o, r in zip(free_ours, free_ref)):
-        return [*param_map.items(), *zip(free_ours, free_ref)]
-    pairs = list(param_map.items())
-    for name in free_ours:
-        fits = [r for r in free_ref if candidate_conversions(ours[name], ref[r])]
-        fits.sort(key=lambda r: _is_bias(ours[name]) != (len(ref[r]) == 1))
-        if not fits:
-            raise InputError(
-                f"parameter {name} of shape {ours[name]} fits no free reference parameter by "
-                f"any layout conversion (free: {_listing({r: ref[r] for r in free_ref})}); "
-                "pass param_map={name: torch parameter name}"
-            )
-        free_ref.remove(fits[0])
-        pairs.append((name, fits[0]))
-    return pairs
+    free_ref = {n: ref[n] for n in ref if n not in param_map.values()}
+    paired, unfit = by_order_else_shape(
+        {n: ours[n] for n in free_ours},
+        free_ref,
+        first=lambda o, r: _is_bias(ours[o]) == (len(ref[r]) == 1),  # biases with biases
+    )
+    if unfit is not None:
+        left = {r: s for r, s in free_ref.items() if r not in dict(paired).values()}
+        raise InputError(
+            f"parameter {unfit} of shape {ours[unfit]} fits no free reference parameter by "
+            f"any layout conversion (free: {_listing(left)}); "
+            "pass param_map={name: torch parameter name}"
+        )
+    return [*param_map.items(), *paired]
 
 
 def _by_name(
