@@ -29,6 +29,11 @@ def _ratio(row) -> float | None:
     return abs(row.ours_at_worst - row.ref_at_worst) / row.allowed_at_worst
 
 
+def _ratios(rows) -> list[float]:
+    """The error / allowed error of every row that has values."""
+    return [r for r in map(_ratio, rows) if r is not None]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=50)
@@ -39,13 +44,11 @@ def main() -> None:
     for builder in setups:
         for seed in range(args.seeds):
             model, loss, x, target = builder(seed)
-            report = compare_setup(model, loss, x, target, seed=seed)
-            ratios = [r for r in map(_ratio, report.rows) if r is not None]
+            ratios = _ratios(compare_setup(model, loss, x, target, seed=seed).rows)
             clean, tensors = max(clean, *ratios), tensors + len(ratios)
     for seed in range(3):
         s = build("mlp", seed)
-        report = compare(s.ours, s.reference, s.x, s.target, seed=seed)
-        ratios = [r for r in map(_ratio, report.rows) if r is not None]
+        ratios = _ratios(compare(s.ours, s.reference, s.x, s.target, seed=seed).rows)
         clean, tensors = max(clean, *ratios), tensors + len(ratios)
     print(
         f"correct code: largest error = {clean:.3g} x allowed "
@@ -74,7 +77,7 @@ def _numeric_referee(seeds: int) -> None:
     clean, tensors = 0.0, 0
     for seed in range(seeds):
         report = compare_function(**function_setup(None, seed, numeric=True), seed=seed)
-        ratios = [r for r in map(_ratio, report.rows) if r is not None]
+        ratios = _ratios(report.rows)
         clean, tensors = max(clean, *ratios), tensors + len(ratios)
     print(
         f"central differences, correct code: largest error = {clean:.3g} x allowed "
@@ -83,9 +86,9 @@ def _numeric_referee(seeds: int) -> None:
     smallest, which = np.inf, ""
     for bug in FUNCTION_BUGS:
         report = compare_function(**function_setup(bug, 0, numeric=True))
-        for row in report.rows:
-            ratio = _ratio(row) if row.quantity == f"grad:{bug.numeric_param}" else None
-            if ratio is not None and ratio < smallest:
+        at_bug = [r for r in report.rows if r.quantity == f"grad:{bug.numeric_param}"]
+        for ratio in _ratios(at_bug):
+            if ratio < smallest:
                 smallest, which = ratio, bug.name
     print(
         f"central differences, known bugs: smallest error = {smallest:.3g} x allowed ({which}; "
