@@ -110,9 +110,5 @@ def _matches(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
     return a.shape == b.shape and _diff(a, b, tol).ok
 
 
-def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(n for n in shape if n != 1)
-
-
 def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(int(n) for n in shape))

@@ -20,8 +20,8 @@ from gradparity.diagnose_common import (
     _Context,
     _matches,
     _shape,
-    _squeezed,
 )
+from gradparity.reference.layout import squeezed
 from gradparity.tolerance import Tolerance
 
 # Above this rank the subsets of axes to reduce over are too many to try: only axis 0 is.
@@ -36,7 +36,7 @@ def _diagnose_shapes(
 ) -> Diagnosis:
     """Shape tests; o.shape != r.shape. diagnose_values: the value tests, for aligned values."""
     # Singleton axes only, e.g. (6, 1) against (6,): a harmless layout the harness may convert.
-    if _squeezed(o.shape) == _squeezed(r.shape):
+    if squeezed(o.shape) == squeezed(r.shape):
         return _shape_mismatch(o, r, ctx, diagnose_values, "reshape", o.reshape(r.shape))
     if o.ndim == 2 and o.T.shape == r.shape:
         if not _matches(o.T, r, ctx.tol):
@@ -91,7 +91,7 @@ def _find_reduction(
     Only reductions whose kept axes equal ``small``'s shape up to singleton axes are tried;
     fewer axes first, sum before mean.
     """
-    if big.ndim == 0 or big.ndim <= len(_squeezed(small.shape)):
+    if big.ndim == 0 or big.ndim <= len(squeezed(small.shape)):
         return None
     others = range(1, big.ndim) if big.ndim <= _MAX_SUBSET_NDIM else range(0)
     # Any single axis (the batch axis is last when examples are columns), then axis 0 with more.
@@ -99,7 +99,7 @@ def _find_reduction(
     combos = [(0, *e) for k in range(1, big.ndim) for e in itertools.combinations(others, k)]
     for axes in singles + combos:
         kept = tuple(n for i, n in enumerate(big.shape) if i not in axes)
-        if _squeezed(kept) != _squeezed(small.shape):
+        if squeezed(kept) != squeezed(small.shape):
             continue
         for how in ("sum", "mean"):
             if _matches(getattr(big, how)(axis=axes).reshape(small.shape), small, tol):

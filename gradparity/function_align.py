@@ -19,7 +19,7 @@ from torch import nn
 from gradparity.align import ParamPair, by_order_else_shape
 from gradparity.errors import InputError
 from gradparity.reference.layout import IDENTITY, TRANSPOSE, candidate_conversions
-from gradparity.structure import layer_index
+from gradparity.structure import is_vector, layer_index
 
 
 def _fmt(names: list[str], limit: int = 12) -> str:
@@ -28,10 +28,6 @@ def _fmt(names: list[str], limit: int = 12) -> str:
 
 def _listing(shapes: dict[str, tuple[int, ...]]) -> str:
     return _fmt([f"{n} {s}" for n, s in shapes.items()])
-
-
-def _is_bias(shape: tuple[int, ...]) -> bool:
-    return len([d for d in shape if d != 1]) <= 1
 
 
 def _pair_names(
@@ -79,7 +75,7 @@ def _pair_names(
     paired, unfit = by_order_else_shape(
         {n: ours[n] for n in free_ours},
         free_ref,
-        first=lambda o, r: _is_bias(ours[o]) == (len(ref[r]) == 1),  # biases with biases
+        first=lambda o, r: is_vector(ours[o]) == (len(ref[r]) == 1),  # biases with biases
     )
     if unfit is not None:
         left = {r: s for r, s in free_ref.items() if r not in dict(paired).values()}

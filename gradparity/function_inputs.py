@@ -14,7 +14,7 @@ from torch import nn
 
 from gradparity.api import check_finite, warm_input
 from gradparity.errors import InputError
-from gradparity.reference.layout import candidate_conversions
+from gradparity.reference.layout import candidate_conversions, squeezed
 
 
 def as_array(what: str, value: Any, dtype: str) -> np.ndarray:
@@ -74,9 +74,8 @@ def _explainable(grad_shape: tuple[int, ...], param_shape: tuple[int, ...]) -> b
     shape with one extra (batch) axis."""
     if candidate_conversions(grad_shape, param_shape):
         return True
-    core = tuple(d for d in param_shape if d != 1)
     return any(
-        tuple(d for d in grad_shape[:i] + grad_shape[i + 1 :] if d != 1) == core
+        squeezed(grad_shape[:i] + grad_shape[i + 1 :]) == squeezed(param_shape)
         for i in range(len(grad_shape))
     )
 

@@ -27,6 +27,7 @@ from gradparity.function_locate import (
 )
 from gradparity.function_run import UserRun
 from gradparity.metrics import tensor_diff
+from gradparity.reference.layout import squeezed
 from gradparity.report import Report
 from gradparity.structure import layer_index, rebuild
 from gradparity.tolerance import Tolerance
@@ -166,14 +167,14 @@ def referee_rows(
 
 def _candidates(g: np.ndarray, shape: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:
     """(label, ours brought to the parameter's shape): "" = as it is (or reshaped)."""
-    core = tuple(d for d in shape if d != 1)
+    core = squeezed(shape)
     found = []
-    if g.shape == shape or tuple(d for d in g.shape if d != 1) == core:
+    if g.shape == shape or squeezed(g.shape) == core:
         found.append(("", g.reshape(shape)))
     if g.ndim == 2 and g.T.shape == shape:
         found.append(("transposed", g.T))
     for axis in range(g.ndim):
-        kept = tuple(d for i, d in enumerate(g.shape) if i != axis and d != 1)
+        kept = squeezed(g.shape[:axis] + g.shape[axis + 1 :])
         if kept == core and g.shape[axis] != 1:
             found += [
                 ("not_reduced", g.sum(axis=axis).reshape(shape)),

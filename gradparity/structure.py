@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gradparity.errors import InputError
+from gradparity.reference.layout import squeezed
 
 
 def _child(name: str, key: Any, top_list: bool) -> str:
@@ -180,6 +181,11 @@ def rebuild(params: Any, values: dict[str, np.ndarray]) -> Any:
     return walk(params, "")
 
 
+def is_vector(shape: tuple[int, ...]) -> bool:
+    """At most one axis longer than 1: a bias, whether stored (n,), (n, 1) or (1, n)."""
+    return len(squeezed(shape)) <= 1
+
+
 def layer_index(names: list[str], shapes: list[tuple[int, ...]] | None = None) -> dict[str, int]:
     """Each parameter's layer, larger closer to the output: the number in its name (w[2], W2,
     layers.2.weight), else its position in params.
@@ -196,7 +202,7 @@ def layer_index(names: list[str], shapes: list[tuple[int, ...]] | None = None) -
     if shapes is not None and all(len(v) >= 2 for v in numbers.values()):
         kinds: dict[int, set[bool]] = {}
         for name, shape in zip(names, shapes):
-            kinds.setdefault(numbers[name][0], set()).add(len([d for d in shape if d != 1]) <= 1)
+            kinds.setdefault(numbers[name][0], set()).add(is_vector(shape))
         single = all(len(k) == 1 for k in kinds.values())
         distinct = {next(iter(k)) for k in kinds.values()} if single else set()
         pick = -1 if len(kinds) == 1 or len(distinct) > 1 else 0

@@ -26,12 +26,13 @@ def candidate_conversions(ours_shape: tuple[int, ...], torch_shape: tuple[int, .
         found.append(IDENTITY)
     if len(ours_shape) == 2 and ours_shape[::-1] == torch_shape:
         found.append(TRANSPOSE)
-    if not found and _squeezed(ours_shape) == _squeezed(torch_shape):
+    if not found and squeezed(ours_shape) == squeezed(torch_shape):
         found.append(RESHAPE)
     return found
 
 
-def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+def squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without its singleton axes: (n, 1) and (1, n) both give (n,)."""
     return tuple(d for d in shape if d != 1)
 
 
