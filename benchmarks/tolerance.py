@@ -6,6 +6,11 @@ Prints, as multiples of the allowed error at each tensor's worst element:
 - the same two for the central-difference referee (``compare_function(reference=None)``) on
   the one-function network of ``gradparity.function_bugs``.
 
+The noise floors of ``metrics.tensor_diff`` (errors below a thousandth of the allowed error,
+a tenth against central differences, are recorded as 0, so reports are the same on any machine)
+are switched off here: this measures the round-off they hide, and prints how far below the
+floors it stays.
+
 Run: .venv/bin/python benchmarks/tolerance.py [--seeds N]
 """
 
@@ -15,10 +20,12 @@ import argparse
 
 import numpy as np
 
+from gradparity import function_numeric, tolerance
 from gradparity.api import compare
 from gradparity.bugs import BUGS, UNMUTATED
 from gradparity.function_bugs import FUNCTION_BUGS, function_setup
 from gradparity.function_compare import compare_function
+from gradparity.reference import mirror, mirror_loss
 from gradparity.selftest import compare_setup
 from gradparity.zoo import build
 
@@ -38,6 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=50)
     args = parser.parse_args()
+    floors = dict(tolerance.NOISE_FLOORS)
+    tolerance.NOISE_FLOORS.update(dict.fromkeys(floors, 0.0))
+    floor = floors["float64"]
 
     clean, tensors = 0.0, 0
     setups = list(UNMUTATED.values())
@@ -54,6 +64,8 @@ def main() -> None:
         f"correct code: largest error = {clean:.3g} x allowed "
         f"({tensors} tensors, {len(setups)} small models x {args.seeds} seeds + 784-300-10 MLP)"
     )
+    print(f"noise floor:  {floor:g} x allowed, {floor / clean:.3g} times that largest round-off")
+    _float32(setups, args.seeds, floors["float32"])
 
     smallest, which = np.inf, ""
     for bug in BUGS:
@@ -73,7 +85,32 @@ def main() -> None:
     _numeric_referee(args.seeds)
 
 
+def _float32(setups: list, seeds: int, floor: float) -> None:
+    """The same correct models in float32, against float32's own noise ``floor``."""
+    clean, tensors = 0.0, 0
+    for builder in setups:
+        for seed in range(seeds):
+            model, loss, x, target = builder(seed)
+            report = compare(
+                model,
+                mirror(model),
+                x,
+                target,
+                ours_loss=loss,
+                reference_loss=mirror_loss(loss),
+                dtype="float32",
+                seed=seed,
+            )
+            ratios = _ratios(report.rows)
+            clean, tensors = max(clean, *ratios), tensors + len(ratios)
+    print(
+        f"float32, correct code: largest error = {clean:.3g} x allowed ({tensors} tensors); "
+        f"noise floor {floor:g} x allowed, {floor / clean:.3g} times that"
+    )
+
+
 def _numeric_referee(seeds: int) -> None:
+    floor, function_numeric.NUMERIC_NOISE_FLOOR = function_numeric.NUMERIC_NOISE_FLOOR, 0.0
     clean, tensors = 0.0, 0
     for seed in range(seeds):
         report = compare_function(**function_setup(None, seed, numeric=True), seed=seed)
@@ -81,7 +118,8 @@ def _numeric_referee(seeds: int) -> None:
         clean, tensors = max(clean, *ratios), tensors + len(ratios)
     print(
         f"central differences, correct code: largest error = {clean:.3g} x allowed "
-        f"({tensors} gradients, {seeds} seeds)"
+        f"({tensors} gradients, {seeds} seeds); noise floor {floor:g} x allowed, "
+        f"{floor / clean:.3g} times that"
     )
     smallest, which = np.inf, ""
     for bug in FUNCTION_BUGS:

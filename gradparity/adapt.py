@@ -6,12 +6,12 @@ other names is adapted with :func:`wrap`, without editing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from gradparity.errors import InputError
+from gradparity.errors import InputError, describe_error
 
 Accessor = str | Sequence[str] | Callable[[Any], Any] | None
 
@@ -36,12 +36,12 @@ class Wrapped:
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        return _read_arrays(self.obj, self._params, keys=None)
+        return _read_arrays(self, "params", self._params, keys=None)
 
     @property
     def grads(self) -> dict[str, np.ndarray]:
-        names = _keys(self.obj, self._params)
-        return _read_arrays(self.obj, self._grads, keys=names)
+        names = list(self._params) if isinstance(self._params, (list, tuple)) else None
+        return _read_arrays(self, "grads", self._grads, keys=names)
 
     def __repr__(self) -> str:
         return f"wrap({type(self.obj).__name__})"
@@ -69,6 +69,18 @@ def wrap(
     for role, acc in (("forward", forward), ("backward", backward)):
         if isinstance(acc, str) and not callable(getattr(obj, acc, None)):
             raise InputError(f"wrap: {type(obj).__name__} has no method {acc!r} for {role}=")
+        if not (isinstance(acc, str) or callable(acc)):
+            raise InputError(
+                f"wrap: {role}= must be a method name or a callable f(obj, ...), got "
+                f"{acc!r}; pass e.g. {role}={'fprop' if role == 'forward' else 'bprop'!r}"
+            )
+    for role, acc in (("params", params), ("grads", grads)):
+        names = isinstance(acc, (list, tuple)) and all(isinstance(n, str) for n in acc)
+        if not (acc is None or isinstance(acc, str) or callable(acc) or names):
+            raise InputError(
+                f"wrap: {role}= must be an attribute name, a list of attribute names, a callable "
+                f"f(obj) -> dict, or None, got {acc!r}"
+            )
     if (
         isinstance(params, (list, tuple))
         and isinstance(grads, (list, tuple))
@@ -87,13 +99,12 @@ def _call(obj: Any, accessor: Accessor, args: tuple) -> Any:
     return getattr(obj, accessor)(*args)
 
 
-def _keys(obj: Any, accessor: Accessor) -> list[str] | None:
-    if isinstance(accessor, (list, tuple)):
-        return list(accessor)
-    return None
-
-
-def _read_arrays(obj: Any, accessor: Accessor, keys: list[str] | None) -> dict[str, np.ndarray]:
+def _read_arrays(
+    wrapped: Wrapped, role: str, accessor: Accessor, keys: list[str] | None
+) -> dict[str, np.ndarray]:
+    """The dict ``wrap``'s ``params=`` or ``grads=`` (``role``) reads from the wrapped object;
+    one line when the accessor raises or gives something other than a dict."""
+    obj = wrapped.obj
     if accessor is None:
         return {}
     if isinstance(accessor, (list, tuple)):
@@ -103,26 +114,63 @@ def _read_arrays(obj: Any, accessor: Accessor, keys: list[str] | None) -> dict[s
             for name, attr in zip(names, accessor)
             if getattr(obj, attr, None) is not None
         }
-    value = accessor(obj) if callable(accessor) else getattr(obj, accessor, None)
-    if callable(value):
-        value = value()
-    return dict(value) if value is not None else {}
+    try:
+        value = accessor(obj) if callable(accessor) else getattr(obj, accessor, None)
+        if callable(value):
+            value = value()
+    except Exception as exc:
+        raise InputError(
+            f"{wrapped!r}: reading {role}={_accessor_name(accessor)} raised "
+            f"{describe_error(exc)}; it must give a dict {{name: array}}"
+        ) from exc
+    return _as_dict(value, f"{wrapped!r}: {role}={_accessor_name(accessor)}", role)
 
 
-def params_of(layer: Any) -> dict[str, np.ndarray]:
-    """The layer's parameters as a dict (empty when it has none)."""
-    value = getattr(layer, "params", None)
-    if callable(value):
-        value = value()
-    return dict(value) if value else {}
+def _accessor_name(accessor: Accessor) -> str:
+    return repr(accessor) if isinstance(accessor, str) else getattr(accessor, "__name__", "f")
 
 
-def grads_of(layer: Any) -> dict[str, np.ndarray]:
-    """The layer's gradients as a dict (empty when backward filled none)."""
-    value = getattr(layer, "grads", None)
-    if callable(value):
-        value = value()
-    return dict(value) if value else {}
+def _as_dict(value: Any, what: str, role: str) -> dict[str, np.ndarray]:
+    """``value`` (a layer's params or grads) as a plain dict: None is empty, anything but a
+    mapping is refused in one line naming ``what``."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputError(
+            f"{what} gives a {type(value).__name__}, not a dict {{name: array}}; "
+            f"return a dict, or with gradparity.wrap name the attributes in a list "
+            f"({role}=['W', 'b'])"
+        )
+    return dict(value)
+
+
+def _layer_dict(layer: Any, role: str, name: str | None) -> dict[str, np.ndarray]:
+    """``layer.params`` or ``layer.grads`` (``role``; an attribute, property or method) as a
+    dict; one line naming the layer when reading it raises or gives no dict."""
+    what = f"the {role} of layer {name!r}" if name else f"the {role} of {type(layer).__name__}"
+    try:
+        value = getattr(layer, role, None)
+        if callable(value):
+            value = value()
+    except InputError:  # a wrap accessor's own refusal already names what to fix
+        raise
+    except Exception as exc:  # a property or method of the user's layer that raised
+        raise InputError(
+            f"reading {what} raised {describe_error(exc)}; it must give a dict {{name: array}}"
+        ) from exc
+    return _as_dict(value, what, role)
+
+
+def params_of(layer: Any, name: str | None = None) -> dict[str, np.ndarray]:
+    """The layer's parameters as a dict (empty when it has none); one line, naming the layer
+    (``name``, else its type), when they cannot be read as a dict."""
+    return _layer_dict(layer, "params", name)
+
+
+def grads_of(layer: Any, name: str | None = None) -> dict[str, np.ndarray]:
+    """The layer's gradients as a dict (empty when backward filled none); read as
+    ``params_of`` reads parameters."""
+    return _layer_dict(layer, "grads", name)
 
 
 def check_protocol(name: str, layer: Any) -> None:

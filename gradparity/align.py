@@ -18,6 +18,7 @@ from torch import nn
 
 from gradparity.adapt import params_of
 from gradparity.errors import InputError
+from gradparity.records import USER_ERRORS, real_array
 from gradparity.reference.layout import (
     IDENTITY,
     TRANSPOSE,
@@ -227,8 +228,8 @@ def _forward_agreement(
         with torch.no_grad():
             expected = module(torch.as_tensor(x)).numpy()
         try:
-            got = copy.deepcopy(pair.layer).forward(x.copy())
-        except Exception:  # a layer that cannot run here is judged (and reported) later
+            got = real_array(copy.deepcopy(pair.layer).forward(x.copy()), "output", "output")
+        except USER_ERRORS:  # a layer that cannot run here is judged (and reported) later
             continue
         if np.shape(got) == expected.shape and np.allclose(got, expected, rtol=1e-6, atol=1e-9):
             return conversion, "forward agreement"

@@ -17,53 +17,22 @@ from gradparity.errors import InputError
 from gradparity.explain import Probe, add_evidence
 from gradparity.lints import lint_records
 from gradparity.locate import Finding, first_divergence, locate
+from gradparity.preflight import check_filled, check_target, dry_run, to_cpu
 from gradparity.records import LayerRecord
 from gradparity.reference.layout import to_torch_layout
 from gradparity.report import Report
+from gradparity.run_torch import TORCH_DTYPES
 from gradparity.tolerance import tolerance_for
-
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def check_finite(name: str, a: np.ndarray) -> None:
-    """One-line refusal of an array holding NaN or infinity, naming it and the first index."""
-    if a.dtype.kind in "fc" and not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))
-        raise InputError(
-            f"{name} holds {len(bad)} non-finite value(s), first at "
-            f"{tuple(int(i) for i in bad[0])}; pass finite values"
-        )
-
-
-def prepare_input(x: Any, dtype: str) -> np.ndarray:
-    """x as a float array of ``dtype``, at least (1, features); refused if not finite."""
-    try:
-        arr = np.asarray(x, dtype=dtype)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"x must be a numeric array: {exc}") from exc
-    if arr.ndim == 0 or arr.size == 0:
-        raise InputError(f"x must hold at least one example, got shape {arr.shape}")
-    arr = arr[None] if arr.ndim == 1 else arr
-    check_finite("x", arr)
-    return arr
-
-
-def prepare_target(target: Any, batch: int, dtype: str) -> np.ndarray:
-    """Integer class indices stay integers (shape (N,)); anything else becomes ``dtype``."""
-    arr = np.atleast_1d(np.asarray(target))
-    if arr.shape[0] != batch:
-        raise InputError(f"target has {arr.shape[0]} rows but x has {batch} examples")
-    if arr.dtype.kind in "iub":
-        if arr.min() < 0:
-            raise InputError(
-                f"target holds the negative class {int(arr.min())}; classes are 0, 1, ..., C-1"
-            )
-        return arr.astype(np.int64)
-    if arr.dtype.kind not in "f":
-        raise InputError(f"target must be integer classes or a float array, got {arr.dtype}")
-    arr = arr.astype(dtype)
-    check_finite("target", arr)
-    return arr
+from gradparity.validate import (
+    check_flag,
+    check_mapping,
+    check_name,
+    check_options,
+    check_parameters,
+    prepare_input,
+    prepare_target,
+    quiet_arithmetic,
+)
 
 
 def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
@@ -83,7 +52,11 @@ def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
     return ours_loss, reference_loss
 
 
-def reference_copy(reference_model: Any, dtype: str) -> nn.Module:
+def reference_copy(
+    reference_model: Any, dtype: str, sync_weights: bool = True
+) -> tuple[nn.Module, list[str]]:
+    """(a deep copy of the reference on the CPU in ``dtype``, in eval mode; the names of its
+    parameters that came from the meta device and wait for ours' values, see ``to_cpu``)."""
     if not isinstance(reference_model, nn.Module):
         raise InputError(
             f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
@@ -94,13 +67,24 @@ def reference_copy(reference_model: Any, dtype: str) -> nn.Module:
         raise InputError(
             f"cannot copy the reference model ({exc}); it must support copy.deepcopy"
         ) from exc
-    return model.to(TORCH_DTYPES[dtype]).eval()
+    empty = to_cpu(model, TORCH_DTYPES[dtype], sync_weights)
+    return model.eval(), empty
+
+
+def synced_names(pairs: list[LayerPair]) -> set[str]:
+    """The reference's full parameter names that ``sync_module`` fills for ``pairs``."""
+    return {f"{p.module_name}.{pp.torch_name}".lstrip(".") for p in pairs for pp in p.params}
 
 
 def warm_input(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A different input of the same shape, for the warm-up pass."""
-    spread = max(float(np.std(a)), 1.0)
-    return (a + rng.standard_normal(a.shape) * 0.5 * spread).astype(a.dtype)
+    """A different input of the same shape, for the warm-up pass (finite, also for an x near
+    the dtype's largest values)."""
+    top = float(np.max(np.abs(a))) if a.size else 0.0
+    spread = max(float(np.std(a / top)) * top if top > 0 else 0.0, 1.0)
+    limit = np.finfo(a.dtype).max if a.dtype.kind == "f" else np.inf
+    with np.errstate(over="ignore"):
+        warm = a + rng.standard_normal(a.shape) * 0.5 * spread
+    return np.clip(warm, -limit, limit).astype(a.dtype)
 
 
 def run_isolation(
@@ -189,6 +173,7 @@ def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
     return merged
 
 
+@quiet_arithmetic
 def compare(
     ours_model: Any,
     reference_model: nn.Module,
@@ -207,31 +192,43 @@ def compare(
 ) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
-    x: (N, features) (a 1-D x is one example); target: (N,) integer classes for the default
-    softmax cross-entropy, or an array shaped like the output for other losses.
-    Runs both modes: ``chain`` (end to end) and ``isolate`` (each layer alone on the
+    x: (N, features) (a 1-D x is one example); target: (N,) integer classes or (N, C) class
+    probabilities (one-hot rows included) for the default softmax cross-entropy, or an array
+    shaped like the output for other losses. Options and inputs are checked before anything
+    runs (one reference forward on x among the checks): a bad one is an InputError of one
+    line. Runs both modes: ``chain`` (end to end) and ``isolate`` (each layer alone on the
     reference's input and a seeded random upstream gradient). Neither model is modified:
-    both sides run on copies, and ``sync_weights`` copies ours' parameters into the copy.
+    both sides run on copies, and ``sync_weights`` copies ours' parameters into the copy (a
+    reference on the meta device is then allocated on the CPU to take them).
     """
-    if dtype not in TORCH_DTYPES:
-        raise InputError(f"dtype must be 'float64' or 'float32', not {dtype!r}")
+    dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
+    layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
+    name = check_name(name)
     tol = tolerance_for(dtype, rtol, atol)
     tdtype = TORCH_DTYPES[dtype]
     layers = named_layers(ours_model)
     x = prepare_input(x, dtype)
     target = prepare_target(target, x.shape[0], dtype)
     ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
-    for lname, layer in layers:
-        for key, value in params_of(layer).items():
-            check_finite(f"parameter {lname}.{key}", np.asarray(value))
+    check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     rng = np.random.default_rng(seed)
-    ref_model = reference_copy(reference_model, dtype)
+    ref_model, empty = reference_copy(
+        reference_model, dtype, check_flag(sync_weights, "sync_weights")
+    )
     pairs = align_layers(layers, ref_model, layer_map)
     pair_parameters(pairs, rng)
     if sync_weights:
         for pair in pairs:
             sync_module(pair.layer, pair.module, pair.params)
+        check_filled(empty, synced_names(pairs))
     weight_notes = [] if sync_weights else _weight_differences(pairs)
+    target = check_target(
+        target,
+        dry_run(ref_model, x, tdtype, names={p.module_name: p.name for p in pairs}),
+        dtype,
+        ours_loss=ours_loss,
+        reference_loss=reference_loss,
+    )
 
     ours_chain = run_numpy.run_chain(layers, ours_loss, x, target, warm_input(x, rng))
     ref_chain = run_torch.run_chain(ref_model, pairs, reference_loss, x, target, tdtype)

@@ -7,7 +7,6 @@ rows that diverged. The full report travels on the exception as ``.report``.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from pathlib import Path
@@ -16,12 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradparity.api import compare, prepare_input
+from gradparity import escape
+from gradparity.api import compare, prepare_input, reference_copy
 from gradparity.diff import Row
 from gradparity.errors import InputError
+from gradparity.folder import check_target
 from gradparity.locate import Finding, place
+from gradparity.metrics import first_largest
+from gradparity.preflight import dry_run
 from gradparity.report import Report
 from gradparity.tolerance import Tolerance
+from gradparity.validate import check_seed
 
 _TABLE_COLUMNS = ("mode", "layer", "quantity", "status", "diagnosis", "max_abs", "max_rel")
 
@@ -74,8 +78,7 @@ def _greatest(
         err = np.abs(o - r)
         err = np.where(np.isnan(err), np.inf, err)
         rel = np.where(np.abs(r) > 0, err / np.abs(r), np.where(err > 0, np.inf, 0.0))
-    at_abs = np.unravel_index(int(np.argmax(err)), o.shape)
-    at_rel = np.unravel_index(int(np.argmax(rel)), o.shape)
+    at_abs, at_rel = first_largest(err), first_largest(rel)
     allowed = Tolerance(**report.tolerance).allowed(np.where(np.isfinite(r), r, 0.0))
     return at_abs, at_rel, float(allowed[at_abs])
 
@@ -158,7 +161,7 @@ def failure_message(report: Report, max_rows: int = 8) -> str:
     if first:
         lines.append(f"first divergence in the chain run: {', '.join(first)}")
     lines += _table(report.rows, max_rows)
-    return "\n".join(lines)
+    return "\n".join(map(escape.terminal, lines))  # names must not drive the terminal
 
 
 def default_target(reference: torch.nn.Module, x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -168,21 +171,23 @@ def default_target(reference: torch.nn.Module, x: np.ndarray, seed: int = 0) -> 
     The width comes from running a float64 copy of ``reference`` on ``x``; the reference
     itself is left as it was.
     """
-    if not isinstance(reference, torch.nn.Module):
-        raise InputError(
-            f"reference model must be a torch.nn.Module, got {type(reference).__name__}"
-        )
+    seed = check_seed(seed)
     arr = prepare_input(x, "float64")
-    model = copy.deepcopy(reference).double().eval()
-    try:
-        with torch.no_grad():
-            width = model(torch.from_numpy(arr)).shape[-1]
-    except Exception as exc:
-        raise InputError(
-            f"the reference model fails on x of shape {arr.shape} ({exc}); check x against "
-            "the reference's first layer (features on the last axis)"
-        ) from exc
+    model, _ = reference_copy(reference, "float64")
+    width = dry_run(model, arr, torch.float64).shape[-1]
     return np.random.default_rng(seed).integers(0, width, size=arr.shape[0])
+
+
+def check_report_dir(report_dir: Any) -> None:
+    """report_dir: None or a folder path (str or os.PathLike) a report can be saved into,
+    refused before anything runs (``folder.check_target``)."""
+    if report_dir is not None and not isinstance(report_dir, (str, os.PathLike)):
+        raise InputError(
+            "report_dir must be a folder path (str or pathlib.Path), got "
+            f"{type(report_dir).__name__}"
+        )
+    if report_dir is not None:
+        check_target(report_dir)
 
 
 def assert_parity(
@@ -202,6 +207,7 @@ def assert_parity(
     the default softmax cross-entropy). Bad input raises ``InputError`` as ``compare`` does.
     """
     __tracebackhide__ = True  # pytest: show the caller's line, not this frame
+    check_report_dir(report_dir)
     if target is None:
         target = default_target(reference, x, options.get("seed", 0))
     return _passed(compare(ours, reference, x, target, **options), report_dir)
@@ -214,8 +220,11 @@ def _passed(report: Report, report_dir: str | os.PathLike | None) -> Report:
         return report
     message = failure_message(report)
     if report_dir is not None:
-        saved = report.save(report_dir)
-        message += f"\nfull report: {Path(saved) / 'report.md'}"
+        try:  # the divergence is the news: a folder that became unusable must not hide it
+            saved = report.save(report_dir)
+            message += f"\nfull report: {Path(saved) / 'report.md'}"
+        except InputError as exc:
+            message += f"\nreport not saved: {exc}"
     raise ParityError(message, report)
 
 
@@ -234,4 +243,5 @@ def assert_function_parity(
     __tracebackhide__ = True
     from gradparity.function_compare import compare_function
 
+    check_report_dir(report_dir)
     return _passed(compare_function(grads, params, reference, x, target, **options), report_dir)

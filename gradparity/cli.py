@@ -17,15 +17,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradparity import zoo
-from gradparity.errors import InputError
+from gradparity import escape, zoo
+from gradparity.cli_errors import (
+    EXIT_USAGE,
+    OneLineParser,
+    internal_error,
+    option_type,
+    say,
+    user_exit,
+)
+from gradparity.errors import InputError, describe_error
+from gradparity.folder import check_target
 from gradparity.terminal import render as render_terminal
 from gradparity.terminal import use_colour
+from gradparity.validate import DTYPES, check_count, check_seed
 
 if TYPE_CHECKING:  # torch, pandas and the harness load when a command runs, not for --help
     from gradparity.report import Report
 
-EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_DIVERGED = 0, 1
 
 
 def load_factory(spec: str) -> Any:
@@ -61,19 +71,16 @@ def _call_factory(spec: str) -> Any:
     try:
         return factory()
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise InputError(f"{spec} raised {type(exc).__name__}: {first}") from exc
+        raise InputError(f"{spec} raised {describe_error(exc)}") from exc
 
 
 def _check_out(path: str) -> Path:
-    """The report folder, refused early when it cannot be one."""
+    """The report folder as given, refused before anything runs when a save could not replace
+    it (``folder.check_target``)."""
     if not path:
         raise InputError("--out needs a folder name")
-    out = Path(path)
-    blocked = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
-    if blocked is not None:
-        raise InputError(f"--out {path}: {blocked} is a file, not a folder")
-    return out
+    check_target(path)
+    return Path(path)
 
 
 def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
@@ -204,19 +211,16 @@ def cmd_check(args: argparse.Namespace) -> int:
                 )
             )
     report = reports[0] if len(reports) == 1 else merge_reports(reports)
-    report.save(out)
-    if len(reports) > 1:
-        for r in reports:
-            r.save(out / r.meta["model"])
+    report.save(out)  # a merged report carries its parts into subfolders
     if args.format == "json":
-        print(report.to_json(), end="")
+        say(report.to_json(), end="")
     elif args.format == "md":
-        print(report.to_markdown(), end="")
+        say(report.to_markdown(), end="")
     else:
         colour = use_colour(sys.stdout)
         for r in reports:
-            print(render_terminal(r, colour))
-        print(f"report: {out / 'report.md'}")
+            say(render_terminal(r, colour))
+        say(f"report: {out / 'report.md'}")
     return EXIT_OK if report.ok else EXIT_DIVERGED
 
 
@@ -228,9 +232,9 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise InputError(exc.args[0]) from exc
     if args.format == "json":
-        print(json.dumps({"bugs": [r.as_dict() for r in results]}, indent=2))
+        say(json.dumps({"bugs": [r.as_dict() for r in results]}, indent=2))
     else:
-        print(format_table(results))
+        say(format_table(results))
     return EXIT_OK if all(r.localized for r in results) else EXIT_DIVERGED
 
 
@@ -274,14 +278,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.steps is not None and args.epochs is not None:
         raise InputError("give --steps or --epochs, not both")
-    for flag, value in (
-        ("--batch-size", args.batch_size),
-        ("--hidden", args.hidden),
-        ("--steps", args.steps),
-        ("--epochs", args.epochs),
-    ):
-        if value is not None and value < 1:
-            raise InputError(f"{flag} must be at least 1, got {value}")
     out = _check_out(args.out)
     data = load_dataset(args.dataset, seed=args.seed)
     model = _train_model(args.model, data.n_features, data.n_classes, args.hidden, args.seed)
@@ -318,22 +314,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     report.save(out)
     scored = report.history.dropna(subset=["val_acc_ours"])
     last = scored.iloc[-1]
-    print(
+    say(
         f"{name}: {len(report.history)} steps, lr {lr:g}, batch {args.batch_size}; "
         f"validation accuracy ours {last.val_acc_ours:.3f}, reference {last.val_acc_ref:.3f}"
     )
     if report.first_divergent_step is None:
-        print("no divergence: both sides stayed within tolerance at every step")
+        say("no divergence: both sides stayed within tolerance at every step")
     else:
-        print(f"first divergent step: {report.first_divergent_step}")
+        say(f"first divergent step: {report.first_divergent_step}")
         for f in report.root_causes:
-            print(f"  - [{f.diagnosis}] {f.message}")
-    print(f"report: {out / 'report.md'}")
+            say(escape.terminal(f"  - [{f.diagnosis}] {f.message}"))
+    say(f"report: {out / 'report.md'}")
     return EXIT_OK if report.ok else EXIT_DIVERGED
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="gradparity",
         description="Diff hand-written NumPy backprop against PyTorch, layer by layer.",
     )
@@ -348,11 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="backprop written as one function: FACTORY returns a dict of compare_function's "
         "keyword arguments (grads, params, reference, x, target, ...)",
     )
-    check.add_argument(
-        "--dtype", choices=["float64", "float32"], help="default float64 (or the --function's)"
-    )
+    check.add_argument("--dtype", choices=DTYPES, help="default float64 (or the --function's)")
     check.add_argument("--out", default="reports/latest", help="report folder")
-    check.add_argument("--seed", type=int, help="default 0 (or the --function's)")
+    check.add_argument(
+        "--seed", type=option_type(check_seed, "--seed"), help="default 0 (or the --function's)"
+    )
     check.add_argument("--format", choices=["text", "md", "json"], default="text")
     check.add_argument("--bug", metavar="NAME", help="inject a known bug (see selftest)")
     check.set_defaults(func=cmd_check)
@@ -366,20 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="mlp: one sigmoid hidden layer (--hidden units); assignment: 3",
     )
     train.add_argument("--dataset", default="digits", help="synth, digits or mnist:DIR")
-    train.add_argument("--steps", type=int)
-    train.add_argument("--epochs", type=int, help="default 10 when --steps is not given")
+    train.add_argument("--steps", type=option_type(check_count, "--steps"))
+    train.add_argument(
+        "--epochs",
+        type=option_type(check_count, "--epochs"),
+        help="default 10 when --steps is not given",
+    )
     train.add_argument("--optimizer", choices=list(DEFAULT_LR), default="sgd")
     train.add_argument("--lr", type=float, help="default: sgd 0.5, momentum 0.05, adam 0.001")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--hidden", type=int, default=300)
-    train.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    train.add_argument("--batch-size", type=option_type(check_count, "--batch-size"), default=32)
+    train.add_argument("--hidden", type=option_type(check_count, "--hidden"), default=300)
+    train.add_argument("--dtype", choices=DTYPES, default="float64")
     train.add_argument("--out", default="reports/train")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=option_type(check_seed, "--seed"), default=0)
     train.set_defaults(func=cmd_train)
     selftest = sub.add_parser("selftest", help="inject the known-bug corpus, show what was found")
     selftest.add_argument("--bug", action="append", metavar="NAME", help="only this bug (repeat)")
     selftest.add_argument("--format", choices=["text", "json"], default="text")
-    selftest.add_argument("--seed", type=int, default=0)
+    selftest.add_argument("--seed", type=option_type(check_seed, "--seed"), default=0)
     selftest.set_defaults(func=cmd_selftest)
     return parser
 
@@ -393,8 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except InputError as exc:
-        print(f"gradparity: error: {exc}", file=sys.stderr)
+        print(escape.terminal(f"gradparity: error: {' '.join(str(exc).split())}"), file=sys.stderr)
         return EXIT_USAGE
+    except SystemExit as exc:  # argparse is done: only the code under check exits here
+        return user_exit(exc)
+    except Exception as exc:  # a bug of ours: never exit 1, which means "divergence found"
+        return internal_error(exc, argv)
 
 
 if __name__ == "__main__":

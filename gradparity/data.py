@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradparity.errors import InputError
+from gradparity.errors import InputError, first_line
+from gradparity.validate import check_count, check_seed
 
 VALID_SPECS = "synth, digits, mnist:DIR"
 
@@ -50,10 +51,6 @@ class Dataset:
         return int(self.x_train.shape[1])
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def synth(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two noisy Gaussian blobs around (1, -1) (class 0) and (-1, 1) (class 1).
 
@@ -61,15 +58,13 @@ def synth(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rest ones, in shuffled order. The blobs overlap slightly (a few percent of points lie
     on the wrong side of the best line), so the data is learnable but not trivially so.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise InputError(f"synth needs n >= 2 examples, got {n!r}")
-    _check_seed(seed)
-    rng = np.random.default_rng(seed)
-    y = np.zeros(int(n), dtype=np.int64)
+    n = check_count(n, "n", minimum=2)  # one example of each class at least
+    rng = np.random.default_rng(check_seed(seed))
+    y = np.zeros(n, dtype=np.int64)
     y[n // 2 :] = 1
-    y = y[rng.permutation(int(n))]
+    y = y[rng.permutation(n)]
     centers = np.array([[1.0, -1.0], [-1.0, 1.0]])
-    x = centers[y] + 0.8 * rng.standard_normal((int(n), 2))
+    x = centers[y] + 0.8 * rng.standard_normal((n, 2))
     return x.astype(np.float64), y
 
 
@@ -98,12 +93,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({_one_line(exc.strerror or exc)})") from None
+        raise InputError(f"{path}: cannot read ({first_line(exc.strerror or exc)})") from None
     if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"{path} is not a valid gzip file ({_one_line(exc)})") from None
+            raise InputError(f"{path} is not a valid gzip file ({first_line(exc)})") from None
     if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] not in _IDX_TYPES:
         raise InputError(
             f"{path} is not an IDX file (magic {raw[:4].hex() or 'empty'}; expected 0000, "
@@ -142,6 +137,12 @@ def _load_mnist_pair(directory: Path, part: str) -> tuple[np.ndarray, np.ndarray
     images_path = _find_mnist_file(directory, f"{part}-images")
     labels_path = _find_mnist_file(directory, f"{part}-labels")
     images, labels = read_idx(images_path), read_idx(labels_path)
+    for path, array in ((images_path, images), (labels_path, labels)):
+        if 0 in array.shape:
+            raise InputError(
+                f"{path} has a zero dimension (shape {array.shape}); it holds no data: pass "
+                "the MNIST files as released"
+            )
     if images.ndim != 3:
         raise InputError(f"{images_path} should hold images (N, rows, cols), has {images.shape}")
     if labels.ndim != 1:
@@ -152,8 +153,6 @@ def _load_mnist_pair(directory: Path, part: str) -> tuple[np.ndarray, np.ndarray
         raise InputError(
             f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels"
         )
-    if len(images) == 0:
-        raise InputError(f"{images_path} holds no images")
     x = images.reshape(len(images), -1).astype(np.float64) / 255.0
     return x, labels.astype(np.int64)
 
@@ -185,9 +184,27 @@ def _check_fraction(val_fraction: float) -> float:
     return value
 
 
-def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+def _listing(values: list[int], limit: int = 6) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"{shown}, ... {values[-1]}" if len(values) > limit else shown
+
+
+def _check_labels(y: np.ndarray, what: str) -> None:
+    """Class labels 0..K-1 with every class present and K >= 2: a gap (labels {0, 1, 255})
+    would train a model with classes no example has, a single class a model with nothing
+    to learn."""
+    found = [int(v) for v in np.unique(y)]
+    if len(found) < 2:
+        raise InputError(
+            f"{what} holds only the label {found[0]}; a classifier needs at least 2 classes"
+        )
+    missing = sorted(set(range(found[-1] + 1)) - set(found))
+    if found[0] < 0 or missing:
+        gap = f"{_listing(missing)} missing" if missing else "negative labels"
+        raise InputError(
+            f"{what} holds the labels {_listing(found)} ({gap}); classes must be 0, 1, ..., "
+            "K-1 with every one present: relabel them (np.unique(y, return_inverse=True))"
+        )
 
 
 def _check_xy(x: np.ndarray, y: np.ndarray, what: str) -> None:
@@ -207,7 +224,7 @@ def split(
     """
     x, y = np.asarray(x), np.asarray(y)
     fraction = _check_fraction(val_fraction)
-    _check_seed(seed)
+    check_seed(seed)
     _check_xy(x, y, "split")
     n = len(x)
     if n < 2:
@@ -228,11 +245,8 @@ def load_dataset(
     files only; the t10k test set stays out of both parts.
     """
     fraction = _check_fraction(val_fraction)
-    _check_seed(seed)
-    if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1
-    ):
-        raise InputError(f"limit must be a positive integer or None, got {limit!r}")
+    check_seed(seed)
+    limit = None if limit is None else check_count(limit, "limit")
     spec_text = str(spec).strip()
     if spec_text == "synth":
         x, y = synth(seed=seed)
@@ -246,20 +260,12 @@ def load_dataset(
     else:
         raise InputError(f"unknown dataset {spec_text!r}; valid specs: {VALID_SPECS}")
     _check_xy(x, y, f"dataset {spec_text!r}")
-    if np.any(y < 0):
-        raise InputError(f"dataset {spec_text!r} has negative labels; labels must be 0..K-1")
+    _check_labels(y, f"dataset {spec_text!r}")
     x_train, y_train, x_val, y_val = split(x, y, fraction, seed)
     if limit is not None:
-        x_train, y_train = x_train[: int(limit)], y_train[: int(limit)]
+        x_train, y_train = x_train[:limit], y_train[:limit]
     name = "mnist" if spec_text.startswith("mnist:") else spec_text
     return Dataset(name, x_train, y_train, x_val, y_val, n_classes=int(y.max()) + 1)
-
-
-def _check_count(value: int | None, what: str) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
-    ):
-        raise InputError(f"{what} must be a positive integer, got {value!r}")
 
 
 def batches(
@@ -278,12 +284,12 @@ def batches(
     (default 1). Arguments are checked at the call, before the first batch.
     """
     x, y = np.asarray(x), np.asarray(y)
-    _check_count(batch_size, "batch_size")
-    _check_count(epochs, "epochs")
-    _check_count(steps, "steps")
-    _check_seed(seed)
+    batch_size = check_count(batch_size, "batch_size")
+    epochs = 1 if epochs is None else check_count(epochs, "epochs")
+    steps = None if steps is None else check_count(steps, "steps")
+    check_seed(seed)
     _check_xy(x, y, "batches")
-    return _batch_stream(x, y, int(batch_size), seed, 1 if epochs is None else int(epochs), steps)
+    return _batch_stream(x, y, batch_size, seed, epochs, steps)
 
 
 def _batch_stream(

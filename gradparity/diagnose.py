@@ -31,6 +31,7 @@ from gradparity.diagnose_common import (
     _shape,
 )
 from gradparity.diagnose_shapes import _diagnose_shapes
+from gradparity.metrics import first_largest
 from gradparity.tolerance import Tolerance
 
 __all__ = ["LABELS", "Diagnosis", "describe_location", "diagnose"]
@@ -175,12 +176,16 @@ def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     if not np.any(r != 0) or not np.isfinite(o).all():
         return None
     ref_max, ours_max = float(np.max(np.abs(r))), float(np.max(np.abs(o)))
-    if ours_max > _ROUND_OFF_ZERO * ref_max:
+    # Against an infinite or NaN reference every finite value would pass for "zero".
+    if ours_max > _ROUND_OFF_ZERO * ref_max or not np.isfinite(ref_max):
         return None
-    what = "all zeros" if ours_max == 0 else f"zero up to round-off (largest {_fmt(ours_max)})"
+    # Round-off's own size moves with the machine: the report names the bound it is under.
+    bound = _ROUND_OFF_ZERO * ref_max
+    what = "all zeros" if ours_max == 0 else f"zero up to round-off (below {_fmt(bound)})"
+    size = {"ours_max_abs": 0.0} if ours_max == 0 else {"ours_max_abs_below": _num(bound)}
     return Diagnosis(
         "zero",
-        {"numel": int(o.size), "ref_max_abs": _num(ref_max), "ours_max_abs": ours_max},
+        {"numel": int(o.size), "ref_max_abs": _num(ref_max), **size},
         f"{ctx.noun} is {what}; the reference's largest magnitude is {_fmt(ref_max)}",
         ctx.hint(_ZERO_FIX),
     )
@@ -270,9 +275,13 @@ def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
             f"find the extra constant factor of {_fmt(f)} in the formula: a wrong constant, or "
             "a normalisation applied twice"
         )
+    residual = float(np.linalg.norm(o - f * r) / np.linalg.norm(o))
+    # Round-off of an exact factor (1e-17 here, 1e-16 on another CPU) is written as 0, like
+    # the errors below tensor_diff's noise floor, so the report is the same on any machine.
+    residual = residual if residual >= ctx.tol.floor() * ctx.tol.rtol else 0.0
     return Diagnosis(
         "scaled",
-        {"factor": f, "residual": float(np.linalg.norm(o - f * r) / np.linalg.norm(o))},
+        {"factor": f, "residual": residual},
         f"values are {_fmt(f)} times the reference's",
         fix + ("; the sign is flipped as well" if f < 0 else ""),
     )
@@ -316,7 +325,7 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     d = _diff(o, r, ctx.tol)
     mismatch, err = _mismatch(o, r, ctx.tol)
     loc = describe_location(mismatch)
-    worst = np.unravel_index(int(np.argmax(err)), o.shape)
+    worst = first_largest(err)
     # Only where both sides are nonzero: against an exact 0 a sign says nothing.
     signed = mismatch & (o != 0) & (r != 0)
     with np.errstate(invalid="ignore"):
@@ -362,7 +371,8 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
         fix = "multiply by the mask the reference applies, e.g. (z > 0) for a ReLU"
     if region:
         fix += f"; the error is confined to {region[1]}"
-    factor = float(np.vdot(o, r) / np.vdot(r, r)) if np.any(r) else 1.0
+    with np.errstate(invalid="ignore"):  # inf / inf where both sides share an infinity: nan
+        factor = float(np.vdot(o, r) / np.vdot(r, r)) if np.any(r) else 1.0
     if d.cosine > _NEARLY_PARALLEL and abs(factor - 1.0) > _NOT_ONE:
         detail["approx_factor"] = factor
         message += f"; close to {_fmt(factor)} times the reference's, but not exactly"

@@ -14,7 +14,7 @@ import numpy as np
 from gradparity.align import LayerPair
 from gradparity.diagnose import diagnose
 from gradparity.metrics import tensor_diff
-from gradparity.records import LayerRecord
+from gradparity.records import LayerRecord, failure_words
 from gradparity.reference.layout import to_ours_layout
 from gradparity.tolerance import Tolerance
 
@@ -223,21 +223,26 @@ def _failed(rec: LayerRecord, phase: str) -> bool:
 
 
 def _raised(mode: str, pair: LayerPair, rec: LayerRecord) -> Row:
-    err = rec.error
-    quantity = "output" if err["phase"] == "forward" else "grad_input"
-    where = f" at {err['where']}" if err.get("where") else ""
+    return failed_row(mode, pair.name, pair.type_name, rec.error)
+
+
+def failed_row(mode: str, layer: str, type_name: str, error: dict) -> Row:
+    """The ``raised`` row of code that threw, or gave a value that cannot be compared (on the
+    quantity that value was for); ``error`` as ``records.error_info`` makes it."""
+    quantity = error.get("quantity") or ("output" if error["phase"] == "forward" else "grad_input")
+    message, fix = failure_words(error)
     return Row(
         mode,
-        pair.name,
-        pair.type_name,
+        layer,
+        type_name,
         quantity,
         None,
         None,
         status="diverged",
         diagnosis="raised",
-        detail=dict(err),
-        message=f"{err['phase']} raised {err['type']}: {err['message']}{where}",
-        fix=f"fix the exception in {err['phase']}",
+        detail=dict(error),
+        message=message,
+        fix=fix,
     )
 
 

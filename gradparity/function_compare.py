@@ -17,22 +17,24 @@ from torch import nn
 
 from gradparity import __version__
 from gradparity.align import ParamPair
-from gradparity.api import TORCH_DTYPES, check_finite, reference_copy
-from gradparity.diff import Row, compare_tensor
+from gradparity.api import reference_copy
+from gradparity.diff import Row, compare_tensor, failed_row
 from gradparity.errors import InputError
 from gradparity.function_align import (
     depth_of,
     pair_function_params,
     resolve_tap_map,
-    tap_conversion,
 )
 from gradparity.function_inputs import (
     as_array,
+    check_batch_size,
+    check_callables,
     check_grad_shapes,
     check_numeric_options,
-    check_signature,
+    checked_reference_target,
     default_reference_loss,
     function_name,
+    function_options,
     is_columns,
     mode_hints,
     warm_input_for,
@@ -40,15 +42,26 @@ from gradparity.function_inputs import (
 )
 from gradparity.function_locate import explain_penalty, function_report, mark_repeat
 from gradparity.function_numeric import NumericLoss, numeric_report, referee_rows
-from gradparity.function_run import ReferenceRun, UserRun, run_reference, run_user
+from gradparity.function_run import (
+    ReferenceRun,
+    UserRun,
+    call_loss_fn,
+    run_reference,
+    run_user,
+)
+from gradparity.function_taps import aligned_tap, tap_rows
 from gradparity.metrics import tensor_diff
+from gradparity.preflight import check_filled
 from gradparity.reference.layout import IDENTITY, to_ours_layout, to_torch_layout
 from gradparity.report import Report
+from gradparity.run_torch import TORCH_DTYPES
 from gradparity.structure import flatten, rebuild
 from gradparity.taps import follow_map
 from gradparity.tolerance import Tolerance, tolerance_for
+from gradparity.validate import check_options, quiet_arithmetic
 
 
+@quiet_arithmetic
 def compare_function(
     grads: Callable,
     params: Any,
@@ -87,48 +100,39 @@ def compare_function(
     ``grads`` is called twice (a warm-up on a perturbed x first, so cached values show up as
     ``stale``); the live parameters are never left changed.
     """
-    if dtype not in TORCH_DTYPES:
-        raise InputError(f"dtype must be 'float64' or 'float32', not {dtype!r}")
-    if not callable(grads):
-        raise InputError(f"grads must be callable(x, target), got {type(grads).__name__}")
-    check_signature(grads, "grads", 2, f"grads=lambda x, y: {function_name(grads)}(params, x, y)")
-    if loss_fn is not None and not callable(loss_fn):
-        raise InputError(
-            f"loss_fn must be callable(params, x, target) -> float, got {type(loss_fn).__name__}"
-        )
-    if loss_fn is not None:
-        check_signature(loss_fn, "loss_fn", 3, "loss_fn=lambda params, x, y: ...")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
+    param_map, tap_map, name, batch_size = function_options(param_map, tap_map, name, batch_size)
+    check_callables(grads, loss_fn)
     if reference is None:
         check_numeric_options(
             loss_fn=loss_fn, dtype=dtype, tap_map=tap_map, param_map=param_map,
             reference_loss=reference_loss, reference_x=reference_x,
             reference_target=reference_target,
         )  # fmt: skip
-    flat = flatten(params)
-    for pname, value in flat.items():
-        check_finite(f"parameter {pname}", value)
+    flat = flatten(params)  # finite real arrays, else refused
     fn = function_name(grads)
     x_arr, t_arr = as_array("x", x, dtype), as_array("target", target, dtype)
+    check_batch_size(batch_size, x_arr)
+    setup = None
+    if reference is not None:  # its checks (a dry run on x among them) come before any call
+        setup = _Setup(
+            fn=fn, params=params, flat=flat, reference=reference, x=x_arr, target=t_arr,
+            reference_x=reference_x, reference_target=reference_target,
+            reference_loss=reference_loss, param_map=param_map, tap_map=tap_map, dtype=dtype,
+            loss_fn=loss_fn, tol=tolerance_for(dtype, rtol, atol),
+        )  # fmt: skip
     rng = np.random.default_rng(seed)
     x_warm = warm_input_for(x_arr, rng)
     warm_run = run_user(grads, params, flat, x_warm, t_arr)
     run = run_user(grads, params, flat, x_arr, t_arr)
     if run.grads is not None:
         check_grad_shapes(run.grads, flat)
-    if reference is None:
+    if setup is None:
         return numeric_report(
             fn, params, flat, run, warm_run, loss_fn, x_arr, t_arr, x_warm=x_warm, rng=rng,
             meta={"model": name or fn, "seed": seed, **_versions()}, batch_size=batch_size,
             rtol=rtol, atol=atol,
         )  # fmt: skip
-    setup = _Setup(
-        fn=fn, params=params, flat=flat, reference=reference, x=x_arr, target=t_arr,
-        reference_x=reference_x, reference_target=reference_target,
-        reference_loss=reference_loss, param_map=param_map, tap_map=tap_map, dtype=dtype,
-        loss_fn=loss_fn, tol=tolerance_for(dtype, rtol, atol),
-    )  # fmt: skip
     return setup.report(run, warm_run, x_warm, batch_size, seed, name or fn)
 
 
@@ -160,7 +164,7 @@ class _Setup:
         self.fn, self.params, self.flat, self.dtype, self.tol = fn, params, flat, dtype, tol
         self.x, self.target, self.loss_fn = x, target, loss_fn
         self.tdtype = TORCH_DTYPES[dtype]
-        self.model = reference_copy(reference, dtype)
+        self.model, self.empty = reference_copy(reference, dtype)
         # The mode the user left each module in (a new module trains: batch-norm uses the
         # batch's statistics, as hand-written training code does).
         for copied, given in zip(self.model.modules(), reference.modules()):
@@ -175,6 +179,10 @@ class _Setup:
         self.reference_loss = reference_loss or default_reference_loss
         if not callable(self.reference_loss):
             raise InputError("reference_loss must be callable(output, target) -> scalar tensor")
+        self.rt = checked_reference_target(
+            self.model, self.rx, self.rt, dtype, self.reference_loss,
+            given=(reference_x, reference_target), default_loss=self.default_loss,
+        )  # fmt: skip
         self.tap_specs = resolve_tap_map(tap_map, self.model)
         self.param_map = param_map
         self.arrays: dict[tuple[str, str], dict[str, np.ndarray]] = {}
@@ -182,15 +190,14 @@ class _Setup:
 
     def _ours_loss(self) -> float:
         copies = {n: a.copy() for n, a in self.flat.items()}
-        try:
-            value = float(
-                self.loss_fn(rebuild(self.params, copies), self.x.copy(), self.target.copy())
-            )
-        except Exception as exc:
+        value, precision = call_loss_fn(
+            self.loss_fn, rebuild(self.params, copies), self.x.copy(), self.target.copy()
+        )
+        if self.dtype == "float64" and precision != "float64":
             raise InputError(
-                f"loss_fn(params, x, target) raised {type(exc).__name__}: {exc}; it must return "
-                "the loss as a float"
-            ) from exc
+                f"loss_fn returned a {precision} value but the comparison runs in float64; "
+                "compute and return the loss in float64, or pass dtype='float32'"
+            )
         return value
 
     def sync(self, pairs: list[ParamPair]) -> None:
@@ -215,14 +222,10 @@ class _Setup:
         ref = self.run_reference(self.rx, forward)
         if not forward:
             return bool(np.isclose(self.ours_loss, ref.loss, rtol=1e-6, atol=1e-12))
-        aligned = {t: self._aligned(run.taps[t], ref.taps[t]) for t in forward}
+        aligned = {t: aligned_tap(run.taps[t], ref.taps[t], self.columns) for t in forward}
         return all(
             a is not None and tensor_diff(run.taps[t], a, self.tol).ok for t, a in aligned.items()
         )
-
-    def _aligned(self, ours: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
-        conversion = tap_conversion(ours.shape, ref.shape, self.columns)
-        return None if conversion is None else to_ours_layout(ref, conversion, ours.shape)
 
     def report(
         self,
@@ -234,8 +237,9 @@ class _Setup:
         model_name: str,
     ) -> Report:
         run.taps = follow_map(run.taps, list(self.tap_specs))
+        run.bad_taps = follow_map(run.bad_taps, list(self.tap_specs))
         warm_run.taps = follow_map(warm_run.taps, list(self.tap_specs))
-        missing = [t for t in self.tap_specs if t not in run.taps]
+        missing = [t for t in self.tap_specs if t not in run.taps and t not in run.bad_taps]
         notes: list[str] = []
         if missing and all(t in warm_run.taps for t in missing):
             notes.append(
@@ -252,6 +256,7 @@ class _Setup:
             self.flat, self.model, self.param_map, self.columns, lambda p: self.agree(p, run)
         )
         self.sync(pairs)
+        check_filled(self.empty, {p.torch_name for p in pairs})
         ref = self.run_reference(self.rx)
         notes += [
             f"module {m!r} ran {ref.calls[m]} times in the reference's forward; tap {t} is "
@@ -262,7 +267,10 @@ class _Setup:
         batch = batch_size or (int(self.rx.shape[0]) if self.rx.ndim > 1 else 1)
         depth = depth_of(self.model, pairs)
         order = {m: i for i, (m, _) in enumerate(self.model.named_modules())}
-        fwd, bwd = self._tap_rows(run, ref, batch, order)
+        fwd, bwd = tap_rows(
+            self.tap_specs, run, ref, self.tol, columns=self.columns, batch=batch, order=order,
+            arrays=self.arrays,
+        )  # fmt: skip
         loss_rows = [] if self.ours_loss is None else [self._loss_row(ref)]
         param_rows = self._param_rows(run, ref, pairs, depth, batch)
         notes += self._mark_repeats(fwd + bwd + param_rows, run, warm_run, x_warm, pairs, ref)
@@ -320,31 +328,6 @@ class _Setup:
             },
         )
 
-    def _tap_rows(
-        self, run: UserRun, ref: ReferenceRun, batch: int, order: dict[str, int]
-    ) -> tuple[list[Row], list[Row]]:
-        """(forward taps in forward order, gradient taps in backward order)."""
-        fwd, bwd = [], []
-        for tap, (kind, module, call) in self.tap_specs.items():
-            if tap not in run.taps:  # grads raised before reaching it
-                continue
-            ours, theirs = run.taps[tap], ref.taps[tap]
-            conversion = tap_conversion(ours.shape, theirs.shape, self.columns)
-            aligned = self._aligned(ours, theirs)
-            aligned = theirs if aligned is None else aligned
-            row = compare_tensor(
-                "chain", tap, "tap", kind, ours, aligned, self.tol, batch_size=batch
-            )
-            self.arrays[(tap, kind)] = {"ours": ours, "reference": aligned}
-            what = "output" if kind == "output" else "dL/d(output)"
-            where = module if call is None else f"{module}@{call}"
-            row.conversion = f"{where} {what} {theirs.shape}: {conversion or 'no layout fits'}"
-            row.detail["module"], row.detail["module_index"] = module, order[module]
-            (fwd if kind == "output" else bwd).append(((order[module], call or 0), row))
-        fwd.sort(key=lambda t: t[0])
-        bwd.sort(key=lambda t: t[0], reverse=True)
-        return [r for _, r in fwd], [r for _, r in bwd]
-
     def _loss_row(self, ref: ReferenceRun) -> Row:
         row = compare_tensor(
             "chain", "loss", "loss", "output", np.array(self.ours_loss), np.array(ref.loss),
@@ -365,6 +348,9 @@ class _Setup:
             return []
         rows = []
         for p in sorted(pairs, key=lambda p: -depth[p.key]):
+            if p.key in run.bad_grads:  # complex: a finding, never compared as real
+                rows.append(failed_row("chain", self.fn, "parameter", run.bad_grads[p.key]))
+                continue
             expected = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
             layout = "columns" if self.columns and p.conversion == IDENTITY else p.conversion
             row = compare_tensor(
@@ -389,7 +375,10 @@ class _Setup:
     ) -> list[str]:
         """``stale`` (equals the right value at the warm-up input) and ``accumulated`` (equals
         the sum of both calls' gradients) for diverging parameter and tap rows; notes."""
-        diverging = [r for r in rows if r.diverged and r.shape_ours == r.shape_ref]
+        diverging = [
+            r for r in rows
+            if r.diverged and r.diagnosis != "raised" and r.shape_ours == r.shape_ref
+        ]  # fmt: skip
         rx_warm = warm_reference_input(self.x, self.rx, x_warm)
         if not diverging or rx_warm is None or warm_run.grads is None:
             return []
@@ -402,7 +391,7 @@ class _Setup:
             if row.type == "tap":
                 ours = run.taps[row.layer]
                 now = self.arrays[(row.layer, row.quantity)]["reference"]
-                old = self._aligned(ours, at_warm.taps[row.layer])
+                old = aligned_tap(ours, at_warm.taps[row.layer], self.columns)
                 if old is not None:
                     mark_repeat(row, ours, now, old, self.tol)
                 continue

@@ -12,23 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradparity.api import check_finite, warm_input
+from gradparity.api import warm_input
 from gradparity.errors import InputError
+from gradparity.function_run import reference_hint
+from gradparity.preflight import check_target, dry_run
 from gradparity.reference.layout import candidate_conversions, squeezed
+from gradparity.run_torch import TORCH_DTYPES
+from gradparity.validate import check_count, check_mapping, check_name, float_array, raw_array
 
 
 def as_array(what: str, value: Any, dtype: str) -> np.ndarray:
-    """A float array (integer class labels stay integers), refused when not finite."""
-    try:
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "iub":
-            arr = arr.astype(dtype)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} must be a numeric array: {exc}") from exc
-    if arr.size == 0:
-        raise InputError(f"{what} is empty (shape {arr.shape})")
-    check_finite(what, arr)
-    return arr
+    """A finite float array of ``dtype``; integers (class labels, token indices) stay as
+    they are."""
+    arr = raw_array(what, value)
+    return arr if arr.dtype.kind in "iub" else float_array(what, arr, dtype)
 
 
 def default_reference_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -38,6 +35,30 @@ def default_reference_loss(output: torch.Tensor, target: torch.Tensor) -> torch.
     if not target.is_floating_point() or (whole and target.ndim == output.ndim - 1):
         target = target.long()
     return F.cross_entropy(output, target)
+
+
+def checked_reference_target(
+    model: nn.Module,
+    rx: np.ndarray,
+    rt: np.ndarray,
+    dtype: str,
+    reference_loss: Callable,
+    *,
+    given: tuple[Any, Any],
+    default_loss: bool,
+) -> np.ndarray:
+    """The reference's target, checked against the reference's output on its input ``rx``
+    (a dry run: x's width, a forward returning None, classes beyond the output).
+    ``given``: the user's (reference_x, reference_target), for naming them in messages."""
+    x_name, target_name = (
+        what if value is None else f"reference_{what}"
+        for what, value in zip(("x", "target"), given)
+    )
+    output = dry_run(model, rx, TORCH_DTYPES[dtype], x_name, reference_hint(rx), False)
+    return check_target(
+        rt, output, dtype, reference_loss=reference_loss, what=target_name,
+        whole_floats=default_loss, loss_option="reference_loss",
+    )  # fmt: skip
 
 
 def is_columns(x: np.ndarray, reference_x: np.ndarray) -> bool:
@@ -91,6 +112,44 @@ def check_grad_shapes(grads: dict[str, np.ndarray], flat: dict[str, np.ndarray])
             )
 
 
+def function_options(
+    param_map: Any, tap_map: Any, name: Any, batch_size: Any
+) -> tuple[dict | None, dict | None, str | None, int | None]:
+    """compare_function's own options, checked: (param_map, tap_map, name, batch_size)."""
+    return (
+        check_mapping(param_map, "param_map", "ours name: reference parameter name"),
+        check_mapping(tap_map, "tap_map", "tap name: 'MODULE' or 'grad:MODULE'"),
+        check_name(name),
+        None if batch_size is None else check_count(batch_size, "batch_size"),
+    )
+
+
+def check_batch_size(batch_size: int | None, x: np.ndarray) -> None:
+    """One line for a batch_size larger than any axis of x could hold examples along (the
+    first two: examples as rows or as columns)."""
+    most = max(x.shape[:2], default=1)
+    if batch_size is not None and batch_size > most:
+        raise InputError(
+            f"batch_size={batch_size} but x {x.shape} holds at most {most} examples; pass the "
+            "number of examples in x, or leave batch_size out to have it read from the shapes"
+        )
+
+
+def check_callables(grads: Any, loss_fn: Any) -> None:
+    """One line when ``grads`` (or ``loss_fn``, when given) cannot be called as compare_function
+    calls it: grads(x, target) and loss_fn(params, x, target)."""
+    if not callable(grads):
+        raise InputError(f"grads must be callable(x, target), got {type(grads).__name__}")
+    check_signature(grads, "grads", 2, f"grads=lambda x, y: {function_name(grads)}(params, x, y)")
+    if loss_fn is None:
+        return
+    if not callable(loss_fn):
+        raise InputError(
+            f"loss_fn must be callable(params, x, target) -> float, got {type(loss_fn).__name__}"
+        )
+    check_signature(loss_fn, "loss_fn", 3, "loss_fn=lambda params, x, y: ...")
+
+
 def check_signature(fn: Callable, what: str, n_args: int, example: str) -> None:
     """One line when ``fn`` cannot take ``n_args`` positional arguments."""
     try:
@@ -101,9 +160,10 @@ def check_signature(fn: Callable, what: str, n_args: int, example: str) -> None:
         signature.bind(*[None] * n_args)
     except TypeError:
         wanted = "(x, target)" if n_args == 2 else "(params, x, target)"
+        given = getattr(fn, "__name__", what)
         raise InputError(
-            f"{what} is called as {what}{wanted}, but {function_name(fn)}{signature} cannot "
-            f"take that; wrap it: {example}"
+            f"{what} is called as {what}{wanted}, but {what if given == '<lambda>' else given}"
+            f"{signature} cannot take that; wrap it: {example}"
         ) from None
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from gradparity.diagnose import diagnose
 from gradparity.diagnose_common import transpose_fix
-from gradparity.diff import Row, broadcasts_onto, compare_tensor
+from gradparity.diff import Row, broadcasts_onto, compare_tensor, failed_row
 from gradparity.errors import InputError
 from gradparity.function_locate import (
     NUMERIC_REFERENCE,
@@ -25,10 +25,11 @@ from gradparity.function_locate import (
     function_report,
     mark_repeat,
 )
-from gradparity.function_run import UserRun
+from gradparity.function_run import UserRun, call_loss_fn
 from gradparity.metrics import tensor_diff
 from gradparity.reference.layout import squeezed
 from gradparity.report import Report
+from gradparity.rounding import round_sig
 from gradparity.structure import layer_index, rebuild
 from gradparity.tolerance import Tolerance
 
@@ -40,6 +41,10 @@ RELATIVE_STEP = 1e-6
 # O(1), so 1e-5 (plus 1e-8 of the loss) separates the two with room on both sides.
 NUMERIC_RTOL = 1e-5
 NUMERIC_ATOL_PER_LOSS = 1e-8
+# Central differences carry their own error, which moves with the machine's round-off (on
+# correct code it reaches 3.5e-3 of the allowed error: benchmarks/tolerance.py); below a tenth
+# of the allowed error it is written as 0, so a report is the same on any machine.
+NUMERIC_NOISE_FLOOR = 0.1
 
 
 def batch_of(x: np.ndarray, target: np.ndarray) -> tuple[int | None, bool | None]:
@@ -61,25 +66,24 @@ def batch_of(x: np.ndarray, target: np.ndarray) -> tuple[int | None, bool | None
 
 
 class NumericLoss:
-    """The user's loss at a working copy of the parameters, one entry moved at a time."""
+    """The user's loss at a working copy of the parameters, one entry moved at a time.
+    ``precision``: the dtype loss_fn returns its value in; central differences need float64
+    (float32's rounding, ~1e-7 of the loss, swamps a difference over a step of 1e-6)."""
 
     def __init__(self, loss_fn: Callable, params: Any, flat: dict, x, target) -> None:
         self.fn, self.x, self.target = loss_fn, x, target
         self.work = {n: np.array(a, dtype=np.float64, copy=True) for n, a in flat.items()}
         self.tree = rebuild(params, self.work)
-        self.base = self()
+        self.base, self.precision = self._evaluate()
 
-    def __call__(self) -> float:
-        try:
-            value = float(self.fn(self.tree, self.x.copy(), self.target.copy()))
-        except Exception as exc:
-            raise InputError(
-                f"loss_fn(params, x, target) raised {type(exc).__name__}: {exc}; it must return "
-                "the loss as a float"
-            ) from exc
+    def _evaluate(self) -> tuple[float, str]:
+        value, precision = call_loss_fn(self.fn, self.tree, self.x.copy(), self.target.copy())
         if not np.isfinite(value):
             raise InputError(f"loss_fn returned {value}; it must return a finite loss")
-        return value
+        return value, precision
+
+    def __call__(self) -> float:
+        return self._evaluate()[0]
 
     def slope(self, name: str, direction: np.ndarray) -> float:
         """Central difference of the loss along ``direction`` (parameter ``name``'s shape)."""
@@ -122,8 +126,12 @@ def numeric_tolerance(
     ``atol`` replace the defaults where given."""
     return Tolerance(
         NUMERIC_RTOL if rtol is None else float(rtol),
-        NUMERIC_ATOL_PER_LOSS * max(1.0, abs(loss_value)) if atol is None else float(atol),
+        # Rounded as the report writes it: the loss's last bits move with the machine.
+        round_sig(NUMERIC_ATOL_PER_LOSS * max(1.0, abs(loss_value)))
+        if atol is None
+        else float(atol),
         "float64",
+        NUMERIC_NOISE_FLOOR,
     )
 
 
@@ -147,10 +155,14 @@ def referee_rows(
     """With a torch reference and loss_fn: a diverging gradient that matches central
     differences of loss_fn is right for ours' own loss, so the reference (or its loss) is what
     differs. Sets ``detail["referee"]`` ("ours" or "reference") and the wording, in place."""
-    diverging = [r for r in rows if r.diverged and r.diagnosis not in ("stale", "accumulated")]
+    diverging = [
+        r for r in rows if r.diverged and r.diagnosis not in ("stale", "accumulated", "raised")
+    ]
     if not diverging:
         return
     loss = make_loss()
+    if loss.precision != "float64":  # its central differences would be rounding noise
+        return
     for row in diverging:
         ours_right = matches_numeric(loss, row.quantity[5:], grads[row.quantity[5:]], rng)
         row.detail["referee"] = "ours" if ours_right else "reference"
@@ -298,6 +310,12 @@ def numeric_report(
     """Every parameter gradient of ``run`` against central differences of ``loss_fn``; the
     gradients at ``x_warm`` (the warm-up input) tell stale and accumulated ones."""
     loss = NumericLoss(loss_fn, params, flat, x, target)
+    if loss.precision != "float64":
+        raise InputError(
+            f"loss_fn returned a {loss.precision} value; central differences need the loss in "
+            "float64 (float32 rounding swamps them): compute and return it in float64 (drop "
+            "np.float32(...) or .astype(np.float32))"
+        )
     if not loss.uses_params(rng):
         raise InputError(
             "loss_fn returned the same loss when every parameter changed; it must compute the "
@@ -314,6 +332,9 @@ def numeric_report(
     arrays: dict = {}
     warm_loss: NumericLoss | None = None
     for name in sorted(flat, key=lambda n: -depth[n]) if run.grads is not None else []:
+        if name in run.bad_grads:  # complex: a finding, never compared as real
+            rows.append(failed_row("numeric", fn, "parameter", run.bad_grads[name]))
+            continue
         g, p = run.grads[name], loss.work[name]
         if p.size > FULL_LIMIT:
             rows.append(_sampled_row(fn, name, g, loss, tol, batch, layout, rng))

@@ -12,10 +12,16 @@ import torch
 from torch import nn
 
 from gradparity import taps
-from gradparity.errors import InputError
-from gradparity.records import error_info, same_values
-from gradparity.run_torch import as_tensor, to_numpy
+from gradparity.errors import InputError, describe_error
+from gradparity.records import USER_ERRORS, BadValue, error_info, real_array, same_values
+from gradparity.run_torch import (
+    as_tensor,
+    check_finite_reference,
+    reference_loss_value,
+    to_numpy,
+)
 from gradparity.structure import match_grads, restore
+from gradparity.validate import numpy_values
 
 
 @dataclass
@@ -32,6 +38,10 @@ class UserRun:
     error: dict | None = None
     mutated: list[str] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
+    # Values the call gave that cannot be compared (complex, text), as ``error_info`` dicts:
+    # by parameter name, and by tap name. Each is a finding; the other values are compared.
+    bad_grads: dict[str, dict] = field(default_factory=dict)
+    bad_taps: dict[str, dict] = field(default_factory=dict)
 
 
 def run_user(
@@ -46,7 +56,7 @@ def run_user(
     with taps.recording() as log:
         try:
             returned = grads_fn(x_in, t_in)
-        except Exception as exc:  # the user's code raised: a finding, not a crash
+        except USER_ERRORS as exc:  # the user's code raised: a finding, not a crash
             error = error_info("call", exc)
     mutated = restore(params, flat)  # rebound: params[k] = new array
     for name, live in flat.items():
@@ -58,17 +68,68 @@ def run_user(
         for n, used, given in (("x", x_in, x), ("target", t_in, target))
         if not same_values(used, np.asarray(given))
     ]
+    recorded, bad_taps = _split(taps.named(log))
     if error is not None:
-        return UserRun(None, taps.named(log), error, mutated)
-    grads = match_grads(params, returned)
+        return UserRun(None, recorded, error, mutated, bad_taps=bad_taps)
+    returned_grads = match_grads(params, returned)
     aliases = [
         f"the gradient of {g} shares memory with parameter {p}"
-        for g, value in grads.items()
+        for g, value in returned_grads.items()
         for p, live in flat.items()
         if np.shares_memory(value, live)
     ]
-    grads = {n: np.array(v, copy=True) for n, v in grads.items()}
-    return UserRun(grads, taps.named(log), None, mutated, aliases)
+    grads, bad_grads = _split(
+        {
+            name: _checked(value, f"the gradient of {name}", f"grad:{name}")
+            for name, value in returned_grads.items()
+        }
+    )
+    return UserRun(grads, recorded, None, mutated, aliases, bad_grads, bad_taps)
+
+
+def _checked(value: Any, what: str, quantity: str) -> np.ndarray | BadValue:
+    """A private real copy of ``value``, or the ``BadValue`` saying why it cannot be one."""
+    try:
+        return real_array(value, what, quantity)
+    except BadValue as exc:
+        return exc
+
+
+def _split(values: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """(the arrays, ``error_info`` of the ``BadValue`` entries) of a name -> value dict."""
+    good = {n: v for n, v in values.items() if not isinstance(v, BadValue)}
+    bad = {n: error_info("call", v) for n, v in values.items() if isinstance(v, BadValue)}
+    return good, bad
+
+
+def call_loss_fn(loss_fn: Callable, params: Any, x: np.ndarray, target: Any) -> tuple[float, str]:
+    """(``loss_fn(params, x, target)`` as a float, the dtype it came in: "float64" for a
+    Python number). One line when it raises or returns anything but one real number (text,
+    None, a complex value, several values)."""
+    try:
+        returned = loss_fn(params, x, target)
+    except USER_ERRORS as exc:
+        raise InputError(
+            f"loss_fn(params, x, target) raised {describe_error(exc)}; it must return the loss "
+            "as a float"
+        ) from exc
+    must = "it must return the loss as one real number (a float)"
+    if returned is None or isinstance(returned, (str, bytes)):
+        raise InputError(f"loss_fn returned {type(returned).__name__} {returned!r:.40}; {must}")
+    value = numpy_values("loss_fn's value", returned)  # a tensor is read without warnings
+    if value.dtype.kind == "c":
+        imag = float(np.max(np.abs(value.imag))) if value.size else 0.0
+        raise InputError(
+            f"loss_fn returned a complex value ({value.dtype}, imaginary part up to {imag:.3g}); "
+            f"{must}: keep its computation real"
+        )
+    if value.dtype.kind not in "fiub" or value.size != 1:
+        raise InputError(
+            f"loss_fn returned {type(returned).__name__} of dtype {value.dtype} and shape "
+            f"{value.shape}; {must} (the mean or sum over the batch)"
+        )
+    precision = value.dtype.name if value.dtype.kind == "f" else "float64"
+    return float(value.reshape(())), precision
 
 
 @dataclass
@@ -89,9 +150,14 @@ def _shape_of(value: object) -> str:
     return type(value).__name__
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"
+def reference_hint(x: np.ndarray) -> str:
+    """What to check when the reference cannot run on ``x``."""
+    if x.dtype.kind in "iub":
+        return (
+            f"x is {x.dtype}: integers are kept as they are (token indices); pass "
+            "x.astype(float) for features"
+        )
+    return "pass reference_x in the reference's layout (e.g. x.T for column examples)"
 
 
 def run_reference(
@@ -127,26 +193,28 @@ def run_reference(
     try:
         try:
             out = model(as_tensor(x, dtype))
-        except Exception as exc:
-            hint = (
-                f"x is {x.dtype}: integers are kept as they are (token indices); pass "
-                "x.astype(float) for features"
-                if x.dtype.kind in "iub"
-                else "pass reference_x in the reference's layout (e.g. x.T for column examples)"
-            )
+        except USER_ERRORS as exc:
             raise InputError(
-                f"the reference model raised {_one_line(exc)} on reference_x of shape "
-                f"{x.shape}; {hint}"
+                f"the reference model raised {describe_error(exc)} on reference_x of shape "
+                f"{x.shape}; {reference_hint(x)}"
             ) from exc
+        if isinstance(out, torch.Tensor) and not out.requires_grad:
+            raise InputError(
+                "the reference's output is detached: autograd sees no path from its parameters "
+                "to it; return the tensor its layers compute (no .detach(), .numpy() or "
+                "torch.no_grad() in forward)"
+            )
         try:
             loss = loss_fn(out, as_tensor(target, dtype))
-            grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
-        except Exception as exc:
+        except USER_ERRORS as exc:
             raise InputError(
                 f"the reference loss failed on the output {_shape_of(out)} and the target "
-                f"({target.dtype} {target.shape}): {_one_line(exc)}; pass reference_target or "
+                f"({target.dtype} {target.shape}): {describe_error(exc)}; pass reference_target or "
                 "reference_loss"
             ) from exc
+        grads = torch.autograd.grad(
+            reference_loss_value(loss), [p for _, p in params], allow_unused=True
+        )
     finally:
         for h in handles:
             h.remove()
@@ -168,12 +236,14 @@ def run_reference(
         )
     for tap, (_, m, c) in tap_specs.items():  # an output the loss does not depend on: 0
         tapped.setdefault(tap, np.zeros(tuple(calls[m][c or 0].shape)))
+    gradients = {
+        n: to_numpy(g) if g is not None else np.zeros(tuple(p.shape))
+        for (n, p), g in zip(params, grads)
+    }
+    for name, value in gradients.items():
+        check_finite_reference(f"gradient of {name}", value)
+    for tap, value in tapped.items():
+        check_finite_reference(f"value at tap {tap}", value)
     return ReferenceRun(
-        float(loss.detach()),
-        {
-            n: to_numpy(g) if g is not None else np.zeros(tuple(p.shape))
-            for (n, p), g in zip(params, grads)
-        },
-        tapped,
-        {m: len(v) for m, v in calls.items()},
+        float(loss.detach()), gradients, tapped, {m: len(v) for m, v in calls.items()}
     )

@@ -7,23 +7,16 @@ table (problems first, ok rows collapsed), the plots, then the run details.
 from __future__ import annotations
 
 import base64
-import html
 import json
 
-import pandas as pd
-
+from gradparity import escape
 from gradparity.diff import DISPLAY_COLUMNS, STATUS_RANK, Row
 from gradparity.locate import Finding, place
+from gradparity.rounding import json_value
 
 # Enough to see every problem of a real network; the rest stays in table.csv.
 MAX_PROBLEM_ROWS = 300
 MAX_OK_ROWS = 100
-_STATUS_STYLE = {
-    "root_cause": "background-color: #f8d0d0; font-weight: 600",
-    "diverged": "background-color: #fbe3c8",
-    "inherited": "background-color: #fdf6d2",
-    "ok": "background-color: #e6f4e6",
-}
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
@@ -50,17 +43,19 @@ figcaption { color: #555; font-size: .9rem; }
 pre { background: #f6f8fa; padding: .5rem; overflow-x: auto; font-size: .8rem; }
 dt { font-weight: 600; } dd { margin: 0 0 .4rem 1rem; }
 details summary { cursor: pointer; color: #2a5db0; }
+tr.root_cause { background-color: #f8d0d0; font-weight: 600; }
+tr.diverged { background-color: #fbe3c8; } tr.inherited { background-color: #fdf6d2; }
+tr.ok { background-color: #e6f4e6; }
 """
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+_e = escape.html
 
 
 def _finding(f: Finding, kind: str = "") -> str:
     problem = f.problem or f.message
     fix = f'<p class="fix"><strong>Fix:</strong> {_e(f.fix)}</p>' if f.fix else ""
-    detail = json.dumps(f.detail, indent=1, default=str, sort_keys=True)
+    detail = json.dumps(json_value(f.detail), indent=1, default=str, sort_keys=True)
     return (
         f'<article class="finding {kind}"><h3>{_e(place(f.layer, f.quantity))}'
         f'<span class="label">{_e(f.diagnosis)}</span></h3>'
@@ -70,19 +65,31 @@ def _finding(f: Finding, kind: str = "") -> str:
     )
 
 
-def _styled_table(rows: list[Row]) -> str:
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return _e(tuple(value))
+    return _e(value)
+
+
+def _rows_table(rows: list[Row]) -> str:
+    """A plain HTML table (each row coloured by its status class): every cell escaped, and
+    the same bytes for the same rows (no generated ids)."""
     stepped = any(r.step is not None for r in rows)
     columns = ["step", *DISPLAY_COLUMNS] if stepped else DISPLAY_COLUMNS
-    frame = pd.DataFrame([r.as_dict() for r in rows], columns=columns)
-    for col in ("shape_ours", "shape_ref", "worst_index"):
-        frame[col] = frame[col].map(lambda v: "" if v is None else str(tuple(v)))
-    status = frame["status"].tolist()
-    styler = (
-        frame.style.apply(lambda col: [_STATUS_STYLE[s] for s in status], axis=0)
-        .format(precision=3, na_rep="")
-        .hide(axis="index")
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        d = r.as_dict()
+        cells = "".join(f"<td>{_cell(d[c])}</td>" for c in columns)
+        body.append(f'<tr class="{_e(r.status)}">{cells}</tr>')
+    return (
+        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
-    return f'<div class="table-wrap">{styler.to_html()}</div>'
 
 
 def layer_tables(rows: list[Row]) -> str:
@@ -91,7 +98,7 @@ def layer_tables(rows: list[Row]) -> str:
     ok_rows = [r for r in rows if r.status == "ok"]
     parts = []
     if problems:
-        parts.append(_styled_table(problems[:MAX_PROBLEM_ROWS]))
+        parts.append(_rows_table(problems[:MAX_PROBLEM_ROWS]))
         if len(problems) > MAX_PROBLEM_ROWS:
             parts.append(
                 f"<p>... {len(problems) - MAX_PROBLEM_ROWS} more problem rows in table.csv</p>"
@@ -104,7 +111,7 @@ def layer_tables(rows: list[Row]) -> str:
         )
         parts.append(
             f"<details{'' if problems else ' open'}><summary>{len(ok_rows)} ok rows"
-            f"</summary>{_styled_table(ok_rows[:MAX_OK_ROWS])}{more}</details>"
+            f"</summary>{_rows_table(ok_rows[:MAX_OK_ROWS])}{more}</details>"
         )
     return "\n".join(parts)
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradparity.metrics import first_largest
 from gradparity.tolerance import Tolerance
 
 MAX_JACOBIAN_ELEMENTS = 256  # per-sample input size and output size limit (each)
@@ -201,7 +202,7 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
 
     worst = None
     if any_mismatch:
-        b, i, j = np.unravel_index(int(np.argmax(np.where(mismatch, err, -1.0))), r.shape)
+        b, i, j = first_largest(np.where(mismatch, err, -1.0))
         worst = {
             "sample": int(b),
             "out": int(i),

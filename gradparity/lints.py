@@ -4,7 +4,8 @@
 - a layer that changes its input (forward) or upstream gradient (backward) in place, or its
   own parameters (an update hidden in forward or backward),
 - a gradient sharing memory with a parameter or another gradient,
-- non-finite values in an output or gradient although the input was finite.
+- non-finite values in an output or gradient although the input was finite,
+- a parameter whose gradient backward never set.
 """
 
 from __future__ import annotations
@@ -14,10 +15,21 @@ from typing import Any
 import numpy as np
 
 from gradparity import run_numpy
-from gradparity.adapt import named_layers, params_of
+from gradparity.adapt import check_protocol, named_layers, params_of
 from gradparity.diff import broadcasts_onto
 from gradparity.locate import Finding
-from gradparity.records import LayerRecord
+from gradparity.records import LayerRecord, failure_words
+from gradparity.validate import (
+    check_parameters,
+    check_seed,
+    class_target,
+    prepare_input,
+    prepare_target,
+    quiet_arithmetic,
+    same_shape_target,
+    takes_classes,
+    takes_same_shape,
+)
 
 
 def _mutation(name: str, what: str, mode: str) -> Finding:
@@ -79,6 +91,28 @@ def _shape_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Fi
     return found
 
 
+def _missing_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Finding]:
+    """A parameter whose gradient backward never set (checked once backward has run)."""
+    if rec.grad_input is None:
+        return []
+    present = sorted(rec.grads)
+    return [
+        Finding(
+            name,
+            f"grad:{key}",
+            "unexplained",
+            {"grads_present": present},
+            mode=mode,
+            message=(
+                f"{name}.{key}: backward recorded no gradient for {key!r} (grads holds "
+                f"{present or 'nothing'}); fill grads[{key!r}] in backward"
+            ),
+        )
+        for key in params
+        if key not in rec.grads
+    ]
+
+
 def _finite(a: np.ndarray | None) -> bool:
     return a is None or np.asarray(a).dtype.kind not in "fc" or bool(np.isfinite(a).all())
 
@@ -128,6 +162,7 @@ def lint_records(
         errors += [f for f in shapes if not f.detail["broadcasts"]]
         warnings += [f for f in shapes if f.detail["broadcasts"]]
         errors += _nonfinite_lint(name, rec, mode)
+        errors += _missing_lint(name, params, rec, mode)
         warnings += [
             Finding(
                 name,
@@ -142,23 +177,60 @@ def lint_records(
     return errors, warnings
 
 
+def _raised(name: str, rec: LayerRecord) -> Finding:
+    """A layer (or the loss) whose forward or backward threw, or gave a value that cannot be
+    checked: the run stopped there."""
+    err = rec.error
+    problem, fix = failure_words(err, first_line_only=True)
+    quantity = err.get("quantity") or ("output" if err["phase"] == "forward" else "grad_input")
+    return Finding(
+        name,
+        quantity,
+        "raised",
+        dict(err),
+        mode="lint",
+        message=(
+            f"{name}: {problem}; {fix} (the rest of the pass did not run, so it was not checked)"
+        ),
+    )
+
+
+@quiet_arithmetic
 def lint(
     model: Any, x: np.ndarray, target: np.ndarray, ours_loss: Any = None, seed: int = 0
 ) -> list[Finding]:
     """Run the NumPy model alone (no reference) and return every lint finding, warnings last.
 
     x (N, features); target as the loss expects (default softmax cross-entropy: (N,) ints).
+    A forward or backward that raises is a ``raised`` finding (first), and the pass stops
+    there. Once the forward reaches the loss, the target is judged by the model's output as
+    ``compare`` judges it: a class the loss cannot take (beyond the model's outputs, negative,
+    a float label) or an MSE target of another shape is refused with InputError.
     """
-    from gradparity.api import prepare_input, prepare_target, resolve_losses, warm_input
+    from gradparity.api import resolve_losses, warm_input
 
+    seed = check_seed(seed)
     layers = named_layers(model)
     x = prepare_input(x, "float64")
     target = prepare_target(target, x.shape[0], "float64")
+    check_parameters((name, params_of(layer, name)) for name, layer in layers)
     if ours_loss is None:
         ours_loss, _ = resolve_losses(None, None)
+    check_protocol("loss", ours_loss)
     rng = np.random.default_rng(seed)
-    records = run_numpy.run_chain(layers, ours_loss, x, target, warm_input(x, rng))
+    warm = warm_input(x, rng)
+    records = run_numpy.run_chain(layers, ours_loss, x, target, warm)
+    output = records["loss"].input if "loss" in records else None
+    if output is not None:  # NumPy would index with a negative class or broadcast a shape
+        if takes_classes(ours_loss) and output.ndim == 2:
+            last = f"the last layer {layers[-1][0]!r}"  # lint has no reference to judge by
+            checked = class_target(target, output.shape[1], "float64", source=last)
+            if checked.dtype != target.dtype:  # integer one-hot rows, as compare passes them
+                records = run_numpy.run_chain(layers, ours_loss, x, checked, warm)
+        elif takes_same_shape(ours_loss):
+            same_shape_target(target, output.shape)
     errors, warnings = lint_records(
         [(n, params_of(layer), records[n]) for n, layer in layers if n in records], "lint"
     )
-    return errors + warnings
+    raised = [_raised(name, rec) for name, rec in records.items() if rec.error is not None]
+    return raised + errors + warnings

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
+from gradparity import escape
 from gradparity.diff import Row
 from gradparity.locate import place
 
@@ -57,7 +58,7 @@ def error_ratio(row: Row) -> float | None:
     if row.ours_at_worst is None or row.ref_at_worst is None or row.allowed_at_worst is None:
         return 0.0
     ours, ref, allowed = float(row.ours_at_worst), float(row.ref_at_worst), row.allowed_at_worst
-    if ours == ref:
+    if ours == ref or row.max_abs == 0.0:  # 0: every error below tensor_diff's noise floor
         return 0.0
     err = abs(ours - ref)
     if math.isnan(err) or err == math.inf:
@@ -129,7 +130,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     roots = [r for r in rows if r.status == "root_cause" and _direction(r.quantity)]
     root_xs = set(list(dict.fromkeys(x_of[column(r)] for r in roots))[:MAX_ROOT_LABELS])
     step, ticks = _ticks(len(order), root_xs)
-    labels = [_short(order[t], 28) for t in ticks]
+    labels = [escape.plot_text(_short(order[t], 28)) for t in ticks]
 
     # Margins fixed in inches instead of a layout engine: a layout pass measures every text
     # again, which doubles the time of a chart with a thousand layers.
@@ -147,7 +148,8 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     if roots:
         places = dict.fromkeys(place(r.layer, r.quantity) for r in roots)
         more = f" (+{len(places) - 1} more)" if len(places) > 1 else ""
-        root_label = f"root cause{more}\nfirst: {_short(next(iter(places)), 22)}"
+        first = escape.plot_text(_short(next(iter(places)), 22))
+        root_label = f"root cause{more}\nfirst: {first}"
     novalue_any = _draw_series(ax, points, x_of, top, root_label)
     handles, legend_labels = ax.get_legend_handles_labels()
     if novalue_any:
@@ -177,7 +179,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     thinned = f", 1 in {step} labelled" if step > 1 else ""
     ax.set_xlabel(f"layer (forward order){thinned}")
     ax.set_ylabel("error / allowed error (log)")
-    ax.set_title(title or "error relative to the tolerance, per layer")
+    ax.set_title(escape.plot_text(title) or "error relative to the tolerance, per layer")
     if not order:
         ax.text(0.5, 0.5, "no rows to plot", transform=ax.transAxes, ha="center")
     return _png(fig)
@@ -254,7 +256,7 @@ def _panel(ax, data: np.ndarray, shape: tuple, name: str, cmap, vmin: float, vma
     else:
         shown = "" if data.shape == shape else f" shown {data.shape[0]} x {data.shape[1]}"
         about = f"{shape}{shown}" + (f", {n_bad} non-finite (magenta)" if n_bad else "")
-    ax.set_title(f"{name}\n{about}", fontsize="medium")
+    ax.set_title(f"{escape.plot_text(name)}\n{about}", fontsize="medium")
     if data.size == 0:
         ax.text(0.5, 0.5, "empty", transform=ax.transAxes, ha="center", va="center")
         ax.set_axis_off()
@@ -294,7 +296,7 @@ def _side_by_side(title: str, ours, reference, labels: tuple[str, str]) -> bytes
         return fig.add_axes((left / width, 0.65 / height, w / width, 3.25 / height))
 
     ax_o, ax_r, ax_d = axes(0.75, 3.7), axes(5.2, 3.7), axes(10.75, 3.7)
-    fig.suptitle(title, y=0.98)
+    fig.suptitle(escape.plot_text(title), y=0.98)
     _panel(ax_o, o, ours.shape, "ours", _VALUES_CMAP, lo, hi, labels)
     image = _panel(ax_r, r, reference.shape, "reference", _VALUES_CMAP, lo, hi, labels)
     if image is not None:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from gradparity import escape
+
 if TYPE_CHECKING:
     from gradparity.report import Report
 
@@ -36,17 +38,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("parity_report") == "":
+        raise pytest.UsageError("--parity-report needs a folder name, e.g. --parity-report reports")
     config.pluginmanager.register(_Summary(), "gradparity-summary")
 
 
 def report_dir_name(nodeid: str) -> str:
-    """A folder name for a test id: characters outside [A-Za-z0-9_.-] become "_"; a very long
-    id is cut and ends in a hash of the whole id, so names stay unique and within limits."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", nodeid)
-    if len(name) > _MAX_DIR_NAME:
-        digest = hashlib.sha1(nodeid.encode()).hexdigest()[:10]
-        name = f"{name[: _MAX_DIR_NAME - 11]}-{digest}"
-    return name
+    """A folder name for a test id, unique per id: characters outside [A-Za-z0-9_.-] become
+    "_", and then the name ends in a hash of the whole id (``a/b`` and ``a_b`` would otherwise
+    share a folder); a very long id is cut before the hash, so names stay within limits."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", nodeid).lstrip(".") or "_"
+    if name == nodeid and len(name) <= _MAX_DIR_NAME:
+        return name
+    digest = hashlib.sha1(nodeid.encode()).hexdigest()[:10]
+    return f"{name[: _MAX_DIR_NAME - 11]}-{digest}"
 
 
 class ParityChecker:
@@ -113,7 +118,7 @@ class ParityChecker:
             )
             message = f"{err}\n(parity.{what} at {where})"
         except InputError as err:
-            message = f"gradparity: error: {err} (parity.{what} at {where})"
+            message = escape.terminal(f"gradparity: error: {err} (parity.{what} at {where})")
         pytest.fail(message, pytrace=False)
 
 
@@ -168,4 +173,5 @@ class _Summary:
         for nodeid, checks in self.failed.items():
             for findings in checks:
                 places = ", ".join(f"{f['place']} [{f['diagnosis']}]" for f in findings)
-                terminalreporter.write_line(f"{nodeid} -> {places or 'no root cause named'}")
+                line = f"{nodeid} -> {places or 'no root cause named'}"
+                terminalreporter.write_line(escape.terminal(line))

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from gradparity import escape
 from gradparity.diff import DISPLAY_COLUMNS, STATUS_RANK, Row
-from gradparity.errors import InputError
+from gradparity.folder import REPORT_FILES, write_folder
 from gradparity.locate import Finding, place
+from gradparity.rounding import SIGNIFICANT_DIGITS, json_value, round_row
 
 TABLE_COLUMNS = [
     "mode",
@@ -46,31 +46,21 @@ def safe_name(text: str, limit: int = 80) -> str:
     return cleaned[:limit] or "unnamed"
 
 
-_PLAIN = (str, int, bool, type(None))
-
-
-def _json_safe(value):
-    """Strict-JSON value: non-finite floats become "inf"/"-inf"/"nan", tuples lists."""
-    kind = type(value)
-    if kind in _PLAIN:  # the common case first: reports hold 10^5 scalars
-        return value
-    if kind is float:
-        if math.isfinite(value):
-            return value
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return _json_safe(value.item())
-    return value
+_ROW_FLOATS = (
+    "max_abs",
+    "max_rel",
+    "cosine",
+    "mismatch_frac",
+    "ours_at_worst",
+    "ref_at_worst",
+    "allowed_at_worst",
+)
 
 
 def _row_json(row: dict) -> str:
     text = json.dumps(row)
     if "NaN" in text or "Infinity" in text:  # rare: redo with non-finite floats as strings
-        text = json.dumps(_json_safe(row), allow_nan=False)
+        text = json.dumps(json_value(row), allow_nan=False)
     return text
 
 
@@ -79,32 +69,7 @@ def _num(value) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.3g}"
-    return str(value)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def write_atomic(directory: Path, name: str, data: str | bytes) -> Path:
-    """Write ``directory/name`` via a temp file in the same folder and a rename, so a reader
-    never sees half a file and a failed write leaves the old one in place."""
-    target = directory / name
-    if target.resolve().parent != directory.resolve():
-        raise ValueError(f"refusing to write outside {directory}: {name}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is for reading
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return escape.markdown(value)
 
 
 @dataclass
@@ -125,6 +90,8 @@ class Report:
     # (layer, quantity) of each root cause -> {"ours", "reference"[, "jacobian_ours",
     # "jacobian_reference"]}: the values behind the plots; not part of report.json.
     arrays: dict = field(default_factory=dict, repr=False)
+    # A merged report's own reports, saved whole in subfolders named after their models.
+    parts: list[Report] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -136,19 +103,21 @@ class Report:
         return pd.DataFrame([r.as_dict() for r in self.rows], columns=[*TABLE_COLUMNS, "message"])
 
     def _json_rows(self) -> list[dict]:
+        """Rows as report.json and table.csv write them: statistics rounded, no detail."""
         rows = []
         for r in self.rows:
-            d = r.as_dict()
+            d = round_row(r.as_dict(), _ROW_FLOATS)
             d.pop("detail")
             rows.append(d)
         return rows
 
     def _head(self) -> dict:
-        return _json_safe(
+        head = json_value(
             {
                 "ok": self.ok,
                 "dtype": self.dtype,
-                "tolerance": self.tolerance,
+                "tolerance": None,
+                "precision": {"significant_digits": SIGNIFICANT_DIGITS},
                 "root_causes": [f.as_dict() for f in self.root_causes],
                 "warnings": [f.as_dict() for f in self.warnings],
                 "first_divergence": self.first_divergence,
@@ -158,10 +127,13 @@ class Report:
                 **({"unmapped_taps": self.unmapped_taps} if self.unmapped_taps else {}),
             }
         )
+        head["tolerance"] = json_value(self.tolerance, rounded=False)  # the options, as given
+        return head
 
     def to_dict(self) -> dict:
-        """The report.json content (design schema; deterministic for a given seed)."""
-        return {**self._head(), "rows": [_json_safe(r) for r in self._json_rows()]}
+        """The report.json content (design schema). Derived statistics are rounded to
+        ``SIGNIFICANT_DIGITS`` significant digits, so it is the same on any machine."""
+        return {**self._head(), "rows": [json_value(r) for r in self._json_rows()]}
 
     def to_json(self) -> str:
         """``to_dict`` as strict JSON: indented, with one row per line (readable in a diff,
@@ -186,51 +158,57 @@ class Report:
         return f"Divergence: {len(self.root_causes)} root cause(s)"
 
     def summary(self) -> str:
-        """A few lines for a terminal: verdict, then each root cause's message."""
+        """A few lines for a terminal: verdict, then each root cause's message (control
+        characters in names shown as codes)."""
         name = self.meta.get("model", "model")
         if self.ok:
-            return (
+            return escape.terminal(
                 f"{name}: parity OK ({self.scope()}, {len(self.rows)} tensors, "
                 f"{self.dtype}, rtol {self.tolerance['rtol']:g})"
             )
         lines = [f"{name}: {len(self.root_causes)} root cause(s)"]
         lines += [f"  - [{f.diagnosis}] {f.message}" for f in self.root_causes]
         lines += [f"  ! {w.message}" for w in self.warnings]
-        return "\n".join(lines)
+        return "\n".join(map(escape.terminal, lines))
 
     def to_markdown(self, plot_files: list[str] | None = None) -> str:
         """report.md: verdict and root causes first, then the tables (problems first), the
-        plots (``plot_files``, names under plots/) and the run details."""
-        out = [f"# gradparity report: {self.meta.get('model', 'model')}", ""]
-        out.append(f"**{self.verdict()}**")
+        plots (``plot_files``, names under plots/) and the run details. Every text a user
+        controls is escaped (``escape.markdown``)."""
+        md = escape.markdown
+        out = [f"# gradparity report: {md(self.meta.get('model', 'model'))}", ""]
+        out.append(f"**{md(self.verdict())}**")
         out.append("")
         if self.root_causes:
             out += ["## Root causes", ""]
-            out += [f"{i}. `{f.diagnosis}` {f.message}" for i, f in enumerate(self.root_causes, 1)]
+            out += [
+                f"{i}. `{f.diagnosis}` {md(f.message)}" for i, f in enumerate(self.root_causes, 1)
+            ]
             out.append("")
         if self.warnings:
-            out += ["## Warnings", ""] + [f"- `{w.diagnosis}` {w.message}" for w in self.warnings]
+            out += ["## Warnings", ""]
+            out += [f"- `{w.diagnosis}` {md(w.message)}" for w in self.warnings]
             out.append("")
         first = {k: v for k, v in self.first_divergence.items() if v}
         if first:
             out += ["## First divergence in the chain run", ""]
-            out += [f"- {k}: {place(v['layer'], v['quantity'])}" for k, v in first.items()]
+            out += [f"- {k}: {md(place(v['layer'], v['quantity']))}" for k, v in first.items()]
             out.append("")
         for mode in dict.fromkeys(["isolate", "chain", *(r.mode for r in self.rows)]):
             rows = [r for r in self.rows if r.mode == mode]
             if rows:
-                out += [f"## {mode} rows", "", *self._md_table(rows), ""]
-        if plot_files:
-            out += ["## Plots", ""] + [f"![{f}](plots/{f})" for f in plot_files] + [""]
+                out += [f"## {md(mode)} rows", "", *self._md_table(rows), ""]
+        if plot_files:  # file names are safe_name()s: [A-Za-z0-9_.-] only
+            out += ["## Plots", ""] + [f"![{md(f)}](plots/{f})" for f in plot_files] + [""]
         out += [
             "## Run details",
             "",
-            f"- dtype: {self.dtype}",
-            f"- tolerance: {json.dumps(_json_safe(self.tolerance))}",
+            f"- dtype: {md(self.dtype)}",
+            f"- tolerance: {md(json.dumps(json_value(self.tolerance, rounded=False)))}",
         ]
-        out += [f"- {k}: {v}" for k, v in self.meta.items()]
-        out += [f"- layout: {c}" for c in self.conversions]
-        out += [f"- note: {n}" for n in self.notes]
+        out += [f"- {md(k)}: {md(v)}" for k, v in self.meta.items()]
+        out += [f"- layout: {md(c)}" for c in self.conversions]
+        out += [f"- note: {md(n)}" for n in self.notes]
         return "\n".join(out) + "\n"
 
     @staticmethod
@@ -292,30 +270,46 @@ class Report:
                 )
         return files
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write report.json, report.md, report.html, table.csv and plots/*.png into
-        ``directory`` (created if needed).
+    def to_csv(self) -> str:
+        """table.csv: every field of every row, statistics rounded as in report.json, and
+        text cells a spreadsheet would run as formulas neutralised (``escape.csv_cell``)."""
+        frame = pd.DataFrame(self._json_rows(), columns=[*TABLE_COLUMNS, "message"])
+        for col in frame.columns:
+            if not pd.api.types.is_numeric_dtype(frame[col]):
+                frame[col] = frame[col].map(escape.csv_cell)
+        return frame.to_csv(index=False)
 
-        Each file is written atomically; nothing else in the folder is touched.
-        """
+    def files(self) -> dict[str, str | bytes]:
+        """Every file of the report folder, by path relative to it: report.json, report.md,
+        report.html, table.csv, plots/*.png, and a merged report's parts in subfolders."""
         from gradparity.html_report import render
 
-        out = Path(directory)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"report folder {out} exists and is not a directory; pick another")
         plots = self.plots()
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "plots").mkdir(exist_ok=True)
-            for file_name, png, _ in plots:
-                write_atomic(out / "plots", file_name, png)
-            write_atomic(out, "report.json", self.to_json())
-            write_atomic(out, "report.md", self.to_markdown([p[0] for p in plots]))
-            write_atomic(out, "table.csv", self.table.to_csv(index=False))
-            write_atomic(out, "report.html", render(self, plots))
-        except OSError as exc:
-            raise InputError(f"cannot write the report into {out}: {exc.strerror or exc}") from exc
-        return out
+        files: dict[str, str | bytes] = {f"plots/{name}": png for name, png, _ in plots}
+        files["report.json"] = self.to_json()
+        files["report.md"] = self.to_markdown([p[0] for p in plots])
+        files["table.csv"] = self.to_csv()
+        files["report.html"] = render(self, plots)
+        taken = set(files)
+        for part in self.parts:
+            folder = safe_name(part.meta.get("model", "model"))
+            while f"{folder}/report.json" in taken or folder in ("plots", *REPORT_FILES):
+                folder += "_"
+            for name, data in part.files().items():
+                files[f"{folder}/{name}"] = data
+                taken.add(f"{folder}/{name}")
+        return files
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write report.json, report.md, report.html, table.csv and plots/*.png into
+        ``directory``, whole or not at all.
+
+        The folder is built beside ``directory`` and swapped in with one rename
+        (``gradparity.folder``): a reader never sees files from two runs, and a failed or
+        killed save leaves the previous report as it was. ``directory`` must be new, empty,
+        or an earlier report folder; one holding other files is refused (InputError).
+        """
+        return write_folder(directory, self.files())
 
 
 def merge_reports(reports: list[Report]) -> Report:
@@ -334,6 +328,7 @@ def merge_reports(reports: list[Report]) -> Report:
     }
     first = reports[0]
     return Report(
+        parts=list(reports),
         arrays=arrays,
         dtype=first.dtype,
         tolerance=first.tolerance,

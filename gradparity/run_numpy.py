@@ -15,12 +15,25 @@ from typing import Any
 import numpy as np
 
 from gradparity.adapt import grads_of, params_of
-from gradparity.records import LayerRecord, error_info, same_values, snapshot
+from gradparity.records import (
+    USER_ERRORS,
+    BadValue,
+    LayerRecord,
+    error_info,
+    real_array,
+    same_values,
+    snapshot,
+)
 
 
 def zero_grads(layer: Any) -> None:
-    """Zero the layer's existing gradient arrays in place (layers that do ``grads[k] += ...``)."""
-    for grad in grads_of(layer).values():
+    """Zero the layer's existing gradient arrays in place (layers that do ``grads[k] += ...``).
+    Gradients that cannot be read are left alone: the run that follows reports them."""
+    try:
+        grads = grads_of(layer)
+    except USER_ERRORS:
+        return
+    for grad in grads.values():
         if isinstance(grad, np.ndarray) and grad.flags.writeable:
             grad[...] = 0
 
@@ -29,8 +42,8 @@ def _warm_up(layers: list[tuple[str, Any]], x_warm: np.ndarray) -> None:
     h = x_warm
     for _, layer in layers:
         try:
-            h = np.asarray(layer.forward(h.copy()))
-        except Exception:  # the real pass reports errors; the warm-up only leaves state behind
+            h = real_array(layer.forward(h.copy()), "forward's output", "output")
+        except USER_ERRORS:  # the real pass reports errors; the warm-up only leaves state behind
             return
 
 
@@ -53,16 +66,14 @@ def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
     fed = x.copy()
     params_before = _param_snapshot(layer)
     try:
-        out = layer.forward(fed)
-        if out is None:
-            raise TypeError("forward returned None instead of an array")
-    except Exception as exc:
+        out = real_array(layer.forward(fed), "forward's output", "output")
+    except USER_ERRORS as exc:
         rec.error = error_info("forward", exc)
         return None
     if not same_values(fed, rec.input):
         rec.mutated.append("input")
     rec.mutated += _changed_params(layer, params_before)
-    rec.output = snapshot(out)
+    rec.output = out
     return rec.output
 
 
@@ -71,20 +82,27 @@ def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray 
     fed = grad_out.copy()
     params_before = _param_snapshot(layer)
     try:
-        grad_in = layer.backward(fed)
-        if grad_in is None:
-            raise TypeError("backward returned None instead of dL/dx")
-    except Exception as exc:
+        returned = layer.backward(fed)
+        grad_in = real_array(returned, "backward's return value (dL/dx)", "grad_input")
+    except USER_ERRORS as exc:
+        rec.error = error_info("backward", exc)
+        return None
+    grads = grads_of(layer)  # an InputError here is a params/grads accessor to fix
+    try:
+        # A None entry is a gradient never set: compared as missing, not as a bad value.
+        rec.grads = {
+            k: real_array(v, f"grads[{k!r}]", f"grad:{k}")
+            for k, v in grads.items()
+            if v is not None
+        }
+    except BadValue as exc:
         rec.error = error_info("backward", exc)
         return None
     if not same_values(fed, rec.grad_output):
         rec.mutated.append("grad_output")
     rec.mutated += [f"{p} (backward)" for p in _changed_params(layer, params_before)]
-    grads = grads_of(layer)
-    params = params_of(layer)
-    rec.aliases = _aliases(grads, params, fed, grad_in)
-    rec.grads = {k: snapshot(v) for k, v in grads.items()}
-    rec.grad_input = snapshot(grad_in)
+    rec.aliases = _aliases(grads, params_of(layer), fed, returned)
+    rec.grad_input = grad_in
     return rec.grad_input
 
 
@@ -107,6 +125,19 @@ def _aliases(grads: dict, params: dict, grad_out: np.ndarray, grad_in: Any) -> l
     return found
 
 
+def loss_value(returned: Any) -> np.ndarray:
+    """The loss's forward value as a 0-d float array; ``BadValue`` unless it is one real
+    number (a float, or an array holding one)."""
+    value = real_array(returned, "the loss's forward value", "output")
+    if value.size != 1:
+        raise BadValue(
+            "output",
+            f"the loss's forward value has shape {value.shape}, not one number",
+            "return the loss as one number (the batch's mean or sum of the per-example losses)",
+        )
+    return np.asarray(float(value.reshape(())))
+
+
 def run_chain(
     layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray, x_warm: np.ndarray
 ) -> dict[str, LayerRecord]:
@@ -126,9 +157,9 @@ def run_chain(
             return records
     records["loss"] = loss_rec = LayerRecord(input=snapshot(h))
     try:
-        loss_rec.output = np.asarray(float(loss.forward(h.copy(), target)))
-        g = snapshot(loss.backward())
-    except Exception as exc:
+        loss_rec.output = loss_value(loss.forward(h.copy(), target))
+        g = real_array(loss.backward(), "the loss's backward value (dL/dlogits)", "grad_input")
+    except USER_ERRORS as exc:
         loss_rec.error = error_info("forward" if loss_rec.output is None else "backward", exc)
         return records
     loss_rec.grad_input = g
@@ -155,14 +186,16 @@ def probe_loss(
 ) -> LayerRecord:
     """The loss alone on a fresh copy, fed the reference's logits."""
     fresh = copy.deepcopy(loss)
-    with contextlib.suppress(Exception):  # the real call below reports errors
+    with contextlib.suppress(*USER_ERRORS):  # the real call below reports errors
         fresh.forward(logits_warm.copy(), target)
     rec = LayerRecord(input=snapshot(logits))
     fed = logits.copy()
     try:
-        rec.output = np.asarray(float(fresh.forward(fed, target)))
-        rec.grad_input = snapshot(fresh.backward())
-    except Exception as exc:
+        rec.output = loss_value(fresh.forward(fed, target))
+        rec.grad_input = real_array(
+            fresh.backward(), "the loss's backward value (dL/dlogits)", "grad_input"
+        )
+    except USER_ERRORS as exc:
         rec.error = error_info("forward" if rec.output is None else "backward", exc)
     if not same_values(fed, rec.input):
         rec.mutated.append("input")

@@ -15,6 +15,7 @@ import numpy as np
 
 from gradparity.errors import InputError
 from gradparity.reference.layout import squeezed
+from gradparity.validate import check_real_parameter, numpy_values
 
 
 def _child(name: str, key: Any, top_list: bool) -> str:
@@ -45,8 +46,7 @@ def flatten(params: Any) -> dict[str, np.ndarray]:
 
     def walk(node: Any, name: str) -> None:
         if isinstance(node, np.ndarray):
-            if node.dtype.kind not in "fc":
-                raise InputError(f"parameter {name} has dtype {node.dtype}; it must be float")
+            check_real_parameter(f"parameter {name}", node)
             out[name] = node
         elif isinstance(node, (dict, list, tuple)) and node:
             for key, child in _items(node):
@@ -76,10 +76,7 @@ def match_grads(params: Any, grads: Any) -> dict[str, np.ndarray]:
         if isinstance(p, np.ndarray):
             if g is None:
                 raise InputError(f"grads returned None for {name} (parameter shape {p.shape})")
-            try:
-                arr = np.asarray(g)
-            except (TypeError, ValueError) as exc:  # e.g. ragged nested lists
-                raise InputError(f"the gradient of {name} is not an array: {exc}") from exc
+            arr = numpy_values(f"the gradient of {name}", g)  # a tensor, ragged lists, ...
             if arr.dtype.kind not in "fciub":
                 raise InputError(
                     f"the gradient of {name} is not numeric ({_what(g)}, dtype {arr.dtype}); "

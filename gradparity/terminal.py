@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, TextIO
 
+from gradparity import escape
 from gradparity.locate import place
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _table(rows: list[Row], colour: bool) -> list[str]:
     cells = [
         (
             r.mode,
-            place(r.layer, r.quantity),
+            escape.terminal(place(r.layer, r.quantity)),
             r.status,
             r.diagnosis or "",
             _num(r.max_abs),
@@ -58,8 +59,8 @@ def render(report, colour: bool = False) -> str:
 
     name = report.meta.get("model", "model")
     if report.ok:
-        return _paint(report.summary(), "ok", colour)
-    lines = [_paint(f"{name}: {report.verdict()}", "root_cause", colour)]
+        return _paint(report.summary(), "ok", colour)  # summary() escapes its lines
+    lines = [_paint(escape.terminal(f"{name}: {report.verdict()}"), "root_cause", colour)]
     problems = sorted(
         (r for r in report.rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status]
     )
@@ -67,6 +68,6 @@ def render(report, colour: bool = False) -> str:
     if len(problems) > MAX_TABLE_ROWS:
         lines.append(f"  ... {len(problems) - MAX_TABLE_ROWS} more problem rows in the report")
     for i, f in enumerate(report.root_causes, 1):
-        lines.append(f"{i}. [{f.diagnosis}] {f.message}")
-    lines += [f"warning: {w.message}" for w in report.warnings]
+        lines.append(escape.terminal(f"{i}. [{f.diagnosis}] {f.message}"))
+    lines += [escape.terminal(f"warning: {w.message}") for w in report.warnings]
     return "\n".join(lines)

@@ -24,20 +24,27 @@ from torch import nn
 from gradparity import run_torch
 from gradparity.adapt import model_name, named_layers, params_of
 from gradparity.align import align_layers, pair_parameters, sync_module
-from gradparity.api import (
-    TORCH_DTYPES,
-    compare,
-    prepare_input,
-    prepare_target,
-    resolve_losses,
-)
+from gradparity.api import compare, resolve_losses, synced_names
 from gradparity.errors import InputError
 from gradparity.locate import Finding
-from gradparity.records import error_info
+from gradparity.preflight import check_filled
+from gradparity.records import USER_ERRORS, error_info, failure_words, real_array
 from gradparity.report import Report
+from gradparity.rounding import json_value
+from gradparity.run_torch import TORCH_DTYPES
 from gradparity.tolerance import tolerance_for
+from gradparity.training_batches import BatchCheck, batch_pairs, check_validation
 from gradparity.training_compare import Tracker, compare_step, findings_at, history_row
+from gradparity.training_setup import optimizers
 from gradparity.training_steps import Shadow, ours_step, reference_step
+from gradparity.validate import (
+    check_count,
+    check_mapping,
+    check_name,
+    check_options,
+    check_parameters,
+    quiet_arithmetic,
+)
 
 
 @dataclass
@@ -70,7 +77,7 @@ class TrainingReport(Report):
         return {
             **super()._head(),
             "first_divergent_step": self.first_divergent_step,
-            "history": [_plain(h) for h in history],
+            "history": [json_value(_plain(h)) for h in history],  # rounded as rows are
         }
 
     def plots(self) -> list[tuple[str, bytes, str]]:
@@ -102,37 +109,7 @@ def _plain(record: dict) -> dict:
     }
 
 
-def _optimizers(
-    ours_model: Any, reference_model: nn.Module, ours_optimizer: Any, reference_optimizer: Any
-) -> tuple[Any, Any, Any, Any]:
-    """Copies of both models with optimisers bound to the copies (instances are deep-copied
-    together with their model, factories are called on the copy)."""
-    if (ours_optimizer is None) != (reference_optimizer is None):
-        raise InputError(
-            "give both ours_optimizer and reference_optimizer, or neither "
-            "(then both are plain SGD with lr 0.1)"
-        )
-    if ours_optimizer is None:
-        from gradparity.ours import SGD
-
-        ours_optimizer = lambda model: SGD(model, lr=0.1)  # noqa: E731
-        reference_optimizer = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
-    if hasattr(ours_optimizer, "step"):
-        ours_model, ours_opt = copy.deepcopy((ours_model, ours_optimizer))
-    else:
-        ours_model = copy.deepcopy(ours_model)
-        ours_opt = ours_optimizer(ours_model)
-    if hasattr(reference_optimizer, "step"):
-        reference_model, ref_opt = copy.deepcopy((reference_model, reference_optimizer))
-    else:
-        reference_model = copy.deepcopy(reference_model)
-        ref_opt = reference_optimizer(reference_model.parameters())
-    for name, opt in (("ours_optimizer", ours_opt), ("reference_optimizer", ref_opt)):
-        if not (callable(getattr(opt, "step", None)) and callable(getattr(opt, "zero_grad", None))):
-            raise InputError(f"{name} needs step() and zero_grad() methods")
-    return ours_model, ours_opt, reference_model, ref_opt
-
-
+@quiet_arithmetic
 def compare_training(
     ours_model: Any,
     reference_model: nn.Module,
@@ -161,41 +138,50 @@ def compare_training(
     validation: (x, y) scored every ``eval_every`` steps into ``history``. Neither model nor
     optimiser passed in is modified.
     """
-    if dtype not in TORCH_DTYPES:
-        raise InputError(f"dtype must be 'float64' or 'float32', not {dtype!r}")
+    dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
+    layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
+    name = check_name(name)
+    steps = None if steps is None else check_count(steps, "steps")
+    eval_every = check_count(eval_every, "eval_every")
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be callable(iterable) -> iterable, got {progress!r}")
     tol = tolerance_for(dtype, rtol, atol)
     tdtype = TORCH_DTYPES[dtype]
+    if validation is not None:
+        validation = check_validation(validation, dtype)
     ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
     if not isinstance(reference_model, nn.Module):
         raise InputError(
             f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
         )
-    ours_model, ours_opt, ref_model, ref_opt = _optimizers(
-        ours_model, reference_model, ours_optimizer, reference_optimizer
+    ours_model, ours_opt, ref_model, ref_opt, empty = optimizers(
+        ours_model, reference_model, ours_optimizer, reference_optimizer, tdtype
     )
-    # In place, so an optimiser instance copied with the model keeps its parameters.
-    ref_model.to(tdtype).train()
+    ref_model.train()
     layers = named_layers(ours_model)
+    check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     pairs = align_layers(layers, ref_model, layer_map)
     pair_parameters(pairs, np.random.default_rng(seed))
     for pair in pairs:
         sync_module(pair.layer, pair.module, pair.params)
+    check_filled(empty, synced_names(pairs))
     shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 
-    tracker, history, kept, findings, width = Tracker(), [], [], [], None
+    tracker, history, kept, findings = Tracker(), [], [], []
     first_divergent, last_rows = None, []
-    iterator = batches if steps is None else _take(batches, steps)
+    iterator = batch_pairs(batches, steps)
+    batch_check = BatchCheck(
+        ref_model, ours_loss, reference_loss, dtype, {p.module_name: p.name for p in pairs}
+    )
+    if validation is not None:
+        batch_check.validation(*validation)
     for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
-        try:
-            x = prepare_input(x, dtype)
-            target = prepare_target(target, x.shape[0], dtype)
-        except InputError as exc:
-            raise InputError(f"batch {step}: {exc}") from exc
-        width = _check_batch(step, x, target, ref_model, tdtype, width)
+        x, target = batch_check(step, x, target)
         try:
             ours = ours_step(layers, ours_loss, ours_opt, x, target)
-        except Exception as exc:  # the user's code raised: that is the finding
+        except USER_ERRORS as exc:  # the user's code raised: that is the finding
             err = error_info("forward/backward/step", exc)
+            problem, fix = failure_words(err)
             findings.append(
                 Finding(
                     "model",
@@ -204,7 +190,7 @@ def compare_training(
                     err,
                     step=step,
                     mode="train",
-                    message=f"step {step}: {err['type']}: {err['message']}",
+                    message=f"step {step}: {problem}; {fix}",
                 )
             )
             first_divergent = first_divergent or step
@@ -296,38 +282,6 @@ def _describe(optimizer: Any) -> str:
     return repr(optimizer)
 
 
-def _check_batch(
-    step: int,
-    x: np.ndarray,
-    target: np.ndarray,
-    ref_model: nn.Module,
-    tdtype: torch.dtype,
-    width: tuple[int, int] | None,
-) -> tuple[int, int]:
-    """(input width, output width), learnt from the first batch; a later batch of another
-    width, or class labels beyond the output, is refused naming the step."""
-    if width is None:
-        with torch.no_grad():
-            try:
-                out = ref_model(run_torch.as_tensor(x, tdtype))
-            except Exception as exc:
-                raise InputError(
-                    f"batch {step}: the reference cannot take x of shape "
-                    f"{x.shape}: {str(exc).splitlines()[0]}"
-                ) from exc
-        width = (x.shape[1], out.shape[-1])
-    if x.shape[1:] != (width[0],):
-        raise InputError(
-            f"batch {step}: x has shape {x.shape}, earlier batches had {width[0]} features"
-        )
-    if target.dtype.kind == "i" and target.max() >= width[1]:
-        raise InputError(
-            f"batch {step}: target holds class {int(target.max())} but the model "
-            f"has {width[1]} outputs (classes 0..{width[1] - 1})"
-        )
-    return width
-
-
 def _rewound(layers: list[tuple[str, Any]], before: dict) -> list[tuple[str, Any]]:
     """Copies of the layers with the parameters they had before this step's update. Until the
     first divergent step both sides held equal parameters, so ``compare`` (which copies ours'
@@ -339,23 +293,17 @@ def _rewound(layers: list[tuple[str, Any]], before: dict) -> list[tuple[str, Any
     return rewound
 
 
-def _take(batches: Iterable, steps: int) -> Iterable:
-    if steps < 1:
-        raise InputError(f"steps must be at least 1, got {steps}")
-    for i, batch in enumerate(batches):
-        if i >= steps:
-            return
-        yield batch
-
-
 def _accuracy(layers, ref_model: nn.Module, validation, dtype: str, tdtype: torch.dtype) -> dict:
-    x, y = prepare_input(validation[0], dtype), np.asarray(validation[1])
-    h = x
-    for _, layer in copy.deepcopy(layers):
-        h = np.asarray(layer.forward(h))
+    """Validation accuracy of both sides; NaN for ours when its forward cannot score x (it
+    raises, or gives no (N, classes) array): the training rows say what is wrong with it."""
+    x, y = validation
+    try:
+        h = x
+        for _, layer in copy.deepcopy(layers):
+            h = real_array(layer.forward(h), "forward's output", "output")
+        ours = float(np.mean(h.argmax(axis=1) == y)) if h.shape[:1] == y.shape else np.nan
+    except USER_ERRORS:
+        ours = np.nan
     with torch.no_grad():
         ref_out = run_torch.to_numpy(ref_model(run_torch.as_tensor(x, tdtype)))
-    return {
-        "val_acc_ours": float(np.mean(h.argmax(axis=1) == y)),
-        "val_acc_ref": float(np.mean(ref_out.argmax(axis=1) == y)),
-    }
+    return {"val_acc_ours": ours, "val_acc_ref": float(np.mean(ref_out.argmax(axis=1) == y))}

@@ -7,6 +7,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from gradparity import escape
 from gradparity.plots import FLOOR, _png
 
 _KIND_STYLE = {"loss": "tab:red", "grad": "tab:orange", "param": "tab:blue", "state": "tab:green"}
@@ -32,6 +33,7 @@ def training_curves(history: pd.DataFrame, name: str = "") -> bytes:
     ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("training loss (batch)")
+    name = escape.plot_text(name)
     ax.set_title(f"{name}: learning curves, ours and reference" if name else "learning curves")
     handles, labels = ax.get_legend_handles_labels()
     if "val_acc_ours" in history:
@@ -91,6 +93,7 @@ def error_growth(history: pd.DataFrame, name: str = "") -> bytes:
     ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"error / allowed error (log; exact at {FLOOR:g})")
+    name = escape.plot_text(name)
     ax.set_title(f"{name}: error growth per step" if name else "error growth per step")
     ax.legend(loc="upper left", fontsize="small")
     return _png(fig)

@@ -13,8 +13,10 @@ from torch import nn
 
 from gradparity.adapt import grads_of, params_of
 from gradparity.align import LayerPair
+from gradparity.records import real_array
 from gradparity.reference.layout import to_ours_layout
-from gradparity.run_torch import as_tensor, to_numpy
+from gradparity.run_numpy import loss_value
+from gradparity.run_torch import as_tensor, reference_loss_value, to_numpy
 from gradparity.tolerance import Tolerance
 
 Key = tuple[str, str]  # (layer name, ours param key)
@@ -44,12 +46,15 @@ def ours_step(
     h = x
     for _, layer in layers:
         h = layer.forward(h)
-    value = float(loss.forward(h, target))
+    value = float(loss_value(loss.forward(h, target)))
     g = loss.backward()
     for _, layer in reversed(layers):
         g = layer.backward(g)
     grads = {
-        (n, k): np.array(v, copy=True) for n, layer in layers for k, v in grads_of(layer).items()
+        (n, k): real_array(v, f"{n}'s grads[{k!r}]", f"grad:{k}")
+        for n, layer in layers
+        for k, v in grads_of(layer, n).items()
+        if v is not None  # never set: compared as missing
     }
     before = {k: np.array(v, copy=True) for k, v in _params(layers).items()}
     optimizer.step()
@@ -73,7 +78,9 @@ def reference_step(
 ) -> StepResult:
     """The same step on the torch side, converted to ours' keys and layouts."""
     optimizer.zero_grad()
-    loss = loss_fn(model(as_tensor(x, dtype)), as_tensor(target, dtype))
+    loss = reference_loss_value(
+        loss_fn(model(as_tensor(x, dtype)), as_tensor(target, dtype)), finite=False
+    )
     loss.backward()
     tensors = {
         (p.name, pp.key): (dict(p.module.named_parameters())[pp.torch_name], pp)

@@ -11,10 +11,12 @@ def _check_class_targets(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
     target = np.asarray(target)
     if logits.ndim != 2:
         raise ValueError(f"logits must be (N, C), got shape {logits.shape}")
+    if target.shape == logits.shape and np.issubdtype(target.dtype, np.floating):
+        return target  # class probabilities (one-hot rows included)
     if target.shape != (logits.shape[0],) or not np.issubdtype(target.dtype, np.integer):
         raise ValueError(
-            f"target must be integer class indices of shape ({logits.shape[0]},), "
-            f"got {target.dtype} {target.shape}"
+            f"target must be integer class indices of shape ({logits.shape[0]},) or float "
+            f"class probabilities of shape {logits.shape}, got {target.dtype} {target.shape}"
         )
     if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
         raise ValueError(f"target classes must lie in [0, {logits.shape[1]}), got {target}")
@@ -22,13 +24,18 @@ def _check_class_targets(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 
 def _softmax_ce_fwd(z: np.ndarray, target: np.ndarray) -> float:
-    """Mean over the batch of logsumexp(z) - z[target]: exact even where softmax underflows."""
+    """Mean over the batch of logsumexp(z) - z[target] (probabilities p: sum_c p_c (logsumexp(z)
+    - z_c)), computed from logsumexp: exact even where softmax underflows."""
     top = z.max(axis=-1)
     lse = top + np.log(np.exp(z - top[:, None]).sum(axis=-1))
+    if target.ndim == 2:
+        return float(((lse[:, None] - z) * target).sum(axis=-1).mean())
     return float((lse - z[np.arange(len(target)), target]).mean())
 
 
 def _softmax_ce_bwd(s: np.ndarray, target: np.ndarray) -> np.ndarray:
+    if target.ndim == 2:  # d/dz of sum_c p_c (lse - z_c) is softmax * sum(p) - p
+        return (s * target.sum(axis=-1, keepdims=True) - target) / len(target)
     grad = s.copy()
     grad[np.arange(len(target)), target] -= 1.0
     return grad / len(target)
@@ -37,7 +44,8 @@ def _softmax_ce_bwd(s: np.ndarray, target: np.ndarray) -> np.ndarray:
 class SoftmaxCrossEntropy:
     """Fused softmax + cross-entropy, mean over the batch (torch.nn.CrossEntropyLoss).
 
-    Shapes: logits (N, C), target (N,) integer classes; loss scalar; grad (N, C).
+    Shapes: logits (N, C); target (N,) integer classes or (N, C) float class probabilities
+    (one-hot rows included), as torch takes them; loss scalar; grad (N, C).
     """
 
     def __init__(self) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -96,12 +97,14 @@ def test_bad_option_value_exits_2(capsys):
     assert exc.value.code == 2
 
 
-def test_report_folder_keeps_other_files(tmp_path):
+def test_report_folder_with_other_files_is_refused_and_kept(tmp_path, capsys):
     keep = tmp_path / "notes.txt"
     keep.write_text("mine")
-    assert main(["check", "--model", "assignment", "--out", str(tmp_path)]) == 0
-    assert keep.read_text() == "mine"
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert main(["check", "--model", "assignment", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds files that are not a report's (notes.txt)" in err and len(err.splitlines()) == 1
+    assert keep.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.gradparity-*"))
 
 
 def test_check_with_an_injected_bug_names_it(tmp_path, capsys):
@@ -164,7 +167,10 @@ def test_check_function_parity_and_divergence(tmp_path, capsys):
 )
 def test_check_function_bad_factories_exit_2(tmp_path, capsys, factory, extra, needle):
     spec = _function_factory(tmp_path)
-    assert main(["check", "--function", f"{spec}:{factory}", *extra, "--out", str(tmp_path)]) == 2
+    assert (
+        main(["check", "--function", f"{spec}:{factory}", *extra, "--out", str(tmp_path / "out")])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
 
@@ -187,3 +193,26 @@ def test_check_function_keeps_the_factorys_dtype_unless_the_command_line_gives_o
         out = tmp_path / expected
         assert main(["check", "--function", spec, *extra, "--out", str(out)]) == 0
         assert json.loads((out / "report.json").read_text())["dtype"] == expected
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_code_that_calls_sys_exit_cannot_forge_the_exit_status(tmp_path, capsys, code):
+    (tmp_path / "exits.py").write_text(f"import sys\nsys.exit({code})\n")
+    argv = ["check", "--ours", f"{tmp_path / 'exits.py'}:build", "--reference", "x.py:y"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"called sys.exit({code})" in err and len(err.splitlines()) == 1
+
+
+def test_a_reader_closing_the_pipe_keeps_the_verdict(tmp_path):
+    import subprocess
+    import sys
+
+    gradparity = Path(sys.executable).with_name("gradparity")
+    argv = [str(gradparity), "check", "--model", "assignment", "--out", str(tmp_path / "out")]
+    for bug, verdict in ((None, 0), ("loss_grad_sign", 1)):
+        extra = ["--bug", bug] if bug else []
+        run = subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        run.stdout.close()  # like `| head -c0`: nobody reads the verdict's text
+        assert run.wait(timeout=120) == verdict
+        assert run.stderr.read() == b""

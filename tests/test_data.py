@@ -163,10 +163,11 @@ def test_load_mnist_rejects_labels_file_in_place_of_images(tmp_path):
 
 def test_load_dataset_mnist_uses_train_files_only(tmp_path):
     directory = write_mnist(tmp_path / "m", gz=True, with_test=False)
+    write_idx(directory / "train-labels-idx1-ubyte.gz", np.array([2, 0, 1], np.uint8), gz=True)
     data = load_dataset(f"mnist:{directory}", val_fraction=0.34)
     assert isinstance(data, Dataset) and data.name == "mnist"
     assert len(data.x_train) == 2 and len(data.x_val) == 1 and data.n_features == 20
-    assert sorted([*data.y_train, *data.y_val]) == [0, 3, 7] and data.n_classes == 8
+    assert sorted([*data.y_train, *data.y_val]) == [0, 1, 2] and data.n_classes == 3
 
 
 @pytest.mark.parametrize("spec", ["mnist", "mnist:", "foo", "", "Digits"])
@@ -213,7 +214,7 @@ def test_synth_is_seeded_balanced_and_learnable_but_not_separable():
     np.testing.assert_allclose(x[y == 0].mean(axis=0), [1, -1], atol=0.2)
     accuracy = np.mean((x[:, 1] > x[:, 0]) == (y == 1))
     assert 0.85 < accuracy < 0.995
-    raises_one_line("n >= 2", synth, 1)
+    raises_one_line("n must be an integer >= 2, got 1", synth, 1)
 
 
 def test_split_is_deterministic_disjoint_and_sized():

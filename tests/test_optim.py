@@ -6,6 +6,8 @@ and the optimiser state (momentum_buffer, step, exp_avg, exp_avg_sq) must agree 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -230,11 +232,20 @@ def test_float32_stays_float32(make):
     for _, layer in model.named_layers():
         for key in layer.params:
             layer.params[key] = layer.params[key].astype(np.float32)
-    opt = make(model)
+    # A float64 twin from the same (float32) starting values: what the steps should give.
+    twin = copy.deepcopy(model)
+    for _, layer in twin.named_layers():
+        for key in layer.params:
+            layer.params[key] = layer.params[key].astype(np.float64)
+    opt, twin_opt = make(model), make(twin)
     for x, t in _batches(5, seed=1):
         _trained_step(model, opt, x.astype(np.float32), t)
-    for name, key, value, _ in model.parameters():
+        _trained_step(twin, twin_opt, x.astype(np.float32).astype(np.float64), t)
+    for (name, key, value, _), (_, _, exact, _) in zip(model.parameters(), twin.parameters()):
         assert value.dtype == np.float32, (name, key)
+        # five steps of float32 round-off (eps 1.2e-7) on values of order 1
+        np.testing.assert_allclose(value, exact, rtol=1e-4, atol=1e-5, err_msg=f"{name}.{key}")
+        assert not np.array_equal(value, mlp(SIZES, seed=1)[name].params[key])  # it did train
         for state_value in opt.state[(name, key)].values():
             if isinstance(state_value, np.ndarray):
                 assert state_value.dtype == np.float32, (name, key)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import time
 from io import BytesIO
 
 import numpy as np
@@ -150,18 +149,17 @@ def _synthetic_rows(n_layers: int) -> list[Row]:
     return rows
 
 
-def test_error_chart_of_1500_rows_is_quick():
+def test_error_chart_of_1500_rows_thins_its_labels():
+    """Drawing time is a benchmark figure (benchmarks/report_speed.py saves a 1000-layer report,
+    this chart included), not a test assertion: a shared CPU makes any limit flaky."""
     rows = _synthetic_rows(500)  # 500 layers x 3 quantities x 2 modes
     assert len(rows) >= 1500
     points = plots._worst_per_point(rows)
     assert points[("isolate", "forward", "layer300")] == [pytest.approx(1e4), False, True]
     assert points[("isolate", "backward", "layer400")][1:] == [True, True]
-    start = time.perf_counter()
     png = plots.error_chart(rows, title="deep network")
-    elapsed = time.perf_counter() - start
     width, _ = _size(png)
     assert width < 2500  # thinned labels keep the figure a sane size
-    assert elapsed < 5.0  # about 0.5 s on a slow shared CPU; catches per-point annotations
 
 
 def test_error_chart_ticks_thin_out_but_keep_root_causes():
@@ -201,7 +199,12 @@ def test_error_chart_of_nothing_and_of_raised_rows():
         allowed_at_worst=1e-7,
         status="root_cause",
     )
-    plots.error_chart([raised, nan, _row("isolate", "loss", "output", max_abs=0.0)])
+    rows = [raised, nan, _row("isolate", "loss", "output", max_abs=0.0)]
+    assert plots.layer_order(rows) == ["fc1", "fc2", "loss"]
+    points = plots._worst_per_point(rows)
+    assert points[("isolate", "forward", "fc1")] == [0.0, True, True]  # no value: drawn as x
+    assert points[("isolate", "forward", "fc2")] == [math.inf, False, True]  # drawn at the top
+    assert _size(plots.error_chart(rows))[0] > 600
 
 
 @pytest.mark.parametrize(
@@ -220,12 +223,24 @@ def test_heatmaps_of_any_shape(ours, reference):
     assert _size(plots.heatmaps("fc2 grad:b [not_reduced]", ours, reference))[0] > 1000
 
 
-def test_heatmaps_with_nan_and_inf():
+def _magenta_pixels(png: bytes) -> int:
+    """Pixels of the colour that marks non-finite cells (no colour map used here holds it)."""
+    from matplotlib.image import imread
+
+    rgb = imread(BytesIO(png), format="png")[..., :3]
+    return int(np.count_nonzero((rgb[..., 0] > 0.9) & (rgb[..., 1] < 0.15) & (rgb[..., 2] > 0.9)))
+
+
+def test_heatmaps_mark_nan_and_inf_in_magenta():
     ours = np.random.default_rng(1).standard_normal((6, 4))
     reference = ours.copy()
+    assert _magenta_pixels(plots.heatmaps("finite", ours, reference * 1.1)) == 0
     ours[0, 0], ours[1, 2], reference[3, 3] = np.nan, np.inf, -np.inf
-    plots.heatmaps("non-finite", ours, reference)
-    plots.heatmaps("all nan", np.full((2, 2), np.nan), np.full((2, 2), np.inf))
+    some = _magenta_pixels(plots.heatmaps("non-finite", ours, reference))
+    assert some > 0
+    everything = plots.heatmaps("all nan", np.full((2, 2), np.nan), np.full((2, 2), np.inf))
+    assert _size(everything)[0] > 1000
+    assert _magenta_pixels(everything) > some  # every cell of all three panels is non-finite
 
 
 def test_heatmaps_of_a_large_layer_render_at_a_readable_size():

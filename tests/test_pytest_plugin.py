@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -116,8 +117,21 @@ def test_loading_the_plugin_does_not_import_torch():
     assert run.stdout.strip() == "False"
 
 
-def test_report_dir_names_are_safe_and_bounded():
-    assert report_dir_name("tests/t.py::test_a[x/y-1 2]") == "tests_t.py__test_a_x_y-1_2_"
+def test_report_dir_names_are_safe_unique_and_bounded():
+    name = report_dir_name("tests/t.py::test_a[x/y-1 2]")
+    assert re.fullmatch(r"tests_t\.py__test_a_x_y-1_2_-[0-9a-f]{10}", name)
+    ids = ["t.py::test[a/b]", "t.py::test[a_b]", "t.py::test[a b]", "t.py::test[a:b]", "a_b"]
+    names = [report_dir_name(i) for i in ids]
+    assert len(set(names)) == len(ids), names
+    assert report_dir_name("a_b") == "a_b"  # nothing replaced: the id itself
+    assert not report_dir_name("..").startswith(".")
     long_a, long_b = "t.py::test[" + "a" * 300 + "]", "t.py::test[" + "a" * 299 + "b]"
     assert len(report_dir_name(long_a)) == 150
     assert report_dir_name(long_a) != report_dir_name(long_b)
+
+
+def test_an_empty_report_folder_is_a_usage_error(pytester: pytest.Pytester):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--parity-report=")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--parity-report needs a folder name*"])

@@ -110,13 +110,15 @@ def test_ok_report_collapses_nothing_it_needs(tmp_path):
     assert [p.name for p in (tmp_path / "plots").iterdir()] == ["error_chart.png"]
 
 
-def test_save_keeps_other_files_and_refuses_a_file_as_folder(tmp_path):
+def test_save_refuses_a_folder_with_other_files_and_a_file_as_folder(tmp_path):
     mine = tmp_path / "keep.txt"
     mine.write_text("mine")
     report = compare_setup(*bugs.base_network(0))
-    report.save(tmp_path)
+    with pytest.raises(InputError, match=r"holds files that are not a report's \(keep.txt\)"):
+        report.save(tmp_path)
     assert mine.read_text() == "mine"
-    with pytest.raises(InputError, match="is not a directory"):
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+    with pytest.raises(InputError, match="is a file, not a folder"):
         report.save(mine)
     assert mine.read_text() == "mine"
 
@@ -210,18 +212,3 @@ def test_non_finite_values_stay_strict_json(tmp_path):
     loaded = json.loads(report.to_json())
     assert loaded == report.to_dict()
     assert loaded["rows"][0]["max_abs"] == "inf" and loaded["rows"][0]["max_rel"] == "nan"
-
-
-def test_committed_example_is_what_the_readme_command_writes(tmp_path):
-    from gradparity.cli import main
-
-    example = Path(__file__).resolve().parents[1] / "reports" / "example"
-    argv = ["check", "--model", "assignment", "--bug", "loss_times_softmax_prime"]
-    assert main([*argv, "--out", str(tmp_path)]) == 1
-    readme = (example.parents[1] / "README.md").read_text()
-    assert " ".join(["gradparity", *argv, "--out", "reports/example"]) in readme
-    for name in ("report.json", "report.md", "table.csv"):
-        assert (tmp_path / name).read_text() == (example / name).read_text(), name
-    assert sorted(p.name for p in (example / "plots").iterdir()) == sorted(
-        p.name for p in (tmp_path / "plots").iterdir()
-    )

@@ -8,8 +8,10 @@ curves; usage errors exit 2 with one line on stderr.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from report_compare import assert_same_report_folder
 
 from gradparity.cli import main
 
@@ -105,6 +107,10 @@ def test_assignment_reproduced_with_defaults(tmp_path, capsys):
     assert final["val_acc_ours"] >= 0.90
     assert final["val_acc_ours"] == final["val_acc_ref"]
     assert (out / "plots" / "training_curves.png").is_file()
+    # The committed example is what the README's command writes, number by number.
+    root = Path(__file__).resolve().parents[1]
+    assert "gradparity train --out reports/train-example" in (root / "README.md").read_text()
+    assert_same_report_folder(out, root / "reports" / "train-example")
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
@@ -174,7 +180,10 @@ def test_float32_short_run(tmp_path, capsys):
 def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, words):
     out = tmp_path / "never"
     dataset = [] if "--dataset" in args else ["--dataset", "synth"]
-    code = main(["train", *dataset, *args, "--out", str(out)])
+    try:
+        code = main(["train", *dataset, *args, "--out", str(out)])
+    except SystemExit as refusal:  # an option's own check, run by argparse as its type
+        code = refusal.code
     captured = capsys.readouterr()
     assert code == 2
     lines = captured.err.strip().splitlines()
