@@ -36,13 +36,13 @@ KERNEL_SETS = {
 _WRITE_REPORTS = """
 import sys
 from pathlib import Path
-from gradparity import selftest
-from gradparity.bugs import BUGS, UNMUTATED
-from gradparity.function_bugs import FUNCTION_BUGS, function_setup
-from gradparity.function_compare import compare_function
+from gradparity.corpus import selftest
+from gradparity.corpus.layer_bugs import BUGS, UNMUTATED
+from gradparity.corpus.function_bugs import FUNCTION_BUGS, function_setup
+from gradparity.pipelines.function import compare_function
 from gradparity.reference import mirror
-from gradparity.training import compare_training
-from gradparity.training_bugs import TRAINING_BUGS
+from gradparity.pipelines.training import compare_training
+from gradparity.corpus.training_bugs import TRAINING_BUGS
 
 out = Path(sys.argv[1])
 for bug in BUGS:
@@ -64,7 +64,7 @@ for bug in TRAINING_BUGS:
 
 _RAW_HASH = """
 import hashlib, numpy as np, torch
-from gradparity import zoo
+from gradparity.cli import zoo
 s = zoo.build("mlp", 0)
 x = torch.tensor(s.x, requires_grad=True)
 model = s.reference.double()

@@ -72,7 +72,7 @@ def check_imports(folder: str) -> None:
     import the copy there, not the editable install's originals."""
     probe = (
         f"import sys; sys.path.insert(0, {folder!r}); "
-        "import gradparity.reference.layout as l, gradparity.tolerance as t; "
+        "import gradparity.reference.layout as l, gradparity.core.tolerance as t; "
         "print(l.__file__); print(t.__file__)"
     )
     out = subprocess.run(

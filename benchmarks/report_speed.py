@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
-from gradparity.api import compare
-from gradparity.bugs import InputGradUsesW
+from gradparity.corpus.layer_bugs import InputGradUsesW
 from gradparity.ours import Linear, Sequential, Tanh
+from gradparity.pipelines.layers import compare
 from gradparity.reference import mirror
 
 

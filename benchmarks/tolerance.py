@@ -4,7 +4,7 @@ Prints, as multiples of the allowed error at each tensor's worst element:
 - the largest NumPy-vs-torch difference over correct models (must stay far below 1),
 - the smallest difference any known-bug corpus entry makes at its root cause (far above 1),
 - the same two for the central-difference referee (``compare_function(reference=None)``) on
-  the one-function network of ``gradparity.function_bugs``.
+  the one-function network of ``gradparity.corpus.function_bugs``.
 
 The noise floors of ``metrics.tensor_diff`` (errors below a thousandth of the allowed error,
 a tenth against central differences, are recorded as 0, so reports are the same on any machine)
@@ -20,14 +20,15 @@ import argparse
 
 import numpy as np
 
-from gradparity import function_numeric, tolerance
-from gradparity.api import compare
-from gradparity.bugs import BUGS, UNMUTATED
-from gradparity.function_bugs import FUNCTION_BUGS, function_setup
-from gradparity.function_compare import compare_function
+from gradparity.cli.zoo import build
+from gradparity.core import tolerance
+from gradparity.corpus.function_bugs import FUNCTION_BUGS, function_setup
+from gradparity.corpus.layer_bugs import BUGS, UNMUTATED
+from gradparity.corpus.selftest import compare_setup
+from gradparity.evidence import function_numeric
+from gradparity.pipelines.function import compare_function
+from gradparity.pipelines.layers import compare
 from gradparity.reference import mirror, mirror_loss
-from gradparity.selftest import compare_setup
-from gradparity.zoo import build
 
 
 def _ratio(row) -> float | None:

@@ -10,21 +10,21 @@ __version__ = "0.1.0"
 # Public name -> defining module, imported on first use (PEP 562): every pytest run loads the
 # plugin submodule, and it must not pay for importing torch.
 _EXPORTS = {
-    "Finding": "gradparity.locate",
-    "InputError": "gradparity.errors",
-    "ParityError": "gradparity.assertion",
-    "Report": "gradparity.report",
-    "Tolerance": "gradparity.tolerance",
-    "Wrapped": "gradparity.adapt",
-    "assert_function_parity": "gradparity.assertion",
-    "assert_parity": "gradparity.assertion",
-    "compare": "gradparity.api",
-    "compare_function": "gradparity.function_compare",
-    "compare_training": "gradparity.training",
-    "lint": "gradparity.lints",
-    "tap": "gradparity.taps",
-    "tolerance_for": "gradparity.tolerance",
-    "wrap": "gradparity.adapt",
+    "Finding": "gradparity.locate.layers",
+    "InputError": "gradparity.core.errors",
+    "ParityError": "gradparity.testing.assertion",
+    "Report": "gradparity.report.report",
+    "Tolerance": "gradparity.core.tolerance",
+    "Wrapped": "gradparity.sides.adapt",
+    "assert_function_parity": "gradparity.testing.assertion",
+    "assert_parity": "gradparity.testing.assertion",
+    "compare": "gradparity.pipelines.layers",
+    "compare_function": "gradparity.pipelines.function",
+    "compare_training": "gradparity.pipelines.training",
+    "lint": "gradparity.evidence.lints",
+    "tap": "gradparity.sides.taps",
+    "tolerance_for": "gradparity.core.tolerance",
+    "wrap": "gradparity.sides.adapt",
 }
 __all__ = ["__version__", *_EXPORTS]
 

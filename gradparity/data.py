@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradparity.errors import InputError, first_line
-from gradparity.validate import check_count, check_seed
+from gradparity.core.errors import InputError, first_line
+from gradparity.core.validate import check_count, check_seed
 
 VALID_SPECS = "synth, digits, mnist:DIR"
 

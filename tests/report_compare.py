@@ -10,7 +10,7 @@ import math
 import re
 from pathlib import Path
 
-from gradparity.rounding import SIGNIFICANT_DIGITS
+from gradparity.core.rounding import SIGNIFICANT_DIGITS
 
 # Two figures rounded to SIGNIFICANT_DIGITS digits differ by at most one unit in the last digit
 # when the values behind them straddle a rounding boundary.

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from gradparity import bugs
-from gradparity.assertion import ParityError, assert_parity, default_target, failure_message
+from gradparity.corpus import layer_bugs as bugs
 from gradparity.ours import Linear, Sequential, mlp
 from gradparity.reference import mirror, mirror_loss
-from gradparity.report import Report
+from gradparity.report.report import Report
+from gradparity.testing.assertion import ParityError, assert_parity, default_target, failure_message
 
 
 def _fail(tmp_path=None, **bug) -> ParityError:
@@ -147,7 +147,7 @@ def test_default_target_is_classes_of_the_output_width():
 
 
 def test_without_target_an_x_the_reference_rejects_points_at_x():
-    from gradparity.errors import InputError
+    from gradparity.core.errors import InputError
 
     model = mlp((5, 4, 3))
     with pytest.raises(InputError, match=r"x has 7 features but the first layer fc1 takes 5"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gradparity.cli import main
+from gradparity.cli.main import main
 
 
 def test_no_arguments_checks_both_defaults_and_writes_the_report(tmp_path, monkeypatch, capsys):
@@ -118,7 +118,7 @@ def test_check_with_an_injected_bug_names_it(tmp_path, capsys):
 def _function_factory(tmp_path) -> str:
     (tmp_path / "fn_setup.py").write_text(
         textwrap.dedent("""
-        from gradparity.function_bugs import FUNCTION_BUGS, function_setup
+        from gradparity.corpus.function_bugs import FUNCTION_BUGS, function_setup
 
         def correct():
             return function_setup(None)
@@ -180,7 +180,7 @@ def test_help_is_quick_it_imports_neither_torch_nor_pandas():
     import sys
 
     code = (
-        "import sys; from gradparity.cli import build_parser; build_parser(); "
+        "import sys; from gradparity.cli.main import build_parser; build_parser(); "
         "print('torch' in sys.modules, 'pandas' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -206,7 +206,7 @@ def test_param_map_pairs_what_order_cannot():
 
 
 def test_error_chart_has_a_column_per_tap_and_parameter_in_forward_order():
-    from gradparity.plots import error_chart, layer_order
+    from gradparity.report.plots import error_chart, layer_order
 
     report = gp.compare_function(**setup(HIDDEN_DERIVATIVE))
     order = layer_order(report.rows)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gradparity.core.errors import InputError
 from gradparity.data import (
     Dataset,
     batches,
@@ -19,7 +20,6 @@ from gradparity.data import (
     split,
     synth,
 )
-from gradparity.errors import InputError
 
 CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
 IMAGES = np.arange(60, dtype=np.uint8).reshape(3, 4, 5) * 4

@@ -1,4 +1,5 @@
-"""Tests of gradparity.diagnose: each label from a realistic bug, and what must not be labelled."""
+"""Tests of gradparity.comparison.diagnose.values: each label from a realistic bug, and what must
+not be labelled."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gradparity.diagnose import LABELS, Diagnosis, describe_location, diagnose
-from gradparity.tolerance import tolerance_for
+from gradparity.comparison.diagnose.values import LABELS, Diagnosis, describe_location, diagnose
+from gradparity.core.tolerance import tolerance_for
 
 TOL = tolerance_for("float64")
 N = 8  # batch size of the probes

@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 import pytest
 
-from gradparity.diagnose import describe_location, diagnose
-from gradparity.diagnose_common import transpose_fix
-from gradparity.tolerance import Tolerance, tolerance_for
+from gradparity.comparison.diagnose.common import transpose_fix
+from gradparity.comparison.diagnose.values import describe_location, diagnose
+from gradparity.core.tolerance import Tolerance, tolerance_for
 
 TOL = tolerance_for("float64")
 N = 8

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import gradparity as gp
-from gradparity.function_bugs import TAP_MAP, function_setup
-from gradparity.structure import flatten, match_grads, rebuild
-from gradparity.taps import named, recording
+from gradparity.corpus.function_bugs import TAP_MAP, function_setup
+from gradparity.pairing.structure import flatten, match_grads, rebuild
+from gradparity.sides.taps import named, recording
 
 
 def test_tap_outside_a_comparison_returns_its_argument_and_records_nothing():
@@ -467,7 +467,7 @@ def test_taps_from_another_thread_do_not_reach_this_recording():
 
 
 def test_parameters_pair_by_name_before_order():
-    from gradparity.function_align import pair_function_params
+    from gradparity.pairing.function_align import pair_function_params
 
     class Cell(torch.nn.Module):
         def __init__(self) -> None:

@@ -38,6 +38,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradparity as gp
+from gradparity.core.tolerance import tolerance_for
+from gradparity.core.validate import check_dtype
 from gradparity.ours import (
     MSE,
     Linear,
@@ -49,8 +51,6 @@ from gradparity.ours import (
     Tanh,
 )
 from gradparity.reference import mirror
-from gradparity.tolerance import tolerance_for
-from gradparity.validate import check_dtype
 
 settings.register_profile(
     "gradparity-fuzz",

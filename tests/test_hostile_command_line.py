@@ -13,10 +13,11 @@ import pytest
 import torch
 from refusal import refused
 
-from gradparity import cli, tolerance
+from gradparity.cli import main as cli
+from gradparity.core import tolerance
+from gradparity.core.validate import DTYPES
 from gradparity.data import load_dataset
-from gradparity.run_torch import TORCH_DTYPES
-from gradparity.validate import DTYPES
+from gradparity.sides.run_torch import TORCH_DTYPES
 
 # --- data sets --------------------------------------------------------------------------------
 

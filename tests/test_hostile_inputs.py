@@ -15,7 +15,7 @@ from refusal import refused
 from torch import nn
 
 import gradparity as gp
-from gradparity.function_bugs import SIZES, function_setup
+from gradparity.corpus.function_bugs import SIZES, function_setup
 from gradparity.ours import (
     MSE,
     SGD,

@@ -17,8 +17,8 @@ import torch
 
 import gradparity as gp
 from gradparity.ours import Sigmoid
-from gradparity.report import merge_reports
-from gradparity.terminal import render
+from gradparity.report.report import merge_reports
+from gradparity.report.terminal import render
 
 SCRIPT = "<script>alert(1)</script>"
 IMAGE = '<img src=x onerror="alert(2)">'
@@ -171,7 +171,7 @@ def test_terminal_shows_control_characters_as_codes(saved):
 
 
 def test_failure_messages_and_summaries_show_control_characters_as_codes():
-    from gradparity.assertion import failure_message
+    from gradparity.testing.assertion import failure_message
 
     forged = TERMINAL + "\nFORGED LINE"
     report = _hostile_compare(True, forged, names=(forged, COMMAND, SCRIPT))

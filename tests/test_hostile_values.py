@@ -22,7 +22,7 @@ from refusal import refused
 from torch import nn
 
 import gradparity as gp
-from gradparity.cli import main
+from gradparity.cli.main import main
 from gradparity.ours import SGD, Linear, Sequential, SoftmaxCrossEntropy, Tanh
 from gradparity.reference import mirror
 

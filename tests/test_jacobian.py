@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradparity.jacobian import (
+from gradparity.core.tolerance import tolerance_for
+from gradparity.evidence.jacobian import (
     MAX_JACOBIAN_ELEMENTS,
     JacobianProbe,
     describe_jacobian_difference,
@@ -18,7 +19,6 @@ from gradparity.jacobian import (
     too_large,
     torch_jacobian,
 )
-from gradparity.tolerance import tolerance_for
 
 TOL = tolerance_for("float64")
 

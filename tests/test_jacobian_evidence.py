@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import gradparity as gp
-import gradparity.jacobian
-from gradparity import bugs
+import gradparity.evidence.jacobian
+from gradparity.core.tolerance import tolerance_for
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.corpus.selftest import compare_setup
 from gradparity.ours import Sequential, mlp
 from gradparity.reference import mirror
-from gradparity.selftest import compare_setup
-from gradparity.tolerance import tolerance_for
 
 TOL = tolerance_for("float64")
 
@@ -31,7 +31,7 @@ def forbid_probe(monkeypatch):
     def probe(*args, **kwargs):
         raise AssertionError("jacobian.probe must not be called here")
 
-    monkeypatch.setattr(gradparity.jacobian, "probe", probe)
+    monkeypatch.setattr(gradparity.evidence.jacobian, "probe", probe)
 
 
 # --- small layers: the pattern --------------------------------------------------------------
@@ -123,11 +123,11 @@ def test_large_layer_is_skipped_without_probing(monkeypatch):
     note = evidence["note"]
     assert note.startswith("skipped")
     assert "300" in note
-    assert str(gradparity.jacobian.MAX_JACOBIAN_ELEMENTS) in note
+    assert str(gradparity.evidence.jacobian.MAX_JACOBIAN_ELEMENTS) in note
     assert {f.layer for f in report.root_causes} == {"act1"}
 
 
 def test_too_large_matches_the_skip_note():
-    note = gradparity.jacobian.too_large((4, 300), (4, 300))
+    note = gradparity.evidence.jacobian.too_large((4, 300), (4, 300))
     assert note is not None and note.startswith("skipped")
-    assert gradparity.jacobian.too_large((4, 5), (4, 3)) is None
+    assert gradparity.evidence.jacobian.too_large((4, 5), (4, 3)) is None

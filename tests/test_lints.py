@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import gradparity as gp
+from gradparity.core.tolerance import tolerance_for
 from gradparity.ours import Layer, Linear, ReLU, Sequential, Sigmoid, mlp
 from gradparity.reference import mirror
-from gradparity.tolerance import tolerance_for
 
 TOL = tolerance_for("float64")
 F64 = torch.float64

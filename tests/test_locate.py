@@ -8,8 +8,8 @@ gradients in backward order) is the finding.
 
 from __future__ import annotations
 
-from gradparity.diff import Row
-from gradparity.locate import Finding, finding_from_row, first_divergence, locate, place
+from gradparity.comparison.diff import Row
+from gradparity.locate.layers import Finding, finding_from_row, first_divergence, locate, place
 
 
 def _row(mode: str, layer: str, quantity: str, diverged: bool = False, **fields) -> Row:

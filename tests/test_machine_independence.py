@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from report_compare import TEXT_FILES, assert_same_json, assert_same_report_folder, assert_same_text
 
-from gradparity import bugs
-from gradparity.cli import main
-from gradparity.rounding import round_sig
-from gradparity.selftest import compare_setup
+from gradparity.cli.main import main
+from gradparity.core.rounding import round_sig
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.corpus.selftest import compare_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,9 +62,9 @@ OTHER_CPU = {
 _RUN = """
 import sys
 from pathlib import Path
-from gradparity.cli import main
-from gradparity.function_bugs import FUNCTION_BUGS, function_setup
-from gradparity.function_compare import compare_function
+from gradparity.cli.main import main
+from gradparity.corpus.function_bugs import FUNCTION_BUGS, function_setup
+from gradparity.pipelines.function import compare_function
 
 out = Path(sys.argv[1])
 assert main(["check", "--bug", "weight_grad_scaled", "--out", str(out / "check")]) == 1
@@ -73,7 +73,7 @@ compare_function(**function_setup(bug, 0, numeric=True)).save(out / "numeric")
 
 # What moved underneath: a hash of the raw gradients of the built-in MLP and its torch twin.
 import hashlib, torch
-from gradparity import zoo
+from gradparity.cli import zoo
 s = zoo.build("mlp", 0)
 x = torch.tensor(s.x, requires_grad=True)
 torch.nn.functional.cross_entropy(s.reference.double()(x), torch.tensor(s.target)).backward()
@@ -127,8 +127,8 @@ def test_identical_runs_write_identical_html():
 def test_round_off_in_a_diagnosis_is_written_as_zero():
     """An exact factor leaves a residual of round-off (1e-17 here, 1e-16 on another CPU):
     written as 0, like errors below the noise floor; a real leftover is kept."""
-    from gradparity.diagnose import diagnose
-    from gradparity.tolerance import tolerance_for
+    from gradparity.comparison.diagnose.values import diagnose
+    from gradparity.core.tolerance import tolerance_for
 
     ref = np.random.default_rng(0).normal(size=(4, 3)) / 3
     tol = tolerance_for("float64")

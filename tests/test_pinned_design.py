@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradparity import bugs
-from gradparity.diagnose import diagnose
+from gradparity.comparison.diagnose.values import diagnose
+from gradparity.core.tolerance import tolerance_for
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.corpus.selftest import compare_setup
 from gradparity.ours import Linear, Softmax
-from gradparity.selftest import compare_setup
-from gradparity.tolerance import tolerance_for
 
 TOL = tolerance_for("float64")
 DOCUMENTED_RTOL = 1e-7  # README, "Tolerance"; written out so that the test does not follow a change

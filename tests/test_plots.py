@@ -11,9 +11,10 @@ from io import BytesIO
 import numpy as np
 import pytest
 
-from gradparity import bugs, plots
-from gradparity.diff import Row
-from gradparity.selftest import compare_setup
+from gradparity.comparison.diff import Row
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.corpus.selftest import compare_setup
+from gradparity.report import plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -275,5 +276,5 @@ def test_pngs_decode():
 
 
 def test_pyplot_is_never_imported():
-    code = "import gradparity.plots, sys; assert 'matplotlib.pyplot' not in sys.modules"
+    code = "import gradparity.report.plots, sys; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

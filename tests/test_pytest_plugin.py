@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from gradparity.pytest_plugin import report_dir_name
+from gradparity.testing.pytest_plugin import report_dir_name
 
 pytest_plugins = ["pytester"]
 
 TESTS = textwrap.dedent(
     """
     import pytest
-    from gradparity import bugs
+    from gradparity.corpus import layer_bugs as bugs
     from gradparity.ours import mlp
     from gradparity.reference import mirror, mirror_loss
 
@@ -82,7 +82,7 @@ def test_check_function_fails_with_the_parameter_first(pytester: pytest.Pytester
     pytester.makepyfile(
         test_fn=textwrap.dedent(
             """
-            from gradparity.function_bugs import FUNCTION_BUGS, function_setup
+            from gradparity.corpus.function_bugs import FUNCTION_BUGS, function_setup
 
 
             def test_correct(parity):
@@ -112,7 +112,7 @@ def test_option_is_documented_in_help(suite: pytest.Pytester):
 
 
 def test_loading_the_plugin_does_not_import_torch():
-    code = "import sys, gradparity.pytest_plugin; print('torch' in sys.modules)"
+    code = "import sys, gradparity.testing.pytest_plugin; print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
 

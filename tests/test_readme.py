@@ -57,7 +57,7 @@ def test_readme_function_example_runs_and_prints_what_the_readme_shows(monkeypat
 
 
 def test_readme_function_command_output_is_what_the_command_prints(tmp_path, capsys):
-    from gradparity.cli import main
+    from gradparity.cli.main import main
 
     blocks = _block_after("## Backprop written as one function", "")
     command = _block_after("## Backprop written as one function", "sh")[0].split()

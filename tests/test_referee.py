@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 import gradparity as gp
-from gradparity import bugs, referee
-from gradparity.align import align_layers, pair_parameters, sync_module
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.evidence import referee
 from gradparity.ours import Linear, Sequential, Sigmoid, SoftmaxCrossEntropy
+from gradparity.pairing.align import align_layers, pair_parameters, sync_module
 from gradparity.reference import mirror
 
 F64 = torch.float64

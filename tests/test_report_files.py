@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gradparity import bugs
-from gradparity.diff import Row
-from gradparity.errors import InputError
-from gradparity.report import Report, safe_name
-from gradparity.selftest import compare_setup
-from gradparity.terminal import render, use_colour
+from gradparity.comparison.diff import Row
+from gradparity.core.errors import InputError
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.corpus.selftest import compare_setup
+from gradparity.report.report import Report, safe_name
+from gradparity.report.terminal import render, use_colour
 
 
 class _Page(HTMLParser):

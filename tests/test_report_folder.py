@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from gradparity import bugs, folder
-from gradparity.errors import InputError
-from gradparity.folder import write_folder
-from gradparity.selftest import compare_setup
+from gradparity.core.errors import InputError
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.corpus.selftest import compare_setup
+from gradparity.report import folder
+from gradparity.report.folder import write_folder
 
 _FORK = multiprocessing.get_context("fork")
 
@@ -169,7 +170,7 @@ def test_leftovers_are_found_for_names_with_glob_characters(tmp_path, two_runs):
 
 
 def test_check_target_refuses_before_anything_is_written(tmp_path):
-    from gradparity.folder import check_target
+    from gradparity.report.folder import check_target
 
     (tmp_path / "mine.txt").write_text("mine")
     with pytest.raises(InputError, match=r"holds files that are not a report's \(mine.txt\)"):
@@ -268,7 +269,7 @@ def test_paths_outside_the_folder_are_refused(tmp_path):
 
 
 def test_a_merged_report_saves_its_parts_whole(tmp_path):
-    from gradparity.report import merge_reports
+    from gradparity.report.report import merge_reports
 
     first = compare_setup(*bugs.base_network(0))
     second = compare_setup(*bugs.base_network(1))
@@ -297,9 +298,9 @@ def test_the_current_folder_and_its_parents_are_refused(tmp_path, two_runs, monk
 def test_a_folder_that_cannot_take_a_report_is_refused_before_the_run(
     tmp_path, capsys, monkeypatch
 ):
-    from gradparity import assertion
-    from gradparity.cli import main
+    from gradparity.cli.main import main
     from gradparity.reference import mirror
+    from gradparity.testing import assertion
 
     (tmp_path / "mine.txt").write_text("mine")
     ran = []
@@ -314,8 +315,8 @@ def test_a_folder_that_cannot_take_a_report_is_refused_before_the_run(
 
 
 def test_a_failed_save_does_not_hide_the_divergence(tmp_path, monkeypatch):
-    from gradparity.assertion import ParityError, assert_parity
-    from gradparity.report import Report
+    from gradparity.report.report import Report
+    from gradparity.testing.assertion import ParityError, assert_parity
 
     def unwritable(self, directory):
         raise InputError(f"cannot write the report into {directory}: Read-only file system")

@@ -9,11 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from gradparity import bugs, selftest
-from gradparity.cli import main
-from gradparity.function_bugs import FUNCTION_BUGS
-from gradparity.tolerance import tolerance_for
-from gradparity.training_bugs import TRAINING_BUGS
+from gradparity.cli.main import main
+from gradparity.core.tolerance import tolerance_for
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.corpus import selftest
+from gradparity.corpus.function_bugs import FUNCTION_BUGS
+from gradparity.corpus.training_bugs import TRAINING_BUGS
 
 TOL = tolerance_for("float64")
 

@@ -1,6 +1,6 @@
 """The tolerance rule and ``metrics.tensor_diff``, tested directly on numbers worked out by hand.
 
-The rule (README, "Tolerance"; ``gradparity.tolerance``): an element mismatches when
+The rule (README, "Tolerance"; ``gradparity.core.tolerance``): an element mismatches when
 ``|ours - ref| > rtol * |ref| + rtol * max|ref| + atol``. Every expected value below is computed
 from that sentence, not copied from a run.
 """
@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
-from gradparity.metrics import cosine_similarity, first_largest, tensor_diff
-from gradparity.tolerance import NOISE_FLOOR, Tolerance, tolerance_for
+from gradparity.core.metrics import cosine_similarity, first_largest, tensor_diff
+from gradparity.core.tolerance import NOISE_FLOOR, Tolerance, tolerance_for
 
 # The documented defaults: README "Tolerance" (float64) and the tolerance module (float32).
 # Written out here on purpose: a test that read them from the code would follow a change.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from report_compare import assert_same_report_folder
 
-from gradparity.cli import main
+from gradparity.cli.main import main
 
 
 def strict_json(text: str):

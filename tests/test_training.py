@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 import gradparity as gp
-from gradparity import bugs, selftest
+from gradparity.corpus import layer_bugs as bugs
+from gradparity.corpus import selftest
+from gradparity.corpus.training_bugs import TRAINING_BUGS
 from gradparity.ours import MSE, SGD, Adam, Linear, ReLU, Sequential, Sigmoid, mlp
+from gradparity.pipelines.training import TrainingReport, compare_training
 from gradparity.reference import mirror
-from gradparity.training import TrainingReport, compare_training
-from gradparity.training_bugs import TRAINING_BUGS
 
 HISTORY_COLUMNS = [
     "step",

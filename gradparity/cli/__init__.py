@@ -1,0 +1,1 @@
+"""The gradparity command line."""

@@ -1,0 +1,406 @@
+"""Command line: ``gradparity check``, ``gradparity train`` and ``gradparity selftest``.
+
+Exit status: 0 parity, 1 divergence found, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gradparity.cli import zoo
+from gradparity.cli.errors import (
+    EXIT_USAGE,
+    OneLineParser,
+    internal_error,
+    option_type,
+    say,
+    user_exit,
+)
+from gradparity.core import escape
+from gradparity.core.errors import InputError, describe_error
+from gradparity.core.validate import DTYPES, check_count, check_seed
+from gradparity.report.folder import check_target
+from gradparity.report.terminal import render as render_terminal
+from gradparity.report.terminal import use_colour
+
+if TYPE_CHECKING:  # torch, pandas and the harness load when a command runs, not for --help
+    from gradparity.report.report import Report
+
+EXIT_OK, EXIT_DIVERGED = 0, 1
+
+
+def load_factory(spec: str) -> Any:
+    """``module:callable`` or ``path/file.py:callable`` -> the callable."""
+    mod_name, sep, attr = spec.rpartition(":")
+    if not sep or not mod_name or not attr:
+        raise InputError(f"expected MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name)
+            if not path.is_file():
+                raise InputError(f"no such file: {path}")
+            # As when running it as a script: modules next to the file can be imported.
+            if str(path.resolve().parent) not in sys.path:
+                sys.path.insert(0, str(path.resolve().parent))
+            loader = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+    except InputError:
+        raise
+    except Exception as exc:  # a SyntaxError or an error at import time is the user's to fix
+        raise InputError(f"cannot import {mod_name!r}: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"{mod_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _call_factory(spec: str) -> Any:
+    factory = load_factory(spec)
+    try:
+        return factory()
+    except Exception as exc:
+        raise InputError(f"{spec} raised {describe_error(exc)}") from exc
+
+
+def _check_out(path: str) -> Path:
+    """The report folder as given, refused before anything runs when a save could not replace
+    it (``folder.check_target``)."""
+    if not path:
+        raise InputError("--out needs a folder name")
+    check_target(path)
+    return Path(path)
+
+
+def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
+    """compare() keyword arguments from user factories.
+
+    The ours factory returns a model, or a dict with "model" and optionally "x", "target",
+    "loss", "layer_map"; the reference factory a torch module or a dict with "model" and
+    optionally "loss". Without x, a random batch of 8 is made from the reference's first
+    weight; without target, random classes of its output width.
+    """
+    import torch
+
+    from gradparity.testing.assertion import default_target
+
+    ours, ref = _call_factory(ours_spec), _call_factory(ref_spec)
+    ours = ours if isinstance(ours, dict) else {"model": ours}
+    ref = ref if isinstance(ref, dict) else {"model": ref}
+    if not isinstance(ref.get("model"), torch.nn.Module):
+        raise InputError(
+            f"{ref_spec} must return a torch.nn.Module (or a dict with 'model'), "
+            f"got {type(ref.get('model')).__name__}"
+        )
+    kwargs = {
+        "ours_model": ours["model"],
+        "reference_model": ref["model"],
+        "ours_loss": ours.get("loss"),
+        "reference_loss": ref.get("loss"),
+        "layer_map": ours.get("layer_map"),
+    }
+    rng = np.random.default_rng(seed)
+    x = ours.get("x")
+    if x is None:
+        first = next((p for p in ref["model"].parameters() if p.ndim == 2), None)
+        if first is None:
+            raise InputError("cannot infer the input width: return 'x' from the ours factory")
+        x = rng.standard_normal((8, first.shape[1]))
+    target = ours.get("target")
+    if target is None:
+        target = default_target(ref["model"], x, seed)
+    kwargs.update(x=x, target=target)
+    return kwargs, ours_spec.rpartition(":")[2]
+
+
+def _inject(model: Any, bug_name: str) -> tuple[Any, Any]:
+    """The model and default loss with a corpus bug injected (``check --bug``)."""
+    from gradparity.corpus.layer_bugs import BUGS, inject
+    from gradparity.ours import SoftmaxCrossEntropy
+
+    bug = next((b for b in BUGS if b.name == bug_name), None)
+    if bug is None:
+        raise InputError(f"unknown bug {bug_name!r}; choose from {', '.join(b.name for b in BUGS)}")
+    try:
+        return inject(model, SoftmaxCrossEntropy(), bug)
+    except TypeError as exc:
+        raise InputError(f"{exc}; this model cannot take it") from exc
+
+
+def _function_report(spec: str, dtype: str | None, seed: int | None) -> Report:
+    """``check --function``: the factory returns compare_function's keyword arguments."""
+    from gradparity.pipelines.function import compare_function
+
+    kwargs = _call_factory(spec)
+    required = ("grads", "params", "reference", "x", "target")
+    if not isinstance(kwargs, dict) or any(k not in kwargs for k in required):
+        got = sorted(kwargs) if isinstance(kwargs, dict) else type(kwargs).__name__
+        raise InputError(
+            f"{spec} must return a dict of compare_function arguments with {', '.join(required)} "
+            f"(reference may be None), got {got}"
+        )
+    module, _, attr = spec.rpartition(":")
+    # The command line's --dtype and --seed win where given; else the factory's, else defaults.
+    kwargs = {**kwargs, **({"dtype": dtype} if dtype else {})}
+    kwargs = {**kwargs, **({"seed": seed} if seed is not None else {})}
+    kwargs.setdefault("name", f"{Path(module).stem}:{attr}")
+    try:
+        return compare_function(**kwargs)
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise InputError(
+            f"{spec} returned an argument compare_function does not take: {exc}"
+        ) from exc
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gradparity.pipelines.layers import compare
+    from gradparity.report.report import merge_reports
+
+    out = _check_out(args.out)
+    if args.function and (args.model or args.ours or args.reference or args.bug):
+        raise InputError(
+            "--function checks a gradient function alone: drop --model, --ours, --reference "
+            "and --bug"
+        )
+    if bool(args.ours) != bool(args.reference):
+        raise InputError("--ours and --reference go together")
+    if args.ours and args.bug:
+        raise InputError("--bug injects into built-in models only, not into --ours")
+    if args.ours and args.model:
+        raise InputError("give --model or --ours/--reference, not both")
+    reports: list[Report] = []
+    dtype, seed = args.dtype or "float64", 0 if args.seed is None else args.seed
+    if args.function:  # given as None: the factory's own dtype and seed count then
+        reports.append(_function_report(args.function, args.dtype, args.seed))
+    elif args.ours:
+        kwargs, name = _custom_setup(args.ours, args.reference, seed)
+        reports.append(compare(**kwargs, dtype=dtype, seed=seed, name=name))
+    else:
+        for model in [args.model] if args.model else zoo.DEFAULT_MODELS:
+            try:
+                setup = zoo.build(model, seed)
+            except KeyError as exc:
+                raise InputError(exc.args[0]) from exc
+            ours, loss, name = setup.ours, None, setup.name
+            if args.bug:
+                ours, loss = _inject(ours, args.bug)
+                name = f"{setup.name}+{args.bug}"
+            reports.append(
+                compare(
+                    ours,
+                    setup.reference,
+                    setup.x,
+                    setup.target,
+                    ours_loss=loss,
+                    dtype=dtype,
+                    seed=seed,
+                    name=name,
+                )
+            )
+    report = reports[0] if len(reports) == 1 else merge_reports(reports)
+    report.save(out)  # a merged report carries its parts into subfolders
+    if args.format == "json":
+        say(report.to_json(), end="")
+    elif args.format == "md":
+        say(report.to_markdown(), end="")
+    else:
+        colour = use_colour(sys.stdout)
+        for r in reports:
+            say(render_terminal(r, colour))
+        say(f"report: {out / 'report.md'}")
+    return EXIT_OK if report.ok else EXIT_DIVERGED
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from gradparity.corpus.selftest import format_table, run_corpus
+
+    try:
+        results = run_corpus(args.bug or None, seed=args.seed)
+    except KeyError as exc:
+        raise InputError(exc.args[0]) from exc
+    if args.format == "json":
+        say(json.dumps({"bugs": [r.as_dict() for r in results]}, indent=2))
+    else:
+        say(format_table(results))
+    return EXIT_OK if all(r.localized for r in results) else EXIT_DIVERGED
+
+
+TRAIN_MODELS = ("mlp", "assignment")
+DEFAULT_LR = {"sgd": 0.5, "momentum": 0.05, "adam": 1e-3}
+
+
+def _train_model(name: str, n_features: int, n_classes: int, hidden: int, seed: int):
+    from gradparity.ours import Linear, Sequential, Sigmoid, mlp
+
+    if name == "mlp":
+        return mlp((n_features, hidden, n_classes), seed=seed)
+    rng = np.random.default_rng(seed)  # the assignment's shape: 3 sigmoid hidden units
+    return Sequential(
+        ("fc1", Linear(n_features, 3, rng=rng)),
+        ("act1", Sigmoid()),
+        ("fc2", Linear(3, n_classes, rng=rng)),
+    )
+
+
+def _optimizer_pair(kind: str, lr: float):
+    import torch
+
+    from gradparity.ours import SGD, Adam
+
+    if kind == "adam":
+        return lambda m: Adam(m, lr=lr), lambda p: torch.optim.Adam(p, lr=lr)
+    momentum = 0.9 if kind == "momentum" else 0.0
+    return (
+        lambda m: SGD(m, lr=lr, momentum=momentum),
+        lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gradparity.data import batches, load_dataset
+    from gradparity.pipelines.training import compare_training
+    from gradparity.reference import mirror
+
+    if args.steps is not None and args.epochs is not None:
+        raise InputError("give --steps or --epochs, not both")
+    out = _check_out(args.out)
+    data = load_dataset(args.dataset, seed=args.seed)
+    model = _train_model(args.model, data.n_features, data.n_classes, args.hidden, args.seed)
+    lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr must be a positive finite number, got {lr}")
+    epochs = None if args.steps is not None else (args.epochs or 10)
+    per_epoch = -(-len(data.x_train) // args.batch_size)
+    total = args.steps if args.steps is not None else epochs * per_epoch
+    ours_opt, ref_opt = _optimizer_pair(args.optimizer, lr)
+    name = f"{args.model}-{data.name}-{args.optimizer}"
+    report = compare_training(
+        model,
+        mirror(model),
+        batches(
+            data.x_train,
+            data.y_train,
+            args.batch_size,
+            seed=args.seed,
+            epochs=epochs,
+            steps=args.steps,
+        ),
+        ours_optimizer=ours_opt,
+        reference_optimizer=ref_opt,
+        dtype=args.dtype,
+        seed=args.seed,
+        validation=(data.x_val, data.y_val),
+        eval_every=max(1, min(per_epoch, total // 20 or 1)),
+        progress=lambda it: tqdm(
+            it, total=total, desc="training", unit="step", disable=not sys.stderr.isatty()
+        ),
+        name=name,
+    )
+    report.save(out)
+    scored = report.history.dropna(subset=["val_acc_ours"])
+    last = scored.iloc[-1]
+    say(
+        f"{name}: {len(report.history)} steps, lr {lr:g}, batch {args.batch_size}; "
+        f"validation accuracy ours {last.val_acc_ours:.3f}, reference {last.val_acc_ref:.3f}"
+    )
+    if report.first_divergent_step is None:
+        say("no divergence: both sides stayed within tolerance at every step")
+    else:
+        say(f"first divergent step: {report.first_divergent_step}")
+        for f in report.root_causes:
+            say(escape.terminal(f"  - [{f.diagnosis}] {f.message}"))
+    say(f"report: {out / 'report.md'}")
+    return EXIT_OK if report.ok else EXIT_DIVERGED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="gradparity",
+        description="Diff hand-written NumPy backprop against PyTorch, layer by layer.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    check = sub.add_parser("check", help="compare ours and the reference once (default)")
+    check.add_argument("--model", help=f"a built-in model: {', '.join(zoo.MODELS)}")
+    check.add_argument("--ours", metavar="MOD:FACTORY", help="factory of your NumPy model")
+    check.add_argument("--reference", metavar="MOD:FACTORY", help="factory of the torch model")
+    check.add_argument(
+        "--function",
+        metavar="MOD:FACTORY",
+        help="backprop written as one function: FACTORY returns a dict of compare_function's "
+        "keyword arguments (grads, params, reference, x, target, ...)",
+    )
+    check.add_argument("--dtype", choices=DTYPES, help="default float64 (or the --function's)")
+    check.add_argument("--out", default="reports/latest", help="report folder")
+    check.add_argument(
+        "--seed", type=option_type(check_seed, "--seed"), help="default 0 (or the --function's)"
+    )
+    check.add_argument("--format", choices=["text", "md", "json"], default="text")
+    check.add_argument("--bug", metavar="NAME", help="inject a known bug (see selftest)")
+    check.set_defaults(func=cmd_check)
+    train = sub.add_parser(
+        "train", help="train both sides side by side, find the first divergent step"
+    )
+    train.add_argument(
+        "--model",
+        choices=TRAIN_MODELS,
+        default="mlp",
+        help="mlp: one sigmoid hidden layer (--hidden units); assignment: 3",
+    )
+    train.add_argument("--dataset", default="digits", help="synth, digits or mnist:DIR")
+    train.add_argument("--steps", type=option_type(check_count, "--steps"))
+    train.add_argument(
+        "--epochs",
+        type=option_type(check_count, "--epochs"),
+        help="default 10 when --steps is not given",
+    )
+    train.add_argument("--optimizer", choices=list(DEFAULT_LR), default="sgd")
+    train.add_argument("--lr", type=float, help="default: sgd 0.5, momentum 0.05, adam 0.001")
+    train.add_argument("--batch-size", type=option_type(check_count, "--batch-size"), default=32)
+    train.add_argument("--hidden", type=option_type(check_count, "--hidden"), default=300)
+    train.add_argument("--dtype", choices=DTYPES, default="float64")
+    train.add_argument("--out", default="reports/train")
+    train.add_argument("--seed", type=option_type(check_seed, "--seed"), default=0)
+    train.set_defaults(func=cmd_train)
+    selftest = sub.add_parser("selftest", help="inject the known-bug corpus, show what was found")
+    selftest.add_argument("--bug", action="append", metavar="NAME", help="only this bug (repeat)")
+    selftest.add_argument("--format", choices=["text", "json"], default="text")
+    selftest.add_argument("--seed", type=option_type(check_seed, "--seed"), default=0)
+    selftest.set_defaults(func=cmd_selftest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["check", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(escape.terminal(f"gradparity: error: {' '.join(str(exc).split())}"), file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # argparse is done: only the code under check exits here
+        return user_exit(exc)
+    except Exception as exc:  # a bug of ours: never exit 1, which means "divergence found"
+        return internal_error(exc, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Comparing paired tensors into rows, and diagnosing each diverging pair."""

@@ -1,0 +1,1 @@
+"""Naming the likely bug behind one diverging pair of tensors."""

@@ -1,0 +1,114 @@
+"""Shared pieces of the diagnosis modules: the labels, ``Diagnosis``, the per-call context and
+small helpers used by both the value tests (``comparison.diagnose.values``) and the shape tests
+(``comparison.diagnose.shapes``).
+
+"Matches" is ``_matches``: equal shapes and ``tensor_diff(a, b, tol).ok``, as the module
+docstring of ``gradparity.comparison.diagnose.values`` describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradparity.core.metrics import TensorDiff, tensor_diff
+from gradparity.core.tolerance import Tolerance
+
+# fmt: off
+LABELS = (
+    "transposed", "sign_flipped", "scaled", "batch_reduction", "not_reduced", "zero",
+    "nonfinite", "missing_local_derivative", "accumulated", "stale", "shape_mismatch",
+    "mutates_input", "raised", "unexplained",
+)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What is wrong with one quantity of one layer.
+
+    ``message``: the problem with numbers, no layer prefix; ``fix``: the likely fix, imperative;
+    ``detail``: the numbers, as JSON values.
+    """
+
+    label: str
+    detail: dict
+    message: str
+    fix: str
+
+    def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"unknown diagnosis label {self.label!r}")
+
+
+@dataclass(frozen=True)
+class _Context:
+    tol: Tolerance
+    quantity: str
+    batch_size: int | None
+    upstream: np.ndarray | None
+    param_shape: tuple[int, ...] | None
+    # How ours' parameter maps onto torch's: "identity" = stored (out, in); "columns" = stored
+    # (out, in) in code that holds examples as columns (z = W @ a + b).
+    layout: str = ""
+
+    @property
+    def kind(self) -> str:
+        """'grad_input', 'grad', 'output', 'loss', 'param', 'state' or 'other'."""
+        if self.quantity in ("grad_input", "output", "loss"):
+            return self.quantity
+        prefix = self.quantity.split(":", 1)[0]
+        return prefix if ":" in self.quantity and prefix in ("grad", "param", "state") else "other"
+
+    @property
+    def noun(self) -> str:
+        name = self.quantity.split(":", 1)[-1]
+        return {
+            "grad_input": "input gradient",
+            "grad": f"gradient of {name}",
+            "param": f"parameter {name} after the step",
+            "state": f"optimiser state {name}",
+        }.get(self.kind, self.quantity)
+
+    def hint(self, table: dict[str, str]) -> str:
+        """This quantity's entry of a table of fixes keyed by kind (and, where the table has
+        one, by the parameter's layout: "grad/identity"), else its "other" entry."""
+        return table.get(f"{self.kind}/{self.layout}", table.get(self.kind, table["other"]))
+
+
+# Shared by the shape tests and the square-transpose value test.
+_TRANSPOSE_FIX = {
+    "grad": "transpose it: for a weight stored (in, out) the gradient is x.T @ grad_out, not "
+    "grad_out.T @ x",
+    "grad/identity": "transpose it: for a weight stored (out, in), as in y = x @ W.T, the "
+    "gradient is grad_out.T @ x, not x.T @ grad_out",
+    "grad/columns": "transpose it: with examples as columns (z = W @ a + b, W stored (out, in)) "
+    "the weight gradient is delta @ a.T, not a @ delta.T (nor (delta @ a.T).T)",
+    "grad/unknown": "transpose it: a weight gradient has the weight's layout: x.T @ delta for W "
+    "stored (in, out) with examples as rows, delta @ a.T for W stored (out, in) with examples as "
+    "columns",
+    "grad_input": "transpose it: dL/dx has the input's shape, e.g. grad_out @ W.T for a weight "
+    "stored (in, out)",
+    "other": "transpose it: check the order of the matrix product (x @ W for W stored (in, out))",
+}
+
+
+def transpose_fix(kind: str, layout: str = "") -> str:
+    """The advice for a transposed quantity of ``kind`` ("grad", "grad_input", ...) in a
+    parameter ``layout`` ("identity", "transpose", "columns", "unknown" or "")."""
+    return _TRANSPOSE_FIX.get(f"{kind}/{layout}", _TRANSPOSE_FIX.get(kind, _TRANSPOSE_FIX["other"]))
+
+
+def _diff(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> TensorDiff:
+    # tensor_diff's cosine maps inf to the largest float, whose squared norm overflows.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return tensor_diff(a, b, tol)
+
+
+def _matches(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
+    return a.shape == b.shape and _diff(a, b, tol).ok
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(int(n) for n in shape))

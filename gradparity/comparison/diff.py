@@ -1,0 +1,263 @@
+"""Compare stage: one record pair (ours, reference) of a layer becomes table rows.
+
+Reference values are converted into ours' layout first, so every shape and index in a row is
+the one the user sees in their own code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradparity.comparison.diagnose.values import diagnose
+from gradparity.core.metrics import tensor_diff
+from gradparity.core.records import LayerRecord, failure_words
+from gradparity.core.tolerance import Tolerance
+from gradparity.pairing.align import LayerPair
+from gradparity.reference.layout import to_ours_layout
+
+# Problems first: the order every rendering sorts rows in.
+STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
+# The columns a person reads (renderings pick from these; table.csv has every field).
+DISPLAY_COLUMNS = [
+    "mode",
+    "layer",
+    "type",
+    "quantity",
+    "status",
+    "diagnosis",
+    "shape_ours",
+    "shape_ref",
+    "max_abs",
+    "max_rel",
+    "cosine",
+    "mismatch_frac",
+    "worst_index",
+]
+
+
+@dataclass
+class Row:
+    """One compared tensor: the unit of the report table (design schema plus extras)."""
+
+    mode: str
+    layer: str
+    type: str
+    quantity: str
+    shape_ours: list[int] | None
+    shape_ref: list[int] | None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    cosine: float | None = None
+    mismatch_frac: float | None = None
+    worst_index: list[int] | None = None
+    ours_at_worst: float | None = None
+    ref_at_worst: float | None = None
+    allowed_at_worst: float | None = None
+    status: str = "ok"
+    diagnosis: str | None = None
+    message: str = ""
+    fix: str = ""
+    conversion: str = ""
+    step: int | None = None  # training: the optimisation step (from 1); None for compare()
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        return self.status != "ok"
+
+    def as_dict(self) -> dict:
+        # Shallow on purpose: dataclasses.asdict deep-copies, and reports have 10^4 rows.
+        return dict(self.__dict__)
+
+
+def _shape(a: np.ndarray | None) -> list[int] | None:
+    return None if a is None else [int(d) for d in np.shape(a)]
+
+
+def broadcasts_onto(
+    grad_shape: tuple[int, ...], param_shape: tuple[int, ...], ref_shape: tuple[int, ...]
+) -> bool:
+    """A gradient shape differing from the reference's by singleton axes only, which an
+    in-place update of the parameter still takes ((n,) onto (1, n), not onto (n, 1))."""
+    if tuple(grad_shape) == tuple(ref_shape) or math.prod(grad_shape) != math.prod(ref_shape):
+        return False
+    try:
+        return np.broadcast_shapes(tuple(param_shape), tuple(grad_shape)) == tuple(param_shape)
+    except ValueError:
+        return False
+
+
+def compare_tensor(
+    mode: str,
+    pair_name: str,
+    type_name: str,
+    quantity: str,
+    ours: np.ndarray | None,
+    ref: np.ndarray,
+    tol: Tolerance,
+    *,
+    batch_size: int | None = None,
+    upstream: np.ndarray | None = None,
+    param_shape: tuple[int, ...] | None = None,
+    conversion: str = "",
+) -> Row:
+    """Row for one tensor pair; ``ours`` None means the layer never produced it."""
+    row = Row(
+        mode, pair_name, type_name, quantity, _shape(ours), _shape(ref), conversion=conversion
+    )
+    if ours is None:
+        row.status = "diverged"
+        return row
+    ours = np.asarray(ours)
+    if ours.shape == ref.shape:
+        d = tensor_diff(ours, ref, tol)
+        row.max_abs, row.max_rel, row.cosine = d.max_abs, d.max_rel, d.cosine
+        row.mismatch_frac = d.mismatch_frac
+        row.worst_index = list(d.worst_index) if d.worst_index is not None else None
+        row.ours_at_worst, row.ref_at_worst = d.ours_at_worst, d.ref_at_worst
+        row.allowed_at_worst = d.allowed_at_worst
+        if d.ok:
+            return row
+    if param_shape is not None and broadcasts_onto(ours.shape, param_shape, ref.shape):
+        d = tensor_diff(ours.reshape(ref.shape), ref, tol)
+        if d.ok:  # right values in a shape that `p -= lr * g` takes
+            row.max_abs, row.max_rel, row.cosine = d.max_abs, d.max_rel, d.cosine
+            row.mismatch_frac = d.mismatch_frac
+            row.detail["broadcasts"] = True
+            row.message = (
+                f"gradient has shape {ours.shape}, the parameter {tuple(param_shape)}: the values "
+                "are right and an update p -= lr * g broadcasts, but a gradient usually has its "
+                "parameter's shape"
+            )
+            return row
+    row.status = "diverged"
+    diag = diagnose(
+        ours,
+        ref,
+        tol,
+        quantity=quantity,
+        batch_size=batch_size,
+        upstream=upstream,
+        param_shape=param_shape,
+        layout=conversion,
+    )
+    row.diagnosis, row.detail = diag.label, dict(diag.detail)
+    row.message, row.fix = diag.message, diag.fix
+    return row
+
+
+def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarray:
+    """The reference's "grad_input" or "grad:<key>" from ``rec``, in ours' layout."""
+    if quantity == "grad_input":
+        return rec.grad_input
+    p = next(p for p in pair.params if p.key == quantity[5:])
+    return to_ours_layout(rec.grads[p.torch_name], p.conversion, p.ours_shape)
+
+
+def compare_layer(
+    mode: str, pair: LayerPair, ours: LayerRecord, ref: LayerRecord, tol: Tolerance, batch_size: int
+) -> tuple[list[Row], list[Row]]:
+    """(forward rows, backward rows) for one layer or the loss (the pair named "loss", whose
+    output is the loss value). A layer that raised yields one ``raised`` row for the failing
+    phase; quantities it never reached are left out."""
+    if _failed(ours, "forward"):
+        return [_raised(mode, pair, ours)], []
+    fwd = [
+        compare_tensor(
+            mode,
+            pair.name,
+            pair.type_name,
+            "output",
+            ours.output,
+            ref.output,
+            tol,
+            batch_size=batch_size,
+        )
+    ]
+    if _failed(ours, "backward"):
+        return fwd, [_raised(mode, pair, ours)]
+    if ours.grad_input is None:  # the chain stopped at a later layer before backward
+        return fwd, []
+    weights = [p.conversion for p in pair.params if len(p.ours_shape) == 2]
+    bwd = [
+        compare_tensor(
+            mode,
+            pair.name,
+            pair.type_name,
+            "grad_input",
+            ours.grad_input,
+            ref.grad_input,
+            tol,
+            batch_size=batch_size,
+            upstream=ours.grad_output,
+            conversion=weights[0] if weights else "",
+        )
+    ]
+    for p in pair.params:
+        if p.key not in ours.grads:
+            bwd.append(_missing_grad(mode, pair, p.key, sorted(ours.grads)))
+            continue
+        bwd.append(
+            compare_tensor(
+                mode,
+                pair.name,
+                pair.type_name,
+                f"grad:{p.key}",
+                ours.grads[p.key],
+                reference_grad(pair, ref, f"grad:{p.key}"),
+                tol,
+                batch_size=batch_size,
+                upstream=ours.grad_output,
+                param_shape=p.ours_shape,
+                conversion=p.conversion,
+            )
+        )
+    return fwd, bwd
+
+
+def _failed(rec: LayerRecord, phase: str) -> bool:
+    return rec.error is not None and rec.error["phase"] == phase
+
+
+def _raised(mode: str, pair: LayerPair, rec: LayerRecord) -> Row:
+    return failed_row(mode, pair.name, pair.type_name, rec.error)
+
+
+def failed_row(mode: str, layer: str, type_name: str, error: dict) -> Row:
+    """The ``raised`` row of code that threw, or gave a value that cannot be compared (on the
+    quantity that value was for); ``error`` as ``records.error_info`` makes it."""
+    quantity = error.get("quantity") or ("output" if error["phase"] == "forward" else "grad_input")
+    message, fix = failure_words(error)
+    return Row(
+        mode,
+        layer,
+        type_name,
+        quantity,
+        None,
+        None,
+        status="diverged",
+        diagnosis="raised",
+        detail=dict(error),
+        message=message,
+        fix=fix,
+    )
+
+
+def _missing_grad(mode: str, pair: LayerPair, key: str, present: list[str]) -> Row:
+    return Row(
+        mode,
+        pair.name,
+        pair.type_name,
+        f"grad:{key}",
+        None,
+        None,
+        status="diverged",
+        diagnosis="unexplained",
+        detail={"grads_present": present},
+        message=f"backward recorded no gradient for {key!r} (grads holds {present or 'nothing'})",
+        fix=f"fill grads[{key!r}] in backward; with gp.wrap, check that grads= names the "
+        "attributes backward really sets",
+    )

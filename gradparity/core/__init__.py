@@ -1,0 +1,2 @@
+"""The typed, torch-free core: tolerances, metrics, records, validation, rounding, escaping,
+errors."""

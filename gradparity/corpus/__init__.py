@@ -1,0 +1,1 @@
+"""The known-bug corpora and the self-test that scores gradparity on them."""

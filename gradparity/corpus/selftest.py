@@ -1,0 +1,179 @@
+"""Run the known-bug corpus: inject each bug, compare against the torch mirror, and score
+whether gradparity found it at the right place (localized) with the right label (diagnosed)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from gradparity.corpus.function_bugs import FUNCTION_BUGS, FunctionBug, function_setup
+from gradparity.corpus.layer_bugs import BUGS, Bug
+from gradparity.corpus.training_bugs import TRAINING_BUGS, TrainingBug
+from gradparity.pipelines.function import compare_function
+from gradparity.pipelines.layers import compare
+from gradparity.pipelines.training import compare_training
+from gradparity.reference import mirror, mirror_loss
+from gradparity.report.report import Report
+
+
+@dataclass
+class BugResult:
+    """What one injected bug produced, in the ``--format json`` schema."""
+
+    name: str
+    layer: str
+    quantity: str
+    expected_diagnosis: str
+    found: list[dict] = field(default_factory=list)
+    localized: bool = False
+    diagnosed: bool = False
+    step: int | None = None  # training bugs: the step where it must be found
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_setup(model, loss, x, target, seed: int = 0, name: str | None = None) -> Report:
+    """``compare`` of an ours model against its torch mirror, with the mirrored loss."""
+    return compare(
+        model,
+        mirror(model),
+        x,
+        target,
+        ours_loss=loss,
+        reference_loss=mirror_loss(loss),
+        seed=seed,
+        name=name,
+    )
+
+
+def run_bug(bug: Bug, seed: int = 0) -> BugResult:
+    """Localized: the expected (layer, quantity) is a root cause and no other layer is blamed.
+    Diagnosed: that root cause carries the expected label."""
+    model, loss, x, target = bug.build(seed)
+    report = compare_setup(model, loss, x, target, seed=seed, name=bug.name)
+    found = [
+        {"layer": f.layer, "quantity": f.quantity, "diagnosis": f.diagnosis, "message": f.message}
+        for f in report.root_causes
+    ]
+    hits = [f for f in found if (f["layer"], f["quantity"]) == (bug.layer, bug.quantity)]
+    localized = bool(hits) and all(f["layer"] == bug.layer for f in found)
+    diagnosed = any(f["diagnosis"] == bug.diagnosis for f in hits)
+    return BugResult(bug.name, bug.layer, bug.quantity, bug.diagnosis, found, localized, diagnosed)
+
+
+def training_batches(seed: int, n: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The self-test's training data for ``bugs.base_network``: n batches x (8, 5), y (8,)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((8, 5)), rng.integers(0, 3, size=8)) for _ in range(n)]
+
+
+def run_training_bug(bug: TrainingBug, seed: int = 0) -> BugResult:
+    """Localized: the first divergent step is the expected one and a finding there is of the
+    expected quantity kind (the optimiser touches every layer, so no single layer is expected).
+    Diagnosed: such a finding carries the expected label."""
+    model, ours_opt, ref_opt = bug.build(seed)
+    report = compare_training(
+        model,
+        mirror(model),
+        training_batches(seed),
+        ours_optimizer=ours_opt,
+        reference_optimizer=ref_opt,
+        seed=seed,
+        name=bug.name,
+    )
+    found = [
+        {
+            "layer": f.layer,
+            "quantity": f.quantity,
+            "diagnosis": f.diagnosis,
+            "step": f.step,
+            "message": f.message,
+        }
+        for f in report.root_causes
+    ]
+    hits = [f for f in found if f["quantity"].startswith(f"{bug.kind}:")]
+    localized = report.first_divergent_step == bug.step and bool(hits)
+    diagnosed = localized and any(f["diagnosis"] == bug.diagnosis for f in hits)
+    return BugResult(
+        bug.name, "*", f"{bug.kind}:*", bug.diagnosis, found, localized, diagnosed, bug.step
+    )
+
+
+def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> BugResult:
+    """``compare_function`` on the one-function network with ``bug``: against its torch twin,
+    or (``numeric``) against central differences of its loss.
+
+    Localized: the first root cause, where the report says to look, is the expected place (a
+    gradient tap or a parameter). Diagnosed: it carries the expected label."""
+    report = compare_function(**function_setup(bug, seed, numeric), seed=seed)
+    fn = "backprop"
+    if numeric:
+        layer, quantity, label = fn, f"grad:{bug.numeric_param}", bug.numeric_diagnosis
+    elif bug.place.startswith("grad:"):
+        layer, quantity, label = fn, bug.place, bug.diagnosis
+    else:
+        layer, quantity, label = bug.place, "grad_output", bug.diagnosis
+    found = [
+        {"layer": f.layer, "quantity": f.quantity, "diagnosis": f.diagnosis, "message": f.message}
+        for f in report.root_causes
+    ]
+    first = found[0] if found else {}
+    localized = (first.get("layer"), first.get("quantity")) == (layer, quantity)
+    diagnosed = localized and first["diagnosis"] == label
+    name = f"fn:{bug.name}" + ("+numeric" if numeric else "")
+    return BugResult(name, layer, quantity, label, found, localized, diagnosed)
+
+
+def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]:
+    """Every bug of the corpora, layer bugs first (or the named ones); unknown names raise
+    KeyError. Function bugs run twice: "fn:NAME" against torch, "fn:NAME+numeric" without."""
+    runners = {b.name: (run_bug, b) for b in BUGS}
+    runners |= {b.name: (run_training_bug, b) for b in TRAINING_BUGS}
+    for b in FUNCTION_BUGS:
+        runners[f"fn:{b.name}"] = (run_function_bug, b)
+        runners[f"fn:{b.name}+numeric"] = (lambda bug, seed: run_function_bug(bug, seed, True), b)
+    unknown = [n for n in names or [] if n not in runners]
+    if unknown:
+        raise KeyError(f"unknown bug(s) {unknown}; choose from {', '.join(runners)}")
+    return [run(bug, seed) for run, bug in (runners[n] for n in names or runners)]
+
+
+def _found_text(result: BugResult, limit: int = 2) -> str:
+    parts = [
+        ("" if f.get("step") is None else f"step {f['step']} ")
+        + f"{f['layer']} {f['quantity']} [{f['diagnosis']}]"
+        for f in result.found
+    ]
+    more = f" +{len(parts) - limit} more" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
+
+
+def format_table(results: list[BugResult]) -> str:
+    """Plain-text table: bug, expected, found, localized, diagnosed; totals last."""
+    header = ("bug", "expected", "found", "localized", "diagnosed")
+    lines = []
+    for r in results:
+        lines.append(
+            (
+                r.name,
+                ("" if r.step is None else f"step {r.step} ")
+                + f"{r.layer} {r.quantity} [{r.expected_diagnosis}]",
+                _found_text(r) or "-",
+                "yes" if r.localized else "NO",
+                "yes" if r.diagnosed else "no",
+            )
+        )
+    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
+    text = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *lines]
+    ]
+    n = len(results)
+    loc = sum(r.localized for r in results)
+    diag = sum(r.diagnosed for r in results)
+    text.append(
+        f"\n{n} bugs: {loc} localized ({100 * loc / n:.0f}%), "
+        f"{diag} diagnosed ({100 * diag / n:.0f}%)"
+    )
+    return "\n".join(text)

@@ -1,0 +1,1 @@
+"""Evidence added to diverging rows: stale caches, referees, Jacobian probes and lints."""

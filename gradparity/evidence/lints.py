@@ -1,0 +1,236 @@
+"""Consistency lints that need no reference: what a layer's own run shows to be wrong.
+
+- a gradient whose shape differs from its parameter's,
+- a layer that changes its input (forward) or upstream gradient (backward) in place, or its
+  own parameters (an update hidden in forward or backward),
+- a gradient sharing memory with a parameter or another gradient,
+- non-finite values in an output or gradient although the input was finite,
+- a parameter whose gradient backward never set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gradparity.comparison.diff import broadcasts_onto
+from gradparity.core.records import LayerRecord, failure_words
+from gradparity.core.validate import (
+    check_parameters,
+    check_seed,
+    class_target,
+    prepare_input,
+    prepare_target,
+    quiet_arithmetic,
+    same_shape_target,
+    takes_classes,
+    takes_same_shape,
+)
+from gradparity.locate.layers import Finding
+from gradparity.sides import run_numpy
+from gradparity.sides.adapt import check_protocol, named_layers, params_of
+
+
+def _mutation(name: str, what: str, mode: str) -> Finding:
+    if what.startswith("param "):
+        key, backward = what.split()[1], what.endswith("(backward)")
+        phase = "backward" if backward else "forward"
+        return Finding(
+            name,
+            "grad_input" if backward else "output",
+            "mutates_input",
+            {"phase": phase, "array": f"param {key}"},
+            mode=mode,
+            message=(
+                f"{name}: {phase} changed parameter {key}; compute gradients only and "
+                "leave the update to the optimiser (a training loop would apply it twice)"
+            ),
+        )
+    phase = "forward" if what == "input" else "backward"
+    return Finding(
+        name,
+        "output" if phase == "forward" else "grad_input",
+        "mutates_input",
+        {"phase": phase, "array": what},
+        mode=mode,
+        message=(
+            f"{name}: {phase} changed its {what.replace('_', ' ')} in place; "
+            "work on a copy (the caller still needs the original values)"
+        ),
+    )
+
+
+def _shape_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Finding]:
+    """A gradient whose shape is not its parameter's; ``detail["broadcasts"]`` when an update
+    ``p -= lr * g`` still takes it ((n,) onto (1, n)): then it is only a warning."""
+    found = []
+    for key, grad in rec.grads.items():
+        g_shape, p_shape = np.shape(grad), np.shape(params.get(key))
+        if key not in params or g_shape == p_shape:
+            continue
+        takes = broadcasts_onto(g_shape, p_shape, p_shape)
+        consequence = (
+            "p -= lr * g still broadcasts, but a gradient usually has its parameter's shape"
+            if takes
+            else "a gradient must have its parameter's shape"
+        )
+        found.append(
+            Finding(
+                name,
+                f"grad:{key}",
+                "shape_mismatch",
+                {"grad_shape": list(g_shape), "param_shape": list(p_shape), "broadcasts": takes},
+                mode=mode,
+                message=(
+                    f"{name}.{key}: gradient has shape {g_shape}, the parameter {p_shape}; "
+                    f"{consequence}"
+                ),
+            )
+        )
+    return found
+
+
+def _missing_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Finding]:
+    """A parameter whose gradient backward never set (checked once backward has run)."""
+    if rec.grad_input is None:
+        return []
+    present = sorted(rec.grads)
+    return [
+        Finding(
+            name,
+            f"grad:{key}",
+            "unexplained",
+            {"grads_present": present},
+            mode=mode,
+            message=(
+                f"{name}.{key}: backward recorded no gradient for {key!r} (grads holds "
+                f"{present or 'nothing'}); fill grads[{key!r}] in backward"
+            ),
+        )
+        for key in params
+        if key not in rec.grads
+    ]
+
+
+def _finite(a: np.ndarray | None) -> bool:
+    return a is None or np.asarray(a).dtype.kind not in "fc" or bool(np.isfinite(a).all())
+
+
+def _nonfinite_lint(name: str, rec: LayerRecord, mode: str) -> list[Finding]:
+    """Only a layer that turns finite values into inf/nan is flagged, not one passing them on."""
+    if not _finite(rec.input):
+        return []
+    arrays = {"output": rec.output}
+    if _finite(rec.output) and _finite(rec.grad_output):
+        arrays |= {"grad_input": rec.grad_input, **{f"grad:{k}": v for k, v in rec.grads.items()}}
+    found = []
+    for quantity, value in arrays.items():
+        if _finite(value):
+            continue
+        bad = ~np.isfinite(value)
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        found.append(
+            Finding(
+                name,
+                quantity,
+                "nonfinite",
+                {"count": int(bad.sum()), "first_index": list(first)},
+                mode=mode,
+                message=(
+                    f"{name} {quantity}: {int(bad.sum())} non-finite value(s), first at "
+                    f"{first}, from finite inputs; look for a log of 0, a division by 0 "
+                    "or an exp that overflows"
+                ),
+            )
+        )
+    return found
+
+
+def lint_records(
+    records: list[tuple[str, dict, LayerRecord]], mode: str
+) -> tuple[list[Finding], list[Finding]]:
+    """(errors, warnings) for (layer name, its params, its record) triples.
+
+    Mutation, a gradient of the wrong shape and non-finite values are errors; aliasing is a
+    warning, since the values are right until an optimiser writes through the alias.
+    """
+    errors, warnings = [], []
+    for name, params, rec in records:
+        errors += [_mutation(name, what, mode) for what in rec.mutated]
+        shapes = _shape_lint(name, params, rec, mode)
+        errors += [f for f in shapes if not f.detail["broadcasts"]]
+        warnings += [f for f in shapes if f.detail["broadcasts"]]
+        errors += _nonfinite_lint(name, rec, mode)
+        errors += _missing_lint(name, params, rec, mode)
+        warnings += [
+            Finding(
+                name,
+                "grads",
+                "aliased",
+                {"alias": a},
+                mode=mode,
+                message=f"{name}: {a}; store a copy",
+            )
+            for a in rec.aliases
+        ]
+    return errors, warnings
+
+
+def _raised(name: str, rec: LayerRecord) -> Finding:
+    """A layer (or the loss) whose forward or backward threw, or gave a value that cannot be
+    checked: the run stopped there."""
+    err = rec.error
+    problem, fix = failure_words(err, first_line_only=True)
+    quantity = err.get("quantity") or ("output" if err["phase"] == "forward" else "grad_input")
+    return Finding(
+        name,
+        quantity,
+        "raised",
+        dict(err),
+        mode="lint",
+        message=(
+            f"{name}: {problem}; {fix} (the rest of the pass did not run, so it was not checked)"
+        ),
+    )
+
+
+@quiet_arithmetic
+def lint(
+    model: Any, x: np.ndarray, target: np.ndarray, ours_loss: Any = None, seed: int = 0
+) -> list[Finding]:
+    """Run the NumPy model alone (no reference) and return every lint finding, warnings last.
+
+    x (N, features); target as the loss expects (default softmax cross-entropy: (N,) ints).
+    A forward or backward that raises is a ``raised`` finding (first), and the pass stops
+    there. Once the forward reaches the loss, the target is judged by the model's output as
+    ``compare`` judges it: a class the loss cannot take (beyond the model's outputs, negative,
+    a float label) or an MSE target of another shape is refused with InputError.
+    """
+    from gradparity.pipelines.layers import resolve_losses, warm_input
+
+    seed = check_seed(seed)
+    layers = named_layers(model)
+    x = prepare_input(x, "float64")
+    target = prepare_target(target, x.shape[0], "float64")
+    check_parameters((name, params_of(layer, name)) for name, layer in layers)
+    if ours_loss is None:
+        ours_loss, _ = resolve_losses(None, None)
+    check_protocol("loss", ours_loss)
+    rng = np.random.default_rng(seed)
+    warm = warm_input(x, rng)
+    records = run_numpy.run_chain(layers, ours_loss, x, target, warm)
+    output = records["loss"].input if "loss" in records else None
+    if output is not None:  # NumPy would index with a negative class or broadcast a shape
+        if takes_classes(ours_loss) and output.ndim == 2:
+            last = f"the last layer {layers[-1][0]!r}"  # lint has no reference to judge by
+            checked = class_target(target, output.shape[1], "float64", source=last)
+            if checked.dtype != target.dtype:  # integer one-hot rows, as compare passes them
+                records = run_numpy.run_chain(layers, ours_loss, x, checked, warm)
+        elif takes_same_shape(ours_loss):
+            same_shape_target(target, output.shape)
+    errors, warnings = lint_records(
+        [(n, params_of(layer), records[n]) for n, layer in layers if n in records], "lint"
+    )
+    raised = [_raised(name, rec) for name, rec in records.items() if rec.error is not None]
+    return raised + errors + warnings

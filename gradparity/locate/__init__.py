@@ -1,0 +1,1 @@
+"""Statuses and root causes: where ours and the reference part."""

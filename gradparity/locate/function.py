@@ -1,0 +1,358 @@
+"""Locate stage of a function comparison: statuses, root causes and the report.
+
+Taps run like a chain: forward taps in forward order, the loss, then gradient taps in backward
+order. The first that diverges is a root cause, the place where the bug is (between it and
+the tap before it that agrees); every later divergence is ``inherited``. Every diverging
+parameter gradient is a root cause; the deepest (closest to the output) is marked, since a
+backward bug shows first there and spreads towards the input. A gradient tap named as the
+bug's place explains the parameters its delta reaches (its module's and those before it):
+their rows are ``inherited``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gradparity.comparison.diff import Row
+from gradparity.core.metrics import tensor_diff
+from gradparity.core.tolerance import Tolerance
+from gradparity.locate.layers import Finding, finding_from_row, place
+from gradparity.report.report import Report
+from gradparity.sides.function_run import UserRun
+
+NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
+
+
+def mark_repeat(
+    row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, tol: Tolerance
+) -> None:
+    """Relabel a diverging value ``stale`` (it equals ``old``, the right value for the
+    previous call's input) or ``accumulated`` (it equals ``now + old``)."""
+    if tensor_diff(ours, old, tol).ok:
+        row.diagnosis = "stale"
+        row.message = (
+            "equals the right value for the previous call's input: the function used values "
+            "cached by an earlier call"
+        )
+        row.fix = "recompute every cached activation on each call"
+    elif tensor_diff(ours, now + old, tol).ok:
+        row.diagnosis = "accumulated"
+        row.message = (
+            "equals the sum of the right gradients for this call and the previous one: "
+            "gradients are added to across calls"
+        )
+        row.fix = "start each call from zero gradients (np.zeros_like(p) for every p)"
+
+
+def explain_penalty(
+    row: Row, ours: np.ndarray, ref: np.ndarray, param: np.ndarray, tol: Tolerance
+) -> None:
+    """An unexplained parameter gradient that is off by exactly c times the parameter: a
+    weight-decay (L2) term missing, extra or with another factor."""
+    shapes = {np.shape(ours), np.shape(ref), np.shape(param)}
+    if row.diagnosis != "unexplained" or len(shapes) != 1:
+        return
+    p = np.asarray(param, dtype=np.float64)
+    norm = float(np.vdot(p, p))
+    c = float(np.vdot(ours - ref, p)) / norm if norm > 0 else 0.0
+    if c == 0.0 or not tensor_diff(ours, ref + c * p, tol).ok:
+        return
+    name = row.quantity.partition(":")[2]
+    row.detail["penalty_factor"] = c
+    row.message = (
+        f"ours minus the reference is {c:.3g} times {name} itself: a weight-decay (L2) term "
+        "differs (the gradient of 0.5 * reg * sum(W**2) is reg * W)"
+    )
+    row.fix = (
+        "check the reg * W term: in both the loss and its gradient, once, with the same factor "
+        "(and in the reference's loss when it has one)"
+    )
+
+
+def _per_element_factor(values: dict[str, np.ndarray]) -> str | None:
+    """Words for ours = f * reference with f positive but different per element: what a
+    wrong local (activation) derivative does to a delta, while a wrong matrix mixes signs."""
+    ours, ref = values.get("ours"), values.get("reference")
+    if ours is None or np.shape(ours) != np.shape(ref):
+        return None
+    keep = np.abs(ref) > 1e-9 * np.abs(ref).max()
+    if keep.sum() < 2:
+        return None
+    ratio = ours[keep] / ref[keep]
+    low, high = float(ratio.min()), float(ratio.max())
+    if low <= 0 or high < 1.01 * low:
+        return None
+    return (
+        f"ours / reference is positive everywhere but varies element by element (from {low:.3g} "
+        f"to {high:.3g}): a per-element factor is off, as with a wrong activation derivative"
+    )
+
+
+def _tap_finding(row: Row, backward: bool, before: str | None, values: dict) -> Finding:
+    found = finding_from_row(row, "chain")
+    factor = _per_element_factor(values) if backward and row.diagnosis == "unexplained" else None
+    if factor is not None:
+        found.problem = f"{factor}; {found.problem}"
+        found.fix = (
+            "check the local derivative this delta is multiplied by (sigmoid: s * (1 - s) of "
+            "this layer's z; tanh: 1 - tanh(z)**2; ReLU: z > 0)"
+        )
+    order = "backward" if backward else "forward"
+    kind = "gradient tap" if backward else "forward tap"
+    if row.type == "loss":
+        agree = f"the forward taps up to {before} agree, so " if before else ""
+        found.problem += (
+            f"; {agree}loss_fn and the reference's loss compute different costs (the batch "
+            "reduction, a 0.5 factor, a penalty term)"
+        )
+        found.fix = "make loss_fn and reference_loss compute the same cost"
+    elif before is None:
+        where = (
+            "the cost derivative or the output layer's delta"
+            if backward
+            else "the first layer's lines"
+        )
+        found.problem += f"; the first {kind} in {order} order already diverges: look at {where}"
+    else:
+        found.problem += (
+            f"; the first {kind} to diverge in {order} order, while {before} before it agrees: "
+            f"the bug is in the lines that compute {row.layer} from {before}"
+        )
+    found.message = f"{place(row.layer, row.quantity)}: {found.problem}" + (
+        f"; {found.fix}" if found.fix else ""
+    )
+    return found
+
+
+def _batch_convention(
+    backward: list[Row], param_rows: list[Row], arrays: dict, tol: Tolerance
+) -> str | None:
+    """Accept gradient taps that are exactly N times dL/d(output), the deltas of code that
+    applies the 1/N of a mean loss in dW and db instead, when that convention is vouched for:
+    some such tap's module owns weights (else any parameter; all parameters, for a module
+    without one) whose gradients all agree. A bias off by N then gets the advice for this
+    convention. A note when any tap was accepted."""
+    candidates = []
+    for row in backward:
+        if row.diagnosis != "batch_reduction" or row.detail.get("ours_reduction") != "sum":
+            continue
+        n = row.detail["batch_size"]
+        values = arrays[(row.layer, row.quantity)]
+        d = tensor_diff(values["ours"], values["reference"] * n, tol)
+        if d.ok:
+            candidates.append((row, n, d))
+
+    def owned(row: Row) -> list[Row]:
+        module = row.detail.get("module")
+        mine = [
+            r for r in param_rows
+            if r.detail.get("reference_parameter", "").rpartition(".")[0] == module
+        ]  # fmt: skip
+        weights = [r for r in mine if len(r.shape_ref or []) >= 2]
+        return weights or mine or param_rows
+
+    vouched = any(
+        owned(row) and not any(r.diverged for r in owned(row)) for row, _, _ in candidates
+    )
+    if not vouched:
+        return None
+    for row, n, d in candidates:
+        row.status, row.diagnosis, row.message, row.fix = "ok", None, "", ""
+        row.max_abs, row.max_rel, row.cosine, row.mismatch_frac = (
+            d.max_abs,
+            d.max_rel,
+            d.cosine,
+            d.mismatch_frac,
+        )
+        row.detail = {
+            "module": row.detail.get("module"),
+            "module_index": row.detail.get("module_index"),
+            "batch_convention": n,
+        }
+    for row in param_rows:
+        if row.diagnosis == "batch_reduction" and row.detail.get("ours_reduction") == "sum":
+            row.fix = (
+                f"divide it by the batch size ({row.detail['batch_size']}) as the weight "
+                "gradients are: the deltas here carry no 1/N (with examples as columns, "
+                "db = dZ.sum(axis=1, keepdims=True) / m)"
+            )
+    return (
+        f"gradient taps {[r.layer for r, _, _ in candidates]} hold {candidates[0][1]} (the batch "
+        "size) times dL/d(output): the deltas carry no 1/N, which is applied in the weight and "
+        f"bias gradients instead (as in dW = dZ @ A.T / m); they were compared with the "
+        f"reference's times {candidates[0][1]}"
+    )
+
+
+def _raised(fn: str, run: UserRun) -> Row:
+    err = run.error
+    where = f" at {err['where']}" if err.get("where") else ""
+    return Row(
+        "chain", fn, "function", "call", None, None,
+        status="root_cause", diagnosis="raised", detail=dict(err),
+        message=f"{fn} raised {err['type']}: {err['message']}{where}",
+        fix="fix the exception; the taps recorded before it are still compared",
+    )  # fmt: skip
+
+
+def _mutation(fn: str, what: str, params: set[str]) -> Finding:
+    if what in params:
+        return Finding(
+            fn, f"grad:{what}", "mutates_input", {"array": f"param {what}"}, mode="chain",
+            problem=f"{fn} changed parameter {what} (gradparity put it back)",
+            fix="compute gradients only and leave the update to the caller",
+            message=f"{fn}: changed parameter {what} (gradparity put it back); compute "
+            "gradients only and leave the update to the caller",
+        )  # fmt: skip
+    return Finding(
+        fn, "call", "mutates_input", {"array": what}, mode="chain",
+        problem=f"{fn} changed its {what} argument in place",
+        fix="work on a copy: the caller still needs the original values",
+        message=f"{fn}: changed its {what} argument in place; work on a copy",
+    )  # fmt: skip
+
+
+def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Finding]:
+    """The chain of taps (forward, loss, then gradients): the first divergence is the root
+    cause, the later ones ``inherited``; statuses set in place."""
+    roots = []
+    agreeing: dict[bool, str | None] = {False: None, True: None}
+    for row in forward + backward:
+        is_backward = row.quantity != "output"
+        if not row.diverged:
+            agreeing[is_backward] = row.layer
+        elif roots:
+            row.status = "inherited"
+        else:
+            row.status = "root_cause"
+            values = arrays.get((row.layer, row.quantity), {})
+            roots.append(_tap_finding(row, is_backward, agreeing[is_backward], values))
+    return roots
+
+
+def _param_roots(
+    diverging: list[Row], backward: list[Row], depth: dict[str, int]
+) -> tuple[list[Finding], str | None]:
+    """(root causes, a note naming the deepest): a diverging gradient is a root cause unless a
+    gradient tap named as the bug's place reaches it (its module's and earlier modules'
+    parameters), then ``inherited``; statuses set in place."""
+    deepest = max((depth[r.quantity[5:]] for r in diverging), default=None)
+    reach = max(
+        (r.detail["module_index"] for r in backward if r.status == "root_cause"), default=None
+    )
+    roots = []
+    for row in diverging:
+        name = row.quantity[5:]
+        if reach is not None and depth[name] <= reach and row.detail.get("referee") != "ours":
+            row.status = "inherited"
+            continue
+        row.status = "root_cause"
+        found = finding_from_row(row, row.mode)
+        if depth[name] == deepest and row.detail.get("referee") != "ours":
+            found.detail["deepest"] = True
+            found.problem += (
+                "; the deepest diverging parameter (closest to the output): a backward bug "
+                "shows first here and spreads towards the input"
+            )
+            found.message = f"{place(row.layer, row.quantity)}: {found.problem}" + (
+                f"; {found.fix}" if found.fix else ""
+            )
+        roots.append(found)
+    names = [r.quantity[5:] for r in diverging if depth[r.quantity[5:]] == deepest]
+    if not names:
+        return roots, None
+    return roots, (
+        f"deepest diverging parameter(s), closest to the output: {', '.join(names)}"
+        + ("; their gradients follow from the gradient tap named above" if reach else "")
+    )
+
+
+def _tap_notes(
+    run: UserRun, mapped: set[str], has_reference: bool, diverging: bool, any_gradient_tap: bool
+) -> tuple[list[dict], list[str]]:
+    """(unmapped taps as {"name", "shape"}, notes about taps)."""
+    unmapped = [{"name": t, "shape": list(v.shape)} for t, v in run.taps.items() if t not in mapped]
+    notes = []
+    if unmapped:
+        listed = ", ".join(f"{u['name']} {tuple(u['shape'])}" for u in unmapped[:30])
+        how = (
+            "pair them with tap_map={name: 'MODULE' or 'grad:MODULE'}"
+            if has_reference
+            else "taps are compared only with a reference model"
+        )
+        notes.append(f"unmapped taps ({how}): {listed}" + (" ..." if len(unmapped) > 30 else ""))
+    if diverging and not any_gradient_tap and has_reference:
+        notes.append(
+            "to narrow a gradient bug down to a few lines, tap the deltas "
+            "(gp.tap('delta', delta)) and map them to 'grad:MODULE' in tap_map"
+        )
+    return unmapped, notes
+
+
+def _warnings(fn: str, run: UserRun, param_rows: list[Row]) -> list[Finding]:
+    """Aliased gradients, and gradients whose shape only an update's broadcast accepts."""
+    aliased = [
+        Finding(fn, "grads", "aliased", {"alias": a}, mode="chain",
+                message=f"{fn}: {a}; return a copy")
+        for a in run.aliases
+    ]  # fmt: skip
+    broadcasting = [
+        Finding(fn, r.quantity, "shape_mismatch", {"broadcasts": True}, mode=r.mode,
+                message=f"{place(r.layer, r.quantity)}: {r.message}")
+        for r in param_rows if r.detail.get("broadcasts")
+    ]  # fmt: skip
+    return aliased + broadcasting
+
+
+def _first(rows: list[Row]) -> dict | None:
+    return next(({"layer": r.layer, "quantity": r.quantity} for r in rows if r.diverged), None)
+
+
+def function_report(
+    fn: str,
+    forward: list[Row],
+    backward: list[Row],
+    param_rows: list[Row],
+    depth: dict[str, int],
+    run: UserRun,
+    mapped: set[str],
+    arrays: dict,
+    notes: list[str],
+    **fields: Any,
+) -> Report:
+    """Statuses (in place), root causes, notes and the Report. ``forward``: forward taps and
+    the loss in forward order; ``backward``: gradient taps in backward order; ``param_rows``
+    deepest first; ``depth``: parameter name -> position towards the output; ``fields``: the
+    rest of the Report (dtype, tolerance, conversions, meta)."""
+    notes = list(notes)
+    roots: list[Finding] = []
+    extra: list[Row] = []
+    if run.error is not None:
+        extra.append(_raised(fn, run))
+        roots.append(finding_from_row(extra[0], "chain"))
+        notes.append(f"{fn} raised, so no gradient could be compared")
+    convention = _batch_convention(backward, param_rows, arrays, Tolerance(**fields["tolerance"]))
+    if convention is not None:
+        notes.append(convention)
+    roots += _tap_roots(forward, backward, arrays)
+    diverging = [r for r in param_rows if r.diverged]
+    param_found, deepest_note = _param_roots(diverging, backward, depth)
+    roots += param_found
+    notes += [deepest_note] if deepest_note else []
+    # A function that changes its inputs invalidates what follows: say so first.
+    roots[:0] = [_mutation(fn, what, set(depth)) for what in run.mutated]
+    has_reference = fields["meta"].get("reference") != NUMERIC_REFERENCE
+    unmapped, tap_notes = _tap_notes(run, mapped, has_reference, bool(diverging), bool(backward))
+    wanted = {(f.layer, f.quantity) for f in roots}
+    return Report(
+        rows=extra + forward + backward + param_rows,
+        root_causes=roots,
+        warnings=_warnings(fn, run, param_rows),
+        first_divergence={"forward": _first(forward), "backward": _first(backward + diverging)},
+        arrays={k: v for k, v in arrays.items() if k in wanted},
+        unmapped_taps=unmapped,
+        notes=notes + tap_notes,
+        **fields,
+    )

@@ -1,0 +1,1 @@
+"""Pairing layers, parameters and taps of ours with the reference's."""

@@ -1,0 +1,1 @@
+"""The front ends: compare, compare_function and compare_training."""

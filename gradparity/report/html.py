@@ -1,0 +1,179 @@
+"""report.html: one self-contained page (inline CSS, plots as data URIs, no network).
+
+Order follows what a reader needs: the verdict, the root causes with their fix, the layer
+table (problems first, ok rows collapsed), the plots, then the run details.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from gradparity.comparison.diff import DISPLAY_COLUMNS, STATUS_RANK, Row
+from gradparity.core import escape
+from gradparity.core.rounding import json_value
+from gradparity.locate.layers import Finding, place
+
+# Enough to see every problem of a real network; the rest stays in table.csv.
+MAX_PROBLEM_ROWS = 300
+MAX_OK_ROWS = 100
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1200px; padding: 0 1rem; color: #1d232b; line-height: 1.45; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { border-bottom: 1px solid #d6dbe1;
+       padding-bottom: .2rem; margin-top: 2rem; }
+.verdict { padding: .8rem 1rem; border-radius: 6px; font-size: 1.15rem; font-weight: 600; }
+.verdict.ok { background: #e6f4e6; border-left: 6px solid #2f8f3a; }
+.verdict.bad { background: #fbe9e9; border-left: 6px solid #c62828; }
+.finding { border: 1px solid #e3c2c2; border-left: 6px solid #c62828; border-radius: 6px;
+           padding: .6rem 1rem; margin: .8rem 0; background: #fffafa; }
+.finding.warning { border-left-color: #d49b00; border-color: #ecd9a6; background: #fffdf5; }
+.finding h3 { margin: 0 0 .3rem 0; font-size: 1.1rem; }
+.label { display: inline-block; font-family: ui-monospace, monospace; font-size: .85rem;
+         background: #1d232b; color: #fff; border-radius: 4px; padding: 0 .45rem;
+         margin-left: .5rem; vertical-align: middle; }
+.fix { background: #eef5ff; border-radius: 4px; padding: .35rem .6rem; }
+.table-wrap { overflow-x: auto; }
+table { border-collapse: collapse; font-size: .8rem; margin: .5rem 0; }
+th, td { border: 1px solid #d6dbe1; padding: .2rem .45rem; text-align: left; }
+th { background: #f1f3f6; } td { font-variant-numeric: tabular-nums; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #d6dbe1; }
+figcaption { color: #555; font-size: .9rem; }
+pre { background: #f6f8fa; padding: .5rem; overflow-x: auto; font-size: .8rem; }
+dt { font-weight: 600; } dd { margin: 0 0 .4rem 1rem; }
+details summary { cursor: pointer; color: #2a5db0; }
+tr.root_cause { background-color: #f8d0d0; font-weight: 600; }
+tr.diverged { background-color: #fbe3c8; } tr.inherited { background-color: #fdf6d2; }
+tr.ok { background-color: #e6f4e6; }
+"""
+
+
+_e = escape.html
+
+
+def _finding(f: Finding, kind: str = "") -> str:
+    problem = f.problem or f.message
+    fix = f'<p class="fix"><strong>Fix:</strong> {_e(f.fix)}</p>' if f.fix else ""
+    detail = json.dumps(json_value(f.detail), indent=1, default=str, sort_keys=True)
+    return (
+        f'<article class="finding {kind}"><h3>{_e(place(f.layer, f.quantity))}'
+        f'<span class="label">{_e(f.diagnosis)}</span></h3>'
+        f'<p class="message">{_e(problem)}</p>{fix}'
+        f"<details><summary>numbers ({_e(f.mode)} mode)</summary><pre>{_e(detail)}</pre>"
+        "</details></article>"
+    )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return _e(tuple(value))
+    return _e(value)
+
+
+def _rows_table(rows: list[Row]) -> str:
+    """A plain HTML table (each row coloured by its status class): every cell escaped, and
+    the same bytes for the same rows (no generated ids)."""
+    stepped = any(r.step is not None for r in rows)
+    columns = ["step", *DISPLAY_COLUMNS] if stepped else DISPLAY_COLUMNS
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        d = r.as_dict()
+        cells = "".join(f"<td>{_cell(d[c])}</td>" for c in columns)
+        body.append(f'<tr class="{_e(r.status)}">{cells}</tr>')
+    return (
+        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def layer_tables(rows: list[Row]) -> str:
+    """Problem rows first (all statuses but ok), ok rows collapsed under a summary."""
+    problems = sorted((r for r in rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status])
+    ok_rows = [r for r in rows if r.status == "ok"]
+    parts = []
+    if problems:
+        parts.append(_rows_table(problems[:MAX_PROBLEM_ROWS]))
+        if len(problems) > MAX_PROBLEM_ROWS:
+            parts.append(
+                f"<p>... {len(problems) - MAX_PROBLEM_ROWS} more problem rows in table.csv</p>"
+            )
+    if ok_rows:
+        more = (
+            f"<p>... {len(ok_rows) - MAX_OK_ROWS} more ok rows in table.csv</p>"
+            if len(ok_rows) > MAX_OK_ROWS
+            else ""
+        )
+        parts.append(
+            f"<details{'' if problems else ' open'}><summary>{len(ok_rows)} ok rows"
+            f"</summary>{_rows_table(ok_rows[:MAX_OK_ROWS])}{more}</details>"
+        )
+    return "\n".join(parts)
+
+
+def _figure(name: str, png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure id="{_e(name)}"><img alt="{_e(caption)}" src="data:image/png;base64,'
+        f'{data}"><figcaption>{_e(caption)}</figcaption></figure>'
+    )
+
+
+def render(report, plots: list[tuple[str, bytes, str]]) -> str:
+    """The page for ``report``; ``plots`` are (file name, PNG bytes, caption)."""
+    name = report.meta.get("model", "model")
+    if report.ok:
+        verdict = f'<p class="verdict ok">{_e(report.verdict())}</p>'
+    else:
+        first = report.root_causes[0] if report.root_causes else None
+        lead = f": fix {_e(place(first.layer, first.quantity))} first" if first else ""
+        verdict = f'<p class="verdict bad">{_e(report.verdict())}{lead}</p>'
+    sections = [f"<h1>gradparity report: {_e(name)}</h1>", verdict]
+    if report.root_causes:
+        sections.append(
+            '<section id="root-causes"><h2>Root causes</h2>'
+            + "".join(_finding(f) for f in report.root_causes)
+            + "</section>"
+        )
+    if report.warnings:
+        sections.append(
+            '<section id="warnings"><h2>Warnings</h2>'
+            + "".join(_finding(f, "warning") for f in report.warnings)
+            + "</section>"
+        )
+    first = {k: v for k, v in report.first_divergence.items() if v}
+    if first:
+        items = "".join(
+            f"<li>{_e(k)}: {_e(place(v['layer'], v['quantity']))}</li>" for k, v in first.items()
+        )
+        sections.append(
+            '<section id="first-divergence"><h2>First divergence in the chain run'
+            f"</h2><ul>{items}</ul></section>"
+        )
+    sections.append(f'<section id="layers"><h2>Layers</h2>{layer_tables(report.rows)}</section>')
+    if plots:
+        sections.append(
+            '<section id="plots"><h2>Plots</h2>'
+            + "".join(_figure(*p) for p in plots)
+            + "</section>"
+        )
+    details = {
+        "dtype": report.dtype,
+        "tolerance": json.dumps(report.tolerance),
+        **{k: v for k, v in report.meta.items()},
+    }
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in details.items())
+    items += "".join(f"<dt>layout</dt><dd>{_e(c)}</dd>" for c in report.conversions)
+    items += "".join(f"<dt>note</dt><dd>{_e(n)}</dd>" for n in report.notes)
+    sections.append(f'<section id="run-details"><h2>Run details</h2><dl>{items}</dl></section>')
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>gradparity report: {_e(name)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )

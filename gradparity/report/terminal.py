@@ -1,0 +1,73 @@
+"""Terminal rendering of a report: verdict, a compact table of the problem rows, root causes.
+
+Colour only when writing to a TTY and ``NO_COLOR`` is unset (https://no-color.org).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, TextIO
+
+from gradparity.core import escape
+from gradparity.locate.layers import place
+
+if TYPE_CHECKING:
+    from gradparity.comparison.diff import Row
+
+MAX_TABLE_ROWS = 12
+_COLOURS = {"root_cause": "31;1", "diverged": "33;1", "inherited": "33", "ok": "32"}
+
+
+def use_colour(stream: TextIO) -> bool:
+    """True when ``stream`` is a terminal and NO_COLOR is unset or empty (no-color.org)."""
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+
+
+def _paint(text: str, status: str, colour: bool) -> str:
+    return f"\033[{_COLOURS[status]}m{text}\033[0m" if colour else text
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+def _table(rows: list[Row], colour: bool) -> list[str]:
+    header = ("mode", "place", "status", "diagnosis", "max_abs", "max_rel")
+    cells = [
+        (
+            r.mode,
+            escape.terminal(place(r.layer, r.quantity)),
+            r.status,
+            r.diagnosis or "",
+            _num(r.max_abs),
+            _num(r.max_rel),
+        )
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    for row, cell in zip(rows, cells):
+        text = "  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip()
+        lines.append(_paint(text, row.status, colour))
+    return lines
+
+
+def render(report, colour: bool = False) -> str:
+    """Verdict line; for a divergence, the problem rows (root causes first, at most
+    MAX_TABLE_ROWS) and each root cause's message with its fix."""
+    from gradparity.comparison.diff import STATUS_RANK  # not at import: it loads torch
+
+    name = report.meta.get("model", "model")
+    if report.ok:
+        return _paint(report.summary(), "ok", colour)  # summary() escapes its lines
+    lines = [_paint(escape.terminal(f"{name}: {report.verdict()}"), "root_cause", colour)]
+    problems = sorted(
+        (r for r in report.rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status]
+    )
+    lines += ["  " + line for line in _table(problems[:MAX_TABLE_ROWS], colour)]
+    if len(problems) > MAX_TABLE_ROWS:
+        lines.append(f"  ... {len(problems) - MAX_TABLE_ROWS} more problem rows in the report")
+    for i, f in enumerate(report.root_causes, 1):
+        lines.append(escape.terminal(f"{i}. [{f.diagnosis}] {f.message}"))
+    lines += [escape.terminal(f"warning: {w.message}") for w in report.warnings]
+    return "\n".join(lines)

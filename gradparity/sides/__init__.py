@@ -1,0 +1,1 @@
+"""Running each side (NumPy code, torch reference) and capturing what it produced."""

@@ -1,0 +1,249 @@
+"""Running both sides of a function comparison: the user's ``grads(x, target)`` with its taps,
+and the torch reference with hooks on the modules the taps map to."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradparity.core.errors import InputError, describe_error
+from gradparity.core.records import USER_ERRORS, BadValue, error_info, real_array, same_values
+from gradparity.core.validate import numpy_values
+from gradparity.pairing.structure import match_grads, restore
+from gradparity.sides import taps
+from gradparity.sides.run_torch import (
+    as_tensor,
+    check_finite_reference,
+    reference_loss_value,
+    to_numpy,
+)
+
+
+@dataclass
+class UserRun:
+    """One call of the user's gradient function.
+
+    grads: parameter name -> gradient (None when the call raised); taps: name -> value in call
+    order; mutated: parameters (or "x", "target") the call changed in place, since restored;
+    aliases: gradients sharing memory with a parameter.
+    """
+
+    grads: dict[str, np.ndarray] | None
+    taps: dict[str, np.ndarray]
+    error: dict | None = None
+    mutated: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+    # Values the call gave that cannot be compared (complex, text), as ``error_info`` dicts:
+    # by parameter name, and by tap name. Each is a finding; the other values are compared.
+    bad_grads: dict[str, dict] = field(default_factory=dict)
+    bad_taps: dict[str, dict] = field(default_factory=dict)
+
+
+def run_user(
+    grads_fn: Callable, params: Any, flat: dict[str, np.ndarray], x: np.ndarray, target: Any
+) -> UserRun:
+    """Call ``grads_fn(x, target)`` on copies of x and target, recording taps. The live
+    parameters are put back as they were if the call changed them, in place or by rebinding
+    an entry of ``params`` to a new array."""
+    before = {n: a.copy() for n, a in flat.items()}
+    x_in, t_in = np.array(x, copy=True), np.array(target, copy=True)
+    error, returned = None, None
+    with taps.recording() as log:
+        try:
+            returned = grads_fn(x_in, t_in)
+        except USER_ERRORS as exc:  # the user's code raised: a finding, not a crash
+            error = error_info("call", exc)
+    mutated = restore(params, flat)  # rebound: params[k] = new array
+    for name, live in flat.items():
+        if not same_values(live, before[name]):  # changed in place
+            mutated.append(name)
+            live[...] = before[name]
+    mutated += [
+        n
+        for n, used, given in (("x", x_in, x), ("target", t_in, target))
+        if not same_values(used, np.asarray(given))
+    ]
+    recorded, bad_taps = _split(taps.named(log))
+    if error is not None:
+        return UserRun(None, recorded, error, mutated, bad_taps=bad_taps)
+    returned_grads = match_grads(params, returned)
+    aliases = [
+        f"the gradient of {g} shares memory with parameter {p}"
+        for g, value in returned_grads.items()
+        for p, live in flat.items()
+        if np.shares_memory(value, live)
+    ]
+    grads, bad_grads = _split(
+        {
+            name: _checked(value, f"the gradient of {name}", f"grad:{name}")
+            for name, value in returned_grads.items()
+        }
+    )
+    return UserRun(grads, recorded, None, mutated, aliases, bad_grads, bad_taps)
+
+
+def _checked(value: Any, what: str, quantity: str) -> np.ndarray | BadValue:
+    """A private real copy of ``value``, or the ``BadValue`` saying why it cannot be one."""
+    try:
+        return real_array(value, what, quantity)
+    except BadValue as exc:
+        return exc
+
+
+def _split(values: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """(the arrays, ``error_info`` of the ``BadValue`` entries) of a name -> value dict."""
+    good = {n: v for n, v in values.items() if not isinstance(v, BadValue)}
+    bad = {n: error_info("call", v) for n, v in values.items() if isinstance(v, BadValue)}
+    return good, bad
+
+
+def call_loss_fn(loss_fn: Callable, params: Any, x: np.ndarray, target: Any) -> tuple[float, str]:
+    """(``loss_fn(params, x, target)`` as a float, the dtype it came in: "float64" for a
+    Python number). One line when it raises or returns anything but one real number (text,
+    None, a complex value, several values)."""
+    try:
+        returned = loss_fn(params, x, target)
+    except USER_ERRORS as exc:
+        raise InputError(
+            f"loss_fn(params, x, target) raised {describe_error(exc)}; it must return the loss "
+            "as a float"
+        ) from exc
+    must = "it must return the loss as one real number (a float)"
+    if returned is None or isinstance(returned, (str, bytes)):
+        raise InputError(f"loss_fn returned {type(returned).__name__} {returned!r:.40}; {must}")
+    value = numpy_values("loss_fn's value", returned)  # a tensor is read without warnings
+    if value.dtype.kind == "c":
+        imag = float(np.max(np.abs(value.imag))) if value.size else 0.0
+        raise InputError(
+            f"loss_fn returned a complex value ({value.dtype}, imaginary part up to {imag:.3g}); "
+            f"{must}: keep its computation real"
+        )
+    if value.dtype.kind not in "fiub" or value.size != 1:
+        raise InputError(
+            f"loss_fn returned {type(returned).__name__} of dtype {value.dtype} and shape "
+            f"{value.shape}; {must} (the mean or sum over the batch)"
+        )
+    precision = value.dtype.name if value.dtype.kind == "f" else "float64"
+    return float(value.reshape(())), precision
+
+
+@dataclass
+class ReferenceRun:
+    """The reference's loss, parameter gradients (torch names) and tapped tensors."""
+
+    loss: float
+    grads: dict[str, np.ndarray]
+    taps: dict[str, np.ndarray]  # tap name -> module output or dL/d(module output)
+    calls: dict[str, int] = field(default_factory=dict)  # tapped module -> calls in the forward
+
+
+def _shape_of(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return str(tuple(value.shape))
+    if isinstance(value, (tuple, list)):
+        return f"({', '.join(_shape_of(v) for v in value)})"
+    return type(value).__name__
+
+
+def reference_hint(x: np.ndarray) -> str:
+    """What to check when the reference cannot run on ``x``."""
+    if x.dtype.kind in "iub":
+        return (
+            f"x is {x.dtype}: integers are kept as they are (token indices); pass "
+            "x.astype(float) for features"
+        )
+    return "pass reference_x in the reference's layout (e.g. x.T for column examples)"
+
+
+def run_reference(
+    model: nn.Module,
+    x: np.ndarray,
+    target: np.ndarray,
+    loss_fn: Callable,
+    tap_specs: dict[str, tuple[str, str, int | None]],
+    dtype: torch.dtype,
+) -> ReferenceRun:
+    """Forward, loss and backward of the reference, recording the tapped module calls."""
+    modules = dict(model.named_modules())
+    calls: dict[str, list[Any]] = {}
+    tapped: dict[str, np.ndarray] = {}
+
+    def hook(module, args, out, name):
+        calls.setdefault(name, []).append(out)
+        if not isinstance(out, torch.Tensor):
+            return
+        for tap, (kind, mod, call) in tap_specs.items():
+            if mod != name or len(calls[name]) - 1 != (call or 0):
+                continue
+            if kind == "output":
+                tapped[tap] = to_numpy(out)
+            elif out.requires_grad:
+                out.register_hook(lambda g, tap=tap: tapped.__setitem__(tap, to_numpy(g)))
+
+    wanted = {m for _, m, _ in tap_specs.values()}
+    handles = [
+        modules[m].register_forward_hook(lambda mod, a, o, m=m: hook(mod, a, o, m)) for m in wanted
+    ]
+    params = list(model.named_parameters())
+    try:
+        try:
+            out = model(as_tensor(x, dtype))
+        except USER_ERRORS as exc:
+            raise InputError(
+                f"the reference model raised {describe_error(exc)} on reference_x of shape "
+                f"{x.shape}; {reference_hint(x)}"
+            ) from exc
+        if isinstance(out, torch.Tensor) and not out.requires_grad:
+            raise InputError(
+                "the reference's output is detached: autograd sees no path from its parameters "
+                "to it; return the tensor its layers compute (no .detach(), .numpy() or "
+                "torch.no_grad() in forward)"
+            )
+        try:
+            loss = loss_fn(out, as_tensor(target, dtype))
+        except USER_ERRORS as exc:
+            raise InputError(
+                f"the reference loss failed on the output {_shape_of(out)} and the target "
+                f"({target.dtype} {target.shape}): {describe_error(exc)}; pass reference_target or "
+                "reference_loss"
+            ) from exc
+        grads = torch.autograd.grad(
+            reference_loss_value(loss), [p for _, p in params], allow_unused=True
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    not_tensor = [
+        t for t, (_, m, c) in tap_specs.items()
+        if len(calls.get(m, [])) > (c or 0) and not isinstance(calls[m][c or 0], torch.Tensor)
+    ]  # fmt: skip
+    if not_tensor:
+        m = tap_specs[not_tensor[0]][1]
+        raise InputError(
+            f"tap_map maps {not_tensor} to module {m!r}, which returns a "
+            f"{type(calls[m][0]).__name__}, not a tensor; map them to a module that outputs one"
+        )
+    never = [t for t, (_, m, c) in tap_specs.items() if len(calls.get(m, [])) <= (c or 0)]
+    if never:
+        raise InputError(
+            f"tap_map maps {never} to module calls the reference's forward never makes (calls "
+            f"made: { ({m: len(v) for m, v in calls.items()}) })"
+        )
+    for tap, (_, m, c) in tap_specs.items():  # an output the loss does not depend on: 0
+        tapped.setdefault(tap, np.zeros(tuple(calls[m][c or 0].shape)))
+    gradients = {
+        n: to_numpy(g) if g is not None else np.zeros(tuple(p.shape))
+        for (n, p), g in zip(params, grads)
+    }
+    for name, value in gradients.items():
+        check_finite_reference(f"gradient of {name}", value)
+    for tap, value in tapped.items():
+        check_finite_reference(f"value at tap {tap}", value)
+    return ReferenceRun(
+        float(loss.detach()), gradients, tapped, {m: len(v) for m, v in calls.items()}
+    )

@@ -1,0 +1,202 @@
+"""Driving NumPy layers through the protocol: the whole chain, or one layer in isolation.
+
+Every run works on deep copies, so the user's objects are never touched and left-over state
+(caches in lists, gradients accumulated with ``+=``) cannot leak between runs. Each run is
+preceded by a forward pass on a different input, as in training, so a layer whose backward
+uses a stale cached input is caught rather than accidentally right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+import numpy as np
+
+from gradparity.core.records import (
+    USER_ERRORS,
+    BadValue,
+    LayerRecord,
+    error_info,
+    real_array,
+    same_values,
+    snapshot,
+)
+from gradparity.sides.adapt import grads_of, params_of
+
+
+def zero_grads(layer: Any) -> None:
+    """Zero the layer's existing gradient arrays in place (layers that do ``grads[k] += ...``).
+    Gradients that cannot be read are left alone: the run that follows reports them."""
+    try:
+        grads = grads_of(layer)
+    except USER_ERRORS:
+        return
+    for grad in grads.values():
+        if isinstance(grad, np.ndarray) and grad.flags.writeable:
+            grad[...] = 0
+
+
+def _warm_up(layers: list[tuple[str, Any]], x_warm: np.ndarray) -> None:
+    h = x_warm
+    for _, layer in layers:
+        try:
+            h = real_array(layer.forward(h.copy()), "forward's output", "output")
+        except USER_ERRORS:  # the real pass reports errors; the warm-up only leaves state behind
+            return
+
+
+def _changed_params(layer: Any, before: dict[str, np.ndarray]) -> list[str]:
+    """Parameters whose values differ from ``before``: only an optimiser may change them."""
+    now = params_of(layer)
+    return [
+        f"param {k}"
+        for k, v in before.items()
+        if k in now and not same_values(np.asarray(now[k]), v)
+    ]
+
+
+def _param_snapshot(layer: Any) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in params_of(layer).items()}
+
+
+def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
+    rec.input = snapshot(x)
+    fed = x.copy()
+    params_before = _param_snapshot(layer)
+    try:
+        out = real_array(layer.forward(fed), "forward's output", "output")
+    except USER_ERRORS as exc:
+        rec.error = error_info("forward", exc)
+        return None
+    if not same_values(fed, rec.input):
+        rec.mutated.append("input")
+    rec.mutated += _changed_params(layer, params_before)
+    rec.output = out
+    return rec.output
+
+
+def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
+    rec.grad_output = snapshot(grad_out)
+    fed = grad_out.copy()
+    params_before = _param_snapshot(layer)
+    try:
+        returned = layer.backward(fed)
+        grad_in = real_array(returned, "backward's return value (dL/dx)", "grad_input")
+    except USER_ERRORS as exc:
+        rec.error = error_info("backward", exc)
+        return None
+    grads = grads_of(layer)  # an InputError here is a params/grads accessor to fix
+    try:
+        # A None entry is a gradient never set: compared as missing, not as a bad value.
+        rec.grads = {
+            k: real_array(v, f"grads[{k!r}]", f"grad:{k}")
+            for k, v in grads.items()
+            if v is not None
+        }
+    except BadValue as exc:
+        rec.error = error_info("backward", exc)
+        return None
+    if not same_values(fed, rec.grad_output):
+        rec.mutated.append("grad_output")
+    rec.mutated += [f"{p} (backward)" for p in _changed_params(layer, params_before)]
+    rec.aliases = _aliases(grads, params_of(layer), fed, returned)
+    rec.grad_input = grad_in
+    return rec.grad_input
+
+
+def _aliases(grads: dict, params: dict, grad_out: np.ndarray, grad_in: Any) -> list[str]:
+    """Gradient arrays sharing memory with a parameter or another gradient (an optimiser step
+    would then corrupt one through the other)."""
+    found = []
+    named = [(f"param {k}", v) for k, v in params.items()] + [("grad_output", grad_out)]
+    keys = list(grads)
+    for i, k in enumerate(keys):
+        g = grads[k]
+        if not isinstance(g, np.ndarray):
+            continue
+        others = named + [(f"grad {o}", grads[o]) for o in keys[i + 1 :]]
+        found += [
+            f"grad {k} shares memory with {name}"
+            for name, arr in others
+            if isinstance(arr, np.ndarray) and np.shares_memory(g, arr)
+        ]
+    return found
+
+
+def loss_value(returned: Any) -> np.ndarray:
+    """The loss's forward value as a 0-d float array; ``BadValue`` unless it is one real
+    number (a float, or an array holding one)."""
+    value = real_array(returned, "the loss's forward value", "output")
+    if value.size != 1:
+        raise BadValue(
+            "output",
+            f"the loss's forward value has shape {value.shape}, not one number",
+            "return the loss as one number (the batch's mean or sum of the per-example losses)",
+        )
+    return np.asarray(float(value.reshape(())))
+
+
+def run_chain(
+    layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray, x_warm: np.ndarray
+) -> dict[str, LayerRecord]:
+    """Forward through every layer and the loss, then backward; records keyed by layer name
+    plus "loss". A layer that raises ends the pass there (later layers get no record)."""
+    layers = copy.deepcopy(layers)
+    loss = copy.deepcopy(loss)
+    _warm_up(layers, x_warm)
+    for _, layer in layers:
+        zero_grads(layer)
+    records: dict[str, LayerRecord] = {}
+    h: np.ndarray | None = x
+    for name, layer in layers:
+        records[name] = LayerRecord()
+        h = _forward(layer, h, records[name])
+        if h is None:
+            return records
+    records["loss"] = loss_rec = LayerRecord(input=snapshot(h))
+    try:
+        loss_rec.output = loss_value(loss.forward(h.copy(), target))
+        g = real_array(loss.backward(), "the loss's backward value (dL/dlogits)", "grad_input")
+    except USER_ERRORS as exc:
+        loss_rec.error = error_info("forward" if loss_rec.output is None else "backward", exc)
+        return records
+    loss_rec.grad_input = g
+    for name, layer in reversed(layers):
+        g = _backward(layer, g, records[name])
+        if g is None:
+            return records
+    return records
+
+
+def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray, x_warm: np.ndarray) -> LayerRecord:
+    """One layer alone on a fresh copy: warm-up forward, forward(x), backward(upstream)."""
+    fresh = copy.deepcopy(layer)
+    _warm_up([("", fresh)], x_warm)
+    zero_grads(fresh)
+    rec = LayerRecord()
+    if _forward(fresh, x, rec) is not None:
+        _backward(fresh, upstream, rec)
+    return rec
+
+
+def probe_loss(
+    loss: Any, logits: np.ndarray, target: np.ndarray, logits_warm: np.ndarray
+) -> LayerRecord:
+    """The loss alone on a fresh copy, fed the reference's logits."""
+    fresh = copy.deepcopy(loss)
+    with contextlib.suppress(*USER_ERRORS):  # the real call below reports errors
+        fresh.forward(logits_warm.copy(), target)
+    rec = LayerRecord(input=snapshot(logits))
+    fed = logits.copy()
+    try:
+        rec.output = loss_value(fresh.forward(fed, target))
+        rec.grad_input = real_array(
+            fresh.backward(), "the loss's backward value (dL/dlogits)", "grad_input"
+        )
+    except USER_ERRORS as exc:
+        rec.error = error_info("forward" if rec.output is None else "backward", exc)
+    if not same_values(fed, rec.input):
+        rec.mutated.append("input")
+    return rec

@@ -1,0 +1,76 @@
+"""``gp.tap(name, array)``: record an intermediate inside user code during a comparison.
+
+Outside a comparison ``tap`` only returns its argument (one context-variable read, about 80 ns),
+so taps can stay in the code for good. A name tapped several times in one call (a tap inside a
+loop) becomes ``name[0]``, ``name[1]``, ... in call order; a name tapped once keeps its plain
+name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
+
+import numpy as np
+
+from gradparity.core.records import BadValue, real_array
+
+T = TypeVar("T")
+
+# Per thread and per asyncio task: comparisons running side by side never share a log.
+_active: ContextVar[list[tuple[str, np.ndarray | BadValue]] | None] = ContextVar(
+    "gradparity_taps", default=None
+)
+
+
+def tap(name: str, array: T) -> T:
+    """Record a copy of ``array`` under ``name`` while gradparity runs this code; return
+    ``array`` unchanged (so ``a = gp.tap("a1", sigmoid(z))`` works inline). A value that is
+    not an array of real numbers (text, complex values) is recorded as the ``BadValue`` that
+    says so: the comparison reports it on that tap, the user's code runs on."""
+    log = _active.get()
+    if log is not None:
+        try:
+            value: np.ndarray | BadValue = real_array(array, f"tap {name!r}", str(name))
+        except BadValue as exc:
+            value = exc
+        log.append((str(name), value))
+    return array
+
+
+@contextmanager
+def recording() -> Iterator[list[tuple[str, np.ndarray | BadValue]]]:
+    """Collect every ``tap`` made inside the block, as (name, copy) in call order; an
+    enclosing recording gets none of them and resumes afterwards."""
+    log: list[tuple[str, np.ndarray | BadValue]] = []
+    token = _active.set(log)
+    try:
+        yield log
+    finally:
+        _active.reset(token)
+
+
+def named(log: list[tuple[str, T]]) -> dict[str, T]:
+    """The recorded taps by final name, in call order: a repeated name gets [i] suffixes."""
+    counts: dict[str, int] = {}
+    for name, _ in log:
+        counts[name] = counts.get(name, 0) + 1
+    seen: dict[str, int] = {}
+    out: dict[str, T] = {}
+    for name, value in log:
+        if counts[name] == 1:
+            out[name] = value
+        else:
+            out[f"{name}[{seen.get(name, 0)}]"] = value
+            seen[name] = seen.get(name, 0) + 1
+    return out
+
+
+def follow_map(recorded: dict[str, T], wanted: list[str]) -> dict[str, T]:
+    """``recorded`` with a tap made once under ``name`` renamed ``name[0]`` where ``wanted``
+    asks for that (a loop that ran once, e.g. a network with one hidden layer)."""
+    return {
+        f"{n}[0]" if f"{n}[0]" in wanted and n not in wanted else n: v for n, v in recorded.items()
+    }

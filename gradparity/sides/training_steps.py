@@ -1,0 +1,162 @@
+"""One optimisation step on each side, recorded in ours' layout: the loop body of
+``compare_training``, kept apart from the comparison bookkeeping."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradparity.core.records import real_array
+from gradparity.core.tolerance import Tolerance
+from gradparity.pairing.align import LayerPair
+from gradparity.reference.layout import to_ours_layout
+from gradparity.sides.adapt import grads_of, params_of
+from gradparity.sides.run_numpy import loss_value
+from gradparity.sides.run_torch import as_tensor, reference_loss_value, to_numpy
+
+Key = tuple[str, str]  # (layer name, ours param key)
+
+
+@dataclass
+class StepResult:
+    """One side's step: loss before the update, gradients, updates (after - before) and the
+    optimiser state after the update, all keyed (layer, param key) in ours' layout."""
+
+    loss: float
+    before: dict[Key, np.ndarray] = field(default_factory=dict)  # parameters before the update
+    grads: dict[Key, np.ndarray] = field(default_factory=dict)
+    deltas: dict[Key, np.ndarray] = field(default_factory=dict)
+    state: dict[Key, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _params(layers) -> dict[Key, np.ndarray]:
+    return {(n, k): v for n, layer in layers for k, v in params_of(layer).items()}
+
+
+def ours_step(
+    layers: list[tuple[str, Any]], loss: Any, optimizer: Any, x: np.ndarray, target: np.ndarray
+) -> StepResult:
+    """zero_grad, forward, loss, backward, step on the NumPy side (objects updated in place)."""
+    optimizer.zero_grad()
+    h = x
+    for _, layer in layers:
+        h = layer.forward(h)
+    value = float(loss_value(loss.forward(h, target)))
+    g = loss.backward()
+    for _, layer in reversed(layers):
+        g = layer.backward(g)
+    grads = {
+        (n, k): real_array(v, f"{n}'s grads[{k!r}]", f"grad:{k}")
+        for n, layer in layers
+        for k, v in grads_of(layer, n).items()
+        if v is not None  # never set: compared as missing
+    }
+    before = {k: np.array(v, copy=True) for k, v in _params(layers).items()}
+    optimizer.step()
+    after = _params(layers)
+    state = {
+        key: {name: np.asarray(v, dtype=np.float64) for name, v in entry.items()}
+        for key, entry in getattr(optimizer, "state", {}).items()
+        if isinstance(key, tuple)
+    }
+    return StepResult(value, before, grads, {k: after[k] - before[k] for k in before}, state)
+
+
+def reference_step(
+    model: nn.Module,
+    loss_fn: Any,
+    optimizer: Any,
+    pairs: list[LayerPair],
+    x: np.ndarray,
+    target: np.ndarray,
+    dtype: torch.dtype,
+) -> StepResult:
+    """The same step on the torch side, converted to ours' keys and layouts."""
+    optimizer.zero_grad()
+    loss = reference_loss_value(
+        loss_fn(model(as_tensor(x, dtype)), as_tensor(target, dtype)), finite=False
+    )
+    loss.backward()
+    tensors = {
+        (p.name, pp.key): (dict(p.module.named_parameters())[pp.torch_name], pp)
+        for p in pairs
+        for pp in p.params
+    }
+    before = {k: to_numpy(t) for k, (t, _) in tensors.items()}
+    grads = {
+        k: to_numpy(t.grad) if t.grad is not None else np.zeros(tuple(t.shape))
+        for k, (t, _) in tensors.items()
+    }
+    optimizer.step()
+    result = StepResult(float(loss.detach()))
+    for key, (tensor, pp) in tensors.items():
+
+        def ours_layout(a: np.ndarray, pp=pp) -> np.ndarray:
+            return to_ours_layout(a, pp.conversion, pp.ours_shape) if a.ndim else a
+
+        result.grads[key] = ours_layout(grads[key])
+        result.deltas[key] = ours_layout(to_numpy(tensor) - before[key])
+        result.state[key] = {
+            name: ours_layout(np.asarray(to_numpy(v), dtype=np.float64))
+            if isinstance(v, torch.Tensor)
+            else np.asarray(v, dtype=np.float64)
+            for name, v in getattr(optimizer, "state", {}).get(tensor, {}).items()
+        }
+    return result
+
+
+# A float32 run may drift from the reference by this multiple of the reference's own
+# float32-vs-float64 drift before anything is called a bug.
+DRIFT_FACTOR = 10.0
+
+
+@dataclass
+class Shadow:
+    """A float64 twin of the reference, stepped alongside, to measure how far the reference's
+    own float32 run drifts from float64."""
+
+    model: nn.Module
+    optimizer: Any
+    pairs: list[LayerPair]
+    loss: Any
+
+    @staticmethod
+    def make(ref_model: nn.Module, ref_optimizer: Any, pairs: list[LayerPair], loss: Any) -> Shadow:
+        """Copy the reference and its optimiser together (so parameter groups, learning rates
+        and state carry over) and move the copy to float64 in place."""
+        model, opt = copy.deepcopy((ref_model, ref_optimizer))
+        model.double()
+        modules = dict(model.named_modules())
+        twin = [
+            LayerPair(p.name, p.layer, p.module_name, modules[p.module_name], p.params)
+            for p in pairs
+        ]
+        return Shadow(model, opt, twin, loss)
+
+    def widen(
+        self, tol: Tolerance, ref32: StepResult, x: np.ndarray, target: np.ndarray
+    ) -> Tolerance:
+        ref64 = reference_step(
+            self.model,
+            self.loss,
+            self.optimizer,
+            self.pairs,
+            x.astype(np.float64),
+            target,
+            torch.float64,
+        )
+        drift = max(_relative_gap(ref32.grads[k], ref64.grads[k]) for k in ref64.grads)
+        drift = max(
+            [drift] + [_relative_gap(ref32.deltas[k], ref64.deltas[k]) for k in ref64.deltas]
+        )
+        return Tolerance(rtol=max(tol.rtol, DRIFT_FACTOR * drift), atol=tol.atol, dtype=tol.dtype)
+
+
+def _relative_gap(a: np.ndarray, b: np.ndarray) -> float:
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    return float(np.abs(a - b).max()) / scale if scale > 0 else 0.0

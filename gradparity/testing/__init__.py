@@ -1,0 +1,1 @@
+"""Parity as test assertions, and the pytest plugin."""
