@@ -22,6 +22,8 @@ from gradparity.core.errors import InputError
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.rounding import round_sig
 from gradparity.core.tolerance import Tolerance
+from gradparity.evidence import central_difference
+from gradparity.evidence.central_difference import Moved, NumericGradient
 from gradparity.locate.function import (
     NUMERIC_REFERENCE,
     explain_penalty,
@@ -36,9 +38,9 @@ from gradparity.sides.function_run import UserRun, call_loss_fn
 FULL_LIMIT = 256
 DIRECTIONS = 6
 ENTRIES = 6
-RELATIVE_STEP = 1e-6
-# Central differences with that step are good to ~1e-9 relative to the loss; a bug is off by
-# O(1), so 1e-5 (plus 1e-8 of the loss) separates the two with room on both sides.
+# Central differences with central_difference's step are good to ~1e-9 relative to the loss;
+# a bug is off by O(1), so 1e-5 (plus 1e-8 of the loss) separates the two with room on both
+# sides.
 NUMERIC_RTOL = 1e-5
 NUMERIC_ATOL_PER_LOSS = 1e-8
 # Central differences carry their own error, which moves with the machine's round-off (on
@@ -85,27 +87,27 @@ class NumericLoss:
     def __call__(self) -> float:
         return self._evaluate()[0]
 
-    def slope(self, name: str, direction: np.ndarray) -> float:
-        """Central difference of the loss along ``direction`` (parameter ``name``'s shape)."""
+    def moving(self, name: str) -> Moved:
+        """The loss with parameter ``name`` moved by a step (its shape), put back after each
+        call: the function ``central_difference`` differentiates."""
         p = self.work[name]
-        saved = p.copy()
-        h = RELATIVE_STEP * max(1.0, float(np.abs(saved).max()))
-        p += h * direction
-        up = self()
-        p[...] = saved - h * direction
-        down = self()
-        p[...] = saved
-        return (up - down) / (2 * h)
+        base = p.copy()
+
+        def value(step: np.ndarray) -> float:
+            p[...] = base + step
+            try:
+                return self()
+            finally:
+                p[...] = base
+
+        return value
 
     def gradient(self, name: str) -> np.ndarray:
         """The whole numeric gradient of parameter ``name`` (its shape), entry by entry."""
-        out = np.zeros(self.work[name].shape)
-        unit = np.zeros(self.work[name].shape)
-        for i in np.ndindex(out.shape):
-            unit[i] = 1.0
-            out[i] = self.slope(name, unit)
-            unit[i] = 0.0
-        return out
+        p = self.work[name]
+        return central_difference.full_gradient(
+            self.moving(name), p.shape, central_difference.step_size(p)
+        )
 
     def uses_params(self, rng: np.random.Generator) -> bool:
         """Does moving every entry by a random amount change the loss at all? (Random: a
@@ -140,10 +142,11 @@ def matches_numeric(loss: NumericLoss, name: str, g: np.ndarray, rng: np.random.
     p = loss.work[name]
     if g.shape != p.shape:
         return False
-    directions = [rng.standard_normal(p.shape) for _ in range(DIRECTIONS)]
-    numeric = np.array([loss.slope(name, d) for d in directions])
-    ours = np.array([float(np.sum(g * d)) for d in directions])
-    return tensor_diff(ours, numeric, numeric_tolerance(loss.base)).ok
+    measured = central_difference.numeric_gradient(
+        loss.moving(name), p, rng, full_limit=0, directions=DIRECTIONS
+    )
+    ours = central_difference.along(g, measured.directions)
+    return tensor_diff(ours, measured.slopes, numeric_tolerance(loss.base)).ok
 
 
 def referee_rows(
@@ -199,27 +202,21 @@ def _sampled_row(
     fn: str,
     name: str,
     g: np.ndarray,
-    loss: NumericLoss,
+    p: np.ndarray,
+    measured: NumericGradient,
     tol: Tolerance,
     batch: int | None,
     layout: str,
-    rng: np.random.Generator,
 ) -> Row:
-    p = loss.work[name]
-    directions = [rng.standard_normal(p.shape) for _ in range(DIRECTIONS)]
-    picks = list(np.argsort(-np.abs(g.ravel()))[: ENTRIES // 2]) if g.shape == p.shape else []
-    picks += list(rng.choice(p.size, size=ENTRIES - len(picks), replace=False))
-    for flat_index in picks:
-        unit = np.zeros(p.size)
-        unit[flat_index] = 1.0
-        directions.append(unit.reshape(p.shape))
-    numeric = np.array([loss.slope(name, d) for d in directions])
+    """Ours' gradient ``g`` of parameter ``p`` against loss_fn's derivatives along the
+    sampled directions, trying the layouts ``_candidates`` offers when it does not match."""
+    numeric = measured.slopes
 
     def along(a: np.ndarray) -> np.ndarray:
-        return np.array([float(np.sum(a * d)) for d in directions])
+        return central_difference.along(a, measured.directions)
 
     row = Row("numeric", fn, "parameter", f"grad:{name}", list(g.shape), list(p.shape))
-    row.detail = {"sampled": {"directions": DIRECTIONS, "entries": len(picks)},
+    row.detail = {"sampled": {"directions": DIRECTIONS, "entries": measured.entries},
                   "numeric": numeric.tolist()}  # fmt: skip
     for label, aligned in _candidates(g, p.shape):
         ours = along(aligned)
@@ -336,10 +333,14 @@ def numeric_report(
             rows.append(failed_row("numeric", fn, "parameter", run.bad_grads[name]))
             continue
         g, p = run.grads[name], loss.work[name]
-        if p.size > FULL_LIMIT:
-            rows.append(_sampled_row(fn, name, g, loss, tol, batch, layout, rng))
+        measured = central_difference.numeric_gradient(
+            loss.moving(name), p, rng, full_limit=FULL_LIMIT, directions=DIRECTIONS,
+            entries=ENTRIES, largest_of=g if g.shape == p.shape else None,
+        )  # fmt: skip
+        if measured.full is None:
+            rows.append(_sampled_row(fn, name, g, p, measured, tol, batch, layout))
             continue
-        expected = loss.gradient(name)
+        expected = measured.full
         row = compare_tensor(
             "numeric", fn, "parameter", f"grad:{name}", g, expected, tol,
             batch_size=batch, param_shape=p.shape, conversion=layout,

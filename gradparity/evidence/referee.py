@@ -2,7 +2,8 @@
 each side's own forward (in float64) say which side's backward is right.
 
 For a layer probed with upstream gradient R, the scalar f(v) = sum(R * layer(x; v)) has
-directional derivative <grad_v, d> along d; both are compared along a few random directions.
+directional derivative <grad_v, d> along d; both are compared along a few random directions
+(step and directions from ``central_difference``, the same engine ``compare_function`` uses).
 Verdicts name the side that matches the numbers: "ours", "reference", "neither",
 or "both" (each matches its own forward: the forwards differ).
 """
@@ -15,73 +16,79 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from gradparity.evidence import central_difference
+from gradparity.evidence.central_difference import Moved
 from gradparity.pairing.align import LayerPair
 from gradparity.reference.layout import to_torch_layout
 from gradparity.sides.adapt import params_of
 
 DIRECTIONS = 3
-# Central differences in float64 with this step are accurate to ~1e-9 relative; a wrong
-# gradient is off by O(1) relative, so 1e-5 separates them with margin on both sides.
-RELATIVE_STEP = 1e-6
+# Central differences in float64 (central_difference's step) are accurate to ~1e-9 relative;
+# a wrong gradient is off by O(1) relative, so 1e-5 separates them with margin on both sides.
 AGREEMENT = 1e-5
-
-
-def _central(f: Callable[[float], float], h: float) -> float:
-    return (f(h) - f(-h)) / (2.0 * h)
 
 
 def _agrees(numeric: float, analytic: float, scale: float) -> bool:
     return abs(numeric - analytic) <= AGREEMENT * (abs(numeric) + abs(analytic) + scale)
 
 
-def _ours_value(
-    layer, x: np.ndarray, upstream: np.ndarray, key: str | None, d: np.ndarray, h: float
-) -> float:
-    fresh = copy.deepcopy(layer)
-    xin = x.astype(np.float64, copy=True)
-    if key is None:
-        xin += h * d
-    else:
-        params_of(fresh)[key][...] += h * d
-    return float(np.sum(upstream * np.asarray(fresh.forward(xin), dtype=np.float64)))
+def _ours_moved(layer, x: np.ndarray, upstream: np.ndarray, key: str | None) -> Moved:
+    """sum(upstream * ours' forward) with the input (key None) or parameter ``key`` moved."""
 
-
-def _ref_value(
-    pair: LayerPair, x: np.ndarray, upstream: np.ndarray, key: str | None, d: np.ndarray, h: float
-) -> float:
-    module = copy.deepcopy(pair.module).double()
-    xin = torch.as_tensor(x, dtype=torch.float64).clone()
-    with torch.no_grad():
+    def value(step: np.ndarray) -> float:
+        fresh = copy.deepcopy(layer)
+        xin = x.astype(np.float64, copy=True)
         if key is None:
-            xin += h * torch.as_tensor(d)
+            xin += step
         else:
-            pp = next(p for p in pair.params if p.key == key)
-            tparam = dict(module.named_parameters())[pp.torch_name]
-            tparam += h * torch.as_tensor(to_torch_layout(d, pp.conversion, pp.torch_shape))
-        return float(torch.sum(torch.as_tensor(upstream) * module(xin)))
+            params_of(fresh)[key][...] += step
+        return float(np.sum(upstream * np.asarray(fresh.forward(xin), dtype=np.float64)))
+
+    return value
+
+
+def _ref_moved(pair: LayerPair, x: np.ndarray, upstream: np.ndarray, key: str | None) -> Moved:
+    """The same for the reference module in float64; a parameter step (ours' layout) is
+    converted to the torch parameter's layout."""
+
+    def value(step: np.ndarray) -> float:
+        module = copy.deepcopy(pair.module).double()
+        xin = torch.as_tensor(x, dtype=torch.float64).clone()
+        with torch.no_grad():
+            if key is None:
+                xin += torch.as_tensor(step)
+            else:
+                pp = next(p for p in pair.params if p.key == key)
+                tparam = dict(module.named_parameters())[pp.torch_name]
+                tparam += torch.as_tensor(to_torch_layout(step, pp.conversion, pp.torch_shape))
+            return float(torch.sum(torch.as_tensor(upstream) * module(xin)))
+
+    return value
 
 
 def _judge(
-    ours_f: Callable[[np.ndarray, float], float],
-    ref_f: Callable[[np.ndarray, float], float],
+    ours_f: Moved,
+    ref_f: Moved,
     ours_grad: np.ndarray | None,
     ref_grad: np.ndarray,
-    h: float,
+    base: np.ndarray,
     rng: np.random.Generator,
 ) -> dict:
     """Compare each side's analytic gradient with central differences of its own function
-    along random directions; ``f(d, s)`` is the function at the base point moved by ``s * d``."""
-    ours_ok = ref_ok = True
+    (``f(step)``: the value at ``base`` moved by ``step``) along the same random directions."""
     same_shape = ours_grad is not None and np.shape(ours_grad) == ref_grad.shape
-    for _ in range(DIRECTIONS):
-        d = rng.standard_normal(ref_grad.shape)
-        scale = float(np.abs(ref_grad).sum() * np.abs(d).max())
-        fd_ref = _central(lambda s, d=d: ref_f(d, s), h)
-        ref_ok &= _agrees(fd_ref, float(np.sum(ref_grad * d)), scale)
-        if same_shape:
-            fd_ours = _central(lambda s, d=d: ours_f(d, s), h)
-            ours_ok &= _agrees(fd_ours, float(np.sum(ours_grad * d)), scale)
-    ours_ok &= same_shape
+    directions = central_difference.random_directions(ref_grad.shape, DIRECTIONS, rng)
+    h = central_difference.step_size(base)
+    # Per direction, as much error as the reference's gradient could carry along it.
+    scales = [float(np.abs(ref_grad).sum() * np.abs(d).max()) for d in directions]
+
+    def matches(f: Moved, grad: np.ndarray) -> bool:
+        numeric = central_difference.slopes(f, directions, h)
+        analytic = central_difference.along(grad, directions)
+        return all(map(_agrees, numeric, analytic, scales))
+
+    ref_ok = matches(ref_f, ref_grad)
+    ours_ok = same_shape and matches(ours_f, np.asarray(ours_grad))
     referee = {
         (True, False): "ours",
         (False, True): "reference",
@@ -111,13 +118,12 @@ def referee_layer(
     """
     key = None if quantity == "grad_input" else quantity[5:]
     base = x if key is None else np.asarray(params_of(pair.layer)[key], dtype=np.float64)
-    h = RELATIVE_STEP * max(1.0, float(np.abs(base).max()))
     return _judge(
-        lambda d, s: _ours_value(pair.layer, x, upstream, key, d, s),
-        lambda d, s: _ref_value(pair, x, upstream, key, d, s),
+        _ours_moved(pair.layer, x, upstream, key),
+        _ref_moved(pair, x, upstream, key),
         ours_grad,
         ref_grad,
-        h,
+        base,
         rng,
     )
 
@@ -136,12 +142,11 @@ def referee_loss(
     tgt = tgt.double() if tgt.is_floating_point() else tgt
     z = logits.astype(np.float64)
 
-    def ours_f(d: np.ndarray, s: float) -> float:
-        return float(copy.deepcopy(ours_loss).forward(z + s * d, target))
+    def ours_f(step: np.ndarray) -> float:
+        return float(copy.deepcopy(ours_loss).forward(z + step, target))
 
-    def ref_f(d: np.ndarray, s: float) -> float:
+    def ref_f(step: np.ndarray) -> float:
         with torch.no_grad():
-            return float(reference_loss(torch.as_tensor(z + s * d, dtype=torch.float64), tgt))
+            return float(reference_loss(torch.as_tensor(z + step, dtype=torch.float64), tgt))
 
-    h = RELATIVE_STEP * max(1.0, float(np.abs(z).max()))
-    return _judge(ours_f, ref_f, ours_grad, ref_grad, h, rng)
+    return _judge(ours_f, ref_f, ours_grad, ref_grad, z, rng)
