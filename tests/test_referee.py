@@ -290,6 +290,30 @@ def test_missing_ours_grad_never_wins(linear_case):
     assert _verdict(linear_case, "grad:W", None, -g)["referee"] == "neither"
 
 
+class NonFiniteWhenMoved(Linear):
+    """A Linear whose output turns NaN once its input or a parameter leaves the probe point."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        moved = not np.array_equal(x, self.probe_x) or any(
+            not np.array_equal(self.params[k], v) for k, v in self.probe_params.items()
+        )
+        return out * np.nan if moved else out
+
+
+@pytest.mark.parametrize("quantity", QUANTITIES)
+def test_a_forward_turning_non_finite_when_moved_never_matches(linear_case, quantity):
+    """Central differences of a non-finite value are non-finite: that side does not match."""
+    pair, x, _, grads = linear_case
+    pair.layer.__class__ = NonFiniteWhenMoved
+    pair.layer.probe_x = x.copy()
+    pair.layer.probe_params = {k: v.copy() for k, v in pair.layer.params.items()}
+    g = grads[quantity]
+    v = _verdict(linear_case, quantity, g.copy(), g.copy())
+    assert v["referee"] == "reference"
+    assert v["ours_matches_numeric"] is False and v["reference_matches_numeric"] is True
+
+
 def test_layer_referee_leaves_layer_and_module_untouched(linear_case):
     pair, x, _, grads = linear_case
     W = pair.layer.params["W"].copy()
