@@ -104,7 +104,7 @@ def align_layers(
     else:
         chosen = [
             layer_map.get(n, c)
-            for n, c in zip(names, _by_order(names, modules, torch_model, call_order))
+            for n, c in zip(names, _by_order(names, modules, torch_model, layer_map, call_order))
         ]
     _refuse_uncovered(modules, chosen, names)
     pairs = [
@@ -119,6 +119,7 @@ def _by_order(
     names: list[str],
     modules: dict[str, nn.Module],
     torch_model: nn.Module,
+    layer_map: dict[str, str],
     call_order: Callable[[], list[str]] | None,
 ) -> list[str]:
     """The reference module for each of ours' layers by position: the leaf modules as
@@ -132,7 +133,7 @@ def _by_order(
     called = call_order() if call_order is not None else []
     if len(called) == len(names):
         return called
-    unmatched_ours = [n for n in names if n not in modules]
+    unmatched_ours = [n for n in names if n not in modules and n not in layer_map]
     unmatched_ref = [n for n in leaves if n not in names]
     runs = f" ({len(called)} calls in its forward)" if len(called) != len(leaves) and called else ""
     raise InputError(
@@ -166,10 +167,10 @@ def layers_by_module(pairs: list[LayerPair]) -> dict[str, list[str]]:
     return by_module
 
 
-def check_calls(layers: dict[str, list[str]], counts: dict[str, int]) -> None:
-    """Refuse a reference module that the forward does not run once per NumPy layer aligned
-    with it: a layer without a call of its own would be compared with another layer's call.
-    ``layers`` as from ``layers_by_module``; ``counts``: module name -> calls made."""
+def check_calls(layers: dict[str, list[str]], counts: dict[str, int], what: str = "x") -> None:
+    """Refuse a reference module that the forward on ``what`` does not run once per NumPy
+    layer aligned with it: a layer without a call of its own would be compared with another
+    layer's call. ``layers`` as from ``layers_by_module``; ``counts``: module -> calls made."""
     for module, names in layers.items():
         made = counts.get(module, 0)
         if made == len(names):
@@ -182,7 +183,7 @@ def check_calls(layers: dict[str, list[str]], counts: dict[str, int]) -> None:
             else "align each of ours' layers with a module the forward runs"
         )
         raise InputError(
-            f"reference module {module!r} {runs} in the forward on x, but {faced} "
+            f"reference module {module!r} {runs} in the forward on {what}, but {faced} "
             f"{'is' if len(names) == 1 else 'are'} aligned with it; {fix}"
         )
 
@@ -212,9 +213,11 @@ def _refuse_unequal_shared_parameters(pairs: list[LayerPair]) -> None:
         first = params_of(sharing[0].layer)
         for other in sharing[1:]:
             for key, value in params_of(other.layer).items():
-                mine, theirs = np.asarray(first.get(key)), np.asarray(value)
+                if key not in first:
+                    continue  # keys or shapes that differ are named by the parameter pairing
+                mine, theirs = np.asarray(first[key]), np.asarray(value)
                 if mine.shape != theirs.shape or np.array_equal(mine, theirs):
-                    continue  # a shape that differs is named by the parameter pairing
+                    continue
                 gap = float(np.max(np.abs(theirs - mine)))
                 raise InputError(
                     f"ours' layers {sharing[0].name} and {other.name} face the same reference "

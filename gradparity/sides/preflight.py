@@ -196,7 +196,7 @@ def dry_run(
             f"the reference's output on {what} is not finite (largest |{what}| {largest:.3g}); "
             f"scale {what} down, or fix the reference's forward"
         )
-    check_calls(names, recorder.counts())
+    check_calls(names, recorder.counts(), what)
     return to_numpy(out)
 
 
