@@ -17,8 +17,9 @@ from torch import nn
 
 import gradparity as gp
 from gradparity.ours import Linear, Sequential, Tanh
-from gradparity.pairing.align import align_layers, layers_by_module
+from gradparity.pairing.align import align_layers, layers_by_module, pair_parameters
 from gradparity.sides.function_run import run_reference
+from gradparity.sides.preflight import dry_run
 from gradparity.sides.run_torch import run_chain
 from gradparity.sides.torch_recorder import TorchRecorder
 
@@ -284,8 +285,6 @@ def test_each_use_gets_the_input_and_gradients_of_its_own_call():
         ("lin_a", "lin", 0),
         ("lin_b", "lin", 1),
     ]
-    from gradparity.pairing.align import pair_parameters
-
     pair_parameters(pairs, np.random.default_rng(0))
     records = run_chain(model, pairs, nn.CrossEntropyLoss(), x, target, F64)
 
@@ -410,3 +409,30 @@ def test_function_taps_read_the_call_they_name():
     np.testing.assert_allclose(run.taps["d2"], h2.grad.numpy())
     assert run.calls == {"act": 2}
     assert not model.act._forward_hooks  # the recorder left no hook behind
+
+
+class WidensBeforeTheSecondCall(nn.Module):
+    """A broken reference: its one Linear's second call gets one feature too many."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(MID, MID, dtype=F64)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return self.lin(torch.cat([h, h[:, :1]], dim=1))
+
+
+@pytest.mark.parametrize(
+    ("width", "message"),
+    [
+        (MID + 1, "x has 5 features but the first layer lin_a (reference module lin) takes 4"),
+        (MID, "the reference's layer lin_b (reference module lin) gets 5 features but takes 4"),
+    ],
+    ids=["first call", "second call"],
+)
+def test_the_dry_run_names_the_layer_of_the_call_that_failed(width, message):
+    x = np.random.default_rng(8).standard_normal((BATCH, width))
+    with pytest.raises(gp.InputError) as exc:
+        dry_run(WidensBeforeTheSecondCall(), x, F64, names={"lin": ["lin_a", "lin_b"]})
+    assert str(exc.value).startswith(message)
