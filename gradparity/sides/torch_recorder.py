@@ -68,6 +68,7 @@ class ModuleCall:
 
     @property
     def returned_tensor(self) -> bool:
+        """Whether the call's forward returned a tensor (not a tuple, None, ...)."""
         return self.output_type == "Tensor"
 
 
