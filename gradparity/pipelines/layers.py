@@ -27,12 +27,18 @@ from gradparity.core.validate import (
 from gradparity.evidence.explain import Probe, add_evidence
 from gradparity.evidence.lints import lint_records
 from gradparity.locate.layers import Finding, first_divergence, locate
-from gradparity.pairing.align import LayerPair, align_layers, pair_parameters, sync_module
+from gradparity.pairing.align import (
+    LayerPair,
+    align_layers,
+    layers_by_module,
+    pair_parameters,
+    sync_module,
+)
 from gradparity.reference.layout import to_torch_layout
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import check_protocol, model_name, named_layers, params_of
-from gradparity.sides.preflight import check_filled, check_target, dry_run, to_cpu
+from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls, to_cpu
 from gradparity.sides.run_torch import TORCH_DTYPES
 
 
@@ -216,7 +222,7 @@ def compare(
     ref_model, empty = reference_copy(
         reference_model, dtype, check_flag(sync_weights, "sync_weights")
     )
-    pairs = align_layers(layers, ref_model, layer_map)
+    pairs = align_layers(layers, ref_model, layer_map, lambda: leaf_calls(ref_model, x, tdtype))
     pair_parameters(pairs, rng)
     if sync_weights:
         for pair in pairs:
@@ -225,7 +231,7 @@ def compare(
     weight_notes = [] if sync_weights else _weight_differences(pairs)
     target = check_target(
         target,
-        dry_run(ref_model, x, tdtype, names={p.module_name: p.name for p in pairs}),
+        dry_run(ref_model, x, tdtype, names=layers_by_module(pairs)),
         dtype,
         ours_loss=ours_loss,
         reference_loss=reference_loss,

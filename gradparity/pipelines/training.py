@@ -34,7 +34,13 @@ from gradparity.core.validate import (
     quiet_arithmetic,
 )
 from gradparity.locate.layers import Finding
-from gradparity.pairing.align import align_layers, pair_parameters, sync_module
+from gradparity.pairing.align import (
+    align_layers,
+    layers_by_module,
+    pair_parameters,
+    refuse_shared_parameters,
+    sync_module,
+)
 from gradparity.pipelines.layers import compare, resolve_losses, synced_names
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
 from gradparity.pipelines.training_compare import Tracker, compare_step, findings_at, history_row
@@ -161,6 +167,7 @@ def compare_training(
     layers = named_layers(ours_model)
     check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     pairs = align_layers(layers, ref_model, layer_map)
+    refuse_shared_parameters(pairs)
     pair_parameters(pairs, np.random.default_rng(seed))
     for pair in pairs:
         sync_module(pair.layer, pair.module, pair.params)
@@ -170,9 +177,7 @@ def compare_training(
     tracker, history, kept, findings = Tracker(), [], [], []
     first_divergent, last_rows = None, []
     iterator = batch_pairs(batches, steps)
-    batch_check = BatchCheck(
-        ref_model, ours_loss, reference_loss, dtype, {p.module_name: p.name for p in pairs}
-    )
+    batch_check = BatchCheck(ref_model, ours_loss, reference_loss, dtype, layers_by_module(pairs))
     if validation is not None:
         batch_check.validation(*validation)
     for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):

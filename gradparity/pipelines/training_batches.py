@@ -60,9 +60,9 @@ class BatchCheck:
         ours_loss: Any,
         reference_loss: Any,
         dtype: str,
-        names: dict[str, str] | None = None,
+        names: dict[str, list[str]] | None = None,
     ) -> None:
-        """``names``: reference module name -> ours' layer name, for naming layers."""
+        """``names``: reference module name -> ours' layer names aligned with its calls."""
         self.model, self.dtype, self.names = model, dtype, names
         self.ours_loss, self.reference_loss = ours_loss, reference_loss
         self.features: tuple[int, ...] | None = None

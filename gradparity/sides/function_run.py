@@ -1,5 +1,6 @@
 """Running both sides of a function comparison: the user's ``grads(x, target)`` with its taps,
-and the torch reference with hooks on the modules the taps map to."""
+and the torch reference, whose tapped module calls ('module@k': call k) the one torch
+recorder keeps."""
 
 from __future__ import annotations
 
@@ -16,12 +17,8 @@ from gradparity.core.records import USER_ERRORS, BadValue, error_info, real_arra
 from gradparity.core.validate import numpy_values
 from gradparity.pairing.structure import match_grads, restore
 from gradparity.sides import taps
-from gradparity.sides.run_torch import (
-    as_tensor,
-    check_finite_reference,
-    reference_loss_value,
-    to_numpy,
-)
+from gradparity.sides.run_torch import as_tensor, check_finite_reference, reference_loss_value
+from gradparity.sides.torch_recorder import TorchRecorder, to_numpy
 
 
 @dataclass
@@ -168,29 +165,17 @@ def run_reference(
     tap_specs: dict[str, tuple[str, str, int | None]],
     dtype: torch.dtype,
 ) -> ReferenceRun:
-    """Forward, loss and backward of the reference, recording the tapped module calls."""
+    """Forward, loss and backward of the reference, recording the tapped module calls.
+
+    ``tap_specs``: tap name -> (kind "output" or "grad_output", module name, call k or None
+    for the first call)."""
     modules = dict(model.named_modules())
-    calls: dict[str, list[Any]] = {}
-    tapped: dict[str, np.ndarray] = {}
-
-    def hook(module, args, out, name):
-        calls.setdefault(name, []).append(out)
-        if not isinstance(out, torch.Tensor):
-            return
-        for tap, (kind, mod, call) in tap_specs.items():
-            if mod != name or len(calls[name]) - 1 != (call or 0):
-                continue
-            if kind == "output":
-                tapped[tap] = to_numpy(out)
-            elif out.requires_grad:
-                out.register_hook(lambda g, tap=tap: tapped.__setitem__(tap, to_numpy(g)))
-
-    wanted = {m for _, m, _ in tap_specs.values()}
-    handles = [
-        modules[m].register_forward_hook(lambda mod, a, o, m=m: hook(mod, a, o, m)) for m in wanted
-    ]
+    wanted = {(m, c or 0) for _, m, c in tap_specs.values()}
+    recorder = TorchRecorder(
+        {m: modules[m] for m, _ in wanted}, inputs=False, keep=lambda m, k: (m, k) in wanted
+    )
     params = list(model.named_parameters())
-    try:
+    with recorder:
         try:
             out = model(as_tensor(x, dtype))
         except USER_ERRORS as exc:
@@ -215,27 +200,8 @@ def run_reference(
         grads = torch.autograd.grad(
             reference_loss_value(loss), [p for _, p in params], allow_unused=True
         )
-    finally:
-        for h in handles:
-            h.remove()
-    not_tensor = [
-        t for t, (_, m, c) in tap_specs.items()
-        if len(calls.get(m, [])) > (c or 0) and not isinstance(calls[m][c or 0], torch.Tensor)
-    ]  # fmt: skip
-    if not_tensor:
-        m = tap_specs[not_tensor[0]][1]
-        raise InputError(
-            f"tap_map maps {not_tensor} to module {m!r}, which returns a "
-            f"{type(calls[m][0]).__name__}, not a tensor; map them to a module that outputs one"
-        )
-    never = [t for t, (_, m, c) in tap_specs.items() if len(calls.get(m, [])) <= (c or 0)]
-    if never:
-        raise InputError(
-            f"tap_map maps {never} to module calls the reference's forward never makes (calls "
-            f"made: { ({m: len(v) for m, v in calls.items()}) })"
-        )
-    for tap, (_, m, c) in tap_specs.items():  # an output the loss does not depend on: 0
-        tapped.setdefault(tap, np.zeros(tuple(calls[m][c or 0].shape)))
+    made = {m: n for m, n in recorder.counts().items() if n}
+    tapped = _tapped_values(tap_specs, recorder, made)
     gradients = {
         n: to_numpy(g) if g is not None else np.zeros(tuple(p.shape))
         for (n, p), g in zip(params, grads)
@@ -244,6 +210,37 @@ def run_reference(
         check_finite_reference(f"gradient of {name}", value)
     for tap, value in tapped.items():
         check_finite_reference(f"value at tap {tap}", value)
-    return ReferenceRun(
-        float(loss.detach()), gradients, tapped, {m: len(v) for m, v in calls.items()}
-    )
+    return ReferenceRun(float(loss.detach()), gradients, tapped, made)
+
+
+def _tapped_values(
+    tap_specs: dict[str, tuple[str, str, int | None]],
+    recorder: TorchRecorder,
+    made: dict[str, int],
+) -> dict[str, np.ndarray]:
+    """Tap name -> the recorded output or dL/d(output) of its module call (0 for an output
+    the loss does not depend on); one line for a call never made or one that returned no
+    tensor. ``made``: module -> calls made, for the message."""
+    calls = {m: recorder.of(m) for m in made}
+    not_tensor = [
+        t for t, (_, m, c) in tap_specs.items()
+        if len(calls.get(m, [])) > (c or 0) and not calls[m][c or 0].returned_tensor
+    ]  # fmt: skip
+    if not_tensor:
+        m = tap_specs[not_tensor[0]][1]
+        raise InputError(
+            f"tap_map maps {not_tensor} to module {m!r}, which returns a "
+            f"{calls[m][0].output_type}, not a tensor; map them to a module that outputs one"
+        )
+    never = [t for t, (_, m, c) in tap_specs.items() if len(calls.get(m, [])) <= (c or 0)]
+    if never:
+        raise InputError(
+            f"tap_map maps {never} to module calls the reference's forward never makes (calls "
+            f"made: {made})"
+        )
+    tapped = {}
+    for tap, (kind, m, c) in tap_specs.items():
+        call = calls[m][c or 0]
+        value = call.output if kind == "output" else call.grad_output
+        tapped[tap] = value if value is not None else np.zeros(call.output_shape)
+    return tapped

@@ -4,14 +4,14 @@
 ours' weights will fill it. ``dry_run`` runs the copy once on x (no gradients, eval mode,
 modes restored) and turns what would surface as a torch error deep inside a comparison into
 one line: an x of the wrong width (named against the first layer), a forward that returns
-None, a layer that overflows, an output that is not finite. ``check_target`` then judges the
-target by that output: classes beyond its width, float labels, one-hot rows, MSE shapes.
+None, a layer that overflows, an output that is not finite, a module that does not run once
+per layer of ours aligned with it. ``check_target`` then judges the target by that output:
+classes beyond its width, float labels, one-hot rows, MSE shapes.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +28,9 @@ from gradparity.core.validate import (
     takes_classes,
     takes_same_shape,
 )
-from gradparity.sides.run_torch import TORCH_DTYPES, as_tensor, to_numpy
+from gradparity.pairing.align import check_calls
+from gradparity.sides.run_torch import TORCH_DTYPES, as_tensor
+from gradparity.sides.torch_recorder import ModuleCall, TorchRecorder, finite, no_call, to_numpy
 
 
 def to_cpu(model: nn.Module, dtype: torch.dtype, sync_weights: bool) -> list[str]:
@@ -67,30 +69,33 @@ def check_filled(empty: list[str], filled: set[str]) -> None:
         )
 
 
-def _layer_name(module_name: str, names: dict[str, str]) -> str:
-    """How a message names a reference module: ours' layer name where the module is aligned
-    with one (the name the user knows), the module's own name in parentheses when it differs."""
-    ours = names.get(module_name)
-    if ours is None or ours == module_name:
-        return module_name
-    return f"{ours} (reference module {module_name})"
+def _layer_name(call: ModuleCall, names: dict[str, list[str]]) -> str:
+    """How a message names a reference module's call: ours' layer name where the call is
+    aligned with one (the name the user knows), the module's own name in parentheses when it
+    differs."""
+    aligned = names.get(call.module, [])
+    if call.index >= len(aligned) or aligned[call.index] == call.module:
+        return call.module
+    return f"{aligned[call.index]} (reference module {call.module})"
 
 
 def _failure(
     exc: BaseException,
-    called: list[tuple[str, nn.Module, tuple]],
+    called: list[ModuleCall],
+    modules: dict[str, nn.Module],
     what: str,
     hint: str,
     shape: tuple[int, ...],
-    names: dict[str, str],
+    names: dict[str, list[str]],
 ) -> str:
     """The one line for a reference forward that raised: the width a Linear-like layer
     takes, when that is what went wrong, else torch's first line and ``hint``."""
     if called:
-        name, module, got = called[-1]
-        takes = getattr(module, "in_features", None)
+        last = called[-1]
+        takes = getattr(modules[last.module], "in_features", None)
+        got = last.input_shape
         if isinstance(takes, int) and got and got[-1] != takes:
-            layer = _layer_name(name, names)
+            layer = _layer_name(last, names)
             if len(called) == 1:
                 return (
                     f"{what} has {got[-1]} features but the first layer {layer} takes {takes}; "
@@ -103,45 +108,49 @@ def _failure(
     return f"the reference model raised {describe_error(exc)} on {what} of shape {shape}; {hint}"
 
 
-def _finite(value: Any) -> bool:
-    """False only for a floating tensor holding inf or NaN."""
-    return not (torch.is_tensor(value) and value.is_floating_point()) or bool(
-        torch.isfinite(value).all()
-    )
+def _leaves(model: nn.Module) -> dict[str, nn.Module]:
+    return {
+        name: m for name, m in model.named_modules() if name and not any(True for _ in m.children())
+    }
 
 
-class _Trace:
-    """The leaf-module calls of one forward: (name, module, input shape) in call order, and
-    the first module whose output is not finite although its inputs are (an overflow)."""
+def _traced_forward(
+    model: nn.Module,
+    x: np.ndarray,
+    dtype: torch.dtype,
+    what: str,
+    hint: str,
+    names: dict[str, list[str]],
+) -> tuple[Any, list[ModuleCall], TorchRecorder]:
+    """(the reference's output on ``x``, its leaf-module calls in order, the recorder of
+    those calls and of the modules ``names`` aligns), in eval mode without gradients; every
+    module's mode is restored. One line when the forward raises."""
+    leaves = _leaves(model)
+    every = dict(model.named_modules())
+    recorder = TorchRecorder({**leaves, **{m: every[m] for m in names}}, inputs=False, keep=no_call)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with recorder, torch.no_grad():
+            out = model(as_tensor(x, dtype))
+    except USER_ERRORS as exc:
+        called = [c for c in recorder.calls if c.module in leaves]
+        raise InputError(_failure(exc, called, every, what, hint, x.shape, names)) from exc
+    finally:
+        for module, training in modes:
+            module.training = training
+    return out, [c for c in recorder.calls if c.module in leaves], recorder
 
-    def __init__(self, model: nn.Module) -> None:
-        self.calls: list[tuple[str, nn.Module, tuple]] = []
-        self.overflow: str | None = None
-        leaves = [
-            (name, m)
-            for name, m in model.named_modules()
-            if name and not any(True for _ in m.children())
-        ]
-        self.handles = [
-            handle
-            for name, m in leaves
-            for handle in (
-                m.register_forward_pre_hook(functools.partial(self._called, name)),
-                m.register_forward_hook(functools.partial(self._returned, name)),
-            )
-        ]
 
-    def _called(self, name: str, module: nn.Module, args: tuple) -> None:
-        first = args[0] if args else None
-        self.calls.append((name, module, tuple(first.shape) if torch.is_tensor(first) else ()))
-
-    def _returned(self, name: str, module: nn.Module, args: tuple, out: Any) -> None:
-        if self.overflow is None and not _finite(out) and all(_finite(a) for a in args):
-            self.overflow = name
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+def leaf_calls(model: nn.Module, x: np.ndarray, dtype: torch.dtype) -> list[str]:
+    """The reference's leaf modules in the order its forward on ``x`` calls them (a module
+    run twice is named twice), for aligning layers by call order; [] when the forward
+    raises (the dry run then says why in one line)."""
+    try:
+        _, calls, _ = _traced_forward(model, x, dtype, "x", "", {})
+    except InputError:
+        return []
+    return [c.module for c in calls]
 
 
 def dry_run(
@@ -151,26 +160,17 @@ def dry_run(
     what: str = "x",
     hint: str = "",
     needs_tensor: bool = True,
-    names: dict[str, str] | None = None,
+    names: dict[str, list[str]] | None = None,
 ) -> np.ndarray | None:
     """The reference's output on ``x`` (eval mode, no gradients; every module's mode is
     restored); one line when it raises, returns None, returns no tensor where
     ``needs_tensor`` (else None: a tuple for the user's own reference_loss), returns a tensor
-    that is not floating point, overflows in a layer or gives an output that is not finite.
-    ``names``: reference module name -> ours' layer name, for naming layers in messages."""
+    that is not floating point, overflows in a layer, gives an output that is not finite, or
+    runs a module other than once per layer of ours aligned with it. ``names``: reference
+    module name -> ours' layer names aligned with its calls (``layers_by_module``)."""
     hint = hint or f"check {what} against the reference's first layer (features on the last axis)"
-    modes = [(m, m.training) for m in model.modules()]
-    trace = _Trace(model)
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(as_tensor(x, dtype))
-    except USER_ERRORS as exc:
-        raise InputError(_failure(exc, trace.calls, what, hint, x.shape, names or {})) from exc
-    finally:
-        trace.remove()
-        for module, training in modes:
-            module.training = training
+    names = names or {}
+    out, calls, recorder = _traced_forward(model, x, dtype, what, hint, names)
     if out is not None and not torch.is_tensor(out) and not needs_tensor:
         return None
     if not torch.is_tensor(out):
@@ -185,16 +185,18 @@ def dry_run(
             "any .long(), .argmax() or complex step"
         )
     largest = float(np.max(np.abs(x))) if x.dtype.kind in "fiu" else 1.0
-    if trace.overflow is not None:
+    overflow = next((c for c in calls if c.overflowed), None)
+    if overflow is not None:
         raise InputError(
-            f"the reference's layer {trace.overflow} overflows on {what}: its output is not "
+            f"the reference's layer {overflow.module} overflows on {what}: its output is not "
             f"finite although its input is (largest |{what}| {largest:.3g}); scale {what} down"
         )
-    if not _finite(out):
+    if not finite(out):
         raise InputError(
             f"the reference's output on {what} is not finite (largest |{what}| {largest:.3g}); "
             f"scale {what} down, or fix the reference's forward"
         )
+    check_calls(names, recorder.counts(), what)
     return to_numpy(out)
 
 

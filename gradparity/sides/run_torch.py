@@ -1,8 +1,7 @@
-"""Running the PyTorch reference: the whole chain with hooks, or one module in isolation.
+"""Running the PyTorch reference: the whole chain recorded, or one module in isolation.
 
-Capture uses forward pre-/post-hooks and tensor hooks, not ``register_full_backward_hook``
-(which breaks on in-place ops). The pre-hook feeds each aligned module a clone of its input,
-so an in-place op inside it can neither alter what was recorded nor the gradient hook.
+The chain is recorded by ``torch_recorder`` (forward pre-/post-hooks and tensor hooks), which
+keeps every call of a module apart: each NumPy layer gets the record of its own call.
 """
 
 from __future__ import annotations
@@ -16,13 +15,10 @@ from torch import nn
 from gradparity.core.errors import InputError, describe_error
 from gradparity.core.records import USER_ERRORS, LayerRecord
 from gradparity.core.validate import DTYPES
-from gradparity.pairing.align import LayerPair
+from gradparity.pairing.align import LayerPair, check_calls, layers_by_module
+from gradparity.sides.torch_recorder import ModuleCall, TorchRecorder, to_numpy
 
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}  # validate's names -> torch
-
-
-def to_numpy(t: torch.Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().cpu().numpy().copy()
 
 
 def as_tensor(a: np.ndarray, dtype: torch.dtype, grad: bool = False) -> torch.Tensor:
@@ -31,28 +27,6 @@ def as_tensor(a: np.ndarray, dtype: torch.dtype, grad: bool = False) -> torch.Te
     if t.is_floating_point():
         t = t.to(dtype)
     return t.requires_grad_(grad)
-
-
-def _install_hooks(pairs: list[LayerPair], records: dict[str, LayerRecord]) -> list:
-    handles = []
-    for pair in pairs:
-        rec = records[pair.name]
-
-        def pre(module, args, rec=rec):
-            fed = args[0].clone()
-            rec.input = to_numpy(fed)
-            if fed.requires_grad:
-                fed.register_hook(lambda g, rec=rec: setattr(rec, "grad_input", to_numpy(g)))
-            return (fed, *args[1:])
-
-        def post(module, args, out, rec=rec):
-            rec.output = to_numpy(out)
-            if out.requires_grad:
-                out.register_hook(lambda g, rec=rec: setattr(rec, "grad_output", to_numpy(g)))
-
-        handles.append(pair.module.register_forward_pre_hook(pre))
-        handles.append(pair.module.register_forward_hook(post))
-    return handles
 
 
 def reference_loss_value(loss: object, finite: bool = True) -> torch.Tensor:
@@ -124,20 +98,20 @@ def run_chain(
 ) -> dict[str, LayerRecord]:
     """Forward and backward of the whole reference; records keyed like ours' (plus "loss").
 
-    Parameter gradients are taken with ``torch.autograd.grad``, so no ``.grad`` is touched.
-    A reference whose output autograd cannot follow, whose loss is not a finite scalar, or
+    Each layer's record is the one of its call of the module (``pair.call``). Parameter
+    gradients are taken with ``torch.autograd.grad``, so no ``.grad`` is touched; a module
+    that runs more than once gives each call its own share (see ``_call_gradients``). A
+    reference whose output autograd cannot follow, whose loss is not a finite scalar, or
     whose gradients are not finite is refused in one line.
     """
-    records = {p.name: LayerRecord() for p in pairs}
-    handles = _install_hooks(pairs, records)
     x_t = as_tensor(x, dtype, grad=True)
-    try:
-        out = model(x_t)
-    except USER_ERRORS as exc:
-        raise InputError(f"the reference model raised {describe_error(exc)}") from exc
-    finally:
-        for h in handles:
-            h.remove()
+    with TorchRecorder({p.module_name: p.module for p in pairs}) as recorder:
+        try:
+            out = model(x_t)
+        except USER_ERRORS as exc:
+            raise InputError(f"the reference model raised {describe_error(exc)}") from exc
+    counts = recorder.counts()
+    check_calls(layers_by_module(pairs), counts)
     if not out.requires_grad:
         raise InputError(
             "the reference's output is detached: autograd sees no path from x or the "
@@ -148,14 +122,21 @@ def run_chain(
     params = [
         (p.name, pp.torch_name, dict(p.module.named_parameters())[pp.torch_name])
         for p in pairs
+        if counts[p.module_name] == 1
         for pp in p.params
     ]
     grads = torch.autograd.grad(
         out, [x_t] + [t for _, _, t in params], grad_outputs=dlogits, allow_unused=True
     )
+    records = {p.name: _record(recorder.of(p.module_name)[p.call]) for p in pairs}
     for (name, tname, tparam), g in zip(params, grads[1:]):
         records[name].grads[tname] = to_numpy(g) if g is not None else np.zeros(tuple(tparam.shape))
-        check_finite_reference(f"gradient of {name}'s {tname}", records[name].grads[tname])
+    for pair in pairs:
+        if counts[pair.module_name] > 1 and pair.params:
+            records[pair.name].grads = _call_gradients(pair.module, records[pair.name], dtype)
+    for name, rec in records.items():
+        for tname, value in rec.grads.items():
+            check_finite_reference(f"gradient of {name}'s {tname}", value)
     for name, rec in records.items():
         check_finite_reference(f"{name} input gradient", rec.grad_input)
     records["loss"] = LayerRecord(
@@ -164,30 +145,65 @@ def run_chain(
     return records
 
 
-def probe_module(
-    pair: LayerPair, x: np.ndarray, upstream: np.ndarray, dtype: torch.dtype
-) -> LayerRecord:
-    """One module alone: forward on x, backward of ``upstream``; grads keyed by torch names.
-    Non-finite reference values are refused, as in ``run_chain``."""
+def _record(call: ModuleCall) -> LayerRecord:
+    """The values of one recorded call as a layer record (no parameter gradients yet)."""
+    return LayerRecord(
+        input=call.input,
+        output=call.output,
+        grad_output=call.grad_output,
+        grad_input=call.grad_input,
+    )
+
+
+def _call_gradients(
+    module: nn.Module, rec: LayerRecord, dtype: torch.dtype
+) -> dict[str, np.ndarray]:
+    """dL/d(parameter) of one call of a module the forward runs more than once, by torch name.
+
+    Autograd over the whole forward sums the shares of every call in one gradient, while
+    each of ours' layers holds the share of its own call: the module is run again on that
+    call's input and differentiated at that call's dL/d(output) (0 where the loss does not
+    reach that output).
+    """
+    if rec.input is None or rec.output is None:
+        return {n: np.zeros(tuple(t.shape)) for n, t in module.named_parameters()}
+    upstream = rec.grad_output if rec.grad_output is not None else np.zeros_like(rec.output)
+    _, _, grads = _differentiate(module, rec.input, upstream, dtype)
+    return grads
+
+
+def _differentiate(
+    module: nn.Module, x: np.ndarray, upstream: np.ndarray, dtype: torch.dtype
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, np.ndarray]]:
+    """(the module's output on ``x``, dL/dx, dL/d(parameter) by torch name) at ``upstream`` =
+    dL/d(output); a parameter the output does not use gets a zero gradient."""
     x_t = as_tensor(x, dtype, grad=True)
-    named = list(pair.module.named_parameters())
-    out = pair.module(x_t)
+    named = list(module.named_parameters())
+    out = module(x_t)
     grads = torch.autograd.grad(
         out,
         [x_t] + [t for _, t in named],
         grad_outputs=as_tensor(upstream, dtype),
         allow_unused=True,
     )
-    rec = LayerRecord(
-        input=x.copy(),
-        output=to_numpy(out),
-        grad_output=upstream.copy(),
-        grad_input=to_numpy(grads[0]),
-    )
-    rec.grads = {
+    by_name = {
         n: to_numpy(g) if g is not None else np.zeros(tuple(t.shape))
         for (n, t), g in zip(named, grads[1:])
     }
+    return to_numpy(out), to_numpy(grads[0]), by_name
+
+
+def probe_module(
+    pair: LayerPair, x: np.ndarray, upstream: np.ndarray, dtype: torch.dtype
+) -> LayerRecord:
+    """One module alone: forward on x (N, ...), backward of ``upstream`` (like the output);
+    grads keyed by torch names. Non-finite reference values are refused, as in
+    ``run_chain``."""
+    output, grad_input, grads = _differentiate(pair.module, x, upstream, dtype)
+    rec = LayerRecord(
+        input=x.copy(), output=output, grad_output=upstream.copy(), grad_input=grad_input
+    )
+    rec.grads = grads
     gradients = [("input gradient", rec.grad_input)]
     gradients += [(f"gradient of {name}", value) for name, value in rec.grads.items()]
     for what, value in gradients:
