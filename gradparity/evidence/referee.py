@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from gradparity.core.address import Address
 from gradparity.pairing.align import LayerPair
 from gradparity.reference.layout import to_torch_layout
 from gradparity.sides.adapt import params_of
@@ -109,7 +110,7 @@ def referee_layer(
 
     x (N, ...) the probe input, upstream like the output, grads in ours' layout.
     """
-    key = None if quantity == "grad_input" else quantity[5:]
+    key = Address.parse(quantity).name  # None for grad_input
     base = x if key is None else np.asarray(params_of(pair.layer)[key], dtype=np.float64)
     h = RELATIVE_STEP * max(1.0, float(np.abs(base).max()))
     return _judge(

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import json
 
-from gradparity.comparison.diff import DISPLAY_COLUMNS, STATUS_RANK, Row
 from gradparity.core import escape
+from gradparity.core.address import place
+from gradparity.core.finding import Finding
 from gradparity.core.rounding import json_value
-from gradparity.locate.layers import Finding, place
+from gradparity.core.row import DISPLAY_COLUMNS, Row
+from gradparity.core.status import STATUS_RANK
 
 # Enough to see every problem of a real network; the rest stays in table.csv.
 MAX_PROBLEM_ROWS = 300

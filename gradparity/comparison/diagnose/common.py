@@ -2,8 +2,9 @@
 small helpers used by both the value tests (``comparison.diagnose.values``) and the shape tests
 (``comparison.diagnose.shapes``).
 
-"Matches" is ``_matches``: equal shapes and ``tensor_diff(a, b, tol).ok``, as the module
-docstring of ``gradparity.comparison.diagnose.values`` describes.
+"Matches" is ``Tolerance.matches``: equal shapes and no element out of tolerance, as the
+module docstring of ``gradparity.comparison.diagnose.values`` describes. The labels live in
+``gradparity.core.labels``.
 """
 
 from __future__ import annotations
@@ -12,16 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradparity.core.address import Address, Kind
+from gradparity.core.labels import LABELS
 from gradparity.core.metrics import TensorDiff, tensor_diff
 from gradparity.core.tolerance import Tolerance
-
-# fmt: off
-LABELS = (
-    "transposed", "sign_flipped", "scaled", "batch_reduction", "not_reduced", "zero",
-    "nonfinite", "missing_local_derivative", "accumulated", "stale", "shape_mismatch",
-    "mutates_input", "raised", "unexplained",
-)
-# fmt: on
 
 
 @dataclass(frozen=True)
@@ -29,17 +24,23 @@ class Diagnosis:
     """What is wrong with one quantity of one layer.
 
     ``message``: the problem with numbers, no layer prefix; ``fix``: the likely fix, imperative;
-    ``detail``: the numbers, as JSON values.
+    ``detail``: the numbers, as JSON values; ``ours_reduction``: for ``batch_reduction``, how
+    ours reduces over the batch ("sum" or "mean"), which later stages decide on.
     """
 
     label: str
     detail: dict
     message: str
     fix: str
+    ours_reduction: str | None = None
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:
             raise ValueError(f"unknown diagnosis label {self.label!r}")
+
+
+# The kinds whose fixes the diagnosis tables tell apart; any other quantity is "other".
+_KINDS = (Kind.GRAD_INPUT, Kind.GRAD, Kind.OUTPUT, Kind.LOSS, Kind.PARAM, Kind.STATE)
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,23 @@ class _Context:
     layout: str = ""
 
     @property
+    def address(self) -> Address | None:
+        """The quantity as an ``Address``; None for a name that is not a quantity."""
+        try:
+            return Address.parse(self.quantity)
+        except ValueError:
+            return None
+
+    @property
     def kind(self) -> str:
         """'grad_input', 'grad', 'output', 'loss', 'param', 'state' or 'other'."""
-        if self.quantity in ("grad_input", "output", "loss"):
-            return self.quantity
-        prefix = self.quantity.split(":", 1)[0]
-        return prefix if ":" in self.quantity and prefix in ("grad", "param", "state") else "other"
+        address = self.address
+        return address.kind.value if address is not None and address.kind in _KINDS else "other"
 
     @property
     def noun(self) -> str:
-        name = self.quantity.split(":", 1)[-1]
+        address = self.address
+        name = address.name if address is not None else None
         return {
             "grad_input": "input gradient",
             "grad": f"gradient of {name}",
@@ -104,10 +112,6 @@ def _diff(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> TensorDiff:
     # tensor_diff's cosine maps inf to the largest float, whose squared norm overflows.
     with np.errstate(over="ignore", invalid="ignore"):
         return tensor_diff(a, b, tol)
-
-
-def _matches(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
-    return a.shape == b.shape and _diff(a, b, tol).ok
 
 
 def _shape(shape: tuple[int, ...]) -> str:

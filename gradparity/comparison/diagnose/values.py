@@ -10,7 +10,7 @@ is never guessed. Shapes differ: ``transposed`` (2-D, values match once transpos
 ``gradparity.comparison.diagnose.common``. The harness assigns ``accumulated``, ``stale``,
 ``mutates_input`` and ``raised``: they need several steps or the call itself.
 
-"Matches" always means ``tensor_diff(x, hypothesis, tol).ok``: the hypothesis (``-ref``,
+"Matches" always means ``tol.matches(x, hypothesis)``: the hypothesis (``-ref``,
 ``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the
 tolerance scales with it. A fitted factor counts as ``1``, ``-1``, ``N`` or ``1/N`` within
 ``max(1e-6, 10 * tol.rtol)`` relative. ``detail`` holds only JSON values; an infinite or NaN
@@ -23,14 +23,23 @@ import numpy as np
 
 from gradparity.comparison.diagnose.common import (
     _TRANSPOSE_FIX,
-    LABELS,
     Diagnosis,
     _Context,
     _diff,
-    _matches,
     _shape,
 )
 from gradparity.comparison.diagnose.shapes import _diagnose_shapes
+from gradparity.core.labels import (
+    BATCH_REDUCTION,
+    LABELS,
+    MISSING_LOCAL_DERIVATIVE,
+    NONFINITE,
+    SCALED,
+    SIGN_FLIPPED,
+    TRANSPOSED,
+    UNEXPLAINED,
+    ZERO,
+)
 from gradparity.core.metrics import first_largest
 from gradparity.core.tolerance import Tolerance
 
@@ -73,7 +82,7 @@ def diagnose(
     ctx = _Context(tol, quantity, batch_size, up, pshape, layout)
     if o.shape != r.shape:
         return _diagnose_shapes(o, r, ctx, _diagnose_values)
-    if _matches(o, r, tol):
+    if tol.matches(o, r):
         raise ValueError("pair does not diverge: ours matches the reference under the tolerance")
     return _diagnose_values(o, r, ctx)
 
@@ -158,7 +167,7 @@ def _nonfinite(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     detail = {"nan": n_nan, "inf": n_inf, "numel": int(o.size),
               "first_index": [int(i) for i in first], "ref_at_first": float(r[first])}  # fmt: skip
     return Diagnosis(
-        "nonfinite",
+        NONFINITE,
         detail,
         f"{ctx.noun} has {n_nan} NaN and {n_inf} infinite values where the reference is finite "
         f"({'first' + _at(first) + ': ' if first else ''}the reference is {_fmt(r[first])} there)",
@@ -184,7 +193,7 @@ def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     what = "all zeros" if ours_max == 0 else f"zero up to round-off (below {_fmt(bound)})"
     size = {"ours_max_abs": 0.0} if ours_max == 0 else {"ours_max_abs_below": _num(bound)}
     return Diagnosis(
-        "zero",
+        ZERO,
         {"numel": int(o.size), "ref_max_abs": _num(ref_max), **size},
         f"{ctx.noun} is {what}; the reference's largest magnitude is {_fmt(ref_max)}",
         ctx.hint(_ZERO_FIX),
@@ -192,11 +201,11 @@ def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
 
 
 def _sign_flipped(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    if not _matches(-o, r, ctx.tol):
+    if not ctx.tol.matches(-o, r):
         return None
     at = np.unravel_index(int(np.argmax(np.abs(np.nan_to_num(r)))), r.shape)
     return Diagnosis(
-        "sign_flipped",
+        SIGN_FLIPPED,
         {"factor": -1.0},
         f"{ctx.noun} has the opposite sign of the reference's everywhere (ours {_fmt(o[at])}, "
         f"reference {_fmt(r[at])}{_at(at)})",
@@ -212,7 +221,7 @@ def _fit_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> float | None:
     f = float(np.vdot(o, r)) / rr if rr > 0 else 0.0
     if f == 0.0 or not np.isfinite(f):
         return None
-    return f if _matches(o, f * r, tol) else None
+    return f if tol.matches(o, f * r) else None
 
 
 def _close(a: float, b: float, tol: Tolerance) -> bool:
@@ -253,7 +262,7 @@ def _batch_reduction(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis |
         message += ", or divides by the batch size twice"
     detail = {"factor": f, "batch_size": int(n), "ours_reduction": ours_red,
               "ref_reduction": ref_red}  # fmt: skip
-    return Diagnosis("batch_reduction", detail, message, fix)
+    return Diagnosis(BATCH_REDUCTION, detail, message, fix, ours_reduction=ours_red)
 
 
 def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
@@ -280,7 +289,7 @@ def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     # the errors below tensor_diff's noise floor, so the report is the same on any machine.
     residual = residual if residual >= ctx.tol.floor() * ctx.tol.rtol else 0.0
     return Diagnosis(
-        "scaled",
+        SCALED,
         {"factor": f, "residual": residual},
         f"values are {_fmt(f)} times the reference's",
         fix + ("; the sign is flipped as well" if f < 0 else ""),
@@ -288,10 +297,10 @@ def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
 
 
 def _transposed_square(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    if o.ndim != 2 or o.shape[0] != o.shape[1] or not _matches(o.T, r, ctx.tol):
+    if o.ndim != 2 or o.shape[0] != o.shape[1] or not ctx.tol.matches(o.T, r):
         return None
     return Diagnosis(
-        "transposed",
+        TRANSPOSED,
         {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
         f"{ctx.noun} is the transpose of the reference's (both have shape {_shape(o.shape)})",
         ctx.hint(_TRANSPOSE_FIX),
@@ -300,11 +309,11 @@ def _transposed_square(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis
 
 def _missing_local_derivative(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     up = ctx.upstream
-    if ctx.kind != "grad_input" or up is None or not _matches(o, up, ctx.tol):
+    if ctx.kind != "grad_input" or up is None or not ctx.tol.matches(o, up):
         return None
     ref_vs_up = _rel_norm(r, up)
     return Diagnosis(
-        "missing_local_derivative",
+        MISSING_LOCAL_DERIVATIVE,
         {"ref_rel_diff_to_upstream": _num(ref_vs_up)},
         f"{ctx.noun} equals the upstream gradient: the local derivative was not multiplied in "
         f"(the reference differs from the upstream gradient by {_fmt(ref_vs_up)} relative)",
@@ -323,7 +332,8 @@ _LOCAL_DERIVATIVE_FIX = {
 
 def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     d = _diff(o, r, ctx.tol)
-    mismatch, err = _mismatch(o, r, ctx.tol)
+    errors = ctx.tol.errors(o, r)
+    mismatch, err = errors.mismatch, errors.error
     loc = describe_location(mismatch)
     worst = first_largest(err)
     # Only where both sides are nonzero: against an exact 0 a sign says nothing.
@@ -354,7 +364,7 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     if sign_frac >= 0.5:
         message += f"; {100 * sign_frac:.0f}% of the differing elements have the opposite sign"
     fix = f"compare the formula for the {ctx.noun} with the reference's term by term"
-    if o.ndim >= 2 and _matches(o, r[..., ::-1, ::-1], ctx.tol):
+    if o.ndim >= 2 and ctx.tol.matches(o, r[..., ::-1, ::-1]):
         detail["flipped_last_two_axes"] = True
         message += "; it equals the reference with its last two axes reversed (a flipped kernel)"
         fix = (
@@ -380,7 +390,7 @@ def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
             f"; look for a factor of about {_fmt(factor)} that is not quite constant "
             "(an epsilon, or a correction such as Adam's 1 - beta**t)"
         )
-    return Diagnosis("unexplained", detail, message, fix)
+    return Diagnosis(UNEXPLAINED, detail, message, fix)
 
 
 def _unmasked(o: np.ndarray, r: np.ndarray, mismatch: np.ndarray) -> int:
@@ -417,17 +427,6 @@ def _region(loc: dict, shape: tuple[int, ...]) -> tuple[str, str] | None:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _mismatch(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
-    """(mismatch mask, absolute error) per element, exactly as ``tensor_diff`` counts them."""
-    same_nonfinite = ~np.isfinite(o) & ~np.isfinite(r) & (o == r)
-    allowed = tol.allowed(np.where(np.isfinite(r), r, 0.0))
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(o - r)
-    err = np.where(same_nonfinite, 0.0, err)
-    err = np.where(np.isnan(err), np.inf, err)
-    return err > allowed, err
 
 
 def _rel_norm(a: np.ndarray, b: np.ndarray) -> float:
