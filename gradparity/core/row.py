@@ -124,5 +124,5 @@ class Row:
         record = self.as_dict()
         for name in ("detail", *PIPELINE_FIELDS):
             del record[name]
-        record["status"] = self.status.value
+        record["status"] = Status(self.status).value  # also for a status set as a plain word
         return record

@@ -22,6 +22,7 @@ from gradparity.core.errors import InputError
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.rounding import round_sig
 from gradparity.core.row import Row
+from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.locate.function import (
     NUMERIC_REFERENCE,
@@ -242,10 +243,10 @@ def _sampled_row(
                 "parameter's shape"
             )
             return row
-        row.status, row.diagnosis = "diverged", label or "shape_mismatch"
+        row.status, row.diagnosis = Status.DIVERGED, label or "shape_mismatch"
         row.message, row.fix = _sampled_words(label, name, g.shape, p.shape, layout)
         return row
-    row.status = "diverged"
+    row.status = Status.DIVERGED
     if g.shape != p.shape:
         row.diagnosis = "shape_mismatch"
         row.message = (

@@ -162,7 +162,7 @@ def _batch_convention(
     if not vouched:
         return None
     for row, n, d in candidates:
-        row.status, row.diagnosis, row.message, row.fix = "ok", None, "", ""
+        row.status, row.diagnosis, row.message, row.fix = Status.OK, None, "", ""
         row.max_abs, row.max_rel, row.cosine, row.mismatch_frac = (
             d.max_abs,
             d.max_rel,
@@ -190,7 +190,7 @@ def _raised(fn: str, run: UserRun) -> Row:
     where = f" at {err['where']}" if err.get("where") else ""
     return Row(
         "chain", fn, "function", "call", None, None,
-        status="root_cause", diagnosis="raised", detail=dict(err),
+        status=Status.ROOT_CAUSE, diagnosis="raised", detail=dict(err),
         message=f"{fn} raised {err['type']}: {err['message']}{where}",
         fix="fix the exception; the taps recorded before it are still compared",
     )  # fmt: skip
@@ -223,9 +223,9 @@ def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Fi
         if not row.diverged:
             agreeing[is_backward] = row.layer
         elif roots:
-            row.status = "inherited"
+            row.status = Status.INHERITED
         else:
-            row.status = "root_cause"
+            row.status = Status.ROOT_CAUSE
             values = arrays.get((row.layer, row.quantity), {})
             roots.append(_tap_finding(row, is_backward, agreeing[is_backward], values))
     return roots
@@ -243,9 +243,9 @@ def _param_roots(
     for row in diverging:
         name = row.address.name
         if reach is not None and depth[name] <= reach and row.referee != "ours":
-            row.status = "inherited"
+            row.status = Status.INHERITED
             continue
-        row.status = "root_cause"
+        row.status = Status.ROOT_CAUSE
         found = finding_from_row(row, row.mode)
         if depth[name] == deepest and row.referee != "ours":
             found.detail["deepest"] = True

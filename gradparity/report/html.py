@@ -14,7 +14,7 @@ from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import json_value
 from gradparity.core.row import DISPLAY_COLUMNS, Row
-from gradparity.core.status import STATUS_RANK
+from gradparity.core.status import STATUS_RANK, Status
 
 # Enough to see every problem of a real network; the rest stays in table.csv.
 MAX_PROBLEM_ROWS = 300
@@ -96,8 +96,10 @@ def _rows_table(rows: list[Row]) -> str:
 
 def layer_tables(rows: list[Row]) -> str:
     """Problem rows first (all statuses but ok), ok rows collapsed under a summary."""
-    problems = sorted((r for r in rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status])
-    ok_rows = [r for r in rows if r.status == "ok"]
+    problems = sorted(
+        (r for r in rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
+    )
+    ok_rows = [r for r in rows if r.status == Status.OK]
     parts = []
     if problems:
         parts.append(_rows_table(problems[:MAX_PROBLEM_ROWS]))

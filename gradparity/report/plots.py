@@ -19,6 +19,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 from gradparity.core import escape
 from gradparity.core.address import GRADIENT_KINDS, Kind, kind_of, place
 from gradparity.core.row import Row
+from gradparity.core.status import Status
 
 FLOOR = 1e-12  # exact matches (ratio 0) are drawn here: a log axis has no 0
 MAX_TICK_LABELS = 60  # more layers than this and only 1 in k is labelled...
@@ -85,14 +86,14 @@ def _worst_per_point(rows: list[Row]) -> dict[tuple[str, str, str], list]:
         if direction is None:
             continue
         ratio = r.error_ratio()
-        if ratio is None and r.status == "ok":
+        if ratio is None and r.status == Status.OK:
             continue
         p = points.setdefault((r.mode, direction, column(r)), [0.0, False, False])
         if ratio is None:
             p[1] = True
         else:
             p[0] = max(p[0], ratio)
-        p[2] = p[2] or r.status == "root_cause"
+        p[2] = p[2] or r.status == Status.ROOT_CAUSE
     return points
 
 
@@ -108,7 +109,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     points = _worst_per_point(rows)
     finite = [p[0] for p in points.values() if math.isfinite(p[0])]
     top = 10.0 ** math.ceil(math.log10(max([1.0, *finite]) * 100))  # headroom above the data
-    roots = [r for r in rows if r.status == "root_cause" and _direction(r.quantity)]
+    roots = [r for r in rows if r.status == Status.ROOT_CAUSE and _direction(r.quantity)]
     root_xs = set(list(dict.fromkeys(x_of[column(r)] for r in roots))[:MAX_ROOT_LABELS])
     step, ticks = _ticks(len(order), root_xs)
     labels = [escape.plot_text(_short(order[t], 28)) for t in ticks]

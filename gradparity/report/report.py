@@ -15,7 +15,7 @@ from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
 from gradparity.core.row import DISPLAY_COLUMNS, Row
-from gradparity.core.status import STATUS_RANK
+from gradparity.core.status import STATUS_RANK, Status
 from gradparity.report.folder import REPORT_FILES, write_folder
 
 TABLE_COLUMNS = [
@@ -212,8 +212,8 @@ class Report:
     def _md_table(rows: list[Row], max_ok: int = 30) -> list[str]:
         cols = [c for c in DISPLAY_COLUMNS if c not in ("mode", "type")]
         ordered = sorted(rows, key=lambda r: STATUS_RANK[r.status])
-        ok_rows = [r for r in ordered if r.status == "ok"]
-        problems = [r for r in ordered if r.status != "ok"]
+        ok_rows = [r for r in ordered if r.status == Status.OK]
+        problems = [r for r in ordered if r.status != Status.OK]
         shown = problems[:MAX_MD_PROBLEM_ROWS] + ok_rows[:max_ok]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in shown:

@@ -11,7 +11,7 @@ from typing import TextIO
 from gradparity.core import escape
 from gradparity.core.address import place
 from gradparity.core.row import Row
-from gradparity.core.status import STATUS_RANK
+from gradparity.core.status import STATUS_RANK, Status
 
 MAX_TABLE_ROWS = 12
 _COLOURS = {"root_cause": "31;1", "diverged": "33;1", "inherited": "33", "ok": "32"}
@@ -59,7 +59,7 @@ def render(report, colour: bool = False) -> str:
         return _paint(report.summary(), "ok", colour)  # summary() escapes its lines
     lines = [_paint(escape.terminal(f"{name}: {report.verdict()}"), "root_cause", colour)]
     problems = sorted(
-        (r for r in report.rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status]
+        (r for r in report.rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
     )
     lines += ["  " + line for line in _table(problems[:MAX_TABLE_ROWS], colour)]
     if len(problems) > MAX_TABLE_ROWS:

@@ -1,6 +1,6 @@
-"""Shared pieces of the diagnosis modules: the labels, ``Diagnosis``, the per-call context and
-small helpers used by both the value tests (``comparison.diagnose.values``) and the shape tests
-(``comparison.diagnose.shapes``).
+"""Shared pieces of the diagnosis modules: ``Diagnosis``, the per-call context and small
+helpers used by the value tests (``comparison.diagnose.values``), the shape tests
+(``comparison.diagnose.shapes``) and the last resort (``comparison.diagnose.unexplained``).
 
 "Matches" is ``Tolerance.matches``: equal shapes and no element out of tolerance, as the
 module docstring of ``gradparity.comparison.diagnose.values`` describes. The labels live in
@@ -116,3 +116,30 @@ def _diff(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> TensorDiff:
 
 def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(int(n) for n in shape))
+
+
+def _rel_norm(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| over the entries finite on both sides (inf when b is zero, a not)."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    num, den = float(np.linalg.norm(a[keep] - b[keep])), float(np.linalg.norm(b[keep]))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _index(index: tuple) -> str:
+    return str(tuple(int(i) for i in index))
+
+
+def _at(index: tuple) -> str:
+    """ " at (i, j)", or "" for the index of a scalar (0-D)."""
+    return f" at {_index(index)}" if index else ""
+
+
+def _fmt(x: float) -> str:
+    return f"{float(x):.4g}"

@@ -5,10 +5,11 @@ is never guessed. Shapes differ: ``transposed`` (2-D, values match once transpos
 ``not_reduced`` (an extra batch axis that sums, or averages, to the reference), else
 ``shape_mismatch``. Shapes agree: ``nonfinite``, ``zero``, ``sign_flipped``,
 ``batch_reduction``, ``scaled``, ``transposed`` (square), ``missing_local_derivative``, else
-``unexplained`` with the error statistics. The shape tests live in
-``gradparity.comparison.diagnose.shapes``; ``LABELS``, ``Diagnosis`` and the shared helpers in
-``gradparity.comparison.diagnose.common``. The harness assigns ``accumulated``, ``stale``,
-``mutates_input`` and ``raised``: they need several steps or the call itself.
+``unexplained`` with the error statistics (``gradparity.comparison.diagnose.unexplained``).
+The shape tests live in ``gradparity.comparison.diagnose.shapes``; ``Diagnosis`` and the shared
+helpers in ``gradparity.comparison.diagnose.common``, the labels in ``gradparity.core.labels``.
+The harness assigns ``accumulated``, ``stale``, ``mutates_input`` and ``raised``: they need
+several steps or the call itself.
 
 "Matches" always means ``tol.matches(x, hypothesis)``: the hypothesis (``-ref``,
 ``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the
@@ -24,11 +25,15 @@ import numpy as np
 from gradparity.comparison.diagnose.common import (
     _TRANSPOSE_FIX,
     Diagnosis,
+    _at,
     _Context,
-    _diff,
+    _fmt,
+    _num,
+    _rel_norm,
     _shape,
 )
 from gradparity.comparison.diagnose.shapes import _diagnose_shapes
+from gradparity.comparison.diagnose.unexplained import describe_location, unexplained
 from gradparity.core.labels import (
     BATCH_REDUCTION,
     LABELS,
@@ -37,18 +42,11 @@ from gradparity.core.labels import (
     SCALED,
     SIGN_FLIPPED,
     TRANSPOSED,
-    UNEXPLAINED,
     ZERO,
 )
-from gradparity.core.metrics import first_largest
 from gradparity.core.tolerance import Tolerance
 
 __all__ = ["LABELS", "Diagnosis", "describe_location", "diagnose"]
-
-_MAX_LISTED = 20
-# Cosine above this: ours points the reference's way, only the length is off (a near-factor).
-_NEARLY_PARALLEL = 0.999
-_NOT_ONE = 0.02  # a near-factor this close to 1 says nothing the error statistics do not
 
 
 def diagnose(
@@ -87,39 +85,6 @@ def diagnose(
     return _diagnose_values(o, r, ctx)
 
 
-def describe_location(mismatch: np.ndarray) -> dict:
-    """Where the ``True`` entries of a boolean mask (any shape) lie.
-
-    Always ``count``, ``numel``, ``indices`` (the first 20 as multi-index lists) and
-    ``truncated``. 2-D masks add ``rows``/``cols`` (wholly mismatching), ``rows_hit``/
-    ``cols_hit`` (any mismatch; lists hold at most 20) with ``n_rows_hit``/``n_cols_hit``, and
-    square ones ``diagonal_only``/``off_diagonal_only``.
-    """
-    m = np.asarray(mismatch, dtype=bool)
-    where = np.argwhere(m)
-    loc: dict = {
-        "count": int(m.sum()),
-        "numel": int(m.size),
-        "indices": where[:_MAX_LISTED].tolist(),
-        "truncated": bool(len(where) > _MAX_LISTED),
-    }
-    if m.ndim == 2:
-        rows_hit, cols_hit = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        loc.update(
-            rows=np.flatnonzero(m.all(axis=1))[:_MAX_LISTED].tolist(),
-            cols=np.flatnonzero(m.all(axis=0))[:_MAX_LISTED].tolist(),
-            rows_hit=rows_hit[:_MAX_LISTED].tolist(),
-            n_rows_hit=len(rows_hit),
-            cols_hit=cols_hit[:_MAX_LISTED].tolist(),
-            n_cols_hit=len(cols_hit),
-        )
-        if m.shape[0] == m.shape[1]:
-            diag = np.eye(m.shape[0], dtype=bool)
-            loc["diagonal_only"] = bool(m.any() and not (m & ~diag).any())
-            loc["off_diagonal_only"] = bool(m.any() and not (m & diag).any())
-    return loc
-
-
 # ---------------------------------------------------------------- fixes by kind of quantity
 # (_TRANSPOSE_FIX, shared with the shape tests, is in diagnose_common)
 
@@ -155,7 +120,7 @@ def _diagnose_values(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
         found = test(o, r, ctx)
         if found is not None:
             return found
-    return _unexplained(o, r, ctx)
+    return unexplained(o, r, ctx)
 
 
 def _nonfinite(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
@@ -328,129 +293,3 @@ _LOCAL_DERIVATIVE_FIX = {
     "transpose": "multiply by the weight: dL/dx = grad_out @ W.T for a weight stored (in, out)",
     "identity": "multiply by the weight: dL/dx = grad_out @ W for a weight stored (out, in)",
 }
-
-
-def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
-    d = _diff(o, r, ctx.tol)
-    errors = ctx.tol.errors(o, r)
-    mismatch, err = errors.mismatch, errors.error
-    loc = describe_location(mismatch)
-    worst = first_largest(err)
-    # Only where both sides are nonzero: against an exact 0 a sign says nothing.
-    signed = mismatch & (o != 0) & (r != 0)
-    with np.errstate(invalid="ignore"):
-        flipped = np.sign(o[signed]) != np.sign(r[signed])
-    sign_frac = float(flipped.mean()) if flipped.size else 0.0
-    detail = {
-        "max_abs": _num(d.max_abs),
-        "max_rel": _num(d.max_rel),
-        "rel_norm": _num(_rel_norm(o, r)),
-        "cosine": d.cosine,
-        "mismatch_frac": d.mismatch_frac,
-        "mismatch_count": d.mismatch_count,
-        "numel": d.numel,
-        "worst_index": [int(i) for i in worst],
-        "ours_at_worst": _num(o[worst]),
-        "ref_at_worst": _num(r[worst]),
-        "sign_differs_frac": sign_frac,
-        "location": loc,
-    }
-    region = _region(loc, o.shape)
-    message = (
-        f"values differ in {d.mismatch_count} of {d.numel} elements ({100 * d.mismatch_frac:.1f}%)"
-        f"{', ' + region[0] if region else ''}; max abs error {_fmt(err[worst])}{_at(worst)}: "
-        f"ours {_fmt(o[worst])}, reference {_fmt(r[worst])}"
-    )
-    if sign_frac >= 0.5:
-        message += f"; {100 * sign_frac:.0f}% of the differing elements have the opposite sign"
-    fix = f"compare the formula for the {ctx.noun} with the reference's term by term"
-    if o.ndim >= 2 and ctx.tol.matches(o, r[..., ::-1, ::-1]):
-        detail["flipped_last_two_axes"] = True
-        message += "; it equals the reference with its last two axes reversed (a flipped kernel)"
-        fix = (
-            "do not flip the kernel: torch's convolution is a cross-correlation, so "
-            "dW[f, c] = sum over positions of (input window * upstream gradient)"
-        )
-    unmasked = _unmasked(o, r, mismatch)
-    if unmasked:
-        detail["unmasked"] = unmasked
-        message += (
-            f"; all {unmasked} differing elements are where the reference is exactly 0, and "
-            "the rest match: a mask is missing"
-        )
-        fix = "multiply by the mask the reference applies, e.g. (z > 0) for a ReLU"
-    if region:
-        fix += f"; the error is confined to {region[1]}"
-    with np.errstate(invalid="ignore"):  # inf / inf where both sides share an infinity: nan
-        factor = float(np.vdot(o, r) / np.vdot(r, r)) if np.any(r) else 1.0
-    if d.cosine > _NEARLY_PARALLEL and abs(factor - 1.0) > _NOT_ONE:
-        detail["approx_factor"] = factor
-        message += f"; close to {_fmt(factor)} times the reference's, but not exactly"
-        fix += (
-            f"; look for a factor of about {_fmt(factor)} that is not quite constant "
-            "(an epsilon, or a correction such as Adam's 1 - beta**t)"
-        )
-    return Diagnosis(UNEXPLAINED, detail, message, fix)
-
-
-def _unmasked(o: np.ndarray, r: np.ndarray, mismatch: np.ndarray) -> int:
-    """How many elements differ, when every one of them is an exact 0 of the reference (0 when
-    some differ elsewhere, or when the reference is 0 everywhere)."""
-    zero = r == 0
-    if not mismatch.any() or zero.all() or (mismatch & ~zero).any():
-        return 0
-    return int(mismatch.sum())
-
-
-def _region(loc: dict, shape: tuple[int, ...]) -> tuple[str, str] | None:
-    """(message phrase, fix phrase) saying where the mismatches lie; None if not confined."""
-    count, listed = loc["count"], [tuple(i) for i in loc["indices"]]
-    if count == 0 or count == loc["numel"]:
-        return None
-    if count <= 3:
-        at = ", ".join(_index(i) for i in listed)
-        return f"only at {at}", at
-    if len(shape) != 2:
-        return None
-    for axis, name in ((0, "rows"), (1, "columns")):
-        hit, n_hit = loc[f"{name[:3]}s_hit"], loc[f"n_{name[:3]}s_hit"]
-        if n_hit < shape[axis] and n_hit <= _MAX_LISTED:
-            return f"all in {name} {hit}", f"{name} {hit}"
-    if loc.get("diagonal_only"):
-        return "all on the diagonal", (
-            "the diagonal: check the terms that apply only when i == j (e.g. the delta_ij of the "
-            "softmax Jacobian)"
-        )
-    if loc.get("off_diagonal_only"):
-        return "all off the diagonal", "the off-diagonal elements: check the i != j cross terms"
-    return None
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _rel_norm(a: np.ndarray, b: np.ndarray) -> float:
-    """||a - b|| / ||b|| over the entries finite on both sides (inf when b is zero, a not)."""
-    keep = np.isfinite(a) & np.isfinite(b)
-    num, den = float(np.linalg.norm(a[keep] - b[keep])), float(np.linalg.norm(b[keep]))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
-def _num(x: float) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
-def _index(index: tuple) -> str:
-    return str(tuple(int(i) for i in index))
-
-
-def _at(index: tuple) -> str:
-    """ " at (i, j)", or "" for the index of a scalar (0-D)."""
-    return f" at {_index(index)}" if index else ""
-
-
-def _fmt(x: float) -> str:
-    return f"{float(x):.4g}"
