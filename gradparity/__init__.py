@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 # Public name -> defining module, imported on first use (PEP 562): every pytest run loads the
 # plugin submodule, and it must not pay for importing torch.
 _EXPORTS = {
-    "Finding": "gradparity.locate.layers",
+    "Finding": "gradparity.core.finding",
     "InputError": "gradparity.core.errors",
     "ParityError": "gradparity.testing.assertion",
     "Report": "gradparity.report.report",

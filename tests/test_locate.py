@@ -8,8 +8,10 @@ gradients in backward order) is the finding.
 
 from __future__ import annotations
 
-from gradparity.comparison.diff import Row
-from gradparity.locate.layers import Finding, finding_from_row, first_divergence, locate, place
+from gradparity.core.address import place
+from gradparity.core.finding import Finding, finding_from_row
+from gradparity.core.row import Row
+from gradparity.locate.layers import first_divergence, locate
 
 
 def _row(mode: str, layer: str, quantity: str, diverged: bool = False, **fields) -> Row:
@@ -99,7 +101,7 @@ def test_a_chain_divergence_before_any_root_cause_stays_diverged_without_a_findi
 def test_gradient_that_follows_a_diverging_forward_is_inherited_not_blamed():
     iso = [
         _row("isolate", "act1", "output", True),
-        _row("isolate", "act1", "grad_input", True, detail={"follows_forward": True}),
+        _row("isolate", "act1", "grad_input", True, follows_forward=True),
     ]
     roots = locate(_chain(), iso)
     assert [(f.layer, f.quantity) for f in roots] == [("act1", "output")]

@@ -11,7 +11,7 @@ from io import BytesIO
 import numpy as np
 import pytest
 
-from gradparity.comparison.diff import Row
+from gradparity.core.row import Row
 from gradparity.corpus import layer_bugs as bugs
 from gradparity.corpus.selftest import compare_setup
 from gradparity.report import plots
@@ -41,18 +41,18 @@ def _row(mode="chain", layer="fc1", quantity="output", status="ok", **values) ->
 
 def test_error_ratio_is_worst_error_over_allowed():
     row = _row(max_abs=3e-6, ours_at_worst=1.5, ref_at_worst=1.5 - 2e-6, allowed_at_worst=4e-7)
-    assert plots.error_ratio(row) == pytest.approx(5.0)
+    assert row.error_ratio() == pytest.approx(5.0)
     exact = _row(max_abs=0.0, ours_at_worst=0.25, ref_at_worst=0.25, allowed_at_worst=1e-8)
-    assert plots.error_ratio(exact) == 0.0
+    assert exact.error_ratio() == 0.0
 
 
 def test_error_ratio_edge_cases():
-    assert plots.error_ratio(_row(status="diverged")) is None  # shape mismatch, raised, missing
+    assert _row(status="diverged").error_ratio() is None  # shape mismatch, raised, missing
     nan = _row(max_abs=math.inf, ours_at_worst=math.nan, ref_at_worst=1.0, allowed_at_worst=1e-7)
-    assert plots.error_ratio(nan) == math.inf
+    assert nan.error_ratio() == math.inf
     same_inf = _row(max_abs=0.0, ours_at_worst=math.inf, ref_at_worst=math.inf, allowed_at_worst=1)
-    assert plots.error_ratio(same_inf) == 0.0
-    assert plots.error_ratio(_row(max_abs=0.0)) == 0.0  # empty tensor: no worst element
+    assert same_inf.error_ratio() == 0.0
+    assert _row(max_abs=0.0).error_ratio() == 0.0  # empty tensor: no worst element
 
 
 def test_error_ratio_on_a_real_sign_flip(reports):
@@ -60,11 +60,9 @@ def test_error_ratio_on_a_real_sign_flip(reports):
     root = next(r for r in rows if r.mode == "isolate" and r.status == "root_cause")
     assert (root.layer, root.quantity) == ("fc1", "grad:b")
     # A sign flip doubles the value: error 2|r| against rtol (|r| + max|r|) + atol.
-    assert plots.error_ratio(root) == pytest.approx(
-        abs(2 * root.ref_at_worst) / root.allowed_at_worst
-    )
-    assert plots.error_ratio(root) > 1
-    assert all(plots.error_ratio(r) < 1 for r in rows if r.status == "ok")
+    assert root.error_ratio() == pytest.approx(abs(2 * root.ref_at_worst) / root.allowed_at_worst)
+    assert root.error_ratio() > 1
+    assert all(r.error_ratio() < 1 for r in rows if r.status == "ok")
 
 
 def test_layer_order_is_forward_with_loss_last(reports):
@@ -90,7 +88,7 @@ def test_error_chart_of_real_reports(reports, bug):
 def test_bias_not_summed_root_cause_has_no_ratio(reports):
     rows = reports["bias_not_summed"].rows
     roots = [r for r in rows if r.status == "root_cause"]
-    assert roots and all(plots.error_ratio(r) is None for r in roots)
+    assert roots and all(r.error_ratio() is None for r in roots)
     points = plots._worst_per_point(rows)
     _, novalue, is_root = points[("isolate", "backward", "fc2")]
     assert novalue and is_root

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gradparity.comparison.diff import Row
 from gradparity.core.errors import InputError
+from gradparity.core.row import Row
 from gradparity.corpus import layer_bugs as bugs
 from gradparity.corpus.selftest import compare_setup
 from gradparity.report.report import Report, safe_name

@@ -419,3 +419,47 @@ def test_first_largest_keeps_the_shape():
 def test_an_unknown_dtype_names_the_known_ones():
     with pytest.raises(ValueError, match=r"^dtype must be 'float64' or 'float32', not 'float16'$"):
         tolerance_for("float16")
+
+
+# ------------------------------------------------------------------ the one mismatch rule
+
+
+def test_mismatch_mask_is_error_above_the_allowance():
+    binary = Tolerance(rtol=0.25, atol=0.125, dtype="float64")  # every sum below is exact
+    ref = np.array([1.0, -2.0, 0.0, 0.5])
+    allowed = [0.25 + 0.5 + 0.125, 0.5 + 0.5 + 0.125, 0.5 + 0.125, 0.125 + 0.5 + 0.125]
+    ours = ref + np.array([0.875, -1.25, 0.5, 0.75])  # at the limit, out, in, at the limit
+    np.testing.assert_array_equal(binary.mismatch(ours, ref), [False, True, False, False])
+    errors = binary.errors(ours, ref)
+    assert errors.allowed.tolist() == allowed
+    assert errors.error.tolist() == [0.875, 1.25, 0.5, 0.75]
+
+
+def test_mismatch_of_non_finite_values():
+    inf, nan = math.inf, math.nan
+    ref = np.array([inf, -inf, 1.0, nan, inf, 2.0])
+    ours = np.array([inf, -inf, nan, nan, -inf, inf])
+    # equal infinities match; NaN never does, nor an infinity against anything else
+    np.testing.assert_array_equal(WIDE.mismatch(ours, ref), [False, False, True, True, True, True])
+    errors = WIDE.errors(ours, ref)
+    assert errors.error.tolist() == [0.0, 0.0, inf, inf, inf, inf]
+    # the allowance treats the reference's non-finite entries as 0: max|r| = 2
+    np.testing.assert_allclose(errors.allowed, [0.21, 0.21, 0.31, 0.21, 0.21, 0.41])
+
+
+def test_matches_needs_equal_shapes_and_no_mismatch():
+    ref = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert WIDE.matches(ref + 0.1, ref)
+    assert not WIDE.matches(ref + 1.0, ref)
+    assert not WIDE.matches(ref.ravel(), ref)
+    assert WIDE.matches(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_tensor_diff_counts_exactly_the_mismatch_mask():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((40, 30))
+    ours = ref + rng.standard_normal(ref.shape) * 0.05
+    ours[3, 4], ref[5, 6], ours[5, 6] = math.nan, math.inf, math.inf
+    d = tensor_diff(ours, ref, WIDE)
+    assert d.mismatch_count == int(WIDE.mismatch(ours, ref).sum()) > 0
+    assert d.ok == WIDE.matches(ours, ref) is False

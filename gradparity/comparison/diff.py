@@ -7,70 +7,19 @@ the one the user sees in their own code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from gradparity.comparison.diagnose.values import diagnose
+from gradparity.core.address import Address, Kind
+from gradparity.core.labels import RAISED, UNEXPLAINED
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.records import LayerRecord, failure_words
+from gradparity.core.row import Row
+from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.pairing.align import LayerPair
 from gradparity.reference.layout import to_ours_layout
-
-# Problems first: the order every rendering sorts rows in.
-STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
-# The columns a person reads (renderings pick from these; table.csv has every field).
-DISPLAY_COLUMNS = [
-    "mode",
-    "layer",
-    "type",
-    "quantity",
-    "status",
-    "diagnosis",
-    "shape_ours",
-    "shape_ref",
-    "max_abs",
-    "max_rel",
-    "cosine",
-    "mismatch_frac",
-    "worst_index",
-]
-
-
-@dataclass
-class Row:
-    """One compared tensor: the unit of the report table (design schema plus extras)."""
-
-    mode: str
-    layer: str
-    type: str
-    quantity: str
-    shape_ours: list[int] | None
-    shape_ref: list[int] | None
-    max_abs: float | None = None
-    max_rel: float | None = None
-    cosine: float | None = None
-    mismatch_frac: float | None = None
-    worst_index: list[int] | None = None
-    ours_at_worst: float | None = None
-    ref_at_worst: float | None = None
-    allowed_at_worst: float | None = None
-    status: str = "ok"
-    diagnosis: str | None = None
-    message: str = ""
-    fix: str = ""
-    conversion: str = ""
-    step: int | None = None  # training: the optimisation step (from 1); None for compare()
-    detail: dict = field(default_factory=dict)
-
-    @property
-    def diverged(self) -> bool:
-        return self.status != "ok"
-
-    def as_dict(self) -> dict:
-        # Shallow on purpose: dataclasses.asdict deep-copies, and reports have 10^4 rows.
-        return dict(self.__dict__)
 
 
 def _shape(a: np.ndarray | None) -> list[int] | None:
@@ -109,7 +58,7 @@ def compare_tensor(
         mode, pair_name, type_name, quantity, _shape(ours), _shape(ref), conversion=conversion
     )
     if ours is None:
-        row.status = "diverged"
+        row.status = Status.DIVERGED
         return row
     ours = np.asarray(ours)
     if ours.shape == ref.shape:
@@ -126,14 +75,14 @@ def compare_tensor(
         if d.ok:  # right values in a shape that `p -= lr * g` takes
             row.max_abs, row.max_rel, row.cosine = d.max_abs, d.max_rel, d.cosine
             row.mismatch_frac = d.mismatch_frac
-            row.detail["broadcasts"] = True
+            row.broadcasts = True
             row.message = (
                 f"gradient has shape {ours.shape}, the parameter {tuple(param_shape)}: the values "
                 "are right and an update p -= lr * g broadcasts, but a gradient usually has its "
                 "parameter's shape"
             )
             return row
-    row.status = "diverged"
+    row.status = Status.DIVERGED
     diag = diagnose(
         ours,
         ref,
@@ -145,15 +94,17 @@ def compare_tensor(
         layout=conversion,
     )
     row.diagnosis, row.detail = diag.label, dict(diag.detail)
+    row.batch_size, row.ours_reduction = batch_size, diag.ours_reduction
     row.message, row.fix = diag.message, diag.fix
     return row
 
 
 def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarray:
     """The reference's "grad_input" or "grad:<key>" from ``rec``, in ours' layout."""
-    if quantity == "grad_input":
+    address = Address.parse(quantity)
+    if address.kind is Kind.GRAD_INPUT:
         return rec.grad_input
-    p = next(p for p in pair.params if p.key == quantity[5:])
+    p = next(p for p in pair.params if p.key == address.name)
     return to_ours_layout(rec.grads[p.torch_name], p.conversion, p.ours_shape)
 
 
@@ -200,14 +151,15 @@ def compare_layer(
         if p.key not in ours.grads:
             bwd.append(_missing_grad(mode, pair, p.key, sorted(ours.grads)))
             continue
+        quantity = Address(pair.name, Kind.GRAD, p.key).quantity
         bwd.append(
             compare_tensor(
                 mode,
                 pair.name,
                 pair.type_name,
-                f"grad:{p.key}",
+                quantity,
                 ours.grads[p.key],
-                reference_grad(pair, ref, f"grad:{p.key}"),
+                reference_grad(pair, ref, quantity),
                 tol,
                 batch_size=batch_size,
                 upstream=ours.grad_output,
@@ -238,8 +190,8 @@ def failed_row(mode: str, layer: str, type_name: str, error: dict) -> Row:
         quantity,
         None,
         None,
-        status="diverged",
-        diagnosis="raised",
+        status=Status.DIVERGED,
+        diagnosis=RAISED,
         detail=dict(error),
         message=message,
         fix=fix,
@@ -251,11 +203,11 @@ def _missing_grad(mode: str, pair: LayerPair, key: str, present: list[str]) -> R
         mode,
         pair.name,
         pair.type_name,
-        f"grad:{key}",
+        Address(pair.name, Kind.GRAD, key).quantity,
         None,
         None,
-        status="diverged",
-        diagnosis="unexplained",
+        status=Status.DIVERGED,
+        diagnosis=UNEXPLAINED,
         detail={"grads_present": present},
         message=f"backward recorded no gradient for {key!r} (grads holds {present or 'nothing'})",
         fix=f"fill grads[{key!r}] in backward; with gp.wrap, check that grads= names the "

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradparity.comparison.diff import Row, compare_tensor, failed_row
+from gradparity.comparison.diff import compare_tensor, failed_row
+from gradparity.core.address import Kind
+from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
 from gradparity.pairing.function_align import tap_conversion
 from gradparity.reference.layout import to_ours_layout
@@ -45,11 +47,11 @@ def tap_rows(
             aligned = theirs if aligned is None else aligned
             row = compare_tensor("chain", tap, "tap", kind, ours, aligned, tol, batch_size=batch)
             arrays[(tap, kind)] = {"ours": ours, "reference": aligned}
-            what = "output" if kind == "output" else "dL/d(output)"
+            what = "output" if kind == Kind.OUTPUT else "dL/d(output)"
             where = module if call is None else f"{module}@{call}"
             row.conversion = f"{where} {what} {theirs.shape}: {conversion or 'no layout fits'}"
-        row.detail["module"], row.detail["module_index"] = module, order[module]
-        (fwd if kind == "output" else bwd).append(((order[module], call or 0), row))
+        row.module, row.module_index = module, order[module]
+        (fwd if kind == Kind.OUTPUT else bwd).append(((order[module], call or 0), row))
     fwd.sort(key=lambda t: t[0])
     bwd.sort(key=lambda t: t[0], reverse=True)
     return [r for _, r in fwd], [r for _, r in bwd]

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from gradparity.core.address import Kind, kind_of
 from gradparity.corpus.function_bugs import FUNCTION_BUGS, FunctionBug, function_setup
 from gradparity.corpus.layer_bugs import BUGS, Bug
 from gradparity.corpus.training_bugs import TRAINING_BUGS, TrainingBug
@@ -111,7 +112,7 @@ def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> 
     fn = "backprop"
     if numeric:
         layer, quantity, label = fn, f"grad:{bug.numeric_param}", bug.numeric_diagnosis
-    elif bug.place.startswith("grad:"):
+    elif kind_of(bug.place) is Kind.GRAD:
         layer, quantity, label = fn, bug.place, bug.diagnosis
     else:
         layer, quantity, label = bug.place, "grad_output", bug.diagnosis

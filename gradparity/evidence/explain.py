@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradparity.comparison.diff import Row, reference_grad
+from gradparity.comparison.diff import reference_grad
+from gradparity.core.address import Address
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.records import LayerRecord
+from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence import jacobian, referee
 from gradparity.pairing.align import LayerPair
@@ -30,7 +32,8 @@ class Probe:
 
 
 def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
-    return rec.grad_input if quantity == "grad_input" else rec.grads.get(quantity[5:])
+    key = Address.parse(quantity).name  # None for grad_input
+    return rec.grad_input if key is None else rec.grads.get(key)
 
 
 def _is_stale(probe: Probe, quantity: str, tol: Tolerance, tdtype: torch.dtype) -> bool:
@@ -104,12 +107,12 @@ def add_evidence(
                 if result is not None:
                     evidence["jacobian_ours"] = result.ours
                     evidence["jacobian_reference"] = result.reference
-        row.detail["referee"] = verdict
+        row.detail["referee"], row.referee = verdict, verdict["referee"]
         forward_differs = any(
             r.layer == row.layer and r.quantity == "output" and r.diverged for r in rows
         )
         if verdict["referee"] == "both" and forward_differs:
-            row.detail["follows_forward"] = True
+            row.follows_forward = True
             row.message = (
                 "ours' backward matches central differences of ours' own forward: this gradient "
                 "differs only because the forward does"

@@ -17,10 +17,12 @@ import numpy as np
 
 from gradparity.comparison.diagnose.common import transpose_fix
 from gradparity.comparison.diagnose.values import diagnose
-from gradparity.comparison.diff import Row, broadcasts_onto, compare_tensor, failed_row
+from gradparity.comparison.diff import broadcasts_onto, compare_tensor, failed_row
 from gradparity.core.errors import InputError
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.rounding import round_sig
+from gradparity.core.row import Row
+from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence import central_difference
 from gradparity.evidence.central_difference import Moved, NumericGradient
@@ -157,7 +159,8 @@ def referee_rows(
 ) -> None:
     """With a torch reference and loss_fn: a diverging gradient that matches central
     differences of loss_fn is right for ours' own loss, so the reference (or its loss) is what
-    differs. Sets ``detail["referee"]`` ("ours" or "reference") and the wording, in place."""
+    differs. Sets ``referee`` ("ours" or "reference", also shown in ``detail``) and the
+    wording, in place."""
     diverging = [
         r for r in rows if r.diverged and r.diagnosis not in ("stale", "accumulated", "raised")
     ]
@@ -167,8 +170,9 @@ def referee_rows(
     if loss.precision != "float64":  # its central differences would be rounding noise
         return
     for row in diverging:
-        ours_right = matches_numeric(loss, row.quantity[5:], grads[row.quantity[5:]], rng)
-        row.detail["referee"] = "ours" if ours_right else "reference"
+        name = row.address.name
+        ours_right = matches_numeric(loss, name, grads[name], rng)
+        row.referee = row.detail["referee"] = "ours" if ours_right else "reference"
         if ours_right:
             row.message = (
                 f"ours matches central differences of loss_fn, the reference does not "
@@ -229,17 +233,17 @@ def _sampled_row(
         if label == "" and g.shape == p.shape:
             return row
         if label == "" and broadcasts_onto(g.shape, p.shape, p.shape):
-            row.detail["broadcasts"] = True
+            row.broadcasts = True
             row.message = (
                 f"gradient has shape {g.shape}, the parameter {p.shape}: the values are right "
                 "and an update p -= lr * g broadcasts, but a gradient usually has its "
                 "parameter's shape"
             )
             return row
-        row.status, row.diagnosis = "diverged", label or "shape_mismatch"
+        row.status, row.diagnosis = Status.DIVERGED, label or "shape_mismatch"
         row.message, row.fix = _sampled_words(label, name, g.shape, p.shape, layout)
         return row
-    row.status = "diverged"
+    row.status = Status.DIVERGED
     if g.shape != p.shape:
         row.diagnosis = "shape_mismatch"
         row.message = (
@@ -359,7 +363,7 @@ def numeric_report(
     return function_report(
         fn, [], [], rows, depth, run, set(), arrays,
         [f"reference: float64 central differences of loss_fn (loss {loss.base:.6g})"]
-        + [f"{r.quantity[5:]} has over {FULL_LIMIT} entries: sampled along {DIRECTIONS} "
+        + [f"{r.address.name} has over {FULL_LIMIT} entries: sampled along {DIRECTIONS} "
            f"random directions and {ENTRIES} single entries" for r in rows
            if "sampled" in r.detail],
         dtype="float64", tolerance=tol.as_dict(),

@@ -152,18 +152,6 @@ def too_large(x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> str | Non
     return f"skipped: {' and '.join(over)} per sample > {MAX_JACOBIAN_ELEMENTS}"
 
 
-def _mismatch(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
-    """(mismatch mask, absolute error) under ``tol``, with the rule of ``metrics.tensor_diff``.
-
-    Equal non-finite values match; any other non-finite entry mismatches.
-    """
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(o - r)
-    same_nonfinite = ~np.isfinite(o) & (o == r)
-    allowed = tol.allowed(np.where(np.isfinite(r), r, 0.0))
-    return ~same_nonfinite & ~(err <= allowed), np.where(np.isnan(err), np.inf, err)
-
-
 def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: Tolerance) -> dict:
     """Where two per-sample Jacobians (batch, out, in) differ; a JSON-serialisable dict.
 
@@ -191,7 +179,8 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
     o = np.asarray(ours, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     batch, n_out, n_in = r.shape
-    mismatch, err = _mismatch(o, r, tol)
+    errors = tol.errors(o, r)
+    mismatch, err = errors.mismatch, errors.error
     any_mismatch = bool(mismatch.any())
     finite_r = np.abs(r[np.isfinite(r)])
     # "Zero" means within what the tolerance allows around a zero reference entry.
@@ -220,7 +209,7 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
         "whole_rows": np.flatnonzero(mismatch.all(axis=(0, 2))).tolist() if any_mismatch else [],
         "whole_cols": np.flatnonzero(mismatch.all(axis=(0, 1))).tolist() if any_mismatch else [],
         "sign_flipped_entries": int((mismatch & (np.sign(o) * np.sign(r) < 0)).sum()),
-        "negated": any_mismatch and not _mismatch(o, -r, tol)[0].any(),
+        "negated": any_mismatch and tol.matches(o, -r),
         "ours_zero": any_mismatch and ours_zero(),
         "worst": worst,
     }
@@ -240,7 +229,7 @@ def describe_jacobian_difference(ours: np.ndarray, reference: np.ndarray, tol: T
         return pattern | dict.fromkeys(square_keys)
     diag = np.broadcast_to(np.eye(n_out, dtype=bool), r.shape)
     diag_bad, off_bad = int(mismatch[diag].sum()), int(mismatch[~diag].sum())
-    transposed = any_mismatch and not _mismatch(o, r.transpose(0, 2, 1), tol)[0].any()
+    transposed = any_mismatch and tol.matches(o, r.transpose(0, 2, 1))
     return pattern | {
         "diagonal_mismatches": diag_bad,
         "off_diagonal_mismatches": off_bad,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gradparity.comparison.diff import broadcasts_onto
+from gradparity.core.finding import Finding
 from gradparity.core.records import LayerRecord, failure_words
 from gradparity.core.validate import (
     check_parameters,
@@ -27,7 +28,6 @@ from gradparity.core.validate import (
     takes_classes,
     takes_same_shape,
 )
-from gradparity.locate.layers import Finding
 from gradparity.sides import run_numpy
 from gradparity.sides.adapt import check_protocol, named_layers, params_of
 

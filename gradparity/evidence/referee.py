@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from gradparity.core.address import Address
 from gradparity.evidence import central_difference
 from gradparity.evidence.central_difference import Moved
 from gradparity.pairing.align import LayerPair
@@ -116,7 +117,7 @@ def referee_layer(
 
     x (N, ...) the probe input, upstream like the output, grads in ours' layout.
     """
-    key = None if quantity == "grad_input" else quantity[5:]
+    key = Address.parse(quantity).name  # None for grad_input
     base = x if key is None else np.asarray(params_of(pair.layer)[key], dtype=np.float64)
     return _judge(
         _ours_moved(pair.layer, x, upstream, key),

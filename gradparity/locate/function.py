@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from gradparity.comparison.diff import Row
+from gradparity.core.address import place
+from gradparity.core.finding import Finding, finding_from_row
+from gradparity.core.labels import BATCH_REDUCTION
 from gradparity.core.metrics import tensor_diff
+from gradparity.core.row import Row
+from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
-from gradparity.locate.layers import Finding, finding_from_row, place
 from gradparity.report.report import Report
 from gradparity.sides.function_run import UserRun
 
@@ -59,7 +62,7 @@ def explain_penalty(
     c = float(np.vdot(ours - ref, p)) / norm if norm > 0 else 0.0
     if c == 0.0 or not tensor_diff(ours, ref + c * p, tol).ok:
         return
-    name = row.quantity.partition(":")[2]
+    name = row.address.name
     row.detail["penalty_factor"] = c
     row.message = (
         f"ours minus the reference is {c:.3g} times {name} itself: a weight-decay (L2) term "
@@ -136,19 +139,19 @@ def _batch_convention(
     convention. A note when any tap was accepted."""
     candidates = []
     for row in backward:
-        if row.diagnosis != "batch_reduction" or row.detail.get("ours_reduction") != "sum":
+        if row.diagnosis != BATCH_REDUCTION or row.ours_reduction != "sum":
             continue
-        n = row.detail["batch_size"]
+        n = row.batch_size
         values = arrays[(row.layer, row.quantity)]
         d = tensor_diff(values["ours"], values["reference"] * n, tol)
         if d.ok:
             candidates.append((row, n, d))
 
     def owned(row: Row) -> list[Row]:
-        module = row.detail.get("module")
+        module = row.module
         mine = [
             r for r in param_rows
-            if r.detail.get("reference_parameter", "").rpartition(".")[0] == module
+            if (r.reference_parameter or "").rpartition(".")[0] == module
         ]  # fmt: skip
         weights = [r for r in mine if len(r.shape_ref or []) >= 2]
         return weights or mine or param_rows
@@ -159,22 +162,18 @@ def _batch_convention(
     if not vouched:
         return None
     for row, n, d in candidates:
-        row.status, row.diagnosis, row.message, row.fix = "ok", None, "", ""
+        row.status, row.diagnosis, row.message, row.fix = Status.OK, None, "", ""
         row.max_abs, row.max_rel, row.cosine, row.mismatch_frac = (
             d.max_abs,
             d.max_rel,
             d.cosine,
             d.mismatch_frac,
         )
-        row.detail = {
-            "module": row.detail.get("module"),
-            "module_index": row.detail.get("module_index"),
-            "batch_convention": n,
-        }
+        row.detail = {"batch_convention": n}
     for row in param_rows:
-        if row.diagnosis == "batch_reduction" and row.detail.get("ours_reduction") == "sum":
+        if row.diagnosis == BATCH_REDUCTION and row.ours_reduction == "sum":
             row.fix = (
-                f"divide it by the batch size ({row.detail['batch_size']}) as the weight "
+                f"divide it by the batch size ({row.batch_size}) as the weight "
                 "gradients are: the deltas here carry no 1/N (with examples as columns, "
                 "db = dZ.sum(axis=1, keepdims=True) / m)"
             )
@@ -191,7 +190,7 @@ def _raised(fn: str, run: UserRun) -> Row:
     where = f" at {err['where']}" if err.get("where") else ""
     return Row(
         "chain", fn, "function", "call", None, None,
-        status="root_cause", diagnosis="raised", detail=dict(err),
+        status=Status.ROOT_CAUSE, diagnosis="raised", detail=dict(err),
         message=f"{fn} raised {err['type']}: {err['message']}{where}",
         fix="fix the exception; the taps recorded before it are still compared",
     )  # fmt: skip
@@ -224,9 +223,9 @@ def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Fi
         if not row.diverged:
             agreeing[is_backward] = row.layer
         elif roots:
-            row.status = "inherited"
+            row.status = Status.INHERITED
         else:
-            row.status = "root_cause"
+            row.status = Status.ROOT_CAUSE
             values = arrays.get((row.layer, row.quantity), {})
             roots.append(_tap_finding(row, is_backward, agreeing[is_backward], values))
     return roots
@@ -238,19 +237,17 @@ def _param_roots(
     """(root causes, a note naming the deepest): a diverging gradient is a root cause unless a
     gradient tap named as the bug's place reaches it (its module's and earlier modules'
     parameters), then ``inherited``; statuses set in place."""
-    deepest = max((depth[r.quantity[5:]] for r in diverging), default=None)
-    reach = max(
-        (r.detail["module_index"] for r in backward if r.status == "root_cause"), default=None
-    )
+    deepest = max((depth[r.address.name] for r in diverging), default=None)
+    reach = max((r.module_index for r in backward if r.status == Status.ROOT_CAUSE), default=None)
     roots = []
     for row in diverging:
-        name = row.quantity[5:]
-        if reach is not None and depth[name] <= reach and row.detail.get("referee") != "ours":
-            row.status = "inherited"
+        name = row.address.name
+        if reach is not None and depth[name] <= reach and row.referee != "ours":
+            row.status = Status.INHERITED
             continue
-        row.status = "root_cause"
+        row.status = Status.ROOT_CAUSE
         found = finding_from_row(row, row.mode)
-        if depth[name] == deepest and row.detail.get("referee") != "ours":
+        if depth[name] == deepest and row.referee != "ours":
             found.detail["deepest"] = True
             found.problem += (
                 "; the deepest diverging parameter (closest to the output): a backward bug "
@@ -260,7 +257,7 @@ def _param_roots(
                 f"; {found.fix}" if found.fix else ""
             )
         roots.append(found)
-    names = [r.quantity[5:] for r in diverging if depth[r.quantity[5:]] == deepest]
+    names = [r.address.name for r in diverging if depth[r.address.name] == deepest]
     if not names:
         return roots, None
     return roots, (
@@ -301,7 +298,7 @@ def _warnings(fn: str, run: UserRun, param_rows: list[Row]) -> list[Finding]:
     broadcasting = [
         Finding(fn, r.quantity, "shape_mismatch", {"broadcasts": True}, mode=r.mode,
                 message=f"{place(r.layer, r.quantity)}: {r.message}")
-        for r in param_rows if r.detail.get("broadcasts")
+        for r in param_rows if r.broadcasts
     ]  # fmt: skip
     return aliased + broadcasting
 

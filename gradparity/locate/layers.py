@@ -10,61 +10,9 @@ from that forward, not a second root cause.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # type hints only: gradparity.comparison.diff loads torch
-    from gradparity.comparison.diff import Row
-
-
-@dataclass
-class Finding:
-    """A place to fix: which layer and quantity, what is wrong (label + numbers), and advice."""
-
-    layer: str
-    quantity: str
-    diagnosis: str
-    detail: dict = field(default_factory=dict)
-    message: str = ""
-    mode: str = "isolate"
-    step: int | None = None
-    problem: str = ""  # the message's "what is wrong" part, without place and fix
-    fix: str = ""  # the message's advice part
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def place(layer: str, quantity: str) -> str:
-    """How a person names a quantity: "fc2.b" for grad:b, "fc2.b update" for param:b,
-    "fc2.W exp_avg" for state:W.exp_avg, "fc2 output" otherwise."""
-    kind, _, name = quantity.partition(":")
-    if kind == "grad":
-        return f"{layer}.{name}"
-    if kind == "param":
-        return f"{layer}.{name} update"
-    if kind == "state":
-        return f"{layer}.{name.replace('.', ' ', 1)}"
-    return f"{layer} {quantity}"
-
-
-def finding_from_row(row: Row, mode: str) -> Finding:
-    text = row.message or "values differ from the reference"
-    fix = f"; {row.fix}" if row.fix else ""
-    detail = dict(row.detail)
-    if row.max_abs is not None:
-        detail.setdefault("max_abs", row.max_abs)
-        detail.setdefault("mismatch_frac", row.mismatch_frac)
-    return Finding(
-        row.layer,
-        row.quantity,
-        row.diagnosis or "unexplained",
-        detail,
-        f"{place(row.layer, row.quantity)}: {text}{fix}",
-        mode,
-        problem=text,
-        fix=row.fix,
-    )
+from gradparity.core.finding import Finding, finding_from_row
+from gradparity.core.row import Row
+from gradparity.core.status import Status
 
 
 def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
@@ -76,10 +24,10 @@ def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
     roots: list[Finding] = []
     blamed = set()
     for row in isolate_rows:
-        if row.diverged and row.detail.get("follows_forward"):
-            row.status = "inherited"  # consistent with ours' own (diverging) forward
+        if row.diverged and row.follows_forward:
+            row.status = Status.INHERITED  # consistent with ours' own (diverging) forward
         elif row.diverged:
-            row.status = "root_cause"
+            row.status = Status.ROOT_CAUSE
             blamed.add((row.layer, row.quantity))
             roots.append(finding_from_row(row, "isolate"))
     upstream_diverged = False
@@ -87,11 +35,11 @@ def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
         if not row.diverged:
             continue
         if (row.layer, row.quantity) in blamed:
-            row.status = "root_cause"
+            row.status = Status.ROOT_CAUSE
         elif upstream_diverged:
-            row.status = "inherited"
+            row.status = Status.INHERITED
         else:
-            row.status = "diverged"
+            row.status = Status.DIVERGED
             if not isolate_rows or not blamed:
                 roots.append(finding_from_row(row, "chain"))
         upstream_diverged = True

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from torch import nn
 
+from gradparity.core.address import tap_target
 from gradparity.core.errors import InputError
 from gradparity.pairing.align import ParamPair, by_order_else_shape
 from gradparity.pairing.structure import is_vector, layer_index
@@ -174,9 +175,7 @@ def resolve_tap_map(
             raise InputError(
                 f"tap_map[{tap!r}] must be 'MODULE' or 'grad:MODULE', got {type(target).__name__}"
             )
-        kind, rest = (
-            ("grad_output", target[5:]) if target.startswith("grad:") else ("output", target)
-        )
+        kind, rest = tap_target(target)
         module, at, call = rest.rpartition("@") if "@" in rest else (rest, "", "")
         if at and not call.isdigit():
             raise InputError(f"tap_map[{tap!r}]: after '@' comes the call number, got {call!r}")

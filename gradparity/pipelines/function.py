@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from gradparity import __version__
-from gradparity.comparison.diff import Row, compare_tensor, failed_row
+from gradparity.comparison.diff import compare_tensor, failed_row
 from gradparity.comparison.function_taps import aligned_tap, tap_rows
 from gradparity.core.errors import InputError
 from gradparity.core.metrics import tensor_diff
+from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import check_options, quiet_arithmetic
 from gradparity.evidence.function_numeric import NumericLoss, numeric_report, referee_rows
@@ -359,7 +360,7 @@ class _Setup:
             )  # fmt: skip
             explain_penalty(row, run.grads[p.key], expected, self.flat[p.key], self.tol)
             row.conversion = p.conversion
-            row.detail["reference_parameter"] = p.torch_name
+            row.reference_parameter = p.torch_name
             self.arrays[(self.fn, row.quantity)] = {"ours": run.grads[p.key], "reference": expected}
             rows.append(row)
         return rows
@@ -395,7 +396,7 @@ class _Setup:
                 if old is not None:
                     mark_repeat(row, ours, now, old, self.tol)
                 continue
-            p = by_key[row.quantity[5:]]
+            p = by_key[row.address.name]
             old = to_ours_layout(at_warm.grads[p.torch_name], p.conversion, p.ours_shape)
             now = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
             mark_repeat(row, run.grads[p.key], now, old, self.tol)

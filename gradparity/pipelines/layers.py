@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from gradparity import __version__
-from gradparity.comparison.diff import Row, compare_layer
+from gradparity.comparison.diff import compare_layer
 from gradparity.core.errors import InputError
+from gradparity.core.finding import Finding
 from gradparity.core.records import LayerRecord
+from gradparity.core.row import Row
 from gradparity.core.tolerance import tolerance_for
 from gradparity.core.validate import (
     check_flag,
@@ -26,7 +28,7 @@ from gradparity.core.validate import (
 )
 from gradparity.evidence.explain import Probe, add_evidence
 from gradparity.evidence.lints import lint_records
-from gradparity.locate.layers import Finding, first_divergence, locate
+from gradparity.locate.layers import first_divergence, locate
 from gradparity.pairing.align import (
     LayerPair,
     align_layers,

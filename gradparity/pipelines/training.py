@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from gradparity.core.errors import InputError
+from gradparity.core.finding import Finding
 from gradparity.core.records import USER_ERRORS, error_info, failure_words, real_array
 from gradparity.core.rounding import json_value
 from gradparity.core.tolerance import tolerance_for
@@ -33,7 +34,6 @@ from gradparity.core.validate import (
     check_parameters,
     quiet_arithmetic,
 )
-from gradparity.locate.layers import Finding
 from gradparity.pairing.align import (
     align_layers,
     layers_by_module,

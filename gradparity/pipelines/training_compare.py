@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradparity.comparison.diff import Row, compare_tensor
+from gradparity.comparison.diff import compare_tensor
+from gradparity.core.address import NAMED_KINDS, Kind, kind_of
+from gradparity.core.finding import Finding, finding_from_row
 from gradparity.core.metrics import tensor_diff
+from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
-from gradparity.locate.layers import Finding, finding_from_row
 from gradparity.pairing.align import LayerPair
 from gradparity.report.report import Report
 from gradparity.sides.training_steps import StepResult
@@ -21,14 +23,12 @@ KINDS = ("loss", "grad", "param", "state")
 
 def _ratio(row: Row) -> float:
     """Error over allowed error at the worst element; inf when there is no comparable value."""
-    from gradparity.report.plots import error_ratio
-
-    ratio = error_ratio(row)
+    ratio = row.error_ratio()
     return float("inf") if ratio is None else ratio
 
 
 def _kind(quantity: str) -> str:
-    return quantity.split(":", 1)[0] if ":" in quantity else "loss"
+    return kind.value if (kind := kind_of(quantity)) in NAMED_KINDS else "loss"
 
 
 @dataclass
@@ -101,9 +101,9 @@ def _explain_gradients(
     step's gradient (stale)."""
     found = []
     for row in rows:
-        if not (row.diverged and row.quantity.startswith("grad:")) or step < 2:
+        if not (row.diverged and kind_of(row.quantity) is Kind.GRAD) or step < 2:
             continue
-        where = (row.layer, row.quantity[5:])
+        where = (row.layer, row.address.name)
         mine = ours.grads.get(where)
         for label, candidate, text, fix in (
             (
@@ -142,14 +142,14 @@ def findings_at(
 ) -> list[Finding]:
     """Why the first divergent step diverged, most specific explanation first."""
     bad = [r for r in rows if r.diverged]
-    if any(r.quantity == "loss" or r.quantity.startswith("grad:") for r in bad):
+    if any(kind_of(r.quantity) in (Kind.LOSS, Kind.GRAD) for r in bad):
         found = _explain_gradients(rows, ours, ref, tracker, step, tol)
         if found:
             return found
         report = localise()
         if report.root_causes:
             return report.root_causes
-    updates = [r for r in bad if r.quantity.startswith(("param:", "state:"))]
+    updates = [r for r in bad if kind_of(r.quantity) in (Kind.PARAM, Kind.STATE)]
     return [finding_from_row(r, "train") for r in (updates or bad)]
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import json
 
-from gradparity.comparison.diff import DISPLAY_COLUMNS, STATUS_RANK, Row
 from gradparity.core import escape
+from gradparity.core.address import place
+from gradparity.core.finding import Finding
 from gradparity.core.rounding import json_value
-from gradparity.locate.layers import Finding, place
+from gradparity.core.row import DISPLAY_COLUMNS, Row
+from gradparity.core.status import STATUS_RANK, Status
 
 # Enough to see every problem of a real network; the rest stays in table.csv.
 MAX_PROBLEM_ROWS = 300
@@ -94,8 +96,10 @@ def _rows_table(rows: list[Row]) -> str:
 
 def layer_tables(rows: list[Row]) -> str:
     """Problem rows first (all statuses but ok), ok rows collapsed under a summary."""
-    problems = sorted((r for r in rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status])
-    ok_rows = [r for r in rows if r.status == "ok"]
+    problems = sorted(
+        (r for r in rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
+    )
+    ok_rows = [r for r in rows if r.status == Status.OK]
     parts = []
     if problems:
         parts.append(_rows_table(problems[:MAX_PROBLEM_ROWS]))

@@ -16,9 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
-from gradparity.comparison.diff import Row
 from gradparity.core import escape
-from gradparity.locate.layers import place
+from gradparity.core.address import GRADIENT_KINDS, Kind, kind_of, place
+from gradparity.core.row import Row
+from gradparity.core.status import Status
 
 FLOOR = 1e-12  # exact matches (ratio 0) are drawn here: a log axis has no 0
 MAX_TICK_LABELS = 60  # more layers than this and only 1 in k is labelled...
@@ -46,30 +47,11 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def error_ratio(row: Row) -> float | None:
-    """|ours - reference| at the worst element divided by the error allowed there; None when the
-    row has no values (shape mismatch, raised, missing).
-
-    Above 1 means out of tolerance; NaN against a number counts as infinitely far, and equal
-    non-finite values as a match, as in ``metrics.tensor_diff``. An empty tensor gives 0.
-    """
-    if row.max_abs is None:
-        return None
-    if row.ours_at_worst is None or row.ref_at_worst is None or row.allowed_at_worst is None:
-        return 0.0
-    ours, ref, allowed = float(row.ours_at_worst), float(row.ref_at_worst), row.allowed_at_worst
-    if ours == ref or row.max_abs == 0.0:  # 0: every error below tensor_diff's noise floor
-        return 0.0
-    err = abs(ours - ref)
-    if math.isnan(err) or err == math.inf:
-        return math.inf
-    return err / allowed if allowed > 0 else math.inf
-
-
 def _direction(quantity: str) -> str | None:
-    if quantity in ("output", "loss"):
+    kind = kind_of(quantity)
+    if kind in (Kind.OUTPUT, Kind.LOSS):
         return "forward"
-    if quantity in ("grad_input", "grad_output") or quantity.startswith("grad:"):
+    if kind in GRADIENT_KINDS:
         return "backward"
     return None  # training quantities (param:, state:) have no place on a per-layer chart
 
@@ -103,15 +85,15 @@ def _worst_per_point(rows: list[Row]) -> dict[tuple[str, str, str], list]:
         direction = _direction(r.quantity)
         if direction is None:
             continue
-        ratio = error_ratio(r)
-        if ratio is None and r.status == "ok":
+        ratio = r.error_ratio()
+        if ratio is None and r.status == Status.OK:
             continue
         p = points.setdefault((r.mode, direction, column(r)), [0.0, False, False])
         if ratio is None:
             p[1] = True
         else:
             p[0] = max(p[0], ratio)
-        p[2] = p[2] or r.status == "root_cause"
+        p[2] = p[2] or r.status == Status.ROOT_CAUSE
     return points
 
 
@@ -127,7 +109,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
     points = _worst_per_point(rows)
     finite = [p[0] for p in points.values() if math.isfinite(p[0])]
     top = 10.0 ** math.ceil(math.log10(max([1.0, *finite]) * 100))  # headroom above the data
-    roots = [r for r in rows if r.status == "root_cause" and _direction(r.quantity)]
+    roots = [r for r in rows if r.status == Status.ROOT_CAUSE and _direction(r.quantity)]
     root_xs = set(list(dict.fromkeys(x_of[column(r)] for r in roots))[:MAX_ROOT_LABELS])
     step, ticks = _ticks(len(order), root_xs)
     labels = [escape.plot_text(_short(order[t], 28)) for t in ticks]

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradparity.comparison.diff import DISPLAY_COLUMNS, STATUS_RANK, Row
 from gradparity.core import escape
+from gradparity.core.address import place
+from gradparity.core.finding import Finding
 from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
-from gradparity.locate.layers import Finding, place
+from gradparity.core.row import DISPLAY_COLUMNS, Row
+from gradparity.core.status import STATUS_RANK, Status
 from gradparity.report.folder import REPORT_FILES, write_folder
 
 TABLE_COLUMNS = [
@@ -104,12 +106,7 @@ class Report:
 
     def _json_rows(self) -> list[dict]:
         """Rows as report.json and table.csv write them: statistics rounded, no detail."""
-        rows = []
-        for r in self.rows:
-            d = round_row(r.as_dict(), _ROW_FLOATS)
-            d.pop("detail")
-            rows.append(d)
-        return rows
+        return [round_row(r.as_record(), _ROW_FLOATS) for r in self.rows]
 
     def _head(self) -> dict:
         head = json_value(
@@ -215,8 +212,8 @@ class Report:
     def _md_table(rows: list[Row], max_ok: int = 30) -> list[str]:
         cols = [c for c in DISPLAY_COLUMNS if c not in ("mode", "type")]
         ordered = sorted(rows, key=lambda r: STATUS_RANK[r.status])
-        ok_rows = [r for r in ordered if r.status == "ok"]
-        problems = [r for r in ordered if r.status != "ok"]
+        ok_rows = [r for r in ordered if r.status == Status.OK]
+        problems = [r for r in ordered if r.status != Status.OK]
         shown = problems[:MAX_MD_PROBLEM_ROWS] + ok_rows[:max_ok]
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in shown:

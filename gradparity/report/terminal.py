@@ -6,13 +6,12 @@ Colour only when writing to a TTY and ``NO_COLOR`` is unset (https://no-color.or
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from gradparity.core import escape
-from gradparity.locate.layers import place
-
-if TYPE_CHECKING:
-    from gradparity.comparison.diff import Row
+from gradparity.core.address import place
+from gradparity.core.row import Row
+from gradparity.core.status import STATUS_RANK, Status
 
 MAX_TABLE_ROWS = 12
 _COLOURS = {"root_cause": "31;1", "diverged": "33;1", "inherited": "33", "ok": "32"}
@@ -55,14 +54,12 @@ def _table(rows: list[Row], colour: bool) -> list[str]:
 def render(report, colour: bool = False) -> str:
     """Verdict line; for a divergence, the problem rows (root causes first, at most
     MAX_TABLE_ROWS) and each root cause's message with its fix."""
-    from gradparity.comparison.diff import STATUS_RANK  # not at import: it loads torch
-
     name = report.meta.get("model", "model")
     if report.ok:
         return _paint(report.summary(), "ok", colour)  # summary() escapes its lines
     lines = [_paint(escape.terminal(f"{name}: {report.verdict()}"), "root_cause", colour)]
     problems = sorted(
-        (r for r in report.rows if r.status != "ok"), key=lambda r: STATUS_RANK[r.status]
+        (r for r in report.rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
     )
     lines += ["  " + line for line in _table(problems[:MAX_TABLE_ROWS], colour)]
     if len(problems) > MAX_TABLE_ROWS:

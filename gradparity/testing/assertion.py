@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradparity.comparison.diff import Row
 from gradparity.core import escape
+from gradparity.core.address import place
 from gradparity.core.errors import InputError
+from gradparity.core.finding import Finding
 from gradparity.core.metrics import first_largest
+from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
 from gradparity.core.validate import check_seed
-from gradparity.locate.layers import Finding, place
 from gradparity.pipelines.layers import compare, prepare_input, reference_copy
 from gradparity.report.folder import check_target
 from gradparity.report.report import Report
@@ -72,15 +73,12 @@ def _greatest(
 ) -> tuple[tuple[int, ...], tuple[int, ...], float]:
     """(index of the greatest absolute difference, index of the greatest relative one,
     allowed error at the first), as ``metrics.tensor_diff`` measures them."""
-    o = np.asarray(ours, dtype=np.float64)
-    r = np.asarray(ref, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        err = np.abs(o - r)
-        err = np.where(np.isnan(err), np.inf, err)
-        rel = np.where(np.abs(r) > 0, err / np.abs(r), np.where(err > 0, np.inf, 0.0))
+    errors = Tolerance(**report.tolerance).errors(ours, ref)
+    err, magnitude = errors.error, np.abs(np.asarray(ref, dtype=np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(magnitude > 0, err / magnitude, np.where(err > 0, np.inf, 0.0))
     at_abs, at_rel = first_largest(err), first_largest(rel)
-    allowed = Tolerance(**report.tolerance).allowed(np.where(np.isfinite(r), r, 0.0))
-    return at_abs, at_rel, float(allowed[at_abs])
+    return at_abs, at_rel, float(errors.allowed[at_abs])
 
 
 def _value_block(report: Report, finding: Finding, row: Row) -> list[str]:

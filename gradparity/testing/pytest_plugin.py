@@ -91,8 +91,8 @@ class ParityChecker:
 
     def _run(self, assertion: Any, args: tuple, options: dict, what: str) -> Report:
         __tracebackhide__ = True
+        from gradparity.core.address import place
         from gradparity.core.errors import InputError
-        from gradparity.locate.layers import place
         from gradparity.testing.assertion import ParityError
 
         self._calls += 1

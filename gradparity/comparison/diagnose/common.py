@@ -1,9 +1,10 @@
-"""Shared pieces of the diagnosis modules: the labels, ``Diagnosis``, the per-call context and
-small helpers used by both the value tests (``comparison.diagnose.values``) and the shape tests
-(``comparison.diagnose.shapes``).
+"""Shared pieces of the diagnosis modules: ``Diagnosis``, the per-call context and small
+helpers used by the value tests (``comparison.diagnose.values``), the shape tests
+(``comparison.diagnose.shapes``) and the last resort (``comparison.diagnose.unexplained``).
 
-"Matches" is ``_matches``: equal shapes and ``tensor_diff(a, b, tol).ok``, as the module
-docstring of ``gradparity.comparison.diagnose.values`` describes.
+"Matches" is ``Tolerance.matches``: equal shapes and no element out of tolerance, as the
+module docstring of ``gradparity.comparison.diagnose.values`` describes. The labels live in
+``gradparity.core.labels``.
 """
 
 from __future__ import annotations
@@ -12,16 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradparity.core.address import Address, Kind
+from gradparity.core.labels import LABELS
 from gradparity.core.metrics import TensorDiff, tensor_diff
 from gradparity.core.tolerance import Tolerance
-
-# fmt: off
-LABELS = (
-    "transposed", "sign_flipped", "scaled", "batch_reduction", "not_reduced", "zero",
-    "nonfinite", "missing_local_derivative", "accumulated", "stale", "shape_mismatch",
-    "mutates_input", "raised", "unexplained",
-)
-# fmt: on
 
 
 @dataclass(frozen=True)
@@ -29,17 +24,23 @@ class Diagnosis:
     """What is wrong with one quantity of one layer.
 
     ``message``: the problem with numbers, no layer prefix; ``fix``: the likely fix, imperative;
-    ``detail``: the numbers, as JSON values.
+    ``detail``: the numbers, as JSON values; ``ours_reduction``: for ``batch_reduction``, how
+    ours reduces over the batch ("sum" or "mean"), which later stages decide on.
     """
 
     label: str
     detail: dict
     message: str
     fix: str
+    ours_reduction: str | None = None
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:
             raise ValueError(f"unknown diagnosis label {self.label!r}")
+
+
+# The kinds whose fixes the diagnosis tables tell apart; any other quantity is "other".
+_KINDS = (Kind.GRAD_INPUT, Kind.GRAD, Kind.OUTPUT, Kind.LOSS, Kind.PARAM, Kind.STATE)
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,23 @@ class _Context:
     layout: str = ""
 
     @property
+    def address(self) -> Address | None:
+        """The quantity as an ``Address``; None for a name that is not a quantity."""
+        try:
+            return Address.parse(self.quantity)
+        except ValueError:
+            return None
+
+    @property
     def kind(self) -> str:
         """'grad_input', 'grad', 'output', 'loss', 'param', 'state' or 'other'."""
-        if self.quantity in ("grad_input", "output", "loss"):
-            return self.quantity
-        prefix = self.quantity.split(":", 1)[0]
-        return prefix if ":" in self.quantity and prefix in ("grad", "param", "state") else "other"
+        address = self.address
+        return address.kind.value if address is not None and address.kind in _KINDS else "other"
 
     @property
     def noun(self) -> str:
-        name = self.quantity.split(":", 1)[-1]
+        address = self.address
+        name = address.name if address is not None else None
         return {
             "grad_input": "input gradient",
             "grad": f"gradient of {name}",
@@ -106,9 +114,32 @@ def _diff(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> TensorDiff:
         return tensor_diff(a, b, tol)
 
 
-def _matches(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> bool:
-    return a.shape == b.shape and _diff(a, b, tol).ok
-
-
 def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(int(n) for n in shape))
+
+
+def _rel_norm(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| over the entries finite on both sides (inf when b is zero, a not)."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    num, den = float(np.linalg.norm(a[keep] - b[keep])), float(np.linalg.norm(b[keep]))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def _num(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _index(index: tuple) -> str:
+    return str(tuple(int(i) for i in index))
+
+
+def _at(index: tuple) -> str:
+    """ " at (i, j)", or "" for the index of a scalar (0-D)."""
+    return f" at {_index(index)}" if index else ""
+
+
+def _fmt(x: float) -> str:
+    return f"{float(x):.4g}"

@@ -18,9 +18,9 @@ from gradparity.comparison.diagnose.common import (
     _TRANSPOSE_FIX,
     Diagnosis,
     _Context,
-    _matches,
     _shape,
 )
+from gradparity.core.labels import NOT_REDUCED, SHAPE_MISMATCH, TRANSPOSED
 from gradparity.core.tolerance import Tolerance
 from gradparity.reference.layout import squeezed
 
@@ -39,10 +39,10 @@ def _diagnose_shapes(
     if squeezed(o.shape) == squeezed(r.shape):
         return _shape_mismatch(o, r, ctx, diagnose_values, "reshape", o.reshape(r.shape))
     if o.ndim == 2 and o.T.shape == r.shape:
-        if not _matches(o.T, r, ctx.tol):
+        if not ctx.tol.matches(o.T, r):
             return _shape_mismatch(o, r, ctx, diagnose_values, "transposed", o.T)
         return Diagnosis(
-            "transposed",
+            TRANSPOSED,
             {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
             f"{ctx.noun} is the transpose of the reference's: shape {_shape(o.shape)}, the "
             f"reference {_shape(r.shape)}",
@@ -53,7 +53,7 @@ def _diagnose_shapes(
         return found
     if _find_reduction(r, o, ctx.tol) is not None:
         return _shape_mismatch(o, r, ctx, diagnose_values, "reduced")
-    if o.size == r.size and _matches(o.reshape(r.shape), r, ctx.tol):
+    if o.size == r.size and ctx.tol.matches(o.reshape(r.shape), r):
         return _shape_mismatch(o, r, ctx, diagnose_values, "reshape", o.reshape(r.shape))
     return _shape_mismatch(o, r, ctx, diagnose_values, "other")
 
@@ -74,7 +74,7 @@ def _not_reduced(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | Non
               "axes": list(axes), "batch_size": int(o.shape[axes[0]]),
               "reduction": how}  # fmt: skip
     return Diagnosis(
-        "not_reduced",
+        NOT_REDUCED,
         detail,
         f"{_shape_head(o, r, ctx)}; {'summed' if how == 'sum' else 'averaged'} over {where} "
         "it equals the reference",
@@ -102,7 +102,7 @@ def _find_reduction(
         if squeezed(kept) != squeezed(small.shape):
             continue
         for how in ("sum", "mean"):
-            if _matches(getattr(big, how)(axis=axes).reshape(small.shape), small, tol):
+            if tol.matches(getattr(big, how)(axis=axes).reshape(small.shape), small):
                 return axes, how
     return None
 
@@ -124,7 +124,7 @@ def _shape_mismatch(
     head = _shape_head(o, r, ctx)
     if layout == "reduced":
         return Diagnosis(
-            "shape_mismatch",
+            SHAPE_MISMATCH,
             detail,
             f"{head}; the reference reduced over its batch axis equals ours",
             f"keep the batch axis: the reference has one entry per example, shape "
@@ -135,24 +135,24 @@ def _shape_mismatch(
             f"give it the shape {_shape(r.shape)}: a gradient has the shape of what it "
             "differentiates; check which axes the formula keeps and which it sums over"
         )
-        return Diagnosis("shape_mismatch", detail, head, fix)
+        return Diagnosis(SHAPE_MISMATCH, detail, head, fix)
     if layout == "transposed":
         verb, fix = "transposing", ctx.hint(_TRANSPOSE_FIX)
     else:
         verb, fix = "reshaping", f"reshape it to {_shape(r.shape)}: .reshape({_shape(r.shape)})"
-        if ctx.kind == "grad" and not _matches(aligned, r, ctx.tol):
+        if ctx.kind == "grad" and not ctx.tol.matches(aligned, r):
             fix = (
                 f"give it the shape {_shape(r.shape)}; if it is a sum over the batch, sum over "
                 "the examples' axis (axis 1 with examples as columns, axis 0 as rows) and keep "
                 "the parameter's"
             )
-    detail["values_match"] = _matches(aligned, r, ctx.tol)
+    detail["values_match"] = ctx.tol.matches(aligned, r)
     if detail["values_match"]:
-        return Diagnosis("shape_mismatch", detail, f"{head}; the values match after {verb}", fix)
+        return Diagnosis(SHAPE_MISMATCH, detail, f"{head}; the values match after {verb}", fix)
     inner = diagnose_values(aligned, r, ctx)
     detail["after_layout"] = {"label": inner.label, "detail": inner.detail}
     return Diagnosis(
-        "shape_mismatch", detail, f"{head}; after {verb}: {inner.message}", f"{fix}; {inner.fix}"
+        SHAPE_MISMATCH, detail, f"{head}; after {verb}: {inner.message}", f"{fix}; {inner.fix}"
     )
 
 

@@ -5,12 +5,13 @@ is never guessed. Shapes differ: ``transposed`` (2-D, values match once transpos
 ``not_reduced`` (an extra batch axis that sums, or averages, to the reference), else
 ``shape_mismatch``. Shapes agree: ``nonfinite``, ``zero``, ``sign_flipped``,
 ``batch_reduction``, ``scaled``, ``transposed`` (square), ``missing_local_derivative``, else
-``unexplained`` with the error statistics. The shape tests live in
-``gradparity.comparison.diagnose.shapes``; ``LABELS``, ``Diagnosis`` and the shared helpers in
-``gradparity.comparison.diagnose.common``. The harness assigns ``accumulated``, ``stale``,
-``mutates_input`` and ``raised``: they need several steps or the call itself.
+``unexplained`` with the error statistics (``gradparity.comparison.diagnose.unexplained``).
+The shape tests live in ``gradparity.comparison.diagnose.shapes``; ``Diagnosis`` and the shared
+helpers in ``gradparity.comparison.diagnose.common``, the labels in ``gradparity.core.labels``.
+The harness assigns ``accumulated``, ``stale``, ``mutates_input`` and ``raised``: they need
+several steps or the call itself.
 
-"Matches" always means ``tensor_diff(x, hypothesis, tol).ok``: the hypothesis (``-ref``,
+"Matches" always means ``tol.matches(x, hypothesis)``: the hypothesis (``-ref``,
 ``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the
 tolerance scales with it. A fitted factor counts as ``1``, ``-1``, ``N`` or ``1/N`` within
 ``max(1e-6, 10 * tol.rtol)`` relative. ``detail`` holds only JSON values; an infinite or NaN
@@ -23,23 +24,29 @@ import numpy as np
 
 from gradparity.comparison.diagnose.common import (
     _TRANSPOSE_FIX,
-    LABELS,
     Diagnosis,
+    _at,
     _Context,
-    _diff,
-    _matches,
+    _fmt,
+    _num,
+    _rel_norm,
     _shape,
 )
 from gradparity.comparison.diagnose.shapes import _diagnose_shapes
-from gradparity.core.metrics import first_largest
+from gradparity.comparison.diagnose.unexplained import describe_location, unexplained
+from gradparity.core.labels import (
+    BATCH_REDUCTION,
+    LABELS,
+    MISSING_LOCAL_DERIVATIVE,
+    NONFINITE,
+    SCALED,
+    SIGN_FLIPPED,
+    TRANSPOSED,
+    ZERO,
+)
 from gradparity.core.tolerance import Tolerance
 
 __all__ = ["LABELS", "Diagnosis", "describe_location", "diagnose"]
-
-_MAX_LISTED = 20
-# Cosine above this: ours points the reference's way, only the length is off (a near-factor).
-_NEARLY_PARALLEL = 0.999
-_NOT_ONE = 0.02  # a near-factor this close to 1 says nothing the error statistics do not
 
 
 def diagnose(
@@ -73,42 +80,9 @@ def diagnose(
     ctx = _Context(tol, quantity, batch_size, up, pshape, layout)
     if o.shape != r.shape:
         return _diagnose_shapes(o, r, ctx, _diagnose_values)
-    if _matches(o, r, tol):
+    if tol.matches(o, r):
         raise ValueError("pair does not diverge: ours matches the reference under the tolerance")
     return _diagnose_values(o, r, ctx)
-
-
-def describe_location(mismatch: np.ndarray) -> dict:
-    """Where the ``True`` entries of a boolean mask (any shape) lie.
-
-    Always ``count``, ``numel``, ``indices`` (the first 20 as multi-index lists) and
-    ``truncated``. 2-D masks add ``rows``/``cols`` (wholly mismatching), ``rows_hit``/
-    ``cols_hit`` (any mismatch; lists hold at most 20) with ``n_rows_hit``/``n_cols_hit``, and
-    square ones ``diagonal_only``/``off_diagonal_only``.
-    """
-    m = np.asarray(mismatch, dtype=bool)
-    where = np.argwhere(m)
-    loc: dict = {
-        "count": int(m.sum()),
-        "numel": int(m.size),
-        "indices": where[:_MAX_LISTED].tolist(),
-        "truncated": bool(len(where) > _MAX_LISTED),
-    }
-    if m.ndim == 2:
-        rows_hit, cols_hit = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        loc.update(
-            rows=np.flatnonzero(m.all(axis=1))[:_MAX_LISTED].tolist(),
-            cols=np.flatnonzero(m.all(axis=0))[:_MAX_LISTED].tolist(),
-            rows_hit=rows_hit[:_MAX_LISTED].tolist(),
-            n_rows_hit=len(rows_hit),
-            cols_hit=cols_hit[:_MAX_LISTED].tolist(),
-            n_cols_hit=len(cols_hit),
-        )
-        if m.shape[0] == m.shape[1]:
-            diag = np.eye(m.shape[0], dtype=bool)
-            loc["diagonal_only"] = bool(m.any() and not (m & ~diag).any())
-            loc["off_diagonal_only"] = bool(m.any() and not (m & diag).any())
-    return loc
 
 
 # ---------------------------------------------------------------- fixes by kind of quantity
@@ -146,7 +120,7 @@ def _diagnose_values(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
         found = test(o, r, ctx)
         if found is not None:
             return found
-    return _unexplained(o, r, ctx)
+    return unexplained(o, r, ctx)
 
 
 def _nonfinite(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
@@ -158,7 +132,7 @@ def _nonfinite(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     detail = {"nan": n_nan, "inf": n_inf, "numel": int(o.size),
               "first_index": [int(i) for i in first], "ref_at_first": float(r[first])}  # fmt: skip
     return Diagnosis(
-        "nonfinite",
+        NONFINITE,
         detail,
         f"{ctx.noun} has {n_nan} NaN and {n_inf} infinite values where the reference is finite "
         f"({'first' + _at(first) + ': ' if first else ''}the reference is {_fmt(r[first])} there)",
@@ -184,7 +158,7 @@ def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     what = "all zeros" if ours_max == 0 else f"zero up to round-off (below {_fmt(bound)})"
     size = {"ours_max_abs": 0.0} if ours_max == 0 else {"ours_max_abs_below": _num(bound)}
     return Diagnosis(
-        "zero",
+        ZERO,
         {"numel": int(o.size), "ref_max_abs": _num(ref_max), **size},
         f"{ctx.noun} is {what}; the reference's largest magnitude is {_fmt(ref_max)}",
         ctx.hint(_ZERO_FIX),
@@ -192,11 +166,11 @@ def _zero(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
 
 
 def _sign_flipped(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    if not _matches(-o, r, ctx.tol):
+    if not ctx.tol.matches(-o, r):
         return None
     at = np.unravel_index(int(np.argmax(np.abs(np.nan_to_num(r)))), r.shape)
     return Diagnosis(
-        "sign_flipped",
+        SIGN_FLIPPED,
         {"factor": -1.0},
         f"{ctx.noun} has the opposite sign of the reference's everywhere (ours {_fmt(o[at])}, "
         f"reference {_fmt(r[at])}{_at(at)})",
@@ -212,7 +186,7 @@ def _fit_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> float | None:
     f = float(np.vdot(o, r)) / rr if rr > 0 else 0.0
     if f == 0.0 or not np.isfinite(f):
         return None
-    return f if _matches(o, f * r, tol) else None
+    return f if tol.matches(o, f * r) else None
 
 
 def _close(a: float, b: float, tol: Tolerance) -> bool:
@@ -253,7 +227,7 @@ def _batch_reduction(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis |
         message += ", or divides by the batch size twice"
     detail = {"factor": f, "batch_size": int(n), "ours_reduction": ours_red,
               "ref_reduction": ref_red}  # fmt: skip
-    return Diagnosis("batch_reduction", detail, message, fix)
+    return Diagnosis(BATCH_REDUCTION, detail, message, fix, ours_reduction=ours_red)
 
 
 def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
@@ -280,7 +254,7 @@ def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     # the errors below tensor_diff's noise floor, so the report is the same on any machine.
     residual = residual if residual >= ctx.tol.floor() * ctx.tol.rtol else 0.0
     return Diagnosis(
-        "scaled",
+        SCALED,
         {"factor": f, "residual": residual},
         f"values are {_fmt(f)} times the reference's",
         fix + ("; the sign is flipped as well" if f < 0 else ""),
@@ -288,10 +262,10 @@ def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
 
 
 def _transposed_square(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    if o.ndim != 2 or o.shape[0] != o.shape[1] or not _matches(o.T, r, ctx.tol):
+    if o.ndim != 2 or o.shape[0] != o.shape[1] or not ctx.tol.matches(o.T, r):
         return None
     return Diagnosis(
-        "transposed",
+        TRANSPOSED,
         {"ours_shape": list(o.shape), "ref_shape": list(r.shape)},
         f"{ctx.noun} is the transpose of the reference's (both have shape {_shape(o.shape)})",
         ctx.hint(_TRANSPOSE_FIX),
@@ -300,11 +274,11 @@ def _transposed_square(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis
 
 def _missing_local_derivative(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     up = ctx.upstream
-    if ctx.kind != "grad_input" or up is None or not _matches(o, up, ctx.tol):
+    if ctx.kind != "grad_input" or up is None or not ctx.tol.matches(o, up):
         return None
     ref_vs_up = _rel_norm(r, up)
     return Diagnosis(
-        "missing_local_derivative",
+        MISSING_LOCAL_DERIVATIVE,
         {"ref_rel_diff_to_upstream": _num(ref_vs_up)},
         f"{ctx.noun} equals the upstream gradient: the local derivative was not multiplied in "
         f"(the reference differs from the upstream gradient by {_fmt(ref_vs_up)} relative)",
@@ -319,139 +293,3 @@ _LOCAL_DERIVATIVE_FIX = {
     "transpose": "multiply by the weight: dL/dx = grad_out @ W.T for a weight stored (in, out)",
     "identity": "multiply by the weight: dL/dx = grad_out @ W for a weight stored (out, in)",
 }
-
-
-def _unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
-    d = _diff(o, r, ctx.tol)
-    mismatch, err = _mismatch(o, r, ctx.tol)
-    loc = describe_location(mismatch)
-    worst = first_largest(err)
-    # Only where both sides are nonzero: against an exact 0 a sign says nothing.
-    signed = mismatch & (o != 0) & (r != 0)
-    with np.errstate(invalid="ignore"):
-        flipped = np.sign(o[signed]) != np.sign(r[signed])
-    sign_frac = float(flipped.mean()) if flipped.size else 0.0
-    detail = {
-        "max_abs": _num(d.max_abs),
-        "max_rel": _num(d.max_rel),
-        "rel_norm": _num(_rel_norm(o, r)),
-        "cosine": d.cosine,
-        "mismatch_frac": d.mismatch_frac,
-        "mismatch_count": d.mismatch_count,
-        "numel": d.numel,
-        "worst_index": [int(i) for i in worst],
-        "ours_at_worst": _num(o[worst]),
-        "ref_at_worst": _num(r[worst]),
-        "sign_differs_frac": sign_frac,
-        "location": loc,
-    }
-    region = _region(loc, o.shape)
-    message = (
-        f"values differ in {d.mismatch_count} of {d.numel} elements ({100 * d.mismatch_frac:.1f}%)"
-        f"{', ' + region[0] if region else ''}; max abs error {_fmt(err[worst])}{_at(worst)}: "
-        f"ours {_fmt(o[worst])}, reference {_fmt(r[worst])}"
-    )
-    if sign_frac >= 0.5:
-        message += f"; {100 * sign_frac:.0f}% of the differing elements have the opposite sign"
-    fix = f"compare the formula for the {ctx.noun} with the reference's term by term"
-    if o.ndim >= 2 and _matches(o, r[..., ::-1, ::-1], ctx.tol):
-        detail["flipped_last_two_axes"] = True
-        message += "; it equals the reference with its last two axes reversed (a flipped kernel)"
-        fix = (
-            "do not flip the kernel: torch's convolution is a cross-correlation, so "
-            "dW[f, c] = sum over positions of (input window * upstream gradient)"
-        )
-    unmasked = _unmasked(o, r, mismatch)
-    if unmasked:
-        detail["unmasked"] = unmasked
-        message += (
-            f"; all {unmasked} differing elements are where the reference is exactly 0, and "
-            "the rest match: a mask is missing"
-        )
-        fix = "multiply by the mask the reference applies, e.g. (z > 0) for a ReLU"
-    if region:
-        fix += f"; the error is confined to {region[1]}"
-    with np.errstate(invalid="ignore"):  # inf / inf where both sides share an infinity: nan
-        factor = float(np.vdot(o, r) / np.vdot(r, r)) if np.any(r) else 1.0
-    if d.cosine > _NEARLY_PARALLEL and abs(factor - 1.0) > _NOT_ONE:
-        detail["approx_factor"] = factor
-        message += f"; close to {_fmt(factor)} times the reference's, but not exactly"
-        fix += (
-            f"; look for a factor of about {_fmt(factor)} that is not quite constant "
-            "(an epsilon, or a correction such as Adam's 1 - beta**t)"
-        )
-    return Diagnosis("unexplained", detail, message, fix)
-
-
-def _unmasked(o: np.ndarray, r: np.ndarray, mismatch: np.ndarray) -> int:
-    """How many elements differ, when every one of them is an exact 0 of the reference (0 when
-    some differ elsewhere, or when the reference is 0 everywhere)."""
-    zero = r == 0
-    if not mismatch.any() or zero.all() or (mismatch & ~zero).any():
-        return 0
-    return int(mismatch.sum())
-
-
-def _region(loc: dict, shape: tuple[int, ...]) -> tuple[str, str] | None:
-    """(message phrase, fix phrase) saying where the mismatches lie; None if not confined."""
-    count, listed = loc["count"], [tuple(i) for i in loc["indices"]]
-    if count == 0 or count == loc["numel"]:
-        return None
-    if count <= 3:
-        at = ", ".join(_index(i) for i in listed)
-        return f"only at {at}", at
-    if len(shape) != 2:
-        return None
-    for axis, name in ((0, "rows"), (1, "columns")):
-        hit, n_hit = loc[f"{name[:3]}s_hit"], loc[f"n_{name[:3]}s_hit"]
-        if n_hit < shape[axis] and n_hit <= _MAX_LISTED:
-            return f"all in {name} {hit}", f"{name} {hit}"
-    if loc.get("diagonal_only"):
-        return "all on the diagonal", (
-            "the diagonal: check the terms that apply only when i == j (e.g. the delta_ij of the "
-            "softmax Jacobian)"
-        )
-    if loc.get("off_diagonal_only"):
-        return "all off the diagonal", "the off-diagonal elements: check the i != j cross terms"
-    return None
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _mismatch(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> tuple[np.ndarray, np.ndarray]:
-    """(mismatch mask, absolute error) per element, exactly as ``tensor_diff`` counts them."""
-    same_nonfinite = ~np.isfinite(o) & ~np.isfinite(r) & (o == r)
-    allowed = tol.allowed(np.where(np.isfinite(r), r, 0.0))
-    with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(o - r)
-    err = np.where(same_nonfinite, 0.0, err)
-    err = np.where(np.isnan(err), np.inf, err)
-    return err > allowed, err
-
-
-def _rel_norm(a: np.ndarray, b: np.ndarray) -> float:
-    """||a - b|| / ||b|| over the entries finite on both sides (inf when b is zero, a not)."""
-    keep = np.isfinite(a) & np.isfinite(b)
-    num, den = float(np.linalg.norm(a[keep] - b[keep])), float(np.linalg.norm(b[keep]))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
-def _num(x: float) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
-def _index(index: tuple) -> str:
-    return str(tuple(int(i) for i in index))
-
-
-def _at(index: tuple) -> str:
-    """ " at (i, j)", or "" for the index of a scalar (0-D)."""
-    return f" at {_index(index)}" if index else ""
-
-
-def _fmt(x: float) -> str:
-    return f"{float(x):.4g}"
