@@ -11,6 +11,7 @@ import pytest
 
 from gradparity.comparison.diff import Row
 from gradparity.core.errors import InputError
+from gradparity.core.tolerance import tolerance_for
 from gradparity.corpus import layer_bugs as bugs
 from gradparity.corpus.selftest import compare_setup
 from gradparity.report.report import Report, safe_name
@@ -208,7 +209,7 @@ def test_non_finite_values_stay_strict_json(tmp_path):
         status="diverged",
         diagnosis="nonfinite",
     )
-    report = Report(dtype="float64", tolerance={"rtol": 1e-7}, rows=[row], root_causes=[])
+    report = Report(dtype="float64", tolerance=tolerance_for("float64"), rows=[row], root_causes=[])
     loaded = json.loads(report.to_json())
     assert loaded == report.to_dict()
     assert loaded["rows"][0]["max_abs"] == "inf" and loaded["rows"][0]["max_rel"] == "nan"

@@ -168,7 +168,7 @@ def _function_report(spec: str, dtype: str | None, seed: int | None) -> Report:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gradparity.pipelines.layers import compare
-    from gradparity.report.report import merge_reports
+    from gradparity.report.merge import merge_reports
 
     out = _check_out(args.out)
     if args.function and (args.model or args.ours or args.reference or args.bug):
