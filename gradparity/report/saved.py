@@ -64,7 +64,7 @@ def _number(value: Any) -> float | int:
 
 def _status(value: Any) -> str:
     if value not in STATUS_RANK:
-        raise Refused(f"status must be one of {', '.join(STATUS_RANK)}, got {value!r:.40}")
+        raise Refused(f"must be one of {', '.join(STATUS_RANK)}, got {value!r:.40}")
     return value
 
 
