@@ -151,6 +151,9 @@ def _hostile(tmp_path: Path, name: str) -> Path:
         "bad_tolerance": json.dumps(good | {"tolerance": {"rtol": 1}}),
         "false_verdict": json.dumps(good | {"rows": [_row(status="diverged")]}),
         "part_outside": json.dumps(good | {"parts": ["../elsewhere"]}),
+        "model_not_text": json.dumps(good | {"meta": {"model": 5}}),
+        "history_of_text": json.dumps(good | {"history": [{"step": 1, "loss_ours": "low"}]}),
+        "divergence_nowhere": json.dumps(good | {"first_divergence": {"forward": {"layer": 1}}}),
         "deep": "[" * 100_000 + "]" * 100_000,
     }.get(name)
     if name == "not_utf8":
@@ -189,6 +192,9 @@ def _row(**changes) -> dict:
         ("false_verdict", "it says ok is True"),
         ("part_outside", "'../elsewhere' is not a part folder"),
         ("not_a_png", "is not a PNG image"),
+        ("model_not_text", "meta.model: expected text"),
+        ("history_of_text", "history[0]: loss_ours: expected a number"),
+        ("divergence_nowhere", "first_divergence.forward: expected a layer and a quantity"),
     ],
 )
 def test_what_is_not_a_saved_report_is_refused_in_one_line(tmp_path, name, needle):

@@ -133,7 +133,7 @@ class Report:
             "first_divergence": saved.first_divergence(head.get("first_divergence", {})),
             "conversions": saved.texts(head.get("conversions", []), "conversions"),
             "notes": saved.texts(head.get("notes", []), "notes"),
-            "meta": saved.an_object(head.get("meta", {}), "meta"),
+            "meta": saved.meta(head.get("meta", {})),
             "unmapped_taps": saved.objects(head.get("unmapped_taps", []), "unmapped_taps"),
         }
 
@@ -339,7 +339,7 @@ class TrainingReport(Report):
         step = head.get("first_divergent_step")
         return {
             **super()._saved_fields(head),
-            "history": pd.DataFrame(saved.objects(head["history"], "history")),
+            "history": pd.DataFrame(saved.history(head["history"])),
             "first_divergent_step": None if step is None else saved.whole(step, "step"),
         }
 

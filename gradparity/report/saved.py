@@ -191,11 +191,31 @@ def tolerance(value: Any) -> Tolerance:
 def first_divergence(value: Any) -> dict:
     """{kind: {"layer", "quantity"} or None}: where the chain run first diverged."""
     for kind, where in _object(value).items():
-        if where is not None and not (
-            isinstance(where, dict) and {"layer", "quantity"} <= where.keys()
-        ):
-            raise Refused(f"first_divergence.{kind}: expected layer and quantity")
+        texts_at = isinstance(where, dict) and all(
+            isinstance(where.get(key), str) for key in ("layer", "quantity")
+        )
+        if where is not None and not texts_at:
+            raise Refused(f"first_divergence.{kind}: expected a layer and a quantity")
     return value
+
+
+def meta(value: Any) -> dict:
+    """The run details; the model's name, when there, is text (folders are named after it)."""
+    value = an_object(value, "meta")
+    if "model" in value:
+        text(value["model"], "meta.model")
+    return value
+
+
+def history(value: Any) -> list[dict]:
+    """A training report's history: one object of numbers (or null) per step."""
+
+    def step(record: Any) -> dict:
+        for key, number in _object(record).items():
+            _named(key, _maybe(_number), number)
+        return record
+
+    return _each(value, "history", step)
 
 
 def texts(value: Any, what: str) -> list[str]:
@@ -210,19 +230,20 @@ def read(path: str | os.PathLike) -> tuple[dict, Path]:
     a report's keys there.
     """
     given = Path(path)
-    file = given / "report.json" if given.is_dir() else given
     try:
-        text = file.read_text(encoding="utf-8")
-        head = json.loads(text)
+        file = given / "report.json" if given.is_dir() else given
+        head = json.loads(file.read_text(encoding="utf-8"))
     except IsADirectoryError:
         raise InputError(f"{file} is a folder, not a report.json file") from None
     except FileNotFoundError:
         raise InputError(f"no saved report at {given}: {file} does not exist") from None
     except OSError as exc:
-        raise InputError(f"cannot read {file}: {exc.strerror or exc}") from exc
+        raise InputError(f"cannot read {given}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError:
         raise InputError(f"{file} is not a gradparity report.json: not UTF-8 text") from None
     except (ValueError, RecursionError) as exc:
+        if not isinstance(exc, json.JSONDecodeError | RecursionError):  # a NUL in the path
+            raise InputError(f"{given!r} is not a usable path: {exc}") from None
         raise InputError(f"{file} is not a gradparity report.json: invalid JSON ({exc})") from None
     missing = ["ok", "dtype", "tolerance", "rows", "root_causes"]
     if isinstance(head, dict):
@@ -251,7 +272,10 @@ def plots(folder: Path) -> dict[str, bytes]:
     for path in sorted(plots_dir.iterdir()):
         if path.suffix != ".png" or path.is_symlink() or not path.is_file():
             continue
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
         if not data.startswith(PNG_SIGNATURE):
             raise InputError(f"{path} is not a PNG image; remove it or save the report again")
         found[path.name] = data
