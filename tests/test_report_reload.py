@@ -227,3 +227,11 @@ def test_tolerance_is_stored_as_such_and_written_as_before(buggy):
     as_dict = Report("float64", tolerance_for("float64").as_dict(), [], [])  # older callers
     assert isinstance(as_dict.tolerance, Tolerance)
     assert as_dict.tolerance.as_dict() == written
+
+
+@pytest.mark.parametrize("example", ["example", "train-example"])
+def test_the_committed_example_reports_render_again_byte_for_byte(example):
+    folder = Path(__file__).resolve().parents[1] / "reports" / example
+    files = Report.from_json(folder).files()
+    as_bytes = {k: v.encode() if isinstance(v, str) else v for k, v in files.items()}
+    assert as_bytes == _tree(folder)
