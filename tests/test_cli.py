@@ -216,3 +216,54 @@ def test_a_reader_closing_the_pipe_keeps_the_verdict(tmp_path):
         run.stdout.close()  # like `| head -c0`: nobody reads the verdict's text
         assert run.wait(timeout=120) == verdict
         assert run.stderr.read() == b""
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("bug", "verdict"), [(None, 0), ("loss_grad_sign", 1)])
+def test_report_re_renders_a_saved_report_with_its_verdict(tmp_path, capsys, bug, verdict):
+    saved = tmp_path / "saved"
+    extra = ["--bug", bug] if bug else []
+    assert main(["check", "--model", "assignment", *extra, "--out", str(saved)]) == verdict
+    written = _files(saved)
+    (saved / "report.md").unlink()
+    (saved / "report.html").write_text("stale")
+    capsys.readouterr()
+    assert main(["report", str(saved)]) == verdict  # in place
+    assert _files(saved) == written
+    out = capsys.readouterr().out
+    assert ("parity OK" in out) == (verdict == 0) and f"report: {saved / 'report.md'}" in out
+    copy = tmp_path / "copy"
+    assert main(["report", str(saved / "report.json"), "--out", str(copy)]) == verdict
+    assert _files(copy) == written
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.write_text("x"), "not a gradparity report.json: invalid JSON"),
+        (lambda d: (d.mkdir(), (d / "report.json").mkdir()), "is a folder, not a report.json"),
+        (lambda d: (d.mkdir(), (d / "report.json").write_text("{")), "invalid JSON"),
+        (lambda d: (d.mkdir(), (d / "report.json").write_text('{"a": 1}')), "lacks 'ok'"),
+    ],
+    ids=["missing", "a_file", "report_json_is_a_folder", "invalid_json", "another_schema"],
+)
+def test_report_of_a_bad_dir_exits_2_with_one_line(tmp_path, capsys, make, needle):
+    target = tmp_path / "dir"
+    make(target)
+    assert main(["report", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and err.startswith("gradparity: error:")
+
+
+def test_report_into_a_folder_with_other_files_is_refused(tmp_path, capsys):
+    assert main(["check", "--model", "assignment", "--out", str(tmp_path / "saved")]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    argv = ["report", str(tmp_path / "saved"), "--out", str(tmp_path / "mine")]
+    assert main(argv) == 2
+    assert "keep.txt" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"

@@ -309,8 +309,8 @@ def check_meaning(case: Case, report: Any) -> None:
     default = tolerance_for(dtype)
     rtol, atol = case.value["rtol"], case.value["atol"]
     assert report.dtype == dtype, (report.dtype, case)
-    assert report.tolerance["rtol"] == (default.rtol if rtol is None else float(rtol)), case
-    assert report.tolerance["atol"] == (default.atol if atol is None else float(atol)), case
+    assert report.tolerance.rtol == (default.rtol if rtol is None else float(rtol)), case
+    assert report.tolerance.atol == (default.atol if atol is None else float(atol)), case
     assert report.meta["seed"] == int(case.value["seed"]), case
 
 

@@ -17,7 +17,7 @@ import torch
 
 import gradparity as gp
 from gradparity.ours import Sigmoid
-from gradparity.report.report import merge_reports
+from gradparity.report.merge import merge_reports
 from gradparity.report.terminal import render
 
 SCRIPT = "<script>alert(1)</script>"

@@ -341,7 +341,7 @@ def test_compare_clean_model_has_no_warnings(data):
     report = gp.compare(model, mirror(model), x, t, seed=0)
     assert report.ok
     assert report.warnings == []
-    assert report.tolerance["rtol"] == TOL.rtol
+    assert report.tolerance.rtol == TOL.rtol
 
 
 def test_a_bias_gradient_an_update_still_takes_is_only_a_warning():

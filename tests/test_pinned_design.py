@@ -52,7 +52,7 @@ def test_a_difference_just_above_the_documented_tolerance_is_found(times_rtol, f
     looser tolerance would miss the first; a 10x tighter one would flag the second."""
     layer = _weight_grad_off_by(times_rtol * DOCUMENTED_RTOL)
     report = compare_setup(*bugs.base_network(0, fc1=layer))
-    assert report.tolerance["rtol"] == DOCUMENTED_RTOL
+    assert report.tolerance.rtol == DOCUMENTED_RTOL
     if found:
         assert not report.ok
         assert [(f.layer, f.quantity, f.mode) for f in report.root_causes] == [

@@ -11,8 +11,11 @@ import pytest
 
 from gradparity.core.errors import InputError
 from gradparity.core.row import Row
+from gradparity.core.tolerance import tolerance_for
 from gradparity.corpus import layer_bugs as bugs
 from gradparity.corpus.selftest import compare_setup
+from gradparity.report import tables
+from gradparity.report.html import layer_tables
 from gradparity.report.report import Report, safe_name
 from gradparity.report.terminal import render, use_colour
 
@@ -208,7 +211,41 @@ def test_non_finite_values_stay_strict_json(tmp_path):
         status="diverged",
         diagnosis="nonfinite",
     )
-    report = Report(dtype="float64", tolerance={"rtol": 1e-7}, rows=[row], root_causes=[])
+    report = Report(dtype="float64", tolerance=tolerance_for("float64"), rows=[row], root_causes=[])
     loaded = json.loads(report.to_json())
     assert loaded == report.to_dict()
     assert loaded["rows"][0]["max_abs"] == "inf" and loaded["rows"][0]["max_rel"] == "nan"
+
+
+def test_one_table_renderer_pads_columns_and_pipes_markdown():
+    header, cells = ("a", "long name"), [("wide cell", "x"), ("b", "")]
+    assert tables.fixed_width(header, cells) == ["a          long name", "wide cell  x", "b"]
+    assert tables.markdown(header, cells) == [
+        "| a | long name |",
+        "|---|---|",
+        "| wide cell | x |",
+        "| b |  |",
+    ]
+    assert tables.first([1, 2, 3], 2) == ([1, 2], 1) and tables.first([1], 5) == ([1], 0)
+    # Three digits of the value report.json stores (six), not of the value in memory.
+    assert tables.number(0.00123499999) == "0.00123" and tables.number(1.2345e-12) == "1.23e-12"
+    assert tables.number(0.0012349996) == f"{0.001235:.3g}"
+
+
+def test_every_text_table_takes_its_row_limit_from_the_one_place(monkeypatch):
+    report = Report(
+        dtype="float64", tolerance=tolerance_for("float64"), rows=_rows(40), root_causes=[]
+    )
+    problems = sum(r.status != "ok" for r in report.rows)
+    monkeypatch.setattr(tables, "TERMINAL_ROWS", 3)
+    shown = render(report).splitlines()
+    assert shown[-1] == f"  ... {problems - 3} more problem rows in the report"
+    assert len([line for line in shown if "layer" in line]) == 3
+    monkeypatch.setattr(tables, "MARKDOWN_PROBLEM_ROWS", 4)
+    monkeypatch.setattr(tables, "MARKDOWN_OK_ROWS", 2)
+    md = report.to_markdown()
+    assert f"... and {problems - 4} more problem rows (see table.csv)" in md
+    assert f"... and {40 - problems - 2} more ok rows (see table.csv)" in md
+    monkeypatch.setattr(tables, "HTML_PROBLEM_ROWS", 5)
+    html = layer_tables(report.rows)
+    assert f"... {problems - 5} more problem rows in table.csv" in html

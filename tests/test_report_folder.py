@@ -269,7 +269,7 @@ def test_paths_outside_the_folder_are_refused(tmp_path):
 
 
 def test_a_merged_report_saves_its_parts_whole(tmp_path):
-    from gradparity.report.report import merge_reports
+    from gradparity.report.merge import merge_reports
 
     first = compare_setup(*bugs.base_network(0))
     second = compare_setup(*bugs.base_network(1))

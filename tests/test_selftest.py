@@ -280,7 +280,7 @@ def test_unmutated_models_never_flagged(model_name):
                     [w.message for w in report.warnings],
                 )
             )
-        assert report.tolerance["rtol"] == TOL.rtol
+        assert report.tolerance.rtol == TOL.rtol
     assert flagged == [], flagged[:5]
 
 

@@ -18,7 +18,8 @@ from typing import Any, NoReturn
 
 from gradparity.core.errors import InputError, describe_error
 
-EXIT_USAGE = 2
+# The exit statuses: the verdict (parity, divergence found), or a refusal.
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE = 0, 1, 2
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -1,4 +1,4 @@
-"""Command line: ``gradparity check``, ``gradparity train`` and ``gradparity selftest``.
+"""Command line: ``gradparity check``, ``train``, ``selftest`` and ``report``.
 
 Exit status: 0 parity, 1 divergence found, 2 usage or input error.
 """
@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradparity.cli import zoo
+from gradparity.cli import report_command, zoo
 from gradparity.cli.errors import (
+    EXIT_DIVERGED,
+    EXIT_OK,
     EXIT_USAGE,
     OneLineParser,
     internal_error,
@@ -35,8 +37,6 @@ from gradparity.report.terminal import use_colour
 
 if TYPE_CHECKING:  # torch, pandas and the harness load when a command runs, not for --help
     from gradparity.report.report import Report
-
-EXIT_OK, EXIT_DIVERGED = 0, 1
 
 
 def load_factory(spec: str) -> Any:
@@ -168,7 +168,7 @@ def _function_report(spec: str, dtype: str | None, seed: int | None) -> Report:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gradparity.pipelines.layers import compare
-    from gradparity.report.report import merge_reports
+    from gradparity.report.merge import merge_reports
 
     out = _check_out(args.out)
     if args.function and (args.model or args.ours or args.reference or args.bug):
@@ -382,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--format", choices=["text", "json"], default="text")
     selftest.add_argument("--seed", type=option_type(check_seed, "--seed"), default=0)
     selftest.set_defaults(func=cmd_selftest)
+    report_command.add_parser(sub)
     return parser
 
 

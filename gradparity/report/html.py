@@ -15,10 +15,7 @@ from gradparity.core.finding import Finding
 from gradparity.core.rounding import json_value
 from gradparity.core.row import DISPLAY_COLUMNS, Row
 from gradparity.core.status import STATUS_RANK, Status
-
-# Enough to see every problem of a real network; the rest stays in table.csv.
-MAX_PROBLEM_ROWS = 300
-MAX_OK_ROWS = 100
+from gradparity.report import tables
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
@@ -71,7 +68,7 @@ def _cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return tables.number(value)
     if isinstance(value, (list, tuple)):
         return _e(tuple(value))
     return _e(value)
@@ -95,27 +92,21 @@ def _rows_table(rows: list[Row]) -> str:
 
 
 def layer_tables(rows: list[Row]) -> str:
-    """Problem rows first (all statuses but ok), ok rows collapsed under a summary."""
-    problems = sorted(
-        (r for r in rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
-    )
-    ok_rows = [r for r in rows if r.status == Status.OK]
+    """Problem rows first (all statuses but ok), ok rows collapsed under a summary; at most
+    ``tables.HTML_PROBLEM_ROWS`` and ``tables.HTML_OK_ROWS`` of them."""
+    ranked = sorted((r for r in rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status])
+    problems, more_problems = tables.first(ranked, tables.HTML_PROBLEM_ROWS)
+    ok_rows, more_ok = tables.first([r for r in rows if r.status == Status.OK], tables.HTML_OK_ROWS)
     parts = []
     if problems:
-        parts.append(_rows_table(problems[:MAX_PROBLEM_ROWS]))
-        if len(problems) > MAX_PROBLEM_ROWS:
-            parts.append(
-                f"<p>... {len(problems) - MAX_PROBLEM_ROWS} more problem rows in table.csv</p>"
-            )
+        parts.append(_rows_table(problems))
+        if more_problems:
+            parts.append(f"<p>... {more_problems} more problem rows in table.csv</p>")
     if ok_rows:
-        more = (
-            f"<p>... {len(ok_rows) - MAX_OK_ROWS} more ok rows in table.csv</p>"
-            if len(ok_rows) > MAX_OK_ROWS
-            else ""
-        )
+        more = f"<p>... {more_ok} more ok rows in table.csv</p>" if more_ok else ""
         parts.append(
-            f"<details{'' if problems else ' open'}><summary>{len(ok_rows)} ok rows"
-            f"</summary>{_rows_table(ok_rows[:MAX_OK_ROWS])}{more}</details>"
+            f"<details{'' if problems else ' open'}><summary>{len(ok_rows) + more_ok} ok rows"
+            f"</summary>{_rows_table(ok_rows)}{more}</details>"
         )
     return "\n".join(parts)
 
@@ -168,8 +159,8 @@ def render(report, plots: list[tuple[str, bytes, str]]) -> str:
         )
     details = {
         "dtype": report.dtype,
-        "tolerance": json.dumps(report.tolerance),
-        **{k: v for k, v in report.meta.items()},
+        "tolerance": json.dumps(report.tolerance.as_dict()),
+        **json_value(report.meta),  # as report.json stores it: a reload renders the same
     }
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in details.items())
     items += "".join(f"<dt>layout</dt><dd>{_e(c)}</dd>" for c in report.conversions)

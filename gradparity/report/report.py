@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -14,8 +18,9 @@ from gradparity.core import escape
 from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
-from gradparity.core.row import DISPLAY_COLUMNS, Row
-from gradparity.core.status import STATUS_RANK, Status
+from gradparity.core.row import Row
+from gradparity.core.tolerance import Tolerance
+from gradparity.report import markdown, saved
 from gradparity.report.folder import REPORT_FILES, write_folder
 
 TABLE_COLUMNS = [
@@ -39,24 +44,14 @@ TABLE_COLUMNS = [
     "step",
 ]
 MAX_HEATMAPS = 20
-MAX_MD_PROBLEM_ROWS = 200
+# A plot a report may show: file name, how to draw it (None: the data is missing), caption.
+Wanted = tuple[str, Callable[[], bytes] | None, str]
 
 
 def safe_name(text: str, limit: int = 80) -> str:
     """A file-name-safe version of a layer or quantity name: [A-Za-z0-9_.-] only."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")
     return cleaned[:limit] or "unnamed"
-
-
-_ROW_FLOATS = (
-    "max_abs",
-    "max_rel",
-    "cosine",
-    "mismatch_frac",
-    "ours_at_worst",
-    "ref_at_worst",
-    "allowed_at_worst",
-)
 
 
 def _row_json(row: dict) -> str:
@@ -66,20 +61,16 @@ def _row_json(row: dict) -> str:
     return text
 
 
-def _num(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return escape.markdown(value)
-
-
 @dataclass
 class Report:
-    """Result of a comparison. ``ok`` is True when nothing diverged and nothing was found."""
+    """Result of a comparison. ``ok`` is True when nothing diverged and nothing was found.
+
+    ``tolerance`` is the ``Tolerance`` the run compared with (a dict as report.json stores it
+    is accepted too, and turned into one).
+    """
 
     dtype: str
-    tolerance: dict
+    tolerance: Tolerance
     rows: list[Row]
     root_causes: list[Finding]
     warnings: list[Finding] = field(default_factory=list)
@@ -94,6 +85,58 @@ class Report:
     arrays: dict = field(default_factory=dict, repr=False)
     # A merged report's own reports, saved whole in subfolders named after their models.
     parts: list[Report] = field(default_factory=list, repr=False)
+    # A report read back by ``from_json``: the PNGs of its folder's plots/ by file name (None
+    # for a report from a run, which draws every plot itself).
+    saved_plots: dict[str, bytes] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tolerance, dict):
+            self.tolerance = Tolerance(**self.tolerance)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Report:
+        """The report saved at ``path`` (a report.json file or a report folder), restored
+        without running anything: verdict, rows, root causes, notes, meta, a merged report's
+        parts (from its subfolders) and a training report's history.
+
+        report.json holds no arrays and rounds its statistics, which cannot draw the plots
+        again as they were (heatmaps need the arrays; the error chart, ours minus reference
+        at full precision), so the plots are the PNGs of the folder's plots/, kept as they
+        are; one missing there is left out. Saving the restored report writes the same bytes
+        as the save it was read from. Raises InputError, one line naming the file, for
+        anything that is not a gradparity report.
+        """
+        head, file = saved.read(path)
+        kind = TrainingReport if "history" in head else Report
+        try:
+            report = kind(
+                **kind._saved_fields(head),
+                parts=[Report.from_json(p) for p in saved.part_folders(head, file.parent)],
+                saved_plots=saved.plots(file.parent),
+            )
+        except saved.Refused as exc:
+            raise saved.refusal(file, exc) from None
+        if report.ok is not head["ok"]:
+            raise saved.refusal(
+                file, saved.Refused(f"it says ok is {head['ok']!r}, but its rows say otherwise")
+            )
+        return report
+
+    @classmethod
+    def _saved_fields(cls, head: dict) -> dict[str, Any]:
+        """Constructor arguments from report.json's content (checked field by field)."""
+        return {
+            "dtype": saved.text(head["dtype"], "dtype"),
+            "tolerance": saved.tolerance(head["tolerance"]),
+            "rows": saved.rows(head["rows"]),
+            "root_causes": saved.findings(head["root_causes"], "root_causes"),
+            "warnings": saved.findings(head.get("warnings", []), "warnings"),
+            "first_divergence": saved.first_divergence(head.get("first_divergence", {})),
+            "conversions": saved.texts(head.get("conversions", []), "conversions"),
+            "notes": saved.texts(head.get("notes", []), "notes"),
+            "meta": saved.meta(head.get("meta", {})),
+            "unmapped_taps": saved.objects(head.get("unmapped_taps", []), "unmapped_taps"),
+        }
 
     @property
     def ok(self) -> bool:
@@ -106,7 +149,7 @@ class Report:
 
     def _json_rows(self) -> list[dict]:
         """Rows as report.json and table.csv write them: statistics rounded, no detail."""
-        return [round_row(r.as_record(), _ROW_FLOATS) for r in self.rows]
+        return [round_row(r.as_record(), saved.STATISTICS) for r in self.rows]
 
     def _head(self) -> dict:
         head = json_value(
@@ -122,9 +165,11 @@ class Report:
                 "notes": self.notes,
                 "meta": self.meta,
                 **({"unmapped_taps": self.unmapped_taps} if self.unmapped_taps else {}),
+                **({"parts": self._part_folders()} if self.parts else {}),
             }
         )
-        head["tolerance"] = json_value(self.tolerance, rounded=False)  # the options, as given
+        # The options, as given (not rounded).
+        head["tolerance"] = json_value(self.tolerance.as_dict(), rounded=False)
         return head
 
     def to_dict(self) -> dict:
@@ -161,7 +206,7 @@ class Report:
         if self.ok:
             return escape.terminal(
                 f"{name}: parity OK ({self.scope()}, {len(self.rows)} tensors, "
-                f"{self.dtype}, rtol {self.tolerance['rtol']:g})"
+                f"{self.dtype}, rtol {self.tolerance.rtol:g})"
             )
         lines = [f"{name}: {len(self.root_causes)} root cause(s)"]
         lines += [f"  - [{f.diagnosis}] {f.message}" for f in self.root_causes]
@@ -170,62 +215,19 @@ class Report:
 
     def to_markdown(self, plot_files: list[str] | None = None) -> str:
         """report.md: verdict and root causes first, then the tables (problems first), the
-        plots (``plot_files``, names under plots/) and the run details. Every text a user
-        controls is escaped (``escape.markdown``)."""
-        md = escape.markdown
-        out = [f"# gradparity report: {md(self.meta.get('model', 'model'))}", ""]
-        out.append(f"**{md(self.verdict())}**")
-        out.append("")
-        if self.root_causes:
-            out += ["## Root causes", ""]
-            out += [
-                f"{i}. `{f.diagnosis}` {md(f.message)}" for i, f in enumerate(self.root_causes, 1)
-            ]
-            out.append("")
-        if self.warnings:
-            out += ["## Warnings", ""]
-            out += [f"- `{w.diagnosis}` {md(w.message)}" for w in self.warnings]
-            out.append("")
-        first = {k: v for k, v in self.first_divergence.items() if v}
-        if first:
-            out += ["## First divergence in the chain run", ""]
-            out += [f"- {k}: {md(place(v['layer'], v['quantity']))}" for k, v in first.items()]
-            out.append("")
-        for mode in dict.fromkeys(["isolate", "chain", *(r.mode for r in self.rows)]):
-            rows = [r for r in self.rows if r.mode == mode]
-            if rows:
-                out += [f"## {md(mode)} rows", "", *self._md_table(rows), ""]
-        if plot_files:  # file names are safe_name()s: [A-Za-z0-9_.-] only
-            out += ["## Plots", ""] + [f"![{md(f)}](plots/{f})" for f in plot_files] + [""]
-        out += [
-            "## Run details",
-            "",
-            f"- dtype: {md(self.dtype)}",
-            f"- tolerance: {md(json.dumps(json_value(self.tolerance, rounded=False)))}",
-        ]
-        out += [f"- {md(k)}: {md(v)}" for k, v in self.meta.items()]
-        out += [f"- layout: {md(c)}" for c in self.conversions]
-        out += [f"- note: {md(n)}" for n in self.notes]
-        return "\n".join(out) + "\n"
+        plots (``plot_files``, names under plots/) and the run details
+        (``gradparity.report.markdown``)."""
+        return markdown.render(self, plot_files)
 
-    @staticmethod
-    def _md_table(rows: list[Row], max_ok: int = 30) -> list[str]:
-        cols = [c for c in DISPLAY_COLUMNS if c not in ("mode", "type")]
-        ordered = sorted(rows, key=lambda r: STATUS_RANK[r.status])
-        ok_rows = [r for r in ordered if r.status == Status.OK]
-        problems = [r for r in ordered if r.status != Status.OK]
-        shown = problems[:MAX_MD_PROBLEM_ROWS] + ok_rows[:max_ok]
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in shown:
-            d = r.as_dict()
-            lines.append("| " + " | ".join(_num(d[c]) for c in cols) + " |")
-        if len(problems) > MAX_MD_PROBLEM_ROWS:
-            lines.append(
-                f"\n... and {len(problems) - MAX_MD_PROBLEM_ROWS} more problem rows (see table.csv)"
-            )
-        if len(ok_rows) > max_ok:
-            lines.append(f"\n... and {len(ok_rows) - max_ok} more ok rows (see table.csv)")
-        return lines
+    def _kept_or_drawn(self, wanted: list[Wanted]) -> list[tuple[str, bytes, str]]:
+        """(file name, PNG bytes, caption) of each wanted plot (file name, how to draw it or
+        None when this report lacks the data, caption). A report read back by
+        ``from_json`` keeps the PNGs its folder held, since report.json's rounded statistics
+        cannot draw them again as they were; a plot missing there is left out."""
+        if self.saved_plots is not None:
+            kept = [(f, self.saved_plots.get(f), caption) for f, _, caption in wanted]
+            return [(f, png, caption) for f, png, caption in kept if png is not None]
+        return [(f, draw(), caption) for f, draw, caption in wanted if draw is not None]
 
     def plots(self) -> list[tuple[str, bytes, str]]:
         """(file name, PNG bytes, caption): the error chart, then heatmaps of each root cause
@@ -233,39 +235,42 @@ class Report:
         from gradparity.report import plots
 
         name = self.meta.get("model", "model")
-        files = [
+        wanted: list[Wanted] = [
             (
                 "error_chart.png",
-                plots.error_chart(self.rows, title=f"{name}: error per layer"),
+                partial(plots.error_chart, self.rows, title=f"{name}: error per layer"),
                 "Error relative to the tolerance, per layer: where it starts and how it spreads",
             )
         ]
         for i, f in enumerate(self.root_causes[:MAX_HEATMAPS], 1):
             arrays = self.arrays.get((f.layer, f.quantity), {})
             where = place(f.layer, f.quantity)
+            heatmaps = jacobian = None
             if "ours" in arrays:
-                files.append(
-                    (
-                        f"root_cause_{i:02d}_{safe_name(where)}.png",
-                        plots.heatmaps(
-                            f"{where} [{f.diagnosis}]", arrays["ours"], arrays["reference"]
-                        ),
-                        f"Root cause {i}, {where}: ours, reference and their difference",
-                    )
+                heatmaps = partial(
+                    plots.heatmaps, f"{where} [{f.diagnosis}]", arrays["ours"], arrays["reference"]
                 )
             if "jacobian_ours" in arrays:
-                files.append(
-                    (
-                        f"jacobian_{i:02d}_{safe_name(where)}.png",
-                        plots.jacobian_heatmaps(
-                            f"{f.layer}: Jacobian of sample 0",
-                            arrays["jacobian_ours"],
-                            arrays["jacobian_reference"],
-                        ),
-                        f"Root cause {i}, {where}: Jacobian probe (d output_i / d input_j)",
-                    )
+                title = f"{f.layer}: Jacobian of sample 0"
+                jacobian = partial(
+                    plots.jacobian_heatmaps,
+                    title,
+                    arrays["jacobian_ours"],
+                    arrays["jacobian_reference"],
                 )
-        return files
+            wanted += [
+                (
+                    f"root_cause_{i:02d}_{safe_name(where)}.png",
+                    heatmaps,
+                    f"Root cause {i}, {where}: ours, reference and their difference",
+                ),
+                (
+                    f"jacobian_{i:02d}_{safe_name(where)}.png",
+                    jacobian,
+                    f"Root cause {i}, {where}: Jacobian probe (d output_i / d input_j)",
+                ),
+            ]
+        return self._kept_or_drawn(wanted)
 
     def to_csv(self) -> str:
         """table.csv: every field of every row, statistics rounded as in report.json, and
@@ -287,15 +292,22 @@ class Report:
         files["report.md"] = self.to_markdown([p[0] for p in plots])
         files["table.csv"] = self.to_csv()
         files["report.html"] = render(self, plots)
-        taken = set(files)
-        for part in self.parts:
-            folder = safe_name(part.meta.get("model", "model"))
-            while f"{folder}/report.json" in taken or folder in ("plots", *REPORT_FILES):
-                folder += "_"
+        for folder, part in zip(self._part_folders(), self.parts):
             for name, data in part.files().items():
                 files[f"{folder}/{name}"] = data
-                taken.add(f"{folder}/{name}")
         return files
+
+    def _part_folders(self) -> list[str]:
+        """The subfolder of each part of a merged report: its model's name, with "_" added
+        while that is taken (by an earlier part or by the report's own files)."""
+        taken, folders = {"plots", *REPORT_FILES}, []
+        for part in self.parts:
+            folder = safe_name(part.meta.get("model", "model"))
+            while folder in taken:
+                folder += "_"
+            taken.add(folder)
+            folders.append(folder)
+        return folders
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write report.json, report.md, report.html, table.csv and plots/*.png into
@@ -309,33 +321,74 @@ class Report:
         return write_folder(directory, self.files())
 
 
-def merge_reports(reports: list[Report]) -> Report:
-    """One report over several models: layer names become "model/layer"."""
-    rows, roots, warnings = [], [], []
-    for rep in reports:
-        prefix = f"{rep.meta.get('model', 'model')}/"
-        for r in rep.rows:
-            rows.append(Row(**{**r.as_dict(), "layer": prefix + r.layer}))
-        for bucket, found in ((roots, rep.root_causes), (warnings, rep.warnings)):
-            bucket += [Finding(**{**f.as_dict(), "layer": prefix + f.layer}) for f in found]
-    arrays = {
-        (f"{rep.meta.get('model', 'model')}/{layer}", quantity): values
-        for rep in reports
-        for (layer, quantity), values in rep.arrays.items()
+@dataclass
+class TrainingReport(Report):
+    """A Report over steps: ``history`` has one row per step, ``first_divergent_step`` is the
+    first step where anything diverged (None when none). Rows are kept for step 1, the first
+    divergent step and the last step."""
+
+    history: pd.DataFrame | None = None
+    first_divergent_step: int | None = None
+
+    @classmethod
+    def _saved_fields(cls, head: dict) -> dict[str, Any]:
+        step = head.get("first_divergent_step")
+        return {
+            **super()._saved_fields(head),
+            "history": pd.DataFrame(saved.history(head["history"])),
+            "first_divergent_step": None if step is None else saved.whole(step, "step"),
+        }
+
+    def verdict(self) -> str:
+        steps = 0 if self.history is None else len(self.history)
+        if self.ok:
+            text = f"Parity OK over {steps} steps"
+            if self.history is not None and "val_acc_ours" in self.history:
+                last = self.history.dropna(subset=["val_acc_ours"]).iloc[-1]
+                text += (
+                    f"; validation accuracy ours {last.val_acc_ours:.3f}, reference "
+                    f"{last.val_acc_ref:.3f}"
+                )
+            return text
+        return (
+            f"Divergence at step {self.first_divergent_step} of {steps}: "
+            f"{len(self.root_causes)} root cause(s)"
+        )
+
+    def _stored_history(self) -> list[dict]:
+        """``history`` as report.json stores it: rounded as rows are, non-finite as null."""
+        records = [] if self.history is None else self.history.to_dict(orient="records")
+        return [json_value(_finite_or_none(h)) for h in records]
+
+    def _head(self) -> dict:
+        return {
+            **super()._head(),
+            "first_divergent_step": self.first_divergent_step,
+            "history": self._stored_history(),
+        }
+
+    def plots(self) -> list[tuple[str, bytes, str]]:
+        """The training curves and the error growth, then ``Report.plots``."""
+        from gradparity.report import training_plots as plots
+
+        name = self.meta.get("model", "model")
+        stepped = self.history is not None and len(self.history) > 0
+        wanted: list[Wanted] = [
+            (
+                "training_curves.png",
+                partial(plots.training_curves, self.history, name) if stepped else None,
+                "Loss and validation accuracy per step, ours and reference",
+            ),
+            (
+                "error_growth.png",
+                partial(plots.error_growth, self.history, name) if stepped else None,
+                "Largest error per quantity kind and step, relative to the tolerance",
+            ),
+        ]
+        return self._kept_or_drawn(wanted) + super().plots()
+
+
+def _finite_or_none(record: dict) -> dict:
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
     }
-    first = reports[0]
-    return Report(
-        parts=list(reports),
-        arrays=arrays,
-        dtype=first.dtype,
-        tolerance=first.tolerance,
-        rows=rows,
-        root_causes=roots,
-        warnings=warnings,
-        conversions=[c for rep in reports for c in rep.conversions],
-        notes=[n for rep in reports for n in rep.notes],
-        meta={
-            "model": "+".join(r.meta.get("model", "model") for r in reports),
-            **{k: v for k, v in first.meta.items() if k != "model"},
-        },
-    )

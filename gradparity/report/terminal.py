@@ -12,8 +12,8 @@ from gradparity.core import escape
 from gradparity.core.address import place
 from gradparity.core.row import Row
 from gradparity.core.status import STATUS_RANK, Status
+from gradparity.report import tables
 
-MAX_TABLE_ROWS = 12
 _COLOURS = {"root_cause": "31;1", "diverged": "33;1", "inherited": "33", "ok": "32"}
 
 
@@ -27,7 +27,7 @@ def _paint(text: str, status: str, colour: bool) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.3g}"
+    return "" if value is None else tables.number(value)
 
 
 def _table(rows: list[Row], colour: bool) -> list[str]:
@@ -43,17 +43,13 @@ def _table(rows: list[Row], colour: bool) -> list[str]:
         )
         for r in rows
     ]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    for row, cell in zip(rows, cells):
-        text = "  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip()
-        lines.append(_paint(text, row.status, colour))
-    return lines
+    head, *lines = tables.fixed_width(header, cells)
+    return [head, *(_paint(line, row.status, colour) for line, row in zip(lines, rows))]
 
 
 def render(report, colour: bool = False) -> str:
     """Verdict line; for a divergence, the problem rows (root causes first, at most
-    MAX_TABLE_ROWS) and each root cause's message with its fix."""
+    ``tables.TERMINAL_ROWS``) and each root cause's message with its fix."""
     name = report.meta.get("model", "model")
     if report.ok:
         return _paint(report.summary(), "ok", colour)  # summary() escapes its lines
@@ -61,9 +57,10 @@ def render(report, colour: bool = False) -> str:
     problems = sorted(
         (r for r in report.rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
     )
-    lines += ["  " + line for line in _table(problems[:MAX_TABLE_ROWS], colour)]
-    if len(problems) > MAX_TABLE_ROWS:
-        lines.append(f"  ... {len(problems) - MAX_TABLE_ROWS} more problem rows in the report")
+    shown, hidden = tables.first(problems, tables.TERMINAL_ROWS)
+    lines += ["  " + line for line in _table(shown, colour)]
+    if hidden:
+        lines.append(f"  ... {hidden} more problem rows in the report")
     for i, f in enumerate(report.root_causes, 1):
         lines.append(escape.terminal(f"{i}. [{f.diagnosis}] {f.message}"))
     lines += [escape.terminal(f"warning: {w.message}") for w in report.warnings]

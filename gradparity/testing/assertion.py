@@ -21,9 +21,9 @@ from gradparity.core.errors import InputError
 from gradparity.core.finding import Finding
 from gradparity.core.metrics import first_largest
 from gradparity.core.row import Row
-from gradparity.core.tolerance import Tolerance
 from gradparity.core.validate import check_seed
 from gradparity.pipelines.layers import compare, prepare_input, reference_copy
+from gradparity.report import tables
 from gradparity.report.folder import check_target
 from gradparity.report.report import Report
 from gradparity.sides.preflight import dry_run
@@ -73,7 +73,7 @@ def _greatest(
 ) -> tuple[tuple[int, ...], tuple[int, ...], float]:
     """(index of the greatest absolute difference, index of the greatest relative one,
     allowed error at the first), as ``metrics.tensor_diff`` measures them."""
-    errors = Tolerance(**report.tolerance).errors(ours, ref)
+    errors = report.tolerance.errors(ours, ref)
     err, magnitude = errors.error, np.abs(np.asarray(ref, dtype=np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.where(magnitude > 0, err / magnitude, np.where(err > 0, np.inf, 0.0))
@@ -122,20 +122,15 @@ def _table(rows: list[Row], max_rows: int) -> list[str]:
     bad = sorted((r for r in rows if r.diverged), key=lambda r: r.mode != "isolate")
     if not bad:
         return []
-    cells = [list(_TABLE_COLUMNS)]
-    for r in bad[:max_rows]:
-        d = r.as_dict()
-        cells.append(
-            [_fmt(d[c]) if c.startswith("max_") else str(d[c] or "-") for c in _TABLE_COLUMNS]
-        )
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_TABLE_COLUMNS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    if len(bad) > max_rows:
-        lines.append(f"... {len(bad) - max_rows} more")
-    return lines
+    shown, hidden = tables.first(bad, max_rows)
+    cells = [
+        [_fmt(d[c]) if c.startswith("max_") else str(d[c] or "-") for c in _TABLE_COLUMNS]
+        for d in (r.as_dict() for r in shown)
+    ]
+    return tables.fixed_width(_TABLE_COLUMNS, cells) + ([f"... {hidden} more"] if hidden else [])
 
 
-def failure_message(report: Report, max_rows: int = 8) -> str:
+def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS) -> str:
     """Why ``report`` is not ok, for a test failure: the first root cause's message (place,
     what is wrong, the fix) on line 1, the other root causes, that cause's numbers, the
     chain run's first divergence and a table of at most ``max_rows`` non-ok rows."""
@@ -150,7 +145,7 @@ def failure_message(report: Report, max_rows: int = 8) -> str:
     if row is not None and row.diverged:
         lines += _value_block(report, roots[0], row)
     tol = report.tolerance
-    lines.append(f"Tolerance: rtol {tol['rtol']:g}, atol {tol['atol']:g} ({report.dtype})")
+    lines.append(f"Tolerance: rtol {tol.rtol:g}, atol {tol.atol:g} ({report.dtype})")
     first = [
         f"{kind} at {place(v['layer'], v['quantity'])}"
         for kind, v in report.first_divergence.items()
