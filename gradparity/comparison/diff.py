@@ -16,7 +16,7 @@ from gradparity.core.metrics import tensor_diff
 from gradparity.core.records import LayerRecord, failure_words
 from gradparity.core.tolerance import Tolerance
 from gradparity.pairing.align import LayerPair
-from gradparity.reference.layout import to_ours_layout
+from gradparity.pairing.params import to_ours
 
 # Problems first: the order every rendering sorts rows in.
 STATUS_RANK = {"root_cause": 0, "diverged": 1, "inherited": 2, "ok": 3}
@@ -154,7 +154,7 @@ def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarr
     if quantity == "grad_input":
         return rec.grad_input
     p = next(p for p in pair.params if p.key == quantity[5:])
-    return to_ours_layout(rec.grads[p.torch_name], p.conversion, p.ours_shape)
+    return to_ours(rec.grads[p.torch_name], p)
 
 
 def compare_layer(

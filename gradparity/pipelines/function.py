@@ -24,12 +24,9 @@ from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import check_options, quiet_arithmetic
 from gradparity.evidence.function_numeric import NumericLoss, numeric_report, referee_rows
 from gradparity.locate.function import explain_penalty, function_report, mark_repeat
-from gradparity.pairing.align import ParamPair
-from gradparity.pairing.function_align import (
-    depth_of,
-    pair_function_params,
-    resolve_tap_map,
-)
+from gradparity.pairing.function_align import depth_of, resolve_tap_map
+from gradparity.pairing.params import ParamPair, sync_parameters, to_ours
+from gradparity.pairing.square import pair_function_params
 from gradparity.pairing.structure import flatten, rebuild
 from gradparity.pipelines.function_inputs import (
     as_array,
@@ -47,7 +44,7 @@ from gradparity.pipelines.function_inputs import (
     warm_reference_input,
 )
 from gradparity.pipelines.layers import reference_copy
-from gradparity.reference.layout import IDENTITY, to_ours_layout, to_torch_layout
+from gradparity.reference.layout import IDENTITY
 from gradparity.report.report import Report
 from gradparity.sides.function_run import (
     ReferenceRun,
@@ -202,11 +199,7 @@ class _Setup:
 
     def sync(self, pairs: list[ParamPair]) -> None:
         """Copy ours' parameters into the reference copy, in each pair's layout."""
-        tparams = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for p in pairs:
-                converted = to_torch_layout(self.flat[p.key], p.conversion, p.torch_shape)
-                tparams[p.torch_name].copy_(torch.as_tensor(converted))
+        sync_parameters(self.flat, self.model, pairs)
 
     def run_reference(self, x: np.ndarray, specs: dict | None = None) -> ReferenceRun:
         specs = self.tap_specs if specs is None else specs
@@ -351,7 +344,7 @@ class _Setup:
             if p.key in run.bad_grads:  # complex: a finding, never compared as real
                 rows.append(failed_row("chain", self.fn, "parameter", run.bad_grads[p.key]))
                 continue
-            expected = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
+            expected = to_ours(ref.grads[p.torch_name], p)
             layout = "columns" if self.columns and p.conversion == IDENTITY else p.conversion
             row = compare_tensor(
                 "chain", self.fn, "parameter", f"grad:{p.key}", run.grads[p.key], expected,
@@ -396,7 +389,7 @@ class _Setup:
                     mark_repeat(row, ours, now, old, self.tol)
                 continue
             p = by_key[row.quantity[5:]]
-            old = to_ours_layout(at_warm.grads[p.torch_name], p.conversion, p.ours_shape)
-            now = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
+            old = to_ours(at_warm.grads[p.torch_name], p)
+            now = to_ours(ref.grads[p.torch_name], p)
             mark_repeat(row, run.grads[p.key], now, old, self.tol)
         return []

@@ -27,8 +27,9 @@ from gradparity.core.validate import (
 from gradparity.evidence.explain import Probe, add_evidence
 from gradparity.evidence.lints import lint_records
 from gradparity.locate.layers import Finding, first_divergence, locate
-from gradparity.pairing.align import LayerPair, align_layers, pair_parameters, sync_module
-from gradparity.reference.layout import to_torch_layout
+from gradparity.pairing.align import LayerPair, align_layers
+from gradparity.pairing.params import sync_parameters, to_reference
+from gradparity.pairing.square import pair_parameters
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import check_protocol, model_name, named_layers, params_of
@@ -73,7 +74,7 @@ def reference_copy(
 
 
 def synced_names(pairs: list[LayerPair]) -> set[str]:
-    """The reference's full parameter names that ``sync_module`` fills for ``pairs``."""
+    """The reference's full parameter names that ``sync_parameters`` fills for ``pairs``."""
     return {f"{p.module_name}.{pp.torch_name}".lstrip(".") for p in pairs for pp in p.params}
 
 
@@ -143,7 +144,7 @@ def _weight_differences(pairs: list[LayerPair]) -> list[str]:
         ours, ref = params_of(pair.layer), dict(pair.module.named_parameters())
         for p in pair.params:
             theirs = ref[p.torch_name].detach().cpu().numpy()
-            mine = to_torch_layout(np.asarray(ours[p.key]), p.conversion, p.torch_shape)
+            mine = to_reference(ours[p.key], p)
             gap = float(np.abs(mine - theirs).max()) if mine.size else 0.0
             if gap > 0:
                 notes.append(
@@ -220,7 +221,7 @@ def compare(
     pair_parameters(pairs, rng)
     if sync_weights:
         for pair in pairs:
-            sync_module(pair.layer, pair.module, pair.params)
+            sync_parameters(params_of(pair.layer), pair.module, pair.params)
         check_filled(empty, synced_names(pairs))
     weight_notes = [] if sync_weights else _weight_differences(pairs)
     target = check_target(

@@ -34,7 +34,9 @@ from gradparity.core.validate import (
     quiet_arithmetic,
 )
 from gradparity.locate.layers import Finding
-from gradparity.pairing.align import align_layers, pair_parameters, sync_module
+from gradparity.pairing.align import align_layers
+from gradparity.pairing.params import sync_parameters
+from gradparity.pairing.square import pair_parameters
 from gradparity.pipelines.layers import compare, resolve_losses, synced_names
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
 from gradparity.pipelines.training_compare import Tracker, compare_step, findings_at, history_row
@@ -163,7 +165,7 @@ def compare_training(
     pairs = align_layers(layers, ref_model, layer_map)
     pair_parameters(pairs, np.random.default_rng(seed))
     for pair in pairs:
-        sync_module(pair.layer, pair.module, pair.params)
+        sync_parameters(params_of(pair.layer), pair.module, pair.params)
     check_filled(empty, synced_names(pairs))
     shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 
