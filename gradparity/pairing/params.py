@@ -105,7 +105,8 @@ def by_order_else_shape(
     ``first(ours, ref)`` marks come first). (pairs so far, name) for an entry nothing fits."""
     if all(candidate_conversions(ours[o], ref[r]) for o, r in zip(ours, ref)):
         return list(zip(ours, ref)), None
-    paired, free = [], list(ref)
+    paired: list[tuple[str, str]] = []
+    free = list(ref)
     for name, shape in ours.items():
         fits = [r for r in free if candidate_conversions(shape, ref[r])]
         if first is not None:

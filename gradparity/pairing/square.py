@@ -62,15 +62,16 @@ class ForwardProbe:
         found = {
             c: self._agreement(c, [o for o in everything if o.layer == c.layer]) for c in square
         }
-        agreed = [conversion for conversion, how in found.values() if how == "forward agreement"]
+        agreed = [conversion for conversion, _ in found.values() if conversion is not None]
         fallback = max(set(agreed), key=agreed.count) if agreed else TRANSPOSE
         assumed = "the layout other layers agreed on" if agreed else "x @ W"
-        return {
-            c: (fallback, f"assumed ({how}): {assumed}")
-            if conversion is None
-            else (conversion, how)
-            for c, (conversion, how) in found.items()
-        }
+        chosen: dict[Candidate, Choice] = {}
+        for c, (conversion, how) in found.items():
+            if conversion is None:
+                chosen[c] = (fallback, f"assumed ({how}): {assumed}")
+            else:
+                chosen[c] = (conversion, how)
+        return chosen
 
     def _agreement(self, square: Candidate, layer: list[Candidate]) -> tuple[str | None, str]:
         """(conversion, how): the conversion of ``square`` under which ours and the module

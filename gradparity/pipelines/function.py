@@ -24,6 +24,7 @@ from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import check_options, quiet_arithmetic
 from gradparity.evidence.function_numeric import NumericLoss, numeric_report, referee_rows
 from gradparity.locate.function import explain_penalty, function_report, mark_repeat
+from gradparity.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.pairing.function_align import depth_of, resolve_tap_map
 from gradparity.pairing.params import ParamPair, sync_parameters, to_ours
 from gradparity.pairing.square import pair_function_params
@@ -59,6 +60,7 @@ from gradparity.sides.taps import follow_map
 
 
 @quiet_arithmetic
+@with_options
 def compare_function(
     grads: Callable,
     params: Any,
@@ -78,6 +80,9 @@ def compare_function(
     rtol: float | None = None,
     atol: float | None = None,
     name: str | None = None,
+    tolerances: Tolerances | None = None,
+    reference_inputs: ReferenceInputs | None = None,
+    maps: Maps | None = None,
 ) -> Report:
     """Compare every parameter gradient that ``grads(x, target)`` returns with a reference.
 
@@ -96,6 +101,9 @@ def compare_function(
     (default: the reference's batch, or what x and target show).
     ``grads`` is called twice (a warm-up on a perturbed x first, so cached values show up as
     ``stale``); the live parameters are never left changed.
+    ``tolerances`` (rtol, atol), ``reference_inputs`` (reference_x, reference_target,
+    reference_loss) and ``maps`` (param_map, tap_map): option objects, merged into those
+    keyword arguments (``with_options``).
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     param_map, tap_map, name, batch_size = function_options(param_map, tap_map, name, batch_size)

@@ -27,6 +27,7 @@ from gradparity.core.validate import (
 from gradparity.evidence.explain import Probe, add_evidence
 from gradparity.evidence.lints import lint_records
 from gradparity.locate.layers import Finding, first_divergence, locate
+from gradparity.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.pairing.align import LayerPair, align_layers
 from gradparity.pairing.params import sync_parameters, to_reference
 from gradparity.pairing.square import pair_parameters
@@ -176,6 +177,7 @@ def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
 
 
 @quiet_arithmetic
+@with_options
 def compare(
     ours_model: Any,
     reference_model: nn.Module,
@@ -191,6 +193,9 @@ def compare(
     rtol: float | None = None,
     atol: float | None = None,
     name: str | None = None,
+    tolerances: Tolerances | None = None,
+    reference_inputs: ReferenceInputs | None = None,
+    maps: Maps | None = None,
 ) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
@@ -202,6 +207,8 @@ def compare(
     reference's input and a seeded random upstream gradient). Neither model is modified:
     both sides run on copies, and ``sync_weights`` copies ours' parameters into the copy (a
     reference on the meta device is then allocated on the CPU to take them).
+    ``tolerances`` (rtol, atol), ``reference_inputs`` (its ``loss``) and ``maps`` (its
+    ``layer_map``): option objects, merged into those keyword arguments (``with_options``).
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")

@@ -34,6 +34,7 @@ from gradparity.core.validate import (
     quiet_arithmetic,
 )
 from gradparity.locate.layers import Finding
+from gradparity.options import Maps, ReferenceInputs, Tolerances, TrainingOptions, with_options
 from gradparity.pairing.align import align_layers
 from gradparity.pairing.params import sync_parameters
 from gradparity.pairing.square import pair_parameters
@@ -112,6 +113,7 @@ def _plain(record: dict) -> dict:
 
 
 @quiet_arithmetic
+@with_options
 def compare_training(
     ours_model: Any,
     reference_model: nn.Module,
@@ -131,6 +133,10 @@ def compare_training(
     eval_every: int = 10,
     progress: Callable[[Iterable], Iterable] | None = None,
     name: str | None = None,
+    tolerances: Tolerances | None = None,
+    reference_inputs: ReferenceInputs | None = None,
+    maps: Maps | None = None,
+    training: TrainingOptions | None = None,
 ) -> TrainingReport:
     """Train both sides on the same ``batches`` and report the first step where they part.
 
@@ -138,7 +144,10 @@ def compare_training(
     Optimisers: instances bound to the given models (copied together with them) or factories
     (``f(ours_model)``, ``f(reference_params)``); default plain SGD, lr 0.1, on both sides.
     validation: (x, y) scored every ``eval_every`` steps into ``history``. Neither model nor
-    optimiser passed in is modified.
+    optimiser passed in is modified. ``tolerances`` (rtol, atol), ``reference_inputs`` (its
+    ``loss``), ``maps`` (its ``layer_map``) and ``training`` (optimisers, steps, validation,
+    eval_every, progress): option objects, merged into those keyword arguments
+    (``with_options``).
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
