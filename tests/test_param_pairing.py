@@ -176,6 +176,31 @@ def test_a_layer_whose_forward_agrees_under_no_layout_takes_what_the_others_agre
     assert alone[0].params[0].how == "assumed (no layout made the forwards agree): x @ W"
 
 
+class DenseOutIn(Dense):
+    """y = x @ W.T + b, W stored (out, in) as torch's Linear holds it."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x @ self.params["W"].T + self.params["b"]
+
+
+@pytest.mark.parametrize("first", [IDENTITY, TRANSPOSE])
+def test_on_a_tie_a_broken_layer_takes_the_layout_of_the_first_layer_that_agreed(first):
+    model = _model((4, 4), (4, 4), (4, 4))
+    rng = np.random.default_rng(0)
+    out_in = DenseOutIn(rng.standard_normal((4, 4)), rng.standard_normal(4))
+    in_out = _dense(4, 4, 1)
+    layers = [out_in, in_out] if first == IDENTITY else [in_out, out_in]
+    pairs = [
+        LayerPair("fc1", layers[0], "0", model[0]),
+        LayerPair("fc2", layers[1], "1", model[1]),
+        LayerPair("fc3", _dense(4, 4, 2, broken=True), "2", model[2]),
+    ]
+    pair_parameters(pairs, np.random.default_rng(0))
+    other = TRANSPOSE if first == IDENTITY else IDENTITY
+    assert [p.params[0].conversion for p in pairs] == [first, other, first]
+    assert pairs[2].params[0].how.endswith("the layout other layers agreed on")
+
+
 def test_a_layer_pairs_by_name_before_order():
     class Scale(nn.Module):
         def __init__(self) -> None:

@@ -97,7 +97,7 @@ def listing(shapes: Shapes) -> str:
     return fmt_names([f"{n} {s}" for n, s in shapes.items()])
 
 
-def by_order_else_shape(
+def _by_order_else_shape(
     ours: Shapes, ref: Shapes, first: Callable[[str, str], bool] | None = None
 ) -> tuple[list[tuple[str, str]], str | None]:
     """((ours name, reference name) pairs, None): in order when every pair fits some layout
@@ -173,7 +173,7 @@ def pair_names(
     if all(re.search(r"\d", n) for n in free_ours):
         free_ours.sort(key=lambda n: index[n])
     free_ref = {n: ref[n] for n in ref if n not in mapped.values()}
-    paired, unfit = by_order_else_shape(
+    paired, unfit = _by_order_else_shape(
         {n: ours[n] for n in free_ours},
         free_ref,
         first=lambda o, r: is_vector(ours[o]) == (len(ref[r]) == 1),  # biases with biases

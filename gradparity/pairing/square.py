@@ -12,8 +12,7 @@ or the loss agree (``AgreementTest``, the front end's ``decide`` callback).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,11 +20,11 @@ from torch import nn
 
 from gradparity.core.errors import InputError
 from gradparity.core.records import USER_ERRORS, real_array
+from gradparity.pairing.align import LayerPair
 from gradparity.pairing.params import (
     Candidate,
     Choice,
     ParamPair,
-    Shapes,
     candidates,
     check_param_map,
     listing,
@@ -37,22 +36,12 @@ from gradparity.reference.layout import IDENTITY, TRANSPOSE
 from gradparity.sides.adapt import params_of
 
 
-class PairedLayer(Protocol):
-    """What parameter pairing needs of a layer pair (``pairing.align.LayerPair``)."""
-
-    name: str
-    layer: Any
-    module_name: str
-    module: nn.Module
-    params: list[ParamPair]
-
-
 class ForwardProbe:
     """Square weights of layers: the layout under which the layer's forward agrees with its
     module's on a random input; else (a forward bug, or a layer that cannot run) the layout the
     other layers agreed on, else x @ W."""
 
-    def __init__(self, layers: Sequence[PairedLayer], rng: np.random.Generator) -> None:
+    def __init__(self, layers: list[LayerPair], rng: np.random.Generator) -> None:
         self.layers = {pair.name: pair for pair in layers}
         self.rng = rng
 
@@ -63,7 +52,8 @@ class ForwardProbe:
             c: self._agreement(c, [o for o in everything if o.layer == c.layer]) for c in square
         }
         agreed = [conversion for conversion, _ in found.values() if conversion is not None]
-        fallback = max(set(agreed), key=agreed.count) if agreed else TRANSPOSE
+        # The commonest; on a tie the first in forward order (a set's order changes by process).
+        fallback = max(agreed, key=agreed.count) if agreed else TRANSPOSE
         assumed = "the layout other layers agreed on" if agreed else "x @ W"
         chosen: dict[Candidate, Choice] = {}
         for c, (conversion, how) in found.items():
@@ -134,15 +124,10 @@ def _laid_out(everything: list[Candidate], square: str, how: str) -> list[ParamP
     ]
 
 
-def _shapes_of_layer(pair: PairedLayer) -> tuple[Shapes, Shapes]:
+def _layer_candidates(pair: LayerPair) -> list[Candidate]:
+    """The layer's parameters paired with its module's; one line naming what cannot pair."""
     ours = {k: tuple(np.shape(v)) for k, v in params_of(pair.layer).items()}
     ref = {n: tuple(p.shape) for n, p in pair.module.named_parameters()}
-    return ours, ref
-
-
-def _layer_candidates(pair: PairedLayer) -> list[Candidate]:
-    """The layer's parameters paired with its module's; one line naming what cannot pair."""
-    ours, ref = _shapes_of_layer(pair)
     shown = f"ours {', '.join(f'{k} {s}' for k, s in ours.items()) or 'none'}; reference " + (
         ", ".join(f"{k} {s}" for k, s in ref.items()) or "none"
     )
@@ -160,7 +145,7 @@ def _layer_candidates(pair: PairedLayer) -> list[Candidate]:
     return candidates(pair.name, ours, ref, named)
 
 
-def pair_parameters(pairs: Sequence[PairedLayer], rng: np.random.Generator) -> None:
+def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
     """Fill ``pair.params`` for every layer pair; a square weight's layout follows the model's
     convention, else the forward probe (``ForwardProbe``, drawing from ``rng``)."""
     found = [c for pair in pairs for c in _layer_candidates(pair)]
