@@ -66,9 +66,11 @@ class Candidate:
 
     @property
     def square(self) -> bool:
+        """True when the shapes allow more than one conversion (a square weight)."""
         return len(self.options) > 1
 
     def choose(self, conversion: str, how: str) -> ParamPair:
+        """The pair laid out by ``conversion``; ``how``: why that one."""
         return ParamPair(
             self.key, self.torch_name, conversion, self.ours_shape, self.torch_shape, how
         )
@@ -94,6 +96,7 @@ def fmt_names(names: list[str], limit: int = 12) -> str:
 
 
 def listing(shapes: Shapes) -> str:
+    """``[W (3, 4), b (3,)]``: names with their shapes, for messages."""
     return fmt_names([f"{n} {s}" for n, s in shapes.items()])
 
 
