@@ -12,9 +12,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Finding": "gradparity.core.finding",
     "InputError": "gradparity.core.errors",
+    "Maps": "gradparity.options",
     "ParityError": "gradparity.testing.assertion",
+    "ReferenceInputs": "gradparity.options",
     "Report": "gradparity.report.report",
     "Tolerance": "gradparity.core.tolerance",
+    "Tolerances": "gradparity.options",
+    "TrainingOptions": "gradparity.options",
     "Wrapped": "gradparity.sides.adapt",
     "assert_function_parity": "gradparity.testing.assertion",
     "assert_parity": "gradparity.testing.assertion",

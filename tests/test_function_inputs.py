@@ -467,7 +467,7 @@ def test_taps_from_another_thread_do_not_reach_this_recording():
 
 
 def test_parameters_pair_by_name_before_order():
-    from gradparity.pairing.function_align import pair_function_params
+    from gradparity.pairing.square import pair_function_params
 
     class Cell(torch.nn.Module):
         def __init__(self) -> None:

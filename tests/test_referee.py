@@ -18,8 +18,11 @@ import gradparity as gp
 from gradparity.corpus import layer_bugs as bugs
 from gradparity.evidence import referee
 from gradparity.ours import Linear, Sequential, Sigmoid, SoftmaxCrossEntropy
-from gradparity.pairing.align import align_layers, pair_parameters, sync_module
+from gradparity.pairing.align import align_layers
+from gradparity.pairing.params import sync_parameters
+from gradparity.pairing.square import pair_parameters
 from gradparity.reference import mirror
+from gradparity.sides.adapt import params_of
 
 F64 = torch.float64
 
@@ -189,7 +192,7 @@ def linear_case():
     ref_model = nn.Sequential(OrderedDict(fc=nn.Linear(5, 4, dtype=F64)))
     (pair,) = align_layers([("fc", layer)], ref_model)
     pair_parameters([pair], rng)
-    sync_module(pair.layer, pair.module, pair.params)
+    sync_parameters(params_of(pair.layer), pair.module, pair.params)
     x = rng.standard_normal((6, 5))
     upstream = rng.standard_normal((6, 4))
     W = layer.params["W"]
@@ -249,7 +252,7 @@ def test_layer_both_when_forwards_differ():
     ref_model = nn.Sequential(OrderedDict(fc=nn.Linear(5, 4, dtype=F64)))
     (pair,) = align_layers([("fc", layer)], ref_model)
     pair_parameters([pair], rng)
-    sync_module(pair.layer, pair.module, pair.params)
+    sync_parameters(params_of(pair.layer), pair.module, pair.params)
     with torch.no_grad():
         pair.module.weight.mul_(3.0)  # the reference now computes x @ (3 W) + b
     x = rng.standard_normal((6, 5))

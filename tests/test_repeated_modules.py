@@ -17,7 +17,8 @@ from torch import nn
 
 import gradparity as gp
 from gradparity.ours import Linear, Sequential, Tanh
-from gradparity.pairing.align import align_layers, layers_by_module, pair_parameters
+from gradparity.pairing.align import align_layers, layers_by_module
+from gradparity.pairing.square import pair_parameters
 from gradparity.sides.function_run import run_reference
 from gradparity.sides.preflight import dry_run
 from gradparity.sides.run_torch import run_chain

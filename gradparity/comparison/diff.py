@@ -19,7 +19,7 @@ from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.pairing.align import LayerPair
-from gradparity.reference.layout import to_ours_layout
+from gradparity.pairing.params import to_ours
 
 
 def _shape(a: np.ndarray | None) -> list[int] | None:
@@ -105,7 +105,7 @@ def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarr
     if address.kind is Kind.GRAD_INPUT:
         return rec.grad_input
     p = next(p for p in pair.params if p.key == address.name)
-    return to_ours_layout(rec.grads[p.torch_name], p.conversion, p.ours_shape)
+    return to_ours(rec.grads[p.torch_name], p)
 
 
 def compare_layer(

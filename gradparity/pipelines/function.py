@@ -25,12 +25,10 @@ from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import check_options, quiet_arithmetic
 from gradparity.evidence.function_numeric import NumericLoss, numeric_report, referee_rows
 from gradparity.locate.function import explain_penalty, function_report, mark_repeat
-from gradparity.pairing.align import ParamPair
-from gradparity.pairing.function_align import (
-    depth_of,
-    pair_function_params,
-    resolve_tap_map,
-)
+from gradparity.options import Maps, ReferenceInputs, Tolerances, with_options
+from gradparity.pairing.function_align import depth_of, resolve_tap_map
+from gradparity.pairing.params import ParamPair, sync_parameters, to_ours
+from gradparity.pairing.square import pair_function_params
 from gradparity.pairing.structure import flatten, rebuild
 from gradparity.pipelines.function_inputs import (
     as_array,
@@ -48,7 +46,7 @@ from gradparity.pipelines.function_inputs import (
     warm_reference_input,
 )
 from gradparity.pipelines.layers import reference_copy
-from gradparity.reference.layout import IDENTITY, to_ours_layout, to_torch_layout
+from gradparity.reference.layout import IDENTITY
 from gradparity.report.report import Report
 from gradparity.sides.function_run import (
     ReferenceRun,
@@ -63,6 +61,7 @@ from gradparity.sides.taps import follow_map
 
 
 @quiet_arithmetic
+@with_options
 def compare_function(
     grads: Callable,
     params: Any,
@@ -82,6 +81,9 @@ def compare_function(
     rtol: float | None = None,
     atol: float | None = None,
     name: str | None = None,
+    tolerances: Tolerances | None = None,
+    reference_inputs: ReferenceInputs | None = None,
+    maps: Maps | None = None,
 ) -> Report:
     """Compare every parameter gradient that ``grads(x, target)`` returns with a reference.
 
@@ -100,6 +102,9 @@ def compare_function(
     (default: the reference's batch, or what x and target show).
     ``grads`` is called twice (a warm-up on a perturbed x first, so cached values show up as
     ``stale``); the live parameters are never left changed.
+    ``tolerances`` (rtol, atol), ``reference_inputs`` (reference_x, reference_target,
+    reference_loss) and ``maps`` (param_map, tap_map): option objects, merged into those
+    keyword arguments (``with_options``).
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     param_map, tap_map, name, batch_size = function_options(param_map, tap_map, name, batch_size)
@@ -203,11 +208,7 @@ class _Setup:
 
     def sync(self, pairs: list[ParamPair]) -> None:
         """Copy ours' parameters into the reference copy, in each pair's layout."""
-        tparams = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for p in pairs:
-                converted = to_torch_layout(self.flat[p.key], p.conversion, p.torch_shape)
-                tparams[p.torch_name].copy_(torch.as_tensor(converted))
+        sync_parameters(self.flat, self.model, pairs)
 
     def run_reference(self, x: np.ndarray, specs: dict | None = None) -> ReferenceRun:
         specs = self.tap_specs if specs is None else specs
@@ -352,7 +353,7 @@ class _Setup:
             if p.key in run.bad_grads:  # complex: a finding, never compared as real
                 rows.append(failed_row("chain", self.fn, "parameter", run.bad_grads[p.key]))
                 continue
-            expected = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
+            expected = to_ours(ref.grads[p.torch_name], p)
             layout = "columns" if self.columns and p.conversion == IDENTITY else p.conversion
             row = compare_tensor(
                 "chain", self.fn, "parameter", f"grad:{p.key}", run.grads[p.key], expected,
@@ -397,7 +398,7 @@ class _Setup:
                     mark_repeat(row, ours, now, old, self.tol)
                 continue
             p = by_key[row.address.name]
-            old = to_ours_layout(at_warm.grads[p.torch_name], p.conversion, p.ours_shape)
-            now = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
+            old = to_ours(at_warm.grads[p.torch_name], p)
+            now = to_ours(ref.grads[p.torch_name], p)
             mark_repeat(row, run.grads[p.key], now, old, self.tol)
         return []

@@ -29,14 +29,10 @@ from gradparity.core.validate import (
 from gradparity.evidence.explain import Probe, add_evidence
 from gradparity.evidence.lints import lint_records
 from gradparity.locate.layers import first_divergence, locate
-from gradparity.pairing.align import (
-    LayerPair,
-    align_layers,
-    layers_by_module,
-    pair_parameters,
-    sync_module,
-)
-from gradparity.reference.layout import to_torch_layout
+from gradparity.options import Maps, ReferenceInputs, Tolerances, with_options
+from gradparity.pairing.align import LayerPair, align_layers, layers_by_module
+from gradparity.pairing.params import sync_parameters, to_reference
+from gradparity.pairing.square import pair_parameters
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import check_protocol, model_name, named_layers, params_of
@@ -81,7 +77,7 @@ def reference_copy(
 
 
 def synced_names(pairs: list[LayerPair]) -> set[str]:
-    """The reference's full parameter names that ``sync_module`` fills for ``pairs``."""
+    """The reference's full parameter names that ``sync_parameters`` fills for ``pairs``."""
     return {f"{p.module_name}.{pp.torch_name}".lstrip(".") for p in pairs for pp in p.params}
 
 
@@ -151,7 +147,7 @@ def _weight_differences(pairs: list[LayerPair]) -> list[str]:
         ours, ref = params_of(pair.layer), dict(pair.module.named_parameters())
         for p in pair.params:
             theirs = ref[p.torch_name].detach().cpu().numpy()
-            mine = to_torch_layout(np.asarray(ours[p.key]), p.conversion, p.torch_shape)
+            mine = to_reference(ours[p.key], p)
             gap = float(np.abs(mine - theirs).max()) if mine.size else 0.0
             if gap > 0:
                 notes.append(
@@ -183,6 +179,7 @@ def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
 
 
 @quiet_arithmetic
+@with_options
 def compare(
     ours_model: Any,
     reference_model: nn.Module,
@@ -198,6 +195,9 @@ def compare(
     rtol: float | None = None,
     atol: float | None = None,
     name: str | None = None,
+    tolerances: Tolerances | None = None,
+    reference_inputs: ReferenceInputs | None = None,
+    maps: Maps | None = None,
 ) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
@@ -209,6 +209,8 @@ def compare(
     reference's input and a seeded random upstream gradient). Neither model is modified:
     both sides run on copies, and ``sync_weights`` copies ours' parameters into the copy (a
     reference on the meta device is then allocated on the CPU to take them).
+    ``tolerances`` (rtol, atol), ``reference_inputs`` (its ``loss``) and ``maps`` (its
+    ``layer_map``): option objects, merged into those keyword arguments (``with_options``).
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
@@ -228,7 +230,7 @@ def compare(
     pair_parameters(pairs, rng)
     if sync_weights:
         for pair in pairs:
-            sync_module(pair.layer, pair.module, pair.params)
+            sync_parameters(params_of(pair.layer), pair.module, pair.params)
         check_filled(empty, synced_names(pairs))
     weight_notes = [] if sync_weights else _weight_differences(pairs)
     target = check_target(

@@ -32,13 +32,10 @@ from gradparity.core.validate import (
     check_parameters,
     quiet_arithmetic,
 )
-from gradparity.pairing.align import (
-    align_layers,
-    layers_by_module,
-    pair_parameters,
-    refuse_shared_parameters,
-    sync_module,
-)
+from gradparity.options import Maps, ReferenceInputs, Tolerances, TrainingOptions, with_options
+from gradparity.pairing.align import align_layers, layers_by_module, refuse_shared_parameters
+from gradparity.pairing.params import sync_parameters
+from gradparity.pairing.square import pair_parameters
 from gradparity.pipelines.layers import compare, resolve_losses, synced_names
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
 from gradparity.pipelines.training_compare import Tracker, compare_step, findings_at, history_row
@@ -52,6 +49,7 @@ from gradparity.sides.training_steps import Shadow, ours_step, reference_step
 
 
 @quiet_arithmetic
+@with_options
 def compare_training(
     ours_model: Any,
     reference_model: nn.Module,
@@ -71,6 +69,10 @@ def compare_training(
     eval_every: int = 10,
     progress: Callable[[Iterable], Iterable] | None = None,
     name: str | None = None,
+    tolerances: Tolerances | None = None,
+    reference_inputs: ReferenceInputs | None = None,
+    maps: Maps | None = None,
+    training: TrainingOptions | None = None,
 ) -> TrainingReport:
     """Train both sides on the same ``batches`` and report the first step where they part.
 
@@ -78,7 +80,10 @@ def compare_training(
     Optimisers: instances bound to the given models (copied together with them) or factories
     (``f(ours_model)``, ``f(reference_params)``); default plain SGD, lr 0.1, on both sides.
     validation: (x, y) scored every ``eval_every`` steps into ``history``. Neither model nor
-    optimiser passed in is modified.
+    optimiser passed in is modified. ``tolerances`` (rtol, atol), ``reference_inputs`` (its
+    ``loss``), ``maps`` (its ``layer_map``) and ``training`` (optimisers, steps, validation,
+    eval_every, progress): option objects, merged into those keyword arguments
+    (``with_options``).
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
@@ -106,7 +111,7 @@ def compare_training(
     refuse_shared_parameters(pairs)
     pair_parameters(pairs, np.random.default_rng(seed))
     for pair in pairs:
-        sync_module(pair.layer, pair.module, pair.params)
+        sync_parameters(params_of(pair.layer), pair.module, pair.params)
     check_filled(empty, synced_names(pairs))
     shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 

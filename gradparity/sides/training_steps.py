@@ -14,7 +14,7 @@ from torch import nn
 from gradparity.core.records import real_array
 from gradparity.core.tolerance import Tolerance
 from gradparity.pairing.align import LayerPair
-from gradparity.reference.layout import to_ours_layout
+from gradparity.pairing.params import to_ours
 from gradparity.sides.adapt import grads_of, params_of
 from gradparity.sides.run_numpy import loss_value
 from gradparity.sides.run_torch import as_tensor, reference_loss_value, to_numpy
@@ -97,7 +97,7 @@ def reference_step(
     for key, (tensor, pp) in tensors.items():
 
         def ours_layout(a: np.ndarray, pp=pp) -> np.ndarray:
-            return to_ours_layout(a, pp.conversion, pp.ours_shape) if a.ndim else a
+            return to_ours(a, pp) if a.ndim else a
 
         result.grads[key] = ours_layout(grads[key])
         result.deltas[key] = ours_layout(to_numpy(tensor) - before[key])

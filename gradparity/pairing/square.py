@@ -1,0 +1,187 @@
+"""The front ends' parameter pairing: the pairing of ``pairing.params`` with the square-weight
+strategy each front end brings.
+
+``compare`` and ``compare_training`` pair each layer's parameters with its module's
+(``pair_parameters``); a square weight the model's convention leaves open is probed: the
+layout under which the layer and its module compute the same output (``ForwardProbe``).
+``compare_function`` pairs a function's parameters with the whole reference
+(``pair_function_params``); its square weights take the layout under which the forward taps
+or the loss agree (``AgreementTest``, the front end's ``decide`` callback).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradparity.core.errors import InputError
+from gradparity.core.records import USER_ERRORS, real_array
+from gradparity.pairing.align import LayerPair
+from gradparity.pairing.params import (
+    Candidate,
+    Choice,
+    ParamPair,
+    candidates,
+    check_param_map,
+    listing,
+    pair_names,
+    resolve_layouts,
+    sync_parameters,
+)
+from gradparity.reference.layout import IDENTITY, TRANSPOSE
+from gradparity.sides.adapt import params_of
+
+
+class ForwardProbe:
+    """Square weights of layers: the layout under which the layer's forward agrees with its
+    module's on a random input; else (a forward bug, or a layer that cannot run) the layout the
+    other layers agreed on, else x @ W."""
+
+    def __init__(self, layers: list[LayerPair], rng: np.random.Generator) -> None:
+        self.layers = {pair.name: pair for pair in layers}
+        self.rng = rng
+
+    def __call__(
+        self, square: list[Candidate], everything: list[Candidate]
+    ) -> dict[Candidate, Choice]:
+        found = {
+            c: self._agreement(c, [o for o in everything if o.layer == c.layer]) for c in square
+        }
+        agreed = [conversion for conversion, _ in found.values() if conversion is not None]
+        # The commonest; on a tie the first in forward order (a set's order changes by process).
+        fallback = max(agreed, key=agreed.count) if agreed else TRANSPOSE
+        assumed = "the layout other layers agreed on" if agreed else "x @ W"
+        chosen: dict[Candidate, Choice] = {}
+        for c, (conversion, how) in found.items():
+            if conversion is None:
+                chosen[c] = (fallback, f"assumed ({how}): {assumed}")
+            else:
+                chosen[c] = (conversion, how)
+        return chosen
+
+    def _agreement(self, square: Candidate, layer: list[Candidate]) -> tuple[str | None, str]:
+        """(conversion, how): the conversion of ``square`` under which ours and the module
+        compute the same output; (None, why) when none does or ours cannot run."""
+        pair = self.layers[square.layer]
+        module = copy.deepcopy(pair.module).double()
+        first = next(iter(module.parameters()), None)
+        in_features = first.shape[-1] if first is not None and first.ndim == 2 else None
+        if in_features is None:
+            return None, "no 2-D input to test the forward on"
+        x = self.rng.standard_normal((3, in_features))
+        for conversion in square.options:
+            trial = [c.choose(conversion if c == square else c.options[0], "") for c in layer]
+            sync_parameters(params_of(pair.layer), module, trial)
+            with torch.no_grad():
+                expected = module(torch.as_tensor(x)).numpy()
+            try:
+                got = real_array(copy.deepcopy(pair.layer).forward(x.copy()), "output", "output")
+            except USER_ERRORS:  # a layer that cannot run here is judged (and reported) later
+                continue
+            if np.shape(got) == expected.shape and np.allclose(got, expected, rtol=1e-6, atol=1e-9):
+                return conversion, "forward agreement"
+        return None, "no layout made the forwards agree"
+
+
+class AgreementTest:
+    """Square weights of a function: the layout (all square weights alike) under which
+    ``decide(pairs)`` says the two sides agree (None: no evidence either way); else the
+    layout the examples suggest (columns: ``W @ a``, so (out, in))."""
+
+    def __init__(self, decide: Callable[[list[ParamPair]], bool | None], columns: bool) -> None:
+        self.decide = decide
+        self.columns = columns
+
+    def __call__(
+        self, square: list[Candidate], everything: list[Candidate]
+    ) -> dict[Candidate, Choice]:
+        answers = []
+        for conversion in (IDENTITY, TRANSPOSE):
+            how = "the two sides agree under it"
+            answers.append(self.decide(_laid_out(everything, conversion, how)))
+            if answers[-1]:
+                return {c: (conversion, how) for c in square}
+        why = (
+            "neither layout made the loss or the forward taps agree"
+            if False in answers
+            else "no loss_fn or forward tap to decide"
+        )
+        if self.columns:
+            choice = (IDENTITY, f"assumed ({why}): (out, in), as z = W @ a, examples as columns")
+        else:
+            choice = (TRANSPOSE, f"assumed ({why}): (in, out), as z = x @ W, examples as rows")
+        return {c: choice for c in square}
+
+
+def _laid_out(everything: list[Candidate], square: str, how: str) -> list[ParamPair]:
+    """Every candidate as a ParamPair, the square ones in the ``square`` layout."""
+    return [
+        c.choose(square, how) if c.square else c.choose(c.options[0], "shape") for c in everything
+    ]
+
+
+def _layer_candidates(pair: LayerPair) -> list[Candidate]:
+    """The layer's parameters paired with its module's; one line naming what cannot pair."""
+    ours = {k: tuple(np.shape(v)) for k, v in params_of(pair.layer).items()}
+    ref = {n: tuple(p.shape) for n, p in pair.module.named_parameters()}
+    shown = f"ours {', '.join(f'{k} {s}' for k, s in ours.items()) or 'none'}; reference " + (
+        ", ".join(f"{k} {s}" for k, s in ref.items()) or "none"
+    )
+    if len(ours) != len(ref):
+        raise InputError(
+            f"layer {pair.name!r}: {len(ours)} parameters on ours, {len(ref)} on "
+            f"reference module {pair.module_name!r} ({shown})"
+        )
+    named, unfit = pair_names(ours, ref)
+    if unfit is not None:
+        raise InputError(
+            f"layer {pair.name!r}: ours parameter {unfit!r} of shape {ours[unfit]} fits no "
+            f"reference parameter by any layout conversion ({shown})"
+        )
+    return candidates(pair.name, ours, ref, named)
+
+
+def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
+    """Fill ``pair.params`` for every layer pair; a square weight's layout follows the model's
+    convention, else the forward probe (``ForwardProbe``, drawing from ``rng``)."""
+    found = [c for pair in pairs for c in _layer_candidates(pair)]
+    resolved = resolve_layouts(found, ForwardProbe(pairs, rng))
+    for pair in pairs:
+        pair.params.extend(p for c, p in zip(found, resolved) if c.layer == pair.name)
+
+
+def pair_function_params(
+    ours: dict[str, np.ndarray],
+    model: nn.Module,
+    param_map: dict[str, str] | None,
+    columns: bool,
+    decide: Callable[[list[ParamPair]], bool | None],
+) -> list[ParamPair]:
+    """A ParamPair per parameter (ours' order). ``decide(pairs)`` tells whether the two sides
+    agree with the square weights laid out as in ``pairs`` (None: no evidence either way);
+    ``columns``: ours holds examples as columns, which sets the layout assumed without one."""
+    shapes = {n: tuple(np.shape(a)) for n, a in ours.items()}
+    ref = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    param_map = dict(param_map or {})
+    check_param_map(shapes, ref, param_map)
+    all_mapped = len(param_map) == len(shapes)
+    if len(shapes) > len(ref) or (len(shapes) < len(ref) and not all_mapped):
+        raise InputError(
+            f"params holds {len(shapes)} arrays {listing(shapes)} but the reference has "
+            f"{len(ref)} parameters {listing(ref)}; give every parameter once (with fewer, "
+            "pair each with param_map)"
+        )
+    named, unfit = pair_names(shapes, ref, param_map)
+    if unfit is not None:
+        taken = {r for _, r in named}
+        left = {r: s for r, s in ref.items() if r not in taken}
+        raise InputError(
+            f"parameter {unfit} of shape {shapes[unfit]} fits no free reference parameter by "
+            f"any layout conversion (free: {listing(left)}); "
+            "pass param_map={name: torch parameter name}"
+        )
+    return resolve_layouts(candidates("", shapes, ref, named), AgreementTest(decide, columns))
