@@ -25,12 +25,11 @@ from gradparity.core.tolerance import Tolerance
 from gradparity.locate.function import (
     NUMERIC_REFERENCE,
     explain_penalty,
-    function_report,
+    function_report_fields,
     mark_repeat,
 )
 from gradparity.pairing.structure import layer_index, rebuild
 from gradparity.reference.layout import squeezed
-from gradparity.report.report import Report
 from gradparity.sides.function_run import UserRun, call_loss_fn
 
 FULL_LIMIT = 256
@@ -290,7 +289,7 @@ def _numeric_words(text: str) -> str:
     )
 
 
-def numeric_report(
+def numeric_report_fields(
     fn: str,
     params: Any,
     flat: dict[str, np.ndarray],
@@ -306,7 +305,7 @@ def numeric_report(
     batch_size: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-) -> Report:
+) -> dict[str, Any]:
     """Every parameter gradient of ``run`` against central differences of ``loss_fn``; the
     gradients at ``x_warm`` (the warm-up input) tell stale and accumulated ones."""
     loss = NumericLoss(loss_fn, params, flat, x, target)
@@ -355,7 +354,7 @@ def numeric_report(
     for row in rows:  # here the reference is the numeric gradient: say so
         row.message = _numeric_words(row.message)
         row.fix = _numeric_words(row.fix)
-    return function_report(
+    return function_report_fields(
         fn, [], [], rows, depth, run, set(), arrays,
         [f"reference: float64 central differences of loss_fn (loss {loss.base:.6g})"]
         + [f"{r.quantity[5:]} has over {FULL_LIMIT} entries: sampled along {DIRECTIONS} "

@@ -30,6 +30,7 @@ from gradparity.core.validate import (
 from gradparity.locate.layers import Finding
 from gradparity.sides import run_numpy
 from gradparity.sides.adapt import check_protocol, named_layers, params_of
+from gradparity.sides.setup import resolve_losses, warm_input
 
 
 def _mutation(name: str, what: str, mode: str) -> Finding:
@@ -207,8 +208,6 @@ def lint(
     ``compare`` judges it: a class the loss cannot take (beyond the model's outputs, negative,
     a float label) or an MSE target of another shape is refused with InputError.
     """
-    from gradparity.pipelines.layers import resolve_losses, warm_input
-
     seed = check_seed(seed)
     layers = named_layers(model)
     x = prepare_input(x, "float64")
@@ -234,3 +233,24 @@ def lint(
     )
     raised = [_raised(name, rec) for name, rec in records.items() if rec.error is not None]
     return raised + errors + warnings
+
+
+_SHAPE_LABELS = ("not_reduced", "transposed", "shape_mismatch")  # already say the shape is off
+
+
+def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
+    """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
+    finding (``detail["also"]`` and its message) instead of repeating it."""
+    merged = list(roots)
+    by_place = {(f.layer, f.quantity): f for f in roots}
+    for lint in lints:
+        same = by_place.get((lint.layer, lint.quantity))
+        if same is None:
+            merged.append(lint)
+            by_place[(lint.layer, lint.quantity)] = lint
+        elif lint.diagnosis != same.diagnosis and not (
+            lint.diagnosis == "shape_mismatch" and same.diagnosis in _SHAPE_LABELS
+        ):
+            same.detail.setdefault("also", []).append(lint.diagnosis)
+            same.message += f"; also: {lint.message.split(': ', 1)[-1]}"
+    return merged

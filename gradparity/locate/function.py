@@ -1,4 +1,4 @@
-"""Locate stage of a function comparison: statuses, root causes and the report.
+"""Locate stage of a function comparison: statuses, root causes and the report's fields.
 
 Taps run like a chain: forward taps in forward order, the loss, then gradient taps in backward
 order. The first that diverges is a root cause, the place where the bug is (between it and
@@ -19,7 +19,6 @@ from gradparity.comparison.diff import Row
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.tolerance import Tolerance
 from gradparity.locate.layers import Finding, finding_from_row, place
-from gradparity.report.report import Report
 from gradparity.sides.function_run import UserRun
 
 NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
@@ -310,7 +309,7 @@ def _first(rows: list[Row]) -> dict | None:
     return next(({"layer": r.layer, "quantity": r.quantity} for r in rows if r.diverged), None)
 
 
-def function_report(
+def function_report_fields(
     fn: str,
     forward: list[Row],
     backward: list[Row],
@@ -321,8 +320,8 @@ def function_report(
     arrays: dict,
     notes: list[str],
     **fields: Any,
-) -> Report:
-    """Statuses (in place), root causes, notes and the Report. ``forward``: forward taps and
+) -> dict[str, Any]:
+    """Statuses (in place), root causes, notes: the Report's fields. ``forward``: forward taps and
     the loss in forward order; ``backward``: gradient taps in backward order; ``param_rows``
     deepest first; ``depth``: parameter name -> position towards the output; ``fields``: the
     rest of the Report (dtype, tolerance, conversions, meta)."""
@@ -346,7 +345,7 @@ def function_report(
     has_reference = fields["meta"].get("reference") != NUMERIC_REFERENCE
     unmapped, tap_notes = _tap_notes(run, mapped, has_reference, bool(diverging), bool(backward))
     wanted = {(f.layer, f.quantity) for f in roots}
-    return Report(
+    return dict(
         rows=extra + forward + backward + param_rows,
         root_causes=roots,
         warnings=_warnings(fn, run, param_rows),

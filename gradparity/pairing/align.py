@@ -245,3 +245,8 @@ def sync_module(layer: Any, module: nn.Module, params: list[ParamPair]) -> None:
         tparam = ref[p.torch_name]
         converted = to_torch_layout(np.asarray(values[p.key]), p.conversion, tuple(tparam.shape))
         tparam.copy_(torch.as_tensor(converted, dtype=tparam.dtype))
+
+
+def synced_names(pairs: list[LayerPair]) -> set[str]:
+    """The reference's full parameter names that ``sync_module`` fills for ``pairs``."""
+    return {f"{p.module_name}.{pp.torch_name}".lstrip(".") for p in pairs for pp in p.params}

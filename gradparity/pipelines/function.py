@@ -22,8 +22,8 @@ from gradparity.core.errors import InputError
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import check_options, quiet_arithmetic
-from gradparity.evidence.function_numeric import NumericLoss, numeric_report, referee_rows
-from gradparity.locate.function import explain_penalty, function_report, mark_repeat
+from gradparity.evidence.function_numeric import NumericLoss, numeric_report_fields, referee_rows
+from gradparity.locate.function import explain_penalty, function_report_fields, mark_repeat
 from gradparity.pairing.align import ParamPair
 from gradparity.pairing.function_align import (
     depth_of,
@@ -46,7 +46,6 @@ from gradparity.pipelines.function_inputs import (
     warm_input_for,
     warm_reference_input,
 )
-from gradparity.pipelines.layers import reference_copy
 from gradparity.reference.layout import IDENTITY, to_ours_layout, to_torch_layout
 from gradparity.report.report import Report
 from gradparity.sides.function_run import (
@@ -58,6 +57,7 @@ from gradparity.sides.function_run import (
 )
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
+from gradparity.sides.setup import reference_copy
 from gradparity.sides.taps import follow_map
 
 
@@ -128,11 +128,11 @@ def compare_function(
     if run.grads is not None:
         check_grad_shapes(run.grads, flat)
     if setup is None:
-        return numeric_report(
+        return Report(**numeric_report_fields(
             fn, params, flat, run, warm_run, loss_fn, x_arr, t_arr, x_warm=x_warm, rng=rng,
             meta={"model": name or fn, "seed": seed, **_versions()}, batch_size=batch_size,
             rtol=rtol, atol=atol,
-        )  # fmt: skip
+        ))  # fmt: skip
     return setup.report(run, warm_run, x_warm, batch_size, seed, name or fn)
 
 
@@ -300,32 +300,36 @@ class _Setup:
             for p in pairs
             if p.how.startswith("assumed")
         ]
-        return function_report(
-            self.fn,
-            fwd + loss_rows,
-            bwd,
-            param_rows,
-            depth,
-            run,
-            set(self.tap_specs),
-            self.arrays,
-            notes,
-            dtype=self.dtype,
-            tolerance=self.tol.as_dict(),
-            conversions=[p.describe() for p in pairs]
-            + [f"tap {r.layer}: {r.conversion}" for r in fwd + bwd],
-            meta={
-                "model": model_name,
-                "seed": seed,
-                "batch_size": batch,
-                "examples_as": "columns" if self.columns else "rows",
-                "reference": type(self.model).__name__,
-                "reference_mode": "train" if self.model.training else "eval",
-                "reference_loss": "softmax cross-entropy, batch mean (default)"
-                if self.default_loss
-                else getattr(self.reference_loss, "__name__", type(self.reference_loss).__name__),
-                **_versions(),
-            },
+        return Report(
+            **function_report_fields(
+                self.fn,
+                fwd + loss_rows,
+                bwd,
+                param_rows,
+                depth,
+                run,
+                set(self.tap_specs),
+                self.arrays,
+                notes,
+                dtype=self.dtype,
+                tolerance=self.tol.as_dict(),
+                conversions=[p.describe() for p in pairs]
+                + [f"tap {r.layer}: {r.conversion}" for r in fwd + bwd],
+                meta={
+                    "model": model_name,
+                    "seed": seed,
+                    "batch_size": batch,
+                    "examples_as": "columns" if self.columns else "rows",
+                    "reference": type(self.model).__name__,
+                    "reference_mode": "train" if self.model.training else "eval",
+                    "reference_loss": "softmax cross-entropy, batch mean (default)"
+                    if self.default_loss
+                    else getattr(
+                        self.reference_loss, "__name__", type(self.reference_loss).__name__
+                    ),
+                    **_versions(),
+                },
+            )
         )
 
     def _loss_row(self, ref: ReferenceRun) -> Row:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,6 @@ from torch import nn
 
 from gradparity import __version__
 from gradparity.comparison.diff import Row, compare_layer
-from gradparity.core.errors import InputError
 from gradparity.core.records import LayerRecord
 from gradparity.core.tolerance import tolerance_for
 from gradparity.core.validate import (
@@ -25,67 +23,22 @@ from gradparity.core.validate import (
     quiet_arithmetic,
 )
 from gradparity.evidence.explain import Probe, add_evidence
-from gradparity.evidence.lints import lint_records
-from gradparity.locate.layers import Finding, first_divergence, locate
-from gradparity.pairing.align import LayerPair, align_layers, pair_parameters, sync_module
+from gradparity.evidence.lints import lint_records, merge_lints
+from gradparity.locate.layers import first_divergence, locate
+from gradparity.pairing.align import (
+    LayerPair,
+    align_layers,
+    pair_parameters,
+    sync_module,
+    synced_names,
+)
 from gradparity.reference.layout import to_torch_layout
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
-from gradparity.sides.adapt import check_protocol, model_name, named_layers, params_of
-from gradparity.sides.preflight import check_filled, check_target, dry_run, to_cpu
+from gradparity.sides.adapt import model_name, named_layers, params_of
+from gradparity.sides.preflight import check_filled, check_target, dry_run
 from gradparity.sides.run_torch import TORCH_DTYPES
-
-
-def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
-    """Default softmax cross-entropy on both sides; a known ours loss gets its torch mirror."""
-    from gradparity.ours import SoftmaxCrossEntropy
-    from gradparity.reference import mirror_loss
-
-    ours_loss = SoftmaxCrossEntropy() if ours_loss is None else ours_loss
-    check_protocol("loss", ours_loss)
-    if reference_loss is None:
-        try:
-            reference_loss = mirror_loss(ours_loss)
-        except TypeError as exc:
-            raise InputError(f"{exc}; pass reference_loss=callable(output, target)") from exc
-    if not callable(reference_loss):
-        raise InputError("reference_loss must be callable(output, target) -> scalar tensor")
-    return ours_loss, reference_loss
-
-
-def reference_copy(
-    reference_model: Any, dtype: str, sync_weights: bool = True
-) -> tuple[nn.Module, list[str]]:
-    """(a deep copy of the reference on the CPU in ``dtype``, in eval mode; the names of its
-    parameters that came from the meta device and wait for ours' values, see ``to_cpu``)."""
-    if not isinstance(reference_model, nn.Module):
-        raise InputError(
-            f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
-        )
-    try:
-        model = copy.deepcopy(reference_model)
-    except Exception as exc:
-        raise InputError(
-            f"cannot copy the reference model ({exc}); it must support copy.deepcopy"
-        ) from exc
-    empty = to_cpu(model, TORCH_DTYPES[dtype], sync_weights)
-    return model.eval(), empty
-
-
-def synced_names(pairs: list[LayerPair]) -> set[str]:
-    """The reference's full parameter names that ``sync_module`` fills for ``pairs``."""
-    return {f"{p.module_name}.{pp.torch_name}".lstrip(".") for p in pairs for pp in p.params}
-
-
-def warm_input(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A different input of the same shape, for the warm-up pass (finite, also for an x near
-    the dtype's largest values)."""
-    top = float(np.max(np.abs(a))) if a.size else 0.0
-    spread = max(float(np.std(a / top)) * top if top > 0 else 0.0, 1.0)
-    limit = np.finfo(a.dtype).max if a.dtype.kind == "f" else np.inf
-    with np.errstate(over="ignore"):
-        warm = a + rng.standard_normal(a.shape) * 0.5 * spread
-    return np.clip(warm, -limit, limit).astype(a.dtype)
+from gradparity.sides.setup import reference_copy, resolve_losses, warm_input
 
 
 def run_isolation(
@@ -151,27 +104,6 @@ def _weight_differences(pairs: list[LayerPair]) -> list[str]:
                     f"reference's {p.torch_name} (max abs {gap:.3g})"
                 )
     return notes
-
-
-_SHAPE_LABELS = ("not_reduced", "transposed", "shape_mismatch")  # already say the shape is off
-
-
-def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
-    """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
-    finding (``detail["also"]`` and its message) instead of repeating it."""
-    merged = list(roots)
-    by_place = {(f.layer, f.quantity): f for f in roots}
-    for lint in lints:
-        same = by_place.get((lint.layer, lint.quantity))
-        if same is None:
-            merged.append(lint)
-            by_place[(lint.layer, lint.quantity)] = lint
-        elif lint.diagnosis != same.diagnosis and not (
-            lint.diagnosis == "shape_mismatch" and same.diagnosis in _SHAPE_LABELS
-        ):
-            same.detail.setdefault("also", []).append(lint.diagnosis)
-            same.message += f"; also: {lint.message.split(': ', 1)[-1]}"
-    return merged
 
 
 @quiet_arithmetic

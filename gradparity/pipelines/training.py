@@ -34,8 +34,8 @@ from gradparity.core.validate import (
     quiet_arithmetic,
 )
 from gradparity.locate.layers import Finding
-from gradparity.pairing.align import align_layers, pair_parameters, sync_module
-from gradparity.pipelines.layers import compare, resolve_losses, synced_names
+from gradparity.pairing.align import align_layers, pair_parameters, sync_module, synced_names
+from gradparity.pipelines.layers import compare
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
 from gradparity.pipelines.training_compare import Tracker, compare_step, findings_at, history_row
 from gradparity.report.report import Report
@@ -43,6 +43,7 @@ from gradparity.sides import run_torch
 from gradparity.sides.adapt import model_name, named_layers, params_of
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
+from gradparity.sides.setup import resolve_losses
 from gradparity.sides.training_setup import optimizers
 from gradparity.sides.training_steps import Shadow, ours_step, reference_step
 

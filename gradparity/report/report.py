@@ -15,6 +15,7 @@ from gradparity.core import escape
 from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
 from gradparity.locate.layers import Finding, place
 from gradparity.report.folder import REPORT_FILES, write_folder
+from gradparity.report.html import render
 
 TABLE_COLUMNS = [
     "mode",
@@ -282,8 +283,6 @@ class Report:
     def files(self) -> dict[str, str | bytes]:
         """Every file of the report folder, by path relative to it: report.json, report.md,
         report.html, table.csv, plots/*.png, and a merged report's parts in subfolders."""
-        from gradparity.report.html import render
-
         plots = self.plots()
         files: dict[str, str | bytes] = {f"plots/{name}": png for name, png, _ in plots}
         files["report.json"] = self.to_json()

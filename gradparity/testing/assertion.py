@@ -20,12 +20,14 @@ from gradparity.core import escape
 from gradparity.core.errors import InputError
 from gradparity.core.metrics import first_largest
 from gradparity.core.tolerance import Tolerance
-from gradparity.core.validate import check_seed
+from gradparity.core.validate import check_seed, prepare_input
 from gradparity.locate.layers import Finding, place
-from gradparity.pipelines.layers import compare, prepare_input, reference_copy
+from gradparity.pipelines.function import compare_function
+from gradparity.pipelines.layers import compare
 from gradparity.report.folder import check_target
 from gradparity.report.report import Report
 from gradparity.sides.preflight import dry_run
+from gradparity.sides.setup import reference_copy
 
 _TABLE_COLUMNS = ("mode", "layer", "quantity", "status", "diagnosis", "max_abs", "max_rel")
 
@@ -241,7 +243,5 @@ def assert_function_parity(
     """``gradparity.compare_function(grads, params, reference, x, target, **options)`` as an
     assertion: the report when ok, else ParityError with the root cause on line 1."""
     __tracebackhide__ = True
-    from gradparity.pipelines.function import compare_function
-
     check_report_dir(report_dir)
     return _passed(compare_function(grads, params, reference, x, target, **options), report_dir)
