@@ -152,6 +152,7 @@ def compare_tensor(
 def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarray:
     """The reference's "grad_input" or "grad:<key>" from ``rec``, in ours' layout."""
     if quantity == "grad_input":
+        assert rec.grad_input is not None  # the reference side always runs backward
         return rec.grad_input
     p = next(p for p in pair.params if p.key == quantity[5:])
     return to_ours_layout(rec.grads[p.torch_name], p.conversion, p.ours_shape)
@@ -165,6 +166,7 @@ def compare_layer(
     phase; quantities it never reached are left out."""
     if _failed(ours, "forward"):
         return [_raised(mode, pair, ours)], []
+    assert ref.output is not None and ref.grad_input is not None  # the reference ran both passes
     fwd = [
         compare_tensor(
             mode,
@@ -223,6 +225,7 @@ def _failed(rec: LayerRecord, phase: str) -> bool:
 
 
 def _raised(mode: str, pair: LayerPair, rec: LayerRecord) -> Row:
+    assert rec.error is not None  # called only for a record that failed
     return failed_row(mode, pair.name, pair.type_name, rec.error)
 
 

@@ -255,6 +255,7 @@ def _sampled_row(
     row.detail.update(found.detail)
     row.message = found.message
     if found.label == "unexplained":
+        assert row.mismatch_frac is not None  # set whenever values were compared
         row.message = (
             f"ours' directional derivatives differ from central differences of loss_fn along "
             f"{round(row.mismatch_frac * len(numeric))} of {len(numeric)} directions "
@@ -330,11 +331,12 @@ def numeric_report_fields(
     rows: list[Row] = []
     arrays: dict = {}
     warm_loss: NumericLoss | None = None
+    grads = run.grads or {}
     for name in sorted(flat, key=lambda n: -depth[n]) if run.grads is not None else []:
         if name in run.bad_grads:  # complex: a finding, never compared as real
             rows.append(failed_row("numeric", fn, "parameter", run.bad_grads[name]))
             continue
-        g, p = run.grads[name], loss.work[name]
+        g, p = grads[name], loss.work[name]
         if p.size > FULL_LIMIT:
             rows.append(_sampled_row(fn, name, g, loss, tol, batch, layout, rng))
             continue

@@ -67,8 +67,10 @@ def _shape_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Fi
     ``p -= lr * g`` still takes it ((n,) onto (1, n)): then it is only a warning."""
     found = []
     for key, grad in rec.grads.items():
-        g_shape, p_shape = np.shape(grad), np.shape(params.get(key))
-        if key not in params or g_shape == p_shape:
+        if key not in params:
+            continue
+        g_shape, p_shape = np.shape(grad), np.shape(params[key])
+        if g_shape == p_shape:
             continue
         takes = broadcasts_onto(g_shape, p_shape, p_shape)
         consequence = (
@@ -127,7 +129,7 @@ def _nonfinite_lint(name: str, rec: LayerRecord, mode: str) -> list[Finding]:
         arrays |= {"grad_input": rec.grad_input, **{f"grad:{k}": v for k, v in rec.grads.items()}}
     found = []
     for quantity, value in arrays.items():
-        if _finite(value):
+        if value is None or _finite(value):
             continue
         bad = ~np.isfinite(value)
         first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -182,6 +184,7 @@ def _raised(name: str, rec: LayerRecord) -> Finding:
     """A layer (or the loss) whose forward or backward threw, or gave a value that cannot be
     checked: the run stopped there."""
     err = rec.error
+    assert err is not None  # called only for a record that raised
     problem, fix = failure_words(err, first_line_only=True)
     quantity = err.get("quantity") or ("output" if err["phase"] == "forward" else "grad_input")
     return Finding(

@@ -74,7 +74,7 @@ def _per_element_factor(values: dict[str, np.ndarray]) -> str | None:
     """Words for ours = f * reference with f positive but different per element: what a
     wrong local (activation) derivative does to a delta, while a wrong matrix mixes signs."""
     ours, ref = values.get("ours"), values.get("reference")
-    if ours is None or np.shape(ours) != np.shape(ref):
+    if ours is None or ref is None or np.shape(ours) != np.shape(ref):
         return None
     keep = np.abs(ref) > 1e-9 * np.abs(ref).max()
     if keep.sum() < 2:
@@ -187,6 +187,7 @@ def _batch_convention(
 
 def _raised(fn: str, run: UserRun) -> Row:
     err = run.error
+    assert err is not None  # called only for a run that raised
     where = f" at {err['where']}" if err.get("where") else ""
     return Row(
         "chain", fn, "function", "call", None, None,
@@ -216,7 +217,7 @@ def _mutation(fn: str, what: str, params: set[str]) -> Finding:
 def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Finding]:
     """The chain of taps (forward, loss, then gradients): the first divergence is the root
     cause, the later ones ``inherited``; statuses set in place."""
-    roots = []
+    roots: list[Finding] = []
     agreeing: dict[bool, str | None] = {False: None, True: None}
     for row in forward + backward:
         is_backward = row.quantity != "output"

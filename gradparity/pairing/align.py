@@ -52,8 +52,15 @@ class LayerPair:
     name: str
     layer: Any
     module_name: str
-    module: nn.Module
+    module: nn.Module | None  # None for the loss, which the reference computes with no module
     params: list[ParamPair] = field(default_factory=list)
+
+    @property
+    def torch_module(self) -> nn.Module:
+        """The module, for a pair that has one (every pair but the loss's)."""
+        if self.module is None:
+            raise ValueError(f"{self.name!r} is paired with no torch module")
+        return self.module
 
     @property
     def type_name(self) -> str:
@@ -125,7 +132,7 @@ def _refuse_uncovered(modules: dict[str, nn.Module], chosen: list[str], names: l
 def _pair_params(pair: LayerPair) -> list[tuple[str, str, list[str]]]:
     """(ours key, torch name, candidate conversions) by order, else by shape."""
     ours = {k: tuple(np.shape(v)) for k, v in params_of(pair.layer).items()}
-    ref = {n: tuple(p.shape) for n, p in pair.module.named_parameters()}
+    ref = {n: tuple(p.shape) for n, p in pair.torch_module.named_parameters()}
     listing = (
         f"ours {', '.join(f'{k} {s}' for k, s in ours.items()) or 'none'}; reference "
         f"{', '.join(f'{k} {s}' for k, s in ref.items()) or 'none'}"
@@ -154,7 +161,8 @@ def by_order_else_shape(
     ``first(ours, ref)`` marks come first). (pairs so far, name) for an entry nothing fits."""
     if all(candidate_conversions(ours[o], ref[r]) for o, r in zip(ours, ref)):
         return list(zip(ours, ref)), None
-    paired, free = [], list(ref)
+    paired: list[tuple[str, str]] = []
+    free = list(ref)
     for name, shape in ours.items():
         fits = [r for r in free if candidate_conversions(shape, ref[r])]
         if first is not None:
@@ -191,11 +199,11 @@ def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
                 chosen[(pair.name, k)] = (convention, "model convention")
             else:
                 chosen[(pair.name, k)] = _forward_agreement(pair, k, n, options, rng)
-    agreed = [c for c, how in chosen.values() if how == "forward agreement"]
+    agreed = [c for c, how in chosen.values() if how == "forward agreement" and c is not None]
     fallback = max(set(agreed), key=agreed.count) if agreed else TRANSPOSE
     for pair in pairs:
         ours = params_of(pair.layer)
-        ref = dict(pair.module.named_parameters())
+        ref = dict(pair.torch_module.named_parameters())
         for k, n, _ in raw[pair.name]:
             conversion, how = chosen[(pair.name, k)]
             if conversion is None:
@@ -213,7 +221,7 @@ def _forward_agreement(
 ) -> tuple[str | None, str]:
     """(conversion, how): the conversion of ``key`` under which ours and the module compute
     the same output; (None, why) when none does or ours cannot run."""
-    module = copy.deepcopy(pair.module).double()
+    module = copy.deepcopy(pair.torch_module).double()
     first = next(iter(module.parameters()), None)
     in_features = first.shape[-1] if first is not None and first.ndim == 2 else None
     if in_features is None:

@@ -128,6 +128,7 @@ def compare_function(
     if run.grads is not None:
         check_grad_shapes(run.grads, flat)
     if setup is None:
+        assert loss_fn is not None  # check_numeric_options refuses reference=None without it
         return Report(**numeric_report_fields(
             fn, params, flat, run, warm_run, loss_fn, x_arr, t_arr, x_warm=x_warm, rng=rng,
             meta={"model": name or fn, "seed": seed, **_versions()}, batch_size=batch_size,
@@ -189,6 +190,7 @@ class _Setup:
         self.ours_loss = None if loss_fn is None else self._ours_loss()
 
     def _ours_loss(self) -> float:
+        assert self.loss_fn is not None  # called only when a loss_fn was given
         copies = {n: a.copy() for n, a in self.flat.items()}
         value, precision = call_loss_fn(
             self.loss_fn, rebuild(self.params, copies), self.x.copy(), self.target.copy()
@@ -221,6 +223,7 @@ class _Setup:
         self.sync(pairs)
         ref = self.run_reference(self.rx, forward)
         if not forward:
+            assert self.ours_loss is not None  # checked above: no forward tap means a loss_fn
             return bool(np.isclose(self.ours_loss, ref.loss, rtol=1e-6, atol=1e-12))
         aligned = {t: aligned_tap(run.taps[t], ref.taps[t], self.columns) for t in forward}
         return all(
@@ -274,11 +277,11 @@ class _Setup:
         loss_rows = [] if self.ours_loss is None else [self._loss_row(ref)]
         param_rows = self._param_rows(run, ref, pairs, depth, batch)
         notes += self._mark_repeats(fwd + bwd + param_rows, run, warm_run, x_warm, pairs, ref)
-        if self.loss_fn is not None:
+        if (loss_fn := self.loss_fn) is not None:
             referee_rows(
                 param_rows,
                 run.grads or {},
-                lambda: NumericLoss(self.loss_fn, self.params, self.flat, self.x, self.target),
+                lambda: NumericLoss(loss_fn, self.params, self.flat, self.x, self.target),
                 np.random.default_rng(seed + 1),
             )
         if any(r.diverged for r in fwd + bwd + loss_rows + param_rows):
@@ -400,6 +403,7 @@ class _Setup:
                     mark_repeat(row, ours, now, old, self.tol)
                 continue
             p = by_key[row.quantity[5:]]
+            assert run.grads is not None  # a parameter row comes from a run that gave gradients
             old = to_ours_layout(at_warm.grads[p.torch_name], p.conversion, p.ours_shape)
             now = to_ours_layout(ref.grads[p.torch_name], p.conversion, p.ours_shape)
             mark_repeat(row, run.grads[p.key], now, old, self.tol)

@@ -57,8 +57,9 @@ def run_isolation(
     """
     probes = {}
     for pair in pairs:
-        ref_in = ref_chain[pair.name].input
-        upstream = rng.standard_normal(ref_chain[pair.name].output.shape).astype(ref_in.dtype)
+        ref_in, ref_out = ref_chain[pair.name].input, ref_chain[pair.name].output
+        assert ref_in is not None and ref_out is not None  # the reference chain ran every layer
+        upstream = rng.standard_normal(ref_out.shape).astype(ref_in.dtype)
         warm = warm_input(ref_in, rng)
         probes[pair.name] = Probe(
             pair,
@@ -68,6 +69,7 @@ def run_isolation(
             upstream,
         )
     logits = ref_chain["loss"].input
+    assert logits is not None  # the reference chain reached its loss
     warm = warm_input(logits, rng)
     probes["loss"] = Probe(
         loss_pair,
@@ -81,7 +83,8 @@ def run_isolation(
 
 def _rows(mode: str, results, tol, batch: int) -> tuple[list[Row], list[Row]]:
     """(forward rows in forward order, backward rows in backward order)."""
-    fwd, bwd = [], []
+    fwd: list[Row] = []
+    bwd: list[Row] = []
     for pair, ours, ref in results:
         f, b = compare_layer(mode, pair, ours, ref, tol, batch)
         fwd += f
@@ -93,7 +96,7 @@ def _weight_differences(pairs: list[LayerPair]) -> list[str]:
     """Notes naming parameters that differ between the sides (only when not synced)."""
     notes = []
     for pair in pairs:
-        ours, ref = params_of(pair.layer), dict(pair.module.named_parameters())
+        ours, ref = params_of(pair.layer), dict(pair.torch_module.named_parameters())
         for p in pair.params:
             theirs = ref[p.torch_name].detach().cpu().numpy()
             mine = to_torch_layout(np.asarray(ours[p.key]), p.conversion, p.torch_shape)
@@ -152,7 +155,7 @@ def compare(
     pair_parameters(pairs, rng)
     if sync_weights:
         for pair in pairs:
-            sync_module(pair.layer, pair.module, pair.params)
+            sync_module(pair.layer, pair.torch_module, pair.params)
         check_filled(empty, synced_names(pairs))
     weight_notes = [] if sync_weights else _weight_differences(pairs)
     target = check_target(

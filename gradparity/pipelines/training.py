@@ -164,7 +164,7 @@ def compare_training(
     pairs = align_layers(layers, ref_model, layer_map)
     pair_parameters(pairs, np.random.default_rng(seed))
     for pair in pairs:
-        sync_module(pair.layer, pair.module, pair.params)
+        sync_module(pair.layer, pair.torch_module, pair.params)
     check_filled(empty, synced_names(pairs))
     shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 
@@ -223,15 +223,12 @@ def compare_training(
         if first_divergent is None and any(r.diverged for r in rows):
             first_divergent = step
             kept += rows
-            findings += findings_at(
-                step,
-                rows,
-                ours,
-                ref,
-                tracker,
-                step_tol,
-                lambda x=x, t=target, ours=ours: compare(
-                    _rewound(layers, ours.before),
+
+            def localised(
+                x: np.ndarray = x, t: np.ndarray = target, before: dict = ours.before
+            ) -> Report:
+                return compare(
+                    _rewound(layers, before),
                     ref_model,
                     x,
                     t,
@@ -241,8 +238,9 @@ def compare_training(
                     dtype,
                     seed=seed,
                     name="localised",
-                ),
-            )
+                )
+
+            findings += findings_at(step, rows, ours, ref, tracker, step_tol, localised)
             for f in findings:
                 f.step = step
         elif step == 1:

@@ -8,6 +8,7 @@ so an in-place op inside it can neither alter what was recorded nor the gradient
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import overload
 
 import numpy as np
 import torch
@@ -21,6 +22,10 @@ from gradparity.pairing.align import LayerPair
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}  # validate's names -> torch
 
 
+@overload
+def to_numpy(t: torch.Tensor) -> np.ndarray: ...
+@overload
+def to_numpy(t: None) -> None: ...
 def to_numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().numpy().copy()
 
@@ -50,8 +55,8 @@ def _install_hooks(pairs: list[LayerPair], records: dict[str, LayerRecord]) -> l
             if out.requires_grad:
                 out.register_hook(lambda g, rec=rec: setattr(rec, "grad_output", to_numpy(g)))
 
-        handles.append(pair.module.register_forward_pre_hook(pre))
-        handles.append(pair.module.register_forward_hook(post))
+        handles.append(pair.torch_module.register_forward_pre_hook(pre))
+        handles.append(pair.torch_module.register_forward_hook(post))
     return handles
 
 
@@ -146,7 +151,7 @@ def run_chain(
         )
     loss, dlogits = _output_gradient(loss_fn, out, target, dtype)
     params = [
-        (p.name, pp.torch_name, dict(p.module.named_parameters())[pp.torch_name])
+        (p.name, pp.torch_name, dict(p.torch_module.named_parameters())[pp.torch_name])
         for p in pairs
         for pp in p.params
     ]
@@ -170,8 +175,8 @@ def probe_module(
     """One module alone: forward on x, backward of ``upstream``; grads keyed by torch names.
     Non-finite reference values are refused, as in ``run_chain``."""
     x_t = as_tensor(x, dtype, grad=True)
-    named = list(pair.module.named_parameters())
-    out = pair.module(x_t)
+    named = list(pair.torch_module.named_parameters())
+    out = pair.torch_module(x_t)
     grads = torch.autograd.grad(
         out,
         [x_t] + [t for _, t in named],

@@ -176,8 +176,9 @@ def default_target(reference: torch.nn.Module, x: np.ndarray, seed: int = 0) -> 
     seed = check_seed(seed)
     arr = prepare_input(x, "float64")
     model, _ = reference_copy(reference, "float64")
-    width = dry_run(model, arr, torch.float64).shape[-1]
-    return np.random.default_rng(seed).integers(0, width, size=arr.shape[0])
+    output = dry_run(model, arr, torch.float64)
+    assert output is not None  # dry_run needs a tensor by default, so returns one
+    return np.random.default_rng(seed).integers(0, output.shape[-1], size=int(arr.shape[0]))
 
 
 def check_report_dir(report_dir: Any) -> None:

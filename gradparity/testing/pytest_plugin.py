@@ -162,7 +162,11 @@ class _Summary:
         # Each phase's report carries every property recorded so far, so the latest replaces
         # the earlier: nothing is counted twice, and a check failing inside a fixture (which
         # leaves no call phase) is still listed.
-        checks = [value for key, value in report.user_properties if key == _PROPERTY]
+        checks = [  # a list, or a tuple after a trip from an xdist worker
+            list(value)
+            for key, value in report.user_properties
+            if key == _PROPERTY and isinstance(value, (list, tuple))
+        ]
         if checks:
             self.failed[report.nodeid] = checks
 
