@@ -33,7 +33,9 @@ from gradparity.report.folder import check_target
 from gradparity.report.terminal import render as render_terminal
 from gradparity.report.terminal import use_colour
 
-if TYPE_CHECKING:  # torch, pandas and the harness load when a command runs, not for --help
+# Each command imports what it runs inside its function: torch, pandas and the harness load
+# when a command runs, not for --help.
+if TYPE_CHECKING:
     from gradparity.report.report import Report
 
 EXIT_OK, EXIT_DIVERGED = 0, 1

@@ -82,7 +82,7 @@ class TrainingReport(Report):
         }
 
     def plots(self) -> list[tuple[str, bytes, str]]:
-        from gradparity.report import training_plots as plots
+        from gradparity.report import training_plots as plots  # matplotlib: only to plot
 
         files = []
         if self.history is not None and len(self.history):

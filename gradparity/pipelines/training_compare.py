@@ -21,7 +21,7 @@ KINDS = ("loss", "grad", "param", "state")
 
 def _ratio(row: Row) -> float:
     """Error over allowed error at the worst element; inf when there is no comparable value."""
-    from gradparity.report.plots import error_ratio
+    from gradparity.report.plots import error_ratio  # not at import: plots loads matplotlib
 
     ratio = error_ratio(row)
     return float("inf") if ratio is None else ratio

@@ -234,7 +234,7 @@ class Report:
     def plots(self) -> list[tuple[str, bytes, str]]:
         """(file name, PNG bytes, caption): the error chart, then heatmaps of each root cause
         (ours, reference, difference) and of its Jacobian probe where one ran."""
-        from gradparity.report import plots
+        from gradparity.report import plots  # matplotlib loads only when a report is plotted
 
         name = self.meta.get("model", "model")
         files = [

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gradparity.core import escape
+from gradparity.core.errors import InputError
+from gradparity.locate.layers import place
 
 if TYPE_CHECKING:
     from gradparity.report.report import Report
@@ -73,7 +75,7 @@ class ParityChecker:
         "gradparity" summary, and with ``--parity-report DIR`` the full report is saved.
         """
         __tracebackhide__ = True
-        from gradparity.testing.assertion import assert_parity
+        from gradparity.testing.assertion import assert_parity  # the harness: torch
 
         return self._run(assert_parity, (ours, reference, x, target), options, "check")
 
@@ -84,16 +86,14 @@ class ParityChecker:
         a check: the Report when every gradient matches, else the test fails as ``check`` does
         (``reference=None`` checks against central differences of ``loss_fn``)."""
         __tracebackhide__ = True
-        from gradparity.testing.assertion import assert_function_parity
+        from gradparity.testing.assertion import assert_function_parity  # the harness: torch
 
         args = (grads, params, reference, x, target)
         return self._run(assert_function_parity, args, options, "check_function")
 
     def _run(self, assertion: Any, args: tuple, options: dict, what: str) -> Report:
         __tracebackhide__ = True
-        from gradparity.core.errors import InputError
-        from gradparity.locate.layers import place
-        from gradparity.testing.assertion import ParityError
+        from gradparity.testing.assertion import ParityError  # the harness: torch
 
         self._calls += 1
         caller = sys._getframe(2)
