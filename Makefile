@@ -37,6 +37,7 @@ mutants: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gradparity ours reference tests benchmarks
 	$(BIN)/ruff format --check gradparity ours reference tests benchmarks
+	$(BIN)/mypy gradparity
 
 clean:
 	rm -rf $(VENV) build *.egg-info reports/latest

@@ -11,6 +11,7 @@ Every layer keeps its input's dtype (float32 stays float32, float64 stays float6
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 
 class Layer:
@@ -67,7 +68,7 @@ class Linear(Layer):
         in_features: int,
         out_features: int,
         rng: np.random.Generator | None = None,
-        dtype: np.dtype | str = np.float64,
+        dtype: npt.DTypeLike = np.float64,
     ) -> None:
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
@@ -81,6 +82,8 @@ class Linear(Layer):
         return _linear_fwd(x, self.params["W"], self.params["b"])
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        if self._x is None:
+            raise RuntimeError("Linear.backward called before forward")
         grad_x, grad_W, grad_b = _linear_bwd(self._x, self.params["W"], grad_out)
         self._accumulate(W=grad_W, b=grad_b)
         return grad_x

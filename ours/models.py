@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 
 from gradparity.ours.containers import Sequential
-from gradparity.ours.layers import Linear, Sigmoid
+from gradparity.ours.layers import Layer, Linear, Sigmoid
 
 
 def assignment_network() -> Sequential:
@@ -37,7 +37,7 @@ def mlp(sizes: tuple[int, ...] = (784, 300, 10), seed: int = 0, activation=Sigmo
     Layers are named fc1, act1, fc2, ... ; x (N, sizes[0]) -> logits (N, sizes[-1]).
     """
     rng = np.random.default_rng(seed)
-    layers: list[tuple[str, object]] = []
+    layers: list[tuple[str, Layer]] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes), start=1):
         layers.append((f"fc{i}", Linear(n_in, n_out, rng=rng)))
         if i < len(sizes) - 1:

@@ -10,6 +10,7 @@ State is keyed ``(layer name, param key)`` and uses torch's names: SGD ``momentu
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class Optimizer:
         _check(lr > 0, f"lr must be positive, got {lr}")
         self.model = model
         self.lr = lr
-        self.state: dict[tuple[str, str], dict[str, object]] = {}
+        self.state: dict[tuple[str, str], dict[str, Any]] = {}
 
     def hyperparameters(self) -> dict[str, object]:
         return {"lr": self.lr}

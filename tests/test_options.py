@@ -1,4 +1,4 @@
-"""Option objects (``gradparity.options``): every option given in an object gives the report
+"""Option objects (``gradparity.core.options``): every option given in an object gives the report
 its keyword argument gives; a value given both ways, a field the entry point does not take and
 an object of the wrong type are refused in one line; objects are checked when built, by the
 same rules and words as the keyword arguments."""
@@ -52,7 +52,7 @@ def test_the_option_objects_are_public_frozen_and_documented():
 
 
 def test_the_options_module_does_not_import_torch():
-    code = "import sys, gradparity.options; print('torch' in sys.modules)"
+    code = "import sys, gradparity.core.options; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from gradparity import __version__
 from gradparity.core.errors import InputError, describe_error
 
 # The exit statuses: the verdict (parity, divergence found), or a refusal.
@@ -51,8 +52,6 @@ def option_type(check: Callable[[Any, str], int], flag: str) -> Callable[[str], 
 def write_traceback(exc: BaseException, argv: list[str]) -> str:
     """Write ``exc``'s traceback (with the command line and versions) to a new file in the
     system's temporary folder; its path."""
-    from gradparity import __version__
-
     fd, path = tempfile.mkstemp(prefix="gradparity-crash-", suffix=".txt")
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(f"gradparity {__version__}, Python {platform.python_version()}\n")

@@ -35,7 +35,9 @@ from gradparity.report.folder import check_target
 from gradparity.report.terminal import render as render_terminal
 from gradparity.report.terminal import use_colour
 
-if TYPE_CHECKING:  # torch, pandas and the harness load when a command runs, not for --help
+# Each command imports what it runs inside its function: torch, pandas and the harness load
+# when a command runs, not for --help.
+if TYPE_CHECKING:
     from gradparity.report.report import Report
 
 
@@ -52,9 +54,11 @@ def load_factory(spec: str) -> Any:
             # As when running it as a script: modules next to the file can be imported.
             if str(path.resolve().parent) not in sys.path:
                 sys.path.insert(0, str(path.resolve().parent))
-            loader = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(loader)
-            loader.loader.exec_module(module)
+            spec_of_file = importlib.util.spec_from_file_location(path.stem, path)
+            if spec_of_file is None or spec_of_file.loader is None:
+                raise InputError(f"cannot import {path}: not a Python source file")
+            module = importlib.util.module_from_spec(spec_of_file)
+            spec_of_file.loader.exec_module(module)
         else:
             module = importlib.import_module(mod_name)
     except InputError:
@@ -313,6 +317,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=name,
     )
     report.save(out)
+    assert report.history is not None  # compare_training records one row per step
     scored = report.history.dropna(subset=["val_acc_ours"])
     last = scored.iloc[-1]
     say(

@@ -27,7 +27,7 @@ class Setup:
 
 
 def _assignment(seed: int) -> Setup:
-    from gradparity.reference import mirror
+    from gradparity.reference import mirror  # torch loads only when a model is built
 
     ours = assignment_network()
     x, target = assignment_data()
@@ -42,7 +42,7 @@ def _assignment(seed: int) -> Setup:
 
 
 def _mlp(seed: int) -> Setup:
-    from gradparity.reference import mirror
+    from gradparity.reference import mirror  # torch loads only when a model is built
 
     ours = mlp((784, 300, 10), seed=seed)
     rng = np.random.default_rng(seed + 1)

@@ -103,6 +103,7 @@ def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarr
     """The reference's "grad_input" or "grad:<key>" from ``rec``, in ours' layout."""
     address = Address.parse(quantity)
     if address.kind is Kind.GRAD_INPUT:
+        assert rec.grad_input is not None  # the reference side always runs backward
         return rec.grad_input
     p = next(p for p in pair.params if p.key == address.name)
     return to_ours(rec.grads[p.torch_name], p)
@@ -116,6 +117,7 @@ def compare_layer(
     phase; quantities it never reached are left out."""
     if _failed(ours, "forward"):
         return [_raised(mode, pair, ours)], []
+    assert ref.output is not None and ref.grad_input is not None  # the reference ran both passes
     fwd = [
         compare_tensor(
             mode,
@@ -175,6 +177,7 @@ def _failed(rec: LayerRecord, phase: str) -> bool:
 
 
 def _raised(mode: str, pair: LayerPair, rec: LayerRecord) -> Row:
+    assert rec.error is not None  # called only for a record that failed
     return failed_row(mode, pair.name, pair.type_name, rec.error)
 
 

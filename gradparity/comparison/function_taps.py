@@ -34,7 +34,8 @@ def tap_rows(
 ) -> tuple[list[Row], list[Row]]:
     """(forward taps in forward order, gradient taps in backward order); the values behind
     each compared row go into ``arrays``. ``order``: the reference's module -> position."""
-    fwd, bwd = [], []
+    fwd: list[tuple[tuple[int, int], Row]] = []  # ((module position, call), row), to sort
+    bwd: list[tuple[tuple[int, int], Row]] = []
     for tap, (kind, module, call) in tap_specs.items():
         if tap in run.bad_taps:  # complex or text: a finding, never compared as real
             row = failed_row("chain", tap, "tap", {**run.bad_taps[tap], "quantity": kind})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -81,7 +81,11 @@ def real_array(value: Any, what: str, quantity: str) -> np.ndarray:
     return arr
 
 
-def snapshot(value) -> np.ndarray | None:
+@overload
+def snapshot(value: None) -> None: ...
+@overload
+def snapshot(value: np.ndarray) -> np.ndarray: ...
+def snapshot(value: np.ndarray | None) -> np.ndarray | None:
     """A private copy of an array-like (None stays None), so later in-place edits cannot leak."""
     if value is None:
         return None

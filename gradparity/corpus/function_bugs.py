@@ -49,10 +49,11 @@ def forward_backward(
     probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     loss = float(-np.log(probs[np.arange(n), y]).mean())
     onehot = np.eye(probs.shape[1])[y]
-    dscores = {
+    variants: dict[str | None, np.ndarray] = {
         "loss_grad_sign": (onehot - probs) / n,
         "mean_missing": probs - onehot,
-    }.get(bug, (probs - onehot) / n)
+    }
+    dscores = variants.get(bug, (probs - onehot) / n)
     tap("dscores", dscores)
     grads = {
         "W3": a2.T @ dscores,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -114,6 +115,7 @@ class WeightGradAveraged(Linear):
 
 class InputGradUsesW(Linear):
     def backward(self, grad_out):
+        assert self._x is not None, "backward before forward"  # the harness runs forward first
         _, self.grads["W"], self.grads["b"] = _linear_bwd(self._x, self.params["W"], grad_out)
         return grad_out @ self.params["W"]  # dy @ W instead of dy @ W.T
 
@@ -252,7 +254,10 @@ def inject(model: Sequential, loss: object, bug: Bug) -> tuple[Sequential, objec
     ), copy.deepcopy(loss)
 
 
-def _as_mutant(obj: object, mutant: type) -> object:
+_T = TypeVar("_T")
+
+
+def _as_mutant(obj: _T, mutant: type[_T]) -> _T:
     new = mutant.__new__(mutant)
     new.__dict__.update(copy.deepcopy(obj.__dict__))
     return new

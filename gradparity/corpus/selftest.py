@@ -3,7 +3,10 @@ whether gradparity found it at the right place (localized) with the right label 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +87,7 @@ def run_training_bug(bug: TrainingBug, seed: int = 0) -> BugResult:
         seed=seed,
         name=bug.name,
     )
-    found = [
+    found: list[dict[str, Any]] = [
         {
             "layer": f.layer,
             "quantity": f.quantity,
@@ -130,15 +133,17 @@ def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> 
 def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]:
     """Every bug of the corpora, layer bugs first (or the named ones); unknown names raise
     KeyError. Function bugs run twice: "fn:NAME" against torch, "fn:NAME+numeric" without."""
-    runners = {b.name: (run_bug, b) for b in BUGS}
-    runners |= {b.name: (run_training_bug, b) for b in TRAINING_BUGS}
-    for b in FUNCTION_BUGS:
-        runners[f"fn:{b.name}"] = (run_function_bug, b)
-        runners[f"fn:{b.name}+numeric"] = (lambda bug, seed: run_function_bug(bug, seed, True), b)
+    runners: dict[str, Callable[[int], BugResult]] = {
+        b.name: functools.partial(run_bug, b) for b in BUGS
+    }
+    runners |= {b.name: functools.partial(run_training_bug, b) for b in TRAINING_BUGS}
+    for fb in FUNCTION_BUGS:
+        runners[f"fn:{fb.name}"] = functools.partial(run_function_bug, fb)
+        runners[f"fn:{fb.name}+numeric"] = functools.partial(run_function_bug, fb, numeric=True)
     unknown = [n for n in names or [] if n not in runners]
     if unknown:
         raise KeyError(f"unknown bug(s) {unknown}; choose from {', '.join(runners)}")
-    return [run(bug, seed) for run, bug in (runners[n] for n in names or runners)]
+    return [runners[n](seed) for n in names or runners]
 
 
 def _found_text(result: BugResult, limit: int = 2) -> str:

@@ -51,6 +51,7 @@ class AdamNoBiasCorrection(Adam):
 
 class StaleGradLinear(Linear):
     def backward(self, grad_out):
+        assert self._x is not None, "backward before forward"  # the harness runs forward first
         grad_x, grad_w, grad_b = _linear_bwd(self._x, self.params["W"], grad_out)
         if getattr(self, "_kept", None) is None:
             self._kept = (grad_w, grad_b)  # computed once, handed out at every later step

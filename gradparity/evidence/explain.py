@@ -39,7 +39,7 @@ def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
 def _is_stale(probe: Probe, quantity: str, tol: Tolerance, tdtype: torch.dtype) -> bool:
     """Ours equals the reference's gradient at the warm-up input: backward used an old cache."""
     ours = _ours_value(probe.ours, quantity)
-    if ours is None:
+    if ours is None or probe.upstream is None:  # no gradient, or the loss (no upstream)
         return False
     at_warm = run_torch.probe_module(probe.pair, probe.warm, probe.upstream, tdtype)
     expected = reference_grad(probe.pair, at_warm, quantity)
@@ -79,6 +79,7 @@ def add_evidence(
         arrays[(row.layer, row.quantity)] = evidence = _values(probe, row.quantity)
         if row.quantity == "output":
             continue
+        assert probe.ref.input is not None and probe.ref.grad_input is not None  # ran both passes
         if row.layer == "loss":
             verdict = referee.referee_loss(
                 probe.pair.layer,
@@ -92,6 +93,7 @@ def add_evidence(
         else:
             if _is_stale(probe, row.quantity, tol, tdtype):
                 _mark_stale(row)
+            assert probe.upstream is not None  # every probe but the loss's has one
             verdict = referee.referee_layer(
                 probe.pair,
                 probe.ref.input,
@@ -157,12 +159,13 @@ def _add_jacobian(row: Row, evidence: dict) -> None:
 def _jacobian(probe: Probe, tol: Tolerance) -> tuple[dict, jacobian.JacobianProbe | None]:
     """(summary for ``detail``, the probe itself): pattern and message, or a note when the
     layer is too large or not of a shape the probe handles."""
-    x = probe.ref.input
-    note = jacobian.too_large(x.shape, probe.ref.output.shape)
+    x, out = probe.ref.input, probe.ref.output
+    assert x is not None and out is not None  # the reference's forward ran
+    note = jacobian.too_large(x.shape, out.shape)
     if note is not None:
         return {"note": note}, None
     try:
-        result = jacobian.probe(probe.pair.layer, probe.pair.module, x, tol)
+        result = jacobian.probe(probe.pair.layer, probe.pair.torch_module, x, tol)
     except ValueError as exc:
         return {"note": f"skipped: {exc}"}, None
     if isinstance(result, str):

@@ -29,12 +29,11 @@ from gradparity.evidence.central_difference import Moved, NumericGradient
 from gradparity.locate.function import (
     NUMERIC_REFERENCE,
     explain_penalty,
-    function_report,
+    function_report_fields,
     mark_repeat,
 )
 from gradparity.pairing.structure import layer_index, rebuild
 from gradparity.reference.layout import squeezed
-from gradparity.report.report import Report
 from gradparity.sides.function_run import UserRun, call_loss_fn
 
 FULL_LIMIT = 256
@@ -257,6 +256,7 @@ def _sampled_row(
     row.detail.update(found.detail)
     row.message = found.message
     if found.label == "unexplained":
+        assert row.mismatch_frac is not None  # set whenever values were compared
         row.message = (
             f"ours' directional derivatives differ from central differences of loss_fn along "
             f"{round(row.mismatch_frac * len(numeric))} of {len(numeric)} directions "
@@ -291,7 +291,7 @@ def _numeric_words(text: str) -> str:
     )
 
 
-def numeric_report(
+def numeric_report_fields(
     fn: str,
     params: Any,
     flat: dict[str, np.ndarray],
@@ -307,7 +307,7 @@ def numeric_report(
     batch_size: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
-) -> Report:
+) -> dict[str, Any]:
     """Every parameter gradient of ``run`` against central differences of ``loss_fn``; the
     gradients at ``x_warm`` (the warm-up input) tell stale and accumulated ones."""
     loss = NumericLoss(loss_fn, params, flat, x, target)
@@ -332,11 +332,12 @@ def numeric_report(
     rows: list[Row] = []
     arrays: dict = {}
     warm_loss: NumericLoss | None = None
+    grads = run.grads or {}
     for name in sorted(flat, key=lambda n: -depth[n]) if run.grads is not None else []:
         if name in run.bad_grads:  # complex: a finding, never compared as real
             rows.append(failed_row("numeric", fn, "parameter", run.bad_grads[name]))
             continue
-        g, p = run.grads[name], loss.work[name]
+        g, p = grads[name], loss.work[name]
         measured = central_difference.numeric_gradient(
             loss.moving(name), p, rng, full_limit=FULL_LIMIT, directions=DIRECTIONS,
             entries=ENTRIES, largest_of=g if g.shape == p.shape else None,
@@ -360,7 +361,7 @@ def numeric_report(
     for row in rows:  # here the reference is the numeric gradient: say so
         row.message = _numeric_words(row.message)
         row.fix = _numeric_words(row.fix)
-    return function_report(
+    return function_report_fields(
         fn, [], [], rows, depth, run, set(), arrays,
         [f"reference: float64 central differences of loss_fn (loss {loss.base:.6g})"]
         + [f"{r.address.name} has over {FULL_LIMIT} entries: sampled along {DIRECTIONS} "

@@ -30,6 +30,7 @@ from gradparity.core.validate import (
 )
 from gradparity.sides import run_numpy
 from gradparity.sides.adapt import check_protocol, named_layers, params_of
+from gradparity.sides.setup import resolve_losses, warm_input
 
 
 def _mutation(name: str, what: str, mode: str) -> Finding:
@@ -66,8 +67,10 @@ def _shape_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Fi
     ``p -= lr * g`` still takes it ((n,) onto (1, n)): then it is only a warning."""
     found = []
     for key, grad in rec.grads.items():
-        g_shape, p_shape = np.shape(grad), np.shape(params.get(key))
-        if key not in params or g_shape == p_shape:
+        if key not in params:
+            continue
+        g_shape, p_shape = np.shape(grad), np.shape(params[key])
+        if g_shape == p_shape:
             continue
         takes = broadcasts_onto(g_shape, p_shape, p_shape)
         consequence = (
@@ -126,7 +129,7 @@ def _nonfinite_lint(name: str, rec: LayerRecord, mode: str) -> list[Finding]:
         arrays |= {"grad_input": rec.grad_input, **{f"grad:{k}": v for k, v in rec.grads.items()}}
     found = []
     for quantity, value in arrays.items():
-        if _finite(value):
+        if value is None or _finite(value):
             continue
         bad = ~np.isfinite(value)
         first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -181,6 +184,7 @@ def _raised(name: str, rec: LayerRecord) -> Finding:
     """A layer (or the loss) whose forward or backward threw, or gave a value that cannot be
     checked: the run stopped there."""
     err = rec.error
+    assert err is not None  # called only for a record that raised
     problem, fix = failure_words(err, first_line_only=True)
     quantity = err.get("quantity") or ("output" if err["phase"] == "forward" else "grad_input")
     return Finding(
@@ -207,8 +211,6 @@ def lint(
     ``compare`` judges it: a class the loss cannot take (beyond the model's outputs, negative,
     a float label) or an MSE target of another shape is refused with InputError.
     """
-    from gradparity.pipelines.layers import resolve_losses, warm_input
-
     seed = check_seed(seed)
     layers = named_layers(model)
     x = prepare_input(x, "float64")
@@ -234,3 +236,24 @@ def lint(
     )
     raised = [_raised(name, rec) for name, rec in records.items() if rec.error is not None]
     return raised + errors + warnings
+
+
+_SHAPE_LABELS = ("not_reduced", "transposed", "shape_mismatch")  # already say the shape is off
+
+
+def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
+    """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
+    finding (``detail["also"]`` and its message) instead of repeating it."""
+    merged = list(roots)
+    by_place = {(f.layer, f.quantity): f for f in roots}
+    for lint in lints:
+        same = by_place.get((lint.layer, lint.quantity))
+        if same is None:
+            merged.append(lint)
+            by_place[(lint.layer, lint.quantity)] = lint
+        elif lint.diagnosis != same.diagnosis and not (
+            lint.diagnosis == "shape_mismatch" and same.diagnosis in _SHAPE_LABELS
+        ):
+            same.detail.setdefault("also", []).append(lint.diagnosis)
+            same.message += f"; also: {lint.message.split(': ', 1)[-1]}"
+    return merged

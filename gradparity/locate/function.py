@@ -1,4 +1,4 @@
-"""Locate stage of a function comparison: statuses, root causes and the report.
+"""Locate stage of a function comparison: statuses, root causes and the report's fields.
 
 Taps run like a chain: forward taps in forward order, the loss, then gradient taps in backward
 order. The first that diverges is a root cause, the place where the bug is (between it and
@@ -22,7 +22,6 @@ from gradparity.core.metrics import tensor_diff
 from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
-from gradparity.report.report import Report
 from gradparity.sides.function_run import UserRun
 
 NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
@@ -78,7 +77,7 @@ def _per_element_factor(values: dict[str, np.ndarray]) -> str | None:
     """Words for ours = f * reference with f positive but different per element: what a
     wrong local (activation) derivative does to a delta, while a wrong matrix mixes signs."""
     ours, ref = values.get("ours"), values.get("reference")
-    if ours is None or np.shape(ours) != np.shape(ref):
+    if ours is None or ref is None or np.shape(ours) != np.shape(ref):
         return None
     keep = np.abs(ref) > 1e-9 * np.abs(ref).max()
     if keep.sum() < 2:
@@ -187,6 +186,7 @@ def _batch_convention(
 
 def _raised(fn: str, run: UserRun) -> Row:
     err = run.error
+    assert err is not None  # called only for a run that raised
     where = f" at {err['where']}" if err.get("where") else ""
     return Row(
         "chain", fn, "function", "call", None, None,
@@ -216,7 +216,7 @@ def _mutation(fn: str, what: str, params: set[str]) -> Finding:
 def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Finding]:
     """The chain of taps (forward, loss, then gradients): the first divergence is the root
     cause, the later ones ``inherited``; statuses set in place."""
-    roots = []
+    roots: list[Finding] = []
     agreeing: dict[bool, str | None] = {False: None, True: None}
     for row in forward + backward:
         is_backward = row.quantity != "output"
@@ -307,7 +307,7 @@ def _first(rows: list[Row]) -> dict | None:
     return next(({"layer": r.layer, "quantity": r.quantity} for r in rows if r.diverged), None)
 
 
-def function_report(
+def function_report_fields(
     fn: str,
     forward: list[Row],
     backward: list[Row],
@@ -318,8 +318,8 @@ def function_report(
     arrays: dict,
     notes: list[str],
     **fields: Any,
-) -> Report:
-    """Statuses (in place), root causes, notes and the Report. ``forward``: forward taps and
+) -> dict[str, Any]:
+    """Statuses (in place), root causes, notes: the Report's fields. ``forward``: forward taps and
     the loss in forward order; ``backward``: gradient taps in backward order; ``param_rows``
     deepest first; ``depth``: parameter name -> position towards the output; ``fields``: the
     rest of the Report (dtype, tolerance, conversions, meta)."""
@@ -343,7 +343,7 @@ def function_report(
     has_reference = fields["meta"].get("reference") != NUMERIC_REFERENCE
     unmapped, tap_notes = _tap_notes(run, mapped, has_reference, bool(diverging), bool(backward))
     wanted = {(f.layer, f.quantity) for f in roots}
-    return Report(
+    return dict(
         rows=extra + forward + backward + param_rows,
         root_causes=roots,
         warnings=_warnings(fn, run, param_rows),

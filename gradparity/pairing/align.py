@@ -29,9 +29,16 @@ class LayerPair:
     name: str
     layer: Any
     module_name: str
-    module: nn.Module
+    module: nn.Module | None  # None for the loss, which the reference computes with no module
     params: list[ParamPair] = field(default_factory=list)
     call: int = 0  # which call of the module this layer is compared with (0-based)
+
+    @property
+    def torch_module(self) -> nn.Module:
+        """The module, for a pair that has one (every pair but the loss's)."""
+        if self.module is None:
+            raise ValueError(f"{self.name!r} is paired with no torch module")
+        return self.module
 
     @property
     def type_name(self) -> str:
@@ -198,3 +205,8 @@ def _refuse_unequal_shared_parameters(pairs: list[LayerPair]) -> None:
                     f"module {module!r}, which uses one {key} for all its calls, but their "
                     f"{key} differ (max abs {gap:.3g}); give them the same values"
                 )
+
+
+def synced_names(pairs: list[LayerPair]) -> set[str]:
+    """The reference's full parameter names that ``sync_parameters`` fills for ``pairs``."""
+    return {f"{p.module_name}.{pp.torch_name}".lstrip(".") for p in pairs for pp in p.params}

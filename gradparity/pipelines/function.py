@@ -20,12 +20,12 @@ from gradparity.comparison.diff import compare_tensor, failed_row
 from gradparity.comparison.function_taps import aligned_tap, tap_rows
 from gradparity.core.errors import InputError
 from gradparity.core.metrics import tensor_diff
+from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import check_options, quiet_arithmetic
-from gradparity.evidence.function_numeric import NumericLoss, numeric_report, referee_rows
-from gradparity.locate.function import explain_penalty, function_report, mark_repeat
-from gradparity.options import Maps, ReferenceInputs, Tolerances, with_options
+from gradparity.evidence.function_numeric import NumericLoss, numeric_report_fields, referee_rows
+from gradparity.locate.function import explain_penalty, function_report_fields, mark_repeat
 from gradparity.pairing.function_align import depth_of, resolve_tap_map
 from gradparity.pairing.params import ParamPair, sync_parameters, to_ours
 from gradparity.pairing.square import pair_function_params
@@ -45,7 +45,6 @@ from gradparity.pipelines.function_inputs import (
     warm_input_for,
     warm_reference_input,
 )
-from gradparity.pipelines.layers import reference_copy
 from gradparity.reference.layout import IDENTITY
 from gradparity.report.report import Report
 from gradparity.sides.function_run import (
@@ -57,6 +56,7 @@ from gradparity.sides.function_run import (
 )
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
+from gradparity.sides.setup import reference_copy
 from gradparity.sides.taps import follow_map
 
 
@@ -134,11 +134,12 @@ def compare_function(
     if run.grads is not None:
         check_grad_shapes(run.grads, flat)
     if setup is None:
-        return numeric_report(
+        assert loss_fn is not None  # check_numeric_options refuses reference=None without it
+        return Report(**numeric_report_fields(
             fn, params, flat, run, warm_run, loss_fn, x_arr, t_arr, x_warm=x_warm, rng=rng,
             meta={"model": name or fn, "seed": seed, **_versions()}, batch_size=batch_size,
             rtol=rtol, atol=atol,
-        )  # fmt: skip
+        ))  # fmt: skip
     return setup.report(run, warm_run, x_warm, batch_size, seed, name or fn)
 
 
@@ -195,6 +196,7 @@ class _Setup:
         self.ours_loss = None if loss_fn is None else self._ours_loss()
 
     def _ours_loss(self) -> float:
+        assert self.loss_fn is not None  # called only when a loss_fn was given
         copies = {n: a.copy() for n, a in self.flat.items()}
         value, precision = call_loss_fn(
             self.loss_fn, rebuild(self.params, copies), self.x.copy(), self.target.copy()
@@ -223,6 +225,7 @@ class _Setup:
         self.sync(pairs)
         ref = self.run_reference(self.rx, forward)
         if not forward:
+            assert self.ours_loss is not None  # checked above: no forward tap means a loss_fn
             return bool(np.isclose(self.ours_loss, ref.loss, rtol=1e-6, atol=1e-12))
         aligned = {t: aligned_tap(run.taps[t], ref.taps[t], self.columns) for t in forward}
         return all(
@@ -276,11 +279,11 @@ class _Setup:
         loss_rows = [] if self.ours_loss is None else [self._loss_row(ref)]
         param_rows = self._param_rows(run, ref, pairs, depth, batch)
         notes += self._mark_repeats(fwd + bwd + param_rows, run, warm_run, x_warm, pairs, ref)
-        if self.loss_fn is not None:
+        if (loss_fn := self.loss_fn) is not None:
             referee_rows(
                 param_rows,
                 run.grads or {},
-                lambda: NumericLoss(self.loss_fn, self.params, self.flat, self.x, self.target),
+                lambda: NumericLoss(loss_fn, self.params, self.flat, self.x, self.target),
                 np.random.default_rng(seed + 1),
             )
         if any(r.diverged for r in fwd + bwd + loss_rows + param_rows):
@@ -302,32 +305,36 @@ class _Setup:
             for p in pairs
             if p.how.startswith("assumed")
         ]
-        return function_report(
-            self.fn,
-            fwd + loss_rows,
-            bwd,
-            param_rows,
-            depth,
-            run,
-            set(self.tap_specs),
-            self.arrays,
-            notes,
-            dtype=self.dtype,
-            tolerance=self.tol.as_dict(),
-            conversions=[p.describe() for p in pairs]
-            + [f"tap {r.layer}: {r.conversion}" for r in fwd + bwd],
-            meta={
-                "model": model_name,
-                "seed": seed,
-                "batch_size": batch,
-                "examples_as": "columns" if self.columns else "rows",
-                "reference": type(self.model).__name__,
-                "reference_mode": "train" if self.model.training else "eval",
-                "reference_loss": "softmax cross-entropy, batch mean (default)"
-                if self.default_loss
-                else getattr(self.reference_loss, "__name__", type(self.reference_loss).__name__),
-                **_versions(),
-            },
+        return Report(
+            **function_report_fields(
+                self.fn,
+                fwd + loss_rows,
+                bwd,
+                param_rows,
+                depth,
+                run,
+                set(self.tap_specs),
+                self.arrays,
+                notes,
+                dtype=self.dtype,
+                tolerance=self.tol.as_dict(),
+                conversions=[p.describe() for p in pairs]
+                + [f"tap {r.layer}: {r.conversion}" for r in fwd + bwd],
+                meta={
+                    "model": model_name,
+                    "seed": seed,
+                    "batch_size": batch,
+                    "examples_as": "columns" if self.columns else "rows",
+                    "reference": type(self.model).__name__,
+                    "reference_mode": "train" if self.model.training else "eval",
+                    "reference_loss": "softmax cross-entropy, batch mean (default)"
+                    if self.default_loss
+                    else getattr(
+                        self.reference_loss, "__name__", type(self.reference_loss).__name__
+                    ),
+                    **_versions(),
+                },
+            )
         )
 
     def _loss_row(self, ref: ReferenceRun) -> Row:
@@ -398,6 +405,7 @@ class _Setup:
                     mark_repeat(row, ours, now, old, self.tol)
                 continue
             p = by_key[row.address.name]
+            assert run.grads is not None  # a parameter row comes from a run that gave gradients
             old = to_ours(at_warm.grads[p.torch_name], p)
             now = to_ours(ref.grads[p.torch_name], p)
             mark_repeat(row, run.grads[p.key], now, old, self.tol)

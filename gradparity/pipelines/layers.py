@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -11,8 +10,7 @@ from torch import nn
 
 from gradparity import __version__
 from gradparity.comparison.diff import compare_layer
-from gradparity.core.errors import InputError
-from gradparity.core.finding import Finding
+from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.core.records import LayerRecord
 from gradparity.core.row import Row
 from gradparity.core.tolerance import tolerance_for
@@ -27,69 +25,17 @@ from gradparity.core.validate import (
     quiet_arithmetic,
 )
 from gradparity.evidence.explain import Probe, add_evidence
-from gradparity.evidence.lints import lint_records
+from gradparity.evidence.lints import lint_records, merge_lints
 from gradparity.locate.layers import first_divergence, locate
-from gradparity.options import Maps, ReferenceInputs, Tolerances, with_options
-from gradparity.pairing.align import LayerPair, align_layers, layers_by_module
+from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
 from gradparity.pairing.params import sync_parameters, to_reference
 from gradparity.pairing.square import pair_parameters
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
-from gradparity.sides.adapt import check_protocol, model_name, named_layers, params_of
-from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls, to_cpu
+from gradparity.sides.adapt import model_name, named_layers, params_of
+from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
 from gradparity.sides.run_torch import TORCH_DTYPES
-
-
-def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
-    """Default softmax cross-entropy on both sides; a known ours loss gets its torch mirror."""
-    from gradparity.ours import SoftmaxCrossEntropy
-    from gradparity.reference import mirror_loss
-
-    ours_loss = SoftmaxCrossEntropy() if ours_loss is None else ours_loss
-    check_protocol("loss", ours_loss)
-    if reference_loss is None:
-        try:
-            reference_loss = mirror_loss(ours_loss)
-        except TypeError as exc:
-            raise InputError(f"{exc}; pass reference_loss=callable(output, target)") from exc
-    if not callable(reference_loss):
-        raise InputError("reference_loss must be callable(output, target) -> scalar tensor")
-    return ours_loss, reference_loss
-
-
-def reference_copy(
-    reference_model: Any, dtype: str, sync_weights: bool = True
-) -> tuple[nn.Module, list[str]]:
-    """(a deep copy of the reference on the CPU in ``dtype``, in eval mode; the names of its
-    parameters that came from the meta device and wait for ours' values, see ``to_cpu``)."""
-    if not isinstance(reference_model, nn.Module):
-        raise InputError(
-            f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
-        )
-    try:
-        model = copy.deepcopy(reference_model)
-    except Exception as exc:
-        raise InputError(
-            f"cannot copy the reference model ({exc}); it must support copy.deepcopy"
-        ) from exc
-    empty = to_cpu(model, TORCH_DTYPES[dtype], sync_weights)
-    return model.eval(), empty
-
-
-def synced_names(pairs: list[LayerPair]) -> set[str]:
-    """The reference's full parameter names that ``sync_parameters`` fills for ``pairs``."""
-    return {f"{p.module_name}.{pp.torch_name}".lstrip(".") for p in pairs for pp in p.params}
-
-
-def warm_input(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A different input of the same shape, for the warm-up pass (finite, also for an x near
-    the dtype's largest values)."""
-    top = float(np.max(np.abs(a))) if a.size else 0.0
-    spread = max(float(np.std(a / top)) * top if top > 0 else 0.0, 1.0)
-    limit = np.finfo(a.dtype).max if a.dtype.kind == "f" else np.inf
-    with np.errstate(over="ignore"):
-        warm = a + rng.standard_normal(a.shape) * 0.5 * spread
-    return np.clip(warm, -limit, limit).astype(a.dtype)
+from gradparity.sides.setup import reference_copy, resolve_losses, warm_input
 
 
 def run_isolation(
@@ -108,8 +54,9 @@ def run_isolation(
     """
     probes = {}
     for pair in pairs:
-        ref_in = ref_chain[pair.name].input
-        upstream = rng.standard_normal(ref_chain[pair.name].output.shape).astype(ref_in.dtype)
+        ref_in, ref_out = ref_chain[pair.name].input, ref_chain[pair.name].output
+        assert ref_in is not None and ref_out is not None  # the reference chain ran every layer
+        upstream = rng.standard_normal(ref_out.shape).astype(ref_in.dtype)
         warm = warm_input(ref_in, rng)
         probes[pair.name] = Probe(
             pair,
@@ -119,6 +66,7 @@ def run_isolation(
             upstream,
         )
     logits = ref_chain["loss"].input
+    assert logits is not None  # the reference chain reached its loss
     warm = warm_input(logits, rng)
     probes["loss"] = Probe(
         loss_pair,
@@ -132,7 +80,8 @@ def run_isolation(
 
 def _rows(mode: str, results, tol, batch: int) -> tuple[list[Row], list[Row]]:
     """(forward rows in forward order, backward rows in backward order)."""
-    fwd, bwd = [], []
+    fwd: list[Row] = []
+    bwd: list[Row] = []
     for pair, ours, ref in results:
         f, b = compare_layer(mode, pair, ours, ref, tol, batch)
         fwd += f
@@ -144,7 +93,7 @@ def _weight_differences(pairs: list[LayerPair]) -> list[str]:
     """Notes naming parameters that differ between the sides (only when not synced)."""
     notes = []
     for pair in pairs:
-        ours, ref = params_of(pair.layer), dict(pair.module.named_parameters())
+        ours, ref = params_of(pair.layer), dict(pair.torch_module.named_parameters())
         for p in pair.params:
             theirs = ref[p.torch_name].detach().cpu().numpy()
             mine = to_reference(ours[p.key], p)
@@ -155,27 +104,6 @@ def _weight_differences(pairs: list[LayerPair]) -> list[str]:
                     f"reference's {p.torch_name} (max abs {gap:.3g})"
                 )
     return notes
-
-
-_SHAPE_LABELS = ("not_reduced", "transposed", "shape_mismatch")  # already say the shape is off
-
-
-def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
-    """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
-    finding (``detail["also"]`` and its message) instead of repeating it."""
-    merged = list(roots)
-    by_place = {(f.layer, f.quantity): f for f in roots}
-    for lint in lints:
-        same = by_place.get((lint.layer, lint.quantity))
-        if same is None:
-            merged.append(lint)
-            by_place[(lint.layer, lint.quantity)] = lint
-        elif lint.diagnosis != same.diagnosis and not (
-            lint.diagnosis == "shape_mismatch" and same.diagnosis in _SHAPE_LABELS
-        ):
-            same.detail.setdefault("also", []).append(lint.diagnosis)
-            same.message += f"; also: {lint.message.split(': ', 1)[-1]}"
-    return merged
 
 
 @quiet_arithmetic
@@ -230,7 +158,7 @@ def compare(
     pair_parameters(pairs, rng)
     if sync_weights:
         for pair in pairs:
-            sync_parameters(params_of(pair.layer), pair.module, pair.params)
+            sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
         check_filled(empty, synced_names(pairs))
     weight_notes = [] if sync_weights else _weight_differences(pairs)
     target = check_target(

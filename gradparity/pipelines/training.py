@@ -22,6 +22,7 @@ from torch import nn
 
 from gradparity.core.errors import InputError
 from gradparity.core.finding import Finding
+from gradparity.core.options import Maps, ReferenceInputs, Tolerances, TrainingOptions, with_options
 from gradparity.core.records import USER_ERRORS, error_info, failure_words, real_array
 from gradparity.core.tolerance import tolerance_for
 from gradparity.core.validate import (
@@ -32,18 +33,23 @@ from gradparity.core.validate import (
     check_parameters,
     quiet_arithmetic,
 )
-from gradparity.options import Maps, ReferenceInputs, Tolerances, TrainingOptions, with_options
-from gradparity.pairing.align import align_layers, layers_by_module, refuse_shared_parameters
+from gradparity.pairing.align import (
+    align_layers,
+    layers_by_module,
+    refuse_shared_parameters,
+    synced_names,
+)
 from gradparity.pairing.params import sync_parameters
 from gradparity.pairing.square import pair_parameters
-from gradparity.pipelines.layers import compare, resolve_losses, synced_names
+from gradparity.pipelines.layers import compare
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
 from gradparity.pipelines.training_compare import Tracker, compare_step, findings_at, history_row
-from gradparity.report.report import TrainingReport
+from gradparity.report.report import Report, TrainingReport
 from gradparity.sides import run_torch
 from gradparity.sides.adapt import model_name, named_layers, params_of
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
+from gradparity.sides.setup import resolve_losses
 from gradparity.sides.training_setup import optimizers
 from gradparity.sides.training_steps import Shadow, ours_step, reference_step
 
@@ -111,7 +117,7 @@ def compare_training(
     refuse_shared_parameters(pairs)
     pair_parameters(pairs, np.random.default_rng(seed))
     for pair in pairs:
-        sync_parameters(params_of(pair.layer), pair.module, pair.params)
+        sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
     check_filled(empty, synced_names(pairs))
     shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 
@@ -168,15 +174,12 @@ def compare_training(
         if first_divergent is None and any(r.diverged for r in rows):
             first_divergent = step
             kept += rows
-            findings += findings_at(
-                step,
-                rows,
-                ours,
-                ref,
-                tracker,
-                step_tol,
-                lambda x=x, t=target, ours=ours: compare(
-                    _rewound(layers, ours.before),
+
+            def localised(
+                x: np.ndarray = x, t: np.ndarray = target, before: dict = ours.before
+            ) -> Report:
+                return compare(
+                    _rewound(layers, before),
                     ref_model,
                     x,
                     t,
@@ -186,8 +189,9 @@ def compare_training(
                     dtype,
                     seed=seed,
                     name="localised",
-                ),
-            )
+                )
+
+            findings += findings_at(step, rows, ours, ref, tracker, step_tol, localised)
             for f in findings:
                 f.step = step
         elif step == 1:

@@ -75,6 +75,7 @@ class BatchCheck:
             target = prepare_target(target, x.shape[0], self.dtype)
             if self.features is None:
                 output = dry_run(self.model, x, TORCH_DTYPES[self.dtype], names=self.names)
+                assert output is not None  # dry_run needs a tensor by default, so returns one
                 self.features, self.output_tail = x.shape[1:], output.shape[1:]
             elif x.shape[1:] != self.features:
                 earlier = ", ".join(str(d) for d in self.features)
@@ -99,6 +100,7 @@ class BatchCheck:
         """The validation pair against the reference: x's width, classes beyond the output's
         (the messages name "validation x" and "validation classes")."""
         output = dry_run(self.model, x, TORCH_DTYPES[self.dtype], "validation x", names=self.names)
+        assert output is not None  # dry_run needs a tensor by default, so returns one
         if output.ndim == 2:
             class_target(classes, output.shape[1], self.dtype, "validation classes")
 

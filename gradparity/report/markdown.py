@@ -4,17 +4,34 @@ the run details. Every text a user controls is escaped (``escape.markdown``)."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from gradparity.core import escape
 from gradparity.core.address import place
+from gradparity.core.finding import Finding
 from gradparity.core.rounding import json_value
 from gradparity.core.row import DISPLAY_COLUMNS, Row
 from gradparity.core.status import STATUS_RANK, Status
+from gradparity.core.tolerance import Tolerance
 from gradparity.report import tables
 
-if TYPE_CHECKING:
-    from gradparity.report.report import Report
+
+class Report(Protocol):
+    """What report.md is drawn from: ``gradparity.report.report.Report`` (a protocol, since
+    that module imports this one)."""
+
+    dtype: str
+    tolerance: Tolerance
+    rows: list[Row]
+    root_causes: list[Finding]
+    warnings: list[Finding]
+    first_divergence: dict[str, Any]
+    conversions: list[str]
+    notes: list[str]
+    meta: dict[str, Any]
+
+    def verdict(self) -> str: ...
+
 
 _COLUMNS = [c for c in DISPLAY_COLUMNS if c not in ("mode", "type")]
 

@@ -153,7 +153,7 @@ def error_chart(rows: list[Row], title: str = "") -> bytes:
         ax.tick_params(axis="x", labelrotation=55, labelsize="small")
     for t, tick in zip(ticks, ax.get_xticklabels()):
         if rotate:
-            tick.set_ha("right")
+            tick.set_horizontalalignment("right")
             tick.set_rotation_mode("anchor")
         if t in root_xs:
             tick.set_color("red")
@@ -190,7 +190,8 @@ def _draw_series(ax, points: dict, x_of: dict[str, int], top: float, root_label:
     many = len(x_of) > MAX_TICK_LABELS
     # Side by side within a layer, so equal chain and isolate values do not hide each other.
     offsets = [0.0] * len(_SERIES) if many else np.linspace(-0.15, 0.15, len(_SERIES))
-    novalue_any, rings = False, []
+    novalue_any = False
+    rings: list[tuple[float, float]] = []
     for (mode, direction, label, marker, colour), dx in zip(_SERIES, offsets):
         pts = sorted((x_of[k[2]] + dx, *v) for k, v in points.items() if k[:2] == (mode, direction))
         if not pts:

@@ -22,6 +22,7 @@ from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
 from gradparity.report import markdown, saved
 from gradparity.report.folder import REPORT_FILES, write_folder
+from gradparity.report.html import render
 
 TABLE_COLUMNS = [
     "mode",
@@ -232,7 +233,7 @@ class Report:
     def plots(self) -> list[tuple[str, bytes, str]]:
         """(file name, PNG bytes, caption): the error chart, then heatmaps of each root cause
         (ours, reference, difference) and of its Jacobian probe where one ran."""
-        from gradparity.report import plots
+        from gradparity.report import plots  # matplotlib loads only when a report is plotted
 
         name = self.meta.get("model", "model")
         wanted: list[Wanted] = [
@@ -284,8 +285,6 @@ class Report:
     def files(self) -> dict[str, str | bytes]:
         """Every file of the report folder, by path relative to it: report.json, report.md,
         report.html, table.csv, plots/*.png, and a merged report's parts in subfolders."""
-        from gradparity.report.html import render
-
         plots = self.plots()
         files: dict[str, str | bytes] = {f"plots/{name}": png for name, png, _ in plots}
         files["report.json"] = self.to_json()

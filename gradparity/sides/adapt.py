@@ -6,21 +6,22 @@ other names is adapted with :func:`wrap`, without editing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from gradparity.core.errors import InputError, describe_error
 
-Accessor = str | Sequence[str] | Callable[[Any], Any] | None
+Method = str | Callable[..., Any]  # a method name, or f(obj, *args)
+Accessor = str | list[str] | tuple[str, ...] | Callable[[Any], Any] | None  # what wrap() accepts
 
 
 class Wrapped:
     """A user object seen through the layer (or loss) protocol. Made by :func:`wrap`."""
 
     def __init__(
-        self, obj: Any, forward: Accessor, backward: Accessor, params: Accessor, grads: Accessor
+        self, obj: Any, forward: Method, backward: Method, params: Accessor, grads: Accessor
     ) -> None:
         self.obj = obj
         self._forward = forward
@@ -49,8 +50,8 @@ class Wrapped:
 
 def wrap(
     obj: Any,
-    forward: Accessor = "forward",
-    backward: Accessor = "backward",
+    forward: Method = "forward",
+    backward: Method = "backward",
     params: Accessor = "params",
     grads: Accessor = "grads",
 ) -> Wrapped:
@@ -74,12 +75,12 @@ def wrap(
                 f"wrap: {role}= must be a method name or a callable f(obj, ...), got "
                 f"{acc!r}; pass e.g. {role}={'fprop' if role == 'forward' else 'bprop'!r}"
             )
-    for role, acc in (("params", params), ("grads", grads)):
-        names = isinstance(acc, (list, tuple)) and all(isinstance(n, str) for n in acc)
-        if not (acc is None or isinstance(acc, str) or callable(acc) or names):
+    for role, spec in (("params", params), ("grads", grads)):
+        names = isinstance(spec, (list, tuple)) and all(isinstance(n, str) for n in spec)
+        if not (spec is None or isinstance(spec, str) or callable(spec) or names):
             raise InputError(
                 f"wrap: {role}= must be an attribute name, a list of attribute names, a callable "
-                f"f(obj) -> dict, or None, got {acc!r}"
+                f"f(obj) -> dict, or None, got {spec!r}"
             )
     if (
         isinstance(params, (list, tuple))
@@ -93,7 +94,7 @@ def wrap(
     return Wrapped(obj, forward, backward, params, grads)
 
 
-def _call(obj: Any, accessor: Accessor, args: tuple) -> Any:
+def _call(obj: Any, accessor: Method, args: tuple) -> Any:
     if callable(accessor):
         return accessor(obj, *args)
     return getattr(obj, accessor)(*args)

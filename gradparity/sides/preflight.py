@@ -12,6 +12,7 @@ classes beyond its width, float labels, one-hot rows, MSE shapes.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -275,7 +276,9 @@ def _hint_argmax(
     indices = probabilities.argmax(axis=1)
     for loss_name, call in calls.items():
         with torch.no_grad():
-            if not _runs(lambda c=call: c(probabilities)) and _runs(lambda c=call: c(indices)):
+            if not _runs(functools.partial(call, probabilities)) and _runs(
+                functools.partial(call, indices)
+            ):
                 looks = "looks one-hot" if is_one_hot(given) else "holds class probabilities"
                 raise InputError(
                     f"{what} {looks} {given.shape}, but {loss_name} takes class indices: pass "

@@ -62,7 +62,7 @@ def _param_snapshot(layer: Any) -> dict[str, np.ndarray]:
 
 
 def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
-    rec.input = snapshot(x)
+    rec.input = before = snapshot(x)
     fed = x.copy()
     params_before = _param_snapshot(layer)
     try:
@@ -70,7 +70,7 @@ def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
     except USER_ERRORS as exc:
         rec.error = error_info("forward", exc)
         return None
-    if not same_values(fed, rec.input):
+    if not same_values(fed, before):
         rec.mutated.append("input")
     rec.mutated += _changed_params(layer, params_before)
     rec.output = out
@@ -78,7 +78,7 @@ def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
 
 
 def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
-    rec.grad_output = snapshot(grad_out)
+    rec.grad_output = before = snapshot(grad_out)
     fed = grad_out.copy()
     params_before = _param_snapshot(layer)
     try:
@@ -98,7 +98,7 @@ def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray 
     except BadValue as exc:
         rec.error = error_info("backward", exc)
         return None
-    if not same_values(fed, rec.grad_output):
+    if not same_values(fed, before):
         rec.mutated.append("grad_output")
     rec.mutated += [f"{p} (backward)" for p in _changed_params(layer, params_before)]
     rec.aliases = _aliases(grads, params_of(layer), fed, returned)
@@ -149,12 +149,13 @@ def run_chain(
     for _, layer in layers:
         zero_grads(layer)
     records: dict[str, LayerRecord] = {}
-    h: np.ndarray | None = x
+    h = x
     for name, layer in layers:
         records[name] = LayerRecord()
-        h = _forward(layer, h, records[name])
-        if h is None:
+        out = _forward(layer, h, records[name])
+        if out is None:
             return records
+        h = out
     records["loss"] = loss_rec = LayerRecord(input=snapshot(h))
     try:
         loss_rec.output = loss_value(loss.forward(h.copy(), target))
@@ -164,9 +165,10 @@ def run_chain(
         return records
     loss_rec.grad_input = g
     for name, layer in reversed(layers):
-        g = _backward(layer, g, records[name])
-        if g is None:
+        back = _backward(layer, g, records[name])
+        if back is None:
             return records
+        g = back
     return records
 
 
@@ -188,7 +190,8 @@ def probe_loss(
     fresh = copy.deepcopy(loss)
     with contextlib.suppress(*USER_ERRORS):  # the real call below reports errors
         fresh.forward(logits_warm.copy(), target)
-    rec = LayerRecord(input=snapshot(logits))
+    before = snapshot(logits)
+    rec = LayerRecord(input=before)
     fed = logits.copy()
     try:
         rec.output = loss_value(fresh.forward(fed, target))
@@ -197,6 +200,6 @@ def probe_loss(
         )
     except USER_ERRORS as exc:
         rec.error = error_info("forward" if rec.output is None else "backward", exc)
-    if not same_values(fed, rec.input):
+    if not same_values(fed, before):
         rec.mutated.append("input")
     return rec

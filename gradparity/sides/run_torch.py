@@ -120,7 +120,7 @@ def run_chain(
         )
     loss, dlogits = _output_gradient(loss_fn, out, target, dtype)
     params = [
-        (p.name, pp.torch_name, dict(p.module.named_parameters())[pp.torch_name])
+        (p.name, pp.torch_name, dict(p.torch_module.named_parameters())[pp.torch_name])
         for p in pairs
         if counts[p.module_name] == 1
         for pp in p.params

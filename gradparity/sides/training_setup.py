@@ -14,6 +14,7 @@ from torch import nn
 
 from gradparity.core.errors import InputError, describe_error
 from gradparity.core.records import USER_ERRORS
+from gradparity.ours import SGD
 from gradparity.sides.adapt import named_layers, params_of
 from gradparity.sides.preflight import to_cpu
 
@@ -37,8 +38,6 @@ def optimizers(
             "(then both are plain SGD with lr 0.1)"
         )
     if ours_optimizer is None:
-        from gradparity.ours import SGD
-
         ours_optimizer = lambda model: SGD(model, lr=0.1)  # noqa: E731
         reference_optimizer = lambda params: torch.optim.SGD(params, lr=0.1)  # noqa: E731
     for role, given in (

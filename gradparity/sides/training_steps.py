@@ -83,7 +83,7 @@ def reference_step(
     )
     loss.backward()
     tensors = {
-        (p.name, pp.key): (dict(p.module.named_parameters())[pp.torch_name], pp)
+        (p.name, pp.key): (dict(p.torch_module.named_parameters())[pp.torch_name], pp)
         for p in pairs
         for pp in p.params
     }

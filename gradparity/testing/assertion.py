@@ -21,12 +21,14 @@ from gradparity.core.errors import InputError
 from gradparity.core.finding import Finding
 from gradparity.core.metrics import first_largest
 from gradparity.core.row import Row
-from gradparity.core.validate import check_seed
-from gradparity.pipelines.layers import compare, prepare_input, reference_copy
+from gradparity.core.validate import check_seed, prepare_input
+from gradparity.pipelines.function import compare_function
+from gradparity.pipelines.layers import compare
 from gradparity.report import tables
 from gradparity.report.folder import check_target
 from gradparity.report.report import Report
 from gradparity.sides.preflight import dry_run
+from gradparity.sides.setup import reference_copy
 
 _TABLE_COLUMNS = ("mode", "layer", "quantity", "status", "diagnosis", "max_abs", "max_rel")
 
@@ -167,8 +169,9 @@ def default_target(reference: torch.nn.Module, x: np.ndarray, seed: int = 0) -> 
     seed = check_seed(seed)
     arr = prepare_input(x, "float64")
     model, _ = reference_copy(reference, "float64")
-    width = dry_run(model, arr, torch.float64).shape[-1]
-    return np.random.default_rng(seed).integers(0, width, size=arr.shape[0])
+    output = dry_run(model, arr, torch.float64)
+    assert output is not None  # dry_run needs a tensor by default, so returns one
+    return np.random.default_rng(seed).integers(0, output.shape[-1], size=int(arr.shape[0]))
 
 
 def check_report_dir(report_dir: Any) -> None:
@@ -234,7 +237,5 @@ def assert_function_parity(
     """``gradparity.compare_function(grads, params, reference, x, target, **options)`` as an
     assertion: the report when ok, else ParityError with the root cause on line 1."""
     __tracebackhide__ = True
-    from gradparity.pipelines.function import compare_function
-
     check_report_dir(report_dir)
     return _passed(compare_function(grads, params, reference, x, target, **options), report_dir)

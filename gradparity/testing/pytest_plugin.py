@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gradparity.core import escape
+from gradparity.core.address import place
+from gradparity.core.errors import InputError
 
 if TYPE_CHECKING:
     from gradparity.report.report import Report
@@ -73,7 +75,7 @@ class ParityChecker:
         "gradparity" summary, and with ``--parity-report DIR`` the full report is saved.
         """
         __tracebackhide__ = True
-        from gradparity.testing.assertion import assert_parity
+        from gradparity.testing.assertion import assert_parity  # the harness: torch
 
         return self._run(assert_parity, (ours, reference, x, target), options, "check")
 
@@ -84,16 +86,14 @@ class ParityChecker:
         a check: the Report when every gradient matches, else the test fails as ``check`` does
         (``reference=None`` checks against central differences of ``loss_fn``)."""
         __tracebackhide__ = True
-        from gradparity.testing.assertion import assert_function_parity
+        from gradparity.testing.assertion import assert_function_parity  # the harness: torch
 
         args = (grads, params, reference, x, target)
         return self._run(assert_function_parity, args, options, "check_function")
 
     def _run(self, assertion: Any, args: tuple, options: dict, what: str) -> Report:
         __tracebackhide__ = True
-        from gradparity.core.address import place
-        from gradparity.core.errors import InputError
-        from gradparity.testing.assertion import ParityError
+        from gradparity.testing.assertion import ParityError  # the harness: torch
 
         self._calls += 1
         caller = sys._getframe(2)
@@ -162,7 +162,11 @@ class _Summary:
         # Each phase's report carries every property recorded so far, so the latest replaces
         # the earlier: nothing is counted twice, and a check failing inside a fixture (which
         # leaves no call phase) is still listed.
-        checks = [value for key, value in report.user_properties if key == _PROPERTY]
+        checks = [  # a list, or a tuple after a trip from an xdist worker
+            list(value)
+            for key, value in report.user_properties
+            if key == _PROPERTY and isinstance(value, (list, tuple))
+        ]
         if checks:
             self.failed[report.nodeid] = checks
 

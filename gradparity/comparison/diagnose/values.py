@@ -196,7 +196,9 @@ def _close(a: float, b: float, tol: Tolerance) -> bool:
 
 def _batch_reduction(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     n = ctx.batch_size
-    f = _fit_factor(o, r, ctx.tol) if n is not None and n > 1 else None
+    if n is None or n <= 1:
+        return None
+    f = _fit_factor(o, r, ctx.tol)
     if f is None:
         return None
     loss = ctx.kind == "loss"

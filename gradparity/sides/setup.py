@@ -1,0 +1,61 @@
+"""What a front end prepares before either side runs: the two losses, the reference's private
+copy, and the warm-up input that tells stale and accumulated gradients from fresh ones."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from gradparity.core.errors import InputError
+from gradparity.ours import SoftmaxCrossEntropy
+from gradparity.reference import mirror_loss
+from gradparity.sides.adapt import check_protocol
+from gradparity.sides.preflight import to_cpu
+from gradparity.sides.run_torch import TORCH_DTYPES
+
+
+def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
+    """Default softmax cross-entropy on both sides; a known ours loss gets its torch mirror."""
+    ours_loss = SoftmaxCrossEntropy() if ours_loss is None else ours_loss
+    check_protocol("loss", ours_loss)
+    if reference_loss is None:
+        try:
+            reference_loss = mirror_loss(ours_loss)
+        except TypeError as exc:
+            raise InputError(f"{exc}; pass reference_loss=callable(output, target)") from exc
+    if not callable(reference_loss):
+        raise InputError("reference_loss must be callable(output, target) -> scalar tensor")
+    return ours_loss, reference_loss
+
+
+def reference_copy(
+    reference_model: Any, dtype: str, sync_weights: bool = True
+) -> tuple[nn.Module, list[str]]:
+    """(a deep copy of the reference on the CPU in ``dtype``, in eval mode; the names of its
+    parameters that came from the meta device and wait for ours' values, see ``to_cpu``)."""
+    if not isinstance(reference_model, nn.Module):
+        raise InputError(
+            f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
+        )
+    try:
+        model = copy.deepcopy(reference_model)
+    except Exception as exc:
+        raise InputError(
+            f"cannot copy the reference model ({exc}); it must support copy.deepcopy"
+        ) from exc
+    empty = to_cpu(model, TORCH_DTYPES[dtype], sync_weights)
+    return model.eval(), empty
+
+
+def warm_input(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A different input of ``a``'s shape and dtype, for the warm-up pass (finite, also for an
+    ``a`` near the dtype's largest values)."""
+    top = float(np.max(np.abs(a))) if a.size else 0.0
+    spread = max(float(np.std(a / top)) * top if top > 0 else 0.0, 1.0)
+    limit = np.finfo(a.dtype).max if a.dtype.kind == "f" else np.inf
+    with np.errstate(over="ignore"):
+        warm = a + rng.standard_normal(a.shape) * 0.5 * spread
+    return np.clip(warm, -limit, limit).astype(a.dtype)
