@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # type hints only: gradparity.comparison.diff loads torch
     from gradparity.comparison.diff import Row
+    from gradparity.engine.plan import Context
 
 
 @dataclass
@@ -106,3 +107,11 @@ def first_divergence(chain_rows: list[Row]) -> dict:
         if row.diverged and found[kind] is None:
             found[kind] = {"layer": row.layer, "quantity": row.quantity}
     return found
+
+
+def locate_layers(ctx: Context) -> None:
+    """The locator of ``compare``: statuses of the chain and isolate rows, their root causes,
+    and the chain's first divergence."""
+    chain = ctx.rows_of("chain")
+    ctx.root_causes += locate(chain, ctx.rows_of("isolate"))
+    ctx.fields["first_divergence"] = first_divergence(chain)

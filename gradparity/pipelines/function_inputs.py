@@ -14,10 +14,10 @@ from torch import nn
 
 from gradparity.core.errors import InputError
 from gradparity.core.validate import check_count, check_mapping, check_name, float_array, raw_array
-from gradparity.pipelines.layers import warm_input
 from gradparity.reference.layout import candidate_conversions, squeezed
 from gradparity.sides.function_run import reference_hint
 from gradparity.sides.preflight import check_target, dry_run
+from gradparity.sides.run_numpy import warm_input
 from gradparity.sides.run_torch import TORCH_DTYPES
 
 
