@@ -19,6 +19,7 @@ from gradparity.report.report import Report
 
 # What the sides recorded, by name ("ours_chain", "probes", ...): each side adds its records
 # and may read those of the sides run before it (the isolate run needs the reference's inputs).
+# Notes a side leaves under "notes" open the report's notes, after the plan's.
 Captures = dict[str, Any]
 Side = Callable[[Captures], None]
 

@@ -11,6 +11,9 @@ import torch
 from gradparity import __version__
 from gradparity.engine.plan import Context
 
+# The keys every report's meta starts and ends with (``meta_block`` fills them).
+COMMON_META = ("model", "seed", "batch_size", "dtype", "gradparity", "numpy", "torch")
+
 
 def meta_block(
     name: str, seed: int, batch_size: int | None, dtype: str, extra: dict[str, Any]

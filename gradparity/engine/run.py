@@ -65,7 +65,8 @@ def execute(plan: Plan) -> Context:
     captures: Captures = {}
     for side in plan.sides:
         side(captures)
-    ctx = Context(plan, captures, rows=[], notes=list(plan.notes))
+    notes = [*plan.notes, *captures.pop("notes", [])]
+    ctx = Context(plan, captures, rows=[], notes=notes)
     compare_entries(plan.pair(captures), ctx)
     for evidence in plan.evidence:
         evidence(ctx)

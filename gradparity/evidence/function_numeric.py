@@ -22,12 +22,9 @@ from gradparity.core.errors import InputError
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.rounding import round_sig
 from gradparity.core.tolerance import Tolerance
-from gradparity.locate.function import (
-    NUMERIC_REFERENCE,
-    explain_penalty,
-    function_report,
-    mark_repeat,
-)
+from gradparity.evidence.penalty import explain_penalty
+from gradparity.evidence.repeats import mark_repeat
+from gradparity.locate.function import NUMERIC_REFERENCE, function_report
 from gradparity.pairing.structure import layer_index, rebuild
 from gradparity.reference.layout import squeezed
 from gradparity.report.report import Report

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gradparity.comparison.diff import Row
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.tolerance import Tolerance
 
@@ -40,3 +41,28 @@ def repeat_label(
     if now is None or earlier_sum is None or np.shape(now) != np.shape(earlier_sum):
         return None
     return "accumulated" if _matches(ours, np.asarray(now) + np.asarray(earlier_sum), tol) else None
+
+
+_REPEAT_WORDS = {
+    "stale": (
+        "equals the right value for the previous call's input: the function used values "
+        "cached by an earlier call",
+        "recompute every cached activation on each call",
+    ),
+    "accumulated": (
+        "equals the sum of the right gradients for this call and the previous one: "
+        "gradients are added to across calls",
+        "start each call from zero gradients (np.zeros_like(p) for every p)",
+    ),
+}
+
+
+def mark_repeat(
+    row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, tol: Tolerance
+) -> None:
+    """Relabel a diverging value ``stale`` (it equals ``old``, the right value for the
+    previous call's input) or ``accumulated`` (it equals ``now + old``)."""
+    label = repeat_label(ours, now, old, old, tol)
+    if label is not None:
+        row.diagnosis = label
+        row.message, row.fix = _REPEAT_WORDS[label]
