@@ -19,7 +19,9 @@ from gradparity.report.report import Report
 
 # What the sides recorded, by name ("ours_chain", "probes", ...): each side adds its records
 # and may read those of the sides run before it (the isolate run needs the reference's inputs).
-# Notes a side leaves under "notes" open the report's notes, after the plan's.
+# Notes a side leaves under "notes" open the report's notes, after the plan's; a Tolerance it
+# leaves under "tolerance" replaces the plan's for the stages (training's float32 shadow
+# widens it by the reference's own drift).
 Captures = dict[str, Any]
 Side = Callable[[Captures], None]
 
@@ -62,15 +64,12 @@ class Context:
     plan: Plan
     captures: Captures
     rows: list[Row]
+    tolerance: Tolerance  # the plan's, or what a side widened it to for this run
     arrays: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     root_causes: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tolerance(self) -> Tolerance:
-        return self.plan.tolerance
 
     @property
     def rng(self) -> np.random.Generator:

@@ -66,7 +66,8 @@ def execute(plan: Plan) -> Context:
     for side in plan.sides:
         side(captures)
     notes = [*plan.notes, *captures.pop("notes", [])]
-    ctx = Context(plan, captures, rows=[], notes=notes)
+    tolerance = captures.pop("tolerance", plan.tolerance)
+    ctx = Context(plan, captures, rows=[], tolerance=tolerance, notes=notes)
     compare_entries(plan.pair(captures), ctx)
     for evidence in plan.evidence:
         evidence(ctx)
