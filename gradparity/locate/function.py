@@ -1,4 +1,4 @@
-"""Locate stage of a function comparison: statuses, root causes and the report.
+"""Locate stage of a function comparison: the locator plug-in setting statuses and root causes.
 
 Taps run like a chain: forward taps in forward order, the loss, then gradient taps in backward
 order. The first that diverges is a root cause, the place where the bug is (between it and

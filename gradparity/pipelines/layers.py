@@ -1,4 +1,6 @@
-"""``compare``: the pipeline run -> records -> rows -> findings -> report, for layered models."""
+"""``compare``: checks the options and inputs, then builds the engine plan for layered models:
+ours' chain, the reference's chain and the isolate run as sides, each layer's tensors paired,
+the isolate evidence plug-ins, the layer and lint locators."""
 
 from __future__ import annotations
 

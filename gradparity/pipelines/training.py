@@ -1,12 +1,13 @@
 """``compare_training``: ours and the reference through the same optimisation steps.
 
 The harness owns the loop (zero_grad, forward, loss, backward, step) on both sides with
-identical batches, numbered from 1. Each step compares the loss, every gradient, every
-parameter update (as a delta: value after minus before, so a wrong step size is ``scaled`` and
-an ascent ``sign_flipped``) and the optimiser state. At the first step that diverges the
-findings say why: gradients that were never zeroed (``accumulated``), a gradient from an
-earlier batch (``stale``), a backprop bug (localised by ``compare`` on that step's batch and
-weights), or an optimiser bug (the updates diverge while the gradients agree).
+identical batches, numbered from 1; each step is one engine plan, and the report is built
+through the engine from the kept rows and findings. Each step compares the loss, every
+gradient, every parameter update (as a delta: value after minus before, so a wrong step size
+is ``scaled`` and an ascent ``sign_flipped``) and the optimiser state. At the first step that
+diverges the findings say why: gradients that were never zeroed (``accumulated``), a gradient
+from an earlier batch (``stale``), a backprop bug (localised by ``compare`` on that step's
+batch and weights), or an optimiser bug (the updates diverge while the gradients agree).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from torch import nn
 from gradparity.comparison.diff import Row
 from gradparity.core.errors import InputError
 from gradparity.core.records import USER_ERRORS, real_array
-from gradparity.core.rounding import json_value
 from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import (
     check_count,
@@ -45,6 +45,7 @@ from gradparity.pipelines.layers import compare, resolve_losses, synced_names
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
 from gradparity.pipelines.training_history import history_row
 from gradparity.report.report import Report
+from gradparity.report.training_report import TrainingReport
 from gradparity.sides import run_torch
 from gradparity.sides.adapt import model_name, named_layers, params_of
 from gradparity.sides.preflight import check_filled
@@ -56,68 +57,6 @@ from gradparity.sides.training_steps import (
     TrainingStepRunner,
     reference_step,
 )
-
-
-@dataclass
-class TrainingReport(Report):
-    """A Report over steps: ``history`` has one row per step, ``first_divergent_step`` is the
-    first step where anything diverged (None when none). Rows are kept for step 1, the first
-    divergent step and the last step."""
-
-    history: pd.DataFrame | None = None
-    first_divergent_step: int | None = None
-
-    def verdict(self) -> str:
-        steps = 0 if self.history is None else len(self.history)
-        if self.ok:
-            text = f"Parity OK over {steps} steps"
-            if self.history is not None and "val_acc_ours" in self.history:
-                last = self.history.dropna(subset=["val_acc_ours"]).iloc[-1]
-                text += (
-                    f"; validation accuracy ours {last.val_acc_ours:.3f}, reference "
-                    f"{last.val_acc_ref:.3f}"
-                )
-            return text
-        return (
-            f"Divergence at step {self.first_divergent_step} of {steps}: "
-            f"{len(self.root_causes)} root cause(s)"
-        )
-
-    def _head(self) -> dict:
-        history = [] if self.history is None else self.history.to_dict(orient="records")
-        return {
-            **super()._head(),
-            "first_divergent_step": self.first_divergent_step,
-            "history": [json_value(_plain(h)) for h in history],  # rounded as rows are
-        }
-
-    def plots(self) -> list[tuple[str, bytes, str]]:
-        from gradparity.report import training_plots as plots
-
-        files = []
-        if self.history is not None and len(self.history):
-            name = self.meta.get("model", "model")
-            files.append(
-                (
-                    "training_curves.png",
-                    plots.training_curves(self.history, name),
-                    "Loss and validation accuracy per step, ours and reference",
-                )
-            )
-            files.append(
-                (
-                    "error_growth.png",
-                    plots.error_growth(self.history, name),
-                    "Largest error per quantity kind and step, relative to the tolerance",
-                )
-            )
-        return files + super().plots()
-
-
-def _plain(record: dict) -> dict:
-    return {
-        k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in record.items()
-    }
 
 
 @quiet_arithmetic
