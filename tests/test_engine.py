@@ -109,3 +109,25 @@ def test_repeat_label_names_stale_and_accumulated_values():
     assert repeat_label(now + old, now, old, None, TOL) is None  # accumulation not checked
     assert repeat_label(np.ones(3), now, old, old, TOL) is None  # another shape: no match
     assert repeat_label(None, now, old, old, TOL) is None
+
+
+def test_a_side_may_leave_notes_and_widen_the_tolerance():
+    ours, ref = np.array([1.0, 2.0]), np.array([1.001, 2.0])
+
+    def plan(widen: bool) -> Plan:
+        def side(captures):
+            captures["notes"] = ["from the side"]
+            if widen:
+                captures["tolerance"] = tolerance_for("float64", rtol=1e-2)
+
+        return Plan(
+            name="widened", dtype="float64", tolerance=TOL, seed=0, batch_size=None,
+            rng=np.random.default_rng(0), sides=[side],
+            pair=lambda c: [TensorPair("train", "loss", "loss", "loss", ours, ref)],
+            notes=["from the plan"],
+        )  # fmt: skip
+
+    narrow, wide = run(plan(widen=False)), run(plan(widen=True))
+    assert narrow.rows[0].diverged and not wide.rows[0].diverged
+    assert wide.notes == ["from the plan", "from the side"]
+    assert wide.tolerance == TOL.as_dict()  # the report states the plan's tolerance
