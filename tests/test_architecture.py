@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("core",),
     ("sides", "pairing", "comparison", "evidence", "locate", "data"),
     ("report",),
+    ("engine",),
     ("pipelines",),
     ("testing", "corpus"),
     ("cli",),

@@ -7,7 +7,8 @@ import torch
 from gradparity.core.errors import InputError
 from gradparity.ours import MSE, Linear, SoftmaxCrossEntropy
 from gradparity.pairing.align import LayerPair
-from gradparity.sides.setup import reference_copy, resolve_losses, warm_input
+from gradparity.sides.run_numpy import warm_input
+from gradparity.sides.setup import reference_copy, resolve_losses
 
 
 def test_warm_input_differs_keeps_shape_and_dtype_and_stays_finite_near_the_largest_float():

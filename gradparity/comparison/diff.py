@@ -1,4 +1,4 @@
-"""Compare stage: one record pair (ours, reference) of a layer becomes table rows.
+"""Compare stage: one tensor pair (ours, reference) becomes a table row.
 
 Reference values are converted into ours' layout first, so every shape and index in a row is
 the one the user sees in their own code.
@@ -12,7 +12,7 @@ import numpy as np
 
 from gradparity.comparison.diagnose.values import diagnose
 from gradparity.core.address import Address, Kind
-from gradparity.core.labels import RAISED, UNEXPLAINED
+from gradparity.core.labels import RAISED
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.records import LayerRecord, failure_words
 from gradparity.core.row import Row
@@ -109,78 +109,6 @@ def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarr
     return to_ours(rec.grads[p.torch_name], p)
 
 
-def compare_layer(
-    mode: str, pair: LayerPair, ours: LayerRecord, ref: LayerRecord, tol: Tolerance, batch_size: int
-) -> tuple[list[Row], list[Row]]:
-    """(forward rows, backward rows) for one layer or the loss (the pair named "loss", whose
-    output is the loss value). A layer that raised yields one ``raised`` row for the failing
-    phase; quantities it never reached are left out."""
-    if _failed(ours, "forward"):
-        return [_raised(mode, pair, ours)], []
-    assert ref.output is not None and ref.grad_input is not None  # the reference ran both passes
-    fwd = [
-        compare_tensor(
-            mode,
-            pair.name,
-            pair.type_name,
-            "output",
-            ours.output,
-            ref.output,
-            tol,
-            batch_size=batch_size,
-        )
-    ]
-    if _failed(ours, "backward"):
-        return fwd, [_raised(mode, pair, ours)]
-    if ours.grad_input is None:  # the chain stopped at a later layer before backward
-        return fwd, []
-    weights = [p.conversion for p in pair.params if len(p.ours_shape) == 2]
-    bwd = [
-        compare_tensor(
-            mode,
-            pair.name,
-            pair.type_name,
-            "grad_input",
-            ours.grad_input,
-            ref.grad_input,
-            tol,
-            batch_size=batch_size,
-            upstream=ours.grad_output,
-            conversion=weights[0] if weights else "",
-        )
-    ]
-    for p in pair.params:
-        if p.key not in ours.grads:
-            bwd.append(_missing_grad(mode, pair, p.key, sorted(ours.grads)))
-            continue
-        quantity = Address(pair.name, Kind.GRAD, p.key).quantity
-        bwd.append(
-            compare_tensor(
-                mode,
-                pair.name,
-                pair.type_name,
-                quantity,
-                ours.grads[p.key],
-                reference_grad(pair, ref, quantity),
-                tol,
-                batch_size=batch_size,
-                upstream=ours.grad_output,
-                param_shape=p.ours_shape,
-                conversion=p.conversion,
-            )
-        )
-    return fwd, bwd
-
-
-def _failed(rec: LayerRecord, phase: str) -> bool:
-    return rec.error is not None and rec.error["phase"] == phase
-
-
-def _raised(mode: str, pair: LayerPair, rec: LayerRecord) -> Row:
-    assert rec.error is not None  # called only for a record that failed
-    return failed_row(mode, pair.name, pair.type_name, rec.error)
-
-
 def failed_row(mode: str, layer: str, type_name: str, error: dict) -> Row:
     """The ``raised`` row of code that threw, or gave a value that cannot be compared (on the
     quantity that value was for); ``error`` as ``records.error_info`` makes it."""
@@ -198,21 +126,4 @@ def failed_row(mode: str, layer: str, type_name: str, error: dict) -> Row:
         detail=dict(error),
         message=message,
         fix=fix,
-    )
-
-
-def _missing_grad(mode: str, pair: LayerPair, key: str, present: list[str]) -> Row:
-    return Row(
-        mode,
-        pair.name,
-        pair.type_name,
-        Address(pair.name, Kind.GRAD, key).quantity,
-        None,
-        None,
-        status=Status.DIVERGED,
-        diagnosis=UNEXPLAINED,
-        detail={"grads_present": present},
-        message=f"backward recorded no gradient for {key!r} (grads holds {present or 'nothing'})",
-        fix=f"fill grads[{key!r}] in backward; with gp.wrap, check that grads= names the "
-        "attributes backward really sets",
     )

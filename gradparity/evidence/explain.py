@@ -1,8 +1,11 @@
-"""Evidence for the rows that diverge in isolation: stale caches, the referee's verdict and
-the Jacobian probe. Runs only where something diverged, so a clean run pays nothing."""
+"""Evidence plug-ins of ``compare`` for the rows that diverge in isolation: the values behind
+them, stale caches, the Jacobian probe and the referee's verdict. Each runs only where
+something diverged, so a clean run pays nothing. They read the isolate run's probes from
+``ctx.captures["probes"]`` (see ``sides.isolation``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,24 +14,15 @@ import torch
 
 from gradparity.comparison.diff import reference_grad
 from gradparity.core.address import Address
-from gradparity.core.metrics import tensor_diff
+from gradparity.core.labels import RAISED, STALE, TRANSPOSED, UNEXPLAINED
+from gradparity.core.plan import Context
 from gradparity.core.records import LayerRecord
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence import jacobian, referee
-from gradparity.pairing.align import LayerPair
+from gradparity.evidence.repeats import repeat_label
 from gradparity.sides import run_torch
-
-
-@dataclass
-class Probe:
-    """One isolated run of one layer on both sides, with what it was fed."""
-
-    pair: LayerPair
-    ours: LayerRecord
-    ref: LayerRecord
-    warm: np.ndarray  # the warm-up input fed to ours before the real forward
-    upstream: np.ndarray | None  # None for the loss
+from gradparity.sides.isolation import Probe
 
 
 def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
@@ -36,117 +30,127 @@ def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
     return rec.grad_input if key is None else rec.grads.get(key)
 
 
-def _is_stale(probe: Probe, quantity: str, tol: Tolerance, tdtype: torch.dtype) -> bool:
-    """Ours equals the reference's gradient at the warm-up input: backward used an old cache."""
-    ours = _ours_value(probe.ours, quantity)
-    if ours is None or probe.upstream is None:  # no gradient, or the loss (no upstream)
-        return False
-    at_warm = run_torch.probe_module(probe.pair, probe.warm, probe.upstream, tdtype)
-    expected = reference_grad(probe.pair, at_warm, quantity)
-    return np.shape(ours) == expected.shape and tensor_diff(np.asarray(ours), expected, tol).ok
-
-
-def _mark_stale(row: Row) -> None:
-    row.diagnosis = "stale"
-    row.message = (
-        "equals the reference's value for the input of the previous forward call: "
-        "backward used a stale cached input"
-    )
-    row.fix = "cache the input on every forward call (self.x = x), not only on the first"
-
-
-def add_evidence(
-    rows: list[Row],
-    probes: dict[str, Probe],
-    tol: Tolerance,
-    target: np.ndarray,
-    reference_loss: Any,
-    tdtype: torch.dtype,
-    rng: np.random.Generator,
-) -> dict[tuple[str, str], dict[str, np.ndarray]]:
-    """Enrich diverging isolate rows in place (``detail``, and ``diagnosis``/``message`` for
-    stale caches and for gradients where the referee finds the reference at fault).
-
-    Returns the arrays behind each diverging row, keyed by (layer, quantity): "ours" and
-    "reference" (ours' layout), plus "jacobian_ours"/"jacobian_reference" (batch, out, in)
-    where the Jacobian probe ran. They feed the report's plots, not its JSON.
-    """
-    arrays: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    for row in rows:
-        if not row.diverged or row.diagnosis == "raised":
+def _diverging(ctx: Context, gradients_only: bool = True) -> Iterator[tuple[Row, Probe]]:
+    """(row, its probe) for each isolate row that diverged without raising."""
+    probes: dict[str, Probe] = ctx.captures["probes"]
+    for row in ctx.rows_of("isolate"):
+        if not row.diverged or row.diagnosis == RAISED:
             continue
-        probe = probes[row.layer]
-        arrays[(row.layer, row.quantity)] = evidence = _values(probe, row.quantity)
+        if gradients_only and row.quantity == "output":
+            continue
+        yield row, probes[row.layer]
+
+
+def keep_values(ctx: Context) -> None:
+    """Ours' and the reference's value (ours' layout) behind each diverging row, for plots."""
+    for row, probe in _diverging(ctx, gradients_only=False):
         if row.quantity == "output":
+            ours, ref = probe.ours.output, probe.ref.output
+        else:
+            ours = _ours_value(probe.ours, row.quantity)
+            ref = reference_grad(probe.pair, probe.ref, row.quantity)
+        values = {} if ours is None else {"ours": np.asarray(ours), "reference": np.asarray(ref)}
+        ctx.arrays[(row.layer, row.quantity)] = values
+
+
+@dataclass
+class StaleProbe:
+    """A gradient that equals the reference's gradient at the warm-up input: backward used an
+    input cached by an earlier forward call."""
+
+    tdtype: torch.dtype
+
+    def __call__(self, ctx: Context) -> None:
+        for row, probe in _diverging(ctx):
+            if row.layer == "loss" or probe.upstream is None:  # the loss has no upstream
+                continue
+            at_warm = run_torch.probe_module(probe.pair, probe.warm, probe.upstream, self.tdtype)
+            earlier = reference_grad(probe.pair, at_warm, row.quantity)
+            ours = _ours_value(probe.ours, row.quantity)
+            if repeat_label(ours, None, earlier, None, ctx.tolerance) == STALE:
+                row.diagnosis = STALE
+                row.message = (
+                    "equals the reference's value for the input of the previous forward call: "
+                    "backward used a stale cached input"
+                )
+                row.fix = (
+                    "cache the input on every forward call (self.x = x), not only on the first"
+                )
+
+
+def jacobian_probe(ctx: Context) -> None:
+    """The Jacobian of each diverging dL/dx against the reference's; a transposed Jacobian
+    names the bug outright."""
+    for row, probe in _diverging(ctx):
+        if row.layer == "loss" or row.quantity != "grad_input":
             continue
+        summary, result = _jacobian(probe, ctx.tolerance)
+        _add_jacobian(row, summary)
+        if result is not None:
+            values = ctx.arrays.setdefault((row.layer, row.quantity), {})
+            values["jacobian_ours"] = result.ours
+            values["jacobian_reference"] = result.reference
+
+
+@dataclass
+class Referee:
+    """Central differences of each side's own forward judge each diverging gradient: the
+    reference at fault, or a gradient that only follows ours' diverging forward."""
+
+    target: np.ndarray
+    reference_loss: Any
+
+    def __call__(self, ctx: Context) -> None:
+        rows = ctx.rows_of("isolate")
+        for row, probe in _diverging(ctx):
+            verdict = self._verdict(row, probe, ctx.rng)
+            row.detail["referee"], row.referee = verdict, verdict["referee"]
+            forward_differs = any(
+                r.layer == row.layer and r.quantity == "output" and r.diverged for r in rows
+            )
+            if verdict["referee"] == "both" and forward_differs:
+                row.follows_forward = True
+                row.message = (
+                    "ours' backward matches central differences of ours' own forward: this "
+                    "gradient differs only because the forward does"
+                )
+                row.fix = "fix the forward (or a setting such as a slope or epsilon) first"
+            elif verdict["referee"] == "ours":
+                row.message = (
+                    "the reference is wrong here, not ours: ours matches central "
+                    "differences of the forward, the reference does not"
+                )
+                row.fix = "check the reference model (a custom autograd Function or a detach)"
+
+    def _verdict(self, row: Row, probe: Probe, rng: np.random.Generator) -> dict:
         assert probe.ref.input is not None and probe.ref.grad_input is not None  # ran both passes
         if row.layer == "loss":
-            verdict = referee.referee_loss(
-                probe.pair.layer,
-                reference_loss,
-                probe.ref.input,
-                target,
-                probe.ours.grad_input,
-                probe.ref.grad_input,
-                rng,
-            )
-        else:
-            if _is_stale(probe, row.quantity, tol, tdtype):
-                _mark_stale(row)
-            assert probe.upstream is not None  # every probe but the loss's has one
-            verdict = referee.referee_layer(
-                probe.pair,
-                probe.ref.input,
-                probe.upstream,
-                row.quantity,
-                _ours_value(probe.ours, row.quantity),
-                reference_grad(probe.pair, probe.ref, row.quantity),
-                rng,
-            )
-            if row.quantity == "grad_input":
-                summary, result = _jacobian(probe, tol)
-                _add_jacobian(row, summary)
-                if result is not None:
-                    evidence["jacobian_ours"] = result.ours
-                    evidence["jacobian_reference"] = result.reference
-        row.detail["referee"], row.referee = verdict, verdict["referee"]
-        forward_differs = any(
-            r.layer == row.layer and r.quantity == "output" and r.diverged for r in rows
-        )
-        if verdict["referee"] == "both" and forward_differs:
-            row.follows_forward = True
-            row.message = (
-                "ours' backward matches central differences of ours' own forward: this gradient "
-                "differs only because the forward does"
-            )
-            row.fix = "fix the forward (or a setting such as a slope or epsilon) first"
-        elif verdict["referee"] == "ours":
-            row.message = (
-                "the reference is wrong here, not ours: ours matches central "
-                "differences of the forward, the reference does not"
-            )
-            row.fix = "check the reference model (a custom autograd Function or a detach)"
-    return arrays
+            return referee.referee_loss(
+                probe.pair.layer, self.reference_loss, probe.ref.input, self.target,
+                probe.ours.grad_input, probe.ref.grad_input, rng,
+            )  # fmt: skip
+        assert probe.upstream is not None  # every probe but the loss's has one
+        return referee.referee_layer(
+            probe.pair, probe.ref.input, probe.upstream, row.quantity,
+            _ours_value(probe.ours, row.quantity),
+            reference_grad(probe.pair, probe.ref, row.quantity), rng,
+        )  # fmt: skip
 
 
-def _values(probe: Probe, quantity: str) -> dict[str, np.ndarray]:
-    """Ours' and the reference's value of one quantity (reference in ours' layout)."""
-    if quantity == "output":
-        ours, ref = probe.ours.output, probe.ref.output
-    else:
-        ours, ref = (
-            _ours_value(probe.ours, quantity),
-            reference_grad(probe.pair, probe.ref, quantity),
-        )
-    return {} if ours is None else {"ours": np.asarray(ours), "reference": np.asarray(ref)}
+def note_chain_stops(ctx: Context) -> None:
+    """A note for each layer whose raising ended the chain run."""
+    chain: dict[str, LayerRecord] = ctx.captures["ours_chain"]
+    ctx.notes += [
+        f"chain run stopped at {name}: it raised" for name, rec in chain.items() if rec.error
+    ]
 
 
 def _add_jacobian(row: Row, evidence: dict) -> None:
     """Attach the probe's evidence; a transposed Jacobian names the bug outright."""
     row.detail["jacobian"] = evidence
     pattern = evidence.get("pattern", {})
-    if row.diagnosis == "unexplained" and pattern.get("transposed"):
-        row.diagnosis = "transposed"
+    if row.diagnosis == UNEXPLAINED and pattern.get("transposed"):
+        row.diagnosis = TRANSPOSED
         row.message = (
             "the layer's Jacobian is the transpose of the reference's: backward "
             "multiplies by W where W.T belongs (or the reverse)"

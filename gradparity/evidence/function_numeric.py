@@ -26,12 +26,9 @@ from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence import central_difference
 from gradparity.evidence.central_difference import Moved, NumericGradient
-from gradparity.locate.function import (
-    NUMERIC_REFERENCE,
-    explain_penalty,
-    function_report_fields,
-    mark_repeat,
-)
+from gradparity.evidence.penalty import explain_penalty
+from gradparity.evidence.repeats import mark_repeat
+from gradparity.locate.function import NUMERIC_REFERENCE
 from gradparity.pairing.structure import layer_index, rebuild
 from gradparity.reference.layout import squeezed
 from gradparity.sides.function_run import UserRun, call_loss_fn
@@ -291,7 +288,7 @@ def _numeric_words(text: str) -> str:
     )
 
 
-def numeric_report_fields(
+def numeric_rows(
     fn: str,
     params: Any,
     flat: dict[str, np.ndarray],
@@ -308,8 +305,10 @@ def numeric_report_fields(
     rtol: float | None = None,
     atol: float | None = None,
 ) -> dict[str, Any]:
-    """Every parameter gradient of ``run`` against central differences of ``loss_fn``; the
-    gradients at ``x_warm`` (the warm-up input) tell stale and accumulated ones."""
+    """Every parameter gradient of ``run`` against central differences of ``loss_fn``, judged
+    here (the rows, deepest parameter first); the gradients at ``x_warm`` (the warm-up input)
+    tell stale and accumulated ones. Returns what the front end's plan needs: rows, depth
+    (parameter -> position towards the output), arrays, tolerance, notes and meta."""
     loss = NumericLoss(loss_fn, params, flat, x, target)
     if loss.precision != "float64":
         raise InputError(
@@ -361,13 +360,15 @@ def numeric_report_fields(
     for row in rows:  # here the reference is the numeric gradient: say so
         row.message = _numeric_words(row.message)
         row.fix = _numeric_words(row.fix)
-    return function_report_fields(
-        fn, [], [], rows, depth, run, set(), arrays,
-        [f"reference: float64 central differences of loss_fn (loss {loss.base:.6g})"]
+    return {
+        "rows": rows,
+        "depth": depth,
+        "arrays": arrays,
+        "tolerance": tol,
+        "notes": [f"reference: float64 central differences of loss_fn (loss {loss.base:.6g})"]
         + [f"{r.address.name} has over {FULL_LIMIT} entries: sampled along {DIRECTIONS} "
            f"random directions and {ENTRIES} single entries" for r in rows
            if "sampled" in r.detail],
-        dtype="float64", tolerance=tol.as_dict(),
-        meta={**meta, "batch_size": batch, "examples_as": layout or "rows",
-              "reference": NUMERIC_REFERENCE},
-    )  # fmt: skip
+        "meta": {**meta, "batch_size": batch, "examples_as": layout or "rows",
+                 "reference": NUMERIC_REFERENCE},
+    }  # fmt: skip

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,11 @@ from gradparity.core.validate import (
 )
 from gradparity.sides import run_numpy
 from gradparity.sides.adapt import check_protocol, named_layers, params_of
-from gradparity.sides.setup import resolve_losses, warm_input
+from gradparity.sides.setup import resolve_losses
+
+if TYPE_CHECKING:  # type hints only
+    from gradparity.core.plan import Context
+    from gradparity.sides.isolation import Probe
 
 
 def _mutation(name: str, what: str, mode: str) -> Finding:
@@ -180,6 +184,38 @@ def lint_records(
     return errors, warnings
 
 
+_SHAPE_LABELS = ("not_reduced", "transposed", "shape_mismatch")  # already say the shape is off
+
+
+def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
+    """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
+    finding (``detail["also"]`` and its message) instead of repeating it."""
+    merged = list(roots)
+    by_place = {(f.layer, f.quantity): f for f in roots}
+    for lint in lints:
+        same = by_place.get((lint.layer, lint.quantity))
+        if same is None:
+            merged.append(lint)
+            by_place[(lint.layer, lint.quantity)] = lint
+        elif lint.diagnosis != same.diagnosis and not (
+            lint.diagnosis == "shape_mismatch" and same.diagnosis in _SHAPE_LABELS
+        ):
+            same.detail.setdefault("also", []).append(lint.diagnosis)
+            same.message += f"; also: {lint.message.split(': ', 1)[-1]}"
+    return merged
+
+
+def lint_isolated(ctx: Context) -> None:
+    """The lint locator of ``compare``: lints of ours' isolate records join the root causes
+    (merged into a finding at the same place), aliasing goes to the warnings."""
+    probes: dict[str, Probe] = ctx.captures["probes"]
+    errors, warnings = lint_records(
+        [(name, params_of(p.pair.layer), p.ours) for name, p in probes.items()], "isolate"
+    )
+    ctx.root_causes[:] = merge_lints(ctx.root_causes, errors)
+    ctx.warnings += warnings
+
+
 def _raised(name: str, rec: LayerRecord) -> Finding:
     """A layer (or the loss) whose forward or backward threw, or gave a value that cannot be
     checked: the run stopped there."""
@@ -220,7 +256,7 @@ def lint(
         ours_loss, _ = resolve_losses(None, None)
     check_protocol("loss", ours_loss)
     rng = np.random.default_rng(seed)
-    warm = warm_input(x, rng)
+    warm = run_numpy.warm_input(x, rng)
     records = run_numpy.run_chain(layers, ours_loss, x, target, warm)
     output = records["loss"].input if "loss" in records else None
     if output is not None:  # NumPy would index with a negative class or broadcast a shape
@@ -236,24 +272,3 @@ def lint(
     )
     raised = [_raised(name, rec) for name, rec in records.items() if rec.error is not None]
     return raised + errors + warnings
-
-
-_SHAPE_LABELS = ("not_reduced", "transposed", "shape_mismatch")  # already say the shape is off
-
-
-def merge_lints(roots: list[Finding], lints: list[Finding]) -> list[Finding]:
-    """Root causes plus lint errors; a lint on an already blamed (layer, quantity) joins that
-    finding (``detail["also"]`` and its message) instead of repeating it."""
-    merged = list(roots)
-    by_place = {(f.layer, f.quantity): f for f in roots}
-    for lint in lints:
-        same = by_place.get((lint.layer, lint.quantity))
-        if same is None:
-            merged.append(lint)
-            by_place[(lint.layer, lint.quantity)] = lint
-        elif lint.diagnosis != same.diagnosis and not (
-            lint.diagnosis == "shape_mismatch" and same.diagnosis in _SHAPE_LABELS
-        ):
-            same.detail.setdefault("also", []).append(lint.diagnosis)
-            same.message += f"; also: {lint.message.split(': ', 1)[-1]}"
-    return merged

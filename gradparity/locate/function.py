@@ -1,4 +1,4 @@
-"""Locate stage of a function comparison: statuses, root causes and the report's fields.
+"""Locate stage of a function comparison: the locator plug-in setting statuses and root causes.
 
 Taps run like a chain: forward taps in forward order, the loss, then gradient taps in backward
 order. The first that diverges is a root cause, the place where the bug is (between it and
@@ -11,7 +11,7 @@ their rows are ``inherited``.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,58 +19,13 @@ from gradparity.core.address import place
 from gradparity.core.finding import Finding, finding_from_row
 from gradparity.core.labels import BATCH_REDUCTION
 from gradparity.core.metrics import tensor_diff
+from gradparity.core.plan import Context
 from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.sides.function_run import UserRun
 
 NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
-
-
-def mark_repeat(
-    row: Row, ours: np.ndarray, now: np.ndarray, old: np.ndarray, tol: Tolerance
-) -> None:
-    """Relabel a diverging value ``stale`` (it equals ``old``, the right value for the
-    previous call's input) or ``accumulated`` (it equals ``now + old``)."""
-    if tensor_diff(ours, old, tol).ok:
-        row.diagnosis = "stale"
-        row.message = (
-            "equals the right value for the previous call's input: the function used values "
-            "cached by an earlier call"
-        )
-        row.fix = "recompute every cached activation on each call"
-    elif tensor_diff(ours, now + old, tol).ok:
-        row.diagnosis = "accumulated"
-        row.message = (
-            "equals the sum of the right gradients for this call and the previous one: "
-            "gradients are added to across calls"
-        )
-        row.fix = "start each call from zero gradients (np.zeros_like(p) for every p)"
-
-
-def explain_penalty(
-    row: Row, ours: np.ndarray, ref: np.ndarray, param: np.ndarray, tol: Tolerance
-) -> None:
-    """An unexplained parameter gradient that is off by exactly c times the parameter: a
-    weight-decay (L2) term missing, extra or with another factor."""
-    shapes = {np.shape(ours), np.shape(ref), np.shape(param)}
-    if row.diagnosis != "unexplained" or len(shapes) != 1:
-        return
-    p = np.asarray(param, dtype=np.float64)
-    norm = float(np.vdot(p, p))
-    c = float(np.vdot(ours - ref, p)) / norm if norm > 0 else 0.0
-    if c == 0.0 or not tensor_diff(ours, ref + c * p, tol).ok:
-        return
-    name = row.address.name
-    row.detail["penalty_factor"] = c
-    row.message = (
-        f"ours minus the reference is {c:.3g} times {name} itself: a weight-decay (L2) term "
-        "differs (the gradient of 0.5 * reg * sum(W**2) is reg * W)"
-    )
-    row.fix = (
-        "check the reg * W term: in both the loss and its gradient, once, with the same factor "
-        "(and in the reference's loss when it has one)"
-    )
 
 
 def _per_element_factor(values: dict[str, np.ndarray]) -> str | None:
@@ -307,49 +262,51 @@ def _first(rows: list[Row]) -> dict | None:
     return next(({"layer": r.layer, "quantity": r.quantity} for r in rows if r.diverged), None)
 
 
-def function_report_fields(
-    fn: str,
-    forward: list[Row],
-    backward: list[Row],
-    param_rows: list[Row],
-    depth: dict[str, int],
-    run: UserRun,
-    mapped: set[str],
-    arrays: dict,
-    notes: list[str],
-    **fields: Any,
-) -> dict[str, Any]:
-    """Statuses (in place), root causes, notes: the Report's fields. ``forward``: forward taps and
-    the loss in forward order; ``backward``: gradient taps in backward order; ``param_rows``
-    deepest first; ``depth``: parameter name -> position towards the output; ``fields``: the
-    rest of the Report (dtype, tolerance, conversions, meta)."""
-    notes = list(notes)
-    roots: list[Finding] = []
-    extra: list[Row] = []
-    if run.error is not None:
-        extra.append(_raised(fn, run))
-        roots.append(finding_from_row(extra[0], "chain"))
-        notes.append(f"{fn} raised, so no gradient could be compared")
-    convention = _batch_convention(backward, param_rows, arrays, Tolerance(**fields["tolerance"]))
-    if convention is not None:
-        notes.append(convention)
-    roots += _tap_roots(forward, backward, arrays)
-    diverging = [r for r in param_rows if r.diverged]
-    param_found, deepest_note = _param_roots(diverging, backward, depth)
-    roots += param_found
-    notes += [deepest_note] if deepest_note else []
-    # A function that changes its inputs invalidates what follows: say so first.
-    roots[:0] = [_mutation(fn, what, set(depth)) for what in run.mutated]
-    has_reference = fields["meta"].get("reference") != NUMERIC_REFERENCE
-    unmapped, tap_notes = _tap_notes(run, mapped, has_reference, bool(diverging), bool(backward))
-    wanted = {(f.layer, f.quantity) for f in roots}
-    return dict(
-        rows=extra + forward + backward + param_rows,
-        root_causes=roots,
-        warnings=_warnings(fn, run, param_rows),
-        first_divergence={"forward": _first(forward), "backward": _first(backward + diverging)},
-        arrays={k: v for k, v in arrays.items() if k in wanted},
-        unmapped_taps=unmapped,
-        notes=notes + tap_notes,
-        **fields,
-    )
+@dataclass
+class FunctionLocator:
+    """The locator of a function comparison: statuses, root causes, notes, warnings, the
+    first divergence and the unmapped taps. Reads the rows in the pairing's order (forward
+    taps and the loss, gradient taps in backward order, parameters deepest first), ours'
+    ``run`` and the parameters' ``depth`` (name -> position towards the output)."""
+
+    fn: str
+    mapped: set[str]  # the taps tap_map names
+    has_reference: bool
+
+    def __call__(self, ctx: Context) -> None:
+        run: UserRun = ctx.captures["run"]
+        depth: dict[str, int] = ctx.captures["depth"]
+        forward = [r for r in ctx.rows if r.type == "loss" or _is_tap(r, backward=False)]
+        backward = [r for r in ctx.rows if _is_tap(r, backward=True)]
+        param_rows = [r for r in ctx.rows if r.type == "parameter"]
+        roots: list[Finding] = []
+        if run.error is not None:
+            raised = _raised(self.fn, run)
+            ctx.rows.insert(0, raised)
+            roots.append(finding_from_row(raised, "chain"))
+            ctx.notes.append(f"{self.fn} raised, so no gradient could be compared")
+        convention = _batch_convention(backward, param_rows, ctx.arrays, ctx.tolerance)
+        if convention is not None:
+            ctx.notes.append(convention)
+        roots += _tap_roots(forward, backward, ctx.arrays)
+        diverging = [r for r in param_rows if r.diverged]
+        param_found, deepest_note = _param_roots(diverging, backward, depth)
+        roots += param_found
+        ctx.notes += [deepest_note] if deepest_note else []
+        # A function that changes its inputs invalidates what follows: say so first.
+        roots[:0] = [_mutation(self.fn, what, set(depth)) for what in run.mutated]
+        unmapped, tap_notes = _tap_notes(
+            run, self.mapped, self.has_reference, bool(diverging), bool(backward)
+        )
+        ctx.root_causes += roots
+        ctx.notes += tap_notes
+        ctx.warnings += _warnings(self.fn, run, param_rows)
+        ctx.fields["first_divergence"] = {
+            "forward": _first(forward),
+            "backward": _first(backward + diverging),
+        }
+        ctx.fields["unmapped_taps"] = unmapped
+
+
+def _is_tap(row: Row, backward: bool) -> bool:
+    return row.type == "tap" and (row.quantity != "output") == backward

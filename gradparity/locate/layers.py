@@ -10,9 +10,14 @@ from that forward, not a second root cause.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gradparity.core.finding import Finding, finding_from_row
 from gradparity.core.row import Row
 from gradparity.core.status import Status
+
+if TYPE_CHECKING:
+    from gradparity.core.plan import Context
 
 
 def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
@@ -54,3 +59,11 @@ def first_divergence(chain_rows: list[Row]) -> dict:
         if row.diverged and found[kind] is None:
             found[kind] = {"layer": row.layer, "quantity": row.quantity}
     return found
+
+
+def locate_layers(ctx: Context) -> None:
+    """The locator of ``compare``: statuses of the chain and isolate rows, their root causes,
+    and the chain's first divergence."""
+    chain = ctx.rows_of("chain")
+    ctx.root_causes += locate(chain, ctx.rows_of("isolate"))
+    ctx.fields["first_divergence"] = first_divergence(chain)

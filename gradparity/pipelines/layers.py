@@ -1,18 +1,16 @@
-"""``compare``: the pipeline run -> records -> rows -> findings -> report, for layered models."""
+"""``compare``: checks the options and inputs, then builds the engine plan for layered models:
+ours' chain, the reference's chain and the isolate run as sides, each layer's tensors paired,
+the isolate evidence plug-ins, the layer and lint locators."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-from gradparity import __version__
-from gradparity.comparison.diff import compare_layer
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
-from gradparity.core.records import LayerRecord
-from gradparity.core.row import Row
+from gradparity.core.plan import Captures
 from gradparity.core.tolerance import tolerance_for
 from gradparity.core.validate import (
     check_flag,
@@ -24,69 +22,27 @@ from gradparity.core.validate import (
     prepare_target,
     quiet_arithmetic,
 )
-from gradparity.evidence.explain import Probe, add_evidence
-from gradparity.evidence.lints import lint_records, merge_lints
-from gradparity.locate.layers import first_divergence, locate
+from gradparity.engine import Entry, Plan, numpy_side, run
+from gradparity.evidence.explain import (
+    Referee,
+    StaleProbe,
+    jacobian_probe,
+    keep_values,
+    note_chain_stops,
+)
+from gradparity.evidence.lints import lint_isolated
+from gradparity.locate.layers import locate_layers
 from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
+from gradparity.pairing.layer_entries import run_entries
 from gradparity.pairing.params import sync_parameters, to_reference
 from gradparity.pairing.square import pair_parameters
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import model_name, named_layers, params_of
+from gradparity.sides.isolation import run_isolation
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
 from gradparity.sides.run_torch import TORCH_DTYPES
-from gradparity.sides.setup import reference_copy, resolve_losses, warm_input
-
-
-def run_isolation(
-    pairs: list[LayerPair],
-    loss_pair: LayerPair,
-    reference_loss: Any,
-    ref_chain: dict[str, LayerRecord],
-    target: np.ndarray,
-    rng: np.random.Generator,
-    tdtype: torch.dtype,
-) -> dict[str, Probe]:
-    """Each layer fed the reference's exact input and a seeded random upstream gradient.
-
-    Random, not the natural dL/dy: the natural upstream can be exactly zero (the assignment
-    network's hidden layer gets dL/dh = 0), which would hide every backward bug there.
-    """
-    probes = {}
-    for pair in pairs:
-        ref_in, ref_out = ref_chain[pair.name].input, ref_chain[pair.name].output
-        assert ref_in is not None and ref_out is not None  # the reference chain ran every layer
-        upstream = rng.standard_normal(ref_out.shape).astype(ref_in.dtype)
-        warm = warm_input(ref_in, rng)
-        probes[pair.name] = Probe(
-            pair,
-            run_numpy.probe_layer(pair.layer, ref_in, upstream, warm),
-            run_torch.probe_module(pair, ref_in, upstream, tdtype),
-            warm,
-            upstream,
-        )
-    logits = ref_chain["loss"].input
-    assert logits is not None  # the reference chain reached its loss
-    warm = warm_input(logits, rng)
-    probes["loss"] = Probe(
-        loss_pair,
-        run_numpy.probe_loss(loss_pair.layer, logits, target, warm),
-        run_torch.probe_loss(reference_loss, logits, target, tdtype),
-        warm,
-        None,
-    )
-    return probes
-
-
-def _rows(mode: str, results, tol, batch: int) -> tuple[list[Row], list[Row]]:
-    """(forward rows in forward order, backward rows in backward order)."""
-    fwd: list[Row] = []
-    bwd: list[Row] = []
-    for pair, ours, ref in results:
-        f, b = compare_layer(mode, pair, ours, ref, tol, batch)
-        fwd += f
-        bwd = b + bwd
-    return fwd, bwd
+from gradparity.sides.setup import reference_copy, resolve_losses
 
 
 def _weight_differences(pairs: list[LayerPair]) -> list[str]:
@@ -169,59 +125,59 @@ def compare(
         reference_loss=reference_loss,
     )
 
-    ours_chain = run_numpy.run_chain(layers, ours_loss, x, target, warm_input(x, rng))
-    ref_chain = run_torch.run_chain(ref_model, pairs, reference_loss, x, target, tdtype)
-    loss_pair = LayerPair("loss", ours_loss, "loss", None)
-    chain = [
-        (p, ours_chain[p.name], ref_chain[p.name])
-        for p in [*pairs, loss_pair]
-        if p.name in ours_chain  # a layer that raised ends the chain run there
-    ]
-    probes = run_isolation(pairs, loss_pair, reference_loss, ref_chain, target, rng, tdtype)
-    isolated = [(p.pair, p.ours, p.ref) for p in probes.values()]
-
-    batch = x.shape[0]
-    chain_fwd, chain_bwd = _rows("chain", chain, tol, batch)
-    iso_fwd, iso_bwd = _rows("isolate", isolated, tol, batch)
-    chain_rows, iso_rows = chain_fwd + chain_bwd, iso_fwd + iso_bwd
-    arrays = add_evidence(iso_rows, probes, tol, target, reference_loss, tdtype, rng)
-    roots = locate(chain_rows, iso_rows)
-    lint_roots, warnings = lint_records(
-        [(p.name, params_of(p.layer), o) for p, o, _ in isolated], "isolate"
-    )
-    roots = merge_lints(roots, lint_roots)
     layout_notes = [
         f"layout of {p.name}.{pp.key} {pp.how}; pass a model whose forward runs, or check it"
         for p in pairs
         for pp in p.params
         if pp.how.startswith("assumed")
     ]
-    notes = (
-        weight_notes
-        + layout_notes
-        + [f"chain run stopped at {p.name}: it raised" for p, o, _ in chain if o.error]
-    )
-    return Report(
-        dtype=dtype,
-        tolerance=tol.as_dict(),
-        rows=iso_rows + chain_rows,
-        root_causes=roots,
-        arrays={
-            place: arrays[place]
-            for place in ((f.layer, f.quantity) for f in roots)
-            if place in arrays
-        },
-        warnings=warnings,
-        first_divergence=first_divergence(chain_rows),
-        conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],
-        notes=notes,
-        meta={
-            "model": name or model_name(ours_model),
-            "seed": seed,
-            "batch_size": batch,
-            "isolate_upstream": "seeded random normal",
-            "gradparity": __version__,
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-        },
+    loss_pair = LayerPair("loss", ours_loss, "loss", None)
+    batch = x.shape[0]
+
+    def reference_chain(captures: Captures) -> None:
+        captures["reference_chain"] = run_torch.run_chain(
+            ref_model, pairs, reference_loss, x, target, tdtype
+        )
+
+    def isolate(captures: Captures) -> None:
+        captures["probes"] = run_isolation(
+            pairs, loss_pair, reference_loss, captures["reference_chain"], target, rng, tdtype
+        )
+
+    def pair(captures: Captures) -> list[Entry]:
+        ours_chain = captures["ours_chain"]
+        chain = [
+            (p, ours_chain[p.name], captures["reference_chain"][p.name])
+            for p in [*pairs, loss_pair]
+            if p.name in ours_chain  # a layer that raised ends the chain run there
+        ]
+        isolated = [(p.pair, p.ours, p.ref) for p in captures["probes"].values()]
+        return run_entries("isolate", isolated, batch) + run_entries("chain", chain, batch)
+
+    return run(
+        Plan(
+            name=name or model_name(ours_model),
+            dtype=dtype,
+            tolerance=tol,
+            seed=seed,
+            batch_size=batch,
+            rng=rng,
+            sides=[
+                numpy_side(run_numpy.LayerRunner(layers, ours_loss, rng), x, target, "ours_chain"),
+                reference_chain,
+                isolate,
+            ],
+            pair=pair,
+            evidence=[
+                keep_values,
+                StaleProbe(tdtype),
+                jacobian_probe,
+                Referee(target, reference_loss),
+                note_chain_stops,
+            ],
+            locators=[locate_layers, lint_isolated],
+            meta={"isolate_upstream": "seeded random normal"},
+            notes=weight_notes + layout_notes,
+            fields={"conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params]},
+        )
     )

@@ -1,18 +1,20 @@
 """``compare_training``: ours and the reference through the same optimisation steps.
 
 The harness owns the loop (zero_grad, forward, loss, backward, step) on both sides with
-identical batches, numbered from 1. Each step compares the loss, every gradient, every
-parameter update (as a delta: value after minus before, so a wrong step size is ``scaled`` and
-an ascent ``sign_flipped``) and the optimiser state. At the first step that diverges the
-findings say why: gradients that were never zeroed (``accumulated``), a gradient from an
-earlier batch (``stale``), a backprop bug (localised by ``compare`` on that step's batch and
-weights), or an optimiser bug (the updates diverge while the gradients agree).
+identical batches, numbered from 1; each step is one engine plan, and the report is built
+through the engine from the kept rows and findings. Each step compares the loss, every
+gradient, every parameter update (as a delta: value after minus before, so a wrong step size
+is ``scaled`` and an ascent ``sign_flipped``) and the optimiser state. At the first step that
+diverges the findings say why: gradients that were never zeroed (``accumulated``), a gradient
+from an earlier batch (``stale``), a backprop bug (localised by ``compare`` on that step's
+batch and weights), or an optimiser bug (the updates diverge while the gradients agree).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,10 @@ from torch import nn
 from gradparity.core.errors import InputError
 from gradparity.core.finding import Finding
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, TrainingOptions, with_options
-from gradparity.core.records import USER_ERRORS, error_info, failure_words, real_array
-from gradparity.core.tolerance import tolerance_for
+from gradparity.core.plan import Captures
+from gradparity.core.records import USER_ERRORS, real_array
+from gradparity.core.row import Row
+from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import (
     check_count,
     check_mapping,
@@ -33,7 +37,11 @@ from gradparity.core.validate import (
     check_parameters,
     quiet_arithmetic,
 )
+from gradparity.engine import Entry, Plan, execute, numpy_side, run
+from gradparity.evidence.training_repeats import StepRepeats, Tracker
+from gradparity.locate.training import StepLocator
 from gradparity.pairing.align import (
+    LayerPair,
     align_layers,
     layers_by_module,
     refuse_shared_parameters,
@@ -41,17 +49,23 @@ from gradparity.pairing.align import (
 )
 from gradparity.pairing.params import sync_parameters
 from gradparity.pairing.square import pair_parameters
+from gradparity.pairing.training_entries import step_entries
 from gradparity.pipelines.layers import compare
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
-from gradparity.pipelines.training_compare import Tracker, compare_step, findings_at, history_row
-from gradparity.report.report import Report, TrainingReport
+from gradparity.pipelines.training_history import history_row
+from gradparity.report.report import TrainingReport
 from gradparity.sides import run_torch
 from gradparity.sides.adapt import model_name, named_layers, params_of
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.setup import resolve_losses
 from gradparity.sides.training_setup import optimizers
-from gradparity.sides.training_steps import Shadow, ours_step, reference_step
+from gradparity.sides.training_steps import (
+    Shadow,
+    StepResult,
+    TrainingStepRunner,
+    reference_step,
+)
 
 
 @quiet_arithmetic
@@ -121,52 +135,40 @@ def compare_training(
     check_filled(empty, synced_names(pairs))
     shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 
-    tracker, history, kept, findings = Tracker(), [], [], []
-    first_divergent, last_rows = None, []
+    training = _Training(
+        layers=layers, runner=TrainingStepRunner(layers, ours_loss, ours_opt),
+        ref_model=ref_model, ref_opt=ref_opt, pairs=pairs, tol=tol, shadow=shadow,
+        localise=lambda x, target: lambda ours: compare(
+            _rewound(layers, ours.before), ref_model, x, target, ours_loss, reference_loss,
+            layer_map, dtype, seed=seed, name="localised",
+        ).root_causes,
+        plan=lambda **step: Plan(
+            name=name or model_name(ours_model), dtype=dtype, tolerance=tol, seed=seed,
+            rng=np.random.default_rng(seed), **step,
+        ),
+        reference_loss=reference_loss,
+    )  # fmt: skip
+    history: list[dict] = []
+    kept: list[Row] = []
+    findings: list[Finding] = []
+    first_divergent, last_rows, batch = None, [], None
     iterator = batch_pairs(batches, steps)
     batch_check = BatchCheck(ref_model, ours_loss, reference_loss, dtype, layers_by_module(pairs))
     if validation is not None:
         batch_check.validation(*validation)
     for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
         x, target = batch_check(step, x, target)
-        try:
-            ours = ours_step(layers, ours_loss, ours_opt, x, target)
-        except USER_ERRORS as exc:  # the user's code raised: that is the finding
-            err = error_info("forward/backward/step", exc)
-            problem, fix = failure_words(err)
-            findings.append(
-                Finding(
-                    "model",
-                    "step",
-                    "raised",
-                    err,
-                    step=step,
-                    mode="train",
-                    message=f"step {step}: {problem}; {fix}",
-                )
-            )
+        batch = batch or x.shape[0]
+        ctx = execute(training.step_plan(step, x, target, first=first_divergent is None))
+        ours, rows = ctx.captures["ours"], ctx.rows
+        findings += ctx.root_causes
+        if ours.error is not None:
             first_divergent = first_divergent or step
             break
-        ref = reference_step(ref_model, reference_loss, ref_opt, pairs, x, target, tdtype)
-        step_tol = tol if shadow is None else shadow.widen(tol, ref, x, target)
-        rows = compare_step(step, ours, ref, step_tol, pairs, x.shape[0])
-        history.append(history_row(step, ours, ref, rows))
+        history.append(history_row(step, ours, ctx.captures["reference"], rows))
         if validation is not None and (step % eval_every == 0 or step == 1):
             history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
         if not np.isfinite(ours.loss):
-            kind = "both sides" if not np.isfinite(ref.loss) else "ours"
-            findings.append(
-                Finding(
-                    "loss",
-                    "loss",
-                    "nonfinite",
-                    {"loss": str(ours.loss)},
-                    step=step,
-                    mode="train",
-                    message=f"step {step}: the loss of {kind} is not finite; "
-                    "lower the learning rate or look for a log of 0",
-                )
-            )
             first_divergent = first_divergent or step
             kept += rows
             last_rows = rows
@@ -174,29 +176,9 @@ def compare_training(
         if first_divergent is None and any(r.diverged for r in rows):
             first_divergent = step
             kept += rows
-
-            def localised(
-                x: np.ndarray = x, t: np.ndarray = target, before: dict = ours.before
-            ) -> Report:
-                return compare(
-                    _rewound(layers, before),
-                    ref_model,
-                    x,
-                    t,
-                    ours_loss,
-                    reference_loss,
-                    layer_map,
-                    dtype,
-                    seed=seed,
-                    name="localised",
-                )
-
-            findings += findings_at(step, rows, ours, ref, tracker, step_tol, localised)
-            for f in findings:
-                f.step = step
         elif step == 1:
             kept += rows
-        tracker.add(ref)
+        training.tracker.add(ctx.captures["reference"])
         last_rows = rows
     if not history and not findings:
         raise InputError("the batches gave no (x, target) pair: check the data set")
@@ -204,24 +186,69 @@ def compare_training(
         kept += last_rows
     if validation is not None and history and "val_acc_ours" not in history[-1]:
         history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
-    return TrainingReport(
-        dtype=dtype,
-        tolerance=tol,
-        rows=kept,
-        root_causes=findings,
-        conversions=[f"{p.name}: {pp.describe()}" for p in pairs for pp in p.params],
-        history=pd.DataFrame(history),
-        first_divergent_step=first_divergent,
-        meta={
-            "model": name or model_name(ours_model),
-            "seed": seed,
-            "steps": len(history),
-            "ours_optimizer": _describe(ours_opt),
-            "reference_optimizer": type(ref_opt).__name__,
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-        },
-    )
+    return run(
+        training.plan(
+            batch_size=batch, sides=[], pair=lambda captures: list(kept),
+            locators=[lambda ctx: ctx.root_causes.extend(findings)],
+            meta={
+                "steps": len(history), "ours_optimizer": _describe(ours_opt),
+                "reference_optimizer": type(ref_opt).__name__,
+            },
+            fields={
+                "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
+                "history": pd.DataFrame(history), "first_divergent_step": first_divergent,
+            },
+            report_type=TrainingReport,
+        )
+    )  # fmt: skip
+
+
+@dataclass
+class _Training:
+    """What every step's plan shares: both sides' models and optimisers, the pairing, the
+    tolerance (widened per step by the float32 shadow, when there is one), the earlier steps'
+    gradients, and how a divergent step is localised."""
+
+    layers: list[tuple[str, Any]]
+    runner: TrainingStepRunner
+    ref_model: nn.Module
+    ref_opt: Any
+    pairs: list[LayerPair]
+    tol: Tolerance
+    shadow: Shadow | None
+    localise: Callable[[np.ndarray, np.ndarray], Callable[[StepResult], list[Finding]]]
+    plan: Callable[..., Plan]
+    reference_loss: Any
+    tracker: Tracker = field(default_factory=Tracker)
+
+    def step_plan(self, step: int, x: np.ndarray, target: np.ndarray, first: bool) -> Plan:
+        """The plan of one step on (x, target); ``first``: no earlier step diverged."""
+        tdtype = TORCH_DTYPES[self.tol.dtype]
+
+        def reference(captures: Captures) -> None:
+            if captures["ours"].error is not None:  # the step stops where ours raised
+                return
+            ref = reference_step(
+                self.ref_model, self.reference_loss, self.ref_opt, self.pairs, x, target, tdtype
+            )
+            captures["reference"] = ref
+            if self.shadow is not None:
+                captures["tolerance"] = self.shadow.widen(self.tol, ref, x, target)
+
+        def pair(captures: Captures) -> list[Entry]:
+            if "reference" not in captures:  # ours raised: nothing to compare
+                return []
+            return step_entries(
+                step, captures["ours"], captures["reference"], self.pairs, x.shape[0]
+            )
+
+        return self.plan(
+            batch_size=x.shape[0],
+            sides=[numpy_side(self.runner, x, target, "ours"), reference],
+            pair=pair,
+            evidence=[StepRepeats(self.tracker, step, active=first)],
+            locators=[StepLocator(step, first, self.localise(x, target))],
+        )
 
 
 def _describe(optimizer: Any) -> str:

@@ -172,6 +172,29 @@ def run_chain(
     return records
 
 
+def warm_input(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A different input of a's shape, for the warm-up pass (finite, also for an input near
+    the dtype's largest values)."""
+    top = float(np.max(np.abs(a))) if a.size else 0.0
+    spread = max(float(np.std(a / top)) * top if top > 0 else 0.0, 1.0)
+    limit = np.finfo(a.dtype).max if a.dtype.kind == "f" else np.inf
+    with np.errstate(over="ignore"):
+        warm = a + rng.standard_normal(a.shape) * 0.5 * spread
+    return np.clip(warm, -limit, limit).astype(a.dtype)
+
+
+class LayerRunner:
+    """The ``NumpyRunner`` of a layered model: the whole chain and the loss, after a warm-up
+    forward on an input drawn from ``rng`` at each run."""
+
+    def __init__(self, layers: list[tuple[str, Any]], loss: Any, rng: np.random.Generator) -> None:
+        self.layers, self.loss, self.rng = layers, loss, rng
+
+    def run(self, x: np.ndarray, target: np.ndarray) -> dict[str, LayerRecord]:
+        """Records keyed by layer name plus "loss" (see ``run_chain``)."""
+        return run_chain(self.layers, self.loss, x, target, warm_input(x, self.rng))
+
+
 def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray, x_warm: np.ndarray) -> LayerRecord:
     """One layer alone on a fresh copy: warm-up forward, forward(x), backward(upstream)."""
     fresh = copy.deepcopy(layer)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from gradparity.core.errors import InputError
@@ -48,14 +47,3 @@ def reference_copy(
         ) from exc
     empty = to_cpu(model, TORCH_DTYPES[dtype], sync_weights)
     return model.eval(), empty
-
-
-def warm_input(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A different input of ``a``'s shape and dtype, for the warm-up pass (finite, also for an
-    ``a`` near the dtype's largest values)."""
-    top = float(np.max(np.abs(a))) if a.size else 0.0
-    spread = max(float(np.std(a / top)) * top if top > 0 else 0.0, 1.0)
-    limit = np.finfo(a.dtype).max if a.dtype.kind == "f" else np.inf
-    with np.errstate(over="ignore"):
-        warm = a + rng.standard_normal(a.shape) * 0.5 * spread
-    return np.clip(warm, -limit, limit).astype(a.dtype)

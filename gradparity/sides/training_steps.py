@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradparity.core.records import real_array
+from gradparity.core.records import USER_ERRORS, error_info, real_array
 from gradparity.core.tolerance import Tolerance
 from gradparity.pairing.align import LayerPair
 from gradparity.pairing.params import to_ours
@@ -25,13 +25,15 @@ Key = tuple[str, str]  # (layer name, ours param key)
 @dataclass
 class StepResult:
     """One side's step: loss before the update, gradients, updates (after - before) and the
-    optimiser state after the update, all keyed (layer, param key) in ours' layout."""
+    optimiser state after the update, all keyed (layer, param key) in ours' layout. ``error``
+    is set (and the rest left empty) when ours' code raised."""
 
     loss: float
     before: dict[Key, np.ndarray] = field(default_factory=dict)  # parameters before the update
     grads: dict[Key, np.ndarray] = field(default_factory=dict)
     deltas: dict[Key, np.ndarray] = field(default_factory=dict)
     state: dict[Key, dict[str, np.ndarray]] = field(default_factory=dict)
+    error: dict | None = None
 
 
 def _params(layers) -> dict[Key, np.ndarray]:
@@ -65,6 +67,21 @@ def ours_step(
         if isinstance(key, tuple)
     }
     return StepResult(value, before, grads, {k: after[k] - before[k] for k in before}, state)
+
+
+class TrainingStepRunner:
+    """The ``NumpyRunner`` of ``compare_training``: one step of ours' model and optimiser
+    (updated in place, as a training loop does)."""
+
+    def __init__(self, layers: list[tuple[str, Any]], loss: Any, optimizer: Any) -> None:
+        self.layers, self.loss, self.optimizer = layers, loss, optimizer
+
+    def run(self, x: np.ndarray, target: np.ndarray) -> StepResult:
+        """The step's record; a step whose code raised has only ``error``."""
+        try:
+            return ours_step(self.layers, self.loss, self.optimizer, x, target)
+        except USER_ERRORS as exc:  # the user's code raised: that is the finding
+            return StepResult(float("nan"), error=error_info("forward/backward/step", exc))
 
 
 def reference_step(

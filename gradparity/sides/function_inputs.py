@@ -17,8 +17,8 @@ from gradparity.core.validate import check_count, check_mapping, check_name, flo
 from gradparity.reference.layout import candidate_conversions, squeezed
 from gradparity.sides.function_run import reference_hint
 from gradparity.sides.preflight import check_target, dry_run
+from gradparity.sides.run_numpy import warm_input
 from gradparity.sides.run_torch import TORCH_DTYPES
-from gradparity.sides.setup import warm_input
 
 
 def as_array(what: str, value: Any, dtype: str) -> np.ndarray:

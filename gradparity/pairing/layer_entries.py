@@ -1,0 +1,97 @@
+"""The pairing step of ``compare``: each layer's records on both sides become tensor pairs
+(output, dL/dx, dL/dparam), the reference's values converted into ours' layout first, so every
+shape and index in a row is the one the user sees in their own code."""
+
+from __future__ import annotations
+
+from gradparity.comparison.diff import failed_row, reference_grad
+from gradparity.core.address import Address, Kind
+from gradparity.core.labels import UNEXPLAINED
+from gradparity.core.plan import Entry, TensorPair
+from gradparity.core.records import LayerRecord
+from gradparity.core.row import Row
+from gradparity.core.status import Status
+from gradparity.pairing.align import LayerPair
+
+# One layer run on both sides: the pair, ours' record, the reference's record.
+LayerRun = tuple[LayerPair, LayerRecord, LayerRecord]
+
+
+def layer_entries(
+    mode: str, pair: LayerPair, ours: LayerRecord, ref: LayerRecord, batch_size: int
+) -> tuple[list[Entry], list[Entry]]:
+    """(forward entries, backward entries) for one layer or the loss (the pair named "loss",
+    whose output is the loss value). A layer that raised yields one ``raised`` row for the
+    failing phase; quantities it never reached are left out."""
+    if _failed(ours, "forward"):
+        return [_raised(mode, pair, ours)], []
+    assert ref.output is not None and ref.grad_input is not None  # the reference ran both passes
+    fwd: list[Entry] = [
+        TensorPair(
+            mode, pair.name, pair.type_name, "output", ours.output, ref.output,
+            batch_size=batch_size,
+        )
+    ]  # fmt: skip
+    if _failed(ours, "backward"):
+        return fwd, [_raised(mode, pair, ours)]
+    if ours.grad_input is None:  # the chain stopped at a later layer before backward
+        return fwd, []
+    weights = [p.conversion for p in pair.params if len(p.ours_shape) == 2]
+    bwd: list[Entry] = [
+        TensorPair(
+            mode, pair.name, pair.type_name, "grad_input", ours.grad_input, ref.grad_input,
+            batch_size=batch_size, upstream=ours.grad_output,
+            conversion=weights[0] if weights else "",
+        )
+    ]  # fmt: skip
+    for p in pair.params:
+        if p.key not in ours.grads:
+            bwd.append(_missing_grad(mode, pair, p.key, sorted(ours.grads)))
+            continue
+        quantity = Address(pair.name, Kind.GRAD, p.key).quantity
+        bwd.append(
+            TensorPair(
+                mode, pair.name, pair.type_name, quantity, ours.grads[p.key],
+                reference_grad(pair, ref, quantity), batch_size=batch_size,
+                upstream=ours.grad_output, param_shape=p.ours_shape, conversion=p.conversion,
+            )
+        )  # fmt: skip
+    return fwd, bwd
+
+
+def run_entries(mode: str, runs: list[LayerRun], batch_size: int) -> list[Entry]:
+    """Entries of one mode in propagation order: outputs in forward order, then gradients in
+    backward order (the loss first), the order the locate stage reads a chain in."""
+    fwd: list[Entry] = []
+    bwd: list[Entry] = []
+    for pair, ours, ref in runs:
+        f, b = layer_entries(mode, pair, ours, ref, batch_size)
+        fwd += f
+        bwd = b + bwd
+    return fwd + bwd
+
+
+def _failed(rec: LayerRecord, phase: str) -> bool:
+    return rec.error is not None and rec.error["phase"] == phase
+
+
+def _raised(mode: str, pair: LayerPair, rec: LayerRecord) -> Row:
+    assert rec.error is not None  # only called for a record that failed
+    return failed_row(mode, pair.name, pair.type_name, rec.error)
+
+
+def _missing_grad(mode: str, pair: LayerPair, key: str, present: list[str]) -> Row:
+    return Row(
+        mode,
+        pair.name,
+        pair.type_name,
+        Address(pair.name, Kind.GRAD, key).quantity,
+        None,
+        None,
+        status=Status.DIVERGED,
+        diagnosis=UNEXPLAINED,
+        detail={"grads_present": present},
+        message=f"backward recorded no gradient for {key!r} (grads holds {present or 'nothing'})",
+        fix=f"fill grads[{key!r}] in backward; with gp.wrap, check that grads= names the "
+        "attributes backward really sets",
+    )

@@ -1,0 +1,67 @@
+"""The isolate run of ``compare``: each layer on both sides, fed the reference's exact input
+and a seeded random upstream gradient, so each layer is judged alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradparity.core.records import LayerRecord
+from gradparity.pairing.align import LayerPair
+from gradparity.sides import run_numpy, run_torch
+
+
+@dataclass
+class Probe:
+    """One isolated run of one layer on both sides, with what it was fed."""
+
+    pair: LayerPair
+    ours: LayerRecord
+    ref: LayerRecord
+    warm: np.ndarray  # the warm-up input fed to ours before the real forward
+    upstream: np.ndarray | None  # None for the loss
+
+
+def run_isolation(
+    pairs: list[LayerPair],
+    loss_pair: LayerPair,
+    reference_loss: Any,
+    ref_chain: dict[str, LayerRecord],
+    target: np.ndarray,
+    rng: np.random.Generator,
+    tdtype: torch.dtype,
+) -> dict[str, Probe]:
+    """Probes keyed by layer name plus "loss". ``ref_chain``: the reference's chain records,
+    whose inputs each layer is fed.
+
+    The upstream gradient is random, not the natural dL/dy: the natural one can be exactly
+    zero (the assignment network's hidden layer gets dL/dh = 0), which would hide every
+    backward bug there.
+    """
+    probes: dict[str, Probe] = {}
+    for pair in pairs:
+        ref_in, ref_out = ref_chain[pair.name].input, ref_chain[pair.name].output
+        assert ref_in is not None and ref_out is not None  # the reference chain ran every layer
+        upstream = rng.standard_normal(ref_out.shape).astype(ref_in.dtype)
+        warm = run_numpy.warm_input(ref_in, rng)
+        probes[pair.name] = Probe(
+            pair,
+            run_numpy.probe_layer(pair.layer, ref_in, upstream, warm),
+            run_torch.probe_module(pair, ref_in, upstream, tdtype),
+            warm,
+            upstream,
+        )
+    logits = ref_chain["loss"].input
+    assert logits is not None  # the reference chain reached its loss
+    warm = run_numpy.warm_input(logits, rng)
+    probes["loss"] = Probe(
+        loss_pair,
+        run_numpy.probe_loss(loss_pair.layer, logits, target, warm),
+        run_torch.probe_loss(reference_loss, logits, target, tdtype),
+        warm,
+        None,
+    )
+    return probes
