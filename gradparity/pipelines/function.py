@@ -404,6 +404,7 @@ class _Setup:
                 if old is not None:
                     mark_repeat(row, ours, now, old, self.tol)
                 continue
+            assert row.address.name is not None  # a row that is not a tap is a parameter's
             p = by_key[row.address.name]
             assert run.grads is not None  # a parameter row comes from a run that gave gradients
             old = to_ours(at_warm.grads[p.torch_name], p)

@@ -203,7 +203,7 @@ def compare(
     )
     return Report(
         dtype=dtype,
-        tolerance=tol.as_dict(),
+        tolerance=tol,
         rows=iso_rows + chain_rows,
         root_causes=roots,
         arrays={

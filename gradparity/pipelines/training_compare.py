@@ -103,6 +103,7 @@ def _explain_gradients(
     for row in rows:
         if not (row.diverged and kind_of(row.quantity) is Kind.GRAD) or step < 2:
             continue
+        assert row.address.name is not None  # a GRAD address names its parameter
         where = (row.layer, row.address.name)
         mine = ours.grads.get(where)
         for label, candidate, text, fix in (
