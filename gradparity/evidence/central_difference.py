@@ -61,7 +61,7 @@ def slopes(moved: Moved, directions: Sequence[np.ndarray], h: float) -> np.ndarr
     return np.array([slope(moved, d, h) for d in directions], dtype=np.float64)
 
 
-def unit(shape: tuple[int, ...], index: tuple[int, ...]) -> np.ndarray:
+def unit(shape: tuple[int, ...], index: tuple[int | np.integer, ...]) -> np.ndarray:
     """The array of ``shape`` that is 1 at ``index`` and 0 elsewhere."""
     out = np.zeros(shape)
     out[index] = 1.0

@@ -167,6 +167,7 @@ def referee_rows(
         return
     for row in diverging:
         name = row.address.name
+        assert name is not None  # every row here is a parameter's gradient (grad:<name>)
         ours_right = matches_numeric(loss, name, grads[name], rng)
         row.referee = row.detail["referee"] = "ours" if ours_right else "reference"
         if ours_right:

@@ -53,14 +53,14 @@ def _ref_moved(pair: LayerPair, x: np.ndarray, upstream: np.ndarray, key: str | 
     converted to the torch parameter's layout."""
 
     def value(step: np.ndarray) -> float:
-        module = copy.deepcopy(pair.module).double()
+        module = copy.deepcopy(pair.torch_module).double()
         xin = torch.as_tensor(x, dtype=torch.float64).clone()
         with torch.no_grad():
             if key is None:
                 xin += torch.as_tensor(step)
             else:
                 pp = next(p for p in pair.params if p.key == key)
-                tparam = dict(module.named_parameters())[pp.torch_name]
+                tparam: torch.Tensor = dict(module.named_parameters())[pp.torch_name]
                 tparam += torch.as_tensor(to_torch_layout(step, pp.conversion, pp.torch_shape))
             return float(torch.sum(torch.as_tensor(upstream) * module(xin)))
 

@@ -186,17 +186,30 @@ def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Fi
     return roots
 
 
+def _param_name(row: Row) -> str:
+    """The parameter a parameter row's gradient is of."""
+    name = row.address.name
+    assert name is not None  # a parameter row's address is grad:<name>
+    return name
+
+
+def _module_index(row: Row) -> int:
+    """The position in forward order of a tap row's reference module."""
+    assert row.module_index is not None  # set on every tap row (comparison.function_taps)
+    return row.module_index
+
+
 def _param_roots(
     diverging: list[Row], backward: list[Row], depth: dict[str, int]
 ) -> tuple[list[Finding], str | None]:
     """(root causes, a note naming the deepest): a diverging gradient is a root cause unless a
     gradient tap named as the bug's place reaches it (its module's and earlier modules'
     parameters), then ``inherited``; statuses set in place."""
-    deepest = max((depth[r.address.name] for r in diverging), default=None)
-    reach = max((r.module_index for r in backward if r.status == Status.ROOT_CAUSE), default=None)
+    deepest = max((depth[_param_name(r)] for r in diverging), default=None)
+    reach = max((_module_index(r) for r in backward if r.status == Status.ROOT_CAUSE), default=None)
     roots = []
     for row in diverging:
-        name = row.address.name
+        name = _param_name(row)
         if reach is not None and depth[name] <= reach and row.referee != "ours":
             row.status = Status.INHERITED
             continue
@@ -212,7 +225,7 @@ def _param_roots(
                 f"; {found.fix}" if found.fix else ""
             )
         roots.append(found)
-    names = [r.address.name for r in diverging if depth[r.address.name] == deepest]
+    names = [_param_name(r) for r in diverging if depth[_param_name(r)] == deepest]
     if not names:
         return roots, None
     return roots, (

@@ -174,7 +174,7 @@ def refuse_shared_parameters(pairs: list[LayerPair]) -> None:
     step updates its one set of parameters with the sum of every call's gradient, and each
     of ours' layers its own copy with its own call's share, so the two cannot agree."""
     for module, names in layers_by_module(pairs).items():
-        shared = next(p.module for p in pairs if p.module_name == module)
+        shared = next(p.torch_module for p in pairs if p.module_name == module)
         if len(names) > 1 and any(True for _ in shared.parameters()):
             raise InputError(
                 f"ours' layers {_fmt(names)} face reference module {module!r}, which uses one "
@@ -189,7 +189,7 @@ def _refuse_unequal_shared_parameters(pairs: list[LayerPair]) -> None:
     must hold the same values: the module uses one set of parameters for every call."""
     for module in layers_by_module(pairs):
         sharing = [p for p in pairs if p.module_name == module]
-        if len(sharing) < 2 or not any(True for _ in sharing[0].module.parameters()):
+        if len(sharing) < 2 or not any(True for _ in sharing[0].torch_module.parameters()):
             continue
         first = params_of(sharing[0].layer)
         for other in sharing[1:]:

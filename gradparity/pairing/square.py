@@ -67,7 +67,7 @@ class ForwardProbe:
         """(conversion, how): the conversion of ``square`` under which ours and the module
         compute the same output; (None, why) when none does or ours cannot run."""
         pair = self.layers[square.layer]
-        module = copy.deepcopy(pair.module).double()
+        module = copy.deepcopy(pair.torch_module).double()
         first = next(iter(module.parameters()), None)
         in_features = first.shape[-1] if first is not None and first.ndim == 2 else None
         if in_features is None:
@@ -127,7 +127,7 @@ def _laid_out(everything: list[Candidate], square: str, how: str) -> list[ParamP
 def _layer_candidates(pair: LayerPair) -> list[Candidate]:
     """The layer's parameters paired with its module's; one line naming what cannot pair."""
     ours = {k: tuple(np.shape(v)) for k, v in params_of(pair.layer).items()}
-    ref = {n: tuple(p.shape) for n, p in pair.module.named_parameters()}
+    ref = {n: tuple(p.shape) for n, p in pair.torch_module.named_parameters()}
     shown = f"ours {', '.join(f'{k} {s}' for k, s in ours.items()) or 'none'}; reference " + (
         ", ".join(f"{k} {s}" for k, s in ref.items()) or "none"
     )

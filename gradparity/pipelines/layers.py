@@ -144,7 +144,7 @@ def compare(
             pairs, loss_pair, reference_loss, captures["reference_chain"], target, rng, tdtype
         )
 
-    def pair(captures: Captures) -> list[Entry]:
+    def pairing(captures: Captures) -> list[Entry]:
         ours_chain = captures["ours_chain"]
         chain = [
             (p, ours_chain[p.name], captures["reference_chain"][p.name])
@@ -167,7 +167,7 @@ def compare(
                 reference_chain,
                 isolate,
             ],
-            pair=pair,
+            pair=pairing,
             evidence=[
                 keep_values,
                 StaleProbe(tdtype),

@@ -135,7 +135,7 @@ def compare_training(
     check_filled(empty, synced_names(pairs))
     shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 
-    training = _Training(
+    loop = _Training(
         layers=layers, runner=TrainingStepRunner(layers, ours_loss, ours_opt),
         ref_model=ref_model, ref_opt=ref_opt, pairs=pairs, tol=tol, shadow=shadow,
         localise=lambda x, target: lambda ours: compare(
@@ -159,7 +159,7 @@ def compare_training(
     for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
         x, target = batch_check(step, x, target)
         batch = batch or x.shape[0]
-        ctx = execute(training.step_plan(step, x, target, first=first_divergent is None))
+        ctx = execute(loop.step_plan(step, x, target, first=first_divergent is None))
         ours, rows = ctx.captures["ours"], ctx.rows
         findings += ctx.root_causes
         if ours.error is not None:
@@ -178,7 +178,7 @@ def compare_training(
             kept += rows
         elif step == 1:
             kept += rows
-        training.tracker.add(ctx.captures["reference"])
+        loop.tracker.add(ctx.captures["reference"])
         last_rows = rows
     if not history and not findings:
         raise InputError("the batches gave no (x, target) pair: check the data set")
@@ -186,8 +186,8 @@ def compare_training(
         kept += last_rows
     if validation is not None and history and "val_acc_ours" not in history[-1]:
         history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
-    return run(
-        training.plan(
+    report = run(
+        loop.plan(
             batch_size=batch, sides=[], pair=lambda captures: list(kept),
             locators=[lambda ctx: ctx.root_causes.extend(findings)],
             meta={
@@ -201,6 +201,8 @@ def compare_training(
             report_type=TrainingReport,
         )
     )  # fmt: skip
+    assert isinstance(report, TrainingReport)  # the plan's report_type
+    return report
 
 
 @dataclass

@@ -9,7 +9,9 @@ from gradparity.report.report import Report
 
 def merge_reports(reports: list[Report]) -> Report:
     """One report over several models: layer names become "model/layer"."""
-    rows, roots, warnings = [], [], []
+    rows: list[Row] = []
+    roots: list[Finding] = []
+    warnings: list[Finding] = []
     for rep in reports:
         prefix = f"{rep.meta.get('model', 'model')}/"
         for r in rep.rows:

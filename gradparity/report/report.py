@@ -371,16 +371,16 @@ class TrainingReport(Report):
         from gradparity.report import training_plots as plots
 
         name = self.meta.get("model", "model")
-        stepped = self.history is not None and len(self.history) > 0
+        history = self.history if self.history is not None and len(self.history) > 0 else None
         wanted: list[Wanted] = [
             (
                 "training_curves.png",
-                partial(plots.training_curves, self.history, name) if stepped else None,
+                partial(plots.training_curves, history, name) if history is not None else None,
                 "Loss and validation accuracy per step, ours and reference",
             ),
             (
                 "error_growth.png",
-                partial(plots.error_growth, self.history, name) if stepped else None,
+                partial(plots.error_growth, history, name) if history is not None else None,
                 "Largest error per quantity kind and step, relative to the tolerance",
             ),
         ]

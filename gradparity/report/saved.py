@@ -266,7 +266,7 @@ def plots(folder: Path) -> dict[str, bytes]:
 
     Raises InputError for a .png file there that is not a PNG image.
     """
-    found = {}
+    found: dict[str, bytes] = {}
     plots_dir = folder / "plots"
     if plots_dir.is_symlink() or not plots_dir.is_dir():
         return found

@@ -105,7 +105,7 @@ def run_chain(
     whose gradients are not finite is refused in one line.
     """
     x_t = as_tensor(x, dtype, grad=True)
-    with TorchRecorder({p.module_name: p.module for p in pairs}) as recorder:
+    with TorchRecorder({p.module_name: p.torch_module for p in pairs}) as recorder:
         try:
             out = model(x_t)
         except USER_ERRORS as exc:
@@ -133,7 +133,7 @@ def run_chain(
         records[name].grads[tname] = to_numpy(g) if g is not None else np.zeros(tuple(tparam.shape))
     for pair in pairs:
         if counts[pair.module_name] > 1 and pair.params:
-            records[pair.name].grads = _call_gradients(pair.module, records[pair.name], dtype)
+            records[pair.name].grads = _call_gradients(pair.torch_module, records[pair.name], dtype)
     for name, rec in records.items():
         for tname, value in rec.grads.items():
             check_finite_reference(f"gradient of {name}'s {tname}", value)
@@ -199,7 +199,7 @@ def probe_module(
     """One module alone: forward on x (N, ...), backward of ``upstream`` (like the output);
     grads keyed by torch names. Non-finite reference values are refused, as in
     ``run_chain``."""
-    output, grad_input, grads = _differentiate(pair.module, x, upstream, dtype)
+    output, grad_input, grads = _differentiate(pair.torch_module, x, upstream, dtype)
     rec = LayerRecord(
         input=x.copy(), output=output, grad_output=upstream.copy(), grad_input=grad_input
     )

@@ -15,13 +15,19 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
 from torch import nn
 
 
+@overload
+def to_numpy(t: torch.Tensor) -> np.ndarray: ...
+@overload
+def to_numpy(t: None) -> None: ...
+@overload
+def to_numpy(t: torch.Tensor | None) -> np.ndarray | None: ...
 def to_numpy(t: torch.Tensor | None) -> np.ndarray | None:
     """A private NumPy copy of ``t`` (detached, on the CPU); None for None."""
     return None if t is None else t.detach().cpu().numpy().copy()
