@@ -6,6 +6,9 @@
 - a gradient sharing memory with a parameter or another gradient,
 - non-finite values in an output or gradient although the input was finite,
 - a parameter whose gradient backward never set.
+
+The findings the function path reports too (mutation, aliasing, raised, a gradient shape) are
+built by ``lint_findings``; the checks here read a layer's record and call those builders.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradparity.comparison.diff import broadcasts_onto
 from gradparity.core.finding import Finding
-from gradparity.core.records import LayerRecord, failure_words
+from gradparity.core.records import LayerRecord
 from gradparity.core.validate import (
     check_parameters,
     check_seed,
@@ -28,6 +30,7 @@ from gradparity.core.validate import (
     takes_classes,
     takes_same_shape,
 )
+from gradparity.evidence.lint_findings import aliased, gradient_shape, mutation, raised
 from gradparity.sides import run_numpy
 from gradparity.sides.adapt import check_protocol, named_layers, params_of
 from gradparity.sides.setup import resolve_losses
@@ -35,35 +38,6 @@ from gradparity.sides.setup import resolve_losses
 if TYPE_CHECKING:  # type hints only
     from gradparity.core.plan import Context
     from gradparity.sides.isolation import Probe
-
-
-def _mutation(name: str, what: str, mode: str) -> Finding:
-    if what.startswith("param "):
-        key, backward = what.split()[1], what.endswith("(backward)")
-        phase = "backward" if backward else "forward"
-        return Finding(
-            name,
-            "grad_input" if backward else "output",
-            "mutates_input",
-            {"phase": phase, "array": f"param {key}"},
-            mode=mode,
-            message=(
-                f"{name}: {phase} changed parameter {key}; compute gradients only and "
-                "leave the update to the optimiser (a training loop would apply it twice)"
-            ),
-        )
-    phase = "forward" if what == "input" else "backward"
-    return Finding(
-        name,
-        "output" if phase == "forward" else "grad_input",
-        "mutates_input",
-        {"phase": phase, "array": what},
-        mode=mode,
-        message=(
-            f"{name}: {phase} changed its {what.replace('_', ' ')} in place; "
-            "work on a copy (the caller still needs the original values)"
-        ),
-    )
 
 
 def _shape_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Finding]:
@@ -74,27 +48,8 @@ def _shape_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[Fi
         if key not in params:
             continue
         g_shape, p_shape = np.shape(grad), np.shape(params[key])
-        if g_shape == p_shape:
-            continue
-        takes = broadcasts_onto(g_shape, p_shape, p_shape)
-        consequence = (
-            "p -= lr * g still broadcasts, but a gradient usually has its parameter's shape"
-            if takes
-            else "a gradient must have its parameter's shape"
-        )
-        found.append(
-            Finding(
-                name,
-                f"grad:{key}",
-                "shape_mismatch",
-                {"grad_shape": list(g_shape), "param_shape": list(p_shape), "broadcasts": takes},
-                mode=mode,
-                message=(
-                    f"{name}.{key}: gradient has shape {g_shape}, the parameter {p_shape}; "
-                    f"{consequence}"
-                ),
-            )
-        )
+        if g_shape != p_shape:
+            found.append(gradient_shape(name, f"grad:{key}", mode, shapes=(g_shape, p_shape)))
     return found
 
 
@@ -164,23 +119,13 @@ def lint_records(
     """
     errors, warnings = [], []
     for name, params, rec in records:
-        errors += [_mutation(name, what, mode) for what in rec.mutated]
+        errors += [mutation(name, what, mode) for what in rec.mutated]
         shapes = _shape_lint(name, params, rec, mode)
         errors += [f for f in shapes if not f.detail["broadcasts"]]
         warnings += [f for f in shapes if f.detail["broadcasts"]]
         errors += _nonfinite_lint(name, rec, mode)
         errors += _missing_lint(name, params, rec, mode)
-        warnings += [
-            Finding(
-                name,
-                "grads",
-                "aliased",
-                {"alias": a},
-                mode=mode,
-                message=f"{name}: {a}; store a copy",
-            )
-            for a in rec.aliases
-        ]
+        warnings += [aliased(name, a, mode) for a in rec.aliases]
     return errors, warnings
 
 
@@ -214,25 +159,6 @@ def lint_isolated(ctx: Context) -> None:
     )
     ctx.root_causes[:] = merge_lints(ctx.root_causes, errors)
     ctx.warnings += warnings
-
-
-def _raised(name: str, rec: LayerRecord) -> Finding:
-    """A layer (or the loss) whose forward or backward threw, or gave a value that cannot be
-    checked: the run stopped there."""
-    err = rec.error
-    assert err is not None  # called only for a record that raised
-    problem, fix = failure_words(err, first_line_only=True)
-    quantity = err.get("quantity") or ("output" if err["phase"] == "forward" else "grad_input")
-    return Finding(
-        name,
-        quantity,
-        "raised",
-        dict(err),
-        mode="lint",
-        message=(
-            f"{name}: {problem}; {fix} (the rest of the pass did not run, so it was not checked)"
-        ),
-    )
 
 
 @quiet_arithmetic
@@ -270,5 +196,5 @@ def lint(
     errors, warnings = lint_records(
         [(n, params_of(layer), records[n]) for n, layer in layers if n in records], "lint"
     )
-    raised = [_raised(name, rec) for name, rec in records.items() if rec.error is not None]
-    return raised + errors + warnings
+    threw = [raised(n, rec.error, "lint") for n, rec in records.items() if rec.error is not None]
+    return threw + errors + warnings

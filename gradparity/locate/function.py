@@ -23,6 +23,7 @@ from gradparity.core.plan import Context
 from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
+from gradparity.evidence.lint_findings import aliased, gradient_shape, mutation, raised, raised_row
 from gradparity.sides.function_run import UserRun
 
 NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
@@ -139,35 +140,6 @@ def _batch_convention(
     )
 
 
-def _raised(fn: str, run: UserRun) -> Row:
-    err = run.error
-    assert err is not None  # called only for a run that raised
-    where = f" at {err['where']}" if err.get("where") else ""
-    return Row(
-        "chain", fn, "function", "call", None, None,
-        status=Status.ROOT_CAUSE, diagnosis="raised", detail=dict(err),
-        message=f"{fn} raised {err['type']}: {err['message']}{where}",
-        fix="fix the exception; the taps recorded before it are still compared",
-    )  # fmt: skip
-
-
-def _mutation(fn: str, what: str, params: set[str]) -> Finding:
-    if what in params:
-        return Finding(
-            fn, f"grad:{what}", "mutates_input", {"array": f"param {what}"}, mode="chain",
-            problem=f"{fn} changed parameter {what} (gradparity put it back)",
-            fix="compute gradients only and leave the update to the caller",
-            message=f"{fn}: changed parameter {what} (gradparity put it back); compute "
-            "gradients only and leave the update to the caller",
-        )  # fmt: skip
-    return Finding(
-        fn, "call", "mutates_input", {"array": what}, mode="chain",
-        problem=f"{fn} changed its {what} argument in place",
-        fix="work on a copy: the caller still needs the original values",
-        message=f"{fn}: changed its {what} argument in place; work on a copy",
-    )  # fmt: skip
-
-
 def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Finding]:
     """The chain of taps (forward, loss, then gradients): the first divergence is the root
     cause, the later ones ``inherited``; statuses set in place."""
@@ -256,21 +228,6 @@ def _tap_notes(
     return unmapped, notes
 
 
-def _warnings(fn: str, run: UserRun, param_rows: list[Row]) -> list[Finding]:
-    """Aliased gradients, and gradients whose shape only an update's broadcast accepts."""
-    aliased = [
-        Finding(fn, "grads", "aliased", {"alias": a}, mode="chain",
-                message=f"{fn}: {a}; return a copy")
-        for a in run.aliases
-    ]  # fmt: skip
-    broadcasting = [
-        Finding(fn, r.quantity, "shape_mismatch", {"broadcasts": True}, mode=r.mode,
-                message=f"{place(r.layer, r.quantity)}: {r.message}")
-        for r in param_rows if r.broadcasts
-    ]  # fmt: skip
-    return aliased + broadcasting
-
-
 def _first(rows: list[Row]) -> dict | None:
     return next(({"layer": r.layer, "quantity": r.quantity} for r in rows if r.diverged), None)
 
@@ -294,9 +251,9 @@ class FunctionLocator:
         param_rows = [r for r in ctx.rows if r.type == "parameter"]
         roots: list[Finding] = []
         if run.error is not None:
-            raised = _raised(self.fn, run)
-            ctx.rows.insert(0, raised)
-            roots.append(finding_from_row(raised, "chain"))
+            threw = raised(self.fn, run.error, "chain", of="function")
+            ctx.rows.insert(0, raised_row(threw))
+            roots.append(threw)
             ctx.notes.append(f"{self.fn} raised, so no gradient could be compared")
         convention = _batch_convention(backward, param_rows, ctx.arrays, ctx.tolerance)
         if convention is not None:
@@ -307,13 +264,22 @@ class FunctionLocator:
         roots += param_found
         ctx.notes += [deepest_note] if deepest_note else []
         # A function that changes its inputs invalidates what follows: say so first.
-        roots[:0] = [_mutation(self.fn, what, set(depth)) for what in run.mutated]
+        params = frozenset(depth)
+        roots[:0] = [
+            mutation(self.fn, what, "chain", of="function", params=params) for what in run.mutated
+        ]
         unmapped, tap_notes = _tap_notes(
             run, self.mapped, self.has_reference, bool(diverging), bool(backward)
         )
         ctx.root_causes += roots
         ctx.notes += tap_notes
-        ctx.warnings += _warnings(self.fn, run, param_rows)
+        # Aliased gradients, and gradients whose shape only an update's broadcast accepts.
+        ctx.warnings += [aliased(self.fn, a, "chain", of="function") for a in run.aliases]
+        ctx.warnings += [
+            gradient_shape(self.fn, r.quantity, r.mode, compared=r)
+            for r in param_rows
+            if r.broadcasts
+        ]
         ctx.fields["first_divergence"] = {
             "forward": _first(forward),
             "backward": _first(backward + diverging),
