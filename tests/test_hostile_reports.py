@@ -179,3 +179,18 @@ def test_failure_messages_and_summaries_show_control_characters_as_codes():
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text)
         assert not any(line.startswith("FORGED LINE") for line in text.splitlines())
         assert "\\x1b[2J" in text and "\\x0aFORGED LINE" in text
+
+
+def test_notebook_html_escapes_names_and_shows_the_root_cause():
+    report = _hostile_compare(True, SCRIPT + FORMULA)
+    html = report._repr_html_()
+    page = _Tags()
+    page.feed(html)
+    assert {tag for tag, _ in page.tags} <= _ALLOWED_TAGS
+    for tag, attrs in page.tags:
+        assert not [name for name, _ in attrs if name.startswith("on")], (tag, attrs)
+    text = "".join(page.text)
+    assert SCRIPT in text and FORMULA in text and MATHTEXT in text
+    assert "<script>" not in html and SCRIPT not in html
+    finding = report.root_causes[0]
+    assert finding.diagnosis in text and (finding.problem or finding.message) in text

@@ -276,3 +276,36 @@ def test_pngs_decode():
 def test_pyplot_is_never_imported():
     code = "import gradparity.report.plots, sys; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _image_titles(fig) -> list[str]:
+    return [ax.get_title().splitlines()[0] for ax in fig.axes if ax.images]
+
+
+def test_heatmaps_of_image_tensors_draw_each_channel_as_an_image():
+    rng = np.random.default_rng(3)
+    ours = rng.standard_normal((4, 3, 6, 5))  # (N, C, H, W)
+    reference = ours.copy()
+    reference[2, 1, 3, 2] += 1.0
+    fig = plots.channel_figure("conv1 grad_input", ours, reference)
+    titles = _image_titles(fig)
+    for side in ("ours", "reference", "ours - reference"):
+        assert [t for t in titles if t.startswith(f"{side}, ")] == [
+            f"{side}, channel {c}" for c in range(3)
+        ]
+    images = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert all(a.shape == (6, 5) for a in images)  # (H, W), not flattened
+    assert "sample 2" in fig._suptitle.get_text()  # the sample with the difference
+    png = plots.heatmaps("conv1 grad_input", ours, reference)
+    assert png == plots.heatmaps("conv1 grad_input", ours, reference)
+    flat = plots.heatmaps("conv1 grad_input", ours.reshape(4, 3, 30), reference.reshape(4, 3, 30))
+    assert _size(png)[1] > _size(flat)[1]  # a row of panels per channel
+
+
+def test_heatmaps_of_many_channels_keep_those_that_differ():
+    ours = np.zeros((2, 3 * plots.MAX_CHANNELS, 2, 2))
+    reference = ours.copy()
+    reference[1, 2 * plots.MAX_CHANNELS + 1] = 1.0
+    titles = _image_titles(plots.channel_figure("conv2 output", ours, reference))
+    assert len(titles) == 3 * plots.MAX_CHANNELS
+    assert f"ours, channel {2 * plots.MAX_CHANNELS + 1}" in titles

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gradparity.core.address import place
 from gradparity.core.errors import InputError
 from gradparity.core.row import Row
 from gradparity.core.tolerance import tolerance_for
@@ -196,6 +197,50 @@ def test_terminal_table_and_colour(buggy, monkeypatch):
     assert use_colour(Tty())
     monkeypatch.setenv("NO_COLOR", "1")
     assert not use_colour(Tty())
+
+
+def test_summary_shows_the_terminal_table_and_root_causes_without_colour(buggy):
+    report, _ = buggy
+    lines = report.summary().splitlines()
+    assert lines[0] == f"{report.meta['model']}: 1 root cause(s)"  # the first line as before
+    assert lines[1:] == render(report, colour=False).splitlines()[1:]
+    assert "\033[" not in report.summary()
+    table = [line.split() for line in lines[2:] if line.startswith("  ")]
+    diverged = [r for r in report.rows if r.diverged][: tables.TERMINAL_ROWS]
+    assert len(diverged) > 1
+    for row in diverged:
+        cells = [row.mode, *place(row.layer, row.quantity).split(), str(row.status)]
+        assert cells in [t[: len(cells)] for t in table], row
+    assert lines[-1].startswith("1. [unexplained] softmax grad_input:")
+
+
+def test_ok_summary_is_one_line(tmp_path):
+    report = compare_setup(*bugs.base_network(0))
+    assert report.ok and len(report.summary().splitlines()) == 1
+    assert render(report) == report.summary()
+
+
+def test_notebook_html_shows_root_causes_table_and_plots(buggy):
+    report, out = buggy
+    html = report._repr_html_()
+    page = _Page()
+    page.feed(html)
+    page.close()
+    assert page.stack == []  # one balanced element, no page of its own
+    assert "<html" not in html and "<body" not in html and "<!DOCTYPE" not in html
+    assert page.links == []
+    assert page.ids[:2] == ["root-causes", "first-divergence"]
+    assert "layers" in page.ids and "plots" in page.ids
+    assert report.root_causes[0].fix in " ".join(page.text)
+    assert len(page.images) == len(list((out / "plots").iterdir()))
+    assert all(src.startswith("data:image/png;base64,") for src in page.images)
+    # the style touches nothing of the notebook outside the report's element
+    style = html[html.index("<style>") + 7 : html.index("</style>")]
+    selectors = [rule.split("{")[0] for rule in style.split("}") if rule.strip()]
+    assert all(
+        all(s.strip().startswith(".gradparity-report") for s in sel.split(",")) for sel in selectors
+    )
+    assert html == report._repr_html_()  # deterministic
 
 
 def test_non_finite_values_stay_strict_json(tmp_path):

@@ -1,13 +1,16 @@
 """report.html: one self-contained page (inline CSS, plots as data URIs, no network).
 
 Order follows what a reader needs: the verdict, the root causes with their fix, the layer
-table (problems first, ok rows collapsed), the plots, then the run details.
+table (problems first, ok rows collapsed), the plots, then the run details. ``fragment`` gives
+the same sections as one element with its style scoped to it, for a Jupyter notebook
+(``Report._repr_html_``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 
 from gradparity.core import escape
 from gradparity.core.address import place
@@ -119,8 +122,46 @@ def _figure(name: str, png: bytes, caption: str) -> str:
     )
 
 
+def _scoped(css: str, scope: str) -> str:
+    """``css`` with every selector inside ``scope`` (``body`` becomes ``scope`` itself), so a
+    report shown inside another page (a notebook) styles nothing else of it."""
+
+    def rule(match: re.Match) -> str:
+        selectors = (s.strip() for s in match.group(1).split(","))
+        scoped = (scope if s == "body" else f"{scope} {s}" for s in selectors)
+        return f"{', '.join(scoped)} {{{match.group(2)}}}"
+
+    rules = re.finditer(r"([^{}]+?)\s*\{([^{}]*)\}", css)
+    return "\n".join(rule(m) for m in rules)
+
+
+SCOPE = "gradparity-report"
+SCOPED_CSS = _scoped(CSS, f".{SCOPE}")
+
+
 def render(report, plots: list[tuple[str, bytes, str]]) -> str:
     """The page for ``report``; ``plots`` are (file name, PNG bytes, caption)."""
+    name = report.meta.get("model", "model")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>gradparity report: {_e(name)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(_sections(report, plots))
+        + "</body></html>\n"
+    )
+
+
+def fragment(report, plots: list[tuple[str, bytes, str]]) -> str:
+    """The page's content as one element to place inside another page (a Jupyter
+    notebook's output): the same sections, with the style scoped to the element."""
+    return (
+        f'<div class="{SCOPE}"><style>{SCOPED_CSS}</style>'
+        + "\n".join(_sections(report, plots))
+        + "</div>\n"
+    )
+
+
+def _sections(report, plots: list[tuple[str, bytes, str]]) -> list[str]:
+    """The page's sections, in reading order."""
     name = report.meta.get("model", "model")
     if report.ok:
         verdict = f'<p class="verdict ok">{_e(report.verdict())}</p>'
@@ -166,9 +207,4 @@ def render(report, plots: list[tuple[str, bytes, str]]) -> str:
     items += "".join(f"<dt>layout</dt><dd>{_e(c)}</dd>" for c in report.conversions)
     items += "".join(f"<dt>note</dt><dd>{_e(n)}</dd>" for n in report.notes)
     sections.append(f'<section id="run-details"><h2>Run details</h2><dl>{items}</dl></section>')
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>gradparity report: {_e(name)}</title><style>{CSS}</style></head><body>"
-        + "\n".join(sections)
-        + "</body></html>\n"
-    )
+    return sections

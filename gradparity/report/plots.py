@@ -27,6 +27,8 @@ THINNED_LABELS = 40  # ...leaving about this many: each label costs milliseconds
 MAX_ROOT_LABELS = 10  # root-cause layers always labelled (in red), the first this many
 DPI = 100
 MAX_RINGED = 50  # non-finite cells of a heatmap circled individually, up to this many
+MAX_CHANNELS = 8  # channels of an (N, C, H, W) heatmap drawn (those that differ most): each row
+# of three panels costs about 0.3 s to draw
 # (mode, direction, legend label, marker, colour)
 _SERIES = (
     ("chain", "forward", "chain forward", "o", "tab:blue"),
@@ -300,13 +302,90 @@ def _side_by_side(title: str, ours, reference, labels: tuple[str, str]) -> bytes
     return _png(fig)
 
 
+_HW = ("w", "h")  # axis labels of a channel's (H, W) image
+
+
+def _worst_sample(diff: np.ndarray) -> int:
+    """The sample (first axis) holding the largest |difference|; non-finite counts largest."""
+    size = np.where(np.isfinite(diff), np.abs(diff), np.inf).reshape(diff.shape[0], -1)
+    return int(np.argmax(size.max(axis=1)))
+
+
+def _worst_channels(diff: np.ndarray) -> list[int]:
+    """The channels of one sample (C, H, W) to draw: all of them, or when there are more
+    than ``MAX_CHANNELS`` the ones with the largest |difference|, in channel order."""
+    size = np.where(np.isfinite(diff), np.abs(diff), np.inf).reshape(diff.shape[0], -1)
+    ranked = np.argsort(-size.max(axis=1), kind="stable")[:MAX_CHANNELS]
+    return sorted(int(c) for c in ranked)
+
+
+def channel_figure(title: str, ours: np.ndarray, reference: np.ndarray) -> Figure:
+    """Image tensors (N, C, H, W) of the same shape drawn per channel: one row per channel
+    of the sample with the largest difference, its (H, W) image for ours, reference and
+    their difference. Ours and reference share one colour scale; the difference is centred
+    at 0. More than ``MAX_CHANNELS`` channels: those with the largest difference."""
+    o = np.asarray(ours, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = o - r
+    n = _worst_sample(diff)
+    channels = _worst_channels(diff[n])
+    values = np.concatenate([o[n][np.isfinite(o[n])], r[n][np.isfinite(r[n])]])
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    finite = np.abs(diff[n][np.isfinite(diff[n])])
+    lim = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+
+    # Fixed positions in inches, as in _side_by_side: a row of three panels per channel.
+    pitch, top, bottom = 2.9, 0.9, 0.2
+    width, height = 13.0, top + pitch * len(channels) + bottom
+    fig = Figure(figsize=(width, height))
+
+    def axes(left: float, w: float, row: int, h: float = 2.0):
+        lower = height - top - pitch * row - 2.3
+        return fig.add_axes((left / width, lower / height, w / width, h / height))
+
+    shown = f"{len(channels)} of {o.shape[1]} channels (largest differences)"
+    about = "" if len(channels) == o.shape[1] else f", {shown}"
+    fig.suptitle(
+        f"{escape.plot_text(title)}\n{o.shape}: sample {n} (largest difference){about}",
+        y=1 - 0.1 / height,
+        va="top",
+    )
+    hw = o.shape[2:]
+    first: list = []  # the first row's images, which the colour bars describe
+    for row, c in enumerate(channels):
+        panels = (
+            ("ours", o[n, c], _VALUES_CMAP, lo, hi, 0.8),
+            ("reference", r[n, c], _VALUES_CMAP, lo, hi, 4.4),
+            ("ours - reference", diff[n, c], _DIFF_CMAP, -lim, lim, 8.9),
+        )
+        drawn = [
+            _panel(axes(left, 3.0, row), data, hw, f"{name}, channel {c}", cmap, vmin, vmax, _HW)
+            for name, data, cmap, vmin, vmax, left in panels
+        ]
+        first = first or drawn
+    last, span = len(channels) - 1, pitch * (len(channels) - 1) + 2.0
+    if first[0] is not None:
+        fig.colorbar(first[0], cax=axes(7.55, 0.15, last, span), label="value")
+    if first[2] is not None:
+        fig.colorbar(first[2], cax=axes(12.05, 0.15, last, span), label="difference")
+    return fig
+
+
 def heatmaps(title: str, ours: np.ndarray, reference: np.ndarray) -> bytes:
     """Ours, reference and their difference side by side.
 
-    ours, reference: any shapes; 0-D is drawn (1, 1), 1-D (1, n), N-D (shape[0], rest).
-    Both share one colour scale; the difference is centred at 0. When the shapes differ the
-    difference panel says so. Non-finite values are masked (magenta). PNG bytes.
+    ours, reference: any shapes; 0-D is drawn (1, 1), 1-D (1, n), N-D (shape[0], rest),
+    except image tensors (N, C, H, W) of the same shape, drawn per channel as (H, W) images
+    (``channel_figure``). Both share one colour scale; the difference is centred at 0. When
+    the shapes differ the difference panel says so. Non-finite values are masked (magenta).
+    PNG bytes.
     """
+    o, r = np.asarray(ours), np.asarray(reference)
+    if o.ndim == 4 and o.shape == r.shape and o.size:
+        return _png(channel_figure(title, o, r))
     return _side_by_side(title, ours, reference, ("column", "row"))
 
 

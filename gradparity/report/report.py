@@ -20,9 +20,9 @@ from gradparity.core.finding import Finding
 from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
-from gradparity.report import markdown, saved
+from gradparity.report import markdown, saved, terminal
 from gradparity.report.folder import REPORT_FILES, write_folder
-from gradparity.report.html import render
+from gradparity.report.html import fragment, render
 
 TABLE_COLUMNS = [
     "mode",
@@ -201,18 +201,24 @@ class Report:
         return f"Divergence: {len(self.root_causes)} root cause(s)"
 
     def summary(self) -> str:
-        """A few lines for a terminal: verdict, then each root cause's message (control
-        characters in names shown as codes)."""
+        """Lines for a terminal, as ``gradparity check`` prints them but never coloured: the
+        verdict, then for a divergence the compact table of the problem rows and each root
+        cause's message (``gradparity.report.terminal``); control characters in names are
+        shown as codes."""
         name = self.meta.get("model", "model")
         if self.ok:
             return escape.terminal(
                 f"{name}: parity OK ({self.scope()}, {len(self.rows)} tensors, "
                 f"{self.dtype}, rtol {self.tolerance.rtol:g})"
             )
-        lines = [f"{name}: {len(self.root_causes)} root cause(s)"]
-        lines += [f"  - [{f.diagnosis}] {f.message}" for f in self.root_causes]
-        lines += [f"  ! {w.message}" for w in self.warnings]
-        return "\n".join(map(escape.terminal, lines))
+        first = escape.terminal(f"{name}: {len(self.root_causes)} root cause(s)")
+        return "\n".join([first, *terminal.problem_lines(self, colour=False)])
+
+    def _repr_html_(self) -> str:
+        """The report in a Jupyter notebook: verdict, root causes, the table and the plots
+        inline, as report.html shows them (escaped, self-contained, its style scoped to the
+        report's own element)."""
+        return fragment(self, self.plots())
 
     def to_markdown(self, plot_files: list[str] | None = None) -> str:
         """report.md: verdict and root causes first, then the tables (problems first), the

@@ -47,6 +47,23 @@ def _table(rows: list[Row], colour: bool) -> list[str]:
     return [head, *(_paint(line, row.status, colour) for line, row in zip(lines, rows))]
 
 
+def problem_lines(report, colour: bool = False) -> list[str]:
+    """What follows the verdict line of a divergence: the problem rows (root causes first,
+    at most ``tables.TERMINAL_ROWS``), then each root cause's message with its fix and each
+    warning. ``Report.summary`` shows the same lines, never coloured."""
+    problems = sorted(
+        (r for r in report.rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
+    )
+    shown, hidden = tables.first(problems, tables.TERMINAL_ROWS)
+    lines = ["  " + line for line in _table(shown, colour)]
+    if hidden:
+        lines.append(f"  ... {hidden} more problem rows in the report")
+    for i, f in enumerate(report.root_causes, 1):
+        lines.append(escape.terminal(f"{i}. [{f.diagnosis}] {f.message}"))
+    lines += [escape.terminal(f"warning: {w.message}") for w in report.warnings]
+    return lines
+
+
 def render(report, colour: bool = False) -> str:
     """Verdict line; for a divergence, the problem rows (root causes first, at most
     ``tables.TERMINAL_ROWS``) and each root cause's message with its fix."""
@@ -54,14 +71,4 @@ def render(report, colour: bool = False) -> str:
     if report.ok:
         return _paint(report.summary(), "ok", colour)  # summary() escapes its lines
     lines = [_paint(escape.terminal(f"{name}: {report.verdict()}"), "root_cause", colour)]
-    problems = sorted(
-        (r for r in report.rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
-    )
-    shown, hidden = tables.first(problems, tables.TERMINAL_ROWS)
-    lines += ["  " + line for line in _table(shown, colour)]
-    if hidden:
-        lines.append(f"  ... {hidden} more problem rows in the report")
-    for i, f in enumerate(report.root_causes, 1):
-        lines.append(escape.terminal(f"{i}. [{f.diagnosis}] {f.message}"))
-    lines += [escape.terminal(f"warning: {w.message}") for w in report.warnings]
-    return "\n".join(lines)
+    return "\n".join([*lines, *problem_lines(report, colour)])
