@@ -183,7 +183,8 @@ def test_terminal_table_and_colour(buggy, monkeypatch):
     plain = render(report, colour=False)
     lines = plain.splitlines()
     assert lines[0].endswith("Divergence: 1 root cause(s)")
-    assert "softmax grad_input  root_cause" in lines[2]
+    assert lines[1].startswith("  loss: ours ")  # the loss each side ran, under the verdict
+    assert "softmax grad_input  root_cause" in lines[3]
     assert lines[-1].startswith("1. [unexplained] softmax grad_input:")
     assert "\033[" not in plain
     assert "\033[31;1m" in render(report, colour=True)

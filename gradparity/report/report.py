@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from gradparity.core import escape
+from gradparity.core import escape, losses
 from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
@@ -200,16 +200,25 @@ class Report:
             return f"Parity OK: {self.scope()}, {len(self.rows)} tensors within tolerance"
         return f"Divergence: {len(self.root_causes)} root cause(s)"
 
+    def loss_lines(self) -> list[str]:
+        """The loss each side ran, and, when ours' was gradparity's default, that the user's
+        own loss was not checked (one line each; none for a report that names no loss)."""
+        loss, unchecked = losses.loss_line(self.meta), losses.unchecked_notice(self.meta)
+        return ([loss] if loss else []) + ([f"! {unchecked}"] if unchecked else [])
+
     def summary(self) -> str:
-        """A few lines for a terminal: verdict, then each root cause's message (control
-        characters in names shown as codes)."""
+        """A few lines for a terminal: verdict, the loss each side ran (and whether the user's
+        own loss went unchecked), then each root cause's message (control characters in names
+        shown as codes)."""
         name = self.meta.get("model", "model")
+        lines = [f"  {line}" for line in self.loss_lines()]
         if self.ok:
-            return escape.terminal(
+            head = (
                 f"{name}: parity OK ({self.scope()}, {len(self.rows)} tensors, "
                 f"{self.dtype}, rtol {self.tolerance.rtol:g})"
             )
-        lines = [f"{name}: {len(self.root_causes)} root cause(s)"]
+            return "\n".join(map(escape.terminal, [head, *lines]))
+        lines = [f"{name}: {len(self.root_causes)} root cause(s)", *lines]
         lines += [f"  - [{f.diagnosis}] {f.message}" for f in self.root_causes]
         lines += [f"  ! {w.message}" for w in self.warnings]
         return "\n".join(map(escape.terminal, lines))
