@@ -184,7 +184,8 @@ def test_terminal_table_and_colour(buggy, monkeypatch):
     plain = render(report, colour=False)
     lines = plain.splitlines()
     assert lines[0].endswith("Divergence: 1 root cause(s)")
-    assert "softmax grad_input  root_cause" in lines[2]
+    assert lines[1].startswith("  loss: ours ")  # the loss each side ran, under the verdict
+    assert "softmax grad_input  root_cause" in lines[3]
     assert lines[-1].startswith("1. [unexplained] softmax grad_input:")
     assert "\033[" not in plain
     assert "\033[31;1m" in render(report, colour=True)
@@ -214,9 +215,11 @@ def test_summary_shows_the_terminal_table_and_root_causes_without_colour(buggy):
     assert lines[-1].startswith("1. [unexplained] softmax grad_input:")
 
 
-def test_ok_summary_is_one_line(tmp_path):
+def test_ok_summary_is_the_verdict_and_the_losses(tmp_path):
     report = compare_setup(*bugs.base_network(0))
-    assert report.ok and len(report.summary().splitlines()) == 1
+    lines = report.summary().splitlines()
+    assert report.ok and "parity OK" in lines[0]
+    assert lines[1:] == [f"  {line}" for line in report.loss_lines()] and len(lines) == 2
     assert render(report) == report.summary()
 
 

@@ -171,6 +171,7 @@ def _function_report(spec: str, dtype: str | None, seed: int | None) -> Report:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gradparity.ours import SoftmaxCrossEntropy
     from gradparity.pipelines.layers import compare
     from gradparity.report.merge import merge_reports
 
@@ -199,7 +200,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 setup = zoo.build(model, seed)
             except KeyError as exc:
                 raise InputError(exc.args[0]) from exc
-            ours, loss, name = setup.ours, None, setup.name
+            # The built-in networks' own loss is ours' softmax cross-entropy: it is checked.
+            ours, loss, name = setup.ours, SoftmaxCrossEntropy(), setup.name
             if args.bug:
                 ours, loss = _inject(ours, args.bug)
                 name = f"{setup.name}+{args.bug}"
@@ -278,6 +280,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from gradparity.data import batches, load_dataset
+    from gradparity.ours import SoftmaxCrossEntropy
     from gradparity.pipelines.training import compare_training
     from gradparity.reference import mirror
 
@@ -307,6 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ),
         ours_optimizer=ours_opt,
         reference_optimizer=ref_opt,
+        ours_loss=SoftmaxCrossEntropy(),  # the built-in network's own loss: checked
         dtype=args.dtype,
         seed=args.seed,
         validation=(data.x_val, data.y_val),

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from gradparity.core.losses import loss_meta
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.core.plan import Captures
 from gradparity.core.tolerance import tolerance_for
@@ -104,6 +105,7 @@ def compare(
     layers = named_layers(ours_model)
     x = prepare_input(x, dtype)
     target = prepare_target(target, x.shape[0], dtype)
+    given = (ours_loss is not None, reference_loss is not None)
     ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
     check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     rng = np.random.default_rng(seed)
@@ -176,7 +178,10 @@ def compare(
                 note_chain_stops,
             ],
             locators=[locate_layers, lint_isolated],
-            meta={"isolate_upstream": "seeded random normal"},
+            meta={
+                **loss_meta(ours_loss, reference_loss, *given),
+                "isolate_upstream": "seeded random normal",
+            },
             notes=weight_notes + layout_notes,
             fields={"conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params]},
         )

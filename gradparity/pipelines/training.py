@@ -24,6 +24,7 @@ from torch import nn
 
 from gradparity.core.errors import InputError
 from gradparity.core.finding import Finding
+from gradparity.core.losses import loss_meta
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, TrainingOptions, with_options
 from gradparity.core.plan import Captures
 from gradparity.core.records import USER_ERRORS, real_array
@@ -116,6 +117,7 @@ def compare_training(
     tdtype = TORCH_DTYPES[dtype]
     if validation is not None:
         validation = check_validation(validation, dtype)
+    given = (ours_loss is not None, reference_loss is not None)
     ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
     if not isinstance(reference_model, nn.Module):
         raise InputError(
@@ -191,7 +193,8 @@ def compare_training(
             batch_size=batch, sides=[], pair=lambda captures: list(kept),
             locators=[lambda ctx: ctx.root_causes.extend(findings)],
             meta={
-                "steps": len(history), "ours_optimizer": _describe(ours_opt),
+                **loss_meta(ours_loss, reference_loss, *given), "steps": len(history),
+                "ours_optimizer": _describe(ours_opt),
                 "reference_optimizer": type(ref_opt).__name__,
             },
             fields={

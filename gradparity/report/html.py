@@ -12,7 +12,7 @@ import base64
 import json
 import re
 
-from gradparity.core import escape
+from gradparity.core import escape, losses
 from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import json_value
@@ -27,6 +27,8 @@ h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { border-bottom: 1px solid #d
        padding-bottom: .2rem; margin-top: 2rem; }
 .verdict { padding: .8rem 1rem; border-radius: 6px; font-size: 1.15rem; font-weight: 600; }
 .verdict.ok { background: #e6f4e6; border-left: 6px solid #2f8f3a; }
+.notice { background: #fff6dd; border-left: 6px solid #d49b00; border-radius: 6px;
+          padding: .5rem 1rem; } .loss { color: #555; margin: .4rem 0; }
 .verdict.bad { background: #fbe9e9; border-left: 6px solid #c62828; }
 .finding { border: 1px solid #e3c2c2; border-left: 6px solid #c62828; border-radius: 6px;
            padding: .6rem 1rem; margin: .8rem 0; background: #fffafa; }
@@ -170,6 +172,11 @@ def _sections(report, plots: list[tuple[str, bytes, str]]) -> list[str]:
         lead = f": fix {_e(place(first.layer, first.quantity))} first" if first else ""
         verdict = f'<p class="verdict bad">{_e(report.verdict())}{lead}</p>'
     sections = [f"<h1>gradparity report: {_e(name)}</h1>", verdict]
+    loss, unchecked = losses.loss_line(report.meta), losses.unchecked_notice(report.meta)
+    if loss:
+        sections.append(f'<p class="loss">{_e(loss)}</p>')
+    if unchecked:
+        sections.append(f'<p class="notice"><strong>Not checked:</strong> {_e(unchecked)}</p>')
     if report.root_causes:
         sections.append(
             '<section id="root-causes"><h2>Root causes</h2>'

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from gradparity.core import escape
+from gradparity.core import escape, losses
 from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import json_value
@@ -68,6 +68,9 @@ def render(report: Report, plot_files: list[str] | None = None) -> str:
     md = escape.markdown
     out = [f"# gradparity report: {md(report.meta.get('model', 'model'))}", ""]
     out += [f"**{md(report.verdict())}**", ""]
+    loss, unchecked = losses.loss_line(report.meta), losses.unchecked_notice(report.meta)
+    out += [md(loss), ""] if loss else []
+    out += [f"**Not checked:** {md(unchecked)}", ""] if unchecked else []
     if report.root_causes:
         out += ["## Root causes", ""]
         out += [

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from gradparity.core import escape
+from gradparity.core import escape, losses
 from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
@@ -200,19 +200,29 @@ class Report:
             return f"Parity OK: {self.scope()}, {len(self.rows)} tensors within tolerance"
         return f"Divergence: {len(self.root_causes)} root cause(s)"
 
+    def loss_lines(self) -> list[str]:
+        """The loss each side ran, and, when ours' was gradparity's default, that the user's
+        own loss was not checked (one line each; none for a report that names no loss)."""
+        loss, unchecked = losses.loss_line(self.meta), losses.unchecked_notice(self.meta)
+        return ([loss] if loss else []) + ([f"! {unchecked}"] if unchecked else [])
+
     def summary(self) -> str:
         """Lines for a terminal, as ``gradparity check`` prints them but never coloured: the
-        verdict, then for a divergence the compact table of the problem rows and each root
-        cause's message (``gradparity.report.terminal``); control characters in names are
-        shown as codes."""
+        verdict, the loss each side ran (and whether the user's own loss went unchecked), then
+        for a divergence the compact table of the problem rows and each root cause's message
+        (``gradparity.report.terminal``); control characters in names are shown as codes."""
         name = self.meta.get("model", "model")
+        lines = [f"  {line}" for line in self.loss_lines()]
         if self.ok:
-            return escape.terminal(
+            head = (
                 f"{name}: parity OK ({self.scope()}, {len(self.rows)} tensors, "
                 f"{self.dtype}, rtol {self.tolerance.rtol:g})"
             )
-        first = escape.terminal(f"{name}: {len(self.root_causes)} root cause(s)")
-        return "\n".join([first, *terminal.problem_lines(self, colour=False)])
+            return "\n".join(map(escape.terminal, [head, *lines]))
+        first = f"{name}: {len(self.root_causes)} root cause(s)"
+        return "\n".join(
+            [*map(escape.terminal, [first, *lines]), *terminal.problem_lines(self, colour=False)]
+        )
 
     def _repr_html_(self) -> str:
         """The report in a Jupyter notebook: verdict, root causes, the table and the plots

@@ -65,10 +65,13 @@ def problem_lines(report, colour: bool = False) -> list[str]:
 
 
 def render(report, colour: bool = False) -> str:
-    """Verdict line; for a divergence, the problem rows (root causes first, at most
-    ``tables.TERMINAL_ROWS``) and each root cause's message with its fix."""
+    """Verdict line, the loss each side ran (``Report.loss_lines``); for a divergence, the
+    problem rows (root causes first, at most ``tables.TERMINAL_ROWS``) and each root cause's
+    message with its fix."""
     name = report.meta.get("model", "model")
     if report.ok:
-        return _paint(report.summary(), "ok", colour)  # summary() escapes its lines
+        head, *rest = report.summary().split("\n")  # summary() escapes its lines
+        return "\n".join([_paint(head, "ok", colour), *rest])
     lines = [_paint(escape.terminal(f"{name}: {report.verdict()}"), "root_cause", colour)]
+    lines += [escape.terminal(f"  {line}") for line in report.loss_lines()]
     return "\n".join([*lines, *problem_lines(report, colour)])

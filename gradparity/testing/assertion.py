@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradparity.core import escape
+from gradparity.core import escape, losses
 from gradparity.core.address import place
 from gradparity.core.errors import InputError
 from gradparity.core.finding import Finding
@@ -134,8 +134,9 @@ def _table(rows: list[Row], max_rows: int) -> list[str]:
 
 def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS) -> str:
     """Why ``report`` is not ok, for a test failure: the first root cause's message (place,
-    what is wrong, the fix) on line 1, the other root causes, that cause's numbers, the
-    chain run's first divergence and a table of at most ``max_rows`` non-ok rows."""
+    what is wrong, the fix) on line 1, the other root causes, that cause's numbers, whether
+    the user's own loss went unchecked (gradparity's default ran on ours' side), the chain
+    run's first divergence and a table of at most ``max_rows`` non-ok rows."""
     roots = report.root_causes
     if roots:
         lines = [f"gradparity: {roots[0].message}"]
@@ -146,6 +147,8 @@ def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS)
     row = _evidence_row(report, roots[0]) if roots else None
     if row is not None and row.diverged:
         lines += _value_block(report, roots[0], row)
+    unchecked = losses.unchecked_notice(report.meta)
+    lines += [f"Not checked: {unchecked}"] if unchecked else []
     tol = report.tolerance
     lines.append(f"Tolerance: rtol {tol.rtol:g}, atol {tol.atol:g} ({report.dtype})")
     first = [
