@@ -24,6 +24,7 @@ from gradparity.core.validate import (
     quiet_arithmetic,
 )
 from gradparity.engine import Entry, Plan, numpy_side, run
+from gradparity.evidence.batch_rerun import BatchRerun
 from gradparity.evidence.explain import (
     Referee,
     StaleProbe,
@@ -173,6 +174,7 @@ def compare(
             evidence=[
                 keep_values,
                 StaleProbe(tdtype),
+                BatchRerun(tdtype, target, reference_loss),
                 jacobian_probe,
                 Referee(target, reference_loss),
                 note_chain_stops,

@@ -14,11 +14,17 @@ several steps or the call itself.
 "Matches" always means ``tol.matches(x, hypothesis)``: the hypothesis (``-ref``,
 ``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the
 tolerance scales with it. A fitted factor counts as ``1``, ``-1``, ``N`` or ``1/N`` within
-``max(1e-6, 10 * tol.rtol)`` relative. ``detail`` holds only JSON values; an infinite or NaN
-statistic is stored as ``None``.
+``max(1e-6, 10 * tol.rtol)`` relative. One element always fits some factor: it is ``scaled``
+only when it matches c times the reference for an integer c (or 1/c) of 2 .. 32
+(``_SIMPLE_FACTORS``). A ``batch_reduction`` whose factor also equals another constant of the
+layer (a channel count, a pool area) says so (detail ``also_equals``); ``compare`` re-runs it
+at another batch size (``gradparity.evidence.batch_rerun``). ``detail`` holds only JSON
+values; an infinite or NaN statistic is stored as ``None``.
 """
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import numpy as np
 
@@ -46,7 +52,17 @@ from gradparity.core.labels import (
 )
 from gradparity.core.tolerance import Tolerance
 
-__all__ = ["LABELS", "Diagnosis", "describe_location", "diagnose"]
+__all__ = [
+    "LABELS",
+    "Diagnosis",
+    "close_factor",
+    "coincidence_phrase",
+    "describe_location",
+    "diagnose",
+    "either",
+    "fit_factor",
+    "structural_constants",
+]
 
 
 def diagnose(
@@ -194,6 +210,16 @@ def _close(a: float, b: float, tol: Tolerance) -> bool:
     return abs(a - b) <= max(1e-6, 10 * tol.rtol) * abs(b)
 
 
+def fit_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> float | None:
+    """Least-squares f with ``o`` matching f * ``r`` under ``tol``, else None."""
+    return _fit_factor(o, r, tol)
+
+
+def close_factor(a: float, b: float, tol: Tolerance) -> bool:
+    """A fitted factor ``a`` counts as ``b`` (the closeness of the module docstring)."""
+    return _close(a, b, tol)
+
+
 def _batch_reduction(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     n = ctx.batch_size
     if n is None or n <= 1:
@@ -229,12 +255,18 @@ def _batch_reduction(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis |
         message += ", or divides by the batch size twice"
     detail = {"factor": f, "batch_size": int(n), "ours_reduction": ours_red,
               "ref_reduction": ref_red}  # fmt: skip
+    also = structural_constants(o.shape, n, ctx.kind, ctx.upstream, ctx.param_shape)
+    if also:
+        detail["also_equals"] = also
+        message += coincidence_phrase(also, n)
     return Diagnosis(BATCH_REDUCTION, detail, message, fix, ours_reduction=ours_red)
 
 
 def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
-    # One element always fits some factor, so there a fit says nothing.
-    f = _fit_factor(o, r, ctx.tol) if o.size > 1 else None
+    # One element always fits some factor, so there only a simple exact one says something.
+    if o.size == 1:
+        return _scaled_scalar(o, r, ctx)
+    f = _fit_factor(o, r, ctx.tol)
     if f is None or _close(f, 1.0, ctx.tol) or _close(f, -1.0, ctx.tol):
         return None
     if ctx.kind in ("param", "state"):  # an update or optimiser state: not calculus
@@ -260,6 +292,103 @@ def _scaled(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
         {"factor": f, "residual": residual},
         f"values are {_fmt(f)} times the reference's",
         fix + ("; the sign is flipped as well" if f < 0 else ""),
+    )
+
+
+# ---------------------------------------------------------------- one element
+
+# A scalar's ratio is "exact" when ours matches c times the reference under the comparison's
+# own tolerance for c (or -c) an integer 2 .. 32 or its inverse: a count the value was averaged
+# or summed over (classes, outputs, elements per example, N x C), or a term counted k times.
+# Only these: a ratio such as 3/2 has no count behind it and is left to ``unexplained``'s
+# near-factor note. A random ratio falls in one of these 62 windows, each about 4 * rtol
+# relative wide, with a chance of about 1e-5 at float64's rtol (1e-2 at float32's); the batch
+# size and its inverse are tested first, by ``_batch_reduction``.
+_MAX_SIMPLE = 32
+_SIMPLE_FACTORS = [
+    Fraction(k) if inverse == 1 else Fraction(1, k)
+    for k in range(2, _MAX_SIMPLE + 1)
+    for inverse in (1, -1)
+]
+
+
+def _exact_scalar_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> Fraction | None:
+    """The simplest c of ``_SIMPLE_FACTORS`` (or its negative) with ours matching c * ref."""
+    ov, rv = float(o.reshape(-1)[0]), float(r.reshape(-1)[0])
+    if not (np.isfinite(ov) and np.isfinite(rv)) or rv == 0.0 or ov == 0.0:
+        return None
+    sign = 1 if (ov > 0) == (rv > 0) else -1
+    for c in _SIMPLE_FACTORS:
+        if tol.matches(o, sign * float(c) * r):
+            return sign * c
+    return None
+
+
+def _scaled_scalar(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    c = _exact_scalar_factor(o, r, ctx.tol)
+    if c is None:
+        return None
+    ratio = float(o.reshape(-1)[0]) / float(r.reshape(-1)[0])
+    text = str(c)  # "3", "-1/18"
+    inverse = abs(c.numerator) == 1
+    what = f"{'-' if c < 0 else ''}1/{c.denominator} of" if inverse else f"{text} times"
+    fix = (
+        f"find the extra factor of {text}: a loss averaged over a different count (all elements "
+        "instead of the batch, or the reverse), a wrong constant, or a term counted twice"
+    )
+    return Diagnosis(
+        SCALED,
+        {"factor": ratio, "exact_factor": text, "numel": 1},
+        f"the value is {what} the reference's (ours {_fmt(o.reshape(-1)[0])}, reference "
+        f"{_fmt(r.reshape(-1)[0])}): {text} exactly, to the tolerance",
+        fix + ("; the sign is flipped as well" if c < 0 else ""),
+    )
+
+
+# ---------------------------------------------------------------- coincident constants
+
+
+def structural_constants(
+    shape: tuple[int, ...],
+    n: int,
+    kind: str,
+    upstream: np.ndarray | None = None,
+    param_shape: tuple[int, ...] | None = None,
+) -> list[str]:
+    """The layer's constants besides the batch size that equal ``n``, as phrases ("the
+    channel count (4)"), from the quantity's shape, its upstream gradient and its parameter's
+    shape: a factor of n may come from any of them."""
+    names: list[str] = []
+    if kind in ("grad_input", "output") and len(shape) >= 2:
+        per = {2: ["feature count"], 3: ["channel count", "length"],
+               4: ["channel count", "height", "width"]}.get(len(shape), [])  # fmt: skip
+        names += [f"the {name} ({d})" for name, d in zip(per, shape[1:]) if d == n]
+        if len(shape) >= 3 and int(np.prod(shape[1:])) == n:
+            names.append(f"the number of elements per example ({n})")
+        if kind == "grad_input" and upstream is not None and upstream.size:
+            total, out = int(np.prod(shape)), int(upstream.size)
+            if total % out == 0 and total // out == n:
+                names.append(f"the number of inputs per output element ({n}, e.g. a pool area)")
+    elif kind == "grad" and param_shape is not None:
+        names += [f"the parameter's dimension {i} ({d})" for i, d in enumerate(param_shape)
+                  if d == n]  # fmt: skip
+    return names
+
+
+def either(phrases: list[str]) -> str:
+    """ "a", "a or b", "a, b or c"."""
+    return (
+        " or ".join([", ".join(phrases[:-1]), phrases[-1]])
+        if len(phrases) > 1
+        else "".join(phrases)
+    )
+
+
+def coincidence_phrase(constants: list[str], n: int) -> str:
+    """The message's note that a factor of ``n`` may be another constant than the batch size."""
+    return (
+        f"; the factor also equals {either(constants)}, not only the batch size: only a run "
+        "at another batch size tells which"
     )
 
 
