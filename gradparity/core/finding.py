@@ -21,9 +21,15 @@ class Finding:
     step: int | None = None
     problem: str = ""  # the message's "what is wrong" part, without place and fix
     fix: str = ""  # the message's advice part
+    # Where to read in the user's code: {"file", "first_line", "last_line"} (core.source);
+    # None for code without source. report.json leaves it out when None.
+    source: dict | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["source"] is None:
+            del out["source"]
+        return out
 
 
 def finding_detail(row: Row) -> dict:

@@ -11,7 +11,9 @@ their rows are ``inherited``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from gradparity.core.labels import BATCH_REDUCTION
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.plan import Context
 from gradparity.core.row import Row
+from gradparity.core.source import source_of, source_span
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence.lint_findings import aliased, gradient_shape, mutation, raised, raised_row
@@ -140,9 +143,34 @@ def _batch_convention(
     )
 
 
-def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Finding]:
+def _between(
+    sites: dict[str, tuple[str, int]], before: str | None, tap: str, whole: dict | None
+) -> dict | None:
+    """The lines between the agreeing tap ``before`` and the diverging ``tap`` (from the
+    function's first line when no tap agrees); the function's own lines (``whole``) when the
+    tap's site is unknown."""
+    site = sites.get(tap)
+    if site is None or not os.path.isfile(site[0]):  # unknown, or code compiled from a string
+        return whole
+    file, line = site
+    start = sites.get(before) if before is not None else None
+    if start is not None and start[0] == file:
+        return source_span(file, min(start[1], line), max(start[1], line))
+    if whole is not None and start is None and source_span(file, line)["file"] == whole["file"]:
+        return source_span(file, min(whole["first_line"], line), line)
+    return source_span(file, line)
+
+
+def _tap_roots(
+    forward: list[Row],
+    backward: list[Row],
+    arrays: dict,
+    sites: dict[str, tuple[str, int]] | None = None,
+    whole: dict | None = None,
+) -> list[Finding]:
     """The chain of taps (forward, loss, then gradients): the first divergence is the root
-    cause, the later ones ``inherited``; statuses set in place."""
+    cause, the later ones ``inherited``; statuses set in place. A tap's root cause gets the
+    lines between the bracketing taps (``sites``: tap name -> call site)."""
     roots: list[Finding] = []
     agreeing: dict[bool, str | None] = {False: None, True: None}
     for row in forward + backward:
@@ -154,7 +182,10 @@ def _tap_roots(forward: list[Row], backward: list[Row], arrays: dict) -> list[Fi
         else:
             row.status = Status.ROOT_CAUSE
             values = arrays.get((row.layer, row.quantity), {})
-            roots.append(_tap_finding(row, is_backward, agreeing[is_backward], values))
+            found = _tap_finding(row, is_backward, agreeing[is_backward], values)
+            if row.type != "loss":
+                found.source = _between(sites or {}, agreeing[is_backward], row.layer, whole)
+            roots.append(found)
     return roots
 
 
@@ -242,6 +273,7 @@ class FunctionLocator:
     fn: str
     mapped: set[str]  # the taps tap_map names
     has_reference: bool
+    code: Any = field(default=None, compare=False)  # the user's function, for source lines
 
     def __call__(self, ctx: Context) -> None:
         run: UserRun = ctx.captures["run"]
@@ -258,7 +290,8 @@ class FunctionLocator:
         convention = _batch_convention(backward, param_rows, ctx.arrays, ctx.tolerance)
         if convention is not None:
             ctx.notes.append(convention)
-        roots += _tap_roots(forward, backward, ctx.arrays)
+        whole = source_of(self.code) if self.code is not None else None
+        roots += _tap_roots(forward, backward, ctx.arrays, run.tap_sites, whole)
         diverging = [r for r in param_rows if r.diverged]
         param_found, deepest_note = _param_roots(diverging, backward, depth)
         roots += param_found
@@ -271,6 +304,9 @@ class FunctionLocator:
         unmapped, tap_notes = _tap_notes(
             run, self.mapped, self.has_reference, bool(diverging), bool(backward)
         )
+        for found in roots:
+            if found.source is None and found.layer not in run.tap_sites:
+                found.source = whole
         ctx.root_causes += roots
         ctx.notes += tap_notes
         # Aliased gradients, and gradients whose shape only an update's broadcast accepts.

@@ -10,10 +10,12 @@ from that forward, not a second root cause.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from gradparity.core.finding import Finding, finding_from_row
 from gradparity.core.row import Row
+from gradparity.core.source import source_of
 from gradparity.core.status import Status
 
 if TYPE_CHECKING:
@@ -67,3 +69,19 @@ def locate_layers(ctx: Context) -> None:
     chain = ctx.rows_of("chain")
     ctx.root_causes += locate(chain, ctx.rows_of("isolate"))
     ctx.fields["first_divergence"] = first_divergence(chain)
+
+
+def source_locator(
+    layers: dict[str, Any], code: Callable[[Any, str], Any]
+) -> Callable[[Context], None]:
+    """A locator giving each root cause of a layer in ``layers`` (name -> ours' layer) the
+    source of the code behind its quantity (``code(layer, quantity)``): backward for a
+    gradient, forward for an output."""
+
+    def add_sources(ctx: Context) -> None:
+        for found in ctx.root_causes:
+            layer = layers.get(found.layer)
+            if layer is not None and found.source is None:
+                found.source = source_of(code(layer, found.quantity))
+
+    return add_sources

@@ -133,7 +133,7 @@ def compare_function(
             x_warm=x_warm, rng=rng, meta={"model": name or fn, "seed": seed},
             batch_size=batch_size, rtol=rtol, atol=atol,
         )  # fmt: skip
-        return _judged_report(fn, captures["run"], judged, seed)
+        return _judged_report(fn, captures["run"], judged, seed, grads)
     batch = batch_size or (int(side.rx.shape[0]) if side.rx.ndim > 1 else 1)
     evidence: list[Evidence] = [penalty_term, loss_advice, RepeatedCalls(x_warm)]
     if loss_fn is not None:
@@ -154,7 +154,7 @@ def compare_function(
             sides=[ours, side],
             pair=FunctionPairing(fn, side, batch),
             evidence=[*evidence, reference_notes],
-            locators=[FunctionLocator(fn, set(side.tap_specs), has_reference=True)],
+            locators=[FunctionLocator(fn, set(side.tap_specs), has_reference=True, code=grads)],
             meta={
                 "examples_as": "columns" if side.columns else "rows",
                 "reference": type(side.model).__name__,
@@ -167,7 +167,9 @@ def compare_function(
     )
 
 
-def _judged_report(fn: str, user_run: UserRun, judged: dict[str, Any], seed: int) -> Report:
+def _judged_report(
+    fn: str, user_run: UserRun, judged: dict[str, Any], seed: int, code: Any = None
+) -> Report:
     """The report of rows judged by the central-difference referee (``numeric_rows``): a plan
     whose pairing step hands the engine those rows, located by the function locator."""
     meta = judged["meta"]
@@ -189,7 +191,7 @@ def _judged_report(fn: str, user_run: UserRun, judged: dict[str, Any], seed: int
             sides=[side],
             pair=lambda captures: list(judged["rows"]),
             evidence=[values],
-            locators=[FunctionLocator(fn, set(), has_reference=False)],
+            locators=[FunctionLocator(fn, set(), has_reference=False, code=code)],
             meta={k: v for k, v in meta.items() if k not in COMMON_META},
             notes=judged["notes"],
         )

@@ -33,14 +33,14 @@ from gradparity.evidence.explain import (
     note_chain_stops,
 )
 from gradparity.evidence.lints import lint_isolated
-from gradparity.locate.layers import locate_layers
+from gradparity.locate.layers import locate_layers, source_locator
 from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
 from gradparity.pairing.layer_entries import run_entries
 from gradparity.pairing.params import sync_parameters, to_reference
 from gradparity.pairing.square import pair_parameters
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
-from gradparity.sides.adapt import model_name, named_layers, params_of
+from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
 from gradparity.sides.isolation import run_isolation
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
 from gradparity.sides.run_torch import TORCH_DTYPES
@@ -179,7 +179,11 @@ def compare(
                 Referee(target, reference_loss),
                 note_chain_stops,
             ],
-            locators=[locate_layers, lint_isolated],
+            locators=[
+                locate_layers,
+                lint_isolated,
+                source_locator({**dict(layers), "loss": ours_loss}, layer_code),
+            ],
             meta={
                 **loss_meta(ours_loss, reference_loss, *given),
                 "isolate_upstream": "seeded random normal",

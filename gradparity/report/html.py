@@ -17,6 +17,7 @@ from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import json_value
 from gradparity.core.row import DISPLAY_COLUMNS, Row
+from gradparity.core.source import source_text, where
 from gradparity.core.status import STATUS_RANK, Status
 from gradparity.report import tables
 
@@ -63,10 +64,22 @@ def _finding(f: Finding, kind: str = "") -> str:
     return (
         f'<article class="finding {kind}"><h3>{_e(place(f.layer, f.quantity))}'
         f'<span class="label">{_e(f.diagnosis)}</span></h3>'
-        f'<p class="message">{_e(problem)}</p>{fix}'
+        f'<p class="message">{_e(problem)}</p>{fix}{_source(f.source)}'
         f"<details><summary>numbers ({_e(f.mode)} mode)</summary><pre>{_e(detail)}</pre>"
         "</details></article>"
     )
+
+
+def _source(source: dict | None) -> str:
+    """Where to read: ``file:line`` and the first lines there (read now; none when the file
+    is not readable from here)."""
+    if not source:
+        return ""
+    lines = source_text(source)
+    width = len(str(lines[-1][0])) if lines else 0
+    code = "\n".join(f"{n:>{width}}  {text}" for n, text in lines)
+    shown = f'<pre class="source">{_e(code)}</pre>' if lines else ""
+    return f'<p class="where"><strong>Source:</strong> {_e(where(source))}</p>{shown}'
 
 
 def _cell(value: object) -> str:

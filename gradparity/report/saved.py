@@ -93,10 +93,28 @@ _ROW_FIELDS: dict[str, Callable[[Any], Any]] = {
     "diagnosis": _maybe(_text),
     "step": _maybe(_whole),
 }
+
+
+def _source(value: Any) -> dict:
+    """A finding's source entry: {"file": text, "first_line": n, "last_line": m}, n <= m."""
+    value = _object(value)
+    if set(value) != {"file", "first_line", "last_line"}:
+        raise Refused(f"expected file, first_line and last_line, got {sorted(value)}")
+    file, first, last = (
+        _text(value["file"]),
+        _whole(value["first_line"]),
+        _whole(value["last_line"]),
+    )
+    if not file or "\x00" in file or not 1 <= first <= last:
+        raise Refused("not a file and a range of lines")
+    return {"file": file, "first_line": first, "last_line": last}
+
+
 _FINDING_FIELDS: dict[str, Callable[[Any], Any]] = {
     **dict.fromkeys(("layer", "quantity", "diagnosis", "message", "mode", "problem", "fix"), _text),
     "detail": _object,
     "step": _maybe(_whole),
+    "source": _maybe(_source),
 }
 # The keys the design fixes (report.json schema); the others have defaults.
 _ROW_REQUIRED = {"mode", "layer", "type", "quantity", "shape_ours", "shape_ref", "status"}

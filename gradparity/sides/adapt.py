@@ -218,3 +218,14 @@ def named_layers(model: Any) -> list[tuple[str, Any]]:
 def model_name(model: Any) -> str:
     """A name for reports: the class name, or "model" for a plain list of layers."""
     return "model" if isinstance(model, (list, tuple)) else type(model).__name__
+
+
+def layer_code(layer: Any, quantity: str) -> Any:
+    """The code behind one of a layer's quantities: ``forward`` for its output, ``backward``
+    for a gradient; for a :func:`wrap`-adapted object, the wrapped object's method or the
+    callable given. None when there is none."""
+    role = "forward" if quantity == "output" else "backward"
+    if isinstance(layer, Wrapped):
+        accessor = layer._forward if role == "forward" else layer._backward
+        return accessor if callable(accessor) else getattr(layer.obj, accessor, None)
+    return getattr(layer, role, None)

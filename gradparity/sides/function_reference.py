@@ -129,6 +129,7 @@ class FunctionReference:
         run, warm_run = captures["run"], captures["warm_run"]
         for record in (run, warm_run):
             record.taps = follow_map(record.taps, list(self.tap_specs))
+            record.tap_sites = follow_map(record.tap_sites, list(self.tap_specs))
         run.bad_taps = follow_map(run.bad_taps, list(self.tap_specs))
         notes = captures.setdefault("notes", [])
         missing = [t for t in self.tap_specs if t not in run.taps and t not in run.bad_taps]

@@ -39,6 +39,8 @@ class UserRun:
     # by parameter name, and by tap name. Each is a finding; the other values are compared.
     bad_grads: dict[str, dict] = field(default_factory=dict)
     bad_taps: dict[str, dict] = field(default_factory=dict)
+    # Where each tap was called: tap name -> (file, line).
+    tap_sites: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def run_user(
@@ -66,8 +68,9 @@ def run_user(
         if not same_values(used, np.asarray(given))
     ]
     recorded, bad_taps = _split(taps.named(log))
+    sites = taps.sites(log)
     if error is not None:
-        return UserRun(None, recorded, error, mutated, bad_taps=bad_taps)
+        return UserRun(None, recorded, error, mutated, bad_taps=bad_taps, tap_sites=sites)
     returned_grads = match_grads(params, returned)
     aliases = [
         f"the gradient of {g} shares memory with parameter {p}"
@@ -81,7 +84,7 @@ def run_user(
             for name, value in returned_grads.items()
         }
     )
-    return UserRun(grads, recorded, None, mutated, aliases, bad_grads, bad_taps)
+    return UserRun(grads, recorded, None, mutated, aliases, bad_grads, bad_taps, sites)
 
 
 def _checked(value: Any, what: str, quantity: str) -> np.ndarray | BadValue:

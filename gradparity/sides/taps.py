@@ -3,11 +3,13 @@
 Outside a comparison ``tap`` only returns its argument (one context-variable read, about 80 ns),
 so taps can stay in the code for good. A name tapped several times in one call (a tap inside a
 loop) becomes ``name[0]``, ``name[1]``, ... in call order; a name tapped once keeps its plain
-name.
+name. Each recorded tap also records its call site (file, line), so a root cause between two
+taps can name the lines between them.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,10 +21,18 @@ from gradparity.core.records import BadValue, real_array
 
 T = TypeVar("T")
 
+
+class TapLog(list[tuple[str, "np.ndarray | BadValue"]]):
+    """The taps of one recording, (name, copy) in call order; ``sites``: each one's call
+    site, (file, line), in the same order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: list[tuple[str, int]] = []
+
+
 # Per thread and per asyncio task: comparisons running side by side never share a log.
-_active: ContextVar[list[tuple[str, np.ndarray | BadValue]] | None] = ContextVar(
-    "gradparity_taps", default=None
-)
+_active: ContextVar[TapLog | None] = ContextVar("gradparity_taps", default=None)
 
 
 def tap(name: str, array: T) -> T:
@@ -37,14 +47,16 @@ def tap(name: str, array: T) -> T:
         except BadValue as exc:
             value = exc
         log.append((str(name), value))
+        caller = sys._getframe(1)
+        log.sites.append((caller.f_code.co_filename, caller.f_lineno))
     return array
 
 
 @contextmanager
-def recording() -> Iterator[list[tuple[str, np.ndarray | BadValue]]]:
-    """Collect every ``tap`` made inside the block, as (name, copy) in call order; an
-    enclosing recording gets none of them and resumes afterwards."""
-    log: list[tuple[str, np.ndarray | BadValue]] = []
+def recording() -> Iterator[TapLog]:
+    """Collect every ``tap`` made inside the block, as (name, copy) in call order (and their
+    call sites); an enclosing recording gets none of them and resumes afterwards."""
+    log = TapLog()
     token = _active.set(log)
     try:
         yield log
@@ -74,3 +86,8 @@ def follow_map(recorded: dict[str, T], wanted: list[str]) -> dict[str, T]:
     return {
         f"{n}[0]" if f"{n}[0]" in wanted and n not in wanted else n: v for n, v in recorded.items()
     }
+
+
+def sites(log: TapLog) -> dict[str, tuple[str, int]]:
+    """The call site (file, line) of each recorded tap, by the final name ``named`` gives."""
+    return named([(name, site) for (name, _), site in zip(log, log.sites, strict=True)])

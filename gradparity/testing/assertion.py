@@ -21,6 +21,7 @@ from gradparity.core.errors import InputError
 from gradparity.core.finding import Finding
 from gradparity.core.metrics import first_largest
 from gradparity.core.row import Row
+from gradparity.core.source import where
 from gradparity.core.validate import check_seed, prepare_input
 from gradparity.pipelines.function import compare_function
 from gradparity.pipelines.layers import compare
@@ -132,6 +133,11 @@ def _table(rows: list[Row], max_rows: int) -> list[str]:
     return tables.fixed_width(_TABLE_COLUMNS, cells) + ([f"... {hidden} more"] if hidden else [])
 
 
+def _at(finding: Finding) -> str:
+    """The " (at file:line)" after a root cause whose code has source, else nothing."""
+    return f" (at {where(finding.source)})" if finding.source else ""
+
+
 def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS) -> str:
     """Why ``report`` is not ok, for a test failure: the first root cause's message (place,
     what is wrong, the fix) on line 1, the other root causes, that cause's numbers, whether
@@ -139,8 +145,8 @@ def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS)
     run's first divergence and a table of at most ``max_rows`` non-ok rows."""
     roots = report.root_causes
     if roots:
-        lines = [f"gradparity: {roots[0].message}"]
-        lines += [f"  - [{f.diagnosis}] {f.message}" for f in roots[1:]]
+        lines = [f"gradparity: {roots[0].message}{_at(roots[0])}"]
+        lines += [f"  - [{f.diagnosis}] {f.message}{_at(f)}" for f in roots[1:]]
     else:
         lines = ["gradparity: ours and the reference diverge, but no single root cause was found"]
     lines += [f"  ! {w.message}" for w in report.warnings]
