@@ -111,7 +111,7 @@ def test_tap_targets_name_an_output_or_a_gradient(target, expected):
 
 
 def test_status_values_are_the_report_words():
-    assert [s.value for s in Status] == ["ok", "diverged", "root_cause", "inherited"]
+    assert [s.value for s in Status] == ["ok", "diverged", "root_cause", "inherited", "minor"]
     for status in Status:
         assert status == status.value and str(status) == status.value
         assert f"{status}" == status.value

@@ -19,6 +19,19 @@ ACCUMULATED = "accumulated"  # gradients not zeroed between steps
 STALE = "stale"  # equals an earlier step's or call's value
 MUTATES_INPUT = "mutates_input"
 RAISED = "raised"  # the code threw, or gave a value that cannot be compared
+# Named by the value and evidence tests added for issue 12 (each with a numeric test).
+WEIGHT_DECAY = "weight_decay"  # ours minus the reference is c times the parameter itself
+MASK_MISSING = "mask_missing"  # differs only where the reference is exactly 0
+MASK_INVERTED = "mask_inverted"  # zero patterns of the two sides are complementary
+EPSILON = "epsilon"  # minor: consistent with a small constant (log, sqrt, variance epsilon)
+REDUCTION_COUNT = "reduction_count"  # factor is a count (elements, features, N x C), not N
+TIED_MAXIMA = "tied_maxima"  # differs only in pooling windows whose maximum is tied
+UPSTREAM_IGNORED = "upstream_ignored"  # the local derivative alone, upstream not multiplied in
+ELEMENTWISE_DERIVATIVE = "elementwise_derivative"  # diagonal Jacobians whose diagonals differ
+MISSING_CROSS_TERMS = "missing_cross_terms"  # ours' Jacobian lacks the off-diagonal terms
+EXTRA_ACTIVATION_DERIVATIVE = "extra_activation_derivative"  # s (1 - s) multiplied in again
+GRADIENT_WRT_PROBABILITIES = "gradient_wrt_probabilities"  # dL/dp returned where dL/dz belongs
+NO_EFFECT = "no_effect"  # minor: a tap differs but nothing downstream of it does
 # The last resort, with the error statistics.
 UNEXPLAINED = "unexplained"
 # A warning, never a divergence: a function returned gradients that share memory.
@@ -39,5 +52,17 @@ LABELS = (
     SHAPE_MISMATCH,
     MUTATES_INPUT,
     RAISED,
+    WEIGHT_DECAY,
+    MASK_MISSING,
+    MASK_INVERTED,
+    EPSILON,
+    REDUCTION_COUNT,
+    TIED_MAXIMA,
+    UPSTREAM_IGNORED,
+    ELEMENTWISE_DERIVATIVE,
+    MISSING_CROSS_TERMS,
+    EXTRA_ACTIVATION_DERIVATIVE,
+    GRADIENT_WRT_PROBABILITIES,
+    NO_EFFECT,
     UNEXPLAINED,
 )
