@@ -121,7 +121,7 @@ def test_status_values_are_the_report_words():
 
 def test_status_rank_puts_problems_first():
     order = sorted(Status, key=STATUS_RANK.__getitem__)
-    assert order == [Status.ROOT_CAUSE, Status.DIVERGED, Status.INHERITED, Status.OK]
+    assert order == [Status.ROOT_CAUSE, Status.DIVERGED, Status.INHERITED, Status.MINOR, Status.OK]
 
 
 # ------------------------------------------------------------------ Row and Finding
