@@ -334,7 +334,7 @@ def test_error_only_on_diagonal_of_jacobian(rng):
 def test_relu_mask_inverted_makes_no_sign_claim_against_zeros(rng):
     x, upstream = rng.standard_normal((N, 6)), rng.standard_normal((N, 6))
     d = diagnose(upstream * (x < 0), upstream * (x > 0), TOL, quantity="grad_input")
-    assert d.label == "unexplained"
+    assert d.label == "mask_inverted"
     assert d.detail["sign_differs_frac"] == 0.0  # every differing element is 0 on one side
     assert "opposite sign" not in d.message
 
@@ -342,7 +342,7 @@ def test_relu_mask_inverted_makes_no_sign_claim_against_zeros(rng):
 def test_missing_relu_mask_is_named_from_the_reference_zeros(rng):
     z, upstream = rng.standard_normal((N, 6)), rng.standard_normal((N, 6))
     d = diagnose(upstream, upstream * (z > 0), TOL, quantity="grad_output")
-    assert d.label == "unexplained"
+    assert d.label == "mask_missing"
     assert d.detail["unmasked"] == int((z <= 0).sum())
     assert "where the reference is exactly 0, and the rest match: a mask is missing" in d.message
     assert "(z > 0)" in d.fix

@@ -469,7 +469,7 @@ def test_a_missing_mask_is_named():
     ref = np.array([[0.0, 1.5, 0.0], [2.0, 0.0, -1.0]])
     ours = np.array([[0.7, 1.5, -0.2], [2.0, 0.3, -1.0]])  # nonzero exactly where ref is 0
     d = diagnose(ours, ref, TOL, quantity="grad_input")
-    assert d.label == "unexplained"
+    assert d.label == "mask_missing"
     assert d.detail["unmasked"] == 3
     assert d.message.startswith("values differ in 3 of 6 elements (50.0%), only at ")
     assert "; all 3 differing elements are where the reference is exactly 0" in d.message

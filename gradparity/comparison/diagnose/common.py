@@ -143,3 +143,19 @@ def _at(index: tuple) -> str:
 
 def _fmt(x: float) -> str:
     return f"{float(x):.4g}"
+
+
+def _fit_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> float | None:
+    """Least-squares f of o ≈ f * r, or None unless o matches f * r under ``tol``."""
+    if not (np.isfinite(o).all() and np.isfinite(r).all()):
+        return None
+    rr = float(np.vdot(r, r))
+    f = float(np.vdot(o, r)) / rr if rr > 0 else 0.0
+    if f == 0.0 or not np.isfinite(f):
+        return None
+    return f if tol.matches(o, f * r) else None
+
+
+def _close(a: float, b: float, tol: Tolerance) -> bool:
+    """a equals b within the closeness for factors (the docstring of ``diagnose.values``)."""
+    return abs(a - b) <= max(1e-6, 10 * tol.rtol) * abs(b)

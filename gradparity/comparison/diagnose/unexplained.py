@@ -1,5 +1,7 @@
 """The last-resort diagnosis, ``unexplained``: the error statistics of a diverging pair, where
-its mismatches lie (``describe_location``) and what they look like, for a student to go on."""
+its mismatches lie (``describe_location``) and what they look like, for a student to go on.
+Where the zero patterns name a mask (``comparison.diagnose.masks``) the same statistics carry
+that label instead."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from gradparity.comparison.diagnose.common import (
     _num,
     _rel_norm,
 )
+from gradparity.comparison.diagnose.masks import mask_pattern
 from gradparity.core.labels import UNEXPLAINED
 from gradparity.core.metrics import first_largest
 
@@ -59,7 +62,8 @@ def describe_location(mismatch: np.ndarray) -> dict:
 
 def unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     """The last resort: the error statistics, where the mismatches lie, and what they look like
-    (a flipped kernel, a missing mask, a near-constant factor). o, r: equal shapes, float64."""
+    (a flipped kernel, a near-constant factor), labelled ``unexplained``, or ``mask_missing`` /
+    ``mask_inverted`` where the zero patterns say so. o, r: equal shapes, float64."""
     d = _diff(o, r, ctx.tol)
     errors = ctx.tol.errors(o, r)
     mismatch, err = errors.mismatch, errors.error
@@ -100,14 +104,12 @@ def unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
             "do not flip the kernel: torch's convolution is a cross-correlation, so "
             "dW[f, c] = sum over positions of (input window * upstream gradient)"
         )
-    unmasked = _unmasked(o, r, mismatch)
-    if unmasked:
-        detail["unmasked"] = unmasked
-        message += (
-            f"; all {unmasked} differing elements are where the reference is exactly 0, and "
-            "the rest match: a mask is missing"
-        )
-        fix = "multiply by the mask the reference applies, e.g. (z > 0) for a ReLU"
+    label = UNEXPLAINED
+    mask = mask_pattern(o, r, mismatch)
+    if mask is not None:
+        label, fix = mask.label, mask.fix
+        detail.update(mask.detail)
+        message += mask.phrase
     if region:
         fix += f"; the error is confined to {region[1]}"
     with np.errstate(invalid="ignore"):  # inf / inf where both sides share an infinity: nan
@@ -119,16 +121,7 @@ def unexplained(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
             f"; look for a factor of about {_fmt(factor)} that is not quite constant "
             "(an epsilon, or a correction such as Adam's 1 - beta**t)"
         )
-    return Diagnosis(UNEXPLAINED, detail, message, fix)
-
-
-def _unmasked(o: np.ndarray, r: np.ndarray, mismatch: np.ndarray) -> int:
-    """How many elements differ, when every one of them is an exact 0 of the reference (0 when
-    some differ elsewhere, or when the reference is 0 everywhere)."""
-    zero = r == 0
-    if not mismatch.any() or zero.all() or (mismatch & ~zero).any():
-        return 0
-    return int(mismatch.sum())
+    return Diagnosis(label, detail, message, fix)
 
 
 def _region(loc: dict, shape: tuple[int, ...]) -> tuple[str, str] | None:

@@ -3,13 +3,19 @@
 ``diagnose`` runs fixed numeric tests and returns the first that fits to the tolerance; a label
 is never guessed. Shapes differ: ``transposed`` (2-D, values match once transposed),
 ``not_reduced`` (an extra batch axis that sums, or averages, to the reference), else
-``shape_mismatch``. Shapes agree: ``nonfinite``, ``zero``, ``sign_flipped``,
-``batch_reduction``, ``scaled``, ``transposed`` (square), ``missing_local_derivative``, else
-``unexplained`` with the error statistics (``gradparity.comparison.diagnose.unexplained``).
-The shape tests live in ``gradparity.comparison.diagnose.shapes``; ``Diagnosis`` and the shared
-helpers in ``gradparity.comparison.diagnose.common``, the labels in ``gradparity.core.labels``.
-The harness assigns ``accumulated``, ``stale``, ``mutates_input`` and ``raised``: they need
-several steps or the call itself.
+``shape_mismatch``. Shapes agree, in this order: ``nonfinite``, ``zero``, ``sign_flipped``,
+``batch_reduction``, ``reduction_count`` (a factor that is another count of the quantity:
+features, N x C, elements, a pool area; ``comparison.diagnose.counts``), ``scaled``,
+``transposed`` (square), ``missing_local_derivative`` (ours equals the upstream gradient),
+``upstream_ignored`` (ours times the upstream gradient equals the reference), else the error
+statistics (``gradparity.comparison.diagnose.unexplained``), labelled ``mask_missing`` or
+``mask_inverted`` where the zero patterns say so (``comparison.diagnose.masks``), otherwise
+``unexplained``. The shape tests live in ``gradparity.comparison.diagnose.shapes``;
+``Diagnosis`` and the shared helpers in ``gradparity.comparison.diagnose.common``, the labels
+in ``gradparity.core.labels``. The harness assigns ``accumulated``, ``stale``,
+``mutates_input`` and ``raised``: they need several steps or the call itself; evidence steps
+that know the parameter's value assign ``weight_decay`` (``gradparity.evidence.penalty``) and
+``transposed`` from ``W @ dZ`` for ``W.T @ dZ`` (``gradparity.evidence.weight_access``).
 
 "Matches" always means ``tol.matches(x, hypothesis)``: the hypothesis (``-ref``,
 ``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the
@@ -32,11 +38,19 @@ from gradparity.comparison.diagnose.common import (
     _TRANSPOSE_FIX,
     Diagnosis,
     _at,
+    _close,
     _Context,
+    _fit_factor,
     _fmt,
     _num,
     _rel_norm,
     _shape,
+)
+from gradparity.comparison.diagnose.counts import (
+    coincidence_phrase,
+    either,
+    reduction_count,
+    structural_constants,
 )
 from gradparity.comparison.diagnose.shapes import _diagnose_shapes
 from gradparity.comparison.diagnose.unexplained import describe_location, unexplained
@@ -48,6 +62,7 @@ from gradparity.core.labels import (
     SCALED,
     SIGN_FLIPPED,
     TRANSPOSED,
+    UPSTREAM_IGNORED,
     ZERO,
 )
 from gradparity.core.tolerance import Tolerance
@@ -131,8 +146,8 @@ _SIGN_FIX["grad_input"] = _SIGN_FIX["grad"]
 
 def _diagnose_values(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     """Value tests in order; o and r have the same shape and do not match."""
-    for test in (_nonfinite, _zero, _sign_flipped, _batch_reduction, _scaled,
-                 _transposed_square, _missing_local_derivative):  # fmt: skip
+    for test in (_nonfinite, _zero, _sign_flipped, _batch_reduction, reduction_count, _scaled,
+                 _transposed_square, _missing_local_derivative, _upstream_ignored):  # fmt: skip
         found = test(o, r, ctx)
         if found is not None:
             return found
@@ -192,22 +207,6 @@ def _sign_flipped(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | No
         f"reference {_fmt(r[at])}{_at(at)})",
         ctx.hint(_SIGN_FIX),
     )
-
-
-def _fit_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> float | None:
-    """Least-squares f of o ≈ f * r, or None unless o matches f * r under ``tol``."""
-    if not (np.isfinite(o).all() and np.isfinite(r).all()):
-        return None
-    rr = float(np.vdot(r, r))
-    f = float(np.vdot(o, r)) / rr if rr > 0 else 0.0
-    if f == 0.0 or not np.isfinite(f):
-        return None
-    return f if tol.matches(o, f * r) else None
-
-
-def _close(a: float, b: float, tol: Tolerance) -> bool:
-    """a equals b within the closeness for factors given in the module docstring."""
-    return abs(a - b) <= max(1e-6, 10 * tol.rtol) * abs(b)
 
 
 def fit_factor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> float | None:
@@ -345,53 +344,6 @@ def _scaled_scalar(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | N
     )
 
 
-# ---------------------------------------------------------------- coincident constants
-
-
-def structural_constants(
-    shape: tuple[int, ...],
-    n: int,
-    kind: str,
-    upstream: np.ndarray | None = None,
-    param_shape: tuple[int, ...] | None = None,
-) -> list[str]:
-    """The layer's constants besides the batch size that equal ``n``, as phrases ("the
-    channel count (4)"), from the quantity's shape, its upstream gradient and its parameter's
-    shape: a factor of n may come from any of them."""
-    names: list[str] = []
-    if kind in ("grad_input", "output") and len(shape) >= 2:
-        per = {2: ["feature count"], 3: ["channel count", "length"],
-               4: ["channel count", "height", "width"]}.get(len(shape), [])  # fmt: skip
-        names += [f"the {name} ({d})" for name, d in zip(per, shape[1:]) if d == n]
-        if len(shape) >= 3 and int(np.prod(shape[1:])) == n:
-            names.append(f"the number of elements per example ({n})")
-        if kind == "grad_input" and upstream is not None and upstream.size:
-            total, out = int(np.prod(shape)), int(upstream.size)
-            if total % out == 0 and total // out == n:
-                names.append(f"the number of inputs per output element ({n}, e.g. a pool area)")
-    elif kind == "grad" and param_shape is not None:
-        names += [f"the parameter's dimension {i} ({d})" for i, d in enumerate(param_shape)
-                  if d == n]  # fmt: skip
-    return names
-
-
-def either(phrases: list[str]) -> str:
-    """ "a", "a or b", "a, b or c"."""
-    return (
-        " or ".join([", ".join(phrases[:-1]), phrases[-1]])
-        if len(phrases) > 1
-        else "".join(phrases)
-    )
-
-
-def coincidence_phrase(constants: list[str], n: int) -> str:
-    """The message's note that a factor of ``n`` may be another constant than the batch size."""
-    return (
-        f"; the factor also equals {either(constants)}, not only the batch size: only a run "
-        "at another batch size tells which"
-    )
-
-
 def _transposed_square(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
     if o.ndim != 2 or o.shape[0] != o.shape[1] or not ctx.tol.matches(o.T, r):
         return None
@@ -414,6 +366,23 @@ def _missing_local_derivative(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Di
         f"{ctx.noun} equals the upstream gradient: the local derivative was not multiplied in "
         f"(the reference differs from the upstream gradient by {_fmt(ref_vs_up)} relative)",
         _LOCAL_DERIVATIVE_FIX.get(ctx.layout, _LOCAL_DERIVATIVE_FIX[""]),
+    )
+
+
+def _upstream_ignored(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | None:
+    up = ctx.upstream
+    if ctx.kind != "grad_input" or up is None or up.shape != o.shape:
+        return None
+    if not ctx.tol.matches(o * up, r):
+        return None
+    return Diagnosis(
+        UPSTREAM_IGNORED,
+        # ours times the upstream is within tolerance: only ours' own distance says more
+        {"rel_norm": _num(_rel_norm(o, r))},
+        f"{ctx.noun} times the upstream gradient equals the reference's: ours returns the local "
+        "derivative alone, without grad_out",
+        "multiply the local derivative by grad_out (the upstream gradient), e.g. "
+        "grad_out * y * (1 - y) for a sigmoid, not y * (1 - y)",
     )
 
 
