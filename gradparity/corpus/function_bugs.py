@@ -56,7 +56,8 @@ def forward_backward(
     dscores = variants.get(bug, (probs - onehot) / n)
     tap("dscores", dscores)
     grads = {
-        "W3": a2.T @ dscores,
+        # the gradient of an L2 term 0.5 * 0.01 * sum(W3**2) the loss does not have
+        "W3": a2.T @ dscores + (0.01 * W3 if bug == "weight_decay_not_in_loss" else 0),
         "b3": dscores if bug == "bias_not_summed" else dscores.sum(axis=0),
     }
     da2 = dscores @ W3.T
@@ -129,6 +130,8 @@ FUNCTION_BUGS = [
                 "dh1", "unexplained", "W1", "unexplained"),
     FunctionBug("weight_grad_doubled", "dW1 = 2 * x.T @ dh1",
                 "grad:W1", "scaled", "W1", "scaled"),
+    FunctionBug("weight_decay_not_in_loss", "dW3 += 0.01 * W3, a penalty the loss lacks",
+                "grad:W3", "weight_decay", "W3", "weight_decay"),
     FunctionBug("grads_accumulated_across_calls", "gradients added to a buffer kept between calls",
                 "grad:W3", "accumulated", "W3", "accumulated"),
 ]  # fmt: skip

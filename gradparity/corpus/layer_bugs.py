@@ -54,6 +54,11 @@ class SigmoidUpstreamIgnored(Sigmoid):
         return self._y * (1 - self._y)
 
 
+class ReLUMaskInverted(ReLU):
+    def backward(self, grad_out):
+        return grad_out * (self._x <= 0)  # (x <= 0) instead of (x > 0)
+
+
 class ReLUMutatesInput(ReLU):
     def forward(self, x):
         self._x = x
@@ -158,6 +163,12 @@ class LossGradSign(SoftmaxCrossEntropy):
 class LossSumNotMean(SoftmaxCrossEntropy):
     def backward(self):
         return super().backward() * len(self._target)
+
+
+class LossMeanOverAllElements(SoftmaxCrossEntropy):
+    def backward(self):
+        onehot = np.eye(self._s.shape[1])[self._target]
+        return (self._s - onehot) / self._s.size  # / (N * C) instead of / N
 
 
 class LossTimesSoftmaxPrime(SoftmaxCrossEntropy):
@@ -293,8 +304,16 @@ BUGS: list[Bug] = [
         "sigmoid backward returns y (1 - y), dropping grad_out",
         "act1",
         "grad_input",
-        "unexplained",
+        "upstream_ignored",
         lambda s: base_network(s, act=SigmoidUpstreamIgnored),
+    ),
+    _bug(
+        "relu_mask_inverted",
+        "ReLU backward masks with (x <= 0) instead of (x > 0)",
+        "act1",
+        "grad_input",
+        "mask_inverted",
+        lambda s: base_network(s, act=ReLUMaskInverted),
     ),
     _bug(
         "input_mutated_in_place",
@@ -423,6 +442,14 @@ BUGS: list[Bug] = [
         "grad_input",
         "batch_reduction",
         lambda s: base_network(s, loss=LossSumNotMean),
+    ),
+    _bug(
+        "loss_mean_over_all_elements",
+        "softmax-CE gradient divided by N * C (all elements) instead of N",
+        "loss",
+        "grad_input",
+        "reduction_count",
+        lambda s: base_network(s, loss=LossMeanOverAllElements),
     ),
     _bug(
         "loss_times_softmax_prime",

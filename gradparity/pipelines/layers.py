@@ -33,6 +33,8 @@ from gradparity.evidence.explain import (
     note_chain_stops,
 )
 from gradparity.evidence.lints import lint_isolated
+from gradparity.evidence.penalty import weight_decay_probe
+from gradparity.evidence.weight_access import weight_access_probe
 from gradparity.locate.layers import locate_layers, source_locator
 from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
 from gradparity.pairing.layer_entries import run_entries
@@ -175,6 +177,8 @@ def compare(
                 keep_values,
                 StaleProbe(tdtype),
                 BatchRerun(tdtype, target, reference_loss),
+                weight_decay_probe,
+                weight_access_probe,
                 jacobian_probe,
                 Referee(target, reference_loss),
                 note_chain_stops,
