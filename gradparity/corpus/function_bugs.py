@@ -56,7 +56,6 @@ def forward_backward(
     dscores = variants.get(bug, (probs - onehot) / n)
     tap("dscores", dscores)
     grads = {
-        # the gradient of an L2 term 0.5 * 0.01 * sum(W3**2) the loss does not have
         "W3": a2.T @ dscores + (0.01 * W3 if bug == "weight_decay_not_in_loss" else 0),
         "b3": dscores if bug == "bias_not_summed" else dscores.sum(axis=0),
     }

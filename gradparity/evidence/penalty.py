@@ -58,6 +58,7 @@ def explain_penalty(
         "needs (or remove that term from the loss, on both sides)"
     )
 
+
 def weight_decay_probe(ctx: Context) -> None:
     """``compare``'s evidence step: each diverging isolate ``grad:<param>`` row that is off by
     c times the layer's parameter value (ours' layout) is ``weight_decay``."""
