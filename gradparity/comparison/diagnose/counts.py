@@ -5,6 +5,7 @@ equals one of them; ``structural_constants`` names those a batch-size factor coi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,14 @@ _MIN_COUNT = 3
 _WHOLE = ("N x C", "elements")
 
 
+# The per-example axes of an activation (or its gradient) by rank: (count_of, noun).
+_AXES = {
+    2: [("features", "feature count")],
+    3: [("channels", "channel count"), ("length", "length")],
+    4: [("channels", "channel count"), ("height", "height"), ("width", "width")],
+}
+
+
 def quantity_counts(
     shape: tuple[int, ...],
     kind: str,
@@ -37,36 +46,39 @@ def quantity_counts(
     """The counts of a quantity of ``shape`` (leading axis the batch for activations and their
     gradients) that a mean may have divided by: from its shape, its upstream gradient (a pool's
     inputs per output element) and, for "grad", its parameter's shape."""
-    counts: list[Count] = []
-    if kind == "grad" and param_shape is not None:
-        counts += [Count(f"parameter dimension {i}", d, f"the parameter's dimension {i} ({d})")
-                   for i, d in enumerate(param_shape)]  # fmt: skip
-        if len(param_shape) >= 2:
-            size = int(np.prod(param_shape))
-            counts.append(Count("elements", size, f"the parameter's number of elements ({size})"))
-        return counts
+    if kind == "grad":
+        return [] if param_shape is None else _parameter_counts(tuple(param_shape))
     if kind not in ("grad_input", "output", "other") or len(shape) < 2:
-        return counts
-    per = {2: [("features", "feature count")], 3: [("channels", "channel count"),
-           ("length", "length")], 4: [("channels", "channel count"), ("height", "height"),
-           ("width", "width")]}.get(len(shape), [])  # fmt: skip
-    counts += [Count(key, d, f"the {name} ({d})") for (key, name), d in zip(per, shape[1:])]
-    per_example = int(np.prod(shape[1:]))
-    if len(shape) >= 3:
-        counts.append(Count("elements per example", per_example,
-                            f"the number of elements per example ({per_example})"))  # fmt: skip
-    if kind == "grad_input" and upstream is not None and upstream.size:
-        total, out = int(np.prod(shape)), int(upstream.size)
-        if total % out == 0 and total // out > 1:
-            k = total // out
-            counts.append(Count("inputs per output element", k,
-                                f"the number of inputs per output element ({k}, e.g. a pool "
-                                "area)"))  # fmt: skip
-    size = int(np.prod(shape))
-    counts.append(Count("N x C" if len(shape) == 2 else "elements", size,
-                        f"the number of elements, N x C ({size})" if len(shape) == 2
-                        else f"the number of elements ({size})"))  # fmt: skip
+        return []
+    return _batched_counts(shape, upstream if kind == "grad_input" else None)
+
+
+def _parameter_counts(param_shape: tuple[int, ...]) -> list[Count]:
+    counts = [
+        Count(f"parameter dimension {i}", d, f"the parameter's dimension {i} ({d})")
+        for i, d in enumerate(param_shape)
+    ]
+    if len(param_shape) >= 2:
+        size = math.prod(param_shape)
+        counts.append(Count("elements", size, f"the parameter's number of elements ({size})"))
     return counts
+
+
+def _batched_counts(shape: tuple[int, ...], upstream: np.ndarray | None) -> list[Count]:
+    axes = _AXES.get(len(shape), [])
+    counts = [Count(key, d, f"the {noun} ({d})") for (key, noun), d in zip(axes, shape[1:])]
+    per_example, size = math.prod(shape[1:]), math.prod(shape)
+    if len(shape) >= 3:
+        phrase = f"the number of elements per example ({per_example})"
+        counts.append(Count("elements per example", per_example, phrase))
+    if upstream is not None and upstream.size and size % upstream.size == 0:
+        k = size // upstream.size
+        if k > 1:
+            phrase = f"the number of inputs per output element ({k}, e.g. a pool area)"
+            counts.append(Count("inputs per output element", k, phrase))
+    if len(shape) == 2:
+        return [*counts, Count("N x C", size, f"the number of elements, N x C ({size})")]
+    return [*counts, Count("elements", size, f"the number of elements ({size})")]
 
 
 def structural_constants(
@@ -109,36 +121,50 @@ def reduction_count(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis | 
     n = ctx.batch_size
     if n is None or o.size == 1 or ctx.kind in ("param", "state", "loss"):
         return None
-    counts = [c for c in quantity_counts(o.shape, ctx.kind, ctx.upstream, ctx.param_shape)
-              if c.value >= _MIN_COUNT and c.value != n]  # fmt: skip
+    counts = [
+        c
+        for c in quantity_counts(o.shape, ctx.kind, ctx.upstream, ctx.param_shape)
+        if c.value >= _MIN_COUNT and c.value != n
+    ]
     f = _fit_factor(o, r, ctx.tol) if counts else None
-    if f is None:
+    found = None if f is None else _matching_count(f, counts, ctx)
+    if f is None or found is None:
         return None
-    hit = next((c for c in counts if _close(f, c.value, ctx.tol)), None)
-    inverse = hit is None
-    if inverse:
-        hit = next((c for c in counts if _close(f, 1 / c.value, ctx.tol)), None)
-    if hit is None:
-        return None
+    hit, inverse = found
+    detail = {
+        "factor": f,
+        "count_of": hit.count_of,
+        "count": hit.value,
+        "batch_size": int(n),
+        "also_equals": [c.phrase for c in counts if c.value == hit.value and c is not hit],
+    }
+    return Diagnosis(REDUCTION_COUNT, detail, *_reduction_words(hit, inverse, f, n))
+
+
+def _matching_count(f: float, counts: list[Count], ctx: _Context) -> tuple[Count, bool] | None:
+    """(the first count the factor equals, whether it is its inverse), or None."""
+    for inverse in (False, True):
+        for c in counts:
+            if _close(f, 1 / c.value if inverse else c.value, ctx.tol):
+                return c, inverse
+    return None
+
+
+def _reduction_words(hit: Count, inverse: bool, f: float, n: int) -> tuple[str, str]:
+    """(message, fix) of a factor of ``hit`` (1/count when ``inverse``) at batch size ``n``."""
     k = hit.value
-    also = [c.phrase for c in counts if c.value == k and c is not hit]
-    detail = {"factor": f, "count_of": hit.count_of, "count": k, "batch_size": int(n),
-              "also_equals": also}  # fmt: skip
-    what = f"1/{k} of" if inverse else f"{k} times"
     message = (
-        f"values are {what} the reference's (factor {_fmt(f)}): a factor of {hit.phrase}, not "
-        f"of the batch size ({n})"
+        f"values are {f'1/{k} of' if inverse else f'{k} times'} the reference's (factor "
+        f"{_fmt(f)}), a factor of {hit.phrase}, not the batch size ({n})"
     )
-    if inverse:
-        message += ": ours divides by it where the reference does not"
-        fix = f"remove the extra division by {hit.phrase}"
-        if hit.count_of == "features":
-            message += f" (ours divides by N x C = {n * k} where the reference divides by N = {n})"
-            fix += (
-                f": a mean over all N x C elements where the reference averages over the batch "
-                f"only: divide by the batch size ({n}) alone"
-            )
-    else:
-        message += ": the reference divides by it where ours does not"
-        fix = f"divide by {hit.phrase}, as the reference averages over it"
-    return Diagnosis(REDUCTION_COUNT, detail, message, fix)
+    if not inverse:
+        return (
+            message + ": the reference divides by it where ours does not",
+            f"divide by {hit.phrase}, as the reference averages over it",
+        )
+    message += ": ours divides by it where the reference does not"
+    fix = f"remove the extra division by {hit.phrase}"
+    if hit.count_of == "features":  # the common case: a mean over every element of (N, C)
+        message += f" (e.g. by N x C = {n * k} where the reference divides by N = {n})"
+        fix += f": for a mean over the batch, divide by the batch size ({n}) alone, not by N x C"
+    return message, fix
