@@ -274,8 +274,8 @@ def _message(p: dict) -> str:
         )
     if p["diagonal_only"] and p["reference_elementwise"]:
         return (
-            f"the layer is elementwise and ours' derivative f'(x) is wrong ({share}): "
-            "check which value the derivative is evaluated at (input or output) and its formula"
+            "the layer is elementwise (both Jacobians are diagonal) and ours' derivative "
+            f"f'(x) is wrong ({share})"
         )
     if p["diagonal_only"]:
         zero = ", where ours is zero" if p["ours_diagonal_zero"] else ""

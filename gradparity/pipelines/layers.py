@@ -33,6 +33,7 @@ from gradparity.evidence.explain import (
     note_chain_stops,
 )
 from gradparity.evidence.lints import lint_isolated
+from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.locate.layers import locate_layers, source_locator
 from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
 from gradparity.pairing.layer_entries import run_entries
@@ -176,6 +177,7 @@ def compare(
                 StaleProbe(tdtype),
                 BatchRerun(tdtype, target, reference_loss),
                 jacobian_probe,
+                loss_activation_probe,
                 Referee(target, reference_loss),
                 note_chain_stops,
             ],
