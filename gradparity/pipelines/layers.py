@@ -34,6 +34,7 @@ from gradparity.evidence.explain import (
 )
 from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
+from gradparity.evidence.ties import TiedMaxima
 from gradparity.locate.layers import locate_layers, source_locator
 from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
 from gradparity.pairing.layer_entries import run_entries
@@ -176,6 +177,7 @@ def compare(
                 keep_values,
                 StaleProbe(tdtype),
                 BatchRerun(tdtype, target, reference_loss),
+                TiedMaxima(tdtype),
                 jacobian_probe,
                 loss_activation_probe,
                 Referee(target, reference_loss),
