@@ -12,6 +12,11 @@ Only 2-D ``(batch, features)`` inputs and outputs are probed. The Jacobian is pe
 full batch Jacobian. Both sides use basis vectors that are one-hot in one sample's output, so
 they compute exactly these blocks even for a layer that mixes samples (batch norm); only its
 cross-sample terms go unchecked.
+
+The patterns that prove a label (a transposed Jacobian; ours diagonal where the reference mixes
+its inputs: ``missing_cross_terms``; both diagonal with different diagonals:
+``elementwise_derivative``) are named in ``gradparity.evidence.jacobian_labels``; the rest
+only add their sentence to the row's message.
 """
 
 from __future__ import annotations

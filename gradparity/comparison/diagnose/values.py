@@ -9,7 +9,12 @@ is never guessed. Shapes differ: ``transposed`` (2-D, values match once transpos
 The shape tests live in ``gradparity.comparison.diagnose.shapes``; ``Diagnosis`` and the shared
 helpers in ``gradparity.comparison.diagnose.common``, the labels in ``gradparity.core.labels``.
 The harness assigns ``accumulated``, ``stale``, ``mutates_input`` and ``raised``: they need
-several steps or the call itself.
+several steps or the call itself. After these tests, ``compare``'s evidence plug-ins may name a
+row the value tests could not, each by its own numeric test on the layer alone: ``tied_maxima``
+(``gradparity.evidence.ties``), then ``transposed``, ``missing_cross_terms`` and
+``elementwise_derivative`` from the Jacobian probe (``gradparity.evidence.jacobian_labels``),
+then ``extra_activation_derivative`` and ``gradient_wrt_probabilities`` for the loss gradient
+(``gradparity.evidence.loss_patterns``).
 
 "Matches" always means ``tol.matches(x, hypothesis)``: the hypothesis (``-ref``,
 ``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the
