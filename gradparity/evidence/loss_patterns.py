@@ -38,8 +38,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def _activations(logits: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
     """(name, s) for each activation a loss on ``logits`` may contain: softmax where there
-    are two or more classes on the last axis, the sigmoid always."""
-    if logits.ndim >= 1 and logits.shape[-1] > 1:
+    are two or more classes on the last axis of (batch, classes) logits, the sigmoid always
+    (a binary loss on (batch,) or (batch, 1) logits, or one sigmoid per class)."""
+    if logits.ndim >= 2 and logits.shape[-1] > 1:
         yield "softmax", _softmax(logits)
     yield "sigmoid", _sigmoid(logits)
 
