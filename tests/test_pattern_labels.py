@@ -9,7 +9,19 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-import torch
+from book_layers import (
+    MSE,
+    Affine,
+    Flatten,
+    MaxPooling,
+    Relu,
+    Sigmoid,
+    SigmoidWithLoss,
+    Softmax,
+    SoftmaxWithLoss,
+    Tanh,
+    twin_linear,
+)
 from torch import nn
 
 import gradparity as gp
@@ -31,128 +43,13 @@ from gradparity.evidence.ties import tied_values
 TOL = tolerance_for("float64")
 
 
-# ---------------------------------------------------------------- book-style layers
-
-
-class Affine:
-    def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
-        self.params = {"W": W, "b": b}
-        self.grads: dict = {}
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x = x
-        return x @ self.params["W"] + self.params["b"]
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        self.grads["W"] = self.x.T @ dout
-        self.grads["b"] = dout.sum(axis=0)
-        return dout @ self.params["W"].T
-
-
-class Sigmoid:
-    """backward(dout) = dout * derivative(x, y), the derivative chosen per test."""
-
-    def __init__(self, derivative=lambda x, y: y * (1 - y)) -> None:
-        self.params: dict = {}
-        self.grads: dict = {}
-        self.derivative = derivative
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x, self.out = x, 1 / (1 + np.exp(-x))
-        return self.out
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        return dout * self.derivative(self.x, self.out)
-
-
-class Tanh(Sigmoid):
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x, self.out = x, np.tanh(x)
-        return self.out
-
-
-class Relu:
-    def __init__(self, blocks_zero: bool = True) -> None:
-        self.params: dict = {}
-        self.grads: dict = {}
-        self.blocks_zero = blocks_zero
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.mask = x <= 0 if self.blocks_zero else x < 0
-        out = x.copy()
-        out[x <= 0] = 0
-        return out
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        dout = dout.copy()
-        dout[self.mask] = 0
-        return dout
-
-
-class Softmax:
-    def __init__(self, diagonal_only: bool = False) -> None:
-        self.params: dict = {}
-        self.grads: dict = {}
-        self.diagonal_only = diagonal_only
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        self.s = e / e.sum(axis=1, keepdims=True)
-        return self.s
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        s = self.s
-        if self.diagonal_only:  # the bug: the elementwise derivative s (1 - s)
-            return dout * s * (1 - s)
-        return s * (dout - (dout * s).sum(axis=1, keepdims=True))
-
-
-class SoftmaxWithLoss:
-    """Softmax cross-entropy over integer labels; ``slope`` is the bug injected per test."""
-
-    def __init__(self, slope=lambda y: 1) -> None:
-        self.slope = slope
-
-    def forward(self, x: np.ndarray, t: np.ndarray) -> float:
-        e = np.exp(x - x.max(axis=1, keepdims=True))
-        self.y, self.t = e / e.sum(axis=1, keepdims=True), t
-        return float(-np.log(self.y[np.arange(len(t)), t]).mean())
-
-    def backward(self, dout: float = 1) -> np.ndarray:
-        dx = self.y.copy()
-        dx[np.arange(len(self.t)), self.t] -= 1
-        return dout * dx / len(self.t) * self.slope(self.y)
-
-
-class SigmoidWithLoss:
-    """Binary cross-entropy on one logit per example; returns dL/dp, the bug."""
-
-    def forward(self, x: np.ndarray, t: np.ndarray) -> float:
-        self.p, self.t = 1 / (1 + np.exp(-x)), t
-        return float(-(t * np.log(self.p) + (1 - t) * np.log(1 - self.p)).mean())
-
-    def backward(self, dout: float = 1) -> np.ndarray:
-        return dout * (self.p - self.t) / (self.p * (1 - self.p)) / len(self.t)
-
-
-def _twin_linear(layer: Affine) -> nn.Linear:
-    w = layer.params["W"]
-    lin = nn.Linear(*w.shape).double()
-    with torch.no_grad():
-        lin.weight.copy_(torch.from_numpy(w.T))
-        lin.bias.copy_(torch.from_numpy(layer.params["b"]))
-    return lin
-
-
 def _mlp(act, act_ref: nn.Module, seed: int = 0, n_in: int = 5, n_out: int = 3):
     """x (8, n_in) -> affine1 -> act -> affine2 -> logits (8, n_out), and the torch twin."""
     rng = np.random.default_rng(seed)
     a1 = Affine(rng.standard_normal((n_in, 4)), rng.standard_normal(4) * 0.5)
     a2 = Affine(rng.standard_normal((4, n_out)), rng.standard_normal(n_out) * 0.5)
     layers = OrderedDict(affine1=a1, act=act, affine2=a2)
-    twin = nn.Sequential(
-        OrderedDict(affine1=_twin_linear(a1), act=act_ref, affine2=_twin_linear(a2))
-    )
+    twin = nn.Sequential(OrderedDict(affine1=twin_linear(a1), act=act_ref, affine2=twin_linear(a2)))
     return layers, twin, rng.standard_normal((8, n_in)), rng.integers(0, n_out, 8)
 
 
@@ -243,7 +140,7 @@ def _softmax_net(softmax: Softmax, seed: int = 0):
 
 def test_softmax_with_its_diagonal_only_misses_the_cross_terms():
     layers, twin, x, onehot = _softmax_net(Softmax(diagonal_only=True))
-    report = _check(layers, twin, x, onehot, _MSE(), nn.MSELoss())
+    report = _check(layers, twin, x, onehot, MSE(), nn.MSELoss())
     row = _row(report, "softmax")
     assert row.diagnosis == MISSING_CROSS_TERMS
     assert row.detail["jacobian"]["pattern"]["ours_offdiag_zero"]
@@ -258,19 +155,8 @@ def test_near_miss_wrong_cross_terms_are_not_missing_ones():
             return np.einsum("ni,nij->nj", dout, s[:, :, None] * (off[None] - s[:, None, :]))
 
     layers, twin, x, onehot = _softmax_net(KroneckerInverted())
-    report = _check(layers, twin, x, onehot, _MSE(), nn.MSELoss())
+    report = _check(layers, twin, x, onehot, MSE(), nn.MSELoss())
     assert _row(report, "softmax").diagnosis == UNEXPLAINED
-
-
-class _MSE:
-    """Mean squared error over all elements, as torch's MSELoss."""
-
-    def forward(self, y: np.ndarray, t: np.ndarray) -> float:
-        self.diff = y - t
-        return float((self.diff**2).mean())
-
-    def backward(self, dout: float = 1) -> np.ndarray:
-        return dout * 2 * self.diff / self.diff.size
 
 
 # ---------------------------------------------------------------- loss patterns
@@ -322,43 +208,6 @@ def test_activation_mistake_fits_only_the_exact_pattern(shape):
 # ---------------------------------------------------------------- tied_maxima
 
 
-class MaxPooling:
-    """Book-style 2x2 max pool, stride 2: the gradient goes to ``x == max`` of each window, so
-    every tied maximum gets it (``split``: they share it)."""
-
-    def __init__(self, split: bool = False, scale: float = 1.0) -> None:
-        self.params: dict = {}
-        self.grads: dict = {}
-        self.split, self.scale = split, scale
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        n, c, h, w = x.shape
-        self.x = x
-        self.out = x.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
-        return self.out
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        n, c, h, w = self.x.shape
-        windows = self.x.reshape(n, c, h // 2, 2, w // 2, 2)
-        is_max = (windows == self.out[:, :, :, None, :, None]).astype(float)
-        if self.split:
-            is_max /= is_max.sum(axis=(3, 5), keepdims=True)
-        return (self.scale * is_max * dout[:, :, :, None, :, None]).reshape(n, c, h, w)
-
-
-class Flatten:
-    def __init__(self) -> None:
-        self.params: dict = {}
-        self.grads: dict = {}
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        self.shape = x.shape
-        return x.reshape(len(x), -1)
-
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        return dout.reshape(self.shape)
-
-
 def _pool_net(pool: MaxPooling, relu: Relu | None = None, shift: float = -0.8):
     """ReLU -> max pool -> flatten -> affine on (4, 3, 4, 4); ``shift`` < 0 makes all-zero
     windows after the ReLU, so maxima tie."""
@@ -366,7 +215,7 @@ def _pool_net(pool: MaxPooling, relu: Relu | None = None, shift: float = -0.8):
     fc = Affine(rng.standard_normal((12, 3)) * 0.3, rng.standard_normal(3) * 0.1)
     layers = OrderedDict(relu=relu or Relu(), pool=pool, flat=Flatten(), fc=fc)
     twin = nn.Sequential(
-        OrderedDict(relu=nn.ReLU(), pool=nn.MaxPool2d(2), flat=nn.Flatten(), fc=_twin_linear(fc))
+        OrderedDict(relu=nn.ReLU(), pool=nn.MaxPool2d(2), flat=nn.Flatten(), fc=twin_linear(fc))
     )
     x = rng.standard_normal((4, 3, 4, 4)) + shift
     return layers, twin, x, rng.integers(0, 3, 4)
