@@ -40,32 +40,39 @@ def add_jacobian(
     row: Row, evidence: dict, result: JacobianProbe | None, probe: Probe, tol: Tolerance
 ) -> None:
     """Attach the probe's evidence (``result``: the probe itself, None when it was skipped)
-    to ``row``; a pattern that proves a label names it."""
+    to ``row``; a pattern that proves a label names it, else its sentence joins the message."""
     row.detail["jacobian"] = evidence
-    pattern = evidence.get("pattern", {})
-    if row.diagnosis != UNEXPLAINED or not pattern:
-        if "message" in evidence:
-            row.message = f"{row.message}; Jacobian probe: {evidence['message']}"
-        return
-    if pattern.get("transposed"):
+    named = row.diagnosis == UNEXPLAINED and _name_from_pattern(row, evidence, result, probe, tol)
+    if not named and "message" in evidence:
+        row.message = f"{row.message}; Jacobian probe: {evidence['message']}"
+
+
+def _name_from_pattern(
+    row: Row, evidence: dict, result: JacobianProbe | None, probe: Probe, tol: Tolerance
+) -> bool:
+    """Set the label, message and fix that the pattern proves; False when it proves none."""
+    pattern = evidence.get("pattern")
+    if not pattern or result is None:
+        return False
+    if pattern["transposed"]:
         row.diagnosis = TRANSPOSED
         row.message = (
             "the layer's Jacobian is the transpose of the reference's: backward "
             "multiplies by W where W.T belongs (or the reverse)"
         )
         row.fix = "for y = x @ W use grad_out @ W.T; for y = x @ W.T use grad_out @ W"
-    elif pattern.get("ours_offdiag_zero") and not pattern.get("reference_elementwise"):
+    elif pattern["ours_offdiag_zero"] and not pattern["reference_elementwise"]:
         row.diagnosis = MISSING_CROSS_TERMS
         row.message = evidence["message"]
         row.fix = (
             "use the full Jacobian, not its diagonal: for softmax, "
             "grad_in = s * (grad_out - (grad_out * s).sum(axis=-1, keepdims=True))"
         )
-    elif pattern.get("reference_elementwise") and pattern.get("diagonal_only"):
-        assert result is not None  # a pattern comes from a probe that ran
+    elif pattern["reference_elementwise"] and pattern["diagonal_only"]:
         _name_elementwise(row, evidence["message"], result, probe, tol)
     else:
-        row.message = f"{row.message}; Jacobian probe: {evidence['message']}"
+        return False
+    return True
 
 
 def _name_elementwise(
