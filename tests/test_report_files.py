@@ -186,7 +186,7 @@ def test_terminal_table_and_colour(buggy, monkeypatch):
     assert lines[0].endswith("Divergence: 1 root cause(s)")
     assert lines[1].startswith("  loss: ours ")  # the loss each side ran, under the verdict
     assert "softmax grad_input  root_cause" in lines[3]
-    assert lines[-2].startswith("1. [unexplained] softmax grad_input:")
+    assert lines[-2].startswith("1. [missing_cross_terms] softmax grad_input:")
     assert lines[-1].startswith("   at gradparity/corpus/layer_bugs.py:")  # where to read
     assert "\033[" not in plain
     assert "\033[31;1m" in render(report, colour=True)
@@ -213,7 +213,7 @@ def test_summary_shows_the_terminal_table_and_root_causes_without_colour(buggy):
     for row in diverged:
         cells = [row.mode, *place(row.layer, row.quantity).split(), str(row.status)]
         assert cells in [t[: len(cells)] for t in table], row
-    assert lines[-2].startswith("1. [unexplained] softmax grad_input:")
+    assert lines[-2].startswith("1. [missing_cross_terms] softmax grad_input:")
     assert lines[-1].startswith("   at gradparity/corpus/layer_bugs.py:")
 
 

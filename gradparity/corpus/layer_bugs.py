@@ -283,7 +283,7 @@ BUGS: list[Bug] = [
         "sigmoid' evaluated at the output, not the input",
         "act1",
         "grad_input",
-        "unexplained",
+        "elementwise_derivative",
         lambda s: base_network(s, act=SigmoidDerivativeOfOutput),
     ),
     _bug(
@@ -291,7 +291,7 @@ BUGS: list[Bug] = [
         "tanh' written 1 - x**2 with x the input",
         "act1",
         "grad_input",
-        "unexplained",
+        "elementwise_derivative",
         lambda s: base_network(s, act=TanhDerivativeOfInput),
     ),
     _bug(
@@ -419,7 +419,7 @@ BUGS: list[Bug] = [
         "softmax Jacobian reduced to its diagonal s (1 - s)",
         "softmax",
         "grad_input",
-        "unexplained",
+        "missing_cross_terms",
         lambda s: softmax_network(s, softmax=SoftmaxDiagonalOnly),
     ),
     _bug(
@@ -459,7 +459,7 @@ BUGS: list[Bug] = [
         "softmax-CE gradient multiplied by softmax' again",
         "loss",
         "grad_input",
-        "unexplained",
+        "extra_activation_derivative",
         lambda s: base_network(s, loss=LossTimesSoftmaxPrime),
     ),
     _bug(
@@ -467,7 +467,7 @@ BUGS: list[Bug] = [
         "binary-CE derivative (s - y) / (s (1 - s)) for softmax-CE",
         "loss",
         "grad_input",
-        "unexplained",
+        "gradient_wrt_probabilities",
         lambda s: base_network(s, loss=LossBinaryCEDerivative),
     ),
     _bug(

@@ -14,12 +14,13 @@ import torch
 
 from gradparity.comparison.diff import reference_grad
 from gradparity.core.address import Address
-from gradparity.core.labels import RAISED, STALE, TRANSPOSED, UNEXPLAINED
+from gradparity.core.labels import RAISED, STALE
 from gradparity.core.plan import Context
 from gradparity.core.records import LayerRecord
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence import jacobian, referee
+from gradparity.evidence.jacobian_labels import add_jacobian
 from gradparity.evidence.repeats import repeat_label
 from gradparity.sides import run_torch
 from gradparity.sides.isolation import Probe
@@ -79,13 +80,14 @@ class StaleProbe:
 
 
 def jacobian_probe(ctx: Context) -> None:
-    """The Jacobian of each diverging dL/dx against the reference's; a transposed Jacobian
-    names the bug outright."""
+    """The Jacobian of each diverging dL/dx against the reference's; a pattern that proves a
+    label (transposed, missing cross terms, a wrong elementwise derivative) names the bug
+    (``gradparity.evidence.jacobian_labels``)."""
     for row, probe in _diverging(ctx):
         if row.layer == "loss" or row.quantity != "grad_input":
             continue
         summary, result = _jacobian(probe, ctx.tolerance)
-        _add_jacobian(row, summary)
+        add_jacobian(row, summary, result, probe, ctx.tolerance)
         if result is not None:
             values = ctx.arrays.setdefault((row.layer, row.quantity), {})
             values["jacobian_ours"] = result.ours
@@ -143,21 +145,6 @@ def note_chain_stops(ctx: Context) -> None:
     ctx.notes += [
         f"chain run stopped at {name}: it raised" for name, rec in chain.items() if rec.error
     ]
-
-
-def _add_jacobian(row: Row, evidence: dict) -> None:
-    """Attach the probe's evidence; a transposed Jacobian names the bug outright."""
-    row.detail["jacobian"] = evidence
-    pattern = evidence.get("pattern", {})
-    if row.diagnosis == UNEXPLAINED and pattern.get("transposed"):
-        row.diagnosis = TRANSPOSED
-        row.message = (
-            "the layer's Jacobian is the transpose of the reference's: backward "
-            "multiplies by W where W.T belongs (or the reverse)"
-        )
-        row.fix = "for y = x @ W use grad_out @ W.T; for y = x @ W.T use grad_out @ W"
-    elif "message" in evidence:
-        row.message = f"{row.message}; Jacobian probe: {evidence['message']}"
 
 
 def _jacobian(probe: Probe, tol: Tolerance) -> tuple[dict, jacobian.JacobianProbe | None]:

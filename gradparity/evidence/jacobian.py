@@ -12,6 +12,11 @@ Only 2-D ``(batch, features)`` inputs and outputs are probed. The Jacobian is pe
 full batch Jacobian. Both sides use basis vectors that are one-hot in one sample's output, so
 they compute exactly these blocks even for a layer that mixes samples (batch norm); only its
 cross-sample terms go unchecked.
+
+The patterns that prove a label (a transposed Jacobian; ours diagonal where the reference mixes
+its inputs: ``missing_cross_terms``; both diagonal with different diagonals:
+``elementwise_derivative``) are named in ``gradparity.evidence.jacobian_labels``; the rest
+only add their sentence to the row's message.
 """
 
 from __future__ import annotations
@@ -274,8 +279,8 @@ def _message(p: dict) -> str:
         )
     if p["diagonal_only"] and p["reference_elementwise"]:
         return (
-            f"the layer is elementwise and ours' derivative f'(x) is wrong ({share}): "
-            "check which value the derivative is evaluated at (input or output) and its formula"
+            "the layer is elementwise (both Jacobians are diagonal) and ours' derivative "
+            f"f'(x) is wrong ({share})"
         )
     if p["diagonal_only"]:
         zero = ", where ours is zero" if p["ours_diagonal_zero"] else ""

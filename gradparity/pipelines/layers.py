@@ -33,7 +33,9 @@ from gradparity.evidence.explain import (
     note_chain_stops,
 )
 from gradparity.evidence.lints import lint_isolated
+from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.evidence.penalty import weight_decay_probe
+from gradparity.evidence.ties import TiedMaxima
 from gradparity.evidence.weight_access import weight_access_probe
 from gradparity.locate.layers import locate_layers, source_locator
 from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
@@ -179,7 +181,9 @@ def compare(
                 BatchRerun(tdtype, target, reference_loss),
                 weight_decay_probe,
                 weight_access_probe,
+                TiedMaxima(tdtype),
                 jacobian_probe,
+                loss_activation_probe,
                 Referee(target, reference_loss),
                 note_chain_stops,
             ],

@@ -16,6 +16,11 @@ in ``gradparity.core.labels``. The harness assigns ``accumulated``, ``stale``,
 ``mutates_input`` and ``raised``: they need several steps or the call itself; evidence steps
 that know the parameter's value assign ``weight_decay`` (``gradparity.evidence.penalty``) and
 ``transposed`` from ``W @ dZ`` for ``W.T @ dZ`` (``gradparity.evidence.weight_access``).
+After these, more evidence plug-ins of ``compare`` may name a row the value tests could not,
+each by its own numeric test on the layer alone: ``tied_maxima`` (``gradparity.evidence.ties``),
+then ``transposed``, ``missing_cross_terms`` and ``elementwise_derivative`` from the Jacobian
+probe (``gradparity.evidence.jacobian_labels``), then ``extra_activation_derivative`` and
+``gradient_wrt_probabilities`` for the loss gradient (``gradparity.evidence.loss_patterns``).
 
 "Matches" always means ``tol.matches(x, hypothesis)``: the hypothesis (``-ref``,
 ``f * ref``, ``ref.T``, the upstream gradient, ...) takes the reference's place, so the

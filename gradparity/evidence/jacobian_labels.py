@@ -1,0 +1,91 @@
+"""Labels the Jacobian probe's pattern proves, for an input gradient the value tests left
+``unexplained`` (see ``gradparity.evidence.jacobian.describe_jacobian_difference``):
+
+- ``transposed``: ours' Jacobian is the reference's transposed;
+- ``missing_cross_terms``: ours' Jacobian is zero off the diagonal where the reference's is
+  not: an elementwise derivative for a layer that mixes its inputs (softmax);
+- ``elementwise_derivative``: the reference's Jacobian is diagonal (an elementwise layer),
+  ours' is too, and the diagonals differ: the local derivative f'(x) is wrong. Where the
+  reference module tells which mistake it is (``gradparity.evidence.elementwise``), the
+  message says so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gradparity.core.labels import (
+    ELEMENTWISE_DERIVATIVE,
+    MISSING_CROSS_TERMS,
+    TRANSPOSED,
+    UNEXPLAINED,
+)
+from gradparity.core.row import Row
+from gradparity.core.tolerance import Tolerance
+from gradparity.evidence import elementwise
+from gradparity.evidence.jacobian import JacobianProbe
+from gradparity.sides.isolation import Probe
+
+_ELEMENTWISE_FIXES = {
+    "output": "evaluate the derivative at the input x saved in forward, or write it in terms "
+    "of the output: f'(x) = y (1 - y) for sigmoid, 1 - y**2 for tanh",
+    "input": "apply the output formula to the output y saved in forward (1 - y**2 for tanh, "
+    "y (1 - y) for sigmoid), or write f'(x) in terms of the input",
+    None: "check which value the derivative is evaluated at (input x or output y) and its "
+    "formula against the reference's, term by term",
+}
+
+
+def add_jacobian(
+    row: Row, evidence: dict, result: JacobianProbe | None, probe: Probe, tol: Tolerance
+) -> None:
+    """Attach the probe's evidence (``result``: the probe itself, None when it was skipped)
+    to ``row``; a pattern that proves a label names it, else its sentence joins the message."""
+    row.detail["jacobian"] = evidence
+    named = row.diagnosis == UNEXPLAINED and _name_from_pattern(row, evidence, result, probe, tol)
+    if not named and "message" in evidence:
+        row.message = f"{row.message}; Jacobian probe: {evidence['message']}"
+
+
+def _name_from_pattern(
+    row: Row, evidence: dict, result: JacobianProbe | None, probe: Probe, tol: Tolerance
+) -> bool:
+    """Set the label, message and fix that the pattern proves; False when it proves none."""
+    pattern = evidence.get("pattern")
+    if not pattern or result is None:
+        return False
+    if pattern["transposed"]:
+        row.diagnosis = TRANSPOSED
+        row.message = (
+            "the layer's Jacobian is the transpose of the reference's: backward "
+            "multiplies by W where W.T belongs (or the reverse)"
+        )
+        row.fix = "for y = x @ W use grad_out @ W.T; for y = x @ W.T use grad_out @ W"
+    elif pattern["ours_offdiag_zero"] and not pattern["reference_elementwise"]:
+        row.diagnosis = MISSING_CROSS_TERMS
+        row.message = evidence["message"]
+        row.fix = (
+            "use the full Jacobian, not its diagonal: for softmax, "
+            "grad_in = s * (grad_out - (grad_out * s).sum(axis=-1, keepdims=True))"
+        )
+    elif pattern["reference_elementwise"] and pattern["diagonal_only"]:
+        _name_elementwise(row, evidence["message"], result, probe, tol)
+    else:
+        return False
+    return True
+
+
+def _name_elementwise(
+    row: Row, message: str, result: JacobianProbe, probe: Probe, tol: Tolerance
+) -> None:
+    """``elementwise_derivative``, with the mistake the reference module confirms, if any."""
+    x, y = probe.ref.input, probe.ref.output
+    assert x is not None and y is not None  # the probe ran on them
+    ours_local = np.diagonal(result.ours, axis1=1, axis2=2)
+    mistake = elementwise.derivative_mistake(probe.pair.torch_module, x, y, ours_local, tol)
+    row.diagnosis = ELEMENTWISE_DERIVATIVE
+    row.message = message
+    if mistake is not None:
+        row.message += f": {mistake['message']}"
+        row.detail["local_derivative"] = mistake
+    row.fix = _ELEMENTWISE_FIXES[None if mistake is None else mistake["evaluated_at"]]
