@@ -27,6 +27,7 @@ from gradparity.core.tolerance import Tolerance
 from gradparity.evidence import central_difference
 from gradparity.evidence.central_difference import Moved, NumericGradient
 from gradparity.evidence.penalty import explain_penalty
+from gradparity.evidence.progress import Progress
 from gradparity.evidence.repeats import mark_repeat
 from gradparity.locate.function import NUMERIC_REFERENCE
 from gradparity.pairing.structure import layer_index, rebuild
@@ -100,12 +101,14 @@ class NumericLoss:
 
         return value
 
-    def gradient(self, name: str) -> np.ndarray:
-        """The whole numeric gradient of parameter ``name`` (its shape), entry by entry."""
+    def gradient(self, name: str, progress: Progress | None = None) -> np.ndarray:
+        """The whole numeric gradient of parameter ``name`` (its shape), entry by entry;
+        ``progress`` shows how far it got."""
         p = self.work[name]
-        return central_difference.full_gradient(
-            self.moving(name), p.shape, central_difference.step_size(p)
-        )
+        moved = self.moving(name)
+        if progress is not None:
+            moved = progress.counting(f"{name} (warm-up input)", moved, p.size)
+        return central_difference.full_gradient(moved, p.shape, central_difference.step_size(p))
 
     def uses_params(self, rng: np.random.Generator) -> bool:
         """Does moving every entry by a random amount change the loss at all? (Random: a
@@ -333,31 +336,34 @@ def numeric_rows(
     arrays: dict = {}
     warm_loss: NumericLoss | None = None
     grads = run.grads or {}
-    for name in sorted(flat, key=lambda n: -depth[n]) if run.grads is not None else []:
-        if name in run.bad_grads:  # complex: a finding, never compared as real
-            rows.append(failed_row("numeric", fn, "parameter", run.bad_grads[name]))
-            continue
-        g, p = grads[name], loss.work[name]
-        measured = central_difference.numeric_gradient(
-            loss.moving(name), p, rng, full_limit=FULL_LIMIT, directions=DIRECTIONS,
-            entries=ENTRIES, largest_of=g if g.shape == p.shape else None,
-        )  # fmt: skip
-        if measured.full is None:
-            rows.append(_sampled_row(fn, name, g, p, measured, tol, batch, layout))
-            continue
-        expected = measured.full
-        row = compare_tensor(
-            "numeric", fn, "parameter", f"grad:{name}", g, expected, tol,
-            batch_size=batch, param_shape=p.shape, conversion=layout,
-        )  # fmt: skip
-        explain_penalty(row, g, expected, p, tol)
-        row.conversion = ""
-        arrays[(fn, row.quantity)] = {"ours": g, "reference": expected}
-        rows.append(row)
-        if row.diverged and g.shape == p.shape and warm_run.grads is not None:
-            if warm_loss is None:  # the loss at the warm-up input, made once when first needed
-                warm_loss = NumericLoss(loss_fn, params, flat, x_warm, target)
-            mark_repeat(row, g, expected, warm_loss.gradient(name), tol)
+    with Progress() as progress:  # cleared even when loss_fn raises
+        for name in sorted(flat, key=lambda n: -depth[n]) if run.grads is not None else []:
+            if name in run.bad_grads:  # complex: a finding, never compared as real
+                rows.append(failed_row("numeric", fn, "parameter", run.bad_grads[name]))
+                continue
+            g, p = grads[name], loss.work[name]
+            total = p.size if p.size <= FULL_LIMIT else DIRECTIONS + ENTRIES
+            moved = progress.counting(name, loss.moving(name), total)
+            measured = central_difference.numeric_gradient(
+                moved, p, rng, full_limit=FULL_LIMIT, directions=DIRECTIONS, entries=ENTRIES,
+                largest_of=g if g.shape == p.shape else None,
+            )  # fmt: skip
+            if measured.full is None:
+                rows.append(_sampled_row(fn, name, g, p, measured, tol, batch, layout))
+                continue
+            expected = measured.full
+            row = compare_tensor(
+                "numeric", fn, "parameter", f"grad:{name}", g, expected, tol,
+                batch_size=batch, param_shape=p.shape, conversion=layout,
+            )  # fmt: skip
+            explain_penalty(row, g, expected, p, tol)
+            row.conversion = ""
+            arrays[(fn, row.quantity)] = {"ours": g, "reference": expected}
+            rows.append(row)
+            if row.diverged and g.shape == p.shape and warm_run.grads is not None:
+                if warm_loss is None:  # the loss at the warm-up input, made once when needed
+                    warm_loss = NumericLoss(loss_fn, params, flat, x_warm, target)
+                mark_repeat(row, g, expected, warm_loss.gradient(name, progress), tol)
     for row in rows:  # here the reference is the numeric gradient: say so
         row.message = _numeric_words(row.message)
         row.fix = _numeric_words(row.fix)

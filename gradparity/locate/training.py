@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gradparity.core.address import Kind, kind_of
 from gradparity.core.finding import Finding, finding_from_row
 from gradparity.core.records import failure_words
+from gradparity.core.source import source_of
 
 if TYPE_CHECKING:  # type hints only: they load torch
     from gradparity.core.plan import Context
@@ -22,6 +23,9 @@ if TYPE_CHECKING:  # type hints only: they load torch
     from gradparity.sides.training_steps import StepResult
 
 REPEAT_LABELS = ("accumulated", "stale")
+# The optimiser methods that hold an update's arithmetic, the most specific first: a
+# ``step()`` usually loops over the parameters and hands each to one of the others.
+UPDATE_METHODS = ("_update", "update", "step")
 
 
 def _explain(rows: list[Row], localise: Callable[[], list[Finding]]) -> list[Finding]:
@@ -75,3 +79,47 @@ class StepLocator:
             for finding in found:
                 finding.step = self.step
             ctx.root_causes += found
+
+
+def defined_method(obj: Any, names: tuple[str, ...]) -> Any:
+    """The method of ``obj`` among ``names`` defined by the most derived class of its type
+    (the user's override rather than the base class it extends), earlier names first within
+    one class; None when no class defines one."""
+    for cls in type(obj).__mro__:
+        if cls is object:
+            break
+        for name in names:
+            if callable(vars(cls).get(name)):
+                return getattr(obj, name)
+    return None
+
+
+def training_sources(
+    layers: dict[str, Any], optimizer: Any, code: Callable[[Any, str], Any]
+) -> Callable[[Context], None]:
+    """A locator giving each root cause of a training report without one the source to read:
+    for a parameter update or optimiser state, the optimiser's update method
+    (``UPDATE_METHODS``); for gradients that were never cleared (``accumulated``), its
+    ``zero_grad``; for another gradient, the layer's code behind it (``code(layer,
+    quantity)``, as ``compare`` gives); for the loss value, the loss layer's forward (``layers``
+    holds it as "loss"). Steps that raised or a loss that is not finite keep
+    none: the message says where to look."""
+
+    def method_for(found: Finding) -> Any:
+        kind = kind_of(found.quantity)
+        if kind in (Kind.PARAM, Kind.STATE):
+            return defined_method(optimizer, UPDATE_METHODS)
+        if found.diagnosis == "accumulated":
+            return defined_method(optimizer, ("zero_grad",))
+        layer = layers.get(found.layer)
+        if layer is None or kind not in (Kind.GRAD, Kind.LOSS):
+            return None
+        return code(layer, "output" if kind == Kind.LOSS else found.quantity)
+
+    def add_sources(ctx: Context) -> None:
+        for found in ctx.root_causes:
+            method = method_for(found) if found.source is None else None
+            if method is not None:
+                found.source = source_of(method)
+
+    return add_sources

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from gradparity.core.losses import function_loss_meta
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.core.plan import Captures, Context
 from gradparity.core.tolerance import tolerance_for
@@ -130,7 +131,8 @@ def compare_function(
         assert loss_fn is not None  # check_numeric_options refuses reference=None without it
         judged = numeric_rows(
             fn, params, flat, captures["run"], captures["warm_run"], loss_fn, x_arr, t_arr,
-            x_warm=x_warm, rng=rng, meta={"model": name or fn, "seed": seed},
+            x_warm=x_warm, rng=rng,
+            meta={"model": name or fn, "seed": seed, **function_loss_meta(fn, loss_fn, None)},
             batch_size=batch_size, rtol=rtol, atol=atol,
         )  # fmt: skip
         return _judged_report(fn, captures["run"], judged, seed, grads)
@@ -159,12 +161,18 @@ def compare_function(
                 "examples_as": "columns" if side.columns else "rows",
                 "reference": type(side.model).__name__,
                 "reference_mode": "train" if side.model.training else "eval",
-                "reference_loss": "softmax cross-entropy, batch mean (default)"
-                if side.default_loss
-                else getattr(side.reference_loss, "__name__", type(side.reference_loss).__name__),
+                **function_loss_meta(fn, loss_fn, _reference_loss_name(side)),
             },
         )
     )
+
+
+def _reference_loss_name(side: FunctionReference) -> str:
+    """The reference's loss as the report names it ("(default)" where gradparity chose it)."""
+    if side.default_loss:
+        return "softmax cross-entropy, batch mean (default)"
+    loss = side.reference_loss
+    return getattr(loss, "__name__", type(loss).__name__)
 
 
 def _judged_report(

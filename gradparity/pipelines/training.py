@@ -40,7 +40,7 @@ from gradparity.core.validate import (
 )
 from gradparity.engine import Entry, Plan, execute, numpy_side, run
 from gradparity.evidence.training_repeats import StepRepeats, Tracker
-from gradparity.locate.training import StepLocator
+from gradparity.locate.training import StepLocator, training_sources
 from gradparity.pairing.align import (
     LayerPair,
     align_layers,
@@ -56,7 +56,7 @@ from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check
 from gradparity.pipelines.training_history import history_row
 from gradparity.report.report import TrainingReport
 from gradparity.sides import run_torch
-from gradparity.sides.adapt import model_name, named_layers, params_of
+from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.setup import resolve_losses
@@ -191,7 +191,10 @@ def compare_training(
     report = run(
         loop.plan(
             batch_size=batch, sides=[], pair=lambda captures: list(kept),
-            locators=[lambda ctx: ctx.root_causes.extend(findings)],
+            locators=[
+                lambda ctx: ctx.root_causes.extend(findings),
+                training_sources({**dict(layers), "loss": ours_loss}, ours_opt, layer_code),
+            ],
             meta={
                 **loss_meta(ours_loss, reference_loss, *given), "steps": len(history),
                 "ours_optimizer": _describe(ours_opt),

@@ -198,9 +198,11 @@ def named_layers(model: Any) -> list[tuple[str, Any]]:
             for i, item in enumerate(model)
         ]
     else:
+        # A dict of layers (a book-style OrderedDict) has its pairs one call away.
+        hint = "list(layers.items()): " if isinstance(model, Mapping) else ""
         raise InputError(
-            f"cannot list the layers of a {type(model).__name__}: pass an object with "
-            "named_layers(), or a list of (name, layer) pairs"
+            f"cannot list the layers of a {type(model).__name__}: pass {hint}a list of "
+            "(name, layer) pairs, or an object with named_layers()"
         )
     if not pairs:
         raise InputError("the NumPy model has no layers")
