@@ -72,9 +72,8 @@ def tie_evidence(probe: Probe, tol: Tolerance, tdtype: torch.dtype) -> dict | No
     jittered = _break_ties(x)
     ours_after = run_numpy.probe_layer(probe.pair.layer, jittered, probe.upstream, probe.warm)
     ref_after = run_torch.probe_module(probe.pair, jittered, probe.upstream, tdtype)
-    if ours_after.grad_input is None or not tol.matches(
-        ours_after.grad_input, ref_after.grad_input
-    ):
+    ours_grad, ref_grad = ours_after.grad_input, ref_after.grad_input
+    if ours_grad is None or ref_grad is None or not tol.matches(ours_grad, ref_grad):
         return None
     return {
         "differing": int(differing.sum()),
