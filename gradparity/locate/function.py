@@ -27,6 +27,7 @@ from gradparity.core.source import source_of, source_span
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence.lint_findings import aliased, gradient_shape, mutation, raised, raised_row
+from gradparity.locate.function_groups import param_name, per_layer, tapped_roots, untapped_roots
 from gradparity.sides.function_run import UserRun
 
 NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
@@ -189,48 +190,33 @@ def _tap_roots(
     return roots
 
 
-def _param_name(row: Row) -> str:
-    """The parameter a parameter row's gradient is of."""
-    name = row.address.name
-    assert name is not None  # a parameter row's address is grad:<name>
-    return name
-
-
-def _module_index(row: Row) -> int:
-    """The position in forward order of a tap row's reference module."""
-    assert row.module_index is not None  # set on every tap row (comparison.function_taps)
-    return row.module_index
-
-
 def _param_roots(
-    diverging: list[Row], backward: list[Row], depth: dict[str, int]
+    diverging: list[Row],
+    param_rows: list[Row],
+    backward: list[Row],
+    tap_roots: list[Finding],
+    depth: dict[str, int],
 ) -> tuple[list[Finding], str | None]:
-    """(root causes, a note naming the deepest): a diverging gradient is a root cause unless a
-    gradient tap named as the bug's place reaches it (its module's and earlier modules'
-    parameters), then ``inherited``; statuses set in place."""
-    deepest = max((depth[_param_name(r)] for r in diverging), default=None)
-    reach = max((_module_index(r) for r in backward if r.status == Status.ROOT_CAUSE), default=None)
-    roots = []
-    for row in diverging:
-        name = _param_name(row)
-        if reach is not None and depth[name] <= reach and row.referee != "ours":
-            row.status = Status.INHERITED
-            continue
-        row.status = Status.ROOT_CAUSE
-        found = finding_from_row(row, row.mode)
-        if depth[name] == deepest and row.referee != "ours":
-            found.detail["deepest"] = True
-            found.problem += (
-                "; the deepest diverging parameter (closest to the output): a backward bug "
-                "shows first here and spreads towards the input"
-            )
-            found.message = f"{place(row.layer, row.quantity)}: {found.problem}" + (
-                f"; {found.fix}" if found.fix else ""
-            )
-        roots.append(found)
-    names = [_param_name(r) for r in diverging if depth[_param_name(r)] == deepest]
-    if not names:
+    """(root causes, a note naming the deepest): the diverging gradients grouped per layer
+    (``locate.function_groups``); statuses set in place."""
+    layers = per_layer(diverging, depth)
+    if backward:
+        root_tap = next((r for r in backward if r.status == Status.ROOT_CAUSE), None)
+        tap_root = next(
+            (
+                f
+                for f in tap_roots
+                if root_tap and (f.layer, f.quantity) == (root_tap.layer, root_tap.quantity)
+            ),
+            None,
+        )
+        roots = tapped_roots(layers, backward, tap_root)
+    else:
+        roots = untapped_roots(layers, param_rows, depth)
+    if not layers:
         return roots, None
+    names = [param_name(r) for r in layers[0].rows]
+    reach = any(r.status == Status.ROOT_CAUSE for r in backward)
     return roots, (
         f"deepest diverging parameter(s), closest to the output: {', '.join(names)}"
         + ("; their gradients follow from the gradient tap named above" if reach else "")
@@ -293,7 +279,7 @@ class FunctionLocator:
         whole = source_of(self.code) if self.code is not None else None
         roots += _tap_roots(forward, backward, ctx.arrays, run.tap_sites, whole)
         diverging = [r for r in param_rows if r.diverged]
-        param_found, deepest_note = _param_roots(diverging, backward, depth)
+        param_found, deepest_note = _param_roots(diverging, param_rows, backward, roots, depth)
         roots += param_found
         ctx.notes += [deepest_note] if deepest_note else []
         # A function that changes its inputs invalidates what follows: say so first.
