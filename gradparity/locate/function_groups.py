@@ -73,10 +73,20 @@ class Layer:
     module: str | None
     rows: list[Row]
 
-    @property
-    def inheritable(self) -> bool:
-        """Whether a wrong delta from deeper down may be all that is wrong here."""
-        return all(r.referee != "ours" and r.diagnosis not in LOCAL_LABELS for r in self.rows)
+    def split(self) -> tuple[Layer | None, Layer | None]:
+        """(the rows a wrong delta from deeper down may explain, the rest) as layers; None
+        for an empty part."""
+        delta = [r for r in self.rows if _inheritable(r)]
+        local = [r for r in self.rows if not _inheritable(r)]
+        return (
+            Layer(self.depth, self.module, delta) if delta else None,
+            Layer(self.depth, self.module, local) if local else None,
+        )
+
+
+def _inheritable(row: Row) -> bool:
+    """Whether a wrong delta from deeper down may be all that is wrong with ``row``."""
+    return row.referee != "ours" and row.diagnosis not in LOCAL_LABELS
 
 
 def per_layer(rows: list[Row], depth: dict[str, int]) -> list[Layer]:
@@ -163,12 +173,16 @@ def untapped_roots(
     if not layers:
         return []
     deepest, *shallower = layers
-    inherited = [g for g in shallower if g.inheritable] if deepest.inheritable else []
-    roots = [_layer_finding(g) for g in layers if g not in inherited]
+    roots = [_layer_finding(deepest)]
     if deepest.rows[0].referee != "ours":
         _mark_deepest(roots[0])
-    if not deepest.inheritable:  # its own line's mistake: taps would not narrow it down
-        return roots
+    if not any(map(_inheritable, deepest.rows)):  # its own lines' mistake: no delta is wrong
+        return roots + [_layer_finding(g) for g in shallower]
+    inherited = []
+    for layer in shallower:
+        delta, local = layer.split()
+        inherited += [delta] if delta else []
+        roots += [_layer_finding(local)] if local else []
     advice = tap_advice([deepest, *inherited], next_deeper(deepest, all_rows, depth))
     if inherited:
         _add_possibly_inherited(roots[0], inherited, advice)
