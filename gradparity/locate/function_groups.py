@@ -107,16 +107,17 @@ def tap_advice(split: list[Layer], above: Layer | None) -> str:
     """Where to put ``gp.tap`` calls to split the layers ``split`` (deepest first): the delta
     reaching each one's output (its pre-activation), and that of ``above``, the next deeper
     layer whose gradients agree, so the first diverging tap brackets the bug."""
-    modules = [g.module for g in ([above] if above else []) + split if g and g.module is not None]
-    if len(modules) < len(split) + (above is not None):
+    lead = "to split them" if len(split) > 1 else "to narrow the bug down"
+    modules = [g.module for g in ([above] if above else []) + split]
+    if None in modules:  # no reference module names (central differences): no tap_map
         return (
-            "to split them, tap the gradient that reaches each layer's output in your backward "
+            f"{lead}, tap the gradient that reaches each layer's output in your backward "
             "(gp.tap('delta', delta)) and compare with a torch reference and tap_map"
         )
     first = split[0].module
-    tap_map = ", ".join(f'"{tap_name(m)}": "grad:{m}"' for m in modules)
+    tap_map = ", ".join(f'"{tap_name(m)}": "grad:{m}"' for m in modules if m is not None)
     return (
-        f"to split them, tap the gradient that reaches each layer's output (its pre-activation) "
+        f"{lead}, tap the gradient that reaches each layer's output (its pre-activation) "
         f'in your backward, e.g. gp.tap("{tap_name(first)}", delta) where you compute the '
         f"delta of module {first}, and pass tap_map={{{tap_map}}}: the first tap that diverges "
         "(in backward order) brackets the bug"
@@ -154,7 +155,6 @@ def _add_possibly_inherited(found: Finding, layers: list[Layer], advice: str) ->
             row.status = Status.INHERITED
             found.quantities.append(quantity_entry(row, POSSIBLY_INHERITED))
     names = ", ".join(param_name(r) for g in layers for r in g.rows)
-    found.detail["possibly_inherited"] = [param_name(r) for g in layers for r in g.rows]
     found.problem += (
         f"; {names} (nearer the input) diverge too, possibly only because of this layer's "
         "delta: without gradient taps they cannot be told apart"
@@ -222,11 +222,11 @@ def tapped_roots(
 
 
 def _is_deepest(found: Finding, layers: list[Layer]) -> bool:
+    """Whether ``found`` heads the deepest diverging layer (and the reference is not the one
+    at fault there)."""
     first = layers[0].rows[0]
-    return (found.layer, found.quantity) == (
-        first.layer,
-        first.quantity,
-    ) and first.referee != "ours"
+    same_place = (found.layer, found.quantity) == (first.layer, first.quantity)
+    return same_place and first.referee != "ours"
 
 
 def _tap_span(backward: list[Row]) -> tuple[int | None, int | None]:
