@@ -315,3 +315,25 @@ def test_a_mistake_a_delta_cannot_make_is_its_own_root_cause():
 def test_a_correct_course_network_has_no_finding():
     report = _course_run(make_loss())
     assert report.ok and report.root_causes == []
+
+
+def test_without_a_reference_model_the_advice_asks_for_one():
+    # central differences of the course loss: no module names to map taps to
+    rng = np.random.default_rng(0)
+    params = {
+        "W1": rng.normal(size=(4, 6)), "b1": rng.normal(size=6),
+        "W2": rng.normal(size=(6, 5)), "b2": rng.normal(size=5),
+        "W3": rng.normal(size=(5, 3)), "b3": rng.normal(size=3),
+    }  # fmt: skip
+    X, y = rng.normal(size=(8, 4)), rng.integers(0, 3, 8)
+    buggy, correct = make_loss(relu2_backward=relu_backward_doubled), make_loss()
+    report = gp.compare_function(
+        lambda X, y: buggy(params, X, y)[1], params, None, X, y,
+        loss_fn=lambda p, X, y: correct(p, X, y)[0],
+    )  # fmt: skip
+    assert len(report.root_causes) == 1
+    found = report.root_causes[0]
+    assert found.quantity in ("grad:W2", "grad:b2")
+    assert {q["quantity"] for q in found.listed(POSSIBLY_INHERITED)} == {"grad:W1", "grad:b1"}
+    assert "compare with a torch reference and tap_map" in found.fix
+    assert "grad:2" not in found.fix  # no module is named where none is known
