@@ -2,11 +2,12 @@
 
 Taps run like a chain: forward taps in forward order, the loss, then gradient taps in backward
 order. The first that diverges is a root cause, the place where the bug is (between it and
-the tap before it that agrees); every later divergence is ``inherited``. Every diverging
-parameter gradient is a root cause; the deepest (closest to the output) is marked, since a
-backward bug shows first there and spreads towards the input. A gradient tap named as the
-bug's place explains the parameters its delta reaches (its module's and those before it):
-their rows are ``inherited``.
+the tap before it that agrees); every later divergence is ``inherited``. Diverging parameter
+gradients are grouped per layer, one root cause each (``locate.function_groups``); the deepest
+(closest to the output) is marked, since a backward bug shows first there and spreads towards
+the input, and without gradient taps the layers nearer the input are listed under it as
+possibly inherited. A gradient tap named as the bug's place explains the parameters its delta
+reaches (its module's and those before it): their rows are ``inherited``.
 """
 
 from __future__ import annotations
@@ -190,6 +191,12 @@ def _tap_roots(
     return roots
 
 
+def _finding_at(row: Row | None, findings: list[Finding]) -> Finding | None:
+    """The finding ``row`` heads, if any."""
+    at = None if row is None else (row.layer, row.quantity)
+    return next((f for f in findings if (f.layer, f.quantity) == at), None)
+
+
 def _param_roots(
     diverging: list[Row],
     param_rows: list[Row],
@@ -202,15 +209,7 @@ def _param_roots(
     layers = per_layer(diverging, depth)
     if backward:
         root_tap = next((r for r in backward if r.status == Status.ROOT_CAUSE), None)
-        tap_root = next(
-            (
-                f
-                for f in tap_roots
-                if root_tap and (f.layer, f.quantity) == (root_tap.layer, root_tap.quantity)
-            ),
-            None,
-        )
-        roots = tapped_roots(layers, backward, tap_root)
+        roots = tapped_roots(layers, backward, _finding_at(root_tap, tap_roots))
     else:
         roots = untapped_roots(layers, param_rows, depth)
     if not layers:
