@@ -39,7 +39,6 @@ h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { border-bottom: 1px solid #d
          background: #1d232b; color: #fff; border-radius: 4px; padding: 0 .45rem;
          margin-left: .5rem; vertical-align: middle; }
 .fix { background: #eef5ff; border-radius: 4px; padding: .35rem .6rem; }
-.also { color: #555; font-size: .9rem; }
 .table-wrap { overflow-x: auto; }
 table { border-collapse: collapse; font-size: .8rem; margin: .5rem 0; }
 th, td { border: 1px solid #d6dbe1; padding: .2rem .45rem; text-align: left; }
