@@ -206,9 +206,17 @@ def softmax_loss(x, y):
     return -np.log(probs[np.arange(n), y]).mean(), dx / n
 
 
-def make_loss(relu2_backward=relu_backward, b1_not_summed=False, taps=()):
+def affine_forward_minus_bias(x, w, b):
+    out = x @ w - b  # the forward bug
+    return out, (x, w, b)
+
+
+def make_loss(
+    relu2_backward=relu_backward, b1_not_summed=False, taps=(), affine2_forward=affine_forward
+):
     """A course-style three-layer net's ``loss(params, X, y) -> (loss, grads)``, tapping the
-    deltas named in ``taps`` (``delta_4``: dscores, ``delta_2``: dh2, ``delta_0``: dh1)."""
+    deltas named in ``taps`` (``delta_4``: dscores, ``delta_2``: dh2, ``delta_0``: dh1) and
+    the forward's ``h2``."""
 
     def tap(name, value):
         return gp.tap(name, value) if name in taps else value
@@ -216,8 +224,8 @@ def make_loss(relu2_backward=relu_backward, b1_not_summed=False, taps=()):
     def loss(params, X, y):
         h1, fc1 = affine_forward(X, params["W1"], params["b1"])
         a1, relu1 = relu_forward(h1)
-        h2, fc2 = affine_forward(a1, params["W2"], params["b2"])
-        a2, relu2 = relu_forward(h2)
+        h2, fc2 = affine2_forward(a1, params["W2"], params["b2"])
+        a2, relu2 = relu_forward(tap("h2", h2))
         scores, fc3 = affine_forward(a2, params["W3"], params["b3"])
         data_loss, dscores = softmax_loss(scores, y)
         grads = {}
@@ -337,3 +345,16 @@ def test_without_a_reference_model_the_advice_asks_for_one():
     assert {q["quantity"] for q in found.listed(POSSIBLY_INHERITED)} == {"grad:W1", "grad:b1"}
     assert "compare with a torch reference and tap_map" in found.fix
     assert "grad:2" not in found.fix  # no module is named where none is known
+
+
+def test_a_forward_tap_root_cause_lists_the_gradients_as_possibly_inherited():
+    taps = {"h2": "2", "delta_4": "grad:4", "delta_0": "grad:0"}
+    loss = make_loss(affine2_forward=affine_forward_minus_bias, taps=tuple(taps))
+    report = _course_run(loss, tap_map=taps)
+    assert len(report.root_causes) == 1
+    found = report.root_causes[0]
+    assert (found.layer, found.quantity) == ("h2", "output")
+    inherited = {q["quantity"] for q in found.listed(POSSIBLY_INHERITED)}
+    assert {"grad:W2", "grad:W1"} <= inherited
+    assert "possibly only because the forward does" in found.message
+    assert all(_status(report, q) == "inherited" for q in inherited)

@@ -28,7 +28,13 @@ from gradparity.core.source import source_of, source_span
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence.lint_findings import aliased, gradient_shape, mutation, raised, raised_row
-from gradparity.locate.function_groups import param_name, per_layer, tapped_roots, untapped_roots
+from gradparity.locate.function_groups import (
+    forward_rooted,
+    param_name,
+    per_layer,
+    tapped_roots,
+    untapped_roots,
+)
 from gradparity.sides.function_run import UserRun
 
 NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
@@ -200,14 +206,21 @@ def _finding_at(row: Row | None, findings: list[Finding]) -> Finding | None:
 def _param_roots(
     diverging: list[Row],
     param_rows: list[Row],
+    forward: list[Row],
     backward: list[Row],
     tap_roots: list[Finding],
     depth: dict[str, int],
 ) -> tuple[list[Finding], str | None]:
     """(root causes, a note naming the deepest): the diverging gradients grouped per layer
-    (``locate.function_groups``); statuses set in place."""
+    (``locate.function_groups``), after a root cause in ``forward`` (forward taps and the
+    loss) or among the gradient taps ``backward``, if any; statuses set in place."""
     layers = per_layer(diverging, depth)
-    if backward:
+    forward_root = _finding_at(
+        next((r for r in forward if r.status == Status.ROOT_CAUSE), None), tap_roots
+    )
+    if forward_root is not None:
+        roots = forward_rooted(layers, forward_root)
+    elif backward:
         root_tap = next((r for r in backward if r.status == Status.ROOT_CAUSE), None)
         roots = tapped_roots(layers, backward, _finding_at(root_tap, tap_roots))
     else:
@@ -278,7 +291,9 @@ class FunctionLocator:
         whole = source_of(self.code) if self.code is not None else None
         roots += _tap_roots(forward, backward, ctx.arrays, run.tap_sites, whole)
         diverging = [r for r in param_rows if r.diverged]
-        param_found, deepest_note = _param_roots(diverging, param_rows, backward, roots, depth)
+        param_found, deepest_note = _param_roots(
+            diverging, param_rows, forward, backward, roots, depth
+        )
         roots += param_found
         ctx.notes += [deepest_note] if deepest_note else []
         # A function that changes its inputs invalidates what follows: say so first.

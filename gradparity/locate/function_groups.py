@@ -148,19 +148,33 @@ def _mark_deepest(found: Finding) -> None:
     _restate(found)
 
 
-def _add_possibly_inherited(found: Finding, layers: list[Layer], advice: str) -> None:
-    """List ``layers`` under ``found`` as possibly inherited (statuses set in place)."""
+def _add_possibly_inherited(found: Finding, layers: list[Layer], why: str, advice: str) -> None:
+    """List ``layers`` under ``found`` as possibly inherited, ``why`` said after their names
+    and ``advice`` added to the fix (statuses set in place)."""
     for layer in layers:
         for row in layer.rows:
             row.status = Status.INHERITED
             found.quantities.append(quantity_entry(row, POSSIBLY_INHERITED))
     names = ", ".join(param_name(r) for g in layers for r in g.rows)
-    found.problem += (
-        f"; {names} (nearer the input) diverge too, possibly only because of this layer's "
-        "delta: without gradient taps they cannot be told apart"
-    )
-    found.fix = f"{found.fix}; {advice}" if found.fix else advice
+    found.problem += f"; {names} {why}"
+    found.fix = f"{found.fix}; {advice}" if found.fix and advice else (found.fix or advice)
     _restate(found)
+
+
+def forward_rooted(layers: list[Layer], found: Finding) -> list[Finding]:
+    """Root causes of the diverging ``layers`` when the first divergence, ``found``, is in
+    the forward (a forward tap, or the loss): every gradient may follow from it, so those a
+    wrong activation can explain are listed under it as possibly inherited; the others are
+    root causes of their own."""
+    inherited, roots = [], []
+    for layer in layers:
+        delta, local = layer.split()
+        inherited += [delta] if delta else []
+        roots += [_layer_finding(local)] if local else []
+    if inherited:
+        why = "diverge too, possibly only because the forward does: fix the forward first"
+        _add_possibly_inherited(found, inherited, why, "")
+    return roots
 
 
 def untapped_roots(
@@ -185,7 +199,11 @@ def untapped_roots(
         roots += [_layer_finding(local)] if local else []
     advice = tap_advice([deepest, *inherited], next_deeper(deepest, all_rows, depth))
     if inherited:
-        _add_possibly_inherited(roots[0], inherited, advice)
+        why = (
+            "(nearer the input) diverge too, possibly only because of this layer's delta: "
+            "without gradient taps they cannot be told apart"
+        )
+        _add_possibly_inherited(roots[0], inherited, why, advice)
     else:
         roots[0].fix = f"{roots[0].fix}; {advice}" if roots[0].fix else advice
         _restate(roots[0])
