@@ -2,11 +2,12 @@
 
 Taps run like a chain: forward taps in forward order, the loss, then gradient taps in backward
 order. The first that diverges is a root cause, the place where the bug is (between it and
-the tap before it that agrees); every later divergence is ``inherited``. Every diverging
-parameter gradient is a root cause; the deepest (closest to the output) is marked, since a
-backward bug shows first there and spreads towards the input. A gradient tap named as the
-bug's place explains the parameters its delta reaches (its module's and those before it):
-their rows are ``inherited``.
+the tap before it that agrees); every later divergence is ``inherited``. Diverging parameter
+gradients are grouped per layer, one root cause each (``locate.function_groups``); the deepest
+(closest to the output) is marked, since a backward bug shows first there and spreads towards
+the input, and without gradient taps the layers nearer the input are listed under it as
+possibly inherited. A gradient tap named as the bug's place explains the parameters its delta
+reaches (its module's and those before it): their rows are ``inherited``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from gradparity.core.source import source_of, source_span
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence.lint_findings import aliased, gradient_shape, mutation, raised, raised_row
+from gradparity.locate.function_groups import (
+    forward_rooted,
+    param_name,
+    per_layer,
+    tapped_roots,
+    untapped_roots,
+)
 from gradparity.sides.function_run import UserRun
 
 NUMERIC_REFERENCE = "central differences of loss_fn"  # meta["reference"] without a model
@@ -189,48 +197,38 @@ def _tap_roots(
     return roots
 
 
-def _param_name(row: Row) -> str:
-    """The parameter a parameter row's gradient is of."""
-    name = row.address.name
-    assert name is not None  # a parameter row's address is grad:<name>
-    return name
-
-
-def _module_index(row: Row) -> int:
-    """The position in forward order of a tap row's reference module."""
-    assert row.module_index is not None  # set on every tap row (comparison.function_taps)
-    return row.module_index
+def _finding_at(row: Row | None, findings: list[Finding]) -> Finding | None:
+    """The finding ``row`` heads, if any."""
+    at = None if row is None else (row.layer, row.quantity)
+    return next((f for f in findings if (f.layer, f.quantity) == at), None)
 
 
 def _param_roots(
-    diverging: list[Row], backward: list[Row], depth: dict[str, int]
+    diverging: list[Row],
+    param_rows: list[Row],
+    forward: list[Row],
+    backward: list[Row],
+    tap_roots: list[Finding],
+    depth: dict[str, int],
 ) -> tuple[list[Finding], str | None]:
-    """(root causes, a note naming the deepest): a diverging gradient is a root cause unless a
-    gradient tap named as the bug's place reaches it (its module's and earlier modules'
-    parameters), then ``inherited``; statuses set in place."""
-    deepest = max((depth[_param_name(r)] for r in diverging), default=None)
-    reach = max((_module_index(r) for r in backward if r.status == Status.ROOT_CAUSE), default=None)
-    roots = []
-    for row in diverging:
-        name = _param_name(row)
-        if reach is not None and depth[name] <= reach and row.referee != "ours":
-            row.status = Status.INHERITED
-            continue
-        row.status = Status.ROOT_CAUSE
-        found = finding_from_row(row, row.mode)
-        if depth[name] == deepest and row.referee != "ours":
-            found.detail["deepest"] = True
-            found.problem += (
-                "; the deepest diverging parameter (closest to the output): a backward bug "
-                "shows first here and spreads towards the input"
-            )
-            found.message = f"{place(row.layer, row.quantity)}: {found.problem}" + (
-                f"; {found.fix}" if found.fix else ""
-            )
-        roots.append(found)
-    names = [_param_name(r) for r in diverging if depth[_param_name(r)] == deepest]
-    if not names:
+    """(root causes, a note naming the deepest): the diverging gradients grouped per layer
+    (``locate.function_groups``), after a root cause in ``forward`` (forward taps and the
+    loss) or among the gradient taps ``backward``, if any; statuses set in place."""
+    layers = per_layer(diverging, depth)
+    forward_root = _finding_at(
+        next((r for r in forward if r.status == Status.ROOT_CAUSE), None), tap_roots
+    )
+    if forward_root is not None:
+        roots = forward_rooted(layers, forward_root)
+    elif backward:
+        root_tap = next((r for r in backward if r.status == Status.ROOT_CAUSE), None)
+        roots = tapped_roots(layers, backward, _finding_at(root_tap, tap_roots))
+    else:
+        roots = untapped_roots(layers, param_rows, depth)
+    if not layers:
         return roots, None
+    names = [param_name(r) for r in layers[0].rows]
+    reach = any(r.status == Status.ROOT_CAUSE for r in backward)
     return roots, (
         f"deepest diverging parameter(s), closest to the output: {', '.join(names)}"
         + ("; their gradients follow from the gradient tap named above" if reach else "")
@@ -293,7 +291,9 @@ class FunctionLocator:
         whole = source_of(self.code) if self.code is not None else None
         roots += _tap_roots(forward, backward, ctx.arrays, run.tap_sites, whole)
         diverging = [r for r in param_rows if r.diverged]
-        param_found, deepest_note = _param_roots(diverging, backward, depth)
+        param_found, deepest_note = _param_roots(
+            diverging, param_rows, forward, backward, roots, depth
+        )
         roots += param_found
         ctx.notes += [deepest_note] if deepest_note else []
         # A function that changes its inputs invalidates what follows: say so first.

@@ -5,7 +5,9 @@ exact input and upstream gradient). In the chain run, a divergence at a root cau
 status, one that follows an earlier divergence is ``inherited``, and the first divergence with
 no root cause behind it stays ``diverged`` and is reported as a chain finding. An isolated
 gradient that the referee finds consistent with ours' own diverging forward is ``inherited``
-from that forward, not a second root cause.
+from that forward, not a second root cause. A layer is one root cause however many of its
+quantities diverge: its forward ``output`` if that diverges, else its first diverging quantity,
+with the others listed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gradparity.core.finding import Finding, finding_from_row
+from gradparity.core.finding import Finding, finding_from_row, group_finding
 from gradparity.core.row import Row
 from gradparity.core.source import source_of
 from gradparity.core.status import Status
@@ -30,13 +32,20 @@ def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
     """
     roots: list[Finding] = []
     blamed = set()
+    per_layer: dict[str, list[Row]] = {}
+    following: dict[str, list[Row]] = {}
     for row in isolate_rows:
         if row.diverged and row.follows_forward:
             row.status = Status.INHERITED  # consistent with ours' own (diverging) forward
+            following.setdefault(row.layer, []).append(row)
         elif row.diverged:
             row.status = Status.ROOT_CAUSE
             blamed.add((row.layer, row.quantity))
-            roots.append(finding_from_row(row, "isolate"))
+            per_layer.setdefault(row.layer, []).append(row)
+    roots += [
+        group_finding(_headline_first(rows), "isolate", following.get(layer, []))
+        for layer, rows in per_layer.items()
+    ]
     upstream_diverged = False
     for row in chain_rows:
         if not row.diverged:
@@ -51,6 +60,12 @@ def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
                 roots.append(finding_from_row(row, "chain"))
         upstream_diverged = True
     return roots
+
+
+def _headline_first(rows: list[Row]) -> list[Row]:
+    """A layer's diverging rows, its forward output first (a forward bug explains the rest
+    more often than not), the others in their order."""
+    return sorted(rows, key=lambda r: r.quantity != "output")
 
 
 def first_divergence(chain_rows: list[Row]) -> dict:

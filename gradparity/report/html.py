@@ -14,7 +14,7 @@ import re
 
 from gradparity.core import escape, losses
 from gradparity.core.address import place
-from gradparity.core.finding import Finding
+from gradparity.core.finding import Finding, also_line
 from gradparity.core.rounding import json_value
 from gradparity.core.row import DISPLAY_COLUMNS, Row
 from gradparity.core.source import source_text, where
@@ -64,10 +64,15 @@ def _finding(f: Finding, kind: str = "") -> str:
     return (
         f'<article class="finding {kind}"><h3>{_e(place(f.layer, f.quantity))}'
         f'<span class="label">{_e(f.diagnosis)}</span></h3>'
-        f'<p class="message">{_e(problem)}</p>{fix}{_source(f.source)}'
+        f'<p class="message">{_e(problem)}</p>{fix}{_listed(f)}{_source(f.source)}'
         f"<details><summary>numbers ({_e(f.mode)} mode)</summary><pre>{_e(detail)}</pre>"
         "</details></article>"
     )
+
+
+def _listed(f: Finding) -> str:
+    """The finding's other quantities (``also_line``), when it lists any."""
+    return f'<p class="also">{_e(also_line(f))}</p>' if f.quantities else ""
 
 
 def _source(source: dict | None) -> str:

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from gradparity.core import escape, losses
 from gradparity.core.address import place
-from gradparity.core.finding import Finding
+from gradparity.core.finding import Finding, also_line
 from gradparity.core.rounding import json_value
 from gradparity.core.row import DISPLAY_COLUMNS, Row
 from gradparity.core.status import STATUS_RANK, Status
@@ -73,9 +73,9 @@ def render(report: Report, plot_files: list[str] | None = None) -> str:
     out += [f"**Not checked:** {md(unchecked)}", ""] if unchecked else []
     if report.root_causes:
         out += ["## Root causes", ""]
-        out += [
-            f"{i}. `{f.diagnosis}` {md(f.message)}" for i, f in enumerate(report.root_causes, 1)
-        ]
+        for i, f in enumerate(report.root_causes, 1):
+            out.append(f"{i}. `{f.diagnosis}` {md(f.message)}")
+            out += [f"   - {md(also_line(f))}"] if f.quantities else []
         out.append("")
     if report.warnings:
         out += ["## Warnings", ""]

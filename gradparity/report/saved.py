@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gradparity.core.errors import InputError
-from gradparity.core.finding import Finding
+from gradparity.core.finding import RELATIONS, Finding
 from gradparity.core.row import Row
 from gradparity.core.status import STATUS_RANK
 from gradparity.core.tolerance import Tolerance
@@ -110,11 +110,32 @@ def _source(value: Any) -> dict:
     return {"file": file, "first_line": first, "last_line": last}
 
 
+def _relation(value: Any) -> str:
+    if value not in RELATIONS:
+        raise Refused(f"must be one of {', '.join(RELATIONS)}, got {value!r:.40}")
+    return value
+
+
+_QUANTITY_FIELDS: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(("layer", "quantity", "diagnosis"), _text),
+    "relation": _relation,
+    **dict.fromkeys(("max_abs", "max_rel", "mismatch_frac"), _maybe(_number)),
+}
+
+
+def _quantities(value: Any) -> list[dict]:
+    """A finding's listed quantities (``core.finding.quantity_entry``)."""
+    return _each(
+        value, "quantities", lambda item: _record(item, _QUANTITY_FIELDS, set(_QUANTITY_FIELDS))
+    )
+
+
 _FINDING_FIELDS: dict[str, Callable[[Any], Any]] = {
     **dict.fromkeys(("layer", "quantity", "diagnosis", "message", "mode", "problem", "fix"), _text),
     "detail": _object,
     "step": _maybe(_whole),
     "source": _maybe(_source),
+    "quantities": _quantities,
 }
 # The keys the design fixes (report.json schema); the others have defaults.
 _ROW_REQUIRED = {"mode", "layer", "type", "quantity", "shape_ours", "shape_ref", "status"}

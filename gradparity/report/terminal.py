@@ -10,6 +10,7 @@ from typing import TextIO
 
 from gradparity.core import escape
 from gradparity.core.address import place
+from gradparity.core.finding import also_line
 from gradparity.core.row import Row
 from gradparity.core.source import where
 from gradparity.core.status import STATUS_RANK, Status
@@ -61,6 +62,8 @@ def problem_lines(report, colour: bool = False) -> list[str]:
         lines.append(f"  ... {hidden} more problem rows in the report")
     for i, f in enumerate(report.root_causes, 1):
         lines.append(escape.terminal(f"{i}. [{f.diagnosis}] {f.message}"))
+        if f.quantities:
+            lines.append(escape.terminal(f"   {also_line(f)}"))
         if f.source:
             lines.append(escape.terminal(f"   at {where(f.source)}"))
     lines += [escape.terminal(f"warning: {w.message}") for w in report.warnings]

@@ -18,7 +18,7 @@ import torch
 from gradparity.core import escape, losses
 from gradparity.core.address import place
 from gradparity.core.errors import InputError
-from gradparity.core.finding import Finding
+from gradparity.core.finding import Finding, also_line
 from gradparity.core.metrics import first_largest
 from gradparity.core.row import Row
 from gradparity.core.source import where
@@ -138,6 +138,11 @@ def _at(finding: Finding) -> str:
     return f" (at {where(finding.source)})" if finding.source else ""
 
 
+def _also(finding: Finding) -> list[str]:
+    """The line listing a finding's other quantities, when it lists any."""
+    return [f"    {also_line(finding)}"] if finding.quantities else []
+
+
 def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS) -> str:
     """Why ``report`` is not ok, for a test failure: the first root cause's message (place,
     what is wrong, the fix) on line 1, the other root causes, that cause's numbers, whether
@@ -145,8 +150,9 @@ def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS)
     run's first divergence and a table of at most ``max_rows`` non-ok rows."""
     roots = report.root_causes
     if roots:
-        lines = [f"gradparity: {roots[0].message}{_at(roots[0])}"]
-        lines += [f"  - [{f.diagnosis}] {f.message}{_at(f)}" for f in roots[1:]]
+        lines = [f"gradparity: {roots[0].message}{_at(roots[0])}", *_also(roots[0])]
+        for f in roots[1:]:
+            lines += [f"  - [{f.diagnosis}] {f.message}{_at(f)}", *_also(f)]
     else:
         lines = ["gradparity: ours and the reference diverge, but no single root cause was found"]
     lines += [f"  ! {w.message}" for w in report.warnings]
