@@ -77,6 +77,10 @@ def render(report: Report, plot_files: list[str] | None = None) -> str:
             f"{i}. `{f.diagnosis}` {md(f.message)}" for i, f in enumerate(report.root_causes, 1)
         ]
         out.append("")
+    if report.minor:
+        out += ["## Minor differences", ""]
+        out += [f"{i}. `{f.diagnosis}` {md(f.message)}" for i, f in enumerate(report.minor, 1)]
+        out.append("")
     if report.warnings:
         out += ["## Warnings", ""]
         out += [f"- `{w.diagnosis}` {md(w.message)}" for w in report.warnings]
