@@ -141,9 +141,9 @@ def _at(finding: Finding) -> str:
 def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS) -> str:
     """Why ``report`` is not ok, for a test failure: the first root cause's message (place,
     what is wrong, the fix) on line 1 (under ``strict`` with no root cause, the first minor
-    difference's), the other root causes, the minor differences after them, that cause's numbers, whether
-    the user's own loss went unchecked (gradparity's default ran on ours' side), the chain
-    run's first divergence and a table of at most ``max_rows`` non-ok rows."""
+    difference's), the other root causes, the minor differences after them, that cause's
+    numbers, whether the user's own loss went unchecked (gradparity's default ran on ours'
+    side), the chain run's first divergence and a table of at most ``max_rows`` non-ok rows."""
     roots, minor = report.root_causes, report.minor
     if roots:
         lines = [f"gradparity: {roots[0].message}{_at(roots[0])}"]
