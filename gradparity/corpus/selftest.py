@@ -33,6 +33,8 @@ class BugResult:
     localized: bool = False
     diagnosed: bool = False
     step: int | None = None  # training bugs: the step where it must be found
+    # "layer quantity [label]" of each minor finding: a corpus bug must never be one
+    minor: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +54,11 @@ def compare_setup(model, loss, x, target, seed: int = 0, name: str | None = None
     )
 
 
+def minor_places(report: Report) -> list[str]:
+    """Each minor finding of ``report`` as "layer quantity [label]"."""
+    return [f"{f.layer} {f.quantity} [{f.diagnosis}]" for f in report.minor]
+
+
 def run_bug(bug: Bug, seed: int = 0) -> BugResult:
     """Localized: the expected (layer, quantity) is a root cause and no other layer is blamed.
     Diagnosed: that root cause carries the expected label."""
@@ -64,7 +71,10 @@ def run_bug(bug: Bug, seed: int = 0) -> BugResult:
     hits = [f for f in found if (f["layer"], f["quantity"]) == (bug.layer, bug.quantity)]
     localized = bool(hits) and all(f["layer"] == bug.layer for f in found)
     diagnosed = any(f["diagnosis"] == bug.diagnosis for f in hits)
-    return BugResult(bug.name, bug.layer, bug.quantity, bug.diagnosis, found, localized, diagnosed)
+    return BugResult(
+        bug.name, bug.layer, bug.quantity, bug.diagnosis, found, localized, diagnosed,
+        minor=minor_places(report),
+    )  # fmt: skip
 
 
 def training_batches(seed: int, n: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -101,8 +111,9 @@ def run_training_bug(bug: TrainingBug, seed: int = 0) -> BugResult:
     localized = report.first_divergent_step == bug.step and bool(hits)
     diagnosed = localized and any(f["diagnosis"] == bug.diagnosis for f in hits)
     return BugResult(
-        bug.name, "*", f"{bug.kind}:*", bug.diagnosis, found, localized, diagnosed, bug.step
-    )
+        bug.name, "*", f"{bug.kind}:*", bug.diagnosis, found, localized, diagnosed, bug.step,
+        minor_places(report),
+    )  # fmt: skip
 
 
 def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> BugResult:
@@ -127,7 +138,9 @@ def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> 
     localized = (first.get("layer"), first.get("quantity")) == (layer, quantity)
     diagnosed = localized and first["diagnosis"] == label
     name = f"fn:{bug.name}" + ("+numeric" if numeric else "")
-    return BugResult(name, layer, quantity, label, found, localized, diagnosed)
+    return BugResult(
+        name, layer, quantity, label, found, localized, diagnosed, minor=minor_places(report)
+    )
 
 
 def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]:
