@@ -4,6 +4,7 @@ True unless ``strict``; a difference with no effect on the gradients is minor to
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import tolerance_for
 from gradparity.evidence import epsilon_fits
-from gradparity.locate.minor import tap_without_effect
+from gradparity.locate.minor import layer_without_effect, tap_without_effect
 
 pytest_plugins = ["pytester"]
 TOL = tolerance_for("float64")
@@ -136,6 +137,9 @@ class _Ctx:
     def __init__(self, rows):
         self.rows = rows
 
+    def rows_of(self, mode):
+        return [r for r in self.rows if r.mode == mode]
+
 
 @pytest.mark.parametrize("label", [None, TIED_MAXIMA])
 def test_a_tap_whose_difference_vanishes_is_minor(label):
@@ -158,6 +162,21 @@ def test_a_tap_whose_difference_reaches_a_gradient_is_not_minor():
     ]
     tap_without_effect(_Ctx(rows))
     assert "minor" not in rows[0].detail
+
+
+@pytest.mark.parametrize("chain_diverges", [False, True])
+def test_a_layer_gradient_without_effect_in_the_chain(chain_diverges):
+    """compare: an isolated dL/dx that differs is minor only where the chain's gradients,
+    that layer's own and every parameter's, all agree."""
+    chain_status = Status.INHERITED if chain_diverges else Status.OK
+    rows = [
+        Row("isolate", "pool", "MaxPool", "grad_input", [2], [2], status=Status.ROOT_CAUSE),
+        Row("chain", "pool", "MaxPool", "grad_input", [2], [2], status=chain_status),
+        Row("chain", "fc", "Linear", "grad:W", [2], [2]),
+    ]
+    layer_without_effect(_Ctx(rows))
+    assert ("minor" in rows[0].detail) is not chain_diverges
+    assert (rows[0].diagnosis == NO_EFFECT) is not chain_diverges
 
 
 def test_cli_strict_exit_code(tmp_path, capsys):
@@ -191,3 +210,15 @@ def test_fixture_strict_option(pytester, monkeypatch):
     strict = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--parity-strict")
     strict.assert_outcomes(failed=1)
     strict.stdout.fnmatch_lines(["gradparity: minor difference (strict): loss output: *"])
+
+
+def test_readme_minor_section_shows_what_the_command_prints(tmp_path, capsys, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    section = (root / "README.md").read_text().split("## Minor differences and `strict`")[1]
+    block = section.split("```\n")[1]
+    command, *shown = block.splitlines()
+    assert command.startswith("$ gradparity check ")
+    monkeypatch.chdir(root)  # the command names tests/book_style.py from the repository root
+    assert main([*command.split()[2:], "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.replace(str(tmp_path), "reports/latest")
+    assert printed.splitlines() == shown
