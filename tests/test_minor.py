@@ -17,8 +17,11 @@ from gradparity.core.labels import EPSILON, NO_EFFECT, TIED_MAXIMA
 from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import tolerance_for
+from gradparity.corpus import layer_bugs
+from gradparity.corpus.selftest import compare_setup
 from gradparity.evidence import epsilon_fits
 from gradparity.locate.minor import layer_without_effect, tap_without_effect
+from gradparity.ours import Linear
 
 pytest_plugins = ["pytester"]
 TOL = tolerance_for("float64")
@@ -98,6 +101,33 @@ def test_a_one_percent_error_is_not_minor():
     report = _compare(TwoLayerNet(batchnorm_eps=2e-2, loss_eps=0), torch_twin(batchnorm=True))
     assert not report.ok and report.minor == []
     assert ("BatchNorm1", "output") in {(f.layer, f.quantity) for f in report.root_causes}
+
+
+def _weight_grad(change):
+    class ChangedWeightGrad(Linear):
+        def backward(self, grad_out):
+            grad_x = super().backward(grad_out)
+            self.grads["W"] = change(self.grads["W"])
+            return grad_x
+
+    return ChangedWeightGrad
+
+
+def test_a_small_uneven_difference_without_a_form_gets_the_generic_hint():
+    """A guard constant added to a gradient: small, smooth, uneven, no form to fit."""
+    guard = _weight_grad(lambda g: g + 3e-6 * np.abs(g).max())
+    report = compare_setup(*layer_bugs.base_network(0, fc1=guard))
+    assert report.ok and report.root_causes == []
+    (found,) = report.minor
+    assert (found.layer, found.quantity, found.diagnosis) == ("fc1", "grad:W", EPSILON)
+    assert "no size could be fitted" in found.message
+    assert "epsilon" not in found.detail["minor"]
+
+
+def test_a_small_uniform_factor_is_not_minor():
+    """ours = (1 + 1e-6) * reference moves every element alike: a factor, not an epsilon."""
+    report = compare_setup(*layer_bugs.base_network(0, fc1=_weight_grad(lambda g: g * 1.000001)))
+    assert report.minor == [] and not report.ok
 
 
 def test_epsilon_fits_refuse_what_they_cannot_reproduce():

@@ -35,6 +35,12 @@ MINOR_COSINE = 1 - 1e-6
 # scalar "scaled" by a factor within MINOR_LIMIT of 1.
 _OPEN_LABELS = (None, UNEXPLAINED)
 
+# How much larger than the scale-relative error the largest elementwise relative error must be
+# for a difference no constant could be fitted to: a constant inside a log, a square root or a
+# clip moves some elements relatively more than others, while ours = (1 + e) * reference
+# moves them all alike, which is a factor (a learning rate, a scale), not an epsilon.
+NONUNIFORM = 1.5
+
 GENERIC_HINT = (
     "differs by {rel:.2g} of the tensor's scale, smoothly (cosine {cos:.8f}): consistent with "
     "a different epsilon or clipping constant; no size could be fitted"
@@ -73,6 +79,13 @@ def small_difference(row: Row, tol: Tolerance) -> float | None:
     return rel if rel is not None and rel <= MINOR_LIMIT else None
 
 
+def uneven(row: Row, rel: float) -> bool:
+    """Whether ``row``'s difference changes elements unevenly (largest elementwise relative
+    error well above ``rel``, the scale-relative one), as a small constant does and a factor
+    does not: the condition for the generic hint, where no constant was fitted."""
+    return row.max_rel is not None and row.max_rel > NONUNIFORM * rel
+
+
 def mark_minor(row: Row, rel: float, message: str, fix: str, **fitted: Any) -> None:
     """Label ``row`` a minor ``epsilon`` difference, with its message and the fitted numbers."""
     row.diagnosis = EPSILON
@@ -109,7 +122,7 @@ class EpsilonFits:
                 continue
             if row.quantity == "output" and self._fit(row, rel, probes[row.layer], ctx.tolerance):
                 fitted[row.layer] = row
-            else:
+            elif uneven(row, rel):
                 mark_generic(row, rel)
         for row in ctx.rows_of("isolate"):
             source = fitted.get(row.layer)

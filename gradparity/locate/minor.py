@@ -16,7 +16,7 @@ from gradparity.core.finding import Finding, finding_from_row
 from gradparity.core.labels import NO_EFFECT, UNEXPLAINED
 from gradparity.core.row import Row
 from gradparity.core.status import Status
-from gradparity.evidence.minor import is_minor, mark_generic, small_difference
+from gradparity.evidence.minor import is_minor, mark_generic, small_difference, uneven
 
 if TYPE_CHECKING:
     from gradparity.core.plan import Context
@@ -50,15 +50,16 @@ def _minor_finding(finding: Finding, own: list[Row]) -> Finding:
 
 def separate_minor(ctx: Context) -> None:
     """Move each root cause whose rows are all minor to ``ctx.fields["minor"]``; a row not yet
-    judged that is small and smooth gets the generic epsilon hint here (``small_difference``),
-    so every pipeline has the tier. Rows at the same place in other modes follow."""
+    judged that is small, smooth and uneven gets the generic epsilon hint here
+    (``small_difference``, ``uneven``), so every pipeline has the tier. Rows at the same place
+    in other modes follow."""
     minor: list[Finding] = ctx.fields.setdefault("minor", [])
     kept: list[Finding] = []
     for finding in ctx.root_causes:
         own = _rows_of(finding, ctx.rows)
         for row in own:
             rel = None if is_minor(row) else small_difference(row, ctx.tolerance)
-            if rel is not None:
+            if rel is not None and uneven(row, rel):
                 mark_generic(row, rel)
         if not own or not all(is_minor(r) for r in own):
             kept.append(finding)
