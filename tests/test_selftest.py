@@ -109,6 +109,12 @@ def test_corpus_sizes_and_scores(corpus):
         assert all(f["message"] for f in r.found), r.name
 
 
+def test_no_corpus_bug_is_minor(corpus):
+    """Every bug of the three corpora stays a root cause: none is (or adds) a minor finding,
+    which would leave ``ok`` True."""
+    assert {r.name: r.minor for r in corpus if r.minor} == {}
+
+
 # --- every bug keeps its exact place and label ----------------------------------------------
 
 

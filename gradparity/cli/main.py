@@ -217,6 +217,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     name=name,
                 )
             )
+    for r in reports:  # --strict: minor differences count as divergences too
+        r.strict = r.strict or args.strict
     report = reports[0] if len(reports) == 1 else merge_reports(reports)
     report.save(out)  # a merged report carries its parts into subfolders
     if args.format == "json":
@@ -319,6 +321,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             it, total=total, desc="training", unit="step", disable=not sys.stderr.isatty()
         ),
         name=name,
+        strict=args.strict,
     )
     report.save(out)
     assert report.history is not None  # compare_training records one row per step
@@ -336,6 +339,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             say(escape.terminal(f"  - [{f.diagnosis}] {f.message}"))
     say(f"report: {out / 'report.md'}")
     return EXIT_OK if report.ok else EXIT_DIVERGED
+
+
+STRICT_HELP = "exit 1 on minor differences too (an epsilon, a clipping bound)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--format", choices=["text", "md", "json"], default="text")
     check.add_argument("--bug", metavar="NAME", help="inject a known bug (see selftest)")
+    check.add_argument("--strict", action="store_true", help=STRICT_HELP)
     check.set_defaults(func=cmd_check)
     train = sub.add_parser(
         "train", help="train both sides side by side, find the first divergent step"
@@ -385,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", choices=DTYPES, default="float64")
     train.add_argument("--out", default="reports/train")
     train.add_argument("--seed", type=option_type(check_seed, "--seed"), default=0)
+    train.add_argument("--strict", action="store_true", help=STRICT_HELP)
     train.set_defaults(func=cmd_train)
     selftest = sub.add_parser("selftest", help="inject the known-bug corpus, show what was found")
     selftest.add_argument("--bug", action="append", metavar="NAME", help="only this bug (repeat)")

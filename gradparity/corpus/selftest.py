@@ -38,6 +38,8 @@ class BugResult:
     step: int | None = None  # training bugs: the step where it must be found
     label: str | None = None  # the label found at the expected place, None if not found there
     corpus: str = "layer"  # "layer", "training" or "function": which corpus the bug is from
+    # "layer quantity [label]" of each minor finding: a corpus bug must never be one
+    minor: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +59,11 @@ def compare_setup(model, loss, x, target, seed: int = 0, name: str | None = None
     )
 
 
+def minor_places(report: Report) -> list[str]:
+    """Each minor finding of ``report`` as "layer quantity [label]"."""
+    return [f"{f.layer} {f.quantity} [{f.diagnosis}]" for f in report.minor]
+
+
 def run_bug(bug: Bug, seed: int = 0) -> BugResult:
     """Localized: the expected (layer, quantity) is a root cause and no other layer is blamed.
     Diagnosed: that root cause carries the expected label."""
@@ -72,6 +79,7 @@ def run_bug(bug: Bug, seed: int = 0) -> BugResult:
     return BugResult(
         bug.name, bug.layer, bug.quantity, bug.diagnosis, found, localized, diagnosed,
         label=_label_of(hits, bug.diagnosis),
+        minor=minor_places(report),
     )  # fmt: skip
 
 
@@ -111,6 +119,7 @@ def run_training_bug(bug: TrainingBug, seed: int = 0) -> BugResult:
     return BugResult(
         bug.name, "*", f"{bug.kind}:*", bug.diagnosis, found, localized, diagnosed, bug.step,
         label=_label_of(hits, bug.diagnosis) if localized else None, corpus="training",
+        minor=minor_places(report),
     )  # fmt: skip
 
 
@@ -139,6 +148,7 @@ def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> 
     return BugResult(
         name, layer, quantity, label, found, localized, diagnosed,
         label=first["diagnosis"] if localized else None, corpus="function",
+        minor=minor_places(report),
     )  # fmt: skip
 
 

@@ -109,12 +109,12 @@ def tap_advice(split: list[Layer], above: Layer | None) -> str:
     layer whose gradients agree, so the first diverging tap brackets the bug."""
     lead = "to split them" if len(split) > 1 else "to narrow the bug down"
     modules = [g.module for g in ([above] if above else []) + split]
-    if None in modules:  # no reference module names (central differences): no tap_map
+    first = split[0].module
+    if first is None or None in modules:  # no reference module names (central differences)
         return (
             f"{lead}, tap the gradient that reaches each layer's output in your backward "
             "(gp.tap('delta', delta)) and compare with a torch reference and tap_map"
         )
-    first = split[0].module
     tap_map = ", ".join(f'"{tap_name(m)}": "grad:{m}"' for m in modules if m is not None)
     return (
         f"{lead}, tap the gradient that reaches each layer's output (its pre-activation) "

@@ -18,7 +18,7 @@ from gradparity.core.losses import function_loss_meta
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.core.plan import Captures, Context
 from gradparity.core.tolerance import tolerance_for
-from gradparity.core.validate import check_options, quiet_arithmetic
+from gradparity.core.validate import check_flag, check_options, quiet_arithmetic
 from gradparity.engine import Evidence, Plan, run
 from gradparity.engine.report import COMMON_META
 from gradparity.evidence.function_evidence import (
@@ -30,6 +30,7 @@ from gradparity.evidence.function_evidence import (
 )
 from gradparity.evidence.function_numeric import NumericLoss, numeric_rows
 from gradparity.locate.function import FunctionLocator
+from gradparity.locate.minor import separate_minor, tap_without_effect
 from gradparity.pairing.function_entries import FunctionPairing
 from gradparity.pairing.structure import flatten
 from gradparity.report.report import Report
@@ -72,6 +73,7 @@ def compare_function(
     tolerances: Tolerances | None = None,
     reference_inputs: ReferenceInputs | None = None,
     maps: Maps | None = None,
+    strict: bool = False,
 ) -> Report:
     """Compare every parameter gradient that ``grads(x, target)`` returns with a reference.
 
@@ -92,9 +94,11 @@ def compare_function(
     ``stale``); the live parameters are never left changed.
     ``tolerances`` (rtol, atol), ``reference_inputs`` (reference_x, reference_target,
     reference_loss) and ``maps`` (param_map, tap_map): option objects, merged into those
-    keyword arguments (``with_options``).
+    keyword arguments (``with_options``). ``strict``: minor differences (small against the
+    tensor's scale, or a tap with no effect on the gradients) make ``ok`` False too.
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
+    strict = check_flag(strict, "strict")
     param_map, tap_map, name, batch_size = function_options(param_map, tap_map, name, batch_size)
     check_callables(grads, loss_fn)
     if reference is None:
@@ -135,7 +139,7 @@ def compare_function(
             meta={"model": name or fn, "seed": seed, **function_loss_meta(fn, loss_fn, None)},
             batch_size=batch_size, rtol=rtol, atol=atol,
         )  # fmt: skip
-        return _judged_report(fn, captures["run"], judged, seed, grads)
+        return _judged_report(fn, captures["run"], judged, seed, grads, strict)
     batch = batch_size or (int(side.rx.shape[0]) if side.rx.ndim > 1 else 1)
     evidence: list[Evidence] = [penalty_term, loss_advice, RepeatedCalls(x_warm)]
     if loss_fn is not None:
@@ -156,7 +160,12 @@ def compare_function(
             sides=[ours, side],
             pair=FunctionPairing(fn, side, batch),
             evidence=[*evidence, reference_notes],
-            locators=[FunctionLocator(fn, set(side.tap_specs), has_reference=True, code=grads)],
+            locators=[
+                FunctionLocator(fn, set(side.tap_specs), has_reference=True, code=grads),
+                tap_without_effect,
+                separate_minor,
+            ],
+            fields={"strict": strict},
             meta={
                 "examples_as": "columns" if side.columns else "rows",
                 "reference": type(side.model).__name__,
@@ -176,7 +185,12 @@ def _reference_loss_name(side: FunctionReference) -> str:
 
 
 def _judged_report(
-    fn: str, user_run: UserRun, judged: dict[str, Any], seed: int, code: Any = None
+    fn: str,
+    user_run: UserRun,
+    judged: dict[str, Any],
+    seed: int,
+    code: Any = None,
+    strict: bool = False,
 ) -> Report:
     """The report of rows judged by the central-difference referee (``numeric_rows``): a plan
     whose pairing step hands the engine those rows, located by the function locator."""
@@ -199,7 +213,8 @@ def _judged_report(
             sides=[side],
             pair=lambda captures: list(judged["rows"]),
             evidence=[values],
-            locators=[FunctionLocator(fn, set(), has_reference=False, code=code)],
+            locators=[FunctionLocator(fn, set(), has_reference=False, code=code), separate_minor],
+            fields={"strict": strict},
             meta={k: v for k, v in meta.items() if k not in COMMON_META},
             notes=judged["notes"],
         )

@@ -34,10 +34,12 @@ from gradparity.evidence.explain import (
 )
 from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
+from gradparity.evidence.minor import EpsilonFits
 from gradparity.evidence.penalty import weight_decay_probe
 from gradparity.evidence.ties import TiedMaxima
 from gradparity.evidence.weight_access import weight_access_probe
 from gradparity.locate.layers import locate_layers, source_locator
+from gradparity.locate.minor import layer_without_effect, separate_minor
 from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
 from gradparity.pairing.layer_entries import run_entries
 from gradparity.pairing.params import sync_parameters, to_reference
@@ -88,6 +90,7 @@ def compare(
     tolerances: Tolerances | None = None,
     reference_inputs: ReferenceInputs | None = None,
     maps: Maps | None = None,
+    strict: bool = False,
 ) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
@@ -101,10 +104,14 @@ def compare(
     reference on the meta device is then allocated on the CPU to take them).
     ``tolerances`` (rtol, atol), ``reference_inputs`` (its ``loss``) and ``maps`` (its
     ``layer_map``): option objects, merged into those keyword arguments (``with_options``).
+    ``strict``: minor differences (small against the tensor's scale and consistent with a
+    small constant such as an epsilon) make ``ok`` False too; by default they are listed in
+    ``report.minor`` and leave it True.
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
     name = check_name(name)
+    strict = check_flag(strict, "strict")
     tol = tolerance_for(dtype, rtol, atol)
     tdtype = TORCH_DTYPES[dtype]
     layers = named_layers(ours_model)
@@ -185,18 +192,24 @@ def compare(
                 jacobian_probe,
                 loss_activation_probe,
                 Referee(target, reference_loss),
+                EpsilonFits(target),
                 note_chain_stops,
             ],
             locators=[
                 locate_layers,
                 lint_isolated,
                 source_locator({**dict(layers), "loss": ours_loss}, layer_code),
+                layer_without_effect,
+                separate_minor,
             ],
             meta={
                 **loss_meta(ours_loss, reference_loss, *given),
                 "isolate_upstream": "seeded random normal",
             },
             notes=weight_notes + layout_notes,
-            fields={"conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params]},
+            fields={
+                "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
+                "strict": strict,
+            },
         )
     )

@@ -32,6 +32,7 @@ from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import (
     check_count,
+    check_flag,
     check_mapping,
     check_name,
     check_options,
@@ -94,6 +95,7 @@ def compare_training(
     reference_inputs: ReferenceInputs | None = None,
     maps: Maps | None = None,
     training: TrainingOptions | None = None,
+    strict: bool = False,
 ) -> TrainingReport:
     """Train both sides on the same ``batches`` and report the first step where they part.
 
@@ -104,9 +106,10 @@ def compare_training(
     optimiser passed in is modified. ``tolerances`` (rtol, atol), ``reference_inputs`` (its
     ``loss``), ``maps`` (its ``layer_map``) and ``training`` (optimisers, steps, validation,
     eval_every, progress): option objects, merged into those keyword arguments
-    (``with_options``).
+    (``with_options``). ``strict``: minor differences make ``ok`` False too.
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
+    strict = check_flag(strict, "strict")
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
     name = check_name(name)
     steps = None if steps is None else check_count(steps, "steps")
@@ -203,6 +206,7 @@ def compare_training(
             fields={
                 "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
                 "history": pd.DataFrame(history), "first_divergent_step": first_divergent,
+                "strict": strict,
             },
             report_type=TrainingReport,
         )

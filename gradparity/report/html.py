@@ -50,7 +50,7 @@ dt { font-weight: 600; } dd { margin: 0 0 .4rem 1rem; }
 details summary { cursor: pointer; color: #2a5db0; }
 tr.root_cause { background-color: #f8d0d0; font-weight: 600; }
 tr.diverged { background-color: #fbe3c8; } tr.inherited { background-color: #fdf6d2; }
-tr.ok { background-color: #e6f4e6; }
+tr.ok { background-color: #e6f4e6; } tr.minor { background-color: #e3f1f6; }
 """
 
 
@@ -199,6 +199,12 @@ def _sections(report, plots: list[tuple[str, bytes, str]]) -> list[str]:
         sections.append(
             '<section id="root-causes"><h2>Root causes</h2>'
             + "".join(_finding(f) for f in report.root_causes)
+            + "</section>"
+        )
+    if report.minor:
+        sections.append(
+            '<section id="minor"><h2>Minor differences</h2>'
+            + "".join(_finding(f, "minor") for f in report.minor)
             + "</section>"
         )
     if report.warnings:

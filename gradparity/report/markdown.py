@@ -24,6 +24,7 @@ class Report(Protocol):
     tolerance: Tolerance
     rows: list[Row]
     root_causes: list[Finding]
+    minor: list[Finding]
     warnings: list[Finding]
     first_divergence: dict[str, Any]
     conversions: list[str]
@@ -76,6 +77,10 @@ def render(report: Report, plot_files: list[str] | None = None) -> str:
         for i, f in enumerate(report.root_causes, 1):
             out.append(f"{i}. `{f.diagnosis}` {md(f.message)}")
             out += [f"   - {md(also_line(f))}"] if f.quantities else []
+        out.append("")
+    if report.minor:
+        out += ["## Minor differences", ""]
+        out += [f"{i}. `{f.diagnosis}` {md(f.message)}" for i, f in enumerate(report.minor, 1)]
         out.append("")
     if report.warnings:
         out += ["## Warnings", ""]

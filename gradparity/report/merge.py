@@ -12,11 +12,16 @@ def merge_reports(reports: list[Report]) -> Report:
     rows: list[Row] = []
     roots: list[Finding] = []
     warnings: list[Finding] = []
+    minor: list[Finding] = []
     for rep in reports:
         prefix = f"{rep.meta.get('model', 'model')}/"
         for r in rep.rows:
             rows.append(Row(**{**r.as_dict(), "layer": prefix + r.layer}))
-        for bucket, found in ((roots, rep.root_causes), (warnings, rep.warnings)):
+        for bucket, found in (
+            (roots, rep.root_causes),
+            (warnings, rep.warnings),
+            (minor, rep.minor),
+        ):
             bucket += [Finding(**{**f.as_dict(), "layer": prefix + f.layer}) for f in found]
     arrays = {
         (f"{rep.meta.get('model', 'model')}/{layer}", quantity): values
@@ -32,6 +37,8 @@ def merge_reports(reports: list[Report]) -> Report:
         rows=rows,
         root_causes=roots,
         warnings=warnings,
+        minor=minor,
+        strict=any(r.strict for r in reports),
         conversions=[c for rep in reports for c in rep.conversions],
         notes=[n for rep in reports for n in rep.notes],
         meta={

@@ -19,6 +19,7 @@ from gradparity.core.address import place
 from gradparity.core.finding import Finding
 from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
 from gradparity.core.row import Row
+from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.report import markdown, saved, terminal
 from gradparity.report.folder import REPORT_FILES, write_folder
@@ -64,7 +65,9 @@ def _row_json(row: dict) -> str:
 
 @dataclass
 class Report:
-    """Result of a comparison. ``ok`` is True when nothing diverged and nothing was found.
+    """Result of a comparison. ``ok`` is True when nothing diverged and nothing was found
+    but ``minor`` findings (differences small against the tensor's scale and consistent with a
+    small constant, or with no effect on the gradients), which count only when ``strict``.
 
     ``tolerance`` is the ``Tolerance`` the run compared with (a dict as report.json stores it
     is accepted too, and turned into one).
@@ -75,6 +78,9 @@ class Report:
     rows: list[Row]
     root_causes: list[Finding]
     warnings: list[Finding] = field(default_factory=list)
+    # Listed after root causes; they make ``ok`` False only when ``strict``.
+    minor: list[Finding] = field(default_factory=list)
+    strict: bool = False
     first_divergence: dict = field(default_factory=dict)
     conversions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -132,6 +138,8 @@ class Report:
             "rows": saved.rows(head["rows"]),
             "root_causes": saved.findings(head["root_causes"], "root_causes"),
             "warnings": saved.findings(head.get("warnings", []), "warnings"),
+            "minor": saved.findings(head.get("minor", []), "minor"),
+            "strict": saved.flag(head.get("strict", False), "strict"),
             "first_divergence": saved.first_divergence(head.get("first_divergence", {})),
             "conversions": saved.texts(head.get("conversions", []), "conversions"),
             "notes": saved.texts(head.get("notes", []), "notes"),
@@ -141,7 +149,11 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.root_causes and not any(r.diverged for r in self.rows)
+        if self.root_causes or (self.strict and self.minor):
+            return False
+        # With no root cause, inherited rows follow a minor finding (the only thing left).
+        settled = (Status.MINOR, Status.INHERITED) if self.minor else (Status.MINOR,)
+        return not any(r.diverged and r.status not in settled for r in self.rows)
 
     @property
     def table(self) -> pd.DataFrame:
@@ -160,6 +172,8 @@ class Report:
                 "tolerance": None,
                 "precision": {"significant_digits": SIGNIFICANT_DIGITS},
                 "root_causes": [f.as_dict() for f in self.root_causes],
+                "minor": [f.as_dict() for f in self.minor],
+                "strict": self.strict,
                 "warnings": [f.as_dict() for f in self.warnings],
                 "first_divergence": self.first_divergence,
                 "conversions": self.conversions,
@@ -194,11 +208,23 @@ class Report:
         taps = sum(r.type == "tap" for r in self.rows)
         return f"{params} parameter gradients" + (f", {taps} taps" if taps else "")
 
+    def minor_words(self) -> str:
+        """ ", with 1 minor difference" (the count), or "" for a report without any."""
+        count = len(self.minor)
+        if not count:
+            return ""
+        return f", with {count} minor difference{'s' if count > 1 else ''}"
+
     def verdict(self) -> str:
-        """One line: parity, or how many root causes (training reports add the step)."""
+        """One line: parity, or how many root causes (training reports add the step); minor
+        differences are counted in either (under strict they alone make a divergence)."""
         if self.ok:
+            if self.minor:
+                return f"Parity{self.minor_words()}: {self.scope()}, {len(self.rows)} tensors"
             return f"Parity OK: {self.scope()}, {len(self.rows)} tensors within tolerance"
-        return f"Divergence: {len(self.root_causes)} root cause(s)"
+        if not self.root_causes:
+            return f"Divergence under strict{self.minor_words()}"
+        return f"Divergence: {len(self.root_causes)} root cause(s){self.minor_words()}"
 
     def loss_lines(self) -> list[str]:
         """The loss each side ran, and, when ours' was gradparity's default, that the user's
@@ -213,13 +239,18 @@ class Report:
         (``gradparity.report.terminal``); control characters in names are shown as codes."""
         name = self.meta.get("model", "model")
         lines = [f"  {line}" for line in self.loss_lines()]
-        if self.ok:
+        if self.ok and not self.minor:
             head = (
                 f"{name}: parity OK ({self.scope()}, {len(self.rows)} tensors, "
                 f"{self.dtype}, rtol {self.tolerance.rtol:g})"
             )
             return "\n".join(map(escape.terminal, [head, *lines]))
-        first = f"{name}: {len(self.root_causes)} root cause(s)"
+        if self.ok:
+            first = f"{name}: parity{self.minor_words()} ({self.dtype}, "
+            first += f"rtol {self.tolerance.rtol:g})"
+        else:
+            first = f"{name}: {len(self.root_causes)} root cause(s){self.minor_words()}"
+            first += " (strict)" if self.strict and self.minor else ""
         return "\n".join(
             [*map(escape.terminal, [first, *lines]), *terminal.problem_lines(self, colour=False)]
         )

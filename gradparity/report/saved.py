@@ -203,12 +203,19 @@ def rows(items: Any) -> list[Row]:
 
 
 def findings(items: Any, what: str) -> list[Finding]:
-    """Root causes or warnings of report.json."""
+    """Root causes, minor findings or warnings of report.json."""
 
     def finding(item: Any) -> Finding:
         return Finding(**_record(item, _FINDING_FIELDS, _FINDING_REQUIRED))
 
     return _each(items, what, finding)
+
+
+def flag(value: Any, what: str) -> bool:
+    """A true/false field of report.json (``strict``)."""
+    if not isinstance(value, bool):
+        raise Refused(f"{what}: expected true or false, got {value!r:.40}")
+    return value
 
 
 def tolerance(value: Any) -> Tolerance:

@@ -16,7 +16,13 @@ from gradparity.core.source import where
 from gradparity.core.status import STATUS_RANK, Status
 from gradparity.report import tables
 
-_COLOURS = {"root_cause": "31;1", "diverged": "33;1", "inherited": "33", "ok": "32"}
+_COLOURS = {
+    "root_cause": "31;1",
+    "diverged": "33;1",
+    "inherited": "33",
+    "minor": "36",
+    "ok": "32",
+}
 
 
 def use_colour(stream: TextIO) -> bool:
@@ -51,8 +57,9 @@ def _table(rows: list[Row], colour: bool) -> list[str]:
 
 def problem_lines(report, colour: bool = False) -> list[str]:
     """What follows the verdict line of a divergence: the problem rows (root causes first,
-    at most ``tables.TERMINAL_ROWS``), then each root cause's message with its fix and each
-    warning. ``Report.summary`` shows the same lines, never coloured."""
+    at most ``tables.TERMINAL_ROWS``), then each root cause's message with its fix, each
+    minor finding's (after every root cause) and each warning. ``Report.summary`` shows the
+    same lines, never coloured."""
     problems = sorted(
         (r for r in report.rows if r.status != Status.OK), key=lambda r: STATUS_RANK[r.status]
     )
@@ -66,6 +73,8 @@ def problem_lines(report, colour: bool = False) -> list[str]:
             lines.append(escape.terminal(f"   {also_line(f)}"))
         if f.source:
             lines.append(escape.terminal(f"   at {where(f.source)}"))
+    for i, f in enumerate(report.minor, 1):
+        lines.append(escape.terminal(f"minor {i}. [{f.diagnosis}] {f.message}"))
     lines += [escape.terminal(f"warning: {w.message}") for w in report.warnings]
     return lines
 

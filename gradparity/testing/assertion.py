@@ -145,16 +145,21 @@ def _also(finding: Finding) -> list[str]:
 
 def failure_message(report: Report, max_rows: int = tables.FAILURE_MESSAGE_ROWS) -> str:
     """Why ``report`` is not ok, for a test failure: the first root cause's message (place,
-    what is wrong, the fix) on line 1, the other root causes, that cause's numbers, whether
-    the user's own loss went unchecked (gradparity's default ran on ours' side), the chain
-    run's first divergence and a table of at most ``max_rows`` non-ok rows."""
-    roots = report.root_causes
+    what is wrong, the fix) on line 1 (under ``strict`` with no root cause, the first minor
+    difference's), the other root causes, the minor differences after them, that cause's
+    numbers, whether the user's own loss went unchecked (gradparity's default ran on ours'
+    side), the chain run's first divergence and a table of at most ``max_rows`` non-ok rows."""
+    roots, minor = report.root_causes, report.minor
     if roots:
         lines = [f"gradparity: {roots[0].message}{_at(roots[0])}", *_also(roots[0])]
         for f in roots[1:]:
             lines += [f"  - [{f.diagnosis}] {f.message}{_at(f)}", *_also(f)]
+    elif minor and report.strict:
+        lines = [f"gradparity: minor difference (strict): {minor[0].message}{_at(minor[0])}"]
+        minor = minor[1:]
     else:
         lines = ["gradparity: ours and the reference diverge, but no single root cause was found"]
+    lines += [f"  - minor [{f.diagnosis}] {f.message}{_at(f)}" for f in minor]
     lines += [f"  ! {w.message}" for w in report.warnings]
     row = _evidence_row(report, roots[0]) if roots else None
     if row is not None and row.diverged:

@@ -1,4 +1,5 @@
-"""pytest plugin: the ``parity`` fixture, ``--parity-report DIR`` and a "gradparity" summary.
+"""pytest plugin: the ``parity`` fixture, ``--parity-report DIR``, ``--parity-strict`` and a
+"gradparity" summary.
 
 Loaded through the ``pytest11`` entry point. Importing it costs nothing beyond pytest: the
 harness (and with it torch) is imported only when a test calls ``parity.check``.
@@ -37,6 +38,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="gradparity: write the full report of each failing parity check to "
         "DIR/<test id>[-<n>]/ (n: the check's number within the test, from the second on)",
     )
+    group.addoption(
+        "--parity-strict",
+        action="store_true",
+        default=None,
+        help="gradparity: fail parity checks on minor differences too (an epsilon, a clipping "
+        "bound); a check's own strict= wins",
+    )
+    parser.addini(
+        "parity_strict", type="bool", default=False, help="gradparity: as --parity-strict"
+    )
+
+
+def strict_default(config: pytest.Config) -> bool:
+    """Whether checks are strict unless they say: ``--parity-strict``, else the ini setting."""
+    given = config.getoption("parity_strict")
+    return bool(config.getini("parity_strict")) if given is None else bool(given)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,9 +77,10 @@ class ParityChecker:
     """What the ``parity`` fixture returns: ``check`` compares and fails the test on
     divergence."""
 
-    def __init__(self, node: pytest.Item, report_root: Path | None) -> None:
+    def __init__(self, node: pytest.Item, report_root: Path | None, strict: bool = False) -> None:
         self._node = node
         self._report_root = report_root
+        self._strict = strict
         self._calls = 0
 
     def check(
@@ -96,6 +114,8 @@ class ParityChecker:
         from gradparity.testing.assertion import ParityError  # the harness: torch
 
         self._calls += 1
+        if self._strict:
+            options.setdefault("strict", True)
         caller = sys._getframe(2)
         where = f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}"
         if self._report_root is not None and "report_dir" not in options:
@@ -113,6 +133,7 @@ class ParityChecker:
                     [
                         {"place": place(f.layer, f.quantity), "diagnosis": f.diagnosis}
                         for f in err.report.root_causes
+                        or (err.report.minor if err.report.strict else [])
                     ],
                 )
             )
@@ -143,12 +164,17 @@ def parity(request: pytest.FixtureRequest) -> ParityChecker:
     ``check`` returns the ``gradparity.Report``; on divergence the test fails with the root
     cause (layer, what is wrong, how to fix it) on the first line. ``--parity-report DIR``
     saves the full report of each failing check under DIR.
+
+    Minor differences (an epsilon inside a log, another variance epsilon, a clipping bound:
+    ``report.minor``) pass by default. To fail on them too, pass ``strict=True`` to one
+    check (``parity.check(model, reference, x, strict=True)``), or make every check strict
+    with ``pytest --parity-strict`` or ``parity_strict = true`` in the ini file.
     """
     root = request.config.getoption("parity_report")
     if root is not None:
         # Relative to where pytest was started, whatever the test does to the cwd.
         root = request.config.invocation_params.dir / root
-    return ParityChecker(request.node, root)
+    return ParityChecker(request.node, root, strict_default(request.config))
 
 
 class _Summary:
