@@ -307,3 +307,16 @@ def test_cli_selftest_prints_and_saves_the_labels(capsys):
     assert main(["selftest", "--bug", "softmax_diagonal_only", "--format", "json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)["bugs"]
     assert (entry["label"], entry["corpus"]) == (MISSING_CROSS_TERMS, "layer")
+
+
+def test_a_slope_equal_everywhere_names_the_activation_not_only_a_factor(tmp_path, capsys):
+    # The assignment network's equal logits make s * (1 - s) = 0.25 for every element, so the
+    # value tests alone read the bug as a constant factor of 0.25.
+    out = tmp_path / "r"
+    bug = "loss_times_softmax_prime"
+    code = main(["check", "--model", "assignment", "--bug", bug, "--out", str(out)])
+    root = json.loads((out / "report.json").read_text())["root_causes"][0]
+    assert code == 1
+    assert (root["layer"], root["quantity"]) == ("loss", "grad_input")
+    assert root["diagnosis"] == "extra_activation_derivative"
+    assert "constant factor of 0.25" in root["message"]

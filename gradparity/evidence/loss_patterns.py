@@ -20,6 +20,7 @@ import numpy as np
 from gradparity.core.labels import (
     EXTRA_ACTIVATION_DERIVATIVE,
     GRADIENT_WRT_PROBABILITIES,
+    SCALED,
     UNEXPLAINED,
 )
 from gradparity.core.plan import Context
@@ -87,9 +88,13 @@ _TEXT = {
 
 def loss_activation_probe(ctx: Context) -> None:
     """Name an unexplained loss gradient that is the reference's times or divided by the
-    output activation's derivative, at the logits the reference's loss was fed."""
+    output activation's derivative, at the logits the reference's loss was fed. A ``scaled``
+    one too: where s * (1 - s) is the same everywhere (equal logits give 0.25 for two classes)
+    the mistake also reads as a constant factor, and the activation names where it comes from."""
     for row, probe in _diverging(ctx):
-        if row.layer != "loss" or row.quantity != "grad_input" or row.diagnosis != UNEXPLAINED:
+        if row.layer != "loss" or row.quantity != "grad_input":
+            continue
+        if row.diagnosis not in (UNEXPLAINED, SCALED):
             continue
         logits, ours = probe.ref.input, probe.ours.grad_input
         assert logits is not None and probe.ref.grad_input is not None  # the reference ran
@@ -98,8 +103,17 @@ def loss_activation_probe(ctx: Context) -> None:
         found = activation_mistake(ours, probe.ref.grad_input, logits, ctx.tolerance)
         if found is None:
             continue
-        message, fix = _TEXT[found["label"]]
+        text, fix = _TEXT[found["label"]]
+        message = text.format(act=found["activation"])
+        if row.diagnosis == SCALED:
+            factor = row.detail.get("factor")
+            message += (
+                f"; here s * (1 - s) is the same for every element, so it also reads as a "
+                f"constant factor of {factor:.4g}"
+                if isinstance(factor, float)
+                else "; here s * (1 - s) is the same for every element"
+            )
         row.diagnosis = found["label"]
-        row.message = message.format(act=found["activation"])
+        row.message = message
         row.fix = fix
         row.detail["activation"] = found["activation"]
