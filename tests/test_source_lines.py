@@ -121,3 +121,53 @@ def test_a_function_root_cause_names_the_lines_between_the_bracketing_taps():
     assert root.source == {
         "file": HERE, "first_line": tap_line["dh"], "last_line": tap_line["dz1"]
     }  # fmt: skip
+
+
+def _course_style(params):
+    """Course style, no taps: the gradients go into a dict keyed "dW1", one statement each."""
+
+    def backprop(x, t):
+        grads = {}
+        z1 = x @ params["W1"].T + params["b1"]
+        h = np.maximum(z1, 0)
+        p = _softmax(h @ params["W2"].T + params["b2"])
+        dz2 = (p - np.eye(3)[t.astype(int)]) / x.shape[0]
+        grads["dW2"] = dz2.T @ h
+        grads["db2"] = dz2.sum(0)
+        dz1 = (dz2 @ params["W2"]) * (z1 > 0)
+        grads["dW1"], grads["db1"] = dz1.T @ x, dz1.sum(0)
+        grads["dW2"] = grads["dW2"] * 2  # the bug, written last
+        return grads
+
+    return backprop
+
+
+def test_without_taps_a_gradient_root_cause_names_the_statement_that_assigns_it():
+    rng = np.random.default_rng(2)
+    ref = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    names = ["W1", "b1", "W2", "b2"]
+    params = {n: p.detach().numpy().copy() for n, p in zip(names, ref.parameters())}
+    x, t = rng.normal(size=(6, 4)), rng.integers(0, 3, 6)
+    backprop = _course_style(params)
+    report = gp.compare_function(backprop, params, ref, x, t)
+    root = report.root_causes[0]
+    assert root.quantity == "grad:W2"
+    lines, start = inspect.getsourcelines(backprop)
+    bug = start + next(i for i, text in enumerate(lines) if "# the bug" in text)
+    assert root.source == {"file": HERE, "first_line": bug, "last_line": bug}
+    assert f"{HERE}:{bug}" in render(report)
+
+
+def test_assignment_of_reads_tuples_attributes_and_keys_and_gives_none_without_a_write():
+    from gradparity.core.source import assignment_of
+
+    def backward(self, dout, cache):
+        dx, grads["db"] = dout @ cache, dout.sum(0)  # noqa: F821 (never run)
+        self.dW = cache.T @ dout
+        return dx
+
+    _, start = inspect.getsourcelines(backward)
+    assert assignment_of(backward, "b")["first_line"] == start + 1
+    assert assignment_of(backward, "W")["first_line"] == start + 2
+    assert assignment_of(backward, "gamma") is None
+    assert assignment_of(len, "W") is None

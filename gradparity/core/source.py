@@ -7,8 +7,10 @@ extensions, lambdas typed in a REPL) has no source entry, never an error.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,59 @@ def source_of(code: Any) -> dict | None:
     if not file or not lines or not os.path.isfile(file):
         return None
     return source_span(file, max(first, 1), max(first, 1) + len(lines) - 1)
+
+
+def _gradient_names(param: str) -> set[str]:
+    """The names code gives the gradient of ``param``: W1, dW1, d_W1, grad_W1, W1_grad, gW1."""
+    return {param, f"d{param}", f"d_{param}", f"grad_{param}", f"{param}_grad", f"g{param}"}
+
+
+def _writes(target: ast.expr, names: set[str]) -> bool:
+    """Whether an assignment target writes one of ``names``: a variable (dW1 = ...), an
+    attribute (self.dW1 = ...), a string key (grads["dW1"] = ...), or an element of a tuple."""
+    if isinstance(target, ast.Tuple | ast.List):
+        return any(_writes(t, names) for t in target.elts)
+    if isinstance(target, ast.Name):
+        return target.id in names
+    if isinstance(target, ast.Attribute):
+        return target.attr in names
+    if isinstance(target, ast.Subscript):
+        key = target.slice
+        return isinstance(key, ast.Constant) and key.value in names
+    return False
+
+
+def assignment_of(code: Any, param: str) -> dict | None:
+    """The statement of ``code`` (a function) that last assigns the gradient of ``param``
+    (``grads["dW1"] = ...``, ``dW1 = ...``, ``self.dW1 += ...``), or None when none is found or
+    the code has no readable source."""
+    whole = source_of(code)
+    if whole is None:
+        return None
+    try:
+        lines, first = inspect.getsourcelines(inspect.unwrap(getattr(code, "__func__", code)))
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (TypeError, OSError, SyntaxError, ValueError):
+        return None
+    names = _gradient_names(param)
+    found: ast.stmt | None = None
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt):
+            continue
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        if any(_writes(t, names) for t in targets) and (
+            found is None or node.lineno > found.lineno
+        ):
+            found = node
+    if found is None:
+        return None
+    offset = max(first, 1) - 1
+    end = found.end_lineno or found.lineno
+    return {**whole, "first_line": offset + found.lineno, "last_line": offset + end}
 
 
 def where(source: dict | None) -> str:

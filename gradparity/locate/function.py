@@ -24,7 +24,7 @@ from gradparity.core.labels import BATCH_REDUCTION
 from gradparity.core.metrics import tensor_diff
 from gradparity.core.plan import Context
 from gradparity.core.row import Row
-from gradparity.core.source import source_of, source_span
+from gradparity.core.source import assignment_of, source_of, source_span
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence.lint_findings import aliased, gradient_shape, mutation, raised, raised_row
@@ -306,7 +306,7 @@ class FunctionLocator:
         )
         for found in roots:
             if found.source is None and found.layer not in run.tap_sites:
-                found.source = whole
+                found.source = _assigning(self.code, found) or whole
         ctx.root_causes += roots
         ctx.notes += tap_notes
         # Aliased gradients, and gradients whose shape only an update's broadcast accepts.
@@ -321,6 +321,13 @@ class FunctionLocator:
             "backward": _first(backward + diverging),
         }
         ctx.fields["unmapped_taps"] = unmapped
+
+
+def _assigning(code: Any, found: Finding) -> dict | None:
+    """The statement of the user's function that assigns a diverging parameter gradient."""
+    if code is None or not found.quantity.startswith("grad:"):
+        return None
+    return assignment_of(code, found.quantity.removeprefix("grad:"))
 
 
 def _is_tap(row: Row, backward: bool) -> bool:
