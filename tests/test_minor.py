@@ -194,19 +194,35 @@ def test_a_tap_whose_difference_reaches_a_gradient_is_not_minor():
     assert "minor" not in rows[0].detail
 
 
-@pytest.mark.parametrize("chain_diverges", [False, True])
-def test_a_layer_gradient_without_effect_in_the_chain(chain_diverges):
-    """compare: an isolated dL/dx that differs is minor only where the chain's gradients,
-    that layer's own and every parameter's, all agree."""
-    chain_status = Status.INHERITED if chain_diverges else Status.OK
+@pytest.mark.parametrize("below_diverges", [False, True])
+def test_a_layer_gradient_without_effect_in_the_chain(below_diverges):
+    """compare: an isolated dL/dx that differs is minor only where, in the chain, the input
+    gradient of the layer below and every parameter gradient agree (its own may differ)."""
+    below_status = Status.INHERITED if below_diverges else Status.OK
     rows = [
         Row("isolate", "pool", "MaxPool", "grad_input", [2], [2], status=Status.ROOT_CAUSE),
-        Row("chain", "pool", "MaxPool", "grad_input", [2], [2], status=chain_status),
+        Row("chain", "relu", "ReLU", "output", [2], [2]),
+        Row("chain", "pool", "MaxPool", "output", [2], [2]),
+        Row("chain", "fc", "Linear", "output", [2], [2]),
         Row("chain", "fc", "Linear", "grad:W", [2], [2]),
+        Row("chain", "fc", "Linear", "grad_input", [2], [2]),
+        Row("chain", "pool", "MaxPool", "grad_input", [2], [2], status=Status.INHERITED),
+        Row("chain", "relu", "ReLU", "grad_input", [2], [2], status=below_status),
     ]
     layer_without_effect(_Ctx(rows))
-    assert ("minor" in rows[0].detail) is not chain_diverges
-    assert (rows[0].diagnosis == NO_EFFECT) is not chain_diverges
+    assert ("minor" in rows[0].detail) is not below_diverges
+    assert (rows[0].diagnosis == NO_EFFECT) is not below_diverges
+
+
+def test_a_first_layer_gradient_is_never_without_effect():
+    rows = [
+        Row("isolate", "fc", "Linear", "grad_input", [2], [2], status=Status.ROOT_CAUSE),
+        Row("chain", "fc", "Linear", "output", [2], [2]),
+        Row("chain", "fc", "Linear", "grad:W", [2], [2]),
+        Row("chain", "fc", "Linear", "grad_input", [2], [2], status=Status.INHERITED),
+    ]
+    layer_without_effect(_Ctx(rows))
+    assert "minor" not in rows[0].detail
 
 
 def test_cli_strict_exit_code(tmp_path, capsys):

@@ -106,12 +106,20 @@ def tap_without_effect(ctx: Context) -> None:
 
 
 def layer_without_effect(ctx: Context) -> None:
-    """``compare``: a layer's isolated input gradient that diverges while the chain's input
-    gradient of that layer, every gradient below it and every parameter gradient agree is
-    minor (runs before ``separate_minor``)."""
-    chain_grads = [r for r in ctx.rows_of("chain") if r.quantity != "output"]
-    if not chain_grads or any(r.diverged for r in chain_grads):
+    """``compare``: a layer's isolated input gradient that diverges while, in the chain, the
+    input gradient of the layer below it and every parameter gradient agree is minor (runs
+    before ``separate_minor``): whatever differs is blocked before it reaches a parameter, as
+    a ReLU blocks a pool's gradient at tied zeros. A first layer is never judged so: its input
+    gradient reaches no layer that could show the effect."""
+    chain = ctx.rows_of("chain")
+    if any(r.diverged for r in chain if r.quantity.startswith("grad:")):
         return
+    order = list(dict.fromkeys(r.layer for r in chain if r.layer != "loss"))
+    input_grads = {r.layer: r for r in chain if r.quantity == "grad_input"}
     for row in ctx.rows_of("isolate"):
-        if row.status == Status.ROOT_CAUSE and row.quantity == "grad_input":
+        if row.status != Status.ROOT_CAUSE or row.quantity != "grad_input":
+            continue
+        at = order.index(row.layer) if row.layer in order else 0
+        below = input_grads.get(order[at - 1]) if at > 0 else None
+        if below is not None and not below.diverged:
             _no_effect(row)
