@@ -65,3 +65,13 @@ def test_readme_function_command_output_is_what_the_command_prints(tmp_path, cap
     assert main([*command[1:], "--out", str(tmp_path)]) == 1
     printed = capsys.readouterr().out.replace(str(tmp_path), "reports/latest")
     assert printed in blocks
+
+
+def test_readme_real_bug_output_is_what_its_command_prints(tmp_path, capsys):
+    from gradparity.cli.main import main
+
+    command = _block_after("## A real bug, found", "sh")[0].split()
+    assert command[:2] == [".venv/bin/gradparity", "check"] and command[-2] == "--out"
+    assert main([*command[1:-1], str(tmp_path)]) == 1
+    printed = capsys.readouterr().out.replace(str(tmp_path), "reports/example")
+    assert printed in _block_after("## A real bug, found", "")
