@@ -65,25 +65,30 @@ class LossCall:
         )
 
     def numeric_loss_fn(self, flat: dict[str, np.ndarray]) -> Callable:
-        """A ``loss_fn(params, x, target)`` for central differences: ``loss_fn`` itself, or the
-        loss of ``grads`` computed with the live arrays holding the values of the ``params``
-        it is given (put back after each call)."""
-        if self.loss_fn is not None:
-            return self.loss_fn
+        """A ``loss_fn(params, x, target)`` for central differences: the loss (of ``loss_fn``,
+        else the one ``grads`` returns) computed with the live arrays holding the values of
+        the ``params`` it is given, put back after each call. The live arrays, since the code
+        may read them where they are aliased (layer objects, globals), as autodiff allows."""
+        user_loss, params = self.loss_fn, self.params
         grads = self.grads
 
-        def returned_loss(params: Any, x: np.ndarray, target: np.ndarray) -> Any:
-            values, saved = flatten(params), {n: a.copy() for n, a in flat.items()}
+        def live_loss(moved: Any, x: np.ndarray, target: np.ndarray) -> Any:
+            values, saved = flatten(moved), {n: a.copy() for n, a in flat.items()}
             try:
                 for n, live in flat.items():
                     live[...] = values[n]
+                if user_loss is not None:
+                    return user_loss(params, x, target)
                 return grads(x, target)[0]
             finally:
                 for n, live in flat.items():
                     live[...] = saved[n]
 
-        returned_loss.__name__ = f"the loss {_name(grads)}() returns"
-        return returned_loss
+        live_loss.__name__ = (
+            f"loss_fn {_name(user_loss)}" if user_loss is not None
+            else f"the loss {_name(grads)}() returns"
+        )  # fmt: skip
+        return live_loss
 
 
 def _param_rows(
