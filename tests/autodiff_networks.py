@@ -18,7 +18,7 @@ import gradparity as gp
 
 def conv_forward_naive(x, w, b, conv_param):
     stride, pad = conv_param["stride"], conv_param["pad"]
-    N, C, H, W = x.shape
+    N, _, H, W = x.shape
     F, _, HH, WW = w.shape
     H_out = 1 + (H + 2 * pad - HH) // stride
     W_out = 1 + (W + 2 * pad - WW) // stride
@@ -34,7 +34,7 @@ def conv_forward_naive(x, w, b, conv_param):
 
 
 def conv_backward_naive(dout, cache):
-    x, w, b, conv_param = cache
+    x, w, _, conv_param = cache
     stride, pad = conv_param["stride"], conv_param["pad"]
     N, F, H_out, W_out = dout.shape
     _, _, HH, WW = w.shape
@@ -95,7 +95,7 @@ def affine_forward(x, w, b):
 
 
 def affine_backward(dout, cache):
-    x, w, b = cache
+    x, w, _ = cache
     dx = (dout @ w.T).reshape(x.shape)
     return dx, x.reshape(x.shape[0], -1).T @ dout, dout.sum(axis=0)
 
