@@ -219,7 +219,10 @@ def autodiff_rows(
             )
         rows = fwd + bwd + params_rows
         # No timing here: a report is the same on any machine.
-        notes.insert(0, f"reference: exact gradients by autodiff (loss {exact.loss:.6g})")
+        notes[:0] = [
+            f"reference: exact gradients by autodiff (loss {exact.loss:.6g})",
+            *exact.notes,
+        ]
     return {
         "rows": rows,
         "depth": depth,

@@ -99,10 +99,8 @@ def run_user(
 
 def _grad_taps(log: taps.TapLog) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, int]]]:
     """(the taps made with ``grad=True`` by final name, their call sites)."""
-    made = getattr(log, "grad_taps", [])
-    values, _ = _split(taps.named(made))
-    sites = zip(made, getattr(log, "grad_sites", []), strict=True)
-    return values, taps.named([(name, site) for (name, _), site in sites])
+    values, _ = _split(taps.grad_taps(log))
+    return values, taps.grad_sites(log)
 
 
 def split_loss(flat: dict[str, np.ndarray], returned: Any) -> tuple[float | None, Any]:
