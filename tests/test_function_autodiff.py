@@ -4,6 +4,8 @@ the exact gradient of the user's own NumPy loss, with no torch code written (iss
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 
 import numpy as np
@@ -52,7 +54,7 @@ def test_a_correct_course_conv_net_matches_the_exact_gradients(correct_conv):
     assert {r.quantity for r in rows} == {f"grad:{p}" for p in ("W1", "b1", "W2", "b2", "W3", "b3")}
     assert all(r.status == "ok" and r.max_abs <= 1e-12 for r in rows)
     assert correct_conv.meta["reference"] == (
-        "autodiff: exact gradient of the loss loss() returns (torch._numpy)"
+        "autodiff: exact gradient of the loss your loss() returns (torch._numpy)"
     )
     assert correct_conv.meta["reference_used"] == "autodiff"
 
@@ -201,3 +203,18 @@ def test_a_loss_returned_with_the_gradients_is_told_from_gradients():
     pair = (np.ones(2), np.ones(2))  # the gradients of two parameters
     assert split_loss(flat, pair) == (None, pair)
     assert split_loss({"s": np.array(1.0)}, (1.0, 2.0)) == (None, (1.0, 2.0))  # a 0-d parameter
+
+
+def test_the_readme_autodiff_example_prints_what_the_readme_shows(monkeypatch):
+    from test_readme import TESTS, _block_after
+
+    monkeypatch.chdir(TESTS)  # as the README says: run inside tests/ (source paths from there)
+    monkeypatch.syspath_prepend(str(TESTS))
+    example = _block_after("## No torch twin: autodiff", "python")[0]
+    shown = _block_after("## No torch twin: autodiff", "")[0]
+    assert len(example.splitlines()) <= 15
+    assert "torch" not in example.replace("torch._numpy", "")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(example, "README.md", "exec"), {})
+    assert out.getvalue() == shown

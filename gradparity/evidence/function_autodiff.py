@@ -33,7 +33,7 @@ TENSOR_MODULE = "torch._numpy"
 
 def autodiff_reference(loss_fn: Callable | None, fn: str) -> str:
     """The reference as the report names it."""
-    of = f"loss_fn {_name(loss_fn)}" if loss_fn is not None else f"the loss {fn}() returns"
+    of = f"loss_fn {_name(loss_fn)}" if loss_fn is not None else f"the loss your {fn}() returns"
     return f"autodiff: exact gradient of {of} ({TENSOR_MODULE})"
 
 
