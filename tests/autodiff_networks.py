@@ -270,3 +270,20 @@ def tapped_params(seed=0):
         "W1": rng.normal(size=(3, 4)), "b1": rng.normal(size=4),
         "W2": rng.normal(size=(4, 2)), "b2": rng.normal(size=2),
     }  # fmt: skip
+
+
+# Gist style: the parameters are module globals, read by name inside the functions.
+_rng = np.random.default_rng(5)
+Wxh = 0.5 * _rng.normal(size=(3, 4))
+Why = 0.5 * _rng.normal(size=(4, 2))
+
+
+def global_loss(X, y, hidden_bug=False):
+    h = np.tanh(X @ Wxh)
+    p = h @ Why
+    loss = 0.5 * np.sum((p - y) ** 2)
+    dp = p - y
+    dWhy = h.T @ dp
+    dh = dp @ Why.T
+    dWxh = X.T @ (dh * (1 - h) if hidden_bug else dh * (1 - h * h))
+    return loss, {"Wxh": dWxh, "Why": dWhy}

@@ -218,3 +218,60 @@ def test_the_readme_autodiff_example_prints_what_the_readme_shows(monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(example, "README.md", "exec"), {})
     assert out.getvalue() == shown
+
+
+@pytest.mark.parametrize("hidden_bug", [False, True])
+def test_module_global_parameters(hidden_bug):
+    import autodiff_networks as nets
+
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
+    params = {"Wxh": nets.Wxh, "Why": nets.Why}
+    report = gp.compare_function(
+        lambda X, y: nets.global_loss(X, y, hidden_bug), params, "autodiff", X, y
+    )
+    assert report.ok is not hidden_bug
+    assert _row(report, "grad:Why").status == "ok"
+    assert _row(report, "grad:Wxh").status == ("root_cause" if hidden_bug else "ok")
+    assert nets.Wxh is params["Wxh"] and nets.np is np
+
+
+def test_gradients_cached_from_the_first_call_are_stale():
+    params = tapped_params()
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(6, 3)), rng.uniform(size=(6, 2))
+    cached = {}
+
+    def gradient(X, y):
+        if not cached:
+            cached.update(tapped_loss(params, X, y)[1])
+        return dict(cached)
+
+    report = gp.compare_function(
+        gradient, params, "autodiff", X, y, loss_fn=lambda p, X, y: tapped_loss(p, X, y)[0]
+    )
+    assert {r.quantity: r.diagnosis for r in report.rows if r.diverged} == {
+        f"grad:{name}": "stale" for name in params
+    }
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "needle"),
+    [
+        (
+            lambda params, x, t: params["W1"].sum() * x,
+            r"reference='autodiff': the loss has shape \(5, 4\), not one number",
+        ),
+        (
+            lambda params, x, t: (x @ params["W1"]).sum(),
+            r"reference='autodiff': the loss does not depend on parameter 'b1'",
+        ),
+    ],
+    ids=["not a scalar", "independent of W2"],
+)
+def test_an_unfit_loss_gets_one_line(loss_fn, needle):
+    net = TwoLayerNet()
+    x, t = _book_batch()
+    with pytest.raises(gp.InputError, match=needle) as err:
+        gp.compare_function(net.gradient, net.params, "autodiff", x, t, loss_fn=loss_fn)
+    assert "\n" not in str(err.value)
