@@ -4,13 +4,15 @@ user's arrays and modules untouched, one-line errors for code that cannot run on
 from __future__ import annotations
 
 import copy
+import inspect
 
 import autodiff_nets as nets
 import numpy as np
 import pytest
 
+from gradparity.core.errors import InputError
 from gradparity.sides import taps
-from gradparity.sides.autodiff import ExactRun, exact_gradients, unavailable
+from gradparity.sides.autodiff import ExactRun, NotOnTensors, exact_gradients, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason="torch._numpy unavailable")
 
@@ -114,3 +116,65 @@ def test_module_global_char_rnn():
     assert_close(run.grads, dict(zip(names, analytic[1:6], strict=True)))
     assert_untouched(params, before)
     assert all(getattr(nets, n) is params[n] for n in names)
+
+
+def small_setup() -> tuple[dict, np.ndarray]:
+    rng = np.random.default_rng(4)
+    return {"W": rng.normal(size=(3, 2)), "b": rng.normal(size=2)}, rng.normal(size=(4, 3))
+
+
+@pytest.mark.parametrize(
+    ("loss", "error", "words", "line_of"),
+    [
+        (nets.loss_with_numpy_binding, NotOnTensors, "from numpy import exp", "exp(X"),
+        (nets.loss_with_dropout, NotOnTensors, "np.random.rand", "np.random.rand"),
+        (nets.loss_through_float, NotOnTensors, "float()", "float(np"),
+        (nets.loss_through_item, NotOnTensors, ".item()", ".item()"),
+        (nets.loss_not_scalar, InputError, "shape (4,), not one number", None),
+        (nets.loss_ignoring_b, InputError, "does not depend on parameter 'b'", None),
+        (nets.loss_with_missing_function, NotOnTensors, "np.nansum", "np.nansum"),
+        (nets.loss_that_raises, NotOnTensors, "the user's own error", "raise RuntimeError"),
+    ],
+)
+def test_code_that_cannot_be_differentiated_gets_one_line_and_nothing_is_changed(
+    loss, error, words, line_of
+):
+    params, X = small_setup()
+    before = snapshot(params)
+    module_before = dict(vars(nets))
+    with pytest.raises(error) as caught:
+        exact_gradients(lambda: loss(params, X), params, [loss], inputs=[X])
+    message = str(caught.value)
+    assert "\n" not in message and words in message
+    if line_of is not None:
+        where = f"tests/autodiff_nets.py:{line_number(line_of, loss)}"
+        assert caught.value.where == where and where in message
+    assert_untouched(params, before)
+    assert vars(nets).keys() == module_before.keys()
+    assert all(vars(nets)[k] is v for k, v in module_before.items())
+    assert nets.exp is np.exp
+
+
+def line_number(text: str, function) -> int:
+    lines, first = inspect.getsourcelines(function)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+def test_integer_parameters_are_refused_in_one_line():
+    params = {"W": np.arange(6).reshape(3, 2), "b": np.zeros(2)}
+    X = np.ones((4, 3))
+    with pytest.raises(InputError, match=r"parameter 'W' holds int64 values") as caught:
+        exact_gradients(lambda: nets.loss_ignoring_b(params, X), params, [nets.loss_ignoring_b])
+    assert "\n" not in str(caught.value)
+
+
+def test_relu_exactly_at_zero_is_noted_where_it_changes_a_gradient():
+    params = {"W": np.zeros((3, 2)), "b": np.array([0.0, 1.0]), "v": np.array([[1.0, 2.0]])}
+    X = np.ones((4, 3))
+    call = lambda: nets.loss_with_relu_at_zero(params, X)  # noqa: E731
+    run = exact_gradients(call, params, [nets.loss_with_relu_at_zero], inputs=[X])
+    where = f"tests/autodiff_nets.py:{line_number('np.maximum', nets.loss_with_relu_at_zero)}"
+    assert len(run.notes) == 1 and "np.maximum" in run.notes[0] and where in run.notes[0]
+    params["v"] = np.array([[0.0, 2.0]])  # the tied unit's gradient is now zero: no note
+    run = exact_gradients(call, params, [nets.loss_with_relu_at_zero], inputs=[X])
+    assert run.notes == []

@@ -248,7 +248,8 @@ def _refuse_cuts(cuts: Sequence[Any], grads: Sequence[Any]) -> None:
     """``NotOnTensors`` for the first value computed by NumPy that the loss depends on."""
     for cut, grad in zip(cuts, grads, strict=True):
         if grad is not None:
-            raise NotOnTensors(cut.call, cut.where, cut.message)
+            reason = cut.reason or "has no tensor version"
+            raise NotOnTensors(cut.call, cut.where, f"{cut.call} at {cut.where} {reason}")
 
 
 def _on_graph(value: Any) -> bool:

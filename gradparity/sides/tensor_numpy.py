@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,7 @@ class Cut:
     call: str
     where: str
     leaf: torch.Tensor
-    message: str | None
+    reason: str | None  # what follows "call at file:line"; None: "has no tensor version"
 
 
 @dataclass
@@ -146,14 +147,16 @@ class TensorNumpy(types.ModuleType):
         return through_numpy(call, function, self._session, None)
 
 
-def through_numpy(call: str, function: Callable, session: TensorSession, message: str | None):
+def through_numpy(
+    call: str, function: Callable, session: TensorSession, reason: str | None
+) -> Callable:
     """``function`` run by NumPy on plain copies of its arguments; a floating result computed
     from values that depend on a parameter comes back as a ``Cut`` leaf."""
 
     def run(*args: Any, **kwargs: Any) -> Any:
         from_parameters = any(requires_grad(a) for a in _flat((*args, *kwargs.values())))
         out = function(*_plain(args), **{k: _plain(v) for k, v in kwargs.items()})
-        return _cut(out, call, session, message) if from_parameters else out
+        return _cut(out, call, session, reason) if from_parameters else out
 
     return run
 
@@ -173,12 +176,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _cut(out: Any, call: str, session: TensorSession, message: str | None) -> Any:
+def _cut(out: Any, call: str, session: TensorSession, reason: str | None) -> Any:
     if isinstance(out, tuple | list):
-        return type(out)(_cut(v, call, session, message) for v in out)
+        return type(out)(_cut(v, call, session, reason) for v in out)
     if isinstance(out, numpy.ndarray | numpy.floating) and numpy.asarray(out).dtype.kind == "f":
         leaf = torch.tensor(numpy.asarray(out, dtype=numpy.float64), requires_grad=True)
-        session.numpy_cuts.append(Cut(call, session.where(), leaf, message))
+        session.numpy_cuts.append(Cut(call, session.where(), leaf, reason))
         return tnp.asarray(leaf)
     if isinstance(out, float):
         session.cuts.append((call, session.where()))
@@ -246,7 +249,7 @@ def numpy_function_guard(name: str, function: Callable, session: TensorSession) 
     it runs by NumPy, and the loss depending on its result is an error naming the binding."""
     numpy_name = getattr(function, "__name__", name)
     message = (
-        f"{name} (bound by `from numpy import {numpy_name}`) cannot run on tensors: "
+        f"is bound by `from numpy import {numpy_name}`, which cannot run on tensors: "
         f"write np.{numpy_name} instead"
     )
     return through_numpy(name, function, session, message)
@@ -266,9 +269,12 @@ class ArrayClassPatch:
 
         def leaving(call: str, method: Callable) -> Callable:
             def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
-                if self.tensor.requires_grad:
-                    session.cuts.append((call, session.where()))
-                return method(self, *args, **kwargs)
+                if not self.tensor.requires_grad:
+                    return method(self, *args, **kwargs)
+                session.cuts.append((call, session.where()))
+                with warnings.catch_warnings():  # torch's warning says what the cut's note says
+                    warnings.simplefilter("ignore")
+                    return method(self, *args, **kwargs)
 
             return patched
 
