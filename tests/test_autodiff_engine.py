@@ -4,7 +4,10 @@ user's arrays and modules untouched, one-line errors for code that cannot run on
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
+import subprocess
+import sys
 
 import autodiff_nets as nets
 import numpy as np
@@ -12,7 +15,13 @@ import pytest
 
 from gradparity.core.errors import InputError
 from gradparity.sides import taps
-from gradparity.sides.autodiff import ExactRun, NotOnTensors, exact_gradients, unavailable
+from gradparity.sides.autodiff import (
+    ExactRun,
+    NotOnTensors,
+    exact_gradients,
+    unavailable,
+    user_modules,
+)
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason="torch._numpy unavailable")
 
@@ -178,3 +187,87 @@ def test_relu_exactly_at_zero_is_noted_where_it_changes_a_gradient():
     params["v"] = np.array([[0.0, 2.0]])  # the tied unit's gradient is now zero: no note
     run = exact_gradients(call, params, [nets.loss_with_relu_at_zero], inputs=[X])
     assert run.notes == []
+
+
+def test_closures_tuples_and_nested_containers_are_reached_by_identity():
+    params, X = small_setup()
+    W = params["W"]
+    held = {"layers": [("affine", {"W": W, "b": params["b"]})]}
+
+    def make_loss():
+        def loss():
+            (_, layer) = held["layers"][0]
+            return np.sum(np.tanh(X @ W + layer["b"]) ** 2)
+
+        return loss
+
+    loss = make_loss()
+    before = snapshot(params)
+    run = exact_gradients(loss, params, [loss], inputs=[X])
+    z = np.tanh(X @ W + params["b"])
+    dz = 2 * z * (1 - z**2)
+    assert_close(run.grads, {"W": X.T @ dz, "b": dz.sum(axis=0)})
+    assert_untouched(params, before)
+    assert held["layers"][0][1]["W"] is W and type(held["layers"][0]) is tuple
+
+
+def write_user_package(root) -> None:
+    package = root / "usernet"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text(
+        "import numpy as np\n\n\ndef affine(x, w):\n    return np.tanh(x @ w)\n"
+    )
+    (package / "model.py").write_text(
+        "import numpy as np\n\nfrom usernet import layers\n\n\n"
+        "def loss(w, x):\n    return np.sum(layers.affine(x, w) ** 2)\n"
+    )
+
+
+def test_user_modules_of_an_imported_package_follow_its_globals(tmp_path, monkeypatch):
+    write_user_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = importlib.import_module("usernet.model")
+    found = {m.__name__ for m in user_modules([model.loss])}
+    assert found == {"usernet.model", "usernet.layers"}
+    w, x = np.random.default_rng(5).normal(size=(3, 2)), np.ones((4, 3))
+    run = exact_gradients(lambda: model.loss(w, x), {"w": w}, [model.loss], inputs=[x])
+    z = np.tanh(x @ w)
+    np.testing.assert_allclose(run.grads["w"], x.T @ (2 * z * (1 - z**2)), atol=EXACT)
+    assert model.layers.np is np and model.np is np
+    for name in ("usernet.model", "usernet.layers", "usernet"):
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_user_modules_picks_this_test_file_and_never_a_library():
+    found = user_modules(
+        [nets.mlp_loss, test_user_modules_picks_this_test_file_and_never_a_library]
+    )
+    names = {m.__name__ for m in found}
+    assert {nets.__name__, __name__} <= names
+    assert not any(
+        n.split(".")[0] in ("numpy", "torch", "pytest", "os", "gradparity") for n in names
+    )
+    assert user_modules([nets.mlp_loss], modules=["json"])[0].__name__ == "json"
+
+
+def test_a_script_run_as_main_is_differentiated(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from gradparity.sides.autodiff import exact_gradients, user_modules\n\n"
+        "W = np.arange(6.0).reshape(3, 2) / 10\n"
+        "x = np.ones((4, 3))\n\n\n"
+        "def loss():\n    return np.sum((x @ W) ** 2)\n\n\n"
+        "names = [m.__name__ for m in user_modules([loss])]\n"
+        "run = exact_gradients(loss, {'W': W}, [loss])\n"
+        "assert names == ['__main__'], names\n"
+        "assert np.allclose(run.grads['W'], x.T @ (2 * (x @ W)), rtol=0, atol=1e-12)\n"
+        "assert type(W) is np.ndarray and np.__name__ == 'numpy'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
