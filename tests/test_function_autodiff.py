@@ -275,3 +275,25 @@ def test_an_unfit_loss_gets_one_line(loss_fn, needle):
     with pytest.raises(gp.InputError, match=needle) as err:
         gp.compare_function(net.gradient, net.params, "autodiff", x, t, loss_fn=loss_fn)
     assert "\n" not in str(err.value)
+
+
+def test_without_torch_numpy_central_differences_judge_with_a_note(monkeypatch):
+    from gradparity.sides import autodiff
+
+    monkeypatch.setattr(autodiff, "unavailable", lambda: "torch 9.0's torch._numpy changed")
+    params = tapped_params()
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(6, 3)), rng.uniform(size=(6, 2))
+    before = {n: (a, a.copy()) for n, a in params.items()}
+    report = gp.compare_function(
+        lambda X, y: tapped_loss(params, X, y, tanh_bug=True), params, "autodiff", X, y
+    )
+    assert report.notes[0] == (
+        "autodiff could not run (torch 9.0's torch._numpy changed): central differences were "
+        "used instead"
+    )
+    assert report.meta["reference_used"] == "central differences"
+    assert report.meta["reference_loss"] == ("central differences of the loss your grads() returns")
+    assert {r.quantity for r in report.rows if r.diverged} == {"grad:W1", "grad:b1"}
+    for name, (array, values) in before.items():  # moved in place and put back
+        assert params[name] is array and np.array_equal(array, values)

@@ -33,8 +33,12 @@ TENSOR_MODULE = "torch._numpy"
 
 def autodiff_reference(loss_fn: Callable | None, fn: str) -> str:
     """The reference as the report names it."""
-    of = f"loss_fn {_name(loss_fn)}" if loss_fn is not None else f"the loss your {fn}() returns"
-    return f"autodiff: exact gradient of {of} ({TENSOR_MODULE})"
+    return f"autodiff: exact gradient of {_loss_words(loss_fn, fn)} ({TENSOR_MODULE})"
+
+
+def _loss_words(loss_fn: Callable | None, fn: str) -> str:
+    """The loss differentiated, in words: ``loss_fn``, else the loss ``fn()`` returns."""
+    return f"loss_fn {_name(loss_fn)}" if loss_fn is not None else f"the loss your {fn}() returns"
 
 
 def _name(fn: Any) -> str:
@@ -84,10 +88,6 @@ class LossCall:
                 for n, live in flat.items():
                     live[...] = saved[n]
 
-        live_loss.__name__ = (
-            f"loss_fn {_name(user_loss)}" if user_loss is not None
-            else f"the loss {_name(grads)}() returns"
-        )  # fmt: skip
         return live_loss
 
 
@@ -193,9 +193,7 @@ def autodiff_rows(
             0, f"autodiff could not run ({why_not}): central differences were used instead"
         )
         judged["meta"]["reference_used"] = "central differences"
-        judged["meta"]["reference_loss"] = (
-            f"central differences of {_name(call.numeric_loss_fn(flat))}"
-        )
+        judged["meta"]["reference_loss"] = f"central differences of {_loss_words(call.loss_fn, fn)}"
         return judged
     batch, columns = batch_of(x, target)
     if batch_size is not None and x.ndim == 2:

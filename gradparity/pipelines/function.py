@@ -1,9 +1,11 @@
 """``compare_function``: backprop written as one function, checked parameter by parameter.
 
-The user's ``grads(x, target)`` returns gradients structured like ``params``; the reference is
-a torch model holding the same numbers (or, with ``reference=None``, central differences of
-the user's own ``loss_fn``). Taps (``gp.tap``) mapped to reference modules turn "some gradient
-is wrong" into "the bug is between these two lines".
+The user's ``grads(x, target)`` returns gradients structured like ``params`` (or ``(loss,
+grads)``); the reference is a torch model holding the same numbers, ``"autodiff"`` (the exact
+gradient of the user's own loss, ``evidence.function_autodiff``) or ``None`` (central
+differences of the user's own ``loss_fn``). Taps (``gp.tap``) mapped to reference modules (or,
+with autodiff, paired by name) turn "some gradient is wrong" into "the bug is between these
+two lines".
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ def compare_function(
     columns (features, N)), its loss ``reference_loss(output, target)`` (default softmax
     cross-entropy, batch mean). tap_map {tap name: "MODULE" | "grad:MODULE"} compares
     ``gp.tap`` values with that module's output or with dL/d(that output).
+    reference="autodiff": no model; the exact gradient of ``loss_fn`` (or of the loss
+    ``grads`` returns first, as ``net.loss(X, y) -> (loss, grads)`` does), run on tensors;
+    taps pair by name (``gp.tap("z1", dz1, grad=True)`` is dL/d(tap "z1")); central
+    differences when the code cannot run on tensors, with a note saying why.
     loss_fn(params, x, target) -> float: ours' loss; with a reference it is compared as the
     ``loss`` row, and with ``reference=None`` it is the referee: every gradient is checked by
     float64 central differences of it. batch_size: for the batch-reduction diagnosis
