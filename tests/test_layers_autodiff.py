@@ -5,7 +5,9 @@ The networks are written as users write them (plain ``import numpy as np``, no t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import sys
 import types
 from collections import OrderedDict
@@ -375,3 +377,30 @@ def test_a_forward_using_np_random_falls_back_to_central_differences():
     (note,) = [n for n in report.notes if n.startswith("drop:")]
     assert "central differences" in note
     assert "np.random" in note
+
+
+def test_readme_example_prints_what_the_readme_says():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Layers without a torch twin") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n\nprints")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert out.getvalue().strip() == "[('affine', 'grad:b', 'batch_reduction')]"
+
+
+def test_a_layer_pair_against_a_torch_module():
+    import torch
+
+    _, w, b = course_data()
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((4, 6)), rng.integers(0, 5, size=4)
+    linear = torch.nn.Linear(6, 5).double()
+    fc = gp.layer(affine_forward, affine_backward_one_example_bias, w=w, b=b)
+    report = gp.compare([("fc", fc)], linear, x, y)
+    (finding,) = report.root_causes
+    assert (finding.layer, finding.quantity) == ("fc", "grad:b")
+    assert "db = dout[0] * x.shape[0]" in _source_text(finding)
+    assert gp.compare(
+        [("fc", gp.layer(affine_forward, affine_backward, w=w, b=b))], linear, x, y
+    ).ok
