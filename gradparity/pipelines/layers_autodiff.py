@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from gradparity.core.losses import loss_name
-from gradparity.core.plan import Captures, Entry, TensorPair
+from gradparity.core.plan import Captures, Context, Entry, Evidence, TensorPair
 from gradparity.core.records import USER_ERRORS, LayerRecord, error_info, real_array, snapshot
 from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import (
@@ -52,9 +52,9 @@ from gradparity.sides.adapt import layer_code, params_of
 from gradparity.sides.isolation import Probe
 from gradparity.sides.layer_autodiff import (
     REFERENCE_NAME,
-    Fallbacks,
     OwnForwardModule,
     OwnLossFunction,
+    ReferenceNotes,
     torch_name,
 )
 from gradparity.sides.setup import resolve_losses
@@ -67,12 +67,12 @@ NOT_COMPARED = (
 )
 
 
-def own_pairs(layers: list[tuple[str, Any]], fallbacks: Fallbacks) -> list[LayerPair]:
+def own_pairs(layers: list[tuple[str, Any]], reference_notes: ReferenceNotes) -> list[LayerPair]:
     """Each layer paired with its own forward as a module; parameters keep their layout."""
     pairs = []
     for name, layer in layers:
         params = params_of(layer, name)
-        module = OwnForwardModule(name, layer, fallbacks)
+        module = OwnForwardModule(name, layer, reference_notes)
         pairs.append(
             LayerPair(
                 name,
@@ -173,12 +173,13 @@ def gradient_entries(probes: dict[str, Probe], batch: int) -> list[Entry]:
     return [e for e in entries if not (isinstance(e, TensorPair) and e.quantity == "output")]
 
 
-def note_fallbacks(fallbacks: Fallbacks) -> Any:
-    """An evidence step adding a note per layer whose reference fell back to central
-    differences (last: evidence plug-ins may run a layer's reference too)."""
+def add_reference_notes(reference_notes: ReferenceNotes) -> Evidence:
+    """An evidence step adding the reference's notes: each layer whose reference fell back to
+    central differences, each kink met exactly (last: evidence plug-ins run the reference
+    too)."""
 
-    def add_notes(ctx: Any) -> None:
-        ctx.notes += fallbacks.notes()
+    def add_notes(ctx: Context) -> None:
+        ctx.notes += reference_notes.lines()
 
     return add_notes
 
@@ -210,10 +211,10 @@ def compare_autodiff(
         loss, _ = resolve_losses(ours_loss, lambda out, t: out)
     check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     rng = np.random.default_rng(seed)
-    fallbacks = Fallbacks()
-    pairs = own_pairs(layers, fallbacks)
+    reference_notes = ReferenceNotes()
+    pairs = own_pairs(layers, reference_notes)
     loss_pair = LayerPair("loss", loss, "loss", None) if loss is not None else None
-    reference_loss = OwnLossFunction(loss, fallbacks) if loss is not None else None
+    reference_loss = OwnLossFunction(loss, reference_notes) if loss is not None else None
     batch = x.shape[0]
     chain_side = (
         numpy_side(run_numpy.LayerRunner(layers, loss, rng), x, target, "ours_chain")
@@ -253,7 +254,7 @@ def compare_autodiff(
                 Referee(target, reference_loss),
                 EpsilonFits(target),
                 note_chain_stops,
-                note_fallbacks(fallbacks),
+                add_reference_notes(reference_notes),
             ],
             locators=[
                 locate_layers,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -32,22 +33,24 @@ _OWN_PACKAGES = ("gradparity.ours", "gradparity.corpus")  # gradparity code user
 
 
 @dataclass
-class Fallbacks:
-    """Layers whose reference fell back to central differences: layer name -> the reason."""
+class ReferenceNotes:
+    """What a run of the reference has to say: layers whose reference fell back to central
+    differences (layer name -> the reason) and the engine's own notes (a kink met exactly)."""
 
-    reasons: dict[str, str] = field(default_factory=dict)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+    engine: list[str] = field(default_factory=list)
 
-    def __deepcopy__(self, memo: dict) -> Fallbacks:
+    def __deepcopy__(self, memo: dict) -> ReferenceNotes:
         return self  # one record per run, also through the copies evidence plug-ins make
 
-    def notes(self) -> list[str]:
-        """One note per layer, in the order they fell back."""
+    def lines(self) -> list[str]:
+        """One note per fallen-back layer, in the order they fell back, then the engine's."""
         return [
             f"{name}: its forward cannot run on tensors ({reason}); its reference is central "
             "differences of that forward (approximate, and only right if the forward gives "
             "the same output for the same input)"
-            for name, reason in self.reasons.items()
-        ]
+            for name, reason in self.fallbacks.items()
+        ] + list(dict.fromkeys(self.engine))
 
 
 def code_objects(obj: Any) -> list[Any]:
@@ -87,15 +90,22 @@ def _differentiate(
     arrays: dict[str, np.ndarray],
     owner: Any,
     inputs: list[np.ndarray],
+    notes: ReferenceNotes,
 ) -> dict[str, np.ndarray]:
     """Exact gradients of ``value()`` with respect to ``arrays`` (name -> the array ``owner``
-    or ``value`` references), ``inputs`` held as tensors without gradient."""
+    or ``value`` references), ``inputs`` held as tensors without gradient; the engine's notes
+    join ``notes``."""
     from gradparity.sides.autodiff import exact_gradients
 
     callables = [*code_objects(owner), value]
-    run = exact_gradients(
-        value, arrays, callables, inputs=inputs, modules=run_modules(owner, callables)
-    )
+    # Called from a backward, where autograd is off; torch warns at a float() the engine
+    # itself turns into a one-line fallback reason.
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run = exact_gradients(
+            value, arrays, callables, inputs=inputs, modules=run_modules(owner, callables)
+        )
+    notes.engine += run.notes
     return run.grads
 
 
@@ -127,7 +137,7 @@ class OwnForward:
     name: str
     layer: Any
     keys: list[str]
-    fallbacks: Fallbacks
+    notes: ReferenceNotes
 
     def fresh(self, values: Iterable[np.ndarray]) -> Any:
         """A copy of the layer holding ``values`` (in ``keys`` order), written into its own
@@ -146,8 +156,8 @@ class OwnForward:
         self, x: np.ndarray, values: list[np.ndarray], upstream: np.ndarray
     ) -> dict[str, np.ndarray]:
         """d(sum(forward(x) * upstream)) by ``INPUT`` and each parameter key: exact, or by
-        central differences when the forward cannot run on tensors (noted in ``fallbacks``)."""
-        if self.name not in self.fallbacks.reasons:
+        central differences when the forward cannot run on tensors (noted in ``notes``)."""
+        if self.name not in self.notes.fallbacks:
             layer, xa, u = self.fresh(values), x.copy(), upstream.copy()
             try:
                 return _differentiate(
@@ -155,9 +165,10 @@ class OwnForward:
                     {INPUT: xa, **params_of(layer, self.name)},
                     layer,
                     [u],
+                    self.notes,
                 )
             except _cannot_run() as exc:
-                self.fallbacks.reasons[self.name] = _fallback_reason(exc)
+                self.notes.fallbacks[self.name] = _fallback_reason(exc)
         return self._numeric_vjp(x, values, upstream)
 
     def _numeric_vjp(
@@ -211,10 +222,10 @@ class OwnForwardModule(nn.Module):
     (named by ``torch_name``), forward runs the layer's NumPy forward on a private copy, and
     backward is the exact vector-Jacobian product of that forward."""
 
-    def __init__(self, name: str, layer: Any, fallbacks: Fallbacks) -> None:
+    def __init__(self, name: str, layer: Any, notes: ReferenceNotes) -> None:
         super().__init__()
         params = params_of(layer, name)
-        self.own = OwnForward(name, copy.deepcopy(layer), list(params), fallbacks)
+        self.own = OwnForward(name, copy.deepcopy(layer), list(params), notes)
         for key, value in params.items():
             tensor = torch.tensor(np.array(value, dtype=np.float64))
             self.register_parameter(torch_name(key), nn.Parameter(tensor))
@@ -230,7 +241,7 @@ class OwnLoss:
     """The user's loss's forward as the reference loss: ``loss`` is a private copy."""
 
     loss: Any
-    fallbacks: Fallbacks
+    notes: ReferenceNotes
 
     def value(self, z: np.ndarray, target: np.ndarray) -> float:
         """The loss's forward at logits z (a fresh copy of the loss each time)."""
@@ -238,12 +249,14 @@ class OwnLoss:
 
     def gradient(self, z: np.ndarray, target: np.ndarray) -> np.ndarray:
         """dL/dz of the loss's forward: exact, else central differences (noted)."""
-        if "loss" not in self.fallbacks.reasons:
+        if "loss" not in self.notes.fallbacks:
             loss, za, t = copy.deepcopy(self.loss), z.copy(), target.copy()
             try:
-                return _differentiate(lambda: loss.forward(za, t), {INPUT: za}, loss, [t])[INPUT]
+                return _differentiate(
+                    lambda: loss.forward(za, t), {INPUT: za}, loss, [t], self.notes
+                )[INPUT]
             except _cannot_run() as exc:
-                self.fallbacks.reasons["loss"] = _fallback_reason(exc)
+                self.notes.fallbacks["loss"] = _fallback_reason(exc)
         return _numeric(lambda _, step: self.value(z + step, target), {INPUT: z})[INPUT]
 
 
@@ -266,8 +279,8 @@ class OwnLossFunction:
     """The user's loss as a torch loss callable (output, target) -> scalar tensor, whose
     gradient is the exact gradient of the loss's own forward."""
 
-    def __init__(self, loss: Any, fallbacks: Fallbacks) -> None:
-        self.own = OwnLoss(copy.deepcopy(loss), fallbacks)
+    def __init__(self, loss: Any, notes: ReferenceNotes) -> None:
+        self.own = OwnLoss(copy.deepcopy(loss), notes)
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of ``output`` (N, C) at ``target`` (a tensor, handed to the loss as the
