@@ -367,3 +367,83 @@ def test_a_layer_pair_against_a_torch_module():
     assert gp.compare(
         [("fc", gp.layer(affine_forward, affine_backward, w=w, b=b))], linear, x, y
     ).ok
+
+
+# --- naive-loop convolution and pooling, course style ------------------------------------------
+
+
+def conv_forward_naive(x, w, b, conv_param):
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    N, _, H, W = x.shape
+    F, _, HH, WW = w.shape
+    x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
+    H_out = 1 + (H + 2 * pad - HH) // stride
+    W_out = 1 + (W + 2 * pad - WW) // stride
+    out = np.zeros((N, F, H_out, W_out))
+    for n in range(N):
+        for f in range(F):
+            for i in range(H_out):
+                for j in range(W_out):
+                    window = x_pad[n, :, i * stride : i * stride + HH, j * stride : j * stride + WW]
+                    out[n, f, i, j] = np.sum(window * w[f]) + b[f]
+    cache = (x, w, b, conv_param)
+    return out, cache
+
+
+def conv_backward_naive(dout, cache):
+    x, w, _, conv_param = cache
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    N, _, H_out, W_out = dout.shape
+    F, _, HH, WW = w.shape
+    x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
+    dx_pad = np.zeros_like(x_pad)
+    dw = np.zeros_like(w)
+    db = np.sum(dout, axis=(0, 2, 3))
+    for n in range(N):
+        for f in range(F):
+            for i in range(H_out):
+                for j in range(W_out):
+                    rows = slice(i * stride, i * stride + HH)
+                    cols = slice(j * stride, j * stride + WW)
+                    dw[f] += x_pad[n, :, rows, cols] * dout[n, f, i, j]
+                    dx_pad[n, :, rows, cols] += w[f] * dout[n, f, i, j]
+    dx = dx_pad[:, :, pad:-pad, pad:-pad] if pad else dx_pad
+    return dx, dw, db
+
+
+def conv_backward_bias_averaged(dout, cache):
+    dx, dw, _ = conv_backward_naive(dout, cache)
+    db = np.mean(dout, axis=(0, 2, 3))  # the bug: a mean over the batch and positions
+    return dx, dw, db
+
+
+def test_naive_loop_convolution_through_layer_functions():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 2, 5, 5))
+    w, b = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    conv_param = {"stride": 1, "pad": 1}
+    good = gp.check_layer(
+        conv_forward_naive, conv_backward_naive, x, w=w, b=b, conv_param=conv_param
+    )
+    assert good.ok, good.root_causes
+    assert all(r.max_abs <= 1e-11 for r in _gradient_rows(good))
+    assert not [n for n in good.notes if "central differences" in n]  # exact, on tensors
+    bad = gp.check_layer(
+        conv_forward_naive, conv_backward_bias_averaged, x, w=w, b=b, conv_param=conv_param
+    )
+    (finding,) = bad.root_causes
+    assert (finding.layer, finding.quantity) == ("conv_naive", "grad:b")
+    assert "db = np.mean(dout, axis=(0, 2, 3))" in _source_text(finding)
+    assert conv_param == {"stride": 1, "pad": 1}
+
+
+def test_a_relu_input_exactly_at_zero_is_minor_not_a_root_cause():
+    x = np.array([[0.0, 1.5, -2.0], [0.0, -0.5, 3.0]])
+    report = gp.check_layer(relu_forward, relu_backward, x)
+    assert report.ok and not report.root_causes
+    (minor,) = report.minor
+    assert (minor.layer, minor.quantity, minor.diagnosis) == ("relu", "grad_input", "tied_maxima")
+    assert any("np.maximum at " + HERE in n and "kink" in n for n in report.notes)
+    # off the kink, the same bug is a root cause still
+    (found,) = gp.check_layer(relu_forward, relu_backward_unmasked, x).root_causes
+    assert found.quantity == "grad_input"

@@ -34,6 +34,7 @@ from gradparity.evidence.explain import (
     keep_values,
     note_chain_stops,
 )
+from gradparity.evidence.kinks import KinkRerun
 from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.evidence.minor import EpsilonFits
@@ -249,6 +250,7 @@ def compare_autodiff(
                 weight_decay_probe,
                 weight_access_probe,
                 TiedMaxima(FLOAT64),
+                KinkRerun(reference_notes, FLOAT64),
                 jacobian_probe,
                 loss_activation_probe,
                 Referee(target, reference_loss),

@@ -38,7 +38,7 @@ class ReferenceNotes:
     differences (layer name -> the reason) and the engine's own notes (a kink met exactly)."""
 
     fallbacks: dict[str, str] = field(default_factory=dict)
-    engine: list[str] = field(default_factory=list)
+    engine: dict[str, list[str]] = field(default_factory=dict)  # layer name -> its notes
 
     def __deepcopy__(self, memo: dict) -> ReferenceNotes:
         return self  # one record per run, also through the copies evidence plug-ins make
@@ -50,15 +50,23 @@ class ReferenceNotes:
             "differences of that forward (approximate, and only right if the forward gives "
             "the same output for the same input)"
             for name, reason in self.fallbacks.items()
-        ] + list(dict.fromkeys(self.engine))
+        ] + list(dict.fromkeys(n for notes in self.engine.values() for n in notes))
+
+    def kinks(self, name: str) -> bool:
+        """Whether the engine met an exact kink (ReLU at 0, a tie) in ``name``'s forward."""
+        return any("kink" in note for note in self.engine.get(name, []))
 
 
 def code_objects(obj: Any) -> list[Any]:
     """What the autodiff run searches for the layer's arrays and whose modules it rebinds: the
-    object itself, and for a ``gp.wrap`` adapter the wrapped object and its callables."""
+    object itself; for a ``gp.wrap`` adapter the wrapped object and its callables; for a
+    ``gp.layer`` adapter the user's functions (``code_of``)."""
     if isinstance(obj, Wrapped):
         extra = [a for a in (obj._forward, obj._backward) if callable(a)]
         return [obj, obj.obj, *extra]
+    named = getattr(obj, "code_of", None)
+    if callable(named):
+        return [obj, named("forward"), named("backward")]
     return [obj]
 
 
@@ -91,10 +99,11 @@ def _differentiate(
     owner: Any,
     inputs: list[np.ndarray],
     notes: ReferenceNotes,
+    name: str,
 ) -> dict[str, np.ndarray]:
     """Exact gradients of ``value()`` with respect to ``arrays`` (name -> the array ``owner``
     or ``value`` references), ``inputs`` held as tensors without gradient; the engine's notes
-    join ``notes``."""
+    join ``notes`` under ``name``."""
     from gradparity.sides.autodiff import exact_gradients
 
     callables = [*code_objects(owner), value]
@@ -105,7 +114,7 @@ def _differentiate(
         run = exact_gradients(
             value, arrays, callables, inputs=inputs, modules=run_modules(owner, callables)
         )
-    notes.engine += run.notes
+    notes.engine.setdefault(name, []).extend(run.notes)
     return run.grads
 
 
@@ -166,6 +175,7 @@ class OwnForward:
                     layer,
                     [u],
                     self.notes,
+                    self.name,
                 )
             except _cannot_run() as exc:
                 self.notes.fallbacks[self.name] = _fallback_reason(exc)
@@ -253,7 +263,7 @@ class OwnLoss:
             loss, za, t = copy.deepcopy(self.loss), z.copy(), target.copy()
             try:
                 return _differentiate(
-                    lambda: loss.forward(za, t), {INPUT: za}, loss, [t], self.notes
+                    lambda: loss.forward(za, t), {INPUT: za}, loss, [t], self.notes, "loss"
                 )[INPUT]
             except _cannot_run() as exc:
                 self.notes.fallbacks["loss"] = _fallback_reason(exc)

@@ -97,7 +97,7 @@ def layer(
 
 
 def layer_name(layer_object: LayerFunctions) -> str:
-    """A short name for the single layer of ``check_layer``: the forward's name without its
-    ``_forward`` suffix ("affine" for ``affine_forward``)."""
+    """A short name for the single layer of ``check_layer``: the forward's name without
+    ``_forward`` ("affine" for ``affine_forward``, "conv_naive" for ``conv_forward_naive``)."""
     name = getattr(layer_object.forward_function, "__name__", "layer")
-    return name.removesuffix("_forward") or name
+    return name.replace("_forward", "") or name
