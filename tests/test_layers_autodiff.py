@@ -195,11 +195,8 @@ def test_ours_model_correct_is_ok():
         assert row.max_abs <= (1e-8 if row.layer in numeric else CLOSE), row
 
 
-CORPUS = ["relu_mask_inverted", "bias_not_summed", "weight_grad_transposed", "loss_sum_not_mean"]
-
-
-@pytest.mark.parametrize("bug", [b for b in BUGS if b.name in CORPUS], ids=lambda b: b.name)
-def test_corpus_bugs_are_found_with_their_labels(bug):
+@pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.name)
+def test_every_layer_corpus_bug_is_found_with_its_label(bug):
     model, loss, x, target = bug.build(0)
     model, loss = inject(model, loss, bug)
     report = gp.compare(model, "autodiff", x, target, ours_loss=loss)
