@@ -165,7 +165,8 @@ class SoftmaxWithLoss:
         self.t = t
         x = x - np.max(x, axis=1, keepdims=True)
         self.y = np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
-        return -np.sum(t * np.log(self.y + 1e-7)) / x.shape[0]
+        # The book adds 1e-7 inside the log; left out so that backward is exactly its derivative.
+        return -np.sum(t * np.log(self.y)) / x.shape[0]
 
     def backward(self, dout=1):
         return (self.y - self.t) * dout / self.t.shape[0]
@@ -239,3 +240,50 @@ def lossFun(inputs, targets, hprev):
         dWhh += np.dot(dhraw, hs[t - 1].T)
         dhnext = np.dot(Whh.T, dhraw)
     return loss, dWxh, dWhh, dWhy, dbh, dby, hs[len(inputs) - 1]
+
+
+# -- code that cannot run on tensors, or whose loss is not differentiable as given -------------
+from numpy import exp  # noqa: E402  (a binding new users write)
+
+
+def loss_with_numpy_binding(params, X):
+    return np.sum(exp(X @ params["W"]))
+
+
+def loss_with_dropout(params, X):
+    mask = np.random.rand(*X.shape) < 0.5
+    return np.sum((X * mask) @ params["W"])
+
+
+def loss_through_float(params, X):
+    scale = float(np.sum(X @ params["W"]))
+    return np.sum(X) * scale
+
+
+def loss_through_item(params, X):
+    return (X @ params["W"]).sum().item()
+
+
+def loss_not_scalar(params, X):
+    return np.sum(X @ params["W"], axis=1)
+
+
+def loss_ignoring_b(params, X):
+    return np.sum(X @ params["W"])
+
+
+def loss_with_missing_function(params, X):
+    return np.nansum(X @ params["W"]) + np.sum(params["b"])
+
+
+def loss_with_relu_at_zero(params, X):
+    return np.sum(np.maximum(0, X @ params["W"] + params["b"]) * params["v"])
+
+
+def loss_that_raises(params, X):
+    global CACHE
+    CACHE = np.tanh(X @ params["W"])
+    raise RuntimeError("the user's own error")
+
+
+CACHE = None

@@ -212,12 +212,14 @@ def _differentiate(
     kinks = [k for k in session.kinks if k.output.requires_grad]
     wanted = [leaf.tensor for leaf in leaves.values()]
     wanted += list(tap_tensors.values()) + [k.output for k in kinks]
+    wanted += [c.leaf for c in session.numpy_cuts]
     try:
-        found = torch.autograd.grad(loss, wanted, allow_unused=True)
+        found = torch.autograd.grad(loss, wanted, allow_unused=True, retain_graph=True)
     except RuntimeError as exc:
         raise NotOnTensors(
             "an in-place write", "", f"autograd cannot differentiate the run: {first_line(exc)}"
         ) from exc
+    _refuse_cuts(session.numpy_cuts, found[len(found) - len(session.numpy_cuts) :])
     by_leaf = dict(zip(leaves, found[: len(leaves)], strict=True))
     grads = {}
     for name, array in params.items():
@@ -234,8 +236,20 @@ def _differentiate(
             n: g.detach().numpy().copy() for n, g in zip(tap_tensors, tap_found) if g is not None
         },
         seconds=time.perf_counter() - started,
-        notes=_kink_notes(kinks, found[len(leaves) + len(tap_tensors) :]),
+        notes=_kink_notes(
+            kinks,
+            found[len(leaves) + len(tap_tensors) :][: len(kinks)],
+            [leaf.tensor for leaf in leaves.values()],
+        ),
     )
+
+
+def _refuse_cuts(cuts: Sequence[Any], grads: Sequence[Any]) -> None:
+    """``NotOnTensors`` for the first value computed by NumPy that the loss depends on."""
+    for cut, grad in zip(cuts, grads, strict=True):
+        if grad is not None:
+            reason = cut.reason or "has no tensor version"
+            raise NotOnTensors(cut.call, cut.where, f"{cut.call} at {cut.where} {reason}")
 
 
 def _on_graph(value: Any) -> bool:
@@ -249,19 +263,38 @@ def _numpy(value: Any) -> np.ndarray:
     return np.array(array, dtype=np.float64, copy=True)
 
 
-def _kink_notes(kinks: Sequence[Any], grads: Sequence[Any]) -> list[str]:
-    """One line per call site where the loss's gradient reaches an exact kink."""
-    counts: dict[tuple[str, str], int] = {}
+def _kink_notes(kinks: Sequence[Any], grads: Sequence[Any], leaves: Sequence[Any]) -> list[str]:
+    """One line per call site where the loss's gradient passes an exact kink (a tie of max or
+    min, abs or ReLU at 0) whose operands there move with a parameter: only there can the
+    choice of derivative (autograd's or the user's backward's) change a gradient."""
+    sites: dict[tuple[str, str], list[Any]] = {}
     for kink, grad in zip(kinks, grads, strict=True):
-        if grad is None:
-            continue
-        reached = int((kink.at & (grad != 0)).sum())
-        if reached:
-            key = (kink.call, kink.where)
-            counts[key] = counts.get(key, 0) + reached
-    return [
-        f"{call} at {where or 'the forward'}: {n} element(s) exactly at a kink (a tie, or ReLU "
-        "at 0) where the derivative is not defined; autodiff's choice there may differ from "
-        "yours"
-        for (call, where), n in counts.items()
-    ]
+        if grad is not None and bool((kink.at & (grad != 0)).any()):
+            sites.setdefault((kink.call, kink.where), []).append(kink)
+    notes = []
+    for (call, where), met in sites.items():
+        if _moves_with_parameters(met, leaves):
+            notes.append(
+                f"{call} at {where or 'the forward'}: values exactly at a kink (a tie, or ReLU "
+                "at 0) where the derivative is not defined; autodiff's choice there may "
+                "differ from your backward's"
+            )
+    return notes
+
+
+def _moves_with_parameters(kinks: Sequence[Any], leaves: Sequence[Any]) -> bool:
+    """Whether an operand element at one of ``kinks`` depends on a parameter (a random
+    combination of them has a non-zero gradient)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    total = 0
+    for kink in kinks:
+        for operand, at in kink.touched:
+            if operand.requires_grad:
+                weights = torch.rand(at.shape, generator=generator, dtype=operand.dtype)
+                total = total + (operand.expand(at.shape) * at * weights).sum()
+    if not isinstance(total, torch.Tensor) or not total.requires_grad:
+        return False
+    found = torch.autograd.grad(total, list(leaves), allow_unused=True)
+    return any(g is not None and bool(g.any()) for g in found)

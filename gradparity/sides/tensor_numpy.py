@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,18 @@ class Kink:
     where: str
     output: torch.Tensor
     at: torch.Tensor  # bool, the output's shape
+    touched: list[tuple[torch.Tensor, torch.Tensor]]  # (operand, bool: its elements there)
+
+
+@dataclass
+class Cut:
+    """A value computed by NumPy (outside the graph) from values that depend on a parameter;
+    ``leaf`` stands for it in the graph, so whether the loss depends on it is known."""
+
+    call: str
+    where: str
+    leaf: torch.Tensor
+    reason: str | None  # what follows "call at file:line"; None: "has no tensor version"
 
 
 @dataclass
@@ -48,6 +61,7 @@ class TensorSession:
 
     user_files: set[str]
     cuts: list[tuple[str, str]] = field(default_factory=list)  # (call, where)
+    numpy_cuts: list[Cut] = field(default_factory=list)
     kinks: list[Kink] = field(default_factory=list)
 
     def where(self) -> str:
@@ -112,12 +126,66 @@ class TensorNumpy(types.ModuleType):
             return self._kinked[name]
         value = getattr(self._source, name, None)
         if value is None:
-            raise NotOnTensors(f"{self._prefix}.{name}", self._session.where())
+            return self._missing(name)
         if isinstance(value, types.ModuleType):
             return TensorNumpy(self._session, value, f"{self._prefix}.{name}")
         if isinstance(getattr(numpy, name, None), numpy.ufunc) and self._prefix == "np":
             return _Ufunc(name, value, self._session)
         return value
+
+    def _missing(self, name: str) -> Any:
+        """NumPy's ``name`` where the tensor module lacks it: run by NumPy on plain values
+        (fine for index arithmetic such as ``np.unravel_index``); its result is a ``Cut``
+        when it came from parameters, an error only if the loss depends on it."""
+        numpy_source = numpy
+        for part in self._prefix.split(".")[1:]:
+            numpy_source = getattr(numpy_source, part, None)
+        function = getattr(numpy_source, name, None)
+        call = f"{self._prefix}.{name}"
+        if not callable(function):
+            raise NotOnTensors(call, self._session.where())
+        return through_numpy(call, function, self._session, None)
+
+
+def through_numpy(
+    call: str, function: Callable, session: TensorSession, reason: str | None
+) -> Callable:
+    """``function`` run by NumPy on plain copies of its arguments; a floating result computed
+    from values that depend on a parameter comes back as a ``Cut`` leaf."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from_parameters = any(requires_grad(a) for a in _flat((*args, *kwargs.values())))
+        out = function(*_plain(args), **{k: _plain(v) for k, v in kwargs.items()})
+        return _cut(out, call, session, reason) if from_parameters else out
+
+    return run
+
+
+def _flat(values: Any) -> list[Any]:
+    if isinstance(values, tuple | list):
+        return [v for item in values for v in _flat(item)]
+    return [values]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every tensor array replaced by a NumPy copy of its values."""
+    if isinstance(value, tnp.ndarray):
+        return value.tensor.detach().numpy().copy()
+    if isinstance(value, tuple | list):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def _cut(out: Any, call: str, session: TensorSession, reason: str | None) -> Any:
+    if isinstance(out, tuple | list):
+        return type(out)(_cut(v, call, session, reason) for v in out)
+    if isinstance(out, numpy.ndarray | numpy.floating) and numpy.asarray(out).dtype.kind == "f":
+        leaf = torch.tensor(numpy.asarray(out, dtype=numpy.float64), requires_grad=True)
+        session.numpy_cuts.append(Cut(call, session.where(), leaf, reason))
+        return tnp.asarray(leaf)
+    if isinstance(out, float):
+        session.cuts.append((call, session.where()))
+    return out
 
 
 def _kink_names() -> tuple[str, ...]:
@@ -130,59 +198,61 @@ def _kinked(name: str, function: Callable, session: TensorSession) -> Callable:
     def call(*args: Any, **kwargs: Any) -> Any:
         out = function(*args, **kwargs)
         if isinstance(out, tnp.ndarray) and out.tensor.requires_grad:
-            at = _ties(name, args, kwargs, out)
-            if at is not None and bool(at.any()):
-                session.kinks.append(Kink(f"np.{name}", session.where(), out.tensor, at))
+            found = _ties(name, args, kwargs, out.tensor)
+            if found is not None and bool(found[0].any()):
+                at, touched = found
+                kink = Kink(f"np.{name}", session.where(), out.tensor, at, touched)
+                session.kinks.append(kink)
         return out
 
     return call
 
 
-def _ties(name: str, args: tuple, kwargs: dict, out: Any) -> torch.Tensor | None:
-    """Where the output of ``name(*args)`` sits on a kink (a bool tensor, the output's shape)."""
+Ties = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def _ties(name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> Ties | None:
+    """Where the output of ``name(*args)`` sits on a kink (a bool tensor, the output's shape),
+    and the operands there: (operand, bool tensor of the elements at the kink)."""
     with torch.no_grad():
         if name in ZERO_KINKS:
-            return (tnp.asarray(args[0]).tensor == 0).expand(out.tensor.shape)
+            x = tnp.asarray(args[0]).tensor
+            return (x == 0).expand(out.shape), [(x, x == 0)]
         if name in ELEMENTWISE_KINKS and len(args) >= 2:
             a, b = tnp.asarray(args[0]).tensor, tnp.asarray(args[1]).tensor
-            return (a == b).expand(out.tensor.shape)
+            at = (a == b).expand(out.shape)
+            return at, [(t, at) for t in (a, b) if t.requires_grad]
         if name in REDUCTION_KINKS and args:
             x = tnp.asarray(args[0]).tensor
             axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
-            return _reduction_ties(x, axis, out.tensor)
+            return _reduction_ties(x, axis, out)
     return None
 
 
-def _reduction_ties(x: torch.Tensor, axis: Any, out: torch.Tensor) -> torch.Tensor | None:
-    """Outputs of a max/min reduction of ``x`` over ``axis`` reached by more than one element."""
-    if axis is None:
-        return ((x == out.reshape(())).sum() > 1).expand(out.shape)
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+def _reduction_ties(x: torch.Tensor, axis: Any, out: torch.Tensor) -> Ties | None:
+    """Outputs of a max/min reduction of ``x`` over ``axis`` reached by more than one element,
+    and those elements of ``x``."""
+    axes = tuple(range(x.dim())) if axis is None else (axis,) if isinstance(axis, int) else axis
+    axes = tuple(sorted(a % x.dim() for a in axes))
     kept = out
-    for a in sorted(a % x.dim() for a in axes):
-        if kept.dim() < x.dim():
-            kept = kept.unsqueeze(a)
-    counts = (x == kept).sum(dim=tuple(a % x.dim() for a in axes))
-    return (counts > 1).reshape(out.shape) if counts.numel() == out.numel() else None
+    if out.dim() < x.dim():
+        kept = out.reshape([1 if d in axes else x.shape[d] for d in range(x.dim())])
+    hits = x == kept
+    tied = hits.sum(dim=axes, keepdim=True) > 1
+    if tied.numel() != out.numel():
+        return None
+    return tied.reshape(out.shape), [(x, hits & tied)]
 
 
 def numpy_function_guard(name: str, function: Callable, session: TensorSession) -> Callable:
-    """Stands for a global bound by ``from numpy import exp``: plain values go to NumPy; a
-    tensor argument raises ``NotOnTensors`` (the binding bypasses ``np``)."""
-
-    def guard(*args: Any, **kwargs: Any) -> Any:
-        if any(isinstance(a, tnp.ndarray) for a in (*args, *kwargs.values())):
-            where = session.where()
-            raise NotOnTensors(
-                name,
-                where,
-                f"{name} at {where or 'the forward'} is bound by `from numpy import "
-                f"{getattr(function, '__name__', name)}`, which cannot run on tensors: "
-                f"write np.{getattr(function, '__name__', name)} instead",
-            )
-        return function(*args, **kwargs)
-
-    return guard
+    """Stands for a global bound by ``from numpy import exp``: the binding bypasses ``np``, so
+    it runs by NumPy, and the loss depending on its result is an error naming the binding."""
+    numpy_name = getattr(function, "__name__", name)
+    message = (
+        f"is bound by `from numpy import {numpy_name}`, which cannot run on tensors: "
+        f"write np.{numpy_name} instead"
+    )
+    return through_numpy(name, function, session, message)
 
 
 class ArrayClassPatch:
@@ -199,9 +269,12 @@ class ArrayClassPatch:
 
         def leaving(call: str, method: Callable) -> Callable:
             def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
-                if self.tensor.requires_grad:
-                    session.cuts.append((call, session.where()))
-                return method(self, *args, **kwargs)
+                if not self.tensor.requires_grad:
+                    return method(self, *args, **kwargs)
+                session.cuts.append((call, session.where()))
+                with warnings.catch_warnings():  # torch's warning says what the cut's note says
+                    warnings.simplefilter("ignore")
+                    return method(self, *args, **kwargs)
 
             return patched
 
