@@ -444,3 +444,40 @@ def test_a_relu_input_exactly_at_zero_is_minor_not_a_root_cause():
     # off the kink, the same bug is a root cause still
     (found,) = gp.check_layer(relu_forward, relu_backward_unmasked, x).root_causes
     assert found.quantity == "grad_input"
+
+
+class Broken:
+    """A layer whose forward raises: a finding, and the layers before it are still checked."""
+
+    def __init__(self):
+        self.params, self.grads = {}, {}
+
+    def forward(self, x):
+        raise ValueError("shapes do not align")
+
+    def backward(self, dout):
+        return dout
+
+
+def test_a_forward_that_raises_is_a_finding_and_the_layers_before_it_are_checked():
+    net = TwoLayerNet(bias_mean=True)
+    x, t = book_data()
+    model = book_model(net)
+    report = gp.compare([*model, ("broken", Broken())], "autodiff", x, t)
+    found = {(f.layer, f.quantity): f.diagnosis for f in report.root_causes}
+    assert found[("broken", "output")] == "raised"
+    assert found[("Affine2", "grad:b")] == "batch_reduction"
+    assert any("chain run stopped at broken" in n for n in report.notes)
+
+
+def test_an_autodiff_report_saves_and_reloads(tmp_path):
+    net = TwoLayerNet(inverted=True)
+    x, t = book_data()
+    report = gp.compare(book_model(net), "autodiff", x, t, ours_loss=net.lastLayer)
+    report.save(tmp_path / "out")
+    again = gp.Report.from_json(tmp_path / "out" / "report.json")
+    assert [(f.layer, f.quantity, f.diagnosis) for f in again.root_causes] == [
+        ("Relu1", "grad_input", "mask_inverted")
+    ]
+    assert again.meta["reference"] == "autodiff (each layer's own forward)"
+    assert "autodiff (each layer's own forward)" in (tmp_path / "out" / "report.md").read_text()
