@@ -481,3 +481,21 @@ def test_an_autodiff_report_saves_and_reloads(tmp_path):
     ]
     assert again.meta["reference"] == "autodiff (each layer's own forward)"
     assert "autodiff (each layer's own forward)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def torch_affine(x, w, b):
+    return x.reshape(x.shape[0], -1) @ w + b
+
+
+def test_check_layer_against_a_torch_function():
+    x, w, b = course_data()
+    report = gp.check_layer(affine_forward, affine_backward, x, w=w, b=b, reference=torch_affine)
+    assert report.ok, report.root_causes
+    assert report.meta["reference"] == "torch function torch_affine"
+    bad = gp.check_layer(
+        affine_forward, affine_backward_one_example_bias, x, w=w, b=b, reference=torch_affine
+    )
+    (finding,) = bad.root_causes
+    assert (finding.layer, finding.quantity) == ("affine", "grad:b")
+    with pytest.raises(gp.InputError, match="torch function"):
+        gp.check_layer(affine_forward, affine_backward, x, w=w, b=b, reference="torch")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
+from torch import nn
 
+from gradparity.core.errors import InputError
 from gradparity.core.losses import DEFAULT, loss_name
 from gradparity.core.plan import Captures, Context, Entry, Evidence, Side, TensorPair
 from gradparity.core.records import USER_ERRORS, LayerRecord, error_info, real_array, snapshot
@@ -59,6 +62,7 @@ from gradparity.sides.layer_autodiff import (
     ReferenceNotes,
     torch_name,
 )
+from gradparity.sides.layer_functions import TorchFunctionModule
 
 FLOAT64 = run_torch.TORCH_DTYPES["float64"]  # the reference always runs in float64
 NOT_COMPARED = (
@@ -67,13 +71,22 @@ NOT_COMPARED = (
     "gradient; forward outputs are not compared (the forward is the reference's definition)"
 )
 
+TWIN_FORWARD_NOT_COMPARED = (
+    "torch function reference: the layer's backward is compared with autograd of the torch "
+    "function at the same input and a seeded random upstream gradient; forward outputs are "
+    "not compared here (gp.compare with a torch module compares them)"
+)
 
-def own_pairs(layers: list[tuple[str, Any]], reference_notes: ReferenceNotes) -> list[LayerPair]:
-    """Each layer paired with its own forward as a module; parameters keep their layout."""
+
+def own_pairs(
+    layers: list[tuple[str, Any]], module_of: Callable[[str, Any], nn.Module]
+) -> list[LayerPair]:
+    """Each layer paired with its reference module ``module_of(name, layer)`` (its own forward
+    as a module), whose parameters have the layer's names and layout."""
     pairs = []
     for name, layer in layers:
         params = params_of(layer, name)
-        module = OwnForwardModule(name, layer, reference_notes)
+        module = module_of(name, layer)
         pairs.append(
             LayerPair(
                 name,
@@ -196,11 +209,13 @@ def compare_autodiff(
     seed: int,
     name: str,
     strict: bool,
+    reference: Callable[..., Any] | None = None,
 ) -> Report:
     """The report of ``compare(model, "autodiff", ...)`` for a model's ``(name, layer)``
     pairs on x (N, ...) and target; ``ours_loss`` None is the default softmax cross-entropy,
     and ``target`` None checks the layers alone (no loss). Options are already checked by
-    the caller."""
+    the caller. ``reference``: a torch function judging ``gp.layer`` objects instead of
+    autodiff (``check_layer``'s)."""
     x = prepare_input(x, dtype)
     given = ours_loss is not None
     loss = None
@@ -211,7 +226,10 @@ def compare_autodiff(
     check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     rng = np.random.default_rng(seed)
     reference_notes = ReferenceNotes()
-    pairs = own_pairs(layers, reference_notes)
+    if reference is None:
+        pairs = own_pairs(layers, partial(OwnForwardModule, notes=reference_notes))
+    else:
+        pairs = own_pairs(layers, lambda _, layer: TorchFunctionModule(reference, layer))
     loss_pair = LayerPair("loss", loss, "loss", None) if loss is not None else None
     reference_loss = OwnLossFunction(loss, reference_notes) if loss is not None else None
     batch = x.shape[0]
@@ -226,7 +244,8 @@ def compare_autodiff(
             pairs, loss_pair, reference_loss, captures["ours_chain"], target, rng
         )
 
-    meta = {"reference": REFERENCE_NAME, "isolate_upstream": "seeded random normal"}
+    named = REFERENCE_NAME if reference is None else f"torch function {loss_name(reference)}"
+    meta = {"reference": named, "isolate_upstream": "seeded random normal"}
     if loss is not None:
         meta["ours_loss"] = loss_name(loss) + ("" if given else DEFAULT)
         meta["reference_loss"] = f"autodiff of {loss_name(loss)}'s own forward"
@@ -263,7 +282,7 @@ def compare_autodiff(
                 separate_minor,
             ],
             meta=meta,
-            notes=[NOT_COMPARED],
+            notes=[NOT_COMPARED if reference is None else TWIN_FORWARD_NOT_COMPARED],
             fields={"strict": strict},
         )
     )
@@ -280,6 +299,7 @@ def check_layer(
     rtol: float | None = None,
     atol: float | None = None,
     dtype: str = "float64",
+    reference: Callable[..., Any] | None = None,
     **arguments: Any,
 ) -> Report:
     """Check one course-style layer function pair against autodiff of its forward.
@@ -290,12 +310,19 @@ def check_layer(
     The layer runs on x and backward on a seeded random upstream gradient; its dL/dx and
     each parameter gradient are compared with the exact vector-Jacobian product of
     ``forward`` (``compare(..., "autodiff")``'s isolate rows, with the same diagnoses and
-    source lines). ``rtol``/``atol`` override the tolerance of ``dtype``.
+    source lines). ``rtol``/``atol`` override the tolerance of ``dtype``. ``reference``: a
+    torch function ``fn(x, *args) -> tensor`` taking the forward's arguments in the same order
+    (parameters as tensors), to judge the backward by autograd of it instead.
     """
+    if reference is not None and (isinstance(reference, nn.Module) or not callable(reference)):
+        raise InputError(
+            "check_layer: reference must be a torch function fn(x, *args) -> tensor; for a "
+            "torch module use gp.compare([(name, gp.layer(...))], module, x, target)"
+        )
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     wrapped = layer_functions.layer(forward, backward, params, **arguments)
     return compare_autodiff(
         [(layer_functions.layer_name(wrapped), wrapped)], x, None, None,
         dtype=dtype, tolerance=tolerance_for(dtype, rtol, atol), seed=seed,
-        name=getattr(forward, "__name__", "layer"), strict=False,
+        name=getattr(forward, "__name__", "layer"), strict=False, reference=reference,
     )  # fmt: skip

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from gradparity.core.errors import InputError
 
@@ -101,3 +103,20 @@ def layer_name(layer_object: LayerFunctions) -> str:
     ``_forward`` ("affine" for ``affine_forward``, "conv_naive" for ``conv_forward_naive``)."""
     name = getattr(layer_object.forward_function, "__name__", "layer")
     return name.replace("_forward", "") or name
+
+
+class TorchFunctionModule(nn.Module):
+    """A torch function ``fn(x, *args) -> tensor`` as the reference module of a
+    :func:`layer` object: its parameters (copies, under their own names) and its other
+    arguments are passed in the layer's order."""
+
+    def __init__(self, fn: Callable[..., Any], layer_object: LayerFunctions) -> None:
+        super().__init__()
+        self.fn = fn
+        self.arguments = dict(layer_object.arguments)
+        for key, value in layer_object.params.items():
+            self.register_parameter(key, nn.Parameter(torch.tensor(np.array(value))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        named = dict(self.named_parameters())
+        return self.fn(x, *(named.get(k, v) for k, v in self.arguments.items()))
