@@ -499,3 +499,32 @@ def test_check_layer_against_a_torch_function():
     assert (finding.layer, finding.quantity) == ("affine", "grad:b")
     with pytest.raises(gp.InputError, match="torch function"):
         gp.check_layer(affine_forward, affine_backward, x, w=w, b=b, reference="torch")
+
+
+class DictAffine:
+    """The book's later style: parameters and gradients in dicts, so no gp.wrap is needed."""
+
+    def __init__(self, W, b):
+        self.params = {"W": W, "b": b}
+        self.grads = {}
+
+    def forward(self, x):
+        self.x = x
+        return np.dot(x, self.params["W"]) + self.params["b"]
+
+    def backward(self, dout):
+        self.grads["W"] = np.dot(self.x.T, dout)
+        self.grads["b"] = np.sum(dout, axis=0)
+        return np.dot(dout, self.params["W"].T) * 2  # the bug: a stray factor 2
+
+
+def test_an_ordered_dicts_items_are_a_model():
+    rng = np.random.default_rng(7)
+    layers = OrderedDict()
+    layers["Affine1"] = DictAffine(rng.standard_normal((5, 4)), rng.standard_normal(4))
+    layers["Relu1"] = Relu()
+    layers["Affine2"] = DictAffine(rng.standard_normal((4, 3)), rng.standard_normal(3))
+    x, t = book_data()
+    report = gp.compare(layers.items(), "autodiff", x, t, ours_loss=SoftmaxWithLoss())
+    found = {(f.layer, f.quantity): f.diagnosis for f in report.root_causes}
+    assert found == {("Affine1", "grad_input"): "scaled", ("Affine2", "grad_input"): "scaled"}

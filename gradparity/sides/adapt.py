@@ -6,7 +6,7 @@ other names is adapted with :func:`wrap`, without editing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, ItemsView, Mapping
 from typing import Any
 
 import numpy as np
@@ -186,11 +186,12 @@ def check_protocol(name: str, layer: Any) -> None:
 
 def named_layers(model: Any) -> list[tuple[str, Any]]:
     """``[(name, layer), ...]`` in forward order from an ours container, any object with
-    ``named_layers()``, a list of ``(name, layer)`` pairs, or a list of layers (named "0", ...).
+    ``named_layers()``, a list of ``(name, layer)`` pairs or a dict's ``items()``, or a list
+    of layers (named "0", ...).
     """
     if hasattr(model, "named_layers"):
         pairs = list(model.named_layers())
-    elif isinstance(model, (list, tuple)):
+    elif isinstance(model, (list, tuple, ItemsView)):  # ItemsView: a book's layers.items()
         pairs = [
             item
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
