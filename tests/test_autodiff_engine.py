@@ -271,3 +271,16 @@ def test_a_script_run_as_main_is_differentiated(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+def test_a_changed_tensor_module_is_named_and_refused_before_anything_runs(monkeypatch):
+    import torch._numpy as tnp
+
+    monkeypatch.delattr(tnp, "pad")
+    why = unavailable()
+    assert why is not None and "torch._numpy lacks pad" in why and "2.13" in why
+    params, X = small_setup()
+    before = snapshot(params)
+    with pytest.raises(NotOnTensors, match="lacks pad"):
+        exact_gradients(lambda: nets.loss_ignoring_b(params, X), params, [])
+    assert_untouched(params, before)

@@ -23,8 +23,8 @@ from gradparity.sides.rebinding import NotOnTensors, Rebinding, module_files, us
 
 __all__ = ["ExactRun", "NotOnTensors", "exact_gradients", "unavailable", "user_modules"]
 
-# The torch range this feature is tested on (pyproject pins the same); torch._numpy is private.
-TESTED_TORCH = ((2, 13), (2, 14))
+# torch._numpy is private: pyproject pins the torch range this is tested on (2.13), and
+# ``unavailable`` checks for what the engine uses, so a changed module is named, not crashed on.
 
 
 @dataclass
@@ -47,13 +47,20 @@ def unavailable() -> str | None:
     try:
         import torch
         import torch._numpy as tnp
+        from torch._numpy import _normalizations  # noqa: F401  (tensor_numpy patches it)
     except ImportError as exc:
         return f"the autodiff reference needs torch with torch._numpy ({exc})"
     for name in ("ndarray", "asarray", "zeros", "pad", "maximum"):
         if not hasattr(tnp, name):
-            return f"torch {torch.__version__}'s torch._numpy lacks {name}: use torch 2.13"
+            return (
+                f"torch {torch.__version__}'s torch._numpy lacks {name}: the autodiff "
+                "reference is tested on torch 2.13"
+            )
     if not isinstance(getattr(tnp.asarray(torch.zeros(1)), "tensor", None), torch.Tensor):
-        return f"torch {torch.__version__}'s torch._numpy arrays changed: use torch 2.13"
+        return (
+            f"torch {torch.__version__}'s torch._numpy arrays changed: the autodiff "
+            "reference is tested on torch 2.13"
+        )
     return None
 
 
