@@ -238,12 +238,13 @@ def _differentiate(
     return ExactRun(
         loss=float(loss.detach()),
         grads=grads,
-        taps={n: _numpy(t) for n, t in tapped.items()},
+        taps={n: a for n, t in tapped.items() if (a := _numpy(t)) is not None},
         tap_grads={
             n: g.detach().numpy().copy() for n, g in zip(tap_tensors, tap_found) if g is not None
         },
         seconds=time.perf_counter() - started,
-        notes=_kink_notes(
+        notes=_cut_notes(session.cuts)
+        + _kink_notes(
             kinks,
             found[len(leaves) + len(tap_tensors) :][: len(kinks)],
             [leaf.tensor for leaf in leaves.values()],
@@ -263,11 +264,25 @@ def _on_graph(value: Any) -> bool:
     return getattr(value, "requires_grad", False)
 
 
-def _numpy(value: Any) -> np.ndarray:
-    """A tapped value as a float64 NumPy copy."""
+def _numpy(value: Any) -> np.ndarray | None:
+    """A tapped value as a float64 NumPy copy; None for a value that is not real numbers (the
+    NumPy run reports it)."""
     detach = getattr(value, "detach", None)
-    array = detach().numpy() if detach is not None else np.asarray(value)
-    return np.array(array, dtype=np.float64, copy=True)
+    try:
+        array = detach().numpy() if detach is not None else np.asarray(value)
+        return np.array(array, dtype=np.float64, copy=True)
+    except (TypeError, ValueError):
+        return None
+
+
+def _cut_notes(cuts: Sequence[tuple[str, str]]) -> list[str]:
+    """One line per place a value that depends on a parameter left the graph as a number: the
+    gradient through it is not counted (harmless where it only feeds a printout)."""
+    return [
+        f"{call} at {where or 'the forward'} takes a value that depends on a parameter out of "
+        "the tensor graph: any gradient through it is missing from the exact gradients"
+        for call, where in dict.fromkeys(cuts)
+    ]
 
 
 def _kink_notes(kinks: Sequence[Any], grads: Sequence[Any], leaves: Sequence[Any]) -> list[str]:
