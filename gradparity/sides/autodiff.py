@@ -88,6 +88,7 @@ def exact_gradients(
     for name, array in params.items():
         _check_parameter(name, array)
     from gradparity.sides import tensor_numpy as tn
+    from gradparity.sides.tensor_speed import fast_paths
 
     started = time.perf_counter()
     roots = [loss_call, *callables]
@@ -99,7 +100,7 @@ def exact_gradients(
     rebinding = Rebinding(stand_ins, [*params.values(), *inputs])
     log = TensorTaps()
     try:
-        with tn.ArrayClassPatch(session), taps.recording(log):
+        with tn.ArrayClassPatch(session), fast_paths(), taps.recording(log):
             proxy = tn.TensorNumpy(session)
             for module in mods:
                 rebound = {

@@ -11,8 +11,6 @@ are remembered so that they can be reported where they matter.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import sys
 import types
 import warnings
@@ -23,7 +21,6 @@ from typing import Any
 import numpy
 import torch
 import torch._numpy as tnp
-from torch._numpy import _normalizations
 
 from gradparity.core.source import shown_path
 from gradparity.sides.rebinding import NotOnTensors
@@ -293,8 +290,6 @@ class ArrayClassPatch:
                 )
             return numpy.asarray(self.tensor.detach().numpy(), dtype=dtype)
 
-        self.saved_inspect = _normalizations.inspect
-        _normalizations.inspect = _CACHED_INSPECT
         tnp.ndarray.__array_ufunc__ = None  # NumPy operators defer to the tensor array
         tnp.ndarray.__array__ = array
         tnp.ndarray.__float__ = leaving("float()", original["__float__"])
@@ -302,58 +297,15 @@ class ArrayClassPatch:
         tnp.ndarray.tolist = leaving(".tolist()", original["tolist"])
         for name in REDUCTION_KINKS[:2]:
             setattr(tnp.ndarray, name, _method_kink(name, original[name], session))
-        tnp.ndarray.__getitem__ = _fast_getitem(original["__getitem__"])
-        tnp.ndarray.__setitem__ = _fast_setitem(original["__setitem__"])
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _normalizations.inspect = self.saved_inspect
         for name, value in self.saved.items():
             if value is None:
                 if name in tnp.ndarray.__dict__:
                     delattr(tnp.ndarray, name)
             else:
                 setattr(tnp.ndarray, name, value)
-
-
-class _CachedInspect(types.SimpleNamespace):
-    """``inspect`` as ``torch._numpy``'s argument normaliser uses it: it asks for the signature
-    of the wrapped function on every call and binds the arguments again to find ``out`` and
-    ``keepdims``, which is most of the time a naive-loop network spends in the tensor module.
-    Here the signature is cached and binding is a zip of names and values (the function has
-    already been called with the same arguments, so they are known to fit)."""
-
-
-class _Bound:
-    def __init__(self, arguments: dict[str, Any]) -> None:
-        self.arguments = arguments
-
-
-class _FastSignature:
-    def __init__(self, signature: inspect.Signature) -> None:
-        self.parameters = signature.parameters
-        self._signature = signature
-        kinds = [p.kind for p in signature.parameters.values()]
-        self._positional = None
-        if inspect.Parameter.VAR_POSITIONAL not in kinds:
-            self._positional = [
-                n for n, p in signature.parameters.items() if p.kind != p.KEYWORD_ONLY
-            ]
-
-    def bind(self, *args: Any, **kwargs: Any) -> Any:
-        if self._positional is None or len(args) > len(self._positional):
-            return self._signature.bind(*args, **kwargs)
-        return _Bound({**dict(zip(self._positional, args, strict=False)), **kwargs})
-
-
-@functools.cache
-def _signature(function: Callable) -> _FastSignature:
-    return _FastSignature(inspect.signature(function))
-
-
-def _cached_inspect() -> _CachedInspect:
-    names = {n: getattr(inspect, n) for n in dir(inspect) if not n.startswith("__")}
-    return _CachedInspect(**{**names, "signature": _signature})
 
 
 _PATCHED = (
@@ -364,47 +316,7 @@ _PATCHED = (
     "tolist",
     "max",
     "min",
-    "__getitem__",
-    "__setitem__",
 )
-
-
-def _basic(index: Any) -> bool:
-    """Whether ``index`` is plain ints, forward slices and ``None``: indexing that torch does
-    exactly as NumPy does, without the tensor module's general (and slow) conversion."""
-    parts = index if type(index) is tuple else (index,)
-    for part in parts:
-        if type(part) is slice:
-            if not all(type(b) is int or b is None for b in (part.start, part.stop)):
-                return False
-            if part.step is not None and not (type(part.step) is int and part.step > 0):
-                return False
-        elif type(part) is not int and part is not None:
-            return False
-    return True
-
-
-def _fast_getitem(general: Callable) -> Callable:
-    def getitem(self: Any, index: Any) -> Any:
-        if _basic(index):
-            return tnp.ndarray(self.tensor[index])
-        return general(self, index)
-
-    return getitem
-
-
-def _fast_setitem(general: Callable) -> Callable:
-    def setitem(self: Any, index: Any, value: Any) -> None:
-        if _basic(index):
-            if isinstance(value, tnp.ndarray) and value.tensor.dtype == self.tensor.dtype:
-                self.tensor[index] = value.tensor
-                return
-            if type(value) in (float, int) and self.tensor.dtype.is_floating_point:
-                self.tensor[index] = value
-                return
-        general(self, index, value)
-
-    return setitem
 
 
 def _method_kink(name: str, method: Callable, session: TensorSession) -> Callable:
@@ -457,6 +369,3 @@ def as_tensor_array(array: Any, grad: bool) -> Any:
     if grad:
         tensor.requires_grad_(True)
     return tnp.asarray(tensor)
-
-
-_CACHED_INSPECT = _cached_inspect()
