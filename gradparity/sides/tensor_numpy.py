@@ -308,7 +308,15 @@ class ArrayClassPatch:
                 setattr(tnp.ndarray, name, value)
 
 
-_PATCHED = ("__array_ufunc__", "__array__", "__float__", "item", "tolist", "max", "min")
+_PATCHED = (
+    "__array_ufunc__",
+    "__array__",
+    "__float__",
+    "item",
+    "tolist",
+    "max",
+    "min",
+)
 
 
 def _method_kink(name: str, method: Callable, session: TensorSession) -> Callable:
