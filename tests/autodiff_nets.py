@@ -287,3 +287,36 @@ def loss_that_raises(params, X):
 
 
 CACHE = None
+
+
+def loss_scaled_by_a_float(params, X):
+    scale = float(np.max(np.abs(params["W"])))
+    return np.sum(X @ params["W"] + params["b"]) / scale
+
+
+class TappedNet:
+    """``loss(X, y)`` returning (loss, grads) with forward and gradient taps, one in a loop."""
+
+    def __init__(self, seed=0):
+        rng = np.random.default_rng(seed)
+        self.params = {"W": rng.normal(size=(3, 3)), "V": rng.normal(size=(3, 2))}
+
+    def loss(self, X, y):
+        h = X
+        hs = []
+        for _ in range(2):
+            hs.append(h)
+            h = gp.tap("h", np.tanh(h @ self.params["W"]))
+        scores = gp.tap("scores", h @ self.params["V"])
+        loss = 0.5 * np.sum((scores - y) ** 2)
+        dscores = gp.tap("scores", scores - y, grad=True)
+        grads = {"V": h.T @ dscores}
+        dh = dscores @ self.params["V"].T
+        grads["W"] = np.zeros_like(self.params["W"])
+        outs = [hs[1], h]
+        for step in (1, 0):
+            gp.tap("h", dh, grad=True)
+            dz = dh * (1 - outs[step] ** 2)
+            grads["W"] += hs[step].T @ dz
+            dh = dz @ self.params["W"].T
+        return loss, grads

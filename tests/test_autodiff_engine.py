@@ -271,3 +271,60 @@ def test_a_script_run_as_main_is_differentiated(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+def test_a_changed_tensor_module_is_named_and_refused_before_anything_runs(monkeypatch):
+    import torch._numpy as tnp
+
+    monkeypatch.delattr(tnp, "pad")
+    why = unavailable()
+    assert why is not None and "torch._numpy lacks pad" in why and "2.13" in why
+    params, X = small_setup()
+    before = snapshot(params)
+    with pytest.raises(NotOnTensors, match="lacks pad"):
+        exact_gradients(lambda: nets.loss_ignoring_b(params, X), params, [])
+    assert_untouched(params, before)
+
+
+def test_taps_in_a_loss_returning_grads_forward_exact_and_gradient_taps_apart():
+    net = nets.TappedNet()
+    rng = np.random.default_rng(6)
+    X, y = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+    run = exact_gradients(lambda: net.loss(X, y), net.params, [net.loss], inputs=[X, y])
+    with taps.recording() as log:
+        _, grads = net.loss(X, y)
+    assert_close(run.grads, grads)
+    assert [name for name, _ in log] == ["h", "h", "scores"]
+    assert [name for name, _ in log.grad_taps] == ["scores", "h", "h"]
+    assert len(log.sites) == 3 and len(log.grad_sites) == 3
+    recorded = taps.grad_taps(log)
+    assert set(recorded) == {"scores", "h[0]", "h[1]"} == set(taps.grad_sites(log))
+    assert set(run.taps) == set(taps.named(list(log))) == set(run.tap_grads)
+    np.testing.assert_allclose(run.taps["h[1]"], taps.named(list(log))["h[1]"], atol=EXACT)
+    np.testing.assert_allclose(run.tap_grads["scores"], recorded["scores"], atol=EXACT)
+    # the backward loop runs last step first: its first gradient tap is the last forward one's
+    np.testing.assert_allclose(run.tap_grads["h[1]"], recorded["h[0]"], atol=EXACT)
+    np.testing.assert_allclose(run.tap_grads["h[0]"], recorded["h[1]"], atol=EXACT)
+
+
+def test_a_layer_input_given_as_a_parameter_gets_its_vector_jacobian_product():
+    rng = np.random.default_rng(7)
+    layer = nets.Affine(rng.normal(size=(3, 2)), rng.normal(size=2))
+    x, upstream = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
+    params = {"W": layer.W, "b": layer.b, "x": x}
+    before = snapshot(params)
+    run = exact_gradients(
+        lambda: (layer.forward(x) * upstream).sum(), params, [layer], inputs=[x, upstream]
+    )
+    layer.forward(x)
+    assert_close(run.grads, {"x": layer.backward(upstream), "W": layer.dW, "b": layer.db})
+    assert_untouched(params, before)
+
+
+def test_a_value_taken_out_of_the_graph_by_float_is_noted_when_the_loss_still_runs():
+    params, X = small_setup()
+    run = exact_gradients(
+        lambda: nets.loss_scaled_by_a_float(params, X), params, [nets.loss_scaled_by_a_float]
+    )
+    line = line_number("float(np", nets.loss_scaled_by_a_float)
+    assert len(run.notes) == 1 and f"float() at tests/autodiff_nets.py:{line}" in run.notes[0]

@@ -6,7 +6,7 @@ other names is adapted with :func:`wrap`, without editing it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, ItemsView, Mapping
 from typing import Any
 
 import numpy as np
@@ -186,11 +186,12 @@ def check_protocol(name: str, layer: Any) -> None:
 
 def named_layers(model: Any) -> list[tuple[str, Any]]:
     """``[(name, layer), ...]`` in forward order from an ours container, any object with
-    ``named_layers()``, a list of ``(name, layer)`` pairs, or a list of layers (named "0", ...).
+    ``named_layers()``, a list of ``(name, layer)`` pairs or a dict's ``items()``, or a list
+    of layers (named "0", ...).
     """
     if hasattr(model, "named_layers"):
         pairs = list(model.named_layers())
-    elif isinstance(model, (list, tuple)):
+    elif isinstance(model, (list, tuple, ItemsView)):  # ItemsView: a book's layers.items()
         pairs = [
             item
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
@@ -225,8 +226,11 @@ def model_name(model: Any) -> str:
 def layer_code(layer: Any, quantity: str) -> Any:
     """The code behind one of a layer's quantities: ``forward`` for its output, ``backward``
     for a gradient; for a :func:`wrap`-adapted object, the wrapped object's method or the
-    callable given. None when there is none."""
+    callable given; for ``gp.layer``, the user's function. None when there is none."""
     role = "forward" if quantity == "output" else "backward"
+    named = getattr(layer, "code_of", None)  # an adapter naming the user's own functions
+    if callable(named):
+        return named(role)
     if isinstance(layer, Wrapped):
         accessor = layer._forward if role == "forward" else layer._backward
         return accessor if callable(accessor) else getattr(layer.obj, accessor, None)

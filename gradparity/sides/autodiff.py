@@ -23,8 +23,8 @@ from gradparity.sides.rebinding import NotOnTensors, Rebinding, module_files, us
 
 __all__ = ["ExactRun", "NotOnTensors", "exact_gradients", "unavailable", "user_modules"]
 
-# The torch range this feature is tested on (pyproject pins the same); torch._numpy is private.
-TESTED_TORCH = ((2, 13), (2, 14))
+# torch._numpy is private: pyproject pins the torch range this is tested on (2.13), and
+# ``unavailable`` checks for what the engine uses, so a changed module is named, not crashed on.
 
 
 @dataclass
@@ -47,13 +47,20 @@ def unavailable() -> str | None:
     try:
         import torch
         import torch._numpy as tnp
+        from torch._numpy import _normalizations  # noqa: F401  (tensor_numpy patches it)
     except ImportError as exc:
         return f"the autodiff reference needs torch with torch._numpy ({exc})"
     for name in ("ndarray", "asarray", "zeros", "pad", "maximum"):
         if not hasattr(tnp, name):
-            return f"torch {torch.__version__}'s torch._numpy lacks {name}: use torch 2.13"
+            return (
+                f"torch {torch.__version__}'s torch._numpy lacks {name}: the autodiff "
+                "reference is tested on torch 2.13"
+            )
     if not isinstance(getattr(tnp.asarray(torch.zeros(1)), "tensor", None), torch.Tensor):
-        return f"torch {torch.__version__}'s torch._numpy arrays changed: use torch 2.13"
+        return (
+            f"torch {torch.__version__}'s torch._numpy arrays changed: the autodiff "
+            "reference is tested on torch 2.13"
+        )
     return None
 
 
@@ -81,6 +88,7 @@ def exact_gradients(
     for name, array in params.items():
         _check_parameter(name, array)
     from gradparity.sides import tensor_numpy as tn
+    from gradparity.sides.tensor_speed import fast_paths
 
     started = time.perf_counter()
     roots = [loss_call, *callables]
@@ -92,7 +100,7 @@ def exact_gradients(
     rebinding = Rebinding(stand_ins, [*params.values(), *inputs])
     log = TensorTaps()
     try:
-        with tn.ArrayClassPatch(session), taps.recording(log):
+        with tn.ArrayClassPatch(session), fast_paths(), taps.recording(log):
             proxy = tn.TensorNumpy(session)
             for module in mods:
                 rebound = {
@@ -231,12 +239,13 @@ def _differentiate(
     return ExactRun(
         loss=float(loss.detach()),
         grads=grads,
-        taps={n: _numpy(t) for n, t in tapped.items()},
+        taps={n: a for n, t in tapped.items() if (a := _numpy(t)) is not None},
         tap_grads={
             n: g.detach().numpy().copy() for n, g in zip(tap_tensors, tap_found) if g is not None
         },
         seconds=time.perf_counter() - started,
-        notes=_kink_notes(
+        notes=_cut_notes(session.cuts)
+        + _kink_notes(
             kinks,
             found[len(leaves) + len(tap_tensors) :][: len(kinks)],
             [leaf.tensor for leaf in leaves.values()],
@@ -256,11 +265,25 @@ def _on_graph(value: Any) -> bool:
     return getattr(value, "requires_grad", False)
 
 
-def _numpy(value: Any) -> np.ndarray:
-    """A tapped value as a float64 NumPy copy."""
+def _numpy(value: Any) -> np.ndarray | None:
+    """A tapped value as a float64 NumPy copy; None for a value that is not real numbers (the
+    NumPy run reports it)."""
     detach = getattr(value, "detach", None)
-    array = detach().numpy() if detach is not None else np.asarray(value)
-    return np.array(array, dtype=np.float64, copy=True)
+    try:
+        array = detach().numpy() if detach is not None else np.asarray(value)
+        return np.array(array, dtype=np.float64, copy=True)
+    except (TypeError, ValueError):
+        return None
+
+
+def _cut_notes(cuts: Sequence[tuple[str, str]]) -> list[str]:
+    """One line per place a value that depends on a parameter left the graph as a number: the
+    gradient through it is not counted (harmless where it only feeds a printout)."""
+    return [
+        f"{call} at {where or 'the forward'} takes a value that depends on a parameter out of "
+        "the tensor graph: any gradient through it is missing from the exact gradients"
+        for call, where in dict.fromkeys(cuts)
+    ]
 
 
 def _kink_notes(kinks: Sequence[Any], grads: Sequence[Any], leaves: Sequence[Any]) -> list[str]:

@@ -308,7 +308,15 @@ class ArrayClassPatch:
                 setattr(tnp.ndarray, name, value)
 
 
-_PATCHED = ("__array_ufunc__", "__array__", "__float__", "item", "tolist", "max", "min")
+_PATCHED = (
+    "__array_ufunc__",
+    "__array__",
+    "__float__",
+    "item",
+    "tolist",
+    "max",
+    "min",
+)
 
 
 def _method_kink(name: str, method: Callable, session: TensorSession) -> Callable:
@@ -344,8 +352,11 @@ def tensor_binding(value: Any, name: str, session: TensorSession, np_proxy: Tens
     if isinstance(value, types.ModuleType):
         proxy: Any = np_proxy
         for part in value.__name__.split(".")[1:]:
-            proxy = getattr(proxy, part, None) if part != "random" else _NoRandom(session)
-            if proxy is None:
+            if part == "random":
+                proxy = _NoRandom(session)
+            elif part in dir(proxy._source):
+                proxy = getattr(proxy, part)
+            else:  # a submodule the tensor module lacks (numpy.typing for annotations)
                 return value
         return proxy
     return numpy_function_guard(name, value, session)
