@@ -42,15 +42,19 @@ def loss_meta(ours: Any, reference: Any, ours_given: bool, reference_given: bool
     }
 
 
-def function_loss_meta(fn: str, loss_fn: Any, reference: str | None) -> dict:
+def function_loss_meta(
+    fn: str, loss_fn: Any, reference: str | None, *, judged_by: str | None = None
+) -> dict:
     """The meta entries of a ``compare_function`` report: ours is the user's ``fn()`` with its
     own loss (its value compared when ``loss_fn`` is given); ``reference`` names the torch
-    reference's loss, or is None for central differences of ``loss_fn`` (which then judges
-    the gradients, so no value is compared and nothing is said to be missing)."""
-    if reference is None:
+    reference's loss, or is None for central differences of ``loss_fn``. ``judged_by`` names
+    another referee of the gradients of the user's own loss (the exact gradient by autodiff).
+    A referee judges the gradients of the user's loss itself, so no value is compared and
+    nothing is said to be missing."""
+    if judged_by is not None or reference is None:
         return {
             "ours_loss": f"your {fn}() (its own loss)",
-            "reference_loss": f"central differences of loss_fn {loss_name(loss_fn)}",
+            "reference_loss": judged_by or f"central differences of loss_fn {loss_name(loss_fn)}",
         }
     value = "value not compared" if loss_fn is None else f"value: loss_fn {loss_name(loss_fn)}"
     return {

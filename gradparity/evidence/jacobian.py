@@ -143,9 +143,19 @@ def torch_jacobian(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     for b in range(batch):
         basis = torch.zeros((n_out, batch, n_out), dtype=out.dtype)
         basis[:, b, :] = eye
-        (rows,) = torch.autograd.grad(out, xt, basis, retain_graph=True, is_grads_batched=True)
-        jac[b] = rows[:, b, :].numpy()  # rows: (n_out, batch, in)
+        jac[b] = _basis_backward(out, xt, basis)[:, b, :].numpy()  # (n_out, batch, in)
     return jac
+
+
+def _basis_backward(out: torch.Tensor, xt: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """dx for each of ``basis`` (k, *out.shape): one batched backward, or one backward each
+    for a module built on a custom autograd Function without a batching rule (the autodiff
+    reference's, whose backward runs NumPy code)."""
+    try:
+        (rows,) = torch.autograd.grad(out, xt, basis, retain_graph=True, is_grads_batched=True)
+    except RuntimeError:
+        rows = torch.stack([torch.autograd.grad(out, xt, g, retain_graph=True)[0] for g in basis])
+    return rows
 
 
 def too_large(x_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> str | None:

@@ -175,10 +175,12 @@ def _tap_roots(
     arrays: dict,
     sites: dict[str, tuple[str, int]] | None = None,
     whole: dict | None = None,
+    grad_sites: dict[str, tuple[str, int]] | None = None,
 ) -> list[Finding]:
     """The chain of taps (forward, loss, then gradients): the first divergence is the root
     cause, the later ones ``inherited``; statuses set in place. A tap's root cause gets the
-    lines between the bracketing taps (``sites``: tap name -> call site)."""
+    lines between the bracketing taps (``sites``: tap name -> call site; ``grad_sites``:
+    those of gradient taps, where they have their own names, ``gp.tap(..., grad=True)``)."""
     roots: list[Finding] = []
     agreeing: dict[bool, str | None] = {False: None, True: None}
     for row in forward + backward:
@@ -192,7 +194,8 @@ def _tap_roots(
             values = arrays.get((row.layer, row.quantity), {})
             found = _tap_finding(row, is_backward, agreeing[is_backward], values)
             if row.type != "loss":
-                found.source = _between(sites or {}, agreeing[is_backward], row.layer, whole)
+                at = (grad_sites or sites) if is_backward else sites
+                found.source = _between(at or {}, agreeing[is_backward], row.layer, whole)
             roots.append(found)
     return roots
 
@@ -210,10 +213,12 @@ def _param_roots(
     backward: list[Row],
     tap_roots: list[Finding],
     depth: dict[str, int],
+    by_name: bool = False,
 ) -> tuple[list[Finding], str | None]:
     """(root causes, a note naming the deepest): the diverging gradients grouped per layer
     (``locate.function_groups``), after a root cause in ``forward`` (forward taps and the
-    loss) or among the gradient taps ``backward``, if any; statuses set in place."""
+    loss) or among the gradient taps ``backward``, if any; statuses set in place.
+    ``by_name``: taps pair by name (autodiff), which the advice says."""
     layers = per_layer(diverging, depth)
     forward_root = _finding_at(
         next((r for r in forward if r.status == Status.ROOT_CAUSE), None), tap_roots
@@ -224,7 +229,7 @@ def _param_roots(
         root_tap = next((r for r in backward if r.status == Status.ROOT_CAUSE), None)
         roots = tapped_roots(layers, backward, _finding_at(root_tap, tap_roots))
     else:
-        roots = untapped_roots(layers, param_rows, depth)
+        roots = untapped_roots(layers, param_rows, depth, by_name)
     if not layers:
         return roots, None
     names = [param_name(r) for r in layers[0].rows]
@@ -272,6 +277,7 @@ class FunctionLocator:
     mapped: set[str]  # the taps tap_map names
     has_reference: bool
     code: Any = field(default=None, compare=False)  # the user's function, for source lines
+    by_name: bool = False  # taps pair by name (the autodiff reference), with no tap_map
 
     def __call__(self, ctx: Context) -> None:
         run: UserRun = ctx.captures["run"]
@@ -289,10 +295,10 @@ class FunctionLocator:
         if convention is not None:
             ctx.notes.append(convention)
         whole = source_of(self.code) if self.code is not None else None
-        roots += _tap_roots(forward, backward, ctx.arrays, run.tap_sites, whole)
+        roots += _tap_roots(forward, backward, ctx.arrays, run.tap_sites, whole, run.grad_tap_sites)
         diverging = [r for r in param_rows if r.diverged]
         param_found, deepest_note = _param_roots(
-            diverging, param_rows, forward, backward, roots, depth
+            diverging, param_rows, forward, backward, roots, depth, self.by_name
         )
         roots += param_found
         ctx.notes += [deepest_note] if deepest_note else []
@@ -302,8 +308,9 @@ class FunctionLocator:
             mutation(self.fn, what, "chain", of="function", params=params) for what in run.mutated
         ]
         unmapped, tap_notes = _tap_notes(
-            run, self.mapped, self.has_reference, bool(diverging), bool(backward)
-        )
+            run, self.mapped, self.has_reference and not self.by_name, bool(diverging),
+            bool(backward) or self.by_name,
+        )  # fmt: skip
         for found in roots:
             if found.source is None and found.layer not in run.tap_sites:
                 found.source = _assigning(self.code, found) or whole

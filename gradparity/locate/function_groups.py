@@ -103,11 +103,18 @@ def tap_name(module: str) -> str:
     return "delta_" + module.replace(".", "_")
 
 
-def tap_advice(split: list[Layer], above: Layer | None) -> str:
+def tap_advice(split: list[Layer], above: Layer | None, by_name: bool = False) -> str:
     """Where to put ``gp.tap`` calls to split the layers ``split`` (deepest first): the delta
     reaching each one's output (its pre-activation), and that of ``above``, the next deeper
-    layer whose gradients agree, so the first diverging tap brackets the bug."""
+    layer whose gradients agree, so the first diverging tap brackets the bug. ``by_name``:
+    the reference pairs taps by name (autodiff), no tap_map."""
     lead = "to split them" if len(split) > 1 else "to narrow the bug down"
+    if by_name:
+        return (
+            f"{lead}, tap each layer's pre-activation in the forward (gp.tap('z1', z1)) and "
+            "its gradient in your backward (gp.tap('z1', dz1, grad=True)): the first gradient "
+            "tap that diverges (in backward order) brackets the bug"
+        )
     modules = [g.module for g in ([above] if above else []) + split]
     first = split[0].module
     if first is None or None in modules:  # no reference module names (central differences)
@@ -178,12 +185,13 @@ def forward_rooted(layers: list[Layer], found: Finding) -> list[Finding]:
 
 
 def untapped_roots(
-    layers: list[Layer], all_rows: list[Row], depth: dict[str, int]
+    layers: list[Layer], all_rows: list[Row], depth: dict[str, int], by_name: bool = False
 ) -> list[Finding]:
     """Root causes of the diverging ``layers`` (deepest first) when no gradient tap was
     compared: the deepest layer, with the shallower inheritable ones listed under it as
-    possibly inherited and the taps that would split them; a layer whose labels a delta
-    cannot explain is a root cause of its own."""
+    possibly inherited and the taps that would split them (``by_name``: as the autodiff
+    reference pairs them); a layer whose labels a delta cannot explain is a root cause of its
+    own."""
     if not layers:
         return []
     deepest, *shallower = layers
@@ -197,7 +205,7 @@ def untapped_roots(
         delta, local = layer.split()
         inherited += [delta] if delta else []
         roots += [_layer_finding(local)] if local else []
-    advice = tap_advice([deepest, *inherited], next_deeper(deepest, all_rows, depth))
+    advice = tap_advice([deepest, *inherited], next_deeper(deepest, all_rows, depth), by_name)
     if inherited:
         why = (
             "(nearer the input) diverge too, possibly only because of this layer's delta: "

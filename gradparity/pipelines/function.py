@@ -1,9 +1,11 @@
 """``compare_function``: backprop written as one function, checked parameter by parameter.
 
-The user's ``grads(x, target)`` returns gradients structured like ``params``; the reference is
-a torch model holding the same numbers (or, with ``reference=None``, central differences of
-the user's own ``loss_fn``). Taps (``gp.tap``) mapped to reference modules turn "some gradient
-is wrong" into "the bug is between these two lines".
+The user's ``grads(x, target)`` returns gradients structured like ``params`` (or ``(loss,
+grads)``); the reference is a torch model holding the same numbers, ``"autodiff"`` (the exact
+gradient of the user's own loss, ``evidence.function_autodiff``) or ``None`` (central
+differences of the user's own ``loss_fn``). Taps (``gp.tap``) mapped to reference modules (or,
+with autodiff, paired by name) turn "some gradient is wrong" into "the bug is between these
+two lines".
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from gradparity.core.tolerance import tolerance_for
 from gradparity.core.validate import check_flag, check_options, quiet_arithmetic
 from gradparity.engine import Evidence, Plan, run
 from gradparity.engine.report import COMMON_META
+from gradparity.evidence.function_autodiff import (
+    LossCall,
+    autodiff_reference,
+    autodiff_rows,
+    check_autodiff_options,
+)
 from gradparity.evidence.function_evidence import (
     LossFnReferee,
     RepeatedCalls,
@@ -54,7 +62,7 @@ from gradparity.sides.numpy_runner import FunctionRunner
 def compare_function(
     grads: Callable,
     params: Any,
-    reference: nn.Module | None,
+    reference: nn.Module | str | None,
     x: Any,
     target: Any,
     reference_loss: Callable | None = None,
@@ -86,6 +94,10 @@ def compare_function(
     columns (features, N)), its loss ``reference_loss(output, target)`` (default softmax
     cross-entropy, batch mean). tap_map {tap name: "MODULE" | "grad:MODULE"} compares
     ``gp.tap`` values with that module's output or with dL/d(that output).
+    reference="autodiff": no model; the exact gradient of ``loss_fn`` (or of the loss
+    ``grads`` returns first, as ``net.loss(X, y) -> (loss, grads)`` does), run on tensors;
+    taps pair by name (``gp.tap("z1", dz1, grad=True)`` is dL/d(tap "z1")); central
+    differences when the code cannot run on tensors, with a note saying why.
     loss_fn(params, x, target) -> float: ours' loss; with a reference it is compared as the
     ``loss`` row, and with ``reference=None`` it is the referee: every gradient is checked by
     float64 central differences of it. batch_size: for the batch-reduction diagnosis
@@ -101,7 +113,13 @@ def compare_function(
     strict = check_flag(strict, "strict")
     param_map, tap_map, name, batch_size = function_options(param_map, tap_map, name, batch_size)
     check_callables(grads, loss_fn)
-    if reference is None:
+    if isinstance(reference, str):
+        check_autodiff_options(
+            reference, dtype=dtype, tap_map=tap_map, param_map=param_map,
+            reference_loss=reference_loss, reference_x=reference_x,
+            reference_target=reference_target,
+        )  # fmt: skip
+    elif reference is None:
         check_numeric_options(
             loss_fn=loss_fn, dtype=dtype, tap_map=tap_map, param_map=param_map,
             reference_loss=reference_loss, reference_x=reference_x,
@@ -112,7 +130,7 @@ def compare_function(
     x_arr, t_arr = as_array("x", x, dtype), as_array("target", target, dtype)
     check_batch_size(batch_size, x_arr)
     side = None
-    if reference is not None:  # its checks (a dry run on x among them) come before any call
+    if reference is not None and not isinstance(reference, str):  # checked before any call
         side = FunctionReference(
             fn=fn, params=params, flat=flat, reference=reference, x=x_arr, target=t_arr,
             reference_x=reference_x, reference_target=reference_target,
@@ -132,13 +150,22 @@ def compare_function(
     if side is None:
         captures: Captures = {}
         ours(captures)
-        assert loss_fn is not None  # check_numeric_options refuses reference=None without it
-        judged = numeric_rows(
-            fn, params, flat, captures["run"], captures["warm_run"], loss_fn, x_arr, t_arr,
-            x_warm=x_warm, rng=rng,
-            meta={"model": name or fn, "seed": seed, **function_loss_meta(fn, loss_fn, None)},
-            batch_size=batch_size, rtol=rtol, atol=atol,
-        )  # fmt: skip
+        meta = {"model": name or fn, "seed": seed}
+        if reference is None:
+            assert loss_fn is not None  # check_numeric_options refuses reference=None without it
+            judged = numeric_rows(
+                fn, params, flat, captures["run"], captures["warm_run"], loss_fn, x_arr, t_arr,
+                x_warm=x_warm, rng=rng, meta={**meta, **function_loss_meta(fn, loss_fn, None)},
+                batch_size=batch_size, rtol=rtol, atol=atol,
+            )  # fmt: skip
+        else:
+            referee = autodiff_reference(loss_fn, fn)
+            judged = autodiff_rows(
+                fn, LossCall(grads, loss_fn, params), params, flat, captures["run"],
+                captures["warm_run"], x_arr, t_arr, x_warm=x_warm, rng=rng,
+                meta={**meta, **function_loss_meta(fn, loss_fn, None, judged_by=referee)},
+                batch_size=batch_size, rtol=rtol, atol=atol,
+            )  # fmt: skip
         return _judged_report(fn, captures["run"], judged, seed, grads, strict)
     batch = batch_size or (int(side.rx.shape[0]) if side.rx.ndim > 1 else 1)
     evidence: list[Evidence] = [penalty_term, loss_advice, RepeatedCalls(x_warm)]
@@ -192,9 +219,11 @@ def _judged_report(
     code: Any = None,
     strict: bool = False,
 ) -> Report:
-    """The report of rows judged by the central-difference referee (``numeric_rows``): a plan
-    whose pairing step hands the engine those rows, located by the function locator."""
+    """The report of rows judged by a referee of the user's own loss (``numeric_rows``,
+    ``autodiff_rows``): a plan whose pairing step hands the engine those rows, located by the
+    function locator (``judged["by_name"]``: taps paired by name)."""
     meta = judged["meta"]
+    by_name = judged.get("by_name", False)
 
     def side(captures: Captures) -> None:
         captures["run"], captures["depth"] = user_run, judged["depth"]
@@ -213,7 +242,17 @@ def _judged_report(
             sides=[side],
             pair=lambda captures: list(judged["rows"]),
             evidence=[values],
-            locators=[FunctionLocator(fn, set(), has_reference=False, code=code), separate_minor],
+            locators=[
+                # Autodiff pairs every tap by name; the taps it did not reach have a note.
+                FunctionLocator(
+                    fn,
+                    set(user_run.taps) if by_name else set(),
+                    has_reference=False,
+                    code=code,
+                    by_name=by_name,
+                ),
+                separate_minor,
+            ],
             fields={"strict": strict},
             meta={k: v for k, v in meta.items() if k not in COMMON_META},
             notes=judged["notes"],

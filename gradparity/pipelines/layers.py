@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from gradparity.core.errors import InputError
 from gradparity.core.losses import loss_meta
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.core.plan import Captures
@@ -44,6 +45,7 @@ from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, 
 from gradparity.pairing.layer_entries import run_entries
 from gradparity.pairing.params import sync_parameters, to_reference
 from gradparity.pairing.square import pair_parameters
+from gradparity.pipelines.layers_autodiff import compare_autodiff
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
@@ -51,6 +53,22 @@ from gradparity.sides.isolation import run_isolation
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.setup import reference_copy, resolve_losses
+
+
+def check_autodiff(reference: str, reference_loss: Any, layer_map: dict | None) -> None:
+    """One line for a reference named by a string other than "autodiff", or for options that
+    only a torch reference takes."""
+    if reference != "autodiff":
+        raise InputError(
+            f'reference {reference!r} is unknown; pass a torch.nn.Module or "autodiff" (the '
+            "exact gradient of each layer's own forward)"
+        )
+    for option, value in (("reference_loss", reference_loss), ("layer_map", layer_map)):
+        if value:
+            raise InputError(
+                f'{option}= needs a torch reference; with "autodiff" each layer and the loss '
+                "are their own reference: leave it out"
+            )
 
 
 def _weight_differences(pairs: list[LayerPair]) -> list[str]:
@@ -74,7 +92,7 @@ def _weight_differences(pairs: list[LayerPair]) -> list[str]:
 @with_options
 def compare(
     ours_model: Any,
-    reference_model: nn.Module,
+    reference_model: nn.Module | str,
     x: Any,
     target: Any,
     ours_loss: Any = None,
@@ -104,6 +122,9 @@ def compare(
     reference on the meta device is then allocated on the CPU to take them).
     ``tolerances`` (rtol, atol), ``reference_inputs`` (its ``loss``) and ``maps`` (its
     ``layer_map``): option objects, merged into those keyword arguments (``with_options``).
+    ``reference_model="autodiff"``: no twin; each layer's backward (and the loss's) is checked
+    in isolation against the exact gradient of its own forward (``layers_autodiff``), so no
+    forward output and no chain is compared, and ``reference_loss``/``layer_map`` are refused.
     ``strict``: minor differences (small against the tensor's scale and consistent with a
     small constant such as an epsilon) make ``ok`` False too; by default they are listed in
     ``report.minor`` and leave it True.
@@ -115,6 +136,12 @@ def compare(
     tol = tolerance_for(dtype, rtol, atol)
     tdtype = TORCH_DTYPES[dtype]
     layers = named_layers(ours_model)
+    if isinstance(reference_model, str):
+        check_autodiff(reference_model, reference_loss, layer_map)
+        return compare_autodiff(
+            layers, x, target, ours_loss, dtype=dtype, tolerance=tol, seed=seed,
+            name=name or model_name(ours_model), strict=strict,
+        )  # fmt: skip
     x = prepare_input(x, dtype)
     target = prepare_target(target, x.shape[0], dtype)
     given = (ours_loss is not None, reference_loss is not None)

@@ -225,8 +225,11 @@ def model_name(model: Any) -> str:
 def layer_code(layer: Any, quantity: str) -> Any:
     """The code behind one of a layer's quantities: ``forward`` for its output, ``backward``
     for a gradient; for a :func:`wrap`-adapted object, the wrapped object's method or the
-    callable given. None when there is none."""
+    callable given; for ``gp.layer``, the user's function. None when there is none."""
     role = "forward" if quantity == "output" else "backward"
+    named = getattr(layer, "code_of", None)  # an adapter naming the user's own functions
+    if callable(named):
+        return named(role)
     if isinstance(layer, Wrapped):
         accessor = layer._forward if role == "forward" else layer._backward
         return accessor if callable(accessor) else getattr(layer.obj, accessor, None)

@@ -41,6 +41,12 @@ class UserRun:
     bad_taps: dict[str, dict] = field(default_factory=dict)
     # Where each tap was called: tap name -> (file, line).
     tap_sites: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # The loss the call returned with its gradients (course style: ``(loss, grads)``).
+    loss: float | None = None
+    # The taps made with ``grad=True`` (dL/d(the forward tap of the same name)), and their
+    # call sites, by tap name.
+    grad_taps: dict[str, np.ndarray] = field(default_factory=dict)
+    grad_tap_sites: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def run_user(
@@ -71,6 +77,7 @@ def run_user(
     sites = taps.sites(log)
     if error is not None:
         return UserRun(None, recorded, error, mutated, bad_taps=bad_taps, tap_sites=sites)
+    loss, returned = split_loss(flat, returned)
     returned_grads = match_grads(params, returned)
     aliases = [
         f"the gradient of {g} shares memory with parameter {p}"
@@ -84,7 +91,34 @@ def run_user(
             for name, value in returned_grads.items()
         }
     )
-    return UserRun(grads, recorded, None, mutated, aliases, bad_grads, bad_taps, sites)
+    return UserRun(
+        grads, recorded, None, mutated, aliases, bad_grads, bad_taps, sites, loss,
+        *_grad_taps(log),
+    )  # fmt: skip
+
+
+def _grad_taps(log: taps.TapLog) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, int]]]:
+    """(the taps made with ``grad=True`` by final name, their call sites)."""
+    values, _ = _split(taps.grad_taps(log))
+    return values, taps.grad_sites(log)
+
+
+def split_loss(flat: dict[str, np.ndarray], returned: Any) -> tuple[float | None, Any]:
+    """(the loss, the gradients) of a call returning ``(loss, grads)`` as course code's
+    ``net.loss(X, y)`` does; (None, ``returned``) for a call returning only gradients. A pair
+    whose first item is a single real number is taken as a loss, unless the first parameter
+    is itself a single number (then the pair may be its gradients)."""
+    first_param = next(iter(flat.values()), None)
+    if (
+        not isinstance(returned, (tuple, list))
+        or len(returned) != 2
+        or (first_param is not None and first_param.ndim == 0)
+    ):
+        return None, returned
+    value = returned[0]
+    if np.ndim(value) != 0 or np.asarray(value).dtype.kind not in "fiu":
+        return None, returned
+    return float(np.asarray(value)), returned[1]
 
 
 def _checked(value: Any, what: str, quantity: str) -> np.ndarray | BadValue:

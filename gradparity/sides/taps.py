@@ -4,7 +4,9 @@ Outside a comparison ``tap`` only returns its argument (one context-variable rea
 so taps can stay in the code for good. A name tapped several times in one call (a tap inside a
 loop) becomes ``name[0]``, ``name[1]``, ... in call order; a name tapped once keeps its plain
 name. Each recorded tap also records its call site (file, line), so a root cause between two
-taps can name the lines between them.
+taps can name the lines between them. A gradient tap, ``tap("z1", dz1, grad=True)``, is the
+gradient of the forward tap of the same name; it is recorded apart (``TapLog.grad_taps``), and
+the autodiff reference compares it with the exact gradient of that forward value.
 """
 
 from __future__ import annotations
@@ -23,40 +25,57 @@ T = TypeVar("T")
 
 
 class TapLog(list[tuple[str, "np.ndarray | BadValue"]]):
-    """The taps of one recording, (name, copy) in call order; ``sites``: each one's call
-    site, (file, line), in the same order."""
+    """The forward taps of one recording, (name, copy) in call order; ``sites``: each one's
+    call site, (file, line), in the same order. ``grad_taps`` and ``grad_sites``: the same for
+    gradient taps (``tap(..., grad=True)``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.sites: list[tuple[str, int]] = []
+        self.grad_taps: list[tuple[str, np.ndarray | BadValue]] = []
+        self.grad_sites: list[tuple[str, int]] = []
+
+    def record(self, name: str, value: object, grad: bool, site: tuple[str, int]) -> None:
+        """Keep a copy of ``value`` (or the ``BadValue`` saying why it is not an array of real
+        numbers) under ``name``, with its call site."""
+        try:
+            copy: np.ndarray | BadValue = real_array(value, f"tap {name!r}", name)
+        except BadValue as exc:
+            copy = exc
+        if grad:
+            self.grad_taps.append((name, copy))
+            self.grad_sites.append(site)
+        else:
+            self.append((name, copy))
+            self.sites.append(site)
 
 
 # Per thread and per asyncio task: comparisons running side by side never share a log.
 _active: ContextVar[TapLog | None] = ContextVar("gradparity_taps", default=None)
 
 
-def tap(name: str, array: T) -> T:
+def tap(name: str, array: T, grad: bool = False) -> T:
     """Record a copy of ``array`` under ``name`` while gradparity runs this code; return
-    ``array`` unchanged (so ``a = gp.tap("a1", sigmoid(z))`` works inline). A value that is
-    not an array of real numbers (text, complex values) is recorded as the ``BadValue`` that
-    says so: the comparison reports it on that tap, the user's code runs on."""
+    ``array`` unchanged (so ``a = gp.tap("a1", sigmoid(z))`` works inline). With
+    ``grad=True``, ``array`` is the gradient of the loss with respect to the forward value
+    tapped as ``name`` (``gp.tap("z1", dz1, grad=True)`` is dL/dz1); the autodiff reference
+    compares it with the exact one. In the autodiff run (on tensors) a forward tap keeps its
+    tensor so its exact gradient is known, and gradient taps are ignored. A value that is not
+    an array of real numbers (text, complex values) is recorded as the ``BadValue`` that says
+    so: the comparison reports it on that tap, the user's code runs on."""
     log = _active.get()
     if log is not None:
-        try:
-            value: np.ndarray | BadValue = real_array(array, f"tap {name!r}", str(name))
-        except BadValue as exc:
-            value = exc
-        log.append((str(name), value))
         caller = sys._getframe(1)
-        log.sites.append((caller.f_code.co_filename, caller.f_lineno))
+        log.record(str(name), array, grad, (caller.f_code.co_filename, caller.f_lineno))
     return array
 
 
 @contextmanager
-def recording() -> Iterator[TapLog]:
-    """Collect every ``tap`` made inside the block, as (name, copy) in call order (and their
-    call sites); an enclosing recording gets none of them and resumes afterwards."""
-    log = TapLog()
+def recording(log: TapLog | None = None) -> Iterator[TapLog]:
+    """Collect every ``tap`` made inside the block into ``log`` (a new ``TapLog`` by default),
+    as (name, copy) in call order (and their call sites); an enclosing recording gets none of
+    them and resumes afterwards."""
+    log = TapLog() if log is None else log
     token = _active.set(log)
     try:
         yield log
@@ -91,3 +110,13 @@ def follow_map(recorded: dict[str, T], wanted: list[str]) -> dict[str, T]:
 def sites(log: TapLog) -> dict[str, tuple[str, int]]:
     """The call site (file, line) of each recorded tap, by the final name ``named`` gives."""
     return named([(name, site) for (name, _), site in zip(log, log.sites, strict=True)])
+
+
+def grad_taps(log: TapLog) -> dict[str, np.ndarray | BadValue]:
+    """The recorded gradient taps by final name (numbered as ``named`` numbers forward taps)."""
+    return named(log.grad_taps)
+
+
+def grad_sites(log: TapLog) -> dict[str, tuple[str, int]]:
+    """The call site (file, line) of each gradient tap, by the final name ``grad_taps`` gives."""
+    return named([(n, site) for (n, _), site in zip(log.grad_taps, log.grad_sites, strict=True)])

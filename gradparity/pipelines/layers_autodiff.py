@@ -1,0 +1,303 @@
+"""``compare(model, "autodiff", x, target, ours_loss=...)``: layered NumPy code checked with no
+torch twin. Each layer, fed the input ours' own chain gave it and a seeded random upstream
+gradient, has its ``backward`` compared with the exact vector-Jacobian product of its own
+``forward`` (``sides.layer_autodiff``), and the loss's backward with the gradient of its
+forward: the isolate run of ``compare``, with the same evidence plug-ins and locators, so
+every buggy layer is named in one run. The forward is the reference's definition, so no
+output is compared and there is no chain run against a reference."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from gradparity.core.losses import loss_name
+from gradparity.core.plan import Captures, Context, Entry, Evidence, TensorPair
+from gradparity.core.records import USER_ERRORS, LayerRecord, error_info, real_array, snapshot
+from gradparity.core.tolerance import Tolerance, tolerance_for
+from gradparity.core.validate import (
+    check_options,
+    check_parameters,
+    prepare_input,
+    prepare_target,
+    quiet_arithmetic,
+)
+from gradparity.engine import Plan, numpy_side, run
+from gradparity.evidence.batch_rerun import BatchRerun
+from gradparity.evidence.explain import (
+    Referee,
+    StaleProbe,
+    jacobian_probe,
+    keep_values,
+    note_chain_stops,
+)
+from gradparity.evidence.kinks import KinkRerun
+from gradparity.evidence.lints import lint_isolated
+from gradparity.evidence.loss_patterns import loss_activation_probe
+from gradparity.evidence.minor import EpsilonFits
+from gradparity.evidence.penalty import weight_decay_probe
+from gradparity.evidence.ties import TiedMaxima
+from gradparity.evidence.weight_access import weight_access_probe
+from gradparity.locate.layers import locate_layers, source_locator
+from gradparity.locate.minor import separate_minor
+from gradparity.pairing.align import LayerPair
+from gradparity.pairing.layer_entries import run_entries
+from gradparity.pairing.params import ParamPair
+from gradparity.reference.layout import IDENTITY
+from gradparity.report.report import Report
+from gradparity.sides import layer_functions, run_numpy, run_torch
+from gradparity.sides.adapt import layer_code, params_of
+from gradparity.sides.isolation import Probe
+from gradparity.sides.layer_autodiff import (
+    REFERENCE_NAME,
+    OwnForwardModule,
+    OwnLossFunction,
+    ReferenceNotes,
+    torch_name,
+)
+from gradparity.sides.setup import resolve_losses
+
+FLOAT64 = run_torch.TORCH_DTYPES["float64"]  # the reference always runs in float64
+NOT_COMPARED = (
+    "autodiff reference: each layer's backward is compared with the exact vector-Jacobian "
+    "product of its own forward, at the input ours' chain gave it and a seeded random upstream "
+    "gradient; forward outputs are not compared (the forward is the reference's definition)"
+)
+
+
+def own_pairs(layers: list[tuple[str, Any]], reference_notes: ReferenceNotes) -> list[LayerPair]:
+    """Each layer paired with its own forward as a module; parameters keep their layout."""
+    pairs = []
+    for name, layer in layers:
+        params = params_of(layer, name)
+        module = OwnForwardModule(name, layer, reference_notes)
+        pairs.append(
+            LayerPair(
+                name,
+                layer,
+                name,
+                module,
+                params=[
+                    ParamPair(
+                        key,
+                        torch_name(key),
+                        IDENTITY,
+                        np.shape(value),
+                        np.shape(value),
+                        "the layer's own parameter",
+                    )
+                    for key, value in params.items()
+                ],
+            )
+        )
+    return pairs
+
+
+def isolate_own(
+    pairs: list[LayerPair],
+    loss_pair: LayerPair | None,
+    reference_loss: Any,
+    chain: dict[str, Any],
+    target: np.ndarray | None,
+    rng: np.random.Generator,
+) -> dict[str, Probe]:
+    """Probes keyed by layer name (plus "loss" when there is one): each layer fed the input
+    ours' chain gave it (``chain``: ours' chain records) and a seeded random upstream
+    gradient. Layers the chain never reached (a layer before them raised) are left out."""
+    probes: dict[str, Probe] = {}
+    for pair in pairs:
+        rec = chain.get(pair.name)
+        if rec is None or rec.input is None:
+            continue
+        if rec.output is None:  # the forward raised: its row says so
+            _add_raised(probes, pair, rec.input, rng)
+            continue
+        upstream = rng.standard_normal(np.shape(rec.output))
+        warm = run_numpy.warm_input(rec.input, rng)
+        probes[pair.name] = Probe(
+            pair,
+            run_numpy.probe_layer(pair.layer, rec.input, upstream, warm),
+            run_torch.probe_module(pair, rec.input, upstream, FLOAT64),
+            warm,
+            upstream,
+        )
+    logits = chain["loss"].input if "loss" in chain else None
+    if loss_pair is not None and logits is not None and target is not None:
+        warm = run_numpy.warm_input(logits, rng)
+        probes["loss"] = Probe(
+            loss_pair,
+            run_numpy.probe_loss(loss_pair.layer, logits, target, warm),
+            run_torch.probe_loss(reference_loss, logits, target, FLOAT64),
+            warm,
+            None,
+        )
+    return probes
+
+
+def forward_chain(layers: list[tuple[str, Any]], x: np.ndarray) -> Any:
+    """The side that runs ours' forward alone (a check without a loss): each layer's input and
+    output as ``ours_chain``, up to a layer that raises."""
+
+    def side(captures: Captures) -> None:
+        records: dict[str, LayerRecord] = {}
+        h = x
+        for name, layer in copy.deepcopy(layers):
+            records[name] = rec = LayerRecord(input=snapshot(h))
+            try:
+                h = rec.output = real_array(layer.forward(h.copy()), "forward's output", "output")
+            except USER_ERRORS as exc:
+                rec.error = error_info("forward", exc)
+                break
+        captures["ours_chain"] = records
+
+    return side
+
+
+def _add_raised(
+    probes: dict[str, Probe], pair: LayerPair, x: np.ndarray, rng: np.random.Generator
+) -> None:
+    """The probe of a layer whose forward raised in ours' chain, when it raises alone too
+    (nothing to compare otherwise: the reference has no output to differentiate)."""
+    warm = run_numpy.warm_input(x, rng)
+    ours = run_numpy.probe_layer(pair.layer, x, np.zeros(0), warm)
+    if ours.error is not None and ours.error["phase"] == "forward":
+        probes[pair.name] = Probe(pair, ours, LayerRecord(input=x), warm, None)
+
+
+def gradient_entries(probes: dict[str, Probe], batch: int) -> list[Entry]:
+    """The isolate entries of every probe but the forward outputs (a forward that raised
+    stays, as its ``raised`` row)."""
+    entries = run_entries("isolate", [(p.pair, p.ours, p.ref) for p in probes.values()], batch)
+    return [e for e in entries if not (isinstance(e, TensorPair) and e.quantity == "output")]
+
+
+def add_reference_notes(reference_notes: ReferenceNotes) -> Evidence:
+    """An evidence step adding the reference's notes: each layer whose reference fell back to
+    central differences, each kink met exactly (last: evidence plug-ins run the reference
+    too)."""
+
+    def add_notes(ctx: Context) -> None:
+        ctx.notes += reference_notes.lines()
+
+    return add_notes
+
+
+def compare_autodiff(
+    ours_model: list[tuple[str, Any]],
+    x: Any,
+    target: Any,
+    ours_loss: Any,
+    *,
+    dtype: str,
+    tolerance: Tolerance,
+    seed: int,
+    name: str,
+    strict: bool,
+    code: Any = layer_code,
+) -> Report:
+    """The report of ``compare(model, "autodiff", ...)`` for ``ours_model`` (its ``(name,
+    layer)`` pairs) on x (N, ...) and target; ``ours_loss`` None is the default softmax
+    cross-entropy, and ``target`` None checks the layers alone (no loss). Options are
+    already checked by the caller. ``code(layer, quantity)``: the user's code behind a
+    quantity, for source lines."""
+    layers = ours_model
+    x = prepare_input(x, dtype)
+    given = ours_loss is not None
+    loss = None
+    if target is not None:
+        target = prepare_target(target, x.shape[0], dtype)
+        loss, _ = resolve_losses(ours_loss, lambda out, t: out)
+    check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
+    rng = np.random.default_rng(seed)
+    reference_notes = ReferenceNotes()
+    pairs = own_pairs(layers, reference_notes)
+    loss_pair = LayerPair("loss", loss, "loss", None) if loss is not None else None
+    reference_loss = OwnLossFunction(loss, reference_notes) if loss is not None else None
+    batch = x.shape[0]
+    chain_side = (
+        numpy_side(run_numpy.LayerRunner(layers, loss, rng), x, target, "ours_chain")
+        if loss is not None
+        else forward_chain(layers, x)
+    )
+
+    def isolate(captures: Captures) -> None:
+        captures["probes"] = isolate_own(
+            pairs, loss_pair, reference_loss, captures["ours_chain"], target, rng
+        )
+
+    meta = {"reference": REFERENCE_NAME, "isolate_upstream": "seeded random normal"}
+    if loss is not None:
+        meta["ours_loss"] = loss_name(loss) + ("" if given else " (default)")
+        meta["reference_loss"] = f"autodiff of {loss_name(loss)}'s own forward"
+    sources = {**dict(layers), **({"loss": loss} if loss is not None else {})}
+    return run(
+        Plan(
+            name=name,
+            dtype=dtype,
+            tolerance=tolerance,
+            seed=seed,
+            batch_size=batch,
+            rng=rng,
+            sides=[chain_side, isolate],
+            pair=lambda captures: gradient_entries(captures["probes"], batch),
+            evidence=[
+                keep_values,
+                StaleProbe(FLOAT64),
+                BatchRerun(FLOAT64, target, reference_loss),
+                weight_decay_probe,
+                weight_access_probe,
+                TiedMaxima(FLOAT64),
+                KinkRerun(reference_notes, FLOAT64),
+                jacobian_probe,
+                loss_activation_probe,
+                Referee(target, reference_loss),
+                EpsilonFits(target),
+                note_chain_stops,
+                add_reference_notes(reference_notes),
+            ],
+            locators=[
+                locate_layers,
+                lint_isolated,
+                source_locator(sources, code),
+                separate_minor,
+            ],
+            meta=meta,
+            notes=[NOT_COMPARED],
+            fields={"strict": strict},
+        )
+    )
+
+
+@quiet_arithmetic
+def check_layer(
+    forward: Callable[..., Any],
+    backward: Callable[..., Any],
+    x: Any,
+    params: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    dtype: str = "float64",
+    **arguments: Any,
+) -> Report:
+    """Check one course-style layer function pair against autodiff of its forward.
+
+    ``forward(x, *args) -> (out, cache)``, ``backward(dout, cache) -> (dx, *dparams)``, the
+    arguments after x given as for :func:`gradparity.layer` (``params`` then keyword
+    arguments, in order; float arrays are the parameters). x: the layer's input (N, ...).
+    The layer runs on x and backward on a seeded random upstream gradient; its dL/dx and
+    each parameter gradient are compared with the exact vector-Jacobian product of
+    ``forward`` (``compare(..., "autodiff")``'s isolate rows, with the same diagnoses and
+    source lines). ``rtol``/``atol`` override the tolerance of ``dtype``.
+    """
+    dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
+    wrapped = layer_functions.layer(forward, backward, params, **arguments)
+    return compare_autodiff(
+        [(layer_functions.layer_name(wrapped), wrapped)], x, None, None,
+        dtype=dtype, tolerance=tolerance_for(dtype, rtol, atol), seed=seed,
+        name=getattr(forward, "__name__", "layer"), strict=False,
+    )  # fmt: skip

@@ -1,0 +1,251 @@
+"""The torch-free part of the autodiff engine: its error (``NotOnTensors``), which modules are
+the user's, and stand-ins put in place of the user's arrays by identity.
+
+The autodiff reference (``sides.autodiff``) uses it to run the user's unmodified
+code on tensors. ``Rebinding`` walks what the user's callables reach (closures, bound
+instances and their attributes, dicts/lists/tuples, module globals) to a bounded depth, puts a
+stand-in wherever one of the given arrays is referenced, and on ``restore()`` puts back every
+container it walked as it was (also what the run added, such as a layer's cache), so nothing
+the user holds keeps a trace of the run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import sysconfig
+import types
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+MAX_DEPTH = 6
+
+
+class NotOnTensors(Exception):
+    """The user's NumPy code cannot run on tensors. ``str(exc)`` is one line naming the call
+    and where; ``call``: the call ("np.random.rand"), ``where``: "path:line" or ""."""
+
+    def __init__(self, call: str, where: str, message: str | None = None) -> None:
+        self.call, self.where = call, where
+        if message is None:
+            message = f"{call} at {where or 'the forward'} has no tensor version"
+        super().__init__(message)
+
+
+_LIBRARY_ROOTS = tuple(
+    str(Path(p).resolve())
+    for key in ("stdlib", "platstdlib", "purelib", "platlib")
+    if (p := sysconfig.get_paths().get(key))
+)
+
+
+@cache
+def _library_file(file: str) -> bool:
+    resolved = str(Path(file).resolve())
+    if "site-packages" in resolved or "dist-packages" in resolved:
+        return True
+    return any(resolved.startswith(root + "/") for root in _LIBRARY_ROOTS)
+
+
+def is_user_module(module: types.ModuleType) -> bool:
+    """Whether ``module`` is the user's code: not the standard library, not an installed
+    package, not gradparity's harness (its NumPy framework ``gradparity.ours`` is user code:
+    it is what a comparison checks)."""
+    name = module.__name__
+    if name in sys.builtin_module_names or name.split(".")[0] in ("numpy", "torch"):
+        return False
+    if name == "gradparity" or name.startswith("gradparity."):
+        return name.startswith("gradparity.ours")
+    file = getattr(module, "__file__", None)
+    return not (file and _library_file(file))
+
+
+def _owner_modules(value: Any) -> list[types.ModuleType]:
+    """The modules defining ``value``: a function's, a class's and its bases', an object's
+    class's; a bound method's function and instance; a closure's functions."""
+    if isinstance(value, types.MethodType):
+        return _owner_modules(value.__func__) + _owner_modules(value.__self__)
+    if isinstance(value, types.FunctionType):
+        found = [sys.modules.get(value.__module__)]
+        for cell in value.__closure__ or ():
+            try:
+                content = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if isinstance(content, types.FunctionType | type):
+                found += _owner_modules(content)
+        return [m for m in found if m is not None]
+    if isinstance(value, types.ModuleType):
+        return [value]
+    cls = value if isinstance(value, type) else type(value)
+    return [m for c in cls.__mro__ if (m := sys.modules.get(c.__module__)) is not None]
+
+
+def user_modules(
+    callables: Sequence[Any], modules: Sequence[str | types.ModuleType] | None = None
+) -> list[types.ModuleType]:
+    """The user's modules whose NumPy globals the autodiff run rebinds: ``modules`` when given
+    (names or module objects), else the modules defining ``callables`` and the user modules
+    those reference as globals (a module, or a function or class defined in one), found
+    transitively; never the standard library, installed packages or gradparity's harness."""
+    if modules is not None:
+        return [importlib.import_module(m) if isinstance(m, str) else m for m in modules]
+    found: dict[str, types.ModuleType] = {}
+    pending = [m for c in callables for m in _owner_modules(c)]
+    while pending:
+        module = pending.pop()
+        if module.__name__ in found or not is_user_module(module):
+            continue
+        found[module.__name__] = module
+        for value in list(vars(module).values()):
+            if isinstance(value, types.ModuleType | types.FunctionType | type):
+                pending += _owner_modules(value)
+    return list(found.values())
+
+
+def module_files(modules: Sequence[types.ModuleType], callables: Sequence[Any]) -> set[str]:
+    """The source files of ``modules`` and of the callables' code (to name call sites)."""
+    files = {f for m in modules if (f := getattr(m, "__file__", None))}
+    for c in callables:
+        code = getattr(getattr(c, "__func__", c), "__code__", None)
+        if code is not None:
+            files.add(code.co_filename)
+    return files
+
+
+class Rebinding:
+    """Stand-ins put in place of arrays by identity, and everything walked put back."""
+
+    def __init__(self, stand_ins: Mapping[int, Any], originals: Sequence[Any]) -> None:
+        self.stand_ins = stand_ins  # id(original array) -> its stand-in
+        self._originals = list(originals)  # kept alive so their ids stay theirs
+        self._undo: list[Callable[[], None]] = []
+        self._seen: set[int] = set()
+
+    def replace_in(self, roots: Sequence[Any]) -> None:
+        """Put the stand-ins wherever ``roots`` reach the arrays (to ``MAX_DEPTH`` steps)."""
+        for root in roots:
+            self._visit(root, 0)
+
+    def replace_globals(self, module: types.ModuleType, rebound: Mapping[str, Any]) -> None:
+        """Bind ``rebound`` names in ``module`` and put stand-ins in its globals (and what they
+        reach); ``restore`` puts every global back, removing any the run added."""
+        namespace = vars(module)
+        before = dict(namespace)
+
+        def undo() -> None:
+            for name in [n for n in namespace if n not in before]:
+                del namespace[name]
+            for name, value in before.items():
+                if namespace.get(name, _MISSING) is not value:
+                    namespace[name] = value
+
+        self._undo.append(undo)
+        namespace.update(rebound)
+        for name, value in before.items():
+            if name in rebound or isinstance(value, type | types.ModuleType):
+                continue
+            new = self._visit(value, 1)
+            if new is not None:
+                namespace[name] = new
+
+    def restore(self) -> None:
+        """Put back every reference and container content the run changed, newest first."""
+        while self._undo:
+            self._undo.pop()()
+        self._seen.clear()
+
+    def _visit(self, value: Any, depth: int) -> Any | None:
+        """The stand-in for ``value`` (itself replaced, or a new tuple holding stand-ins), or
+        None; containers reached are changed in place, with their undo recorded."""
+        stand_in = self.stand_ins.get(id(value))
+        if stand_in is not None:
+            return stand_in
+        if depth > MAX_DEPTH or id(value) in self._seen or _opaque(value):
+            return None
+        self._seen.add(id(value))
+        if isinstance(value, dict):
+            self._walk_dict(value, depth)
+        elif isinstance(value, list):
+            self._walk_list(value, depth)
+        elif isinstance(value, tuple):
+            items = [self._visit(v, depth + 1) for v in value]
+            if any(i is not None for i in items):
+                rebuilt = [v if i is None else i for v, i in zip(value, items, strict=True)]
+                return type(value)(*rebuilt) if hasattr(value, "_fields") else tuple(rebuilt)
+        elif isinstance(value, types.MethodType):
+            self._visit(value.__func__, depth + 1)
+            self._visit(value.__self__, depth + 1)
+        elif isinstance(value, types.FunctionType):
+            self._walk_function(value, depth)
+        elif isinstance(getattr(value, "__dict__", None), dict):
+            self._walk_dict(vars(value), depth)
+        return None
+
+    def _walk_dict(self, d: dict, depth: int) -> None:
+        before = dict(d)
+
+        def undo() -> None:
+            d.clear()
+            d.update(before)
+
+        self._undo.append(undo)
+        for key, item in before.items():
+            new = self._visit(item, depth + 1)
+            if new is not None:
+                d[key] = new
+
+    def _walk_list(self, items: list, depth: int) -> None:
+        before = list(items)
+
+        def undo() -> None:
+            items[:] = before
+
+        self._undo.append(undo)
+        for index, item in enumerate(before):
+            new = self._visit(item, depth + 1)
+            if new is not None:
+                items[index] = new
+
+    def _walk_function(self, function: types.FunctionType, depth: int) -> None:
+        for cell in function.__closure__ or ():
+            try:
+                content = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            self._undo.append(lambda cell=cell, content=content: _set_cell(cell, content))
+            new = self._visit(content, depth + 1)
+            if new is not None:
+                cell.cell_contents = new
+        defaults = function.__defaults__
+        if defaults:
+            new = self._visit(defaults, depth + 1)
+            if new is not None:
+                self._undo.append(lambda: setattr(function, "__defaults__", defaults))
+                function.__defaults__ = new
+
+
+_MISSING = object()
+
+
+def _set_cell(cell: types.CellType, content: Any) -> None:
+    cell.cell_contents = content
+
+
+def _opaque(value: Any) -> bool:
+    """Values never walked into: scalars, text, arrays that are not stand-in targets,
+    modules, classes, and objects of library classes (their state is not the user's)."""
+    if isinstance(value, str | bytes | int | float | complex | type | types.ModuleType):
+        return True
+    if isinstance(value, dict | list | tuple | types.FunctionType | types.MethodType):
+        return False
+    if isinstance(value, types.SimpleNamespace):
+        return False
+    module = sys.modules.get(type(value).__module__)
+    return module is None or not (
+        is_user_module(module)
+        or module.__name__ == "gradparity"
+        or module.__name__.startswith("gradparity.")
+    )

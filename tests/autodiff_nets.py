@@ -1,0 +1,289 @@
+"""Networks written as new users write them, for the autodiff engine's tests: a course-style
+params-dict MLP with a loss function; a course-style conv net with naive loops whose ``loss``
+returns ``(loss, grads)``; book-style layers in an OrderedDict sharing arrays with a params
+dict; a gist-style character RNN whose parameters are module globals."""
+
+from collections import OrderedDict
+
+import numpy as np
+
+import gradparity as gp
+
+REG = 0.1
+
+
+# -- course style: a params dict and a loss function ------------------------------------------
+def mlp_loss(params, X, y):
+    z = gp.tap("z1", X @ params["W1"] + params["b1"])
+    h = np.maximum(0, z)
+    scores = h @ params["W2"] + params["b2"]
+    scores = scores - scores.max(axis=1, keepdims=True)
+    probs = np.exp(scores) / np.sum(np.exp(scores), axis=1, keepdims=True)
+    data_loss = -np.mean(np.log(probs[np.arange(X.shape[0]), y]))
+    return data_loss + 0.5 * REG * np.sum(params["W1"] ** 2)
+
+
+def mlp_grads(params, X, y):
+    N = X.shape[0]
+    z = X @ params["W1"] + params["b1"]
+    h = np.maximum(0, z)
+    scores = h @ params["W2"] + params["b2"]
+    scores = scores - scores.max(axis=1, keepdims=True)
+    probs = np.exp(scores) / np.sum(np.exp(scores), axis=1, keepdims=True)
+    dscores = probs.copy()
+    dscores[np.arange(N), y] -= 1
+    dscores /= N
+    grads = {"W2": h.T @ dscores, "b2": dscores.sum(axis=0)}
+    dz = (dscores @ params["W2"].T) * (z > 0)
+    gp.tap("z1", dz, grad=True)
+    grads["W1"] = X.T @ dz + REG * params["W1"]
+    grads["b1"] = dz.sum(axis=0)
+    return grads
+
+
+# -- course style: naive-loop conv net, loss(X, y) returning (loss, grads) --------------------
+def conv_forward_naive(x, w, b, pad):
+    N, _, H, W = x.shape
+    F, _, HH, WW = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
+    H_out, W_out = H + 2 * pad - HH + 1, W + 2 * pad - WW + 1
+    out = np.zeros((N, F, H_out, W_out))
+    for i in range(H_out):
+        for j in range(W_out):
+            window = xp[:, :, i : i + HH, j : j + WW]
+            for f in range(F):
+                out[:, f, i, j] = np.sum(window * w[f], axis=(1, 2, 3)) + b[f]
+    return out, (x, w, b, pad)
+
+
+def conv_backward_naive(dout, cache):
+    x, w, _, pad = cache
+    F, _, HH, WW = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    db = dout.sum(axis=(0, 2, 3))
+    for i in range(dout.shape[2]):
+        for j in range(dout.shape[3]):
+            window = xp[:, :, i : i + HH, j : j + WW]
+            for f in range(F):
+                dw[f] += np.sum(window * dout[:, f, i, j][:, None, None, None], axis=0)
+                dxp[:, :, i : i + HH, j : j + WW] += w[f] * dout[:, f, i, j][:, None, None, None]
+    return dxp[:, :, pad:-pad, pad:-pad], dw, db
+
+
+def max_pool_forward_naive(x):
+    N, C, H, W = x.shape
+    out = np.zeros((N, C, H // 2, W // 2))
+    for n in range(N):
+        for c in range(C):
+            for i in range(H // 2):
+                for j in range(W // 2):
+                    out[n, c, i, j] = np.max(x[n, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2])
+    return out, x
+
+
+def max_pool_backward_naive(dout, x):
+    dx = np.zeros_like(x)
+    N, C, H, W = x.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(H // 2):
+                for j in range(W // 2):
+                    window = x[n, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+                    k = np.unravel_index(np.argmax(window), window.shape)
+                    dx[n, c, 2 * i + k[0], 2 * j + k[1]] += dout[n, c, i, j]
+    return dx
+
+
+class ConvNet:
+    def __init__(self, seed=0, C=1, F=2, H=6, classes=3, reg=0.05):
+        rng = np.random.default_rng(seed)
+        self.reg = reg
+        self.params = {
+            "W1": rng.normal(0, 0.5, (F, C, 3, 3)),
+            "b1": rng.normal(0, 0.1, F),
+            "W2": rng.normal(0, 0.5, (F * (H // 2) ** 2, classes)),
+            "b2": rng.normal(0, 0.1, classes),
+        }
+
+    def loss(self, X, y=None):
+        W1, b1, W2, b2 = (self.params[k] for k in ("W1", "b1", "W2", "b2"))
+        conv, conv_cache = conv_forward_naive(X, W1, b1, pad=1)
+        relu = np.maximum(0, conv)
+        pooled, pool_cache = max_pool_forward_naive(relu)
+        flat = pooled.reshape(X.shape[0], -1)
+        scores = flat @ W2 + b2
+        if y is None:
+            return scores
+        shifted = scores - np.max(scores, axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.sum(np.exp(shifted), axis=1, keepdims=True)
+        N = X.shape[0]
+        loss = -np.sum(np.log(probs[np.arange(N), y])) / N
+        loss += 0.5 * self.reg * (np.sum(W1 * W1) + np.sum(W2 * W2))
+        dscores = probs.copy()
+        dscores[np.arange(N), y] -= 1
+        dscores /= N
+        grads = {"W2": flat.T @ dscores + self.reg * W2, "b2": np.sum(dscores, axis=0)}
+        dpooled = (dscores @ W2.T).reshape(pooled.shape)
+        drelu = max_pool_backward_naive(dpooled, pool_cache)
+        dconv = drelu * (conv > 0)
+        _, dW1, db1 = conv_backward_naive(dconv, conv_cache)
+        grads["W1"] = dW1 + self.reg * W1
+        grads["b1"] = db1
+        return loss, grads
+
+
+# -- book style: layer classes in an OrderedDict, a loss layer, a shared params dict ----------
+class Affine:
+    def __init__(self, W, b):
+        self.W, self.b = W, b
+
+    def forward(self, x):
+        self.x = x
+        return np.dot(x, self.W) + self.b
+
+    def backward(self, dout):
+        self.dW, self.db = np.dot(self.x.T, dout), np.sum(dout, axis=0)
+        return np.dot(dout, self.W.T)
+
+
+class Relu:
+    def forward(self, x):
+        self.mask = x <= 0
+        out = x.copy()
+        out[self.mask] = 0
+        return out
+
+    def backward(self, dout):
+        dout = dout.copy()
+        dout[self.mask] = 0
+        return dout
+
+
+class SoftmaxWithLoss:
+    def forward(self, x, t):
+        self.t = t
+        x = x - np.max(x, axis=1, keepdims=True)
+        self.y = np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
+        # The book adds 1e-7 inside the log; left out so that backward is exactly its derivative.
+        return -np.sum(t * np.log(self.y)) / x.shape[0]
+
+    def backward(self, dout=1):
+        return (self.y - self.t) * dout / self.t.shape[0]
+
+
+class TwoLayerNet:
+    def __init__(self, seed=0, sizes=(4, 5, 3)):
+        rng = np.random.default_rng(seed)
+        self.params = {
+            "W1": rng.normal(size=sizes[:2]),
+            "b1": rng.normal(size=sizes[1]),
+            "W2": rng.normal(size=sizes[1:]),
+            "b2": rng.normal(size=sizes[2]),
+        }
+        self.layers = OrderedDict()
+        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
+        self.layers["Relu1"] = Relu()
+        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
+        self.lastLayer = SoftmaxWithLoss()
+
+    def predict(self, x):
+        for layer in self.layers.values():
+            x = layer.forward(x)
+        return x
+
+    def loss(self, x, t):
+        return self.lastLayer.forward(self.predict(x), t)
+
+    def gradient(self, x, t):
+        self.loss(x, t)
+        dout = self.lastLayer.backward(1)
+        for layer in reversed(list(self.layers.values())):
+            dout = layer.backward(dout)
+        a1, a2 = self.layers["Affine1"], self.layers["Affine2"]
+        return {"W1": a1.dW, "b1": a1.db, "W2": a2.dW, "b2": a2.db}
+
+
+# -- gist style: a character RNN whose parameters are module globals --------------------------
+vocab_size, hidden_size = 5, 4
+_rng = np.random.default_rng(3)
+Wxh = _rng.normal(0, 0.3, (hidden_size, vocab_size))
+Whh = _rng.normal(0, 0.3, (hidden_size, hidden_size))
+Why = _rng.normal(0, 0.3, (vocab_size, hidden_size))
+bh = _rng.normal(0, 0.1, (hidden_size, 1))
+by = _rng.normal(0, 0.1, (vocab_size, 1))
+
+
+def lossFun(inputs, targets, hprev):
+    xs, hs, ys, ps = {}, {}, {}, {}
+    hs[-1] = np.copy(hprev)
+    loss = 0
+    for t in range(len(inputs)):
+        xs[t] = np.zeros((vocab_size, 1))
+        xs[t][inputs[t]] = 1
+        hs[t] = np.tanh(np.dot(Wxh, xs[t]) + np.dot(Whh, hs[t - 1]) + bh)
+        ys[t] = np.dot(Why, hs[t]) + by
+        ps[t] = np.exp(ys[t]) / np.sum(np.exp(ys[t]))
+        loss += -np.log(ps[t][targets[t], 0])
+    dWxh, dWhh, dWhy = np.zeros_like(Wxh), np.zeros_like(Whh), np.zeros_like(Why)
+    dbh, dby = np.zeros_like(bh), np.zeros_like(by)
+    dhnext = np.zeros_like(hs[0])
+    for t in reversed(range(len(inputs))):
+        dy = np.copy(ps[t])
+        dy[targets[t]] -= 1
+        dWhy += np.dot(dy, hs[t].T)
+        dby += dy
+        dh = np.dot(Why.T, dy) + dhnext
+        dhraw = (1 - hs[t] * hs[t]) * dh
+        dbh += dhraw
+        dWxh += np.dot(dhraw, xs[t].T)
+        dWhh += np.dot(dhraw, hs[t - 1].T)
+        dhnext = np.dot(Whh.T, dhraw)
+    return loss, dWxh, dWhh, dWhy, dbh, dby, hs[len(inputs) - 1]
+
+
+# -- code that cannot run on tensors, or whose loss is not differentiable as given -------------
+from numpy import exp  # noqa: E402  (a binding new users write)
+
+
+def loss_with_numpy_binding(params, X):
+    return np.sum(exp(X @ params["W"]))
+
+
+def loss_with_dropout(params, X):
+    mask = np.random.rand(*X.shape) < 0.5
+    return np.sum((X * mask) @ params["W"])
+
+
+def loss_through_float(params, X):
+    scale = float(np.sum(X @ params["W"]))
+    return np.sum(X) * scale
+
+
+def loss_through_item(params, X):
+    return (X @ params["W"]).sum().item()
+
+
+def loss_not_scalar(params, X):
+    return np.sum(X @ params["W"], axis=1)
+
+
+def loss_ignoring_b(params, X):
+    return np.sum(X @ params["W"])
+
+
+def loss_with_missing_function(params, X):
+    return np.nansum(X @ params["W"]) + np.sum(params["b"])
+
+
+def loss_with_relu_at_zero(params, X):
+    return np.sum(np.maximum(0, X @ params["W"] + params["b"]) * params["v"])
+
+
+def loss_that_raises(params, X):
+    global CACHE
+    CACHE = np.tanh(X @ params["W"])
+    raise RuntimeError("the user's own error")
+
+
+CACHE = None

@@ -1,0 +1,273 @@
+"""The autodiff engine (issue 13): the exact gradient of the user's own NumPy forward code, the
+user's arrays and modules untouched, one-line errors for code that cannot run on tensors."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import subprocess
+import sys
+
+import autodiff_nets as nets
+import numpy as np
+import pytest
+
+from gradparity.core.errors import InputError
+from gradparity.sides import taps
+from gradparity.sides.autodiff import (
+    ExactRun,
+    NotOnTensors,
+    exact_gradients,
+    unavailable,
+    user_modules,
+)
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason="torch._numpy unavailable")
+
+EXACT = 1e-12
+
+
+def assert_close(ours: dict, exact: dict) -> None:
+    assert set(ours) == set(exact)
+    for name in exact:
+        np.testing.assert_allclose(ours[name], exact[name], rtol=0, atol=EXACT, err_msg=name)
+
+
+def snapshot(params: dict) -> tuple[dict, dict]:
+    return {k: id(v) for k, v in params.items()}, copy.deepcopy(params)
+
+
+def assert_untouched(params: dict, before: tuple[dict, dict]) -> None:
+    ids, values = before
+    assert {k: id(v) for k, v in params.items()} == ids
+    for name, value in values.items():
+        assert type(params[name]) is np.ndarray
+        np.testing.assert_array_equal(params[name], value)
+    assert nets.np is np
+
+
+def mlp_setup(seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    params = {
+        "W1": rng.normal(size=(4, 5)),
+        "b1": rng.normal(size=5),
+        "W2": rng.normal(size=(5, 3)),
+        "b2": rng.normal(size=3),
+    }
+    return params, rng.normal(size=(6, 4)), np.array([0, 1, 2, 0, 1, 2])
+
+
+def test_course_style_params_dict_gets_its_exact_gradients_and_is_put_back():
+    params, X, y = mlp_setup()
+    before = snapshot(params)
+    run = exact_gradients(
+        lambda: nets.mlp_loss(params, X, y), params, [nets.mlp_loss], inputs=[X, y]
+    )
+    assert isinstance(run, ExactRun)
+    assert_close(run.grads, nets.mlp_grads(params, X, y))
+    assert run.loss == pytest.approx(float(nets.mlp_loss(params, X, y)), abs=1e-12)
+    assert run.seconds > 0
+    assert_untouched(params, before)
+
+
+def test_forward_taps_get_their_exact_gradients():
+    params, X, y = mlp_setup(1)
+    run = exact_gradients(
+        lambda: nets.mlp_loss(params, X, y), params, [nets.mlp_loss], inputs=[X, y]
+    )
+    with taps.recording() as log:
+        nets.mlp_grads(params, X, y)
+    np.testing.assert_allclose(run.taps["z1"], X @ params["W1"] + params["b1"], atol=EXACT)
+    np.testing.assert_allclose(run.tap_grads["z1"], taps.grad_taps(log)["z1"], atol=EXACT)
+
+
+def test_naive_loop_conv_net_loss_returning_loss_and_grads():
+    net = nets.ConvNet()
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(2, 1, 6, 6)), np.array([0, 2])
+    before = snapshot(net.params)
+    run = exact_gradients(lambda: net.loss(X, y), net.params, [net.loss], inputs=[X, y])
+    assert_close(run.grads, net.loss(X, y)[1])
+    assert run.notes == []
+    assert_untouched(net.params, before)
+
+
+def test_book_style_layers_sharing_arrays_with_the_params_dict_and_caches_put_back():
+    net = nets.TwoLayerNet()
+    rng = np.random.default_rng(2)
+    x, t = rng.normal(size=(5, 4)), np.eye(3)[[0, 1, 2, 1, 0]]
+    net.loss(x, t)  # the layers hold caches from an earlier call, as they would in training
+    cache = net.layers["Affine1"].x
+    before = snapshot(net.params)
+    run = exact_gradients(lambda: net.loss(x, t), net.params, [net.loss], inputs=[x, t])
+    assert_close(run.grads, net.gradient(x, t))
+    assert_untouched(net.params, before)
+    assert net.layers["Affine1"].W is net.params["W1"]
+    net.loss(x, t)
+    net2 = nets.TwoLayerNet()
+    net2.loss(x, t)
+    exact_gradients(lambda: net2.loss(x, t), net2.params, [net2.loss], inputs=[x, t])
+    assert type(net2.layers["Affine1"].x) is np.ndarray
+    assert type(net2.lastLayer.y) is np.ndarray
+    assert cache is not None
+
+
+def test_module_global_char_rnn():
+    names = ("Wxh", "Whh", "Why", "bh", "by")
+    params = {n: getattr(nets, n) for n in names}
+    before = snapshot(params)
+    inputs, targets, hprev = [0, 3, 1, 4], [3, 1, 4, 2], np.zeros((nets.hidden_size, 1))
+    run = exact_gradients(
+        lambda: nets.lossFun(inputs, targets, hprev), params, [nets.lossFun], inputs=[hprev]
+    )
+    analytic = nets.lossFun(inputs, targets, hprev)
+    assert_close(run.grads, dict(zip(names, analytic[1:6], strict=True)))
+    assert_untouched(params, before)
+    assert all(getattr(nets, n) is params[n] for n in names)
+
+
+def small_setup() -> tuple[dict, np.ndarray]:
+    rng = np.random.default_rng(4)
+    return {"W": rng.normal(size=(3, 2)), "b": rng.normal(size=2)}, rng.normal(size=(4, 3))
+
+
+@pytest.mark.parametrize(
+    ("loss", "error", "words", "line_of"),
+    [
+        (nets.loss_with_numpy_binding, NotOnTensors, "from numpy import exp", "exp(X"),
+        (nets.loss_with_dropout, NotOnTensors, "np.random.rand", "np.random.rand"),
+        (nets.loss_through_float, NotOnTensors, "float()", "float(np"),
+        (nets.loss_through_item, NotOnTensors, ".item()", ".item()"),
+        (nets.loss_not_scalar, InputError, "shape (4,), not one number", None),
+        (nets.loss_ignoring_b, InputError, "does not depend on parameter 'b'", None),
+        (nets.loss_with_missing_function, NotOnTensors, "np.nansum", "np.nansum"),
+        (nets.loss_that_raises, NotOnTensors, "the user's own error", "raise RuntimeError"),
+    ],
+)
+def test_code_that_cannot_be_differentiated_gets_one_line_and_nothing_is_changed(
+    loss, error, words, line_of
+):
+    params, X = small_setup()
+    before = snapshot(params)
+    module_before = dict(vars(nets))
+    with pytest.raises(error) as caught:
+        exact_gradients(lambda: loss(params, X), params, [loss], inputs=[X])
+    message = str(caught.value)
+    assert "\n" not in message and words in message
+    if line_of is not None:
+        where = f"tests/autodiff_nets.py:{line_number(line_of, loss)}"
+        assert caught.value.where == where and where in message
+    assert_untouched(params, before)
+    assert vars(nets).keys() == module_before.keys()
+    assert all(vars(nets)[k] is v for k, v in module_before.items())
+    assert nets.exp is np.exp
+
+
+def line_number(text: str, function) -> int:
+    lines, first = inspect.getsourcelines(function)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+def test_integer_parameters_are_refused_in_one_line():
+    params = {"W": np.arange(6).reshape(3, 2), "b": np.zeros(2)}
+    X = np.ones((4, 3))
+    with pytest.raises(InputError, match=r"parameter 'W' holds int64 values") as caught:
+        exact_gradients(lambda: nets.loss_ignoring_b(params, X), params, [nets.loss_ignoring_b])
+    assert "\n" not in str(caught.value)
+
+
+def test_relu_exactly_at_zero_is_noted_where_it_changes_a_gradient():
+    params = {"W": np.zeros((3, 2)), "b": np.array([0.0, 1.0]), "v": np.array([[1.0, 2.0]])}
+    X = np.ones((4, 3))
+    call = lambda: nets.loss_with_relu_at_zero(params, X)  # noqa: E731
+    run = exact_gradients(call, params, [nets.loss_with_relu_at_zero], inputs=[X])
+    where = f"tests/autodiff_nets.py:{line_number('np.maximum', nets.loss_with_relu_at_zero)}"
+    assert len(run.notes) == 1 and "np.maximum" in run.notes[0] and where in run.notes[0]
+    params["v"] = np.array([[0.0, 2.0]])  # the tied unit's gradient is now zero: no note
+    run = exact_gradients(call, params, [nets.loss_with_relu_at_zero], inputs=[X])
+    assert run.notes == []
+
+
+def test_closures_tuples_and_nested_containers_are_reached_by_identity():
+    params, X = small_setup()
+    W = params["W"]
+    held = {"layers": [("affine", {"W": W, "b": params["b"]})]}
+
+    def make_loss():
+        def loss():
+            (_, layer) = held["layers"][0]
+            return np.sum(np.tanh(X @ W + layer["b"]) ** 2)
+
+        return loss
+
+    loss = make_loss()
+    before = snapshot(params)
+    run = exact_gradients(loss, params, [loss], inputs=[X])
+    z = np.tanh(X @ W + params["b"])
+    dz = 2 * z * (1 - z**2)
+    assert_close(run.grads, {"W": X.T @ dz, "b": dz.sum(axis=0)})
+    assert_untouched(params, before)
+    assert held["layers"][0][1]["W"] is W and type(held["layers"][0]) is tuple
+
+
+def write_user_package(root) -> None:
+    package = root / "usernet"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text(
+        "import numpy as np\n\n\ndef affine(x, w):\n    return np.tanh(x @ w)\n"
+    )
+    (package / "model.py").write_text(
+        "import numpy as np\n\nfrom usernet import layers\n\n\n"
+        "def loss(w, x):\n    return np.sum(layers.affine(x, w) ** 2)\n"
+    )
+
+
+def test_user_modules_of_an_imported_package_follow_its_globals(tmp_path, monkeypatch):
+    write_user_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = importlib.import_module("usernet.model")
+    found = {m.__name__ for m in user_modules([model.loss])}
+    assert found == {"usernet.model", "usernet.layers"}
+    w, x = np.random.default_rng(5).normal(size=(3, 2)), np.ones((4, 3))
+    run = exact_gradients(lambda: model.loss(w, x), {"w": w}, [model.loss], inputs=[x])
+    z = np.tanh(x @ w)
+    np.testing.assert_allclose(run.grads["w"], x.T @ (2 * z * (1 - z**2)), atol=EXACT)
+    assert model.layers.np is np and model.np is np
+    for name in ("usernet.model", "usernet.layers", "usernet"):
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_user_modules_picks_this_test_file_and_never_a_library():
+    found = user_modules(
+        [nets.mlp_loss, test_user_modules_picks_this_test_file_and_never_a_library]
+    )
+    names = {m.__name__ for m in found}
+    assert {nets.__name__, __name__} <= names
+    assert not any(
+        n.split(".")[0] in ("numpy", "torch", "pytest", "os", "gradparity") for n in names
+    )
+    assert user_modules([nets.mlp_loss], modules=["json"])[0].__name__ == "json"
+
+
+def test_a_script_run_as_main_is_differentiated(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from gradparity.sides.autodiff import exact_gradients, user_modules\n\n"
+        "W = np.arange(6.0).reshape(3, 2) / 10\n"
+        "x = np.ones((4, 3))\n\n\n"
+        "def loss():\n    return np.sum((x @ W) ** 2)\n\n\n"
+        "names = [m.__name__ for m in user_modules([loss])]\n"
+        "run = exact_gradients(loss, {'W': W}, [loss])\n"
+        "assert names == ['__main__'], names\n"
+        "assert np.allclose(run.grads['W'], x.T @ (2 * (x @ W)), rtol=0, atol=1e-12)\n"
+        "assert type(W) is np.ndarray and np.__name__ == 'numpy'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

@@ -1,0 +1,446 @@
+"""Issue 13 items 3 and 4: layered code checked with no torch twin. ``gp.compare(model,
+"autodiff", ...)`` compares each layer's backward with the exact vector-Jacobian product of its
+own forward; ``gp.layer``/``gp.check_layer`` do the same for course-style function pairs.
+The networks are written as users write them (plain ``import numpy as np``, no torch)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradparity as gp
+from gradparity.corpus.layer_bugs import BUGS, inject
+from gradparity.ours import mlp
+
+HERE = Path(__file__).resolve().relative_to(Path.cwd().resolve()).as_posix()
+
+
+CLOSE = 1e-12  # exact gradients: float64 rounding only
+
+
+# --- a book-style network: layer objects in an OrderedDict, a loss layer ---------------------
+
+
+def softmax(x):
+    x = x - np.max(x, axis=1, keepdims=True)
+    return np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
+
+
+def cross_entropy_error(y, t):
+    batch_size = y.shape[0]
+    return -np.sum(t * np.log(y)) / batch_size
+
+
+class Affine:
+    def __init__(self, W, b, bias_mean=False):
+        self.W = W
+        self.b = b
+        self.bias_mean = bias_mean
+        self.x = None
+        self.dW = None
+        self.db = None
+
+    def forward(self, x):
+        self.x = x
+        out = np.dot(x, self.W) + self.b
+        return out
+
+    def backward(self, dout):
+        dx = np.dot(dout, self.W.T)
+        self.dW = np.dot(self.x.T, dout)
+        if self.bias_mean:
+            self.db = np.mean(dout, axis=0)  # the bug: a mean where the sum belongs
+        else:
+            self.db = np.sum(dout, axis=0)
+        return dx
+
+
+class Relu:
+    def __init__(self, inverted=False):
+        self.mask = None
+        self.inverted = inverted
+
+    def forward(self, x):
+        self.mask = x <= 0
+        out = x.copy()
+        out[self.mask] = 0
+        return out
+
+    def backward(self, dout):
+        dx = dout.copy()
+        if self.inverted:
+            dx[~self.mask] = 0  # the bug: the mask inverted
+        else:
+            dx[self.mask] = 0
+        return dx
+
+
+class SoftmaxWithLoss:
+    def __init__(self):
+        self.loss = None
+        self.y = None
+        self.t = None
+
+    def forward(self, x, t):
+        self.t = t
+        self.y = softmax(x)
+        self.loss = cross_entropy_error(self.y, self.t)
+        return self.loss
+
+    def backward(self, dout=1):
+        batch_size = self.t.shape[0]
+        dx = (self.y - self.t) / batch_size
+        return dx
+
+
+class TwoLayerNet:
+    def __init__(self, bias_mean=False, inverted=False, seed=0):
+        rng = np.random.default_rng(seed)
+        self.params = {
+            "W1": 0.5 * rng.standard_normal((5, 6)),
+            "b1": 0.1 * rng.standard_normal(6),
+            "W2": 0.5 * rng.standard_normal((6, 3)),
+            "b2": 0.1 * rng.standard_normal(3),
+        }
+        self.layers = OrderedDict()
+        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
+        self.layers["Relu1"] = Relu(inverted=inverted)
+        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"], bias_mean)
+        self.lastLayer = SoftmaxWithLoss()
+
+
+def book_model(net):
+    """The book's layers through gp.wrap, as the README shows it."""
+    return [
+        (name, gp.wrap(layer, params=["W", "b"], grads=["dW", "db"]))
+        if isinstance(layer, Affine)
+        else (name, gp.wrap(layer, params=None, grads=None))
+        for name, layer in net.layers.items()
+    ]
+
+
+def book_data(seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((8, 5))
+    t = np.eye(3)[rng.integers(0, 3, size=8)]
+    return x, t
+
+
+def _source_text(finding):
+    """The lines a finding's source entry names, read from its file."""
+    src = finding.source
+    assert src is not None and src["file"] == HERE
+    lines = Path(src["file"]).read_text().splitlines()
+    return "\n".join(lines[src["first_line"] - 1 : src["last_line"]])
+
+
+def _gradient_rows(report):
+    return [r for r in report.rows if r.mode == "isolate"]
+
+
+def test_correct_book_network_is_ok_and_exact():
+    net = TwoLayerNet()
+    before = {k: v.copy() for k, v in net.params.items()}
+    x, t = book_data()
+    report = gp.compare(book_model(net), "autodiff", x, t, ours_loss=net.lastLayer)
+    assert report.ok, report.root_causes
+    rows = _gradient_rows(report)
+    assert {(r.layer, r.quantity) for r in rows} == {
+        ("Affine1", "grad_input"), ("Affine1", "grad:W"), ("Affine1", "grad:b"),
+        ("Relu1", "grad_input"), ("Affine2", "grad_input"), ("Affine2", "grad:W"),
+        ("Affine2", "grad:b"), ("loss", "grad_input"),
+    }  # fmt: skip
+    assert all(r.max_abs <= CLOSE for r in rows), [(r.layer, r.quantity, r.max_abs) for r in rows]
+    assert not [r for r in report.rows if r.quantity == "output" or r.mode == "chain"]
+    assert report.meta["reference"] == "autodiff (each layer's own forward)"
+    assert any("forward outputs are not compared" in n for n in report.notes)
+    for key, value in net.params.items():  # nothing the user holds is changed
+        assert np.array_equal(value, before[key])
+        assert net.layers["Affine1" if key.endswith("1") else "Affine2"].__dict__[key[0]] is value
+
+
+def test_two_bugs_in_two_layers_are_both_named_with_source_lines():
+    net = TwoLayerNet(bias_mean=True, inverted=True)
+    x, t = book_data()
+    report = gp.compare(book_model(net), "autodiff", x, t, ours_loss=net.lastLayer)
+    assert not report.ok
+    found = {(f.layer, f.quantity): f for f in report.root_causes}
+    assert set(found) == {("Relu1", "grad_input"), ("Affine2", "grad:b")}
+    assert found[("Relu1", "grad_input")].diagnosis == "mask_inverted"
+    assert found[("Affine2", "grad:b")].diagnosis == "batch_reduction"
+    bias_line = "self.db = np.mean(dout, axis=0)"
+    mask_line = "dx[~self.mask] = 0"
+    assert bias_line in _source_text(found[("Affine2", "grad:b")])
+    assert mask_line in _source_text(found[("Relu1", "grad_input")])
+
+
+# --- ours models and the layer corpus ----------------------------------------------------------
+
+
+def test_ours_model_correct_is_ok():
+    model = mlp([5, 4, 3], seed=0)
+    rng = np.random.default_rng(0)
+    x, target = rng.standard_normal((6, 5)), rng.integers(0, 3, size=6)
+    report = gp.compare(model, "autodiff", x, target)
+    assert report.ok, report.root_causes
+    # ours' loss returns float() (the loss protocol): its reference is central differences.
+    numeric = {n.split(":")[0] for n in report.notes if "central differences" in n}
+    assert "loss" in numeric
+    for row in _gradient_rows(report):
+        assert row.max_abs <= (1e-8 if row.layer in numeric else CLOSE), row
+
+
+@pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.name)
+def test_every_layer_corpus_bug_is_found_with_its_label(bug):
+    model, loss, x, target = bug.build(0)
+    model, loss = inject(model, loss, bug)
+    report = gp.compare(model, "autodiff", x, target, ours_loss=loss)
+    assert not report.ok
+    found = {(f.layer, f.quantity): f.diagnosis for f in report.root_causes}
+    assert found.get((bug.layer, bug.quantity)) == bug.diagnosis, found
+
+
+def test_options_of_a_torch_reference_are_refused():
+    net = TwoLayerNet()
+    x, t = book_data()
+    with pytest.raises(gp.InputError, match="needs a torch reference"):
+        gp.compare(book_model(net), "autodiff", x, t, reference_loss=lambda o, t: o.sum())
+    with pytest.raises(gp.InputError, match="unknown"):
+        gp.compare(book_model(net), "autograd", x, t)
+
+
+# --- course-style layer functions -------------------------------------------------------------
+
+
+def affine_forward(x, w, b):
+    out = x.reshape(x.shape[0], -1).dot(w) + b
+    cache = (x, w, b)
+    return out, cache
+
+
+def affine_backward(dout, cache):
+    x, w, _ = cache
+    dx = dout.dot(w.T).reshape(x.shape)
+    dw = x.reshape(x.shape[0], -1).T.dot(dout)
+    db = np.sum(dout, axis=0)
+    return dx, dw, db
+
+
+def affine_backward_one_example_bias(dout, cache):
+    x, w, _ = cache
+    dx = dout.dot(w.T).reshape(x.shape)
+    dw = x.reshape(x.shape[0], -1).T.dot(dout)
+    db = dout[0] * x.shape[0]  # the bug: one example's gradient, times N
+    return dx, dw, db
+
+
+def relu_forward(x):
+    out = np.maximum(0, x)
+    cache = x
+    return out, cache
+
+
+def relu_backward(dout, cache):
+    x = cache
+    dx = dout * (x > 0)
+    return dx
+
+
+def relu_backward_unmasked(dout, cache):
+    dx = dout  # the bug: the mask forgotten
+    return dx
+
+
+def course_data(seed=2):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((4, 2, 3)), rng.standard_normal((6, 5)), rng.standard_normal(5)
+
+
+def test_check_layer_of_a_correct_pair_is_ok():
+    x, w, b = course_data()
+    report = gp.check_layer(affine_forward, affine_backward, x, w=w, b=b)
+    assert report.ok, report.root_causes
+    rows = _gradient_rows(report)
+    assert {r.quantity for r in rows} == {"grad_input", "grad:w", "grad:b"}
+    assert all(r.max_abs <= CLOSE for r in rows)
+    assert gp.check_layer(relu_forward, relu_backward, x).ok
+
+
+def test_check_layer_names_the_bug_and_its_line():
+    x, w, b = course_data()
+    report = gp.check_layer(affine_forward, affine_backward_one_example_bias, x, w=w, b=b)
+    assert not report.ok
+    (finding,) = report.root_causes
+    assert (finding.layer, finding.quantity) == ("affine", "grad:b")
+    assert "db = dout[0] * x.shape[0]" in _source_text(finding)
+    (unmasked,) = gp.check_layer(relu_forward, relu_backward_unmasked, x).root_causes
+    assert (unmasked.quantity, unmasked.diagnosis) == ("grad_input", "missing_local_derivative")
+
+
+def test_layer_pairs_in_a_network():
+    _, w, b = course_data()
+    rng = np.random.default_rng(3)
+    w2, b2 = rng.standard_normal((5, 3)), rng.standard_normal(3)
+    x, y = rng.standard_normal((4, 6)), rng.integers(0, 3, size=4)
+    model = [
+        ("fc1", gp.layer(affine_forward, affine_backward, w=w, b=b)),
+        ("relu", gp.layer(relu_forward, relu_backward_unmasked)),
+        ("fc2", gp.layer(affine_forward, affine_backward, {"w": w2, "b": b2})),
+    ]
+    report = gp.compare(model, "autodiff", x, y)
+    (finding,) = report.root_causes
+    assert (finding.layer, finding.quantity) == ("relu", "grad_input")
+    assert report.table.query("layer == 'relu'")["type"].iloc[0] == "relu_forward"
+    assert "dx = dout" in _source_text(finding)
+
+
+def test_a_backward_returning_too_few_gradients_is_a_finding():
+    x, w, b = course_data()
+
+    def short_backward(dout, cache):
+        dx, dw, _ = affine_backward(dout, cache)
+        return dx, dw
+
+    (finding,) = gp.check_layer(affine_forward, short_backward, x, w=w, b=b).root_causes
+    assert finding.diagnosis == "raised"
+    assert "expected dx then one gradient for each of ['w', 'b']" in finding.message
+
+
+# --- a forward that cannot run on tensors -----------------------------------------------------
+
+
+class SeededDropout:
+    """Dropout whose mask comes from the global generator, seeded in forward."""
+
+    def __init__(self):
+        self.params, self.grads = {}, {}
+
+    def forward(self, x):
+        np.random.seed(0)
+        self.mask = np.random.rand(*x.shape) > 0.5
+        return x * self.mask / 0.5
+
+    def backward(self, dout):
+        return dout * self.mask / 0.5
+
+
+def test_a_forward_using_np_random_falls_back_to_central_differences():
+    rng = np.random.default_rng(4)
+    model = [("drop", SeededDropout())]
+    report = gp.compare(model, "autodiff", rng.standard_normal((4, 3)), rng.integers(0, 3, 4))
+    assert report.ok, report.root_causes
+    (note,) = [n for n in report.notes if n.startswith("drop:")]
+    assert "central differences" in note
+    assert "np.random" in note
+
+
+def test_readme_example_prints_what_the_readme_says():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Layers without a torch twin") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n\nprints")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert out.getvalue().strip() == "[('affine', 'grad:b', 'batch_reduction')]"
+
+
+def test_a_layer_pair_against_a_torch_module():
+    import torch
+
+    _, w, b = course_data()
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((4, 6)), rng.integers(0, 5, size=4)
+    linear = torch.nn.Linear(6, 5).double()
+    fc = gp.layer(affine_forward, affine_backward_one_example_bias, w=w, b=b)
+    report = gp.compare([("fc", fc)], linear, x, y)
+    (finding,) = report.root_causes
+    assert (finding.layer, finding.quantity) == ("fc", "grad:b")
+    assert "db = dout[0] * x.shape[0]" in _source_text(finding)
+    assert gp.compare(
+        [("fc", gp.layer(affine_forward, affine_backward, w=w, b=b))], linear, x, y
+    ).ok
+
+
+# --- naive-loop convolution and pooling, course style ------------------------------------------
+
+
+def conv_forward_naive(x, w, b, conv_param):
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    N, _, H, W = x.shape
+    F, _, HH, WW = w.shape
+    x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
+    H_out = 1 + (H + 2 * pad - HH) // stride
+    W_out = 1 + (W + 2 * pad - WW) // stride
+    out = np.zeros((N, F, H_out, W_out))
+    for n in range(N):
+        for f in range(F):
+            for i in range(H_out):
+                for j in range(W_out):
+                    window = x_pad[n, :, i * stride : i * stride + HH, j * stride : j * stride + WW]
+                    out[n, f, i, j] = np.sum(window * w[f]) + b[f]
+    cache = (x, w, b, conv_param)
+    return out, cache
+
+
+def conv_backward_naive(dout, cache):
+    x, w, _, conv_param = cache
+    stride, pad = conv_param["stride"], conv_param["pad"]
+    N, _, H_out, W_out = dout.shape
+    F, _, HH, WW = w.shape
+    x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
+    dx_pad = np.zeros_like(x_pad)
+    dw = np.zeros_like(w)
+    db = np.sum(dout, axis=(0, 2, 3))
+    for n in range(N):
+        for f in range(F):
+            for i in range(H_out):
+                for j in range(W_out):
+                    rows = slice(i * stride, i * stride + HH)
+                    cols = slice(j * stride, j * stride + WW)
+                    dw[f] += x_pad[n, :, rows, cols] * dout[n, f, i, j]
+                    dx_pad[n, :, rows, cols] += w[f] * dout[n, f, i, j]
+    dx = dx_pad[:, :, pad:-pad, pad:-pad] if pad else dx_pad
+    return dx, dw, db
+
+
+def conv_backward_bias_averaged(dout, cache):
+    dx, dw, _ = conv_backward_naive(dout, cache)
+    db = np.mean(dout, axis=(0, 2, 3))  # the bug: a mean over the batch and positions
+    return dx, dw, db
+
+
+def test_naive_loop_convolution_through_layer_functions():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 2, 5, 5))
+    w, b = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    conv_param = {"stride": 1, "pad": 1}
+    good = gp.check_layer(
+        conv_forward_naive, conv_backward_naive, x, w=w, b=b, conv_param=conv_param
+    )
+    assert good.ok, good.root_causes
+    assert all(r.max_abs <= 1e-11 for r in _gradient_rows(good))
+    assert not [n for n in good.notes if "central differences" in n]  # exact, on tensors
+    bad = gp.check_layer(
+        conv_forward_naive, conv_backward_bias_averaged, x, w=w, b=b, conv_param=conv_param
+    )
+    (finding,) = bad.root_causes
+    assert (finding.layer, finding.quantity) == ("conv_naive", "grad:b")
+    assert "db = np.mean(dout, axis=(0, 2, 3))" in _source_text(finding)
+    assert conv_param == {"stride": 1, "pad": 1}
+
+
+def test_a_relu_input_exactly_at_zero_is_minor_not_a_root_cause():
+    x = np.array([[0.0, 1.5, -2.0], [0.0, -0.5, 3.0]])
+    report = gp.check_layer(relu_forward, relu_backward, x)
+    assert report.ok and not report.root_causes
+    (minor,) = report.minor
+    assert (minor.layer, minor.quantity, minor.diagnosis) == ("relu", "grad_input", "tied_maxima")
+    assert any("np.maximum at " + HERE in n and "kink" in n for n in report.notes)
+    # off the kink, the same bug is a root cause still
+    (found,) = gp.check_layer(relu_forward, relu_backward_unmasked, x).root_causes
+    assert found.quantity == "grad_input"
