@@ -297,3 +297,26 @@ def test_without_torch_numpy_central_differences_judge_with_a_note(monkeypatch):
     assert {r.quantity for r in report.rows if r.diverged} == {"grad:W1", "grad:b1"}
     for name, (array, values) in before.items():  # moved in place and put back
         assert params[name] is array and np.array_equal(array, values)
+
+
+def test_a_tap_of_complex_values_and_a_raising_function_are_findings():
+    params = tapped_params()
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(6, 3)), rng.uniform(size=(6, 2))
+
+    def complex_tap(X, y):
+        loss, grads = tapped_loss(params, X, y)
+        gp.tap("h", np.ones(2) * 1j, grad=True)
+        return loss, grads
+
+    report = gp.compare_function(complex_tap, params, "autodiff", X, y)
+    row = next(r for r in report.rows if (r.layer, r.quantity) == ("h", "grad_output"))
+    assert row.diagnosis == "raised" and not report.ok
+
+    def raising(X, y):
+        raise ValueError("shapes do not align")
+
+    report = gp.compare_function(
+        raising, params, "autodiff", X, y, loss_fn=lambda p, X, y: tapped_loss(p, X, y)[0]
+    )
+    assert [f.diagnosis for f in report.root_causes] == ["raised"]

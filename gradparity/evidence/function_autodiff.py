@@ -130,6 +130,10 @@ def _tap_rows(
     bwd: list[Row] = []
     arrays: dict = {}
     missed: list[str] = []
+    for name, info in run.bad_taps.items():  # complex or text: a finding, never compared
+        fwd.append(failed_row("chain", name, "tap", {**info, "quantity": "output"}))
+    for name, info in run.bad_grad_taps.items():
+        bwd.append(failed_row("chain", name, "tap", {**info, "quantity": "grad_output"}))
     pairs = [(n, "output", v, exact.taps) for n, v in run.taps.items()]
     pairs += [(n, "grad_output", v, exact.tap_grads) for n, v in run.grad_taps.items()]
     for name, quantity, ours, theirs in pairs:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from gradparity.core.losses import loss_name
-from gradparity.core.plan import Captures, Context, Entry, Evidence, TensorPair
+from gradparity.core.losses import DEFAULT, loss_name
+from gradparity.core.plan import Captures, Context, Entry, Evidence, Side, TensorPair
 from gradparity.core.records import USER_ERRORS, LayerRecord, error_info, real_array, snapshot
 from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.core.validate import (
@@ -43,13 +43,14 @@ from gradparity.evidence.ties import TiedMaxima
 from gradparity.evidence.weight_access import weight_access_probe
 from gradparity.locate.layers import locate_layers, source_locator
 from gradparity.locate.minor import separate_minor
+from gradparity.ours import SoftmaxCrossEntropy
 from gradparity.pairing.align import LayerPair
 from gradparity.pairing.layer_entries import run_entries
 from gradparity.pairing.params import ParamPair
 from gradparity.reference.layout import IDENTITY
 from gradparity.report.report import Report
 from gradparity.sides import layer_functions, run_numpy, run_torch
-from gradparity.sides.adapt import layer_code, params_of
+from gradparity.sides.adapt import check_protocol, layer_code, params_of
 from gradparity.sides.isolation import Probe
 from gradparity.sides.layer_autodiff import (
     REFERENCE_NAME,
@@ -58,7 +59,6 @@ from gradparity.sides.layer_autodiff import (
     ReferenceNotes,
     torch_name,
 )
-from gradparity.sides.setup import resolve_losses
 
 FLOAT64 = run_torch.TORCH_DTYPES["float64"]  # the reference always runs in float64
 NOT_COMPARED = (
@@ -100,7 +100,7 @@ def isolate_own(
     pairs: list[LayerPair],
     loss_pair: LayerPair | None,
     reference_loss: Any,
-    chain: dict[str, Any],
+    chain: dict[str, LayerRecord],
     target: np.ndarray | None,
     rng: np.random.Generator,
 ) -> dict[str, Probe]:
@@ -137,7 +137,7 @@ def isolate_own(
     return probes
 
 
-def forward_chain(layers: list[tuple[str, Any]], x: np.ndarray) -> Any:
+def forward_chain(layers: list[tuple[str, Any]], x: np.ndarray) -> Side:
     """The side that runs ours' forward alone (a check without a loss): each layer's input and
     output as ``ours_chain``, up to a layer that raises."""
 
@@ -186,7 +186,7 @@ def add_reference_notes(reference_notes: ReferenceNotes) -> Evidence:
 
 
 def compare_autodiff(
-    ours_model: list[tuple[str, Any]],
+    layers: list[tuple[str, Any]],
     x: Any,
     target: Any,
     ours_loss: Any,
@@ -196,20 +196,18 @@ def compare_autodiff(
     seed: int,
     name: str,
     strict: bool,
-    code: Any = layer_code,
 ) -> Report:
-    """The report of ``compare(model, "autodiff", ...)`` for ``ours_model`` (its ``(name,
-    layer)`` pairs) on x (N, ...) and target; ``ours_loss`` None is the default softmax
-    cross-entropy, and ``target`` None checks the layers alone (no loss). Options are
-    already checked by the caller. ``code(layer, quantity)``: the user's code behind a
-    quantity, for source lines."""
-    layers = ours_model
+    """The report of ``compare(model, "autodiff", ...)`` for a model's ``(name, layer)``
+    pairs on x (N, ...) and target; ``ours_loss`` None is the default softmax cross-entropy,
+    and ``target`` None checks the layers alone (no loss). Options are already checked by
+    the caller."""
     x = prepare_input(x, dtype)
     given = ours_loss is not None
     loss = None
     if target is not None:
         target = prepare_target(target, x.shape[0], dtype)
-        loss, _ = resolve_losses(ours_loss, lambda out, t: out)
+        loss = SoftmaxCrossEntropy() if ours_loss is None else ours_loss
+        check_protocol("loss", loss)
     check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     rng = np.random.default_rng(seed)
     reference_notes = ReferenceNotes()
@@ -230,7 +228,7 @@ def compare_autodiff(
 
     meta = {"reference": REFERENCE_NAME, "isolate_upstream": "seeded random normal"}
     if loss is not None:
-        meta["ours_loss"] = loss_name(loss) + ("" if given else " (default)")
+        meta["ours_loss"] = loss_name(loss) + ("" if given else DEFAULT)
         meta["reference_loss"] = f"autodiff of {loss_name(loss)}'s own forward"
     sources = {**dict(layers), **({"loss": loss} if loss is not None else {})}
     return run(
@@ -261,7 +259,7 @@ def compare_autodiff(
             locators=[
                 locate_layers,
                 lint_isolated,
-                source_locator(sources, code),
+                source_locator(sources, layer_code),
                 separate_minor,
             ],
             meta=meta,

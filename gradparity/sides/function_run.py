@@ -47,6 +47,7 @@ class UserRun:
     # call sites, by tap name.
     grad_taps: dict[str, np.ndarray] = field(default_factory=dict)
     grad_tap_sites: dict[str, tuple[str, int]] = field(default_factory=dict)
+    bad_grad_taps: dict[str, dict] = field(default_factory=dict)
 
 
 def run_user(
@@ -97,10 +98,13 @@ def run_user(
     )  # fmt: skip
 
 
-def _grad_taps(log: taps.TapLog) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, int]]]:
-    """(the taps made with ``grad=True`` by final name, their call sites)."""
-    values, _ = _split(taps.grad_taps(log))
-    return values, taps.grad_sites(log)
+def _grad_taps(
+    log: taps.TapLog,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, int]], dict[str, dict]]:
+    """(the taps made with ``grad=True`` by final name, their call sites, ``error_info`` of
+    those that hold no real numbers)."""
+    values, bad = _split(taps.grad_taps(log))
+    return values, taps.grad_sites(log), bad
 
 
 def split_loss(flat: dict[str, np.ndarray], returned: Any) -> tuple[float | None, Any]:

@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -118,10 +119,12 @@ def _differentiate(
     return run.grads
 
 
-def _numeric(moved_value: Callable[[str, np.ndarray], float], arrays: dict[str, np.ndarray]):
+def _numeric(
+    moved_value: Callable[[str, np.ndarray], float], arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Central differences of ``moved_value(name, step)`` for each of ``arrays``."""
     return {
-        name: full_gradient(lambda step, n=name: moved_value(n, step), base.shape, step_size(base))
+        name: full_gradient(partial(moved_value, name), base.shape, step_size(base))
         for name, base in arrays.items()
     }
 
