@@ -42,6 +42,9 @@ class BugResult:
     corpus: str = "layer"  # "layer", "training" or "function": which corpus the bug is from
     # "layer quantity [label]" of each minor finding: a corpus bug must never be one
     minor: list[str] = field(default_factory=list)
+    # autodiff runs: the places judged by central differences instead, their code not running
+    # on tensors (a layer, "loss", or the function's name)
+    not_on_tensors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +69,15 @@ def minor_places(report: Report) -> list[str]:
     return [f"{f.layer} {f.quantity} [{f.diagnosis}]" for f in report.minor]
 
 
+def not_on_tensors(report: Report) -> list[str]:
+    """The places of an autodiff report whose reference fell back to central differences:
+    each layer named by a "NAME: its forward cannot run on tensors" note, or the function
+    whose report says central differences were used."""
+    if report.meta.get("reference_used") == "central differences":
+        return [str(report.meta["model"])]
+    return [n.split(":", 1)[0] for n in report.notes if ": its forward cannot run on tensors" in n]
+
+
 def run_bug(bug: Bug, seed: int = 0, autodiff: bool = False) -> BugResult:
     """Localized: the expected (layer, quantity) is a root cause and no other layer is blamed.
     Diagnosed: that root cause carries the expected label. ``autodiff``: each layer against
@@ -87,7 +99,7 @@ def run_bug(bug: Bug, seed: int = 0, autodiff: bool = False) -> BugResult:
     return BugResult(
         name, bug.layer, bug.quantity, bug.diagnosis, found, localized, diagnosed,
         label=_label_of(hits, bug.diagnosis), corpus="autodiff" if autodiff else "layer",
-        minor=minor_places(report),
+        minor=minor_places(report), not_on_tensors=not_on_tensors(report) if autodiff else [],
     )  # fmt: skip
 
 
@@ -166,6 +178,7 @@ def run_function_bug(
         f"fn:{bug.name}{mode}", layer, quantity, label, found, localized, diagnosed,
         label=first["diagnosis"] if localized else None,
         corpus="autodiff" if autodiff else "function", minor=minor_places(report),
+        not_on_tensors=not_on_tensors(report) if autodiff else [],
     )  # fmt: skip
 
 
@@ -257,6 +270,13 @@ def format_table(results: list[BugResult]) -> str:
     autodiff = [r for r in results if r.corpus == "autodiff"]
     if autodiff:
         text.append(_totals(autodiff, "through autodiff"))
+        fallback = sorted({p for r in autodiff for p in r.not_on_tensors})
+        if fallback:
+            n = sum(bool(r.not_on_tensors) for r in autodiff)
+            text.append(
+                f"  of which {n} judged in part by central differences (code not on tensors: "
+                f"{', '.join(fallback)})"
+            )
     text.append(_totals(results))
     return "\n".join(text)
 
