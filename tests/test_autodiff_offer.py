@@ -232,8 +232,35 @@ def test_fixture_checks_against_autodiff(pytester: pytest.Pytester, monkeypatch)
             """
         )
     )
+    pytester.makepyfile(
+        test_layers=textwrap.dedent(
+            """
+            import numpy as np
+            from gradparity.corpus.layer_bugs import BUGS
+
+
+            def test_bias_not_summed(parity):
+                bug = next(b for b in BUGS if b.name == "bias_not_summed")
+                model, loss, x, target = bug.build(0)
+                parity.check(model, "autodiff", x, target, ours_loss=loss)
+
+
+            def test_no_target(parity):
+                model, loss, x, _ = BUGS[0].build(0)
+                parity.check(model, "autodiff", x, ours_loss=loss)
+            """
+        )
+    )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "gradparity: fc2.b: *",
+            "(parity.check at test_layers.py:*)",
+            "gradparity: error: reference 'autodiff' needs a target* (parity.check at *)",
+        ],
+        consecutive=False,
+    )
     result.stdout.fnmatch_lines(
         [
             "gradparity: backprop.W1*",
