@@ -102,7 +102,8 @@ def test_square_transposed_bug_really_is_square():
 def test_corpus_sizes_and_scores(corpus):
     n = len(corpus)
     assert n >= 20
-    assert n == len(bugs.BUGS) + len(TRAINING_BUGS) + 2 * len(FUNCTION_BUGS)
+    # layer and function bugs once more through autodiff: 2x layer, 3x function
+    assert n == 2 * len(bugs.BUGS) + len(TRAINING_BUGS) + 3 * len(FUNCTION_BUGS)
     assert [r.name for r in corpus if not r.localized] == []
     assert [r.name for r in corpus if not r.diagnosed] == []
     for r in corpus:
@@ -260,6 +261,59 @@ def test_run_corpus_named_subset_and_unknown():
         selftest.run_corpus(["no_such_bug"])
 
 
+def test_every_layer_and_function_bug_is_found_through_autodiff_too(corpus):
+    """No torch model: each layer against autodiff of its own forward, each function bug
+    against the exact gradient of its loss; localized and diagnosed, counted as "autodiff"."""
+    through = {r.name: r for r in corpus if r.corpus == "autodiff"}
+    expected = [f"{b.name}+autodiff" for b in bugs.BUGS]
+    expected += [f"fn:{b.name}+autodiff" for b in FUNCTION_BUGS]
+    assert list(through) == expected
+    for bug in bugs.BUGS:
+        r = through[f"{bug.name}+autodiff"]
+        assert (r.layer, r.quantity, r.label) == (bug.layer, bug.quantity, bug.diagnosis)
+    for fbug in FUNCTION_BUGS:
+        r = through[f"fn:{fbug.name}+autodiff"]
+        place = ("backprop", f"grad:{fbug.numeric_param}", fbug.numeric_diagnosis)
+        assert (r.found[0]["layer"], r.found[0]["quantity"], r.label) == place
+    assert all(r.localized and r.diagnosed for r in through.values())
+
+
+def test_format_table_counts_autodiff_separately(corpus):
+    lines = selftest.format_table(corpus).splitlines()
+    n = len(bugs.BUGS) + len(FUNCTION_BUGS)
+    by_label = [ln for ln in lines if ln.startswith(f"{n} bugs by label (autodiff): ")]
+    assert len(by_label) == 1
+    counts = dict(part.rsplit(" ", 1) for part in by_label[0].split(": ", 1)[1].split(", "))
+    assert sum(int(c) for c in counts.values()) == n
+    assert counts["transposed"] == "4"  # 2 layer + fn W2 + input_grad_dy_W
+    assert f"{n} bugs through autodiff: {n} localized (100%), {n} diagnosed (100%)" in lines
+    # what fell back to central differences is said, never passed off as autodiff
+    fallback = {p for r in corpus for p in r.not_on_tensors}
+    said = [ln for ln in lines if "judged in part by central differences" in ln]
+    assert len(said) == bool(fallback)
+    assert all(p in said[0] for p in fallback)
+    total = len(corpus)
+    assert lines[-1] == f"{total} bugs: {total} localized (100%), {total} diagnosed (100%)"
+    assert any(ln.startswith(f"{len(bugs.BUGS)} bugs by label (layer): ") for ln in lines)
+
+
+def test_autodiff_layer_bug_with_another_label_is_localized_not_diagnosed():
+    result = selftest.run_bug(
+        replace(_layer_bug("bias_not_summed"), diagnosis="zero"), autodiff=True
+    )
+    assert (result.name, result.corpus) == ("bias_not_summed+autodiff", "autodiff")
+    assert (result.localized, result.diagnosed, result.label) == (True, False, "not_reduced")
+    assert set(result.not_on_tensors) <= {"fc1", "act1", "fc2", "softmax", "loss"}
+
+
+def test_autodiff_function_bug_expected_elsewhere_is_not_localized():
+    bug = next(b for b in FUNCTION_BUGS if b.name == "bias_not_summed")
+    result = selftest.run_function_bug(replace(bug, numeric_param="W1"), autodiff=True)
+    assert result.name == "fn:bias_not_summed+autodiff"
+    assert (result.localized, result.diagnosed) == (False, False)
+    assert result.found[0]["quantity"] == "grad:b3"
+
+
 def test_format_table_lists_bugs_and_totals(corpus):
     text = selftest.format_table(corpus)
     for r in corpus:
@@ -300,6 +354,8 @@ def test_cli_selftest_json_schema(capsys):
     assert set(doc) == {"bugs"}
     expected = [b.name for b in bugs.BUGS] + [b.name for b in TRAINING_BUGS]
     expected += [f"fn:{b.name}{mode}" for b in FUNCTION_BUGS for mode in ("", "+numeric")]
+    expected += [f"{b.name}+autodiff" for b in bugs.BUGS]
+    expected += [f"fn:{b.name}+autodiff" for b in FUNCTION_BUGS]
     assert [b["name"] for b in doc["bugs"]] == expected
     for entry in doc["bugs"]:
         assert set(entry) >= SCHEMA, entry

@@ -41,6 +41,12 @@ if TYPE_CHECKING:
     from gradparity.report.report import Report
 
 
+AUTODIFF = "autodiff"  # --reference autodiff: the exact gradient of the user's own code
+# compare_function's arguments that describe a torch reference
+TORCH_ONLY = ("reference", "tap_map", "param_map", "reference_loss", "reference_x",
+              "reference_target", "reference_inputs", "maps")  # fmt: skip
+
+
 def load_factory(spec: str) -> Any:
     """``module:callable`` or ``path/file.py:callable`` -> the callable."""
     mod_name, sep, attr = spec.rpartition(":")
@@ -129,6 +135,26 @@ def _custom_setup(ours_spec: str, ref_spec: str, seed: int) -> tuple[dict, str]:
     return kwargs, ours_spec.rpartition(":")[2]
 
 
+def _autodiff_setup(ours_spec: str) -> tuple[dict, str]:
+    """compare() keyword arguments for ``--ours FACTORY --reference autodiff``: each layer
+    against autodiff of its own forward. The factory returns a dict with "model", "x" and
+    "target" (no torch model to guess them from) and optionally "loss"."""
+    ours = _call_factory(ours_spec)
+    if not isinstance(ours, dict) or any(ours.get(k) is None for k in ("model", "x", "target")):
+        raise InputError(
+            f"with --reference autodiff, {ours_spec} must return a dict with 'model', 'x' and "
+            "'target' (and optionally 'loss')"
+        )
+    kwargs = {
+        "ours_model": ours["model"],
+        "reference_model": AUTODIFF,
+        "ours_loss": ours.get("loss"),
+        "x": ours["x"],
+        "target": ours["target"],
+    }
+    return kwargs, ours_spec.rpartition(":")[2]
+
+
 def _inject(model: Any, bug_name: str) -> tuple[Any, Any]:
     """The model and default loss with a corpus bug injected (``check --bug``)."""
     from gradparity.corpus.layer_bugs import BUGS, inject
@@ -143,18 +169,27 @@ def _inject(model: Any, bug_name: str) -> tuple[Any, Any]:
         raise InputError(f"{exc}; this model cannot take it") from exc
 
 
-def _function_report(spec: str, dtype: str | None, seed: int | None) -> Report:
-    """``check --function``: the factory returns compare_function's keyword arguments."""
+def _function_report(
+    spec: str, dtype: str | None, seed: int | None, reference: str | None = None
+) -> Report:
+    """``check --function``: the factory returns compare_function's keyword arguments. With no
+    "reference" among them, or with ``--reference autodiff``, the reference is "autodiff"."""
     from gradparity.pipelines.function import compare_function
 
     kwargs = _call_factory(spec)
-    required = ("grads", "params", "reference", "x", "target")
+    required = ("grads", "params", "x", "target")
     if not isinstance(kwargs, dict) or any(k not in kwargs for k in required):
         got = sorted(kwargs) if isinstance(kwargs, dict) else type(kwargs).__name__
         raise InputError(
             f"{spec} must return a dict of compare_function arguments with {', '.join(required)} "
-            f"(reference may be None), got {got}"
+            f"(and reference: a torch model, None or 'autodiff'), got {got}"
         )
+    # No torch twin written: the exact gradient of the factory's own loss code. --reference
+    # autodiff sets a factory's torch reference aside, with the options only it takes.
+    if reference is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k not in TORCH_ONLY}
+    if "reference" not in kwargs:
+        kwargs = {**kwargs, "reference": AUTODIFF}
     module, _, attr = spec.rpartition(":")
     # The command line's --dtype and --seed win where given; else the factory's, else defaults.
     kwargs = {**kwargs, **({"dtype": dtype} if dtype else {})}
@@ -176,12 +211,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gradparity.report.merge import merge_reports
 
     out = _check_out(args.out)
-    if args.function and (args.model or args.ours or args.reference or args.bug):
+    if args.function and (args.model or args.ours or args.bug):
         raise InputError(
-            "--function checks a gradient function alone: drop --model, --ours, --reference "
-            "and --bug"
+            "--function checks a gradient function alone: drop --model, --ours and --bug"
         )
-    if bool(args.ours) != bool(args.reference):
+    if args.function and args.reference not in (None, AUTODIFF):
+        raise InputError(
+            f"with --function, --reference takes only {AUTODIFF!r} (the factory returns any "
+            f"torch reference), got {args.reference!r}"
+        )
+    if not args.function and bool(args.ours) != bool(args.reference):
         raise InputError("--ours and --reference go together")
     if args.ours and args.bug:
         raise InputError("--bug injects into built-in models only, not into --ours")
@@ -190,9 +229,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     reports: list[Report] = []
     dtype, seed = args.dtype or "float64", 0 if args.seed is None else args.seed
     if args.function:  # given as None: the factory's own dtype and seed count then
-        reports.append(_function_report(args.function, args.dtype, args.seed))
+        reports.append(_function_report(args.function, args.dtype, args.seed, args.reference))
     elif args.ours:
-        kwargs, name = _custom_setup(args.ours, args.reference, seed)
+        if args.reference == AUTODIFF:
+            kwargs, name = _autodiff_setup(args.ours)
+        else:
+            kwargs, name = _custom_setup(args.ours, args.reference, seed)
         reports.append(compare(**kwargs, dtype=dtype, seed=seed, name=name))
     else:
         for model in [args.model] if args.model else zoo.DEFAULT_MODELS:
@@ -353,12 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="compare ours and the reference once (default)")
     check.add_argument("--model", help=f"a built-in model: {', '.join(zoo.MODELS)}")
     check.add_argument("--ours", metavar="MOD:FACTORY", help="factory of your NumPy model")
-    check.add_argument("--reference", metavar="MOD:FACTORY", help="factory of the torch model")
+    check.add_argument(
+        "--reference",
+        metavar="MOD:FACTORY",
+        help="factory of the torch model, or 'autodiff': the exact gradient of your own "
+        "forward code, no torch model",
+    )
     check.add_argument(
         "--function",
         metavar="MOD:FACTORY",
         help="backprop written as one function: FACTORY returns a dict of compare_function's "
-        "keyword arguments (grads, params, reference, x, target, ...)",
+        "keyword arguments (grads, params, x, target, loss_fn, reference, ...); without "
+        "reference: autodiff",
     )
     check.add_argument("--dtype", choices=DTYPES, help="default float64 (or the --function's)")
     check.add_argument("--out", default="reports/latest", help="report folder")

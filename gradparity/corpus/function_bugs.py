@@ -47,7 +47,7 @@ def forward_backward(
     scores = tap("scores", a2 @ W3 + b3)
     shifted = scores - scores.max(axis=1, keepdims=True)
     probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    loss = float(-np.log(probs[np.arange(n), y]).mean())
+    loss = -np.log(probs[np.arange(n), y]).mean()  # np.float64 (a float); 0-d on tensors
     onehot = np.eye(probs.shape[1])[y]
     variants: dict[str | None, np.ndarray] = {
         "loss_grad_sign": (onehot - probs) / n,

@@ -1,5 +1,7 @@
 """Run the known-bug corpus: inject each bug, compare against the torch mirror, and score
-whether gradparity found it at the right place (localized) with the right label (diagnosed)."""
+whether gradparity found it at the right place (localized) with the right label (diagnosed).
+The layer and function bugs run once more against autodiff of the user's own code (no torch
+model): "NAME+autodiff", "fn:NAME+autodiff", counted as their own corpus "autodiff"."""
 
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ class BugResult:
     corpus: str = "layer"  # "layer", "training" or "function": which corpus the bug is from
     # "layer quantity [label]" of each minor finding: a corpus bug must never be one
     minor: list[str] = field(default_factory=list)
+    # autodiff runs: the places judged by central differences instead, their code not running
+    # on tensors (a layer, "loss", or the function's name)
+    not_on_tensors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,11 +69,26 @@ def minor_places(report: Report) -> list[str]:
     return [f"{f.layer} {f.quantity} [{f.diagnosis}]" for f in report.minor]
 
 
-def run_bug(bug: Bug, seed: int = 0) -> BugResult:
+def not_on_tensors(report: Report) -> list[str]:
+    """The places of an autodiff report whose reference fell back to central differences:
+    each layer named by a "NAME: its forward cannot run on tensors" note, or the function
+    whose report says central differences were used."""
+    if report.meta.get("reference_used") == "central differences":
+        return [str(report.meta["model"])]
+    return [n.split(":", 1)[0] for n in report.notes if ": its forward cannot run on tensors" in n]
+
+
+def run_bug(bug: Bug, seed: int = 0, autodiff: bool = False) -> BugResult:
     """Localized: the expected (layer, quantity) is a root cause and no other layer is blamed.
-    Diagnosed: that root cause carries the expected label."""
+    Diagnosed: that root cause carries the expected label. ``autodiff``: each layer against
+    the vector-Jacobian product of its own forward instead of the torch mirror."""
     model, loss, x, target = bug.build(seed)
-    report = compare_setup(model, loss, x, target, seed=seed, name=bug.name)
+    if autodiff:
+        name = f"{bug.name}+autodiff"
+        report = compare(model, "autodiff", x, target, ours_loss=loss, seed=seed, name=name)
+    else:
+        name = bug.name
+        report = compare_setup(model, loss, x, target, seed=seed, name=bug.name)
     found = [
         {"layer": f.layer, "quantity": f.quantity, "diagnosis": f.diagnosis, "message": f.message}
         for f in report.root_causes
@@ -77,9 +97,9 @@ def run_bug(bug: Bug, seed: int = 0) -> BugResult:
     localized = bool(hits) and all(f["layer"] == bug.layer for f in found)
     diagnosed = any(f["diagnosis"] == bug.diagnosis for f in hits)
     return BugResult(
-        bug.name, bug.layer, bug.quantity, bug.diagnosis, found, localized, diagnosed,
-        label=_label_of(hits, bug.diagnosis),
-        minor=minor_places(report),
+        name, bug.layer, bug.quantity, bug.diagnosis, found, localized, diagnosed,
+        label=_label_of(hits, bug.diagnosis), corpus="autodiff" if autodiff else "layer",
+        minor=minor_places(report), not_on_tensors=not_on_tensors(report) if autodiff else [],
     )  # fmt: skip
 
 
@@ -123,15 +143,24 @@ def run_training_bug(bug: TrainingBug, seed: int = 0) -> BugResult:
     )  # fmt: skip
 
 
-def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> BugResult:
+def run_function_bug(
+    bug: FunctionBug, seed: int = 0, numeric: bool = False, autodiff: bool = False
+) -> BugResult:
     """``compare_function`` on the one-function network with ``bug``: against its torch twin,
-    or (``numeric``) against central differences of its loss.
+    against central differences of its loss (``numeric``), or against the exact gradient of
+    that loss run on tensors (``autodiff``).
 
     Localized: the first root cause, where the report says to look, is the expected place (a
-    gradient tap or a parameter). Diagnosed: it carries the expected label."""
-    report = compare_function(**function_setup(bug, seed, numeric), seed=seed)
+    gradient tap or a parameter). Diagnosed: it carries the expected label. Without torch the
+    corpus's gradient taps have no forward value to pair with, so the expected place is the
+    parameter (``numeric_param``) in both modes without torch."""
+    without_torch = numeric or autodiff
+    kwargs = function_setup(bug, seed, numeric=without_torch)
+    if autodiff:
+        kwargs["reference"] = "autodiff"
+    report = compare_function(**kwargs, seed=seed)
     fn = "backprop"
-    if numeric:
+    if without_torch:
         layer, quantity, label = fn, f"grad:{bug.numeric_param}", bug.numeric_diagnosis
     elif kind_of(bug.place) is Kind.GRAD:
         layer, quantity, label = fn, bug.place, bug.diagnosis
@@ -144,17 +173,19 @@ def run_function_bug(bug: FunctionBug, seed: int = 0, numeric: bool = False) -> 
     first = found[0] if found else {}
     localized = (first.get("layer"), first.get("quantity")) == (layer, quantity)
     diagnosed = localized and first["diagnosis"] == label
-    name = f"fn:{bug.name}" + ("+numeric" if numeric else "")
+    mode = "+autodiff" if autodiff else "+numeric" if numeric else ""
     return BugResult(
-        name, layer, quantity, label, found, localized, diagnosed,
-        label=first["diagnosis"] if localized else None, corpus="function",
-        minor=minor_places(report),
+        f"fn:{bug.name}{mode}", layer, quantity, label, found, localized, diagnosed,
+        label=first["diagnosis"] if localized else None,
+        corpus="autodiff" if autodiff else "function", minor=minor_places(report),
+        not_on_tensors=not_on_tensors(report) if autodiff else [],
     )  # fmt: skip
 
 
 def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]:
     """Every bug of the corpora, layer bugs first (or the named ones); unknown names raise
-    KeyError. Function bugs run twice: "fn:NAME" against torch, "fn:NAME+numeric" without."""
+    KeyError. Function bugs run twice: "fn:NAME" against torch, "fn:NAME+numeric" without.
+    Last, the layer and function bugs through autodiff: "NAME+autodiff", "fn:NAME+autodiff"."""
     runners: dict[str, Callable[[int], BugResult]] = {
         b.name: functools.partial(run_bug, b) for b in BUGS
     }
@@ -162,6 +193,10 @@ def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]
     for fb in FUNCTION_BUGS:
         runners[f"fn:{fb.name}"] = functools.partial(run_function_bug, fb)
         runners[f"fn:{fb.name}+numeric"] = functools.partial(run_function_bug, fb, numeric=True)
+    for b in BUGS:
+        runners[f"{b.name}+autodiff"] = functools.partial(run_bug, b, autodiff=True)
+    for fb in FUNCTION_BUGS:
+        runners[f"fn:{fb.name}+autodiff"] = functools.partial(run_function_bug, fb, autodiff=True)
     unknown = [n for n in names or [] if n not in runners]
     if unknown:
         raise KeyError(f"unknown bug(s) {unknown}; choose from {', '.join(runners)}")
@@ -231,12 +266,27 @@ def format_table(results: list[BugResult]) -> str:
     text = [
         "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *lines]
     ]
+    text.append(f"\n{format_labels(results)}")
+    autodiff = [r for r in results if r.corpus == "autodiff"]
+    if autodiff:
+        text.append(_totals(autodiff, "through autodiff"))
+        fallback = sorted({p for r in autodiff for p in r.not_on_tensors})
+        if fallback:
+            n = sum(bool(r.not_on_tensors) for r in autodiff)
+            text.append(
+                f"  of which {n} judged in part by central differences (code not on tensors: "
+                f"{', '.join(fallback)})"
+            )
+    text.append(_totals(results))
+    return "\n".join(text)
+
+
+def _totals(results: list[BugResult], which: str = "") -> str:
+    """'N bugs[ which]: L localized (P%), D diagnosed (Q%)'."""
     n = len(results)
     loc = sum(r.localized for r in results)
     diag = sum(r.diagnosed for r in results)
-    text.append(f"\n{format_labels(results)}")
-    text.append(
-        f"{n} bugs: {loc} localized ({100 * loc / n:.0f}%), "
+    return (
+        f"{n} bugs{' ' + which if which else ''}: {loc} localized ({100 * loc / n:.0f}%), "
         f"{diag} diagnosed ({100 * diag / n:.0f}%)"
     )
-    return "\n".join(text)

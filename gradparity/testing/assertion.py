@@ -208,7 +208,7 @@ def check_report_dir(report_dir: Any) -> None:
 
 def assert_parity(
     ours: Any,
-    reference: torch.nn.Module,
+    reference: torch.nn.Module | str,
     x: Any,
     target: Any = None,
     *,
@@ -220,10 +220,17 @@ def assert_parity(
     there on failure.
 
     Without ``target``, ``default_target(reference, x, seed)`` supplies random classes (for
-    the default softmax cross-entropy). Bad input raises ``InputError`` as ``compare`` does.
+    the default softmax cross-entropy); with ``reference="autodiff"`` there is no model to
+    take them from, so ``target`` is required. Bad input raises ``InputError`` as ``compare``
+    does.
     """
     __tracebackhide__ = True  # pytest: show the caller's line, not this frame
     check_report_dir(report_dir)
+    if target is None and isinstance(reference, str):
+        raise InputError(
+            f"reference {reference!r} needs a target: there is no torch model to draw random "
+            "classes from"
+        )
     if target is None:
         target = default_target(reference, x, options.get("seed", 0))
     return _passed(compare(ours, reference, x, target, **options), report_dir)

@@ -102,7 +102,8 @@ class ParityChecker:
     ) -> Report:
         """``gradparity.compare_function(grads, params, reference, x, target, **options)`` as
         a check: the Report when every gradient matches, else the test fails as ``check`` does
-        (``reference=None`` checks against central differences of ``loss_fn``)."""
+        (``reference="autodiff"``: the exact gradient of ``loss_fn``, your own NumPy code run
+        on tensors, no torch model; ``reference=None``: central differences of ``loss_fn``)."""
         __tracebackhide__ = True
         from gradparity.testing.assertion import assert_function_parity  # the harness: torch
 
@@ -159,7 +160,11 @@ def parity(request: pytest.FixtureRequest) -> ParityChecker:
         def test_my_backprop(parity):             # backprop written as one function
             net = Network([4, 5, 3])
             parity.check_function(net.backprop, {"b": net.biases, "w": net.weights},
-                                  None, x, y, loss_fn=my_cost)   # None: central differences
+                                  "autodiff", x, y, loss_fn=my_cost)  # no torch twin needed
+            # None instead of "autodiff": central differences of my_cost (approximate)
+
+        def test_my_layers(parity):               # no torch twin: each layer against
+            parity.check(model, "autodiff", x, y, ours_loss=my_loss)  # its own forward
 
     ``check`` returns the ``gradparity.Report``; on divergence the test fails with the root
     cause (layer, what is wrong, how to fix it) on the first line. ``--parity-report DIR``
