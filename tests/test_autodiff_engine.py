@@ -328,3 +328,15 @@ def test_a_value_taken_out_of_the_graph_by_float_is_noted_when_the_loss_still_ru
     )
     line = line_number("float(np", nets.loss_scaled_by_a_float)
     assert len(run.notes) == 1 and f"float() at tests/autodiff_nets.py:{line}" in run.notes[0]
+
+
+def test_user_modules_reach_a_layer_inside_an_adapter_and_a_closure():
+    import gradparity as gp
+
+    layer = nets.Affine(np.ones((3, 2)), np.zeros(2))
+    adapted = gp.wrap(layer, params=lambda a: {"W": a.W, "b": a.b}, grads=lambda a: {})
+    assert nets.__name__ in {m.__name__ for m in user_modules([adapted])}
+    namespace = {"__name__": "json"}  # a closure made in a library module: only its cell leads
+    exec("def make(layer):\n    return lambda: layer.forward(None)\n", namespace)
+    found = {m.__name__ for m in user_modules([namespace["make"](layer)])}
+    assert found == {nets.__name__}
