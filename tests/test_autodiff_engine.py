@@ -13,6 +13,8 @@ import autodiff_nets as nets
 import numpy as np
 import pytest
 
+import gradparity.ours as ours
+import gradparity.ours.layers as ours_layers
 from gradparity.core.errors import InputError
 from gradparity.sides import taps
 from gradparity.sides.autodiff import (
@@ -245,9 +247,12 @@ def test_user_modules_picks_this_test_file_and_never_a_library():
     )
     names = {m.__name__ for m in found}
     assert {nets.__name__, __name__} <= names
-    assert not any(
-        n.split(".")[0] in ("numpy", "torch", "pytest", "os", "gradparity") for n in names
-    )
+    assert not any(n.split(".")[0] in ("numpy", "torch", "pytest", "os") for n in names)
+    # gradparity's harness never; its NumPy framework (ours, imported here) is user code
+    harness = {
+        n for n in names if n.startswith("gradparity") and not n.startswith("gradparity.ours")
+    }
+    assert harness == set() and "gradparity.ours.layers" in names
     assert user_modules([nets.mlp_loss], modules=["json"])[0].__name__ == "json"
 
 
@@ -340,3 +345,19 @@ def test_user_modules_reach_a_layer_inside_an_adapter_and_a_closure():
     exec("def make(layer):\n    return lambda: layer.forward(None)\n", namespace)
     found = {m.__name__ for m in user_modules([namespace["make"](layer)])}
     assert found == {nets.__name__}
+
+
+@pytest.mark.parametrize("make", [lambda: ours.Linear(3, 4), ours.ReLU, ours.Sigmoid, ours.Tanh])
+def test_ours_layers_run_on_tensors_astype_copy_false_and_numpy_typing_included(make):
+    layer = make()
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 3))
+    upstream = rng.normal(size=layer.forward(x).shape)
+    params = {**layer.params, "x": x}
+    run = exact_gradients(
+        lambda: (layer.forward(x) * upstream).sum(), params, [layer], inputs=[x, upstream]
+    )
+    layer.forward(x)
+    dx = layer.backward(upstream)
+    assert_close(run.grads, {"x": dx, **layer.grads})
+    assert ours_layers.np is np and ours_layers.npt.__name__ == "numpy.typing"

@@ -134,17 +134,19 @@ class TensorNumpy(types.ModuleType):
         return value
 
     def _missing(self, name: str) -> Any:
-        """NumPy's ``name`` where the tensor module lacks it: run by NumPy on plain values
-        (fine for index arithmetic such as ``np.unravel_index``); its result is a ``Cut``
-        when it came from parameters, an error only if the loss depends on it."""
-        numpy_source = numpy
+        """NumPy's ``name`` where the tensor module lacks it: a function is run by NumPy on
+        plain values (fine for index arithmetic such as ``np.unravel_index``), its result a
+        ``Cut`` when it came from parameters (an error only if the loss depends on it); a
+        module or constant (``np.typing``, ``np.pi``-like) is NumPy's own."""
+        numpy_source: Any = numpy
         for part in self._prefix.split(".")[1:]:
             numpy_source = getattr(numpy_source, part, None)
-        function = getattr(numpy_source, name, None)
-        call = f"{self._prefix}.{name}"
-        if not callable(function):
-            raise NotOnTensors(call, self._session.where())
-        return through_numpy(call, function, self._session, None)
+        if not hasattr(numpy_source, name):
+            raise NotOnTensors(f"{self._prefix}.{name}", self._session.where())
+        value = getattr(numpy_source, name)
+        if isinstance(value, types.ModuleType) or not callable(value):
+            return value
+        return through_numpy(f"{self._prefix}.{name}", value, self._session, None)
 
 
 def through_numpy(
@@ -297,6 +299,7 @@ class ArrayClassPatch:
         tnp.ndarray.tolist = leaving(".tolist()", original["tolist"])
         for name in REDUCTION_KINKS[:2]:
             setattr(tnp.ndarray, name, _method_kink(name, original[name], session))
+        tnp.ndarray.astype = _astype(original["astype"])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -316,7 +319,18 @@ _PATCHED = (
     "tolist",
     "max",
     "min",
+    "astype",
 )
+
+
+def _astype(general: Callable) -> Callable:
+    """``a.astype(dtype, copy=False)``, which the tensor module refuses: a copy has the same
+    values (``copy=False`` only allows skipping it)."""
+
+    def astype(self: Any, dtype: Any, *args: Any, copy: bool = True, **kwargs: Any) -> Any:
+        return general(self, dtype, *args, **kwargs)
+
+    return astype
 
 
 def _method_kink(name: str, method: Callable, session: TensorSession) -> Callable:
@@ -352,8 +366,8 @@ def tensor_binding(value: Any, name: str, session: TensorSession, np_proxy: Tens
     if isinstance(value, types.ModuleType):
         proxy: Any = np_proxy
         for part in value.__name__.split(".")[1:]:
-            proxy = getattr(proxy, part, None) if part != "random" else _NoRandom(session)
-            if proxy is None:
+            proxy = getattr(proxy, part) if part != "random" else _NoRandom(session)
+            if proxy is value:  # a submodule the tensor module lacks (numpy.typing) stays
                 return value
         return proxy
     return numpy_function_guard(name, value, session)
