@@ -361,3 +361,18 @@ def test_ours_layers_run_on_tensors_astype_copy_false_and_numpy_typing_included(
     dx = layer.backward(upstream)
     assert_close(run.grads, {"x": dx, **layer.grads})
     assert ours_layers.np is np and ours_layers.npt.__name__ == "numpy.typing"
+
+
+def test_the_tensor_module_is_put_back_after_a_run_and_after_an_error():
+    import inspect as inspect_module
+
+    import torch._numpy as tnp
+    from torch._numpy import _normalizations
+
+    before = dict(vars(tnp.ndarray))
+    params, X = small_setup()
+    exact_gradients(lambda: nets.loss_with_relu_at_zero({**params, "v": 1.0}, X), params, [])
+    with pytest.raises(NotOnTensors):
+        exact_gradients(lambda: nets.loss_that_raises(params, X), params, [nets.loss_that_raises])
+    assert dict(vars(tnp.ndarray)) == before
+    assert _normalizations.inspect is inspect_module

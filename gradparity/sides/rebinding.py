@@ -11,6 +11,7 @@ the user holds keeps a trace of the run.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import sysconfig
@@ -231,7 +232,7 @@ class Rebinding:
                 content = cell.cell_contents
             except ValueError:  # an empty cell
                 continue
-            self._undo.append(lambda cell=cell, content=content: _set_cell(cell, content))
+            self._undo.append(functools.partial(_set_cell, cell, content))
             new = self._visit(content, depth + 1)
             if new is not None:
                 cell.cell_contents = new

@@ -66,7 +66,7 @@ class TensorSession:
 
     def where(self) -> str:
         """The innermost call site in the user's files, as "path:line" ("" if none)."""
-        frame = sys._getframe(1)
+        frame: types.FrameType | None = sys._getframe(1)
         while frame is not None:
             if frame.f_code.co_filename in self.user_files:
                 return f"{shown_path(frame.f_code.co_filename)}:{frame.f_lineno}"
@@ -266,7 +266,7 @@ class ArrayClassPatch:
 
     def __enter__(self) -> ArrayClassPatch:
         session = self.session
-        original = {n: tnp.ndarray.__dict__.get(n) for n in _PATCHED}
+        original: dict[str, Any] = {n: tnp.ndarray.__dict__.get(n) for n in _PATCHED}
         self.saved = original
 
         def leaving(call: str, method: Callable) -> Callable:
@@ -292,14 +292,18 @@ class ArrayClassPatch:
                 )
             return numpy.asarray(self.tensor.detach().numpy(), dtype=dtype)
 
-        tnp.ndarray.__array_ufunc__ = None  # NumPy operators defer to the tensor array
-        tnp.ndarray.__array__ = array
-        tnp.ndarray.__float__ = leaving("float()", original["__float__"])
-        tnp.ndarray.item = leaving(".item()", original["item"])
-        tnp.ndarray.tolist = leaving(".tolist()", original["tolist"])
+        patched: dict[str, Any] = {
+            "__array_ufunc__": None,  # NumPy operators defer to the tensor array
+            "__array__": array,
+            "__float__": leaving("float()", original["__float__"]),
+            "item": leaving(".item()", original["item"]),
+            "tolist": leaving(".tolist()", original["tolist"]),
+            "astype": _astype(original["astype"]),
+        }
         for name in REDUCTION_KINKS[:2]:
-            setattr(tnp.ndarray, name, _method_kink(name, original[name], session))
-        tnp.ndarray.astype = _astype(original["astype"])
+            patched[name] = _method_kink(name, original[name], session)
+        for name, value in patched.items():
+            setattr(tnp.ndarray, name, value)
         return self
 
     def __exit__(self, *exc: object) -> None:
