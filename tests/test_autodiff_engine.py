@@ -376,3 +376,33 @@ def test_the_tensor_module_is_put_back_after_a_run_and_after_an_error():
         exact_gradients(lambda: nets.loss_that_raises(params, X), params, [nets.loss_that_raises])
     assert dict(vars(tnp.ndarray)) == before
     assert _normalizations.inspect is inspect_module
+
+
+def test_np_add_at_in_the_backward_of_a_loss_returning_grads_runs_on_tensors():
+    rng = np.random.default_rng(9)
+    params = {"E": rng.normal(size=(5, 3)), "W": rng.normal(size=(3, 2))}
+    words, target = np.array([[0, 2, 2], [4, 0, 1]]), rng.normal(size=(2, 2))
+    run = exact_gradients(
+        lambda: nets.embedding_loss(params, words, target),
+        params,
+        [nets.embedding_loss],
+        inputs=[words, target],
+    )
+    assert_close(run.grads, nets.embedding_loss(params, words, target)[1])
+
+
+def test_add_at_on_tensor_arrays_adds_repeated_indices_up_as_numpy_does():
+    import torch
+    import torch._numpy as tnp
+
+    from gradparity.sides.tensor_numpy import add_at
+
+    rng = np.random.default_rng(10)
+    values = rng.normal(size=(4, 3))
+    for indices in [np.array([0, 2, 2, 0]), (slice(None), np.array([1, 1, 0]))]:
+        shaped = values if isinstance(indices, np.ndarray) else values[:, :3]
+        expected = np.zeros((4, 3))
+        np.add.at(expected, indices, shaped)
+        target = tnp.asarray(torch.zeros((4, 3), dtype=torch.float64))
+        add_at(target, indices, tnp.asarray(torch.tensor(shaped)))
+        np.testing.assert_allclose(target.tensor.numpy(), expected, atol=EXACT)

@@ -80,8 +80,9 @@ def requires_grad(value: Any) -> bool:
 
 
 class _Ufunc:
-    """A ``torch._numpy`` ufunc under its NumPy name: calls go through; ``.at``, ``.reduce``
-    and the other ufunc methods, which the tensor module lacks, raise ``NotOnTensors``."""
+    """A ``torch._numpy`` ufunc under its NumPy name: calls go through; ``np.add.at`` is done
+    with torch's accumulating index add; ``.reduce`` and the other ufunc methods, which the
+    tensor module lacks, raise ``NotOnTensors``."""
 
     def __init__(self, name: str, function: Callable, session: TensorSession) -> None:
         self._name, self._function, self._session = name, function, session
@@ -90,7 +91,34 @@ class _Ufunc:
         return self._function(*args, **kwargs)
 
     def __getattr__(self, attribute: str) -> Any:
+        if (self._name, attribute) == ("add", "at"):
+            return add_at
         raise NotOnTensors(f"np.{self._name}.{attribute}", self._session.where())
+
+
+def add_at(a: Any, indices: Any, b: Any = None) -> None:
+    """``np.add.at(a, indices, b)`` on a tensor array: ``b`` added at ``indices`` in place,
+    repeated indices adding up (as NumPy does, unlike ``a[indices] += b``)."""
+    target = a.tensor
+    positions = torch.arange(target.numel()).reshape(target.shape)[_torch_index(indices)]
+    values = torch.as_tensor(_torch_value(b), dtype=target.dtype).broadcast_to(positions.shape)
+    target.view(-1).index_add_(0, positions.reshape(-1), values.reshape(-1))
+
+
+def _torch_index(index: Any) -> Any:
+    if isinstance(index, tuple):
+        return tuple(_torch_index(i) for i in index)
+    if isinstance(index, tnp.ndarray):
+        return index.tensor
+    if isinstance(index, numpy.ndarray | list):
+        return torch.as_tensor(numpy.asarray(index))
+    return index
+
+
+def _torch_value(value: Any) -> Any:
+    if isinstance(value, tnp.ndarray):
+        return value.tensor
+    return 1 if value is None else value
 
 
 class _NoRandom(types.ModuleType):
