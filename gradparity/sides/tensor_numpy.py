@@ -24,23 +24,7 @@ import torch._numpy as tnp
 
 from gradparity.core.source import shown_path
 from gradparity.sides.rebinding import NotOnTensors
-
-# Functions whose derivative is undefined where operands tie (or at 0): autograd splits or
-# picks there, the user's backward picks its own convention.
-ELEMENTWISE_KINKS = ("maximum", "minimum", "fmax", "fmin")
-REDUCTION_KINKS = ("max", "min", "amax", "amin")
-ZERO_KINKS = ("abs", "absolute")
-
-
-@dataclass
-class Kink:
-    """Elements of one call's output where the derivative is not defined."""
-
-    call: str
-    where: str
-    output: torch.Tensor
-    at: torch.Tensor  # bool, the output's shape
-    touched: list[tuple[torch.Tensor, torch.Tensor]]  # (operand, bool: its elements there)
+from gradparity.sides.tensor_kinks import REDUCTION_KINKS, Kink, kink_names, kinked, method_kink
 
 
 @dataclass
@@ -145,7 +129,7 @@ class TensorNumpy(types.ModuleType):
     def __init__(self, session: TensorSession, source: Any = tnp, prefix: str = "np") -> None:
         super().__init__(prefix)
         self._session, self._source, self._prefix = session, source, prefix
-        self._kinked = {n: _kinked(n, getattr(tnp, n), session) for n in _kink_names()}
+        self._kinked = {n: kinked(n, getattr(tnp, n), session) for n in kink_names()}
 
     def __getattr__(self, name: str) -> Any:
         if name == "random" and self._prefix == "np":
@@ -218,62 +202,6 @@ def _cut(out: Any, call: str, session: TensorSession, reason: str | None) -> Any
     return out
 
 
-def _kink_names() -> tuple[str, ...]:
-    return ELEMENTWISE_KINKS + REDUCTION_KINKS + ZERO_KINKS
-
-
-def _kinked(name: str, function: Callable, session: TensorSession) -> Callable:
-    """``function`` that also records its exact ties on values that depend on a parameter."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        out = function(*args, **kwargs)
-        if isinstance(out, tnp.ndarray) and out.tensor.requires_grad:
-            found = _ties(name, args, kwargs, out.tensor)
-            if found is not None and bool(found[0].any()):
-                at, touched = found
-                kink = Kink(f"np.{name}", session.where(), out.tensor, at, touched)
-                session.kinks.append(kink)
-        return out
-
-    return call
-
-
-Ties = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]
-
-
-def _ties(name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> Ties | None:
-    """Where the output of ``name(*args)`` sits on a kink (a bool tensor, the output's shape),
-    and the operands there: (operand, bool tensor of the elements at the kink)."""
-    with torch.no_grad():
-        if name in ZERO_KINKS:
-            x = tnp.asarray(args[0]).tensor
-            return (x == 0).expand(out.shape), [(x, x == 0)]
-        if name in ELEMENTWISE_KINKS and len(args) >= 2:
-            a, b = tnp.asarray(args[0]).tensor, tnp.asarray(args[1]).tensor
-            at = (a == b).expand(out.shape)
-            return at, [(t, at) for t in (a, b) if t.requires_grad]
-        if name in REDUCTION_KINKS and args:
-            x = tnp.asarray(args[0]).tensor
-            axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
-            return _reduction_ties(x, axis, out)
-    return None
-
-
-def _reduction_ties(x: torch.Tensor, axis: Any, out: torch.Tensor) -> Ties | None:
-    """Outputs of a max/min reduction of ``x`` over ``axis`` reached by more than one element,
-    and those elements of ``x``."""
-    axes = tuple(range(x.dim())) if axis is None else (axis,) if isinstance(axis, int) else axis
-    axes = tuple(sorted(a % x.dim() for a in axes))
-    kept = out
-    if out.dim() < x.dim():
-        kept = out.reshape([1 if d in axes else x.shape[d] for d in range(x.dim())])
-    hits = x == kept
-    tied = hits.sum(dim=axes, keepdim=True) > 1
-    if tied.numel() != out.numel():
-        return None
-    return tied.reshape(out.shape), [(x, hits & tied)]
-
-
 def numpy_function_guard(name: str, function: Callable, session: TensorSession) -> Callable:
     """Stands for a global bound by ``from numpy import exp``: the binding bypasses ``np``, so
     it runs by NumPy, and the loss depending on its result is an error naming the binding."""
@@ -329,7 +257,7 @@ class ArrayClassPatch:
             "astype": _astype(original["astype"]),
         }
         for name in REDUCTION_KINKS[:2]:
-            patched[name] = _method_kink(name, original[name], session)
+            patched[name] = method_kink(name, original[name], session)
         for name, value in patched.items():
             setattr(tnp.ndarray, name, value)
         return self
@@ -363,16 +291,6 @@ def _astype(general: Callable) -> Callable:
         return general(self, dtype, *args, **kwargs)
 
     return astype
-
-
-def _method_kink(name: str, method: Callable, session: TensorSession) -> Callable:
-    """``a.max()``/``a.min()`` recording their ties as ``np.max``/``np.min`` do."""
-    kinked = _kinked(name, lambda a, *args, **kwargs: method(a, *args, **kwargs), session)
-
-    def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return kinked(self, *args, **kwargs)
-
-    return patched
 
 
 def numpy_bindings(module: types.ModuleType) -> Iterable[tuple[str, Any]]:
