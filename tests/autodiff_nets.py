@@ -320,3 +320,15 @@ class TappedNet:
             grads["W"] += hs[step].T @ dz
             dh = dz @ self.params["W"].T
         return loss, grads
+
+
+def embedding_loss(params, words, target):
+    """Word vectors summed per sentence; its backward scatters with np.add.at (repeated words)."""
+    vectors = params["E"][words]  # (N, T, D)
+    out = vectors.sum(axis=1) @ params["W"]
+    loss = 0.5 * np.sum((out - target) ** 2)
+    dout = out - target
+    grads = {"W": vectors.sum(axis=1).T @ dout, "E": np.zeros_like(params["E"])}
+    dvectors = np.broadcast_to((dout @ params["W"].T)[:, None, :], vectors.shape)
+    np.add.at(grads["E"], words, dvectors)
+    return loss, grads

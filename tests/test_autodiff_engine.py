@@ -13,6 +13,8 @@ import autodiff_nets as nets
 import numpy as np
 import pytest
 
+import gradparity.ours as ours
+import gradparity.ours.layers as ours_layers
 from gradparity.core.errors import InputError
 from gradparity.sides import taps
 from gradparity.sides.autodiff import (
@@ -245,9 +247,12 @@ def test_user_modules_picks_this_test_file_and_never_a_library():
     )
     names = {m.__name__ for m in found}
     assert {nets.__name__, __name__} <= names
-    assert not any(
-        n.split(".")[0] in ("numpy", "torch", "pytest", "os", "gradparity") for n in names
-    )
+    assert not any(n.split(".")[0] in ("numpy", "torch", "pytest", "os") for n in names)
+    # gradparity's harness never; its NumPy framework (ours, imported here) is user code
+    harness = {
+        n for n in names if n.startswith("gradparity") and not n.startswith("gradparity.ours")
+    }
+    assert harness == set() and "gradparity.ours.layers" in names
     assert user_modules([nets.mlp_loss], modules=["json"])[0].__name__ == "json"
 
 
@@ -328,3 +333,76 @@ def test_a_value_taken_out_of_the_graph_by_float_is_noted_when_the_loss_still_ru
     )
     line = line_number("float(np", nets.loss_scaled_by_a_float)
     assert len(run.notes) == 1 and f"float() at tests/autodiff_nets.py:{line}" in run.notes[0]
+
+
+def test_user_modules_reach_a_layer_inside_an_adapter_and_a_closure():
+    import gradparity as gp
+
+    layer = nets.Affine(np.ones((3, 2)), np.zeros(2))
+    adapted = gp.wrap(layer, params=lambda a: {"W": a.W, "b": a.b}, grads=lambda a: {})
+    assert nets.__name__ in {m.__name__ for m in user_modules([adapted])}
+    namespace = {"__name__": "json"}  # a closure made in a library module: only its cell leads
+    exec("def make(layer):\n    return lambda: layer.forward(None)\n", namespace)
+    found = {m.__name__ for m in user_modules([namespace["make"](layer)])}
+    assert found == {nets.__name__}
+
+
+@pytest.mark.parametrize("make", [lambda: ours.Linear(3, 4), ours.ReLU, ours.Sigmoid, ours.Tanh])
+def test_ours_layers_run_on_tensors_astype_copy_false_and_numpy_typing_included(make):
+    layer = make()
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 3))
+    upstream = rng.normal(size=layer.forward(x).shape)
+    params = {**layer.params, "x": x}
+    run = exact_gradients(
+        lambda: (layer.forward(x) * upstream).sum(), params, [layer], inputs=[x, upstream]
+    )
+    layer.forward(x)
+    dx = layer.backward(upstream)
+    assert_close(run.grads, {"x": dx, **layer.grads})
+    assert ours_layers.np is np and ours_layers.npt.__name__ == "numpy.typing"
+
+
+def test_the_tensor_module_is_put_back_after_a_run_and_after_an_error():
+    import inspect as inspect_module
+
+    import torch._numpy as tnp
+    from torch._numpy import _normalizations
+
+    before = dict(vars(tnp.ndarray))
+    params, X = small_setup()
+    exact_gradients(lambda: nets.loss_with_relu_at_zero({**params, "v": 1.0}, X), params, [])
+    with pytest.raises(NotOnTensors):
+        exact_gradients(lambda: nets.loss_that_raises(params, X), params, [nets.loss_that_raises])
+    assert dict(vars(tnp.ndarray)) == before
+    assert _normalizations.inspect is inspect_module
+
+
+def test_np_add_at_in_the_backward_of_a_loss_returning_grads_runs_on_tensors():
+    rng = np.random.default_rng(9)
+    params = {"E": rng.normal(size=(5, 3)), "W": rng.normal(size=(3, 2))}
+    words, target = np.array([[0, 2, 2], [4, 0, 1]]), rng.normal(size=(2, 2))
+    run = exact_gradients(
+        lambda: nets.embedding_loss(params, words, target),
+        params,
+        [nets.embedding_loss],
+        inputs=[words, target],
+    )
+    assert_close(run.grads, nets.embedding_loss(params, words, target)[1])
+
+
+def test_add_at_on_tensor_arrays_adds_repeated_indices_up_as_numpy_does():
+    import torch
+    import torch._numpy as tnp
+
+    from gradparity.sides.tensor_numpy import add_at
+
+    rng = np.random.default_rng(10)
+    values = rng.normal(size=(4, 3))
+    for indices in [np.array([0, 2, 2, 0]), (slice(None), np.array([1, 1, 0]))]:
+        shaped = values if isinstance(indices, np.ndarray) else values[:, :3]
+        expected = np.zeros((4, 3))
+        np.add.at(expected, indices, shaped)
+        target = tnp.asarray(torch.zeros((4, 3), dtype=torch.float64))
+        add_at(target, indices, tnp.asarray(torch.tensor(shaped)))
+        np.testing.assert_allclose(target.tensor.numpy(), expected, atol=EXACT)

@@ -79,8 +79,9 @@ def exact_gradients(
     tensor that requires grad; each of ``inputs`` likewise, without grad. ``loss_call``
     returns the loss or a tuple/list whose first element is it. Everything is put back after
     the call, also after an error. Raises ``NotOnTensors`` for code that cannot run on
-    tensors and ``ValueError`` (one line) for an integer parameter, a loss that is not a
-    scalar or does not depend on a parameter.
+    tensors and ``InputError`` (a ``ValueError``, one line) for an integer parameter, a loss
+    that is not a scalar or does not depend on a parameter. ``ExactRun.notes`` says where the
+    run met a kink that changes a gradient (ReLU at 0, a tie) or a value left the graph.
     """
     why = unavailable()
     if why is not None:

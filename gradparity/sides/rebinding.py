@@ -11,6 +11,7 @@ the user holds keeps a trace of the run.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import sysconfig
@@ -62,25 +63,41 @@ def is_user_module(module: types.ModuleType) -> bool:
     return not (file and _library_file(file))
 
 
-def _owner_modules(value: Any) -> list[types.ModuleType]:
+def _owner_modules(value: Any, depth: int = 0) -> list[types.ModuleType]:
     """The modules defining ``value``: a function's, a class's and its bases', an object's
-    class's; a bound method's function and instance; a closure's functions."""
+    class's; a bound method's function and instance; what a closure, an object's attributes
+    or a container hold (two steps deep: a wrapped layer inside an adapter, a net's layers)."""
+    if depth > 2:
+        return []
     if isinstance(value, types.MethodType):
-        return _owner_modules(value.__func__) + _owner_modules(value.__self__)
-    if isinstance(value, types.FunctionType):
-        found = [sys.modules.get(value.__module__)]
-        for cell in value.__closure__ or ():
-            try:
-                content = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            if isinstance(content, types.FunctionType | type):
-                found += _owner_modules(content)
-        return [m for m in found if m is not None]
+        return _owner_modules(value.__func__, depth) + _owner_modules(value.__self__, depth)
     if isinstance(value, types.ModuleType):
         return [value]
+    if isinstance(value, types.FunctionType):
+        found = [m for m in [sys.modules.get(value.__module__)] if m is not None]
+        return found + [m for v in _cell_contents(value) for m in _owner_modules(v, depth + 1)]
+    if isinstance(value, dict | list | tuple):
+        items = value.values() if isinstance(value, dict) else value
+        return [m for v in items for m in _owner_modules(v, depth + 1)]
+    if isinstance(value, str | bytes | int | float | complex) or value is None:
+        return []
     cls = value if isinstance(value, type) else type(value)
-    return [m for c in cls.__mro__ if (m := sys.modules.get(c.__module__)) is not None]
+    found = [m for c in cls.__mro__ if (m := sys.modules.get(c.__module__)) is not None]
+    attributes = getattr(value, "__dict__", None)
+    if not isinstance(value, type) and isinstance(attributes, dict):
+        found += [m for v in attributes.values() for m in _owner_modules(v, depth + 1)]
+    return found
+
+
+def _cell_contents(function: types.FunctionType) -> list[Any]:
+    """What ``function``'s closure cells hold (empty cells left out)."""
+    contents = []
+    for cell in function.__closure__ or ():
+        try:
+            contents.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    return contents
 
 
 def user_modules(
@@ -215,7 +232,7 @@ class Rebinding:
                 content = cell.cell_contents
             except ValueError:  # an empty cell
                 continue
-            self._undo.append(lambda cell=cell, content=content: _set_cell(cell, content))
+            self._undo.append(functools.partial(_set_cell, cell, content))
             new = self._visit(content, depth + 1)
             if new is not None:
                 cell.cell_contents = new

@@ -24,23 +24,7 @@ import torch._numpy as tnp
 
 from gradparity.core.source import shown_path
 from gradparity.sides.rebinding import NotOnTensors
-
-# Functions whose derivative is undefined where operands tie (or at 0): autograd splits or
-# picks there, the user's backward picks its own convention.
-ELEMENTWISE_KINKS = ("maximum", "minimum", "fmax", "fmin")
-REDUCTION_KINKS = ("max", "min", "amax", "amin")
-ZERO_KINKS = ("abs", "absolute")
-
-
-@dataclass
-class Kink:
-    """Elements of one call's output where the derivative is not defined."""
-
-    call: str
-    where: str
-    output: torch.Tensor
-    at: torch.Tensor  # bool, the output's shape
-    touched: list[tuple[torch.Tensor, torch.Tensor]]  # (operand, bool: its elements there)
+from gradparity.sides.tensor_kinks import REDUCTION_KINKS, Kink, kink_names, kinked, method_kink
 
 
 @dataclass
@@ -66,7 +50,7 @@ class TensorSession:
 
     def where(self) -> str:
         """The innermost call site in the user's files, as "path:line" ("" if none)."""
-        frame = sys._getframe(1)
+        frame: types.FrameType | None = sys._getframe(1)
         while frame is not None:
             if frame.f_code.co_filename in self.user_files:
                 return f"{shown_path(frame.f_code.co_filename)}:{frame.f_lineno}"
@@ -80,8 +64,9 @@ def requires_grad(value: Any) -> bool:
 
 
 class _Ufunc:
-    """A ``torch._numpy`` ufunc under its NumPy name: calls go through; ``.at``, ``.reduce``
-    and the other ufunc methods, which the tensor module lacks, raise ``NotOnTensors``."""
+    """A ``torch._numpy`` ufunc under its NumPy name: calls go through; ``np.add.at`` is done
+    with torch's accumulating index add; ``.reduce`` and the other ufunc methods, which the
+    tensor module lacks, raise ``NotOnTensors``."""
 
     def __init__(self, name: str, function: Callable, session: TensorSession) -> None:
         self._name, self._function, self._session = name, function, session
@@ -90,7 +75,34 @@ class _Ufunc:
         return self._function(*args, **kwargs)
 
     def __getattr__(self, attribute: str) -> Any:
+        if (self._name, attribute) == ("add", "at"):
+            return add_at
         raise NotOnTensors(f"np.{self._name}.{attribute}", self._session.where())
+
+
+def add_at(a: Any, indices: Any, b: Any = None) -> None:
+    """``np.add.at(a, indices, b)`` on a tensor array: ``b`` added at ``indices`` in place,
+    repeated indices adding up (as NumPy does, unlike ``a[indices] += b``)."""
+    target = a.tensor
+    positions = torch.arange(target.numel()).reshape(target.shape)[_torch_index(indices)]
+    values = torch.as_tensor(_torch_value(b), dtype=target.dtype).broadcast_to(positions.shape)
+    target.view(-1).index_add_(0, positions.reshape(-1), values.reshape(-1))
+
+
+def _torch_index(index: Any) -> Any:
+    if isinstance(index, tuple):
+        return tuple(_torch_index(i) for i in index)
+    if isinstance(index, tnp.ndarray):
+        return index.tensor
+    if isinstance(index, numpy.ndarray | list):
+        return torch.as_tensor(numpy.asarray(index))
+    return index
+
+
+def _torch_value(value: Any) -> Any:
+    if isinstance(value, tnp.ndarray):
+        return value.tensor
+    return 1 if value is None else value
 
 
 class _NoRandom(types.ModuleType):
@@ -117,7 +129,7 @@ class TensorNumpy(types.ModuleType):
     def __init__(self, session: TensorSession, source: Any = tnp, prefix: str = "np") -> None:
         super().__init__(prefix)
         self._session, self._source, self._prefix = session, source, prefix
-        self._kinked = {n: _kinked(n, getattr(tnp, n), session) for n in _kink_names()}
+        self._kinked = {n: kinked(n, getattr(tnp, n), session) for n in kink_names()}
 
     def __getattr__(self, name: str) -> Any:
         if name == "random" and self._prefix == "np":
@@ -134,17 +146,19 @@ class TensorNumpy(types.ModuleType):
         return value
 
     def _missing(self, name: str) -> Any:
-        """NumPy's ``name`` where the tensor module lacks it: run by NumPy on plain values
-        (fine for index arithmetic such as ``np.unravel_index``); its result is a ``Cut``
-        when it came from parameters, an error only if the loss depends on it."""
-        numpy_source = numpy
+        """NumPy's ``name`` where the tensor module lacks it: a function is run by NumPy on
+        plain values (fine for index arithmetic such as ``np.unravel_index``), its result a
+        ``Cut`` when it came from parameters (an error only if the loss depends on it); a
+        module or constant (``np.typing``, ``np.pi``-like) is NumPy's own."""
+        numpy_source: Any = numpy
         for part in self._prefix.split(".")[1:]:
             numpy_source = getattr(numpy_source, part, None)
-        function = getattr(numpy_source, name, None)
-        call = f"{self._prefix}.{name}"
-        if not callable(function):
-            raise NotOnTensors(call, self._session.where())
-        return through_numpy(call, function, self._session, None)
+        if not hasattr(numpy_source, name):
+            raise NotOnTensors(f"{self._prefix}.{name}", self._session.where())
+        value = getattr(numpy_source, name)
+        if isinstance(value, types.ModuleType) or not callable(value):
+            return value
+        return through_numpy(f"{self._prefix}.{name}", value, self._session, None)
 
 
 def through_numpy(
@@ -188,62 +202,6 @@ def _cut(out: Any, call: str, session: TensorSession, reason: str | None) -> Any
     return out
 
 
-def _kink_names() -> tuple[str, ...]:
-    return ELEMENTWISE_KINKS + REDUCTION_KINKS + ZERO_KINKS
-
-
-def _kinked(name: str, function: Callable, session: TensorSession) -> Callable:
-    """``function`` that also records its exact ties on values that depend on a parameter."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        out = function(*args, **kwargs)
-        if isinstance(out, tnp.ndarray) and out.tensor.requires_grad:
-            found = _ties(name, args, kwargs, out.tensor)
-            if found is not None and bool(found[0].any()):
-                at, touched = found
-                kink = Kink(f"np.{name}", session.where(), out.tensor, at, touched)
-                session.kinks.append(kink)
-        return out
-
-    return call
-
-
-Ties = tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]
-
-
-def _ties(name: str, args: tuple, kwargs: dict, out: torch.Tensor) -> Ties | None:
-    """Where the output of ``name(*args)`` sits on a kink (a bool tensor, the output's shape),
-    and the operands there: (operand, bool tensor of the elements at the kink)."""
-    with torch.no_grad():
-        if name in ZERO_KINKS:
-            x = tnp.asarray(args[0]).tensor
-            return (x == 0).expand(out.shape), [(x, x == 0)]
-        if name in ELEMENTWISE_KINKS and len(args) >= 2:
-            a, b = tnp.asarray(args[0]).tensor, tnp.asarray(args[1]).tensor
-            at = (a == b).expand(out.shape)
-            return at, [(t, at) for t in (a, b) if t.requires_grad]
-        if name in REDUCTION_KINKS and args:
-            x = tnp.asarray(args[0]).tensor
-            axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
-            return _reduction_ties(x, axis, out)
-    return None
-
-
-def _reduction_ties(x: torch.Tensor, axis: Any, out: torch.Tensor) -> Ties | None:
-    """Outputs of a max/min reduction of ``x`` over ``axis`` reached by more than one element,
-    and those elements of ``x``."""
-    axes = tuple(range(x.dim())) if axis is None else (axis,) if isinstance(axis, int) else axis
-    axes = tuple(sorted(a % x.dim() for a in axes))
-    kept = out
-    if out.dim() < x.dim():
-        kept = out.reshape([1 if d in axes else x.shape[d] for d in range(x.dim())])
-    hits = x == kept
-    tied = hits.sum(dim=axes, keepdim=True) > 1
-    if tied.numel() != out.numel():
-        return None
-    return tied.reshape(out.shape), [(x, hits & tied)]
-
-
 def numpy_function_guard(name: str, function: Callable, session: TensorSession) -> Callable:
     """Stands for a global bound by ``from numpy import exp``: the binding bypasses ``np``, so
     it runs by NumPy, and the loss depending on its result is an error naming the binding."""
@@ -264,7 +222,7 @@ class ArrayClassPatch:
 
     def __enter__(self) -> ArrayClassPatch:
         session = self.session
-        original = {n: tnp.ndarray.__dict__.get(n) for n in _PATCHED}
+        original: dict[str, Any] = {n: tnp.ndarray.__dict__.get(n) for n in _PATCHED}
         self.saved = original
 
         def leaving(call: str, method: Callable) -> Callable:
@@ -290,13 +248,18 @@ class ArrayClassPatch:
                 )
             return numpy.asarray(self.tensor.detach().numpy(), dtype=dtype)
 
-        tnp.ndarray.__array_ufunc__ = None  # NumPy operators defer to the tensor array
-        tnp.ndarray.__array__ = array
-        tnp.ndarray.__float__ = leaving("float()", original["__float__"])
-        tnp.ndarray.item = leaving(".item()", original["item"])
-        tnp.ndarray.tolist = leaving(".tolist()", original["tolist"])
+        patched: dict[str, Any] = {
+            "__array_ufunc__": None,  # NumPy operators defer to the tensor array
+            "__array__": array,
+            "__float__": leaving("float()", original["__float__"]),
+            "item": leaving(".item()", original["item"]),
+            "tolist": leaving(".tolist()", original["tolist"]),
+            "astype": _astype(original["astype"]),
+        }
         for name in REDUCTION_KINKS[:2]:
-            setattr(tnp.ndarray, name, _method_kink(name, original[name], session))
+            patched[name] = method_kink(name, original[name], session)
+        for name, value in patched.items():
+            setattr(tnp.ndarray, name, value)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -316,17 +279,18 @@ _PATCHED = (
     "tolist",
     "max",
     "min",
+    "astype",
 )
 
 
-def _method_kink(name: str, method: Callable, session: TensorSession) -> Callable:
-    """``a.max()``/``a.min()`` recording their ties as ``np.max``/``np.min`` do."""
-    kinked = _kinked(name, lambda a, *args, **kwargs: method(a, *args, **kwargs), session)
+def _astype(general: Callable) -> Callable:
+    """``a.astype(dtype, copy=False)``, which the tensor module refuses: a copy has the same
+    values (``copy=False`` only allows skipping it)."""
 
-    def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return kinked(self, *args, **kwargs)
+    def astype(self: Any, dtype: Any, *args: Any, copy: bool = True, **kwargs: Any) -> Any:
+        return general(self, dtype, *args, **kwargs)
 
-    return patched
+    return astype
 
 
 def numpy_bindings(module: types.ModuleType) -> Iterable[tuple[str, Any]]:
@@ -352,11 +316,8 @@ def tensor_binding(value: Any, name: str, session: TensorSession, np_proxy: Tens
     if isinstance(value, types.ModuleType):
         proxy: Any = np_proxy
         for part in value.__name__.split(".")[1:]:
-            if part == "random":
-                proxy = _NoRandom(session)
-            elif part in dir(proxy._source):
-                proxy = getattr(proxy, part)
-            else:  # a submodule the tensor module lacks (numpy.typing for annotations)
+            proxy = getattr(proxy, part) if part != "random" else _NoRandom(session)
+            if proxy is value:  # a submodule the tensor module lacks (numpy.typing) stays
                 return value
         return proxy
     return numpy_function_guard(name, value, session)

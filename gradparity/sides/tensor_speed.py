@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch._numpy as tnp
-from torch._numpy import _normalizations
+from torch._numpy import _dtypes_impl, _normalizations
 
 
 class _CachedInspect(types.SimpleNamespace):
@@ -143,23 +143,34 @@ def _fast_methods() -> dict[str, Callable]:
     return methods
 
 
+def _default_dtypes() -> None:
+    """NumPy's default dtypes set in the tensor module's cache when it is empty: it fills the
+    cache by importing ``torch._dynamo`` for its config (seconds, once per process), whose
+    defaults are these."""
+    if _dtypes_impl._default_dtypes is None:
+        vars(_dtypes_impl)["_default_dtypes"] = _dtypes_impl.DefaultDTypes(
+            float_dtype=torch.float64, complex_dtype=torch.complex128, int_dtype=torch.int64
+        )
+
+
 @contextmanager
 def fast_paths() -> Iterator[None]:
     """The fast paths installed on ``torch._numpy`` for the block, the originals put back."""
+    _default_dtypes()
     saved_inspect = _normalizations.inspect
-    saved = {name: tnp.ndarray.__dict__.get(name) for name in _FAST_NAMES}
-    _normalizations.inspect = _CACHED_INSPECT
+    saved: dict[str, Any] = {name: tnp.ndarray.__dict__.get(name) for name in _FAST_NAMES}
+    vars(_normalizations)["inspect"] = _CACHED_INSPECT
     for name, method in _fast_methods().items():
         setattr(tnp.ndarray, name, method)
     try:
         yield
     finally:
-        _normalizations.inspect = saved_inspect
-        for name, method in saved.items():
-            if method is None:
+        vars(_normalizations)["inspect"] = saved_inspect
+        for name, original in saved.items():
+            if original is None:
                 delattr(tnp.ndarray, name)
             else:
-                setattr(tnp.ndarray, name, method)
+                setattr(tnp.ndarray, name, original)
 
 
 _CACHED_INSPECT = _cached_inspect()

@@ -226,12 +226,12 @@ def assert_parity(
     """
     __tracebackhide__ = True  # pytest: show the caller's line, not this frame
     check_report_dir(report_dir)
-    if target is None and isinstance(reference, str):
-        raise InputError(
-            f"reference {reference!r} needs a target: there is no torch model to draw random "
-            "classes from"
-        )
     if target is None:
+        if isinstance(reference, str):
+            raise InputError(
+                f"reference {reference!r} needs a target: there is no torch model to draw "
+                "random classes from"
+            )
         target = default_target(reference, x, options.get("seed", 0))
     return _passed(compare(ours, reference, x, target, **options), report_dir)
 
