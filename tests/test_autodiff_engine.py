@@ -406,3 +406,12 @@ def test_add_at_on_tensor_arrays_adds_repeated_indices_up_as_numpy_does():
         target = tnp.asarray(torch.zeros((4, 3), dtype=torch.float64))
         add_at(target, indices, tnp.asarray(torch.tensor(shaped)))
         np.testing.assert_allclose(target.tensor.numpy(), expected, atol=EXACT)
+
+
+def test_a_loss_returned_as_float_of_its_value_keeps_its_graph():
+    params, x = small_setup()
+    run = exact_gradients(lambda: nets.loss_as_float(params, x), params, [nets.loss_as_float])
+    total = float(np.sum(x @ params["W"] + params["b"]))
+    expected_w = 2 * total * np.broadcast_to(x.sum(axis=0)[:, None], params["W"].shape)
+    assert_close(run.grads, {"W": expected_w, "b": 2 * total * x.shape[0] * np.ones(2)})
+    assert run.loss == nets.loss_as_float(params, x)

@@ -285,11 +285,19 @@ def test_not_on_tensors_names_the_function_that_fell_back(tmp_path, monkeypatch)
     )
     assert selftest.not_on_tensors(report) == []  # the user's own module runs on tensors
 
-    def float_loss(p, xs, ys):  # float() mid-graph: the loss leaves the tensor graph
+    def float_loss(p, xs, ys):  # a loss returned as float() of its value keeps its graph
         return float(user_net.loss(p, xs, ys))
 
     report = compare_function(
         user_net.make_backprop(params), params, "autodiff", x, y, loss_fn=float_loss
+    )
+    assert report.meta["reference_used"] == "autodiff"
+
+    def cut_loss(p, xs, ys):  # float() mid-graph: the number returned leaves the tensor graph
+        return 2.0 * float(user_net.loss(p, xs, ys))
+
+    report = compare_function(
+        user_net.make_backprop(params), params, "autodiff", x, y, loss_fn=cut_loss
     )
     assert report.meta["reference_used"] == "central differences"
     assert selftest.not_on_tensors(report) == ["backprop"]

@@ -153,14 +153,18 @@ def run_function_bug(
     Localized: the first root cause, where the report says to look, is the expected place (a
     gradient tap or a parameter). Diagnosed: it carries the expected label. Without torch the
     corpus's gradient taps have no forward value to pair with, so the expected place is the
-    parameter (``numeric_param``) in both modes without torch."""
+    parameter (``numeric_param``) for central differences. Against autodiff the loss runs the
+    same function without the bug on tensors, so its taps, gradients included, are recorded
+    there too and pair by name: a bug at a tap is expected at that tap's value (``output``)."""
     without_torch = numeric or autodiff
     kwargs = function_setup(bug, seed, numeric=without_torch)
     if autodiff:
         kwargs["reference"] = "autodiff"
     report = compare_function(**kwargs, seed=seed)
     fn = "backprop"
-    if without_torch:
+    if autodiff and kind_of(bug.place) is not Kind.GRAD:
+        layer, quantity, label = bug.place, "output", bug.diagnosis
+    elif without_torch:
         layer, quantity, label = fn, f"grad:{bug.numeric_param}", bug.numeric_diagnosis
     elif kind_of(bug.place) is Kind.GRAD:
         layer, quantity, label = fn, bug.place, bug.diagnosis

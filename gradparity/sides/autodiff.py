@@ -172,6 +172,8 @@ def _loss_tensor(out: Any, session: Any) -> Any:
         out = out[0]
     tensor = getattr(out, "tensor", out)
     if not isinstance(tensor, torch.Tensor):
+        tensor = _returned_as_number(out, session)
+    if tensor is None:
         _cut_or_independent(session, "the loss")
         raise AssertionError("unreachable")
     if tensor.numel() != 1:
@@ -181,6 +183,21 @@ def _loss_tensor(out: Any, session: Any) -> Any:
     if not tensor.requires_grad:
         _cut_or_independent(session, "the loss")
     return tensor.reshape(())
+
+
+def _returned_as_number(out: Any, session: Any) -> Any:
+    """The tensor behind a loss returned as a number (``return float(loss)``, as a loss
+    protocol may ask): the last float()/.item() that gave exactly this number, whose cut is
+    then no cut; None when the number came from nowhere on the graph."""
+    if isinstance(out, np.ndarray) and out.size == 1:
+        out = out.item()
+    if not isinstance(out, float | np.floating):
+        return None
+    for number, tensor, cut in reversed(session.scalars):
+        if number == float(out):
+            del session.cuts[cut]
+            return tensor
+    return None
 
 
 def _cut_or_independent(session: Any, what: str, parameter: str | None = None) -> None:

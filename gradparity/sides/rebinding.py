@@ -52,13 +52,14 @@ def _library_file(file: str) -> bool:
 
 def is_user_module(module: types.ModuleType) -> bool:
     """Whether ``module`` is the user's code: not the standard library, not an installed
-    package, not gradparity's harness (its NumPy framework ``gradparity.ours`` is user code:
-    it is what a comparison checks)."""
+    package, not gradparity's harness (its NumPy framework ``gradparity.ours`` and the bug
+    corpus ``gradparity.corpus``, written as users write, are user code: they are what a
+    comparison checks)."""
     name = module.__name__
     if name in sys.builtin_module_names or name.split(".")[0] in ("numpy", "torch"):
         return False
     if name == "gradparity" or name.startswith("gradparity."):
-        return name.startswith("gradparity.ours")
+        return name.startswith(("gradparity.ours", "gradparity.corpus"))
     file = getattr(module, "__file__", None)
     return not (file and _library_file(file))
 

@@ -47,6 +47,9 @@ class TensorSession:
     cuts: list[tuple[str, str]] = field(default_factory=list)  # (call, where)
     numpy_cuts: list[Cut] = field(default_factory=list)
     kinks: list[Kink] = field(default_factory=list)
+    # Each float()/.item() of a one-element value on the graph: (the number, its tensor,
+    # the index of its entry in ``cuts``), so a loss returned as float(loss) keeps its graph.
+    scalars: list[tuple[float, Any, int]] = field(default_factory=list)
 
     def where(self) -> str:
         """The innermost call site in the user's files, as "path:line" ("" if none)."""
@@ -232,7 +235,10 @@ class ArrayClassPatch:
                 session.cuts.append((call, session.where()))
                 with warnings.catch_warnings():  # torch's warning says what the cut's note says
                     warnings.simplefilter("ignore")
-                    return method(self, *args, **kwargs)
+                    out = method(self, *args, **kwargs)
+                if self.tensor.numel() == 1 and isinstance(out, float):
+                    session.scalars.append((out, self.tensor, len(session.cuts) - 1))
+                return out
 
             return patched
 
