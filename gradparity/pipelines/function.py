@@ -115,7 +115,7 @@ def compare_function(
     check_callables(grads, loss_fn)
     if isinstance(reference, str):
         check_autodiff_options(
-            reference, dtype=dtype, tap_map=tap_map, param_map=param_map,
+            reference, tap_map=tap_map, param_map=param_map,
             reference_loss=reference_loss, reference_x=reference_x,
             reference_target=reference_target,
         )  # fmt: skip
@@ -164,7 +164,7 @@ def compare_function(
                 fn, LossCall(grads, loss_fn, params), params, flat, captures["run"],
                 captures["warm_run"], x_arr, t_arr, x_warm=x_warm, rng=rng,
                 meta={**meta, **function_loss_meta(fn, loss_fn, None, judged_by=referee)},
-                batch_size=batch_size, rtol=rtol, atol=atol,
+                batch_size=batch_size, rtol=rtol, atol=atol, dtype=dtype,
             )  # fmt: skip
         return _judged_report(fn, captures["run"], judged, seed, grads, strict)
     batch = batch_size or (int(side.rx.shape[0]) if side.rx.ndim > 1 else 1)
@@ -234,7 +234,7 @@ def _judged_report(
     return run(
         Plan(
             name=meta["model"],
-            dtype="float64",
+            dtype=judged["tolerance"].dtype,
             tolerance=judged["tolerance"],
             seed=seed,
             batch_size=meta["batch_size"],
