@@ -36,8 +36,8 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 @dataclass(frozen=True)
 class Budget:
-    """One tensor's allowance: ``drift`` max|float32 run - float64 run| (None when the two
-    runs cannot be compared: a shape or a non-finite value differs), ``scale`` max|exact|,
+    """One tensor's allowance: ``drift`` max|float32 run - float64 run| (None when that is not
+    rounding: see ``_drift``), ``scale`` max|exact|,
     ``allowed`` the budget (absolute, where the exact value is 0)."""
 
     drift: float | None
@@ -63,18 +63,26 @@ def measured_budget(ours32: np.ndarray, ours64: np.ndarray | None, exact: np.nda
     ``ours64`` (None when that run did not make it) and the exact value (same shapes)."""
     scale = float(np.abs(exact).max()) if exact.size else 0.0
     floor = FLOOR_ULPS * FLOAT32_EPS * scale
-    drift = _drift(ours32, ours64)
+    drift = _drift(ours32, ours64, exact)
     allowed = floor if drift is None else max(DRIFT_FACTOR * drift, floor)
     return Budget(drift, scale, allowed)
 
 
-def _drift(ours32: np.ndarray, ours64: np.ndarray | None) -> float | None:
+def _drift(ours32: np.ndarray, ours64: np.ndarray | None, exact: np.ndarray) -> float | None:
     """max|ours32 - ours64|; None where it measures no rounding: no float64 value, another
-    shape, or a value finite in one run only (float32 overflow is a finding, not a budget)."""
+    shape, a value finite in one run only (float32 overflow is a finding, not a budget), or a
+    float64 run further from ``exact`` than the float32 one (the runs differ by more than
+    rounding: state kept between calls, such as gradients added to a buffer)."""
     if ours64 is None or np.shape(ours32) != np.shape(ours64) or np.size(ours32) == 0:
         return None
     gap = element_errors(ours32, ours64)
-    return float(gap.max()) if np.isfinite(gap).all() else None
+    if not np.isfinite(gap).all():
+        return None
+    if np.shape(exact) == np.shape(ours32):
+        worse = element_errors(ours64, exact).max() > element_errors(ours32, exact).max()
+        if worse:
+            return None
+    return float(gap.max())
 
 
 @dataclass
@@ -169,7 +177,7 @@ def budget_note(shown: list[tuple[str, float | None, Budget]]) -> str:
     (``shown``: (what, error, budget))."""
     parts = [
         f"{what} {_g(error)} of {b.allowed:.3g}"
-        + ("" if b.drift is not None else " (floor: no float64 drift measured)")
+        + ("" if b.drift is not None else " (floor: the float64 run measured no rounding)")
         for what, error, b in shown
     ]
     return (
