@@ -208,3 +208,33 @@ def test_float32_code_that_cannot_run_on_tensors_is_refused_in_one_line():
         gp.compare_function(grads, params, "autodiff", x, y, loss_fn=dropout_loss, dtype="float32")
     assert "\n" not in str(err.value)
     assert params["W"] is held and np.array_equal(params["W"], before)
+
+
+def naive_softmax_loss(params, x, y):
+    e = np.exp(x @ params["W"])  # no max shift: overflows in float32 beyond 88.7
+    probs = e / e.sum(axis=1, keepdims=True)
+    return -np.mean(np.log(probs[np.arange(len(y)), y]))
+
+
+def naive_softmax_grads(params, x, y):
+    e = np.exp(x @ params["W"])
+    dscores = e / e.sum(axis=1, keepdims=True)
+    dscores[np.arange(len(y)), y] -= 1
+    return {"W": x.T @ dscores / len(y)}
+
+
+def test_a_float32_overflow_is_a_finding_not_a_budget():
+    # Scores near 100: exp overflows in float32 only; the float64 run is fine, so the drift
+    # is not rounding and the NaN gradient is found.
+    params = {"W": np.full((2, 3), 25.0, dtype=np.float32)}
+    params["W"][:, 0] = 30.0
+    x = np.array([[2.0, 1.5], [1.8, 1.7]], dtype=np.float32)
+    y = np.array([0, 2])
+    report = gp.compare_function(
+        lambda xb, yb: naive_softmax_grads(params, xb, yb), params, "autodiff", x, y,
+        loss_fn=naive_softmax_loss, dtype="float32",
+    )  # fmt: skip
+    assert not report.ok
+    row = next(r for r in report.rows if r.quantity == "grad:W")
+    assert row.diverged
+    assert row.detail["float32_budget"]["drift"] is None

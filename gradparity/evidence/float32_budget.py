@@ -37,8 +37,8 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 @dataclass(frozen=True)
 class Budget:
     """One tensor's allowance: ``drift`` max|float32 run - float64 run| (None when that is not
-    rounding: see ``_drift``), ``scale`` max|exact|,
-    ``allowed`` the budget (absolute, where the exact value is 0)."""
+    rounding: see ``_drift``), ``scale`` max|exact| over its finite values, ``allowed`` the
+    budget (absolute, where the exact value is 0)."""
 
     drift: float | None
     scale: float
@@ -61,7 +61,8 @@ class Budget:
 def measured_budget(ours32: np.ndarray, ours64: np.ndarray | None, exact: np.ndarray) -> Budget:
     """The budget of one tensor: the user's float32 value ``ours32``, their float64 value
     ``ours64`` (None when that run did not make it) and the exact value (same shapes)."""
-    scale = float(np.abs(exact).max()) if exact.size else 0.0
+    finite = np.abs(exact[np.isfinite(exact)])
+    scale = float(finite.max()) if finite.size else 0.0
     floor = FLOOR_ULPS * FLOAT32_EPS * scale
     drift = _drift(ours32, ours64, exact)
     allowed = floor if drift is None else max(DRIFT_FACTOR * drift, floor)

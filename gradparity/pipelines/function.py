@@ -97,7 +97,9 @@ def compare_function(
     reference="autodiff": no model; the exact gradient of ``loss_fn`` (or of the loss
     ``grads`` returns first, as ``net.loss(X, y) -> (loss, grads)`` does), run on tensors;
     taps pair by name (``gp.tap("z1", dz1, grad=True)`` is dL/d(tap "z1")); central
-    differences when the code cannot run on tensors, with a note saying why.
+    differences when the code cannot run on tensors, with a note saying why. With
+    ``dtype="float32"`` grads runs on the float32 arrays as given and once more on float64
+    copies: each tensor's allowed error is that measured drift (``evidence.float32_budget``).
     loss_fn(params, x, target) -> float: ours' loss; with a reference it is compared as the
     ``loss`` row, and with ``reference=None`` it is the referee: every gradient is checked by
     float64 central differences of it. batch_size: for the batch-reduction diagnosis
