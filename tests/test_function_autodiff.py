@@ -180,7 +180,6 @@ def test_a_forward_the_tensor_module_cannot_run_falls_back_to_central_difference
         ("torch", {}, r"reference='torch' is not known: pass a torch nn.Module, 'autodiff'"),
         ("autodiff", {"tap_map": {"z1": "grad:0"}}, r"pairs taps by name, it takes no tap_map"),
         ("autodiff", {"reference_loss": abs}, r"reference_loss needs a reference model"),
-        ("autodiff", {"dtype": "float32"}, r"reference='autodiff' compares in float64"),
         ("autodiff", {}, r"needs loss_fn=callable\(params, x, target\) -> loss, or a"),
     ],
 )

@@ -19,7 +19,8 @@ import numpy as np
 from gradparity.comparison.diff import compare_tensor, failed_row
 from gradparity.core.errors import InputError
 from gradparity.core.row import Row
-from gradparity.core.tolerance import Tolerance, tolerance_for
+from gradparity.core.tolerance import tolerance_for
+from gradparity.evidence.float32_budget import RowTolerances, float32_tolerances
 from gradparity.evidence.function_numeric import batch_of, numeric_rows
 from gradparity.evidence.penalty import explain_penalty
 from gradparity.evidence.repeats import mark_repeat
@@ -97,12 +98,12 @@ def _param_rows(
     run: UserRun,
     exact: dict[str, np.ndarray],
     order: list[str],
-    tol: Tolerance,
+    tols: RowTolerances,
     batch: int | None,
     layout: str,
 ) -> tuple[list[Row], dict]:
     """(one row per parameter in ``order``, the arrays compared): ours against the exact
-    gradient, with the penalty (L2) explanation."""
+    gradient, with the penalty (L2) explanation, each judged by its tolerance in ``tols``."""
     rows: list[Row] = []
     arrays: dict = {}
     for name in order:
@@ -110,6 +111,7 @@ def _param_rows(
             rows.append(failed_row("chain", fn, "parameter", run.bad_grads[name]))
             continue
         g, expected, p = run.grads[name], exact[name], flat[name]  # type: ignore[index]
+        tol = tols.of((fn, f"grad:{name}"))
         row = compare_tensor(
             "chain", fn, "parameter", f"grad:{name}", g, expected, tol,
             batch_size=batch, param_shape=p.shape, conversion=layout,
@@ -122,7 +124,7 @@ def _param_rows(
 
 
 def _tap_rows(
-    run: UserRun, exact: Any, tol: Tolerance, batch: int | None
+    run: UserRun, exact: Any, tols: RowTolerances, batch: int | None
 ) -> tuple[list[Row], list[Row], dict, list[str]]:
     """(forward tap rows in call order, gradient tap rows in the order the backward made
     them, the arrays compared, notes on taps the tensor run did not reach)."""
@@ -140,8 +142,8 @@ def _tap_rows(
         if name not in theirs:
             missed.append(name if quantity == "output" else f"{name} (grad=True)")
             continue
-        row = compare_tensor("chain", name, "tap", quantity, ours, theirs[name], tol,
-                             batch_size=batch)  # fmt: skip
+        row = compare_tensor("chain", name, "tap", quantity, ours, theirs[name],
+                             tols.of((name, quantity)), batch_size=batch)  # fmt: skip
         arrays[(name, quantity)] = {"ours": ours, "reference": theirs[name]}
         (fwd if quantity == "output" else bwd).append(row)
     notes = []
@@ -169,11 +171,13 @@ def autodiff_rows(
     batch_size: int | None = None,
     rtol: float | None = None,
     atol: float | None = None,
+    dtype: str = "float64",
 ) -> dict[str, Any]:
     """The rows of ``run`` judged against the exact gradients of ``call``'s loss (forward
     taps, gradient taps, then parameters deepest first), in the form ``numeric_rows`` returns
     (rows, depth, arrays, tolerance, notes, meta); central differences when the code cannot
-    run on tensors, with a note saying why."""
+    run on tensors, with a note saying why. A float32 ``run`` is judged by its own rounding,
+    measured against a float64 run of the same code (``float32_budget``)."""
     if call.loss_fn is None and run.grads is not None and run.loss is None:
         raise InputError(
             f"reference='autodiff' needs loss_fn=callable(params, x, target) -> loss, or a "
@@ -188,6 +192,11 @@ def autodiff_rows(
             why_not = str(exc)
         except ValueError as exc:  # the loss itself is unfit: not scalar, no parameter in it
             raise InputError(f"reference='autodiff': {exc}") from exc
+    if why_not is not None and dtype == "float32":
+        raise InputError(
+            f"reference='autodiff': your code cannot run on tensors ({why_not}), and central "
+            "differences need float64: pass float64 arrays and dtype='float64'"
+        )
     if why_not is not None:
         judged = numeric_rows(
             fn, params, flat, run, warm_run, call.numeric_loss_fn(flat), x, target,
@@ -203,23 +212,28 @@ def autodiff_rows(
     if batch_size is not None and x.ndim == 2:
         batch, columns = batch_size, x.shape[1] == batch_size != x.shape[0]
     layout = {True: "columns", False: "", None: "unknown"}[columns]
-    tol = tolerance_for("float64", rtol, atol)
+    tols, budget_notes = RowTolerances(tolerance_for(dtype, rtol, atol)), []
+    if exact is not None and dtype == "float32":
+        tols, budget_notes = float32_tolerances(
+            call.grads, params, flat, run, exact, (x, target), rtol, atol, fn
+        )
     depth = layer_index(list(flat), [a.shape for a in flat.values()])
     rows: list[Row] = []
     arrays: dict = {}
     notes: list[str] = []
     if exact is not None:
         order = sorted(flat, key=lambda n: -depth[n])
-        fwd, bwd, arrays, notes = _tap_rows(run, exact, tol, batch)
+        fwd, bwd, arrays, notes = _tap_rows(run, exact, tols, batch)
         params_rows, param_arrays = _param_rows(
-            fn, flat, run, exact.grads, order, tol, batch, layout
+            fn, flat, run, exact.grads, order, tols, batch, layout
         )
         arrays.update(param_arrays)
         if warm_run.grads is not None:
             _mark_repeats(
-                params_rows, call, flat, run.grads or {}, exact.grads, (x_warm, target), tol
+                params_rows, call, flat, run.grads or {}, exact.grads, (x_warm, target), tols
             )
         rows = fwd + bwd + params_rows
+        notes += budget_notes + tols.annotate(rows)
         # No timing here: a report is the same on any machine.
         notes[:0] = [
             f"reference: exact gradients by autodiff (loss {exact.loss:.6g})",
@@ -229,7 +243,7 @@ def autodiff_rows(
         "rows": rows,
         "depth": depth,
         "arrays": arrays,
-        "tolerance": tol,
+        "tolerance": tols.default,
         "notes": notes,
         "by_name": True,
         "meta": {**meta, "batch_size": batch, "examples_as": layout or "rows",
@@ -244,7 +258,7 @@ def _mark_repeats(
     ours: dict[str, np.ndarray],
     exact: dict[str, np.ndarray],
     warm: tuple[np.ndarray, np.ndarray],
-    tol: Tolerance,
+    tols: RowTolerances,
 ) -> None:
     """Relabel diverging gradients (``ours``) that equal the exact ones at the warm-up input
     ``warm`` (x, target) (``stale``) or their sum with the current ``exact`` ones
@@ -260,14 +274,15 @@ def _mark_repeats(
     for row in diverging:
         name = row.address.name
         assert name is not None  # every row here is a parameter's gradient
+        tol = tols.of((row.layer, row.quantity))
         mark_repeat(row, ours[name], exact[name], at_warm[name], tol)
 
 
 def check_autodiff_options(
-    reference: str, *, dtype: str, tap_map: Any, param_map: Any, **reference_only: Any
+    reference: str, *, tap_map: Any, param_map: Any, **reference_only: Any
 ) -> None:
     """One line for a reference string other than "autodiff", and for what the autodiff
-    reference cannot take: options that pair with a torch model, and float32."""
+    reference cannot take: options that pair with a torch model."""
     if reference != AUTODIFF:
         raise InputError(
             f"reference={reference!r} is not known: pass a torch nn.Module, {AUTODIFF!r} (the "
@@ -281,5 +296,3 @@ def check_autodiff_options(
     for option, given in {"param_map": param_map, **reference_only}.items():
         if given is not None:
             raise InputError(f"{option} needs a reference model; reference='autodiff' uses loss_fn")
-    if dtype != "float64":
-        raise InputError("reference='autodiff' compares in float64")

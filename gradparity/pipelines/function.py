@@ -97,7 +97,9 @@ def compare_function(
     reference="autodiff": no model; the exact gradient of ``loss_fn`` (or of the loss
     ``grads`` returns first, as ``net.loss(X, y) -> (loss, grads)`` does), run on tensors;
     taps pair by name (``gp.tap("z1", dz1, grad=True)`` is dL/d(tap "z1")); central
-    differences when the code cannot run on tensors, with a note saying why.
+    differences when the code cannot run on tensors, with a note saying why. With
+    ``dtype="float32"`` grads runs on the float32 arrays as given and once more on float64
+    copies: each tensor's allowed error is that measured drift (``evidence.float32_budget``).
     loss_fn(params, x, target) -> float: ours' loss; with a reference it is compared as the
     ``loss`` row, and with ``reference=None`` it is the referee: every gradient is checked by
     float64 central differences of it. batch_size: for the batch-reduction diagnosis
@@ -115,7 +117,7 @@ def compare_function(
     check_callables(grads, loss_fn)
     if isinstance(reference, str):
         check_autodiff_options(
-            reference, dtype=dtype, tap_map=tap_map, param_map=param_map,
+            reference, tap_map=tap_map, param_map=param_map,
             reference_loss=reference_loss, reference_x=reference_x,
             reference_target=reference_target,
         )  # fmt: skip
@@ -164,7 +166,7 @@ def compare_function(
                 fn, LossCall(grads, loss_fn, params), params, flat, captures["run"],
                 captures["warm_run"], x_arr, t_arr, x_warm=x_warm, rng=rng,
                 meta={**meta, **function_loss_meta(fn, loss_fn, None, judged_by=referee)},
-                batch_size=batch_size, rtol=rtol, atol=atol,
+                batch_size=batch_size, rtol=rtol, atol=atol, dtype=dtype,
             )  # fmt: skip
         return _judged_report(fn, captures["run"], judged, seed, grads, strict)
     batch = batch_size or (int(side.rx.shape[0]) if side.rx.ndim > 1 else 1)
@@ -234,7 +236,7 @@ def _judged_report(
     return run(
         Plan(
             name=meta["model"],
-            dtype="float64",
+            dtype=judged["tolerance"].dtype,
             tolerance=judged["tolerance"],
             seed=seed,
             batch_size=meta["batch_size"],
