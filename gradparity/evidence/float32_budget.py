@@ -12,7 +12,7 @@ exact value is 0, up to twice that at the largest element.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,7 +162,7 @@ def _label(row: Row) -> str:
     return row.quantity if row.type == "parameter" else f"tap {row.layer} ({row.quantity})"
 
 
-def widest(budgets: dict[str, Budget], rtol: float | None, atol: float | None) -> Tolerance:
+def widest(budgets: Mapping[Any, Budget], rtol: float | None, atol: float | None) -> Tolerance:
     """The report's single tolerance: the loosest of the per-tensor ones (each row was judged
     by its own)."""
     tolerances = [b.tolerance(rtol, atol) for b in budgets.values()]

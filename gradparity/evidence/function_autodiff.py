@@ -212,7 +212,7 @@ def autodiff_rows(
     if batch_size is not None and x.ndim == 2:
         batch, columns = batch_size, x.shape[1] == batch_size != x.shape[0]
     layout = {True: "columns", False: "", None: "unknown"}[columns]
-    tols, budget_notes = RowTolerances(tolerance_for(dtype, rtol, atol)), []
+    tols, budget_notes = RowTolerances(tolerance_for(dtype, rtol, atol)), list[str]()
     if exact is not None and dtype == "float32":
         tols, budget_notes = float32_tolerances(
             call.grads, params, flat, run, exact, (x, target), rtol, atol, fn
