@@ -112,16 +112,44 @@ def user_modules(
     if modules is not None:
         return [importlib.import_module(m) if isinstance(m, str) else m for m in modules]
     found: dict[str, types.ModuleType] = {}
+    checked: set[str] = set()  # module names judged once (most are reached many times)
     pending = [m for c in callables for m in _owner_modules(c)]
     while pending:
         module = pending.pop()
-        if module.__name__ in found or not is_user_module(module):
+        if module.__name__ in checked:
+            continue
+        checked.add(module.__name__)
+        if not is_user_module(module):
             continue
         found[module.__name__] = module
-        for value in list(vars(module).values()):
-            if isinstance(value, types.ModuleType | types.FunctionType | type):
-                pending += _owner_modules(value)
+        pending += _referenced_modules(module)
     return list(found.values())
+
+
+# module name -> (its module, function and class globals: kept so that their ids stay theirs,
+# the modules those reference). Valid while the module binds the same such globals.
+_REFERENCES: dict[str, tuple[list[Any], list[types.ModuleType]]] = {}
+
+
+def _referenced_modules(module: types.ModuleType) -> list[types.ModuleType]:
+    """The modules ``module``'s globals reference (a module, or a function or class defined
+    in one), remembered while its module, function and class globals stay the same objects;
+    a module with a module-level closure is never remembered (its cells may change)."""
+    code = [
+        v
+        for v in list(vars(module).values())
+        if isinstance(v, types.ModuleType | types.FunctionType | type)
+    ]
+    cached = _REFERENCES.get(module.__name__)
+    same = cached is not None and len(cached[0]) == len(code)
+    if same and all(a is b for a, b in zip(cached[0], code)):
+        return cached[1]
+    referenced = [m for value in code for m in _owner_modules(value)]
+    # each once, at its last place: the walk pops from the end, so the order found is kept
+    referenced = list(reversed(dict.fromkeys(reversed(referenced))))
+    if not any(isinstance(v, types.FunctionType) and v.__closure__ for v in code):
+        _REFERENCES[module.__name__] = (code, referenced)
+    return referenced
 
 
 def module_files(modules: Sequence[types.ModuleType], callables: Sequence[Any]) -> set[str]:
