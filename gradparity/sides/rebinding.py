@@ -234,8 +234,12 @@ class Rebinding:
 
     def _passes_over(self, value: Any) -> bool:
         """Whether ``value`` is of a type known never to be walked into and is no stand-in
-        target: most of what the walk meets, decided without a ``_visit`` call."""
-        return _KINDS.get(type(value)) is _Kind.OPAQUE and id(value) not in self.stand_ins
+        target, or a function holding nothing (no closure, no defaults): most of what the
+        walk meets, decided without a ``_visit`` call."""
+        kind = _KINDS.get(type(value))
+        if kind is _Kind.OPAQUE:
+            return id(value) not in self.stand_ins
+        return kind is _Kind.FUNCTION and value.__closure__ is None and not value.__defaults__
 
     def _walk_dict(self, d: dict, depth: int) -> None:
         before = dict(d)

@@ -25,6 +25,7 @@ import torch._numpy as tnp
 from gradparity.core.source import shown_path
 from gradparity.sides.rebinding import NotOnTensors
 from gradparity.sides.tensor_kinks import REDUCTION_KINKS, Kink, kink_names, kinked, method_kink
+from gradparity.sides.tensor_speed import fast_functions
 
 
 @dataclass
@@ -132,13 +133,17 @@ class TensorNumpy(types.ModuleType):
     def __init__(self, session: TensorSession, source: Any = tnp, prefix: str = "np") -> None:
         super().__init__(prefix)
         self._session, self._source, self._prefix = session, source, prefix
-        self._kinked = {n: kinked(n, getattr(tnp, n), session) for n in kink_names()}
+        fast = fast_functions()
+        self._kinked = {n: kinked(n, fast.get(n, getattr(tnp, n)), session) for n in kink_names()}
+        self._fast = fast
 
     def __getattr__(self, name: str) -> Any:
         if name == "random" and self._prefix == "np":
             return _NoRandom(self._session)
         if self._prefix == "np" and name in self._kinked:
             return self._kinked[name]
+        if self._prefix == "np" and name in self._fast:
+            return self._fast[name]
         value = getattr(self._source, name, None)
         if value is None:
             return self._missing(name)

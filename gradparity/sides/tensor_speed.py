@@ -118,6 +118,89 @@ def _fast_binary(function: Callable, general: Callable, reflected: bool) -> Call
     return op
 
 
+def _fast_inplace(function: Callable, general: Callable) -> Callable:
+    """``a += b`` on a float64 array with a float64 array or a Python number: as the general
+    path does it (the result computed, then copied into ``a``), without its argument
+    handling; a result of another shape goes to ``general`` (which refuses it)."""
+
+    def op(self: Any, other: Any) -> Any:
+        a = self.tensor
+        if a.dtype is torch.float64:
+            if type(other) is tnp.ndarray and other.tensor.dtype is torch.float64:
+                result = function(a, other.tensor)
+            elif type(other) in (float, int):
+                result = function(a, other)
+            else:
+                return general(self, other)
+            if result.shape == a.shape:
+                a.copy_(result)
+                return self
+        return general(self, other)
+
+    return op
+
+
+_NOT_FAST = object()
+
+
+def _dims(axis: Any, ndim: int) -> Any:
+    """``axis`` of a reduction as torch's non-negative dims (None: every dim), or
+    ``_NOT_FAST`` for what the general path should judge (an empty tuple, a repeated or
+    out-of-range axis, an axis that is not a plain int)."""
+    if axis is None:
+        return None
+    axes = (axis,) if type(axis) is int else axis
+    if type(axes) is not tuple or not axes or not all(type(a) is int for a in axes):
+        return _NOT_FAST
+    if not all(-ndim <= a < ndim for a in axes):
+        return _NOT_FAST
+    dims = tuple(a % ndim for a in axes)
+    return dims if len(set(dims)) == len(dims) else _NOT_FAST
+
+
+def _reduce(name: str, tensor: torch.Tensor, dims: Any, keepdims: bool) -> torch.Tensor:
+    """The tensor module's reduction ``name`` of a float64 tensor (same torch call)."""
+    if name in ("sum", "mean"):
+        if dims is None:
+            whole = getattr(tensor, name)()
+            return whole.expand((1,) * tensor.dim()).contiguous() if keepdims else whole
+        return getattr(tensor, name)(dim=dims, keepdim=keepdims)
+    every = tuple(range(tensor.dim())) if dims is None else dims
+    return getattr(tensor, _TORCH_EXTREMA[name])(every, keepdim=keepdims)
+
+
+_TORCH_EXTREMA = {"max": "amax", "amax": "amax", "min": "amin", "amin": "amin"}
+REDUCTIONS = ("sum", "mean", *_TORCH_EXTREMA)
+
+
+def fast_reduction(name: str, general: Callable) -> Callable:
+    """``np.<name>(a, axis, keepdims=...)`` (or the method ``a.<name>(axis, ...)``) on a
+    float64 array, with at most ``axis`` and ``keepdims``: the torch reduction the general
+    path ends in; any other call goes to ``general``."""
+
+    def reduction(*args: Any, **kwargs: Any) -> Any:
+        if 1 <= len(args) <= 2 and type(args[0]) is tnp.ndarray and kwargs.keys() <= _KEYS:
+            tensor, keepdims = args[0].tensor, kwargs.get("keepdims", False)
+            if tensor.dtype is torch.float64 and type(keepdims) is bool:
+                if len(args) == 2 and "axis" in kwargs:
+                    return general(*args, **kwargs)  # NumPy's error: axis given twice
+                axis = args[1] if len(args) == 2 else kwargs.get("axis")
+                dims = _dims(axis, tensor.dim())
+                if dims is not _NOT_FAST:
+                    return tnp.ndarray(_reduce(name, tensor, dims, keepdims))
+        return general(*args, **kwargs)
+
+    return reduction
+
+
+_KEYS = {"axis", "keepdims"}
+
+
+def fast_functions() -> dict[str, Callable]:
+    """The fast versions of ``torch._numpy``'s functions by NumPy name (``np.sum``)."""
+    return {name: fast_reduction(name, getattr(tnp, name)) for name in REDUCTIONS}
+
+
 _BINARY = {
     "add": operator.add,
     "sub": operator.sub,
@@ -140,6 +223,10 @@ def _fast_methods() -> dict[str, Callable]:
     for name, function in _BINARY.items():
         reflected = f"__r{name}__"
         methods[reflected] = _fast_binary(function, getattr(cls, reflected), reflected=True)
+        inplace = f"__i{name}__"
+        methods[inplace] = _fast_inplace(function, getattr(cls, inplace))
+    for name in ("sum", "mean", "max", "min"):
+        methods[name] = fast_reduction(name, getattr(cls, name))
     return methods
 
 

@@ -1,0 +1,100 @@
+"""The autodiff run's fast paths through torch._numpy (issue 13, item 7): each gives exactly
+what the tensor module's general path gives (values, shapes, gradients), and hands every case
+it does not take to that path, errors included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gradparity.sides.autodiff import unavailable
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason="torch._numpy unavailable")
+
+torch = pytest.importorskip("torch")
+tnp = pytest.importorskip("torch._numpy")
+speed = pytest.importorskip("gradparity.sides.tensor_speed")
+
+
+def leaf(shape: tuple[int, ...], seed: int = 0) -> object:
+    values = np.random.default_rng(seed).normal(size=shape)
+    values[0, ...] = values[0, ...].max()  # ties: max and min share their gradient among them
+    return tnp.asarray(torch.tensor(values, requires_grad=True))
+
+
+def outcome(call: object, *args: object, **kwargs: object) -> tuple:
+    """(values, shape, gradient of a weighted sum) of ``call``, or (error type, message)."""
+    try:
+        tensor = call(*args, **kwargs).tensor
+        weights = torch.arange(tensor.numel(), dtype=tensor.dtype).reshape(tensor.shape)
+        (grad,) = torch.autograd.grad((tensor * weights).sum(), [args[0].tensor])
+    except Exception as exc:  # the general path's own refusal must be met by the fast path
+        return type(exc), str(exc)
+    return tensor.detach().numpy().tolist(), tuple(tensor.shape), grad.numpy().tolist()
+
+
+CALLS = [
+    ((), {}),
+    ((0,), {}),
+    ((-1,), {}),
+    (((0, 2),), {}),
+    (((2, -3),), {"keepdims": True}),
+    ((), {"axis": 1}),
+    ((), {"axis": None, "keepdims": True}),
+    ((), {"axis": (1,), "keepdims": False}),
+    # the general path's: an empty tuple, a NumPy integer, repeated, out of range, given twice
+    (((),), {}),
+    ((np.int64(1),), {}),
+    (((1, 1),), {}),
+    ((3,), {}),
+    ((0,), {"axis": 1}),
+    ((), {"axis": 0, "dtype": np.float64}),
+]
+
+
+@pytest.mark.parametrize("name", speed.REDUCTIONS)
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_a_fast_reduction_is_the_general_one(name, args, kwargs):
+    general = getattr(tnp, name)
+    fast = speed.fast_reduction(name, general)
+    a = leaf((3, 2, 4))
+    assert outcome(fast, a, *args, **kwargs) == outcome(general, a, *args, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min"])
+def test_fast_reduction_methods_are_installed_for_the_run_only(name):
+    a = leaf((2, 3))
+    original = tnp.ndarray.__dict__[name]
+    with speed.fast_paths():
+        assert tnp.ndarray.__dict__[name] is not original
+        inside = outcome(lambda x, **k: getattr(x, name)(**k), a, axis=1, keepdims=True)
+    assert tnp.ndarray.__dict__[name] is original
+    assert inside == outcome(lambda x, **k: getattr(x, name)(**k), a, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("operator", ["+=", "-=", "*=", "/="])
+@pytest.mark.parametrize("other", ["array", "row", "number", "integers", "wider"])
+def test_an_in_place_operator_is_the_general_one(operator, other):
+    def run(fast: bool) -> tuple:
+        x = leaf((3, 4), seed=1)
+        operands = {
+            "array": leaf((3, 4), seed=2),
+            "row": leaf((1, 4), seed=3),
+            "number": 1.5,
+            "integers": tnp.asarray(np.arange(1, 5)),
+            "wider": leaf((2, 3, 4), seed=4),  # a result of another shape: refused
+        }
+
+        def apply(x: object) -> object:
+            a = x * 1.0  # not the leaf itself: autograd allows in-place on it
+            namespace = {"a": a, "b": operands[other]}
+            exec(f"a {operator} b", namespace)
+            assert namespace["a"] is a
+            return a
+
+        if not fast:
+            return outcome(apply, x)
+        with speed.fast_paths():
+            return outcome(apply, x)
+
+    assert run(fast=True) == run(fast=False)
