@@ -98,3 +98,55 @@ def test_an_in_place_operator_is_the_general_one(operator, other):
             return outcome(apply, x)
 
     assert run(fast=True) == run(fast=False)
+
+
+def positive_leaf(shape: tuple[int, ...], seed: int) -> object:
+    values = np.random.default_rng(seed).uniform(0.5, 2.0, size=shape)
+    return tnp.asarray(torch.tensor(values, requires_grad=True))
+
+
+@pytest.mark.parametrize("name", speed.UNARY_UFUNCS)
+@pytest.mark.parametrize("operand", ["float64", "0-d", "integers", "list"])
+def test_a_fast_unary_ufunc_is_the_general_one(name, operand):
+    general = getattr(tnp, name)
+    fast = speed.fast_functions()[name]
+    a = {
+        "float64": positive_leaf((3, 2), 0),
+        "0-d": positive_leaf((), 1),
+        "integers": tnp.asarray(np.arange(1, 4)),
+        "list": [1.0, 2.0],
+    }[operand]
+    if operand in ("integers", "list"):  # no gradient to compare: the values and dtype
+        assert fast(a).tensor.tolist() == general(a).tensor.tolist()
+        assert fast(a).dtype == general(a).dtype
+    else:
+        assert outcome(fast, a) == outcome(general, a)
+
+
+@pytest.mark.parametrize("name", [*speed.BINARY_UFUNCS, "matmul"])
+@pytest.mark.parametrize("shapes", [((3, 3), (3, 3)), ((2, 3, 3), (3, 3)), ((3,), (3, 3))])
+def test_a_fast_binary_ufunc_is_the_general_one(name, shapes):
+    general = getattr(tnp, name)
+    fast = speed.fast_functions()[name]
+    a, b = positive_leaf(shapes[0], 2), positive_leaf(shapes[1], 3)
+    assert outcome(fast, a, b) == outcome(general, a, b)
+    # a number, a dtype, out=: the general path's (with its refusals)
+    assert outcome(fast, a, 2.0) == outcome(general, a, 2.0)
+    assert outcome(fast, a, b, dtype=np.float32) == outcome(general, a, b, dtype=np.float32)
+
+
+def test_fast_matmul_and_transpose_methods_are_the_general_ones():
+    def both(call: object, *arrays: object) -> tuple[tuple, tuple]:
+        general = outcome(call, *arrays)
+        with speed.fast_paths():
+            fast = outcome(call, *arrays)
+        return fast, general
+
+    for shape in [(), (3,), (2, 3), (2, 3, 4)]:
+        fast, general = both(lambda a: a.T, positive_leaf(shape, 4))
+        assert fast == general
+    a, b = positive_leaf((2, 3), 5), positive_leaf((3, 4), 6)
+    fast, general = both(lambda a, b: a @ b, a, b)
+    assert fast == general
+    fast, general = both(lambda a: a @ tnp.asarray(np.ones((3, 2), dtype=np.int64)), a)
+    assert fast == general

@@ -138,19 +138,24 @@ class TensorNumpy(types.ModuleType):
         self._fast = fast
 
     def __getattr__(self, name: str) -> Any:
+        value = self._resolve(name)
+        vars(self)[name] = value  # the same for the whole run: resolved once
+        return value
+
+    def _resolve(self, name: str) -> Any:
         if name == "random" and self._prefix == "np":
             return _NoRandom(self._session)
         if self._prefix == "np" and name in self._kinked:
             return self._kinked[name]
-        if self._prefix == "np" and name in self._fast:
-            return self._fast[name]
         value = getattr(self._source, name, None)
         if value is None:
             return self._missing(name)
         if isinstance(value, types.ModuleType):
             return TensorNumpy(self._session, value, f"{self._prefix}.{name}")
-        if isinstance(getattr(numpy, name, None), numpy.ufunc) and self._prefix == "np":
-            return _Ufunc(name, value, self._session)
+        if self._prefix == "np":
+            value = self._fast.get(name, value)
+            if isinstance(getattr(numpy, name, None), numpy.ufunc):
+                return _Ufunc(name, value, self._session)
         return value
 
     def _missing(self, name: str) -> Any:

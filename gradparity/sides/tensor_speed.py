@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch._numpy as tnp
-from torch._numpy import _dtypes_impl, _normalizations
+from torch._numpy import _binary_ufuncs_impl, _dtypes_impl, _normalizations, _unary_ufuncs_impl
 
 
 class _CachedInspect(types.SimpleNamespace):
@@ -196,9 +196,45 @@ def fast_reduction(name: str, general: Callable) -> Callable:
 _KEYS = {"axis", "keepdims"}
 
 
+def _float64_arrays(args: tuple, kwargs: dict, count: int) -> bool:
+    """Whether the call is ``count`` float64 arrays, positionally, and nothing else."""
+    if kwargs or len(args) != count:
+        return False
+    return all(type(a) is tnp.ndarray and a.tensor.dtype is torch.float64 for a in args)
+
+
+def fast_ufunc(function: Callable, general: Callable, arity: int) -> Callable:
+    """A ufunc (or ``matmul``) called on float64 arrays alone: the torch function the
+    general path calls once its casting finds nothing to cast; any other call (a number, a
+    dtype, ``out=``) goes to ``general``."""
+
+    def ufunc(*args: Any, **kwargs: Any) -> Any:
+        if _float64_arrays(args, kwargs, arity):
+            return tnp.ndarray(function(*(a.tensor for a in args)))
+        return general(*args, **kwargs)
+
+    return ufunc
+
+
+UNARY_UFUNCS = ("exp", "log", "tanh", "sqrt", "abs", "absolute", "negative", "square", "log1p")
+BINARY_UFUNCS = ("add", "subtract", "multiply", "divide", "true_divide", "maximum", "minimum")
+
+
+def _build_fast_functions() -> dict[str, Callable]:
+    functions = {name: fast_reduction(name, getattr(tnp, name)) for name in REDUCTIONS}
+    for names, impl, arity in (
+        (UNARY_UFUNCS, _unary_ufuncs_impl, 1),
+        (BINARY_UFUNCS, _binary_ufuncs_impl, 2),
+    ):
+        for name in names:
+            functions[name] = fast_ufunc(getattr(impl, name), getattr(tnp, name), arity)
+    functions["matmul"] = fast_ufunc(torch.matmul, tnp.matmul, 2)
+    return functions
+
+
 def fast_functions() -> dict[str, Callable]:
     """The fast versions of ``torch._numpy``'s functions by NumPy name (``np.sum``)."""
-    return {name: fast_reduction(name, getattr(tnp, name)) for name in REDUCTIONS}
+    return _FAST_FUNCTIONS
 
 
 _BINARY = {
@@ -227,7 +263,14 @@ def _fast_methods() -> dict[str, Callable]:
         methods[inplace] = _fast_inplace(function, getattr(cls, inplace))
     for name in ("sum", "mean", "max", "min"):
         methods[name] = fast_reduction(name, getattr(cls, name))
+    methods["__matmul__"] = fast_ufunc(torch.matmul, cls.__matmul__, 2)
+    methods["T"] = property(_transposed)
     return methods
+
+
+def _transposed(self: Any) -> Any:
+    """``a.T``: the tensor's dims reversed, as ``a.transpose()`` permutes them."""
+    return tnp.ndarray(self.tensor.permute(tuple(range(self.tensor.dim() - 1, -1, -1))))
 
 
 def _default_dtypes() -> None:
@@ -261,4 +304,5 @@ def fast_paths() -> Iterator[None]:
 
 
 _CACHED_INSPECT = _cached_inspect()
+_FAST_FUNCTIONS = _build_fast_functions()
 _FAST_NAMES = tuple(_fast_methods())
