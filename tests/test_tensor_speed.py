@@ -150,3 +150,34 @@ def test_fast_matmul_and_transpose_methods_are_the_general_ones():
     assert fast == general
     fast, general = both(lambda a: a @ tnp.asarray(np.ones((3, 2), dtype=np.int64)), a)
     assert fast == general
+
+
+INDICES = {
+    "rows and classes": lambda: (tnp.arange(4), np.array([0, 2, 1, 2])),
+    "tensor rows": lambda: tnp.asarray(np.array([3, 0, 0])),
+    "negative rows": lambda: np.array([-1, 0]),
+    "2-d rows": lambda: tnp.asarray(np.array([[0, 1], [2, 3]])),
+    "tensor mask": lambda: tnp.asarray(np.array([True, False, True, False])),
+    "numpy mask": lambda: np.array([[True, False, True]] * 4),
+    "out of range": lambda: (np.array([0, 9]),),
+    "int32 (general)": lambda: np.array([1, 2], dtype=np.int32),
+    "0-d (general)": lambda: (tnp.asarray(np.array([1, 2])), tnp.asarray(np.int64(1))),
+    "with a slice (general)": lambda: (slice(None), np.array([0, 2])),
+}
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_fast_indexing_by_arrays_is_the_general_one(index):
+    a = positive_leaf((4, 3), 7)
+    general = outcome(lambda a: a[INDICES[index]()], a)
+    with speed.fast_paths():
+        fast = outcome(lambda a: a[INDICES[index]()], a)
+    assert fast == general
+
+
+def test_fast_negation_is_the_general_one():
+    a = positive_leaf((2, 3), 8)
+    general = outcome(lambda a: -a, a)
+    with speed.fast_paths():
+        assert outcome(lambda a: -a, a) == general
+        assert (-tnp.asarray(np.array([1, 2]))).tensor.tolist() == [-1, -2]

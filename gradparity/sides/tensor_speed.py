@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy
 import torch
 import torch._numpy as tnp
 from torch._numpy import _binary_ufuncs_impl, _dtypes_impl, _normalizations, _unary_ufuncs_impl
@@ -76,10 +77,33 @@ def _basic(index: Any) -> bool:
     return True
 
 
+def _integer_arrays(index: Any) -> Any:
+    """``index`` as torch takes it when it is only integer or boolean arrays with at least
+    one dim (``a[np.arange(n), y]``): each tensor array as its tensor, a NumPy array as
+    itself (the general path hands both over so); None for any other index."""
+    parts = index if type(index) is tuple else (index,)
+    converted = []
+    for part in parts:
+        if type(part) is tnp.ndarray:
+            part = part.tensor
+            if part.dtype not in (torch.int64, torch.bool) or part.dim() == 0:
+                return None
+        elif not (type(part) is numpy.ndarray and part.dtype in _INDEX_DTYPES and part.ndim):
+            return None
+        converted.append(part)
+    return tuple(converted)
+
+
+_INDEX_DTYPES = (numpy.dtype(numpy.int64), numpy.dtype(numpy.bool_))
+
+
 def _fast_getitem(general: Callable) -> Callable:
     def getitem(self: Any, index: Any) -> Any:
         if _basic(index):
             return tnp.ndarray(self.tensor[index])
+        arrays = _integer_arrays(index)
+        if arrays is not None:
+            return tnp.ndarray(self.tensor[arrays])
         return general(self, index)
 
     return getitem
@@ -265,6 +289,7 @@ def _fast_methods() -> dict[str, Callable]:
         methods[name] = fast_reduction(name, getattr(cls, name))
     methods["__matmul__"] = fast_ufunc(torch.matmul, cls.__matmul__, 2)
     methods["T"] = property(_transposed)
+    methods["__neg__"] = fast_ufunc(torch.neg, cls.__neg__, 1)
     return methods
 
 
