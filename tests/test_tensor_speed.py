@@ -181,3 +181,23 @@ def test_fast_negation_is_the_general_one():
     with speed.fast_paths():
         assert outcome(lambda a: -a, a) == general
         assert (-tnp.asarray(np.array([1, 2]))).tensor.tolist() == [-1, -2]
+
+
+BASIC = {
+    "windows": (slice(None), slice(1, 3)),
+    "a row": 2,
+    "row and new axis": (1, None),
+    "step 2": (slice(0, None, 2),),
+    "reversed (general)": (slice(None, None, -1),),
+    "numpy integer bound (general)": (slice(np.int64(1), 3),),
+    "zero step (general)": (slice(None, None, 0),),
+}
+
+
+@pytest.mark.parametrize("index", BASIC)
+def test_fast_basic_indexing_is_the_general_one(index):
+    a = positive_leaf((4, 3), 9)
+    general = outcome(lambda a: a[BASIC[index]], a)
+    with speed.fast_paths():
+        fast = outcome(lambda a: a[BASIC[index]], a)
+    assert fast == general

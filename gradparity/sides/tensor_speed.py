@@ -66,11 +66,14 @@ def _basic(index: Any) -> bool:
     """Whether ``index`` is plain ints, forward slices and ``None``: indexing that torch does
     exactly as NumPy does, without the tensor module's general (and slow) conversion."""
     parts = index if type(index) is tuple else (index,)
-    for part in parts:
+    for part in parts:  # plain checks, no generator: this runs on every index of the loops
         if type(part) is slice:
-            if not all(type(b) is int or b is None for b in (part.start, part.stop)):
+            start, stop, step = part.start, part.stop, part.step
+            if not (start is None or type(start) is int):
                 return False
-            if part.step is not None and not (type(part.step) is int and part.step > 0):
+            if not (stop is None or type(stop) is int):
+                return False
+            if not (step is None or (type(step) is int and step > 0)):
                 return False
         elif type(part) is not int and part is not None:
             return False
