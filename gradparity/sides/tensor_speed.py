@@ -316,9 +316,9 @@ def fast_paths() -> Iterator[None]:
     """The fast paths installed on ``torch._numpy`` for the block, the originals put back."""
     _default_dtypes()
     saved_inspect = _normalizations.inspect
-    saved: dict[str, Any] = {name: tnp.ndarray.__dict__.get(name) for name in _FAST_NAMES}
+    saved: dict[str, Any] = {name: tnp.ndarray.__dict__.get(name) for name in _FAST_METHODS}
     vars(_normalizations)["inspect"] = _CACHED_INSPECT
-    for name, method in _fast_methods().items():
+    for name, method in _FAST_METHODS.items():
         setattr(tnp.ndarray, name, method)
     try:
         yield
@@ -333,4 +333,4 @@ def fast_paths() -> Iterator[None]:
 
 _CACHED_INSPECT = _cached_inspect()
 _FAST_FUNCTIONS = _build_fast_functions()
-_FAST_NAMES = tuple(_fast_methods())
+_FAST_METHODS = _fast_methods()  # built once, around the class's own methods
