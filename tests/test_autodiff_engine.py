@@ -241,6 +241,28 @@ def test_user_modules_of_an_imported_package_follow_its_globals(tmp_path, monkey
         monkeypatch.delitem(sys.modules, name)
 
 
+def test_user_modules_follow_a_global_rebound_between_runs(tmp_path, monkeypatch):
+    # what a module's globals reference is remembered between runs: a rebound global is seen
+    (tmp_path / "shapes_a.py").write_text(
+        "import numpy as np\n\n\ndef helper(x):\n    return x\n\n\n"
+        "def loss(w):\n    return np.sum(helper(w) ** 2)\n"
+    )
+    (tmp_path / "shapes_b.py").write_text("def helper(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    a, b = importlib.import_module("shapes_a"), importlib.import_module("shapes_b")
+    own = a.helper
+    assert {m.__name__ for m in user_modules([a.loss])} == {"shapes_a"}
+    monkeypatch.setattr(a, "helper", b.helper)
+    assert {m.__name__ for m in user_modules([a.loss])} == {"shapes_a", "shapes_b"}
+    w = np.ones(3)
+    run = exact_gradients(lambda: a.loss(w), {"w": w}, [a.loss])
+    np.testing.assert_allclose(run.grads["w"], 8 * w, atol=EXACT)
+    monkeypatch.setattr(a, "helper", own)
+    assert {m.__name__ for m in user_modules([a.loss])} == {"shapes_a"}
+    for name in ("shapes_a", "shapes_b"):
+        monkeypatch.delitem(sys.modules, name)
+
+
 def test_user_modules_picks_this_test_file_and_never_a_library():
     found = user_modules(
         [nets.mlp_loss, test_user_modules_picks_this_test_file_and_never_a_library]

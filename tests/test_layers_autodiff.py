@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
+import types
 from collections import OrderedDict
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 import gradparity as gp
 from gradparity.corpus.layer_bugs import BUGS, inject
 from gradparity.ours import mlp
+from gradparity.sides import layer_autodiff
 
 HERE = Path(__file__).resolve().relative_to(Path.cwd().resolve()).as_posix()
 
@@ -527,3 +530,14 @@ def test_an_ordered_dicts_items_are_a_model():
     report = gp.compare(layers.items(), "autodiff", x, t, ours_loss=SoftmaxWithLoss())
     found = {(f.layer, f.quantity): f.diagnosis for f in report.root_causes}
     assert found == {("Affine1", "grad_input"): "scaled", ("Affine2", "grad_input"): "scaled"}
+
+
+def test_the_loaded_ours_modules_are_rescanned_when_a_module_is_loaded_or_gone(monkeypatch):
+    before = layer_autodiff._loaded_ours()
+    assert "gradparity.ours.layers" in before
+    extra = types.ModuleType("gradparity.ours.extra_for_test")
+    monkeypatch.setitem(sys.modules, extra.__name__, extra)
+    assert layer_autodiff._loaded_ours() == before | {extra.__name__}
+    monkeypatch.delitem(sys.modules, extra.__name__)
+    monkeypatch.setitem(sys.modules, "unrelated_module_for_test", extra)  # the same count
+    assert layer_autodiff._loaded_ours() == before

@@ -79,8 +79,24 @@ def _own_modules(obj: Any) -> list[ModuleType]:
     names = {c.__module__ for c in type(inner).__mro__ if c.__module__.startswith(_OWN_PACKAGES)}
     if not names:
         return []
-    names |= {n for n in sys.modules if n.startswith("gradparity.ours.")}
+    names |= _loaded_ours()
     return [sys.modules[n] for n in sorted(names)]
+
+
+_LOADED_OURS: dict[int, set[str]] = {}  # len(sys.modules) -> the gradparity.ours modules
+
+
+def _loaded_ours() -> set[str]:
+    """The names of the loaded ``gradparity.ours`` modules. A scan of ``sys.modules`` costs
+    more than a small layer's whole run, so it is redone only when the number of loaded
+    modules changed (a module imported) or a remembered one is gone."""
+    count = len(sys.modules)
+    names = _LOADED_OURS.get(count)
+    if names is None or not all(n in sys.modules for n in names):
+        names = {n for n in sys.modules if n.startswith("gradparity.ours.")}
+        _LOADED_OURS.clear()
+        _LOADED_OURS[count] = names
+    return set(names)
 
 
 def run_modules(obj: Any, callables: list[Any]) -> list[ModuleType] | None:

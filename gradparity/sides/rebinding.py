@@ -11,6 +11,7 @@ the user holds keeps a trace of the run.
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib
 import sys
@@ -111,16 +112,44 @@ def user_modules(
     if modules is not None:
         return [importlib.import_module(m) if isinstance(m, str) else m for m in modules]
     found: dict[str, types.ModuleType] = {}
+    checked: set[str] = set()  # module names judged once (most are reached many times)
     pending = [m for c in callables for m in _owner_modules(c)]
     while pending:
         module = pending.pop()
-        if module.__name__ in found or not is_user_module(module):
+        if module.__name__ in checked:
+            continue
+        checked.add(module.__name__)
+        if not is_user_module(module):
             continue
         found[module.__name__] = module
-        for value in list(vars(module).values()):
-            if isinstance(value, types.ModuleType | types.FunctionType | type):
-                pending += _owner_modules(value)
+        pending += _referenced_modules(module)
     return list(found.values())
+
+
+# module name -> (its module, function and class globals: kept so that their ids stay theirs,
+# the modules those reference). Valid while the module binds the same such globals.
+_REFERENCES: dict[str, tuple[list[Any], list[types.ModuleType]]] = {}
+
+
+def _referenced_modules(module: types.ModuleType) -> list[types.ModuleType]:
+    """The modules ``module``'s globals reference (a module, or a function or class defined
+    in one), remembered while its module, function and class globals stay the same objects;
+    a module with a module-level closure is never remembered (its cells may change)."""
+    code = [
+        v
+        for v in list(vars(module).values())
+        if isinstance(v, types.ModuleType | types.FunctionType | type)
+    ]
+    cached = _REFERENCES.get(module.__name__)
+    same = cached is not None and len(cached[0]) == len(code)
+    if same and all(a is b for a, b in zip(cached[0], code)):
+        return cached[1]
+    referenced = [m for value in code for m in _owner_modules(value)]
+    # each once, at its last place: the walk pops from the end, so the order found is kept
+    referenced = list(reversed(dict.fromkeys(reversed(referenced))))
+    if not any(isinstance(v, types.FunctionType) and v.__closure__ for v in code):
+        _REFERENCES[module.__name__] = (code, referenced)
+    return referenced
 
 
 def module_files(modules: Sequence[types.ModuleType], callables: Sequence[Any]) -> set[str]:
@@ -163,7 +192,7 @@ class Rebinding:
         self._undo.append(undo)
         namespace.update(rebound)
         for name, value in before.items():
-            if name in rebound or isinstance(value, type | types.ModuleType):
+            if name in rebound or self._passes_over(value):
                 continue
             new = self._visit(value, 1)
             if new is not None:
@@ -181,26 +210,36 @@ class Rebinding:
         stand_in = self.stand_ins.get(id(value))
         if stand_in is not None:
             return stand_in
-        if depth > MAX_DEPTH or id(value) in self._seen or _opaque(value):
+        kind = _kind(type(value))
+        if kind is _Kind.OPAQUE or depth > MAX_DEPTH or id(value) in self._seen:
             return None
         self._seen.add(id(value))
-        if isinstance(value, dict):
+        if kind is _Kind.DICT:
             self._walk_dict(value, depth)
-        elif isinstance(value, list):
+        elif kind is _Kind.LIST:
             self._walk_list(value, depth)
-        elif isinstance(value, tuple):
+        elif kind is _Kind.TUPLE:
             items = [self._visit(v, depth + 1) for v in value]
             if any(i is not None for i in items):
                 rebuilt = [v if i is None else i for v, i in zip(value, items, strict=True)]
                 return type(value)(*rebuilt) if hasattr(value, "_fields") else tuple(rebuilt)
-        elif isinstance(value, types.MethodType):
+        elif kind is _Kind.METHOD:
             self._visit(value.__func__, depth + 1)
             self._visit(value.__self__, depth + 1)
-        elif isinstance(value, types.FunctionType):
+        elif kind is _Kind.FUNCTION:
             self._walk_function(value, depth)
         elif isinstance(getattr(value, "__dict__", None), dict):
             self._walk_dict(vars(value), depth)
         return None
+
+    def _passes_over(self, value: Any) -> bool:
+        """Whether ``value`` is of a type known never to be walked into and is no stand-in
+        target, or a function holding nothing (no closure, no defaults): most of what the
+        walk meets, decided without a ``_visit`` call."""
+        kind = _KINDS.get(type(value))
+        if kind is _Kind.OPAQUE:
+            return id(value) not in self.stand_ins
+        return kind is _Kind.FUNCTION and value.__closure__ is None and not value.__defaults__
 
     def _walk_dict(self, d: dict, depth: int) -> None:
         before = dict(d)
@@ -211,6 +250,8 @@ class Rebinding:
 
         self._undo.append(undo)
         for key, item in before.items():
+            if self._passes_over(item):
+                continue
             new = self._visit(item, depth + 1)
             if new is not None:
                 d[key] = new
@@ -223,6 +264,8 @@ class Rebinding:
 
         self._undo.append(undo)
         for index, item in enumerate(before):
+            if self._passes_over(item):
+                continue
             new = self._visit(item, depth + 1)
             if new is not None:
                 items[index] = new
@@ -252,18 +295,45 @@ def _set_cell(cell: types.CellType, content: Any) -> None:
     cell.cell_contents = content
 
 
-def _opaque(value: Any) -> bool:
-    """Values never walked into: scalars, text, arrays that are not stand-in targets,
-    modules, classes, and objects of library classes (their state is not the user's)."""
-    if isinstance(value, str | bytes | int | float | complex | type | types.ModuleType):
-        return True
-    if isinstance(value, dict | list | tuple | types.FunctionType | types.MethodType):
-        return False
-    if isinstance(value, types.SimpleNamespace):
-        return False
-    module = sys.modules.get(type(value).__module__)
-    return module is None or not (
-        is_user_module(module)
-        or module.__name__ == "gradparity"
-        or module.__name__.startswith("gradparity.")
-    )
+class _Kind(enum.Enum):
+    """How the walk treats a value, decided by its type alone."""
+
+    OPAQUE = "never walked into"
+    DICT = "dict"
+    LIST = "list"
+    TUPLE = "tuple"
+    METHOD = "bound method"
+    FUNCTION = "function"
+    OBJECT = "an object whose attributes are walked"
+
+
+# The walk meets the same few types hundreds of times per run: their kind is decided once.
+_KINDS: dict[type, _Kind] = {}
+_CONTAINER_KINDS = (
+    (dict, _Kind.DICT),
+    (list, _Kind.LIST),
+    (tuple, _Kind.TUPLE),
+    (types.MethodType, _Kind.METHOD),
+    (types.FunctionType, _Kind.FUNCTION),
+    (types.SimpleNamespace, _Kind.OBJECT),
+)
+
+
+def _kind(cls: type) -> _Kind:
+    """The kind of values of class ``cls``: scalars, text, modules, classes, arrays that are
+    not stand-in targets and objects of library classes (their state is not the user's) are
+    never walked into."""
+    known = _KINDS.get(cls)
+    if known is not None:
+        return known
+    if issubclass(cls, str | bytes | int | float | complex | type | types.ModuleType):
+        return _KINDS.setdefault(cls, _Kind.OPAQUE)
+    for base, kind in _CONTAINER_KINDS:
+        if issubclass(cls, base):
+            return _KINDS.setdefault(cls, kind)
+    module = sys.modules.get(cls.__module__)
+    if module is None:  # not cached: the module may be loaded later
+        return _Kind.OPAQUE
+    user = is_user_module(module) or module.__name__ == "gradparity"
+    user = user or module.__name__.startswith("gradparity.")
+    return _KINDS.setdefault(cls, _Kind.OBJECT if user else _Kind.OPAQUE)

@@ -25,6 +25,7 @@ import torch._numpy as tnp
 from gradparity.core.source import shown_path
 from gradparity.sides.rebinding import NotOnTensors
 from gradparity.sides.tensor_kinks import REDUCTION_KINKS, Kink, kink_names, kinked, method_kink
+from gradparity.sides.tensor_speed import fast_functions
 
 
 @dataclass
@@ -132,9 +133,16 @@ class TensorNumpy(types.ModuleType):
     def __init__(self, session: TensorSession, source: Any = tnp, prefix: str = "np") -> None:
         super().__init__(prefix)
         self._session, self._source, self._prefix = session, source, prefix
-        self._kinked = {n: kinked(n, getattr(tnp, n), session) for n in kink_names()}
+        fast = fast_functions()
+        self._kinked = {n: kinked(n, fast.get(n, getattr(tnp, n)), session) for n in kink_names()}
+        self._fast = fast
 
     def __getattr__(self, name: str) -> Any:
+        value = self._resolve(name)
+        vars(self)[name] = value  # the same for the whole run: resolved once
+        return value
+
+    def _resolve(self, name: str) -> Any:
         if name == "random" and self._prefix == "np":
             return _NoRandom(self._session)
         if self._prefix == "np" and name in self._kinked:
@@ -144,8 +152,10 @@ class TensorNumpy(types.ModuleType):
             return self._missing(name)
         if isinstance(value, types.ModuleType):
             return TensorNumpy(self._session, value, f"{self._prefix}.{name}")
-        if isinstance(getattr(numpy, name, None), numpy.ufunc) and self._prefix == "np":
-            return _Ufunc(name, value, self._session)
+        if self._prefix == "np":
+            value = self._fast.get(name, value)
+            if isinstance(getattr(numpy, name, None), numpy.ufunc):
+                return _Ufunc(name, value, self._session)
         return value
 
     def _missing(self, name: str) -> Any:

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy
 import torch
 import torch._numpy as tnp
-from torch._numpy import _dtypes_impl, _normalizations
+from torch._numpy import _binary_ufuncs_impl, _dtypes_impl, _normalizations, _unary_ufuncs_impl
 
 
 class _CachedInspect(types.SimpleNamespace):
@@ -65,21 +66,47 @@ def _basic(index: Any) -> bool:
     """Whether ``index`` is plain ints, forward slices and ``None``: indexing that torch does
     exactly as NumPy does, without the tensor module's general (and slow) conversion."""
     parts = index if type(index) is tuple else (index,)
-    for part in parts:
+    for part in parts:  # plain checks, no generator: this runs on every index of the loops
         if type(part) is slice:
-            if not all(type(b) is int or b is None for b in (part.start, part.stop)):
+            start, stop, step = part.start, part.stop, part.step
+            if not (start is None or type(start) is int):
                 return False
-            if part.step is not None and not (type(part.step) is int and part.step > 0):
+            if not (stop is None or type(stop) is int):
+                return False
+            if not (step is None or (type(step) is int and step > 0)):
                 return False
         elif type(part) is not int and part is not None:
             return False
     return True
 
 
+def _integer_arrays(index: Any) -> Any:
+    """``index`` as torch takes it when it is only integer or boolean arrays with at least
+    one dim (``a[np.arange(n), y]``): each tensor array as its tensor, a NumPy array as
+    itself (the general path hands both over so); None for any other index."""
+    parts = index if type(index) is tuple else (index,)
+    converted = []
+    for part in parts:
+        if type(part) is tnp.ndarray:
+            part = part.tensor
+            if part.dtype not in (torch.int64, torch.bool) or part.dim() == 0:
+                return None
+        elif not (type(part) is numpy.ndarray and part.dtype in _INDEX_DTYPES and part.ndim):
+            return None
+        converted.append(part)
+    return tuple(converted)
+
+
+_INDEX_DTYPES = (numpy.dtype(numpy.int64), numpy.dtype(numpy.bool_))
+
+
 def _fast_getitem(general: Callable) -> Callable:
     def getitem(self: Any, index: Any) -> Any:
         if _basic(index):
             return tnp.ndarray(self.tensor[index])
+        arrays = _integer_arrays(index)
+        if arrays is not None:
+            return tnp.ndarray(self.tensor[arrays])
         return general(self, index)
 
     return getitem
@@ -118,6 +145,125 @@ def _fast_binary(function: Callable, general: Callable, reflected: bool) -> Call
     return op
 
 
+def _fast_inplace(function: Callable, general: Callable) -> Callable:
+    """``a += b`` on a float64 array with a float64 array or a Python number: as the general
+    path does it (the result computed, then copied into ``a``), without its argument
+    handling; a result of another shape goes to ``general`` (which refuses it)."""
+
+    def op(self: Any, other: Any) -> Any:
+        a = self.tensor
+        if a.dtype is torch.float64:
+            if type(other) is tnp.ndarray and other.tensor.dtype is torch.float64:
+                result = function(a, other.tensor)
+            elif type(other) in (float, int):
+                result = function(a, other)
+            else:
+                return general(self, other)
+            if result.shape == a.shape:
+                a.copy_(result)
+                return self
+        return general(self, other)
+
+    return op
+
+
+_NOT_FAST = object()
+
+
+def _dims(axis: Any, ndim: int) -> Any:
+    """``axis`` of a reduction as torch's non-negative dims (None: every dim), or
+    ``_NOT_FAST`` for what the general path should judge (an empty tuple, a repeated or
+    out-of-range axis, an axis that is not a plain int)."""
+    if axis is None:
+        return None
+    axes = (axis,) if type(axis) is int else axis
+    if type(axes) is not tuple or not axes or not all(type(a) is int for a in axes):
+        return _NOT_FAST
+    if not all(-ndim <= a < ndim for a in axes):
+        return _NOT_FAST
+    dims = tuple(a % ndim for a in axes)
+    return dims if len(set(dims)) == len(dims) else _NOT_FAST
+
+
+def _reduce(name: str, tensor: torch.Tensor, dims: Any, keepdims: bool) -> torch.Tensor:
+    """The tensor module's reduction ``name`` of a float64 tensor (same torch call)."""
+    if name in ("sum", "mean"):
+        if dims is None:
+            whole = getattr(tensor, name)()
+            return whole.expand((1,) * tensor.dim()).contiguous() if keepdims else whole
+        return getattr(tensor, name)(dim=dims, keepdim=keepdims)
+    every = tuple(range(tensor.dim())) if dims is None else dims
+    return getattr(tensor, _TORCH_EXTREMA[name])(every, keepdim=keepdims)
+
+
+_TORCH_EXTREMA = {"max": "amax", "amax": "amax", "min": "amin", "amin": "amin"}
+REDUCTIONS = ("sum", "mean", *_TORCH_EXTREMA)
+
+
+def fast_reduction(name: str, general: Callable) -> Callable:
+    """``np.<name>(a, axis, keepdims=...)`` (or the method ``a.<name>(axis, ...)``) on a
+    float64 array, with at most ``axis`` and ``keepdims``: the torch reduction the general
+    path ends in; any other call goes to ``general``."""
+
+    def reduction(*args: Any, **kwargs: Any) -> Any:
+        if 1 <= len(args) <= 2 and type(args[0]) is tnp.ndarray and kwargs.keys() <= _KEYS:
+            tensor, keepdims = args[0].tensor, kwargs.get("keepdims", False)
+            if tensor.dtype is torch.float64 and type(keepdims) is bool:
+                if len(args) == 2 and "axis" in kwargs:
+                    return general(*args, **kwargs)  # NumPy's error: axis given twice
+                axis = args[1] if len(args) == 2 else kwargs.get("axis")
+                dims = _dims(axis, tensor.dim())
+                if dims is not _NOT_FAST:
+                    return tnp.ndarray(_reduce(name, tensor, dims, keepdims))
+        return general(*args, **kwargs)
+
+    return reduction
+
+
+_KEYS = {"axis", "keepdims"}
+
+
+def _float64_arrays(args: tuple, kwargs: dict, count: int) -> bool:
+    """Whether the call is ``count`` float64 arrays, positionally, and nothing else."""
+    if kwargs or len(args) != count:
+        return False
+    return all(type(a) is tnp.ndarray and a.tensor.dtype is torch.float64 for a in args)
+
+
+def fast_ufunc(function: Callable, general: Callable, arity: int) -> Callable:
+    """A ufunc (or ``matmul``) called on float64 arrays alone: the torch function the
+    general path calls once its casting finds nothing to cast; any other call (a number, a
+    dtype, ``out=``) goes to ``general``."""
+
+    def ufunc(*args: Any, **kwargs: Any) -> Any:
+        if _float64_arrays(args, kwargs, arity):
+            return tnp.ndarray(function(*(a.tensor for a in args)))
+        return general(*args, **kwargs)
+
+    return ufunc
+
+
+UNARY_UFUNCS = ("exp", "log", "tanh", "sqrt", "abs", "absolute", "negative", "square", "log1p")
+BINARY_UFUNCS = ("add", "subtract", "multiply", "divide", "true_divide", "maximum", "minimum")
+
+
+def _build_fast_functions() -> dict[str, Callable]:
+    functions = {name: fast_reduction(name, getattr(tnp, name)) for name in REDUCTIONS}
+    for names, impl, arity in (
+        (UNARY_UFUNCS, _unary_ufuncs_impl, 1),
+        (BINARY_UFUNCS, _binary_ufuncs_impl, 2),
+    ):
+        for name in names:
+            functions[name] = fast_ufunc(getattr(impl, name), getattr(tnp, name), arity)
+    functions["matmul"] = fast_ufunc(torch.matmul, tnp.matmul, 2)
+    return functions
+
+
+def fast_functions() -> dict[str, Callable]:
+    """The fast versions of ``torch._numpy``'s functions by NumPy name (``np.sum``)."""
+    return _FAST_FUNCTIONS
+
+
 _BINARY = {
     "add": operator.add,
     "sub": operator.sub,
@@ -140,7 +286,19 @@ def _fast_methods() -> dict[str, Callable]:
     for name, function in _BINARY.items():
         reflected = f"__r{name}__"
         methods[reflected] = _fast_binary(function, getattr(cls, reflected), reflected=True)
+        inplace = f"__i{name}__"
+        methods[inplace] = _fast_inplace(function, getattr(cls, inplace))
+    for name in ("sum", "mean", "max", "min"):
+        methods[name] = fast_reduction(name, getattr(cls, name))
+    methods["__matmul__"] = fast_ufunc(torch.matmul, cls.__matmul__, 2)
+    methods["T"] = property(_transposed)
+    methods["__neg__"] = fast_ufunc(torch.neg, cls.__neg__, 1)
     return methods
+
+
+def _transposed(self: Any) -> Any:
+    """``a.T``: the tensor's dims reversed, as ``a.transpose()`` permutes them."""
+    return tnp.ndarray(self.tensor.permute(tuple(range(self.tensor.dim() - 1, -1, -1))))
 
 
 def _default_dtypes() -> None:
@@ -158,9 +316,9 @@ def fast_paths() -> Iterator[None]:
     """The fast paths installed on ``torch._numpy`` for the block, the originals put back."""
     _default_dtypes()
     saved_inspect = _normalizations.inspect
-    saved: dict[str, Any] = {name: tnp.ndarray.__dict__.get(name) for name in _FAST_NAMES}
+    saved: dict[str, Any] = {name: tnp.ndarray.__dict__.get(name) for name in _FAST_METHODS}
     vars(_normalizations)["inspect"] = _CACHED_INSPECT
-    for name, method in _fast_methods().items():
+    for name, method in _FAST_METHODS.items():
         setattr(tnp.ndarray, name, method)
     try:
         yield
@@ -174,4 +332,5 @@ def fast_paths() -> Iterator[None]:
 
 
 _CACHED_INSPECT = _cached_inspect()
-_FAST_NAMES = tuple(_fast_methods())
+_FAST_FUNCTIONS = _build_fast_functions()
+_FAST_METHODS = _fast_methods()  # built once, around the class's own methods
