@@ -11,6 +11,7 @@ import ast
 import inspect
 import os
 import textwrap
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def source_of(code: Any) -> dict | None:
     try:
         file = inspect.getsourcefile(code)
         lines, first = inspect.getsourcelines(code)
-    except (TypeError, OSError, IndexError, SyntaxError):
+    except (TypeError, OSError, IndexError, SyntaxError, tokenize.TokenError):
         return None
     if not file or not lines or not os.path.isfile(file):
         return None
@@ -77,7 +78,7 @@ def assignment_of(code: Any, param: str) -> dict | None:
     try:
         lines, first = inspect.getsourcelines(inspect.unwrap(getattr(code, "__func__", code)))
         tree = ast.parse(textwrap.dedent("".join(lines)))
-    except (TypeError, OSError, SyntaxError, ValueError):
+    except (TypeError, OSError, SyntaxError, ValueError, tokenize.TokenError):
         return None
     names = _gradient_names(param)
     found: ast.stmt | None = None

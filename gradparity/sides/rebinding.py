@@ -141,8 +141,11 @@ def _referenced_modules(module: types.ModuleType) -> list[types.ModuleType]:
         if isinstance(v, types.ModuleType | types.FunctionType | type)
     ]
     cached = _REFERENCES.get(module.__name__)
-    same = cached is not None and len(cached[0]) == len(code)
-    if same and all(a is b for a, b in zip(cached[0], code)):
+    if (
+        cached is not None
+        and len(cached[0]) == len(code)
+        and all(a is b for a, b in zip(cached[0], code, strict=True))
+    ):
         return cached[1]
     referenced = [m for value in code for m in _owner_modules(value)]
     # each once, at its last place: the walk pops from the end, so the order found is kept

@@ -255,7 +255,7 @@ def _build_fast_functions() -> dict[str, Callable]:
     ):
         for name in names:
             functions[name] = fast_ufunc(getattr(impl, name), getattr(tnp, name), arity)
-    functions["matmul"] = fast_ufunc(torch.matmul, tnp.matmul, 2)
+    functions["matmul"] = fast_ufunc(torch.matmul, tnp.matmul, 2)  # type: ignore[attr-defined]
     return functions
 
 
@@ -275,8 +275,8 @@ _COMPARISONS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": o
 
 def _fast_methods() -> dict[str, Callable]:
     """The fast methods of the tensor array class by name, each around the original."""
-    cls = tnp.ndarray
-    methods: dict[str, Callable] = {
+    cls: Any = tnp.ndarray  # the tensor module ships no types for its dunder methods
+    methods: dict[str, Any] = {
         "__getitem__": _fast_getitem(cls.__getitem__),
         "__setitem__": _fast_setitem(cls.__setitem__),
     }
