@@ -4,6 +4,7 @@ not be labelled."""
 from __future__ import annotations
 
 import json
+from itertools import combinations
 
 import numpy as np
 import pytest
@@ -305,6 +306,11 @@ def test_batch_size_one_never_gives_batch_reduction(factor):
 def test_scaled_recovers_any_other_factor(seed, shape, factor, batch_size):
     for special in (1.0, -1.0, batch_size, 1 / batch_size):
         assume(abs(factor - special) > 1e-3 * abs(special))
+    # a count of the tensor (a dimension or a product of some: features, N x C, elements) or
+    # its inverse is reduction_count, not scaled
+    counts = {int(np.prod(c)) for k in range(1, len(shape) + 1) for c in combinations(shape, k)}
+    for special in [n for n in counts if n >= 3] + [1 / n for n in counts if n >= 3]:
+        assume(abs(abs(factor) - special) > 1e-3 * special)
     assume(np.prod(shape) > 1)
     rng = np.random.default_rng(seed)
     ref = rng.standard_normal(shape)
