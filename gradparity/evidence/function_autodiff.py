@@ -21,7 +21,7 @@ from gradparity.core.errors import InputError
 from gradparity.core.row import Row
 from gradparity.core.tolerance import tolerance_for
 from gradparity.evidence.float32_budget import RowTolerances, float32_tolerances
-from gradparity.evidence.function_numeric import batch_of, numeric_rows
+from gradparity.evidence.function_numeric import batch_and_layout, numeric_rows
 from gradparity.evidence.penalty import explain_penalty
 from gradparity.evidence.repeats import mark_repeat
 from gradparity.pairing.structure import flatten, layer_index
@@ -208,10 +208,7 @@ def autodiff_rows(
         judged["meta"]["reference_used"] = "central differences"
         judged["meta"]["reference_loss"] = f"central differences of {_loss_words(call.loss_fn, fn)}"
         return judged
-    batch, columns = batch_of(x, target)
-    if batch_size is not None and x.ndim == 2:
-        batch, columns = batch_size, x.shape[1] == batch_size != x.shape[0]
-    layout = {True: "columns", False: "", None: "unknown"}[columns]
+    batch, layout = batch_and_layout(x, target, batch_size)
     tols, budget_notes = RowTolerances(tolerance_for(dtype, rtol, atol)), list[str]()
     if exact is not None and dtype == "float32":
         tols, budget_notes = float32_tolerances(

@@ -66,6 +66,19 @@ def batch_of(x: np.ndarray, target: np.ndarray) -> tuple[int | None, bool | None
     return None, None
 
 
+def batch_and_layout(
+    x: np.ndarray, target: np.ndarray, batch_size: int | None
+) -> tuple[int | None, str]:
+    """(batch size, layout word) for the diagnoses of a function's gradients: ``batch_size``
+    when given, else what ``batch_of`` reads from the shapes; the layout is "columns" for
+    examples held as columns, "" for rows, "unknown" when the shapes leave it open (a
+    transpose fix then names both)."""
+    batch, columns = batch_of(x, target)
+    if batch_size is not None and x.ndim == 2:
+        batch, columns = batch_size, x.shape[1] == batch_size != x.shape[0]
+    return batch, {True: "columns", False: "", None: "unknown"}[columns]
+
+
 class NumericLoss:
     """The user's loss at a working copy of the parameters, one entry moved at a time.
     ``precision``: the dtype loss_fn returns its value in; central differences need float64
@@ -325,11 +338,7 @@ def numeric_rows(
             "loss_fn returned the same loss when every parameter changed; it must compute the "
             "loss from the params it is given, not from arrays it holds"
         )
-    batch, columns = batch_of(x, target)
-    if batch_size is not None and x.ndim == 2:
-        batch, columns = batch_size, x.shape[1] == batch_size != x.shape[0]
-    # The wording of a transpose fix needs the layout; unknown gets words for both.
-    layout = {True: "columns", False: "", None: "unknown"}[columns]
+    batch, layout = batch_and_layout(x, target, batch_size)
     tol = numeric_tolerance(loss.base, rtol, atol)
     depth = layer_index(list(flat), [a.shape for a in flat.values()])
     rows: list[Row] = []
