@@ -232,9 +232,12 @@ def autodiff_rows(
         rows = fwd + bwd + params_rows
         notes += budget_notes + tols.annotate(rows)
         # No timing here: a report is the same on any machine.
+        # a kink can only explain a gradient that differs: its probe runs only then
+        kink_notes = exact.kink_notes if any(r.diverged for r in rows) else []
         notes[:0] = [
             f"reference: exact gradients by autodiff (loss {exact.loss:.6g})",
-            *exact.notes,
+            *exact.cut_notes,
+            *kink_notes,
         ]
     return {
         "rows": rows,

@@ -193,7 +193,8 @@ def add_reference_notes(reference_notes: ReferenceNotes) -> Evidence:
     too)."""
 
     def add_notes(ctx: Context) -> None:
-        ctx.notes += reference_notes.lines()
+        diverging = dict.fromkeys(r.layer for r in ctx.rows if r.diverged)
+        ctx.notes += reference_notes.lines(diverging)
 
     return add_notes
 

@@ -13,6 +13,7 @@ import traceback
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -31,14 +32,29 @@ __all__ = ["ExactRun", "NotOnTensors", "exact_gradients", "unavailable", "user_m
 class ExactRun:
     """The exact gradients of one loss: ``grads`` by the flat parameter names; ``taps``: the
     forward taps recorded in the tensor run; ``tap_grads``: dL/d(tap) for those the loss
-    depends on; ``notes``: one line each, e.g. a kink met exactly (ReLU at 0)."""
+    depends on; ``cut_notes``: one line per place a value left the graph; ``kink_probe``:
+    the notes on kinks met exactly (ReLU at 0, a tie), computed when first asked for."""
 
     loss: float
     grads: dict[str, np.ndarray]
     taps: dict[str, np.ndarray]
     tap_grads: dict[str, np.ndarray]
     seconds: float
-    notes: list[str] = field(default_factory=list)
+    cut_notes: list[str] = field(default_factory=list)
+    kink_probe: Callable[[], list[str]] = field(default=list, repr=False)
+
+    @cached_property
+    def kink_notes(self) -> list[str]:
+        """One line per call site where the loss's gradient passes an exact kink whose operands
+        move with a parameter. Deciding that costs a second backward pass through the
+        operands' history (a third of a naive-loop conv net's reference), so front ends ask
+        only where a gradient diverges; until then the run keeps its graph."""
+        return self.kink_probe()
+
+    @property
+    def notes(self) -> list[str]:
+        """Every note: the cuts, then the kinks (which runs the kink probe)."""
+        return self.cut_notes + self.kink_notes
 
 
 def unavailable() -> str | None:
@@ -263,10 +279,9 @@ def _differentiate(
             n: g.detach().numpy().copy() for n, g in zip(tap_tensors, tap_found) if g is not None
         },
         seconds=time.perf_counter() - started,
-        notes=_cut_notes(session.cuts)
-        + _kink_notes(
-            kinks,
-            found[len(leaves) + len(tap_tensors) :][: len(kinks)],
+        cut_notes=_cut_notes(session.cuts),
+        kink_probe=_kink_probe(
+            _kinks_met(kinks, found[len(leaves) + len(tap_tensors) :][: len(kinks)]),
             [leaf.tensor for leaf in leaves.values()],
         ),
     )
@@ -305,14 +320,28 @@ def _cut_notes(cuts: Sequence[tuple[str, str]]) -> list[str]:
     ]
 
 
-def _kink_notes(kinks: Sequence[Any], grads: Sequence[Any], leaves: Sequence[Any]) -> list[str]:
-    """One line per call site where the loss's gradient passes an exact kink (a tie of max or
-    min, abs or ReLU at 0) whose operands there move with a parameter: only there can the
-    choice of derivative (autograd's or the user's backward's) change a gradient."""
+def _kinks_met(kinks: Sequence[Any], grads: Sequence[Any]) -> dict[tuple[str, str], list[Any]]:
+    """The kinks the loss's gradient passes, by call site (call, where): a kink (a tie of max
+    or min, abs or ReLU at 0) whose output's gradient is not 0 at the kink."""
     sites: dict[tuple[str, str], list[Any]] = {}
     for kink, grad in zip(kinks, grads, strict=True):
         if grad is not None and bool((kink.at & (grad != 0)).any()):
             sites.setdefault((kink.call, kink.where), []).append(kink)
+    return sites
+
+
+def _kink_probe(
+    sites: dict[tuple[str, str], list[Any]], leaves: Sequence[Any]
+) -> Callable[[], list[str]]:
+    """The kink notes of ``sites``, to compute when asked; nothing kept when no kink was met
+    (the run's graph is then freed with it)."""
+    return partial(_kink_notes, sites, leaves) if sites else list
+
+
+def _kink_notes(sites: dict[tuple[str, str], list[Any]], leaves: Sequence[Any]) -> list[str]:
+    """One line per call site of ``sites`` whose operands at the kink move with a parameter:
+    only there can the choice of derivative (autograd's or the user's backward's) change a
+    gradient."""
     notes = []
     for (call, where), met in sites.items():
         if _moves_with_parameters(met, leaves):

@@ -36,26 +36,38 @@ _OWN_PACKAGES = ("gradparity.ours", "gradparity.corpus")  # gradparity code user
 @dataclass
 class ReferenceNotes:
     """What a run of the reference has to say: layers whose reference fell back to central
-    differences (layer name -> the reason) and the engine's own notes (a kink met exactly)."""
+    differences (layer name -> the reason), the engine's notes (a value that left the graph)
+    and its kink probes (ReLU at 0, a tie), each layer's run only when asked about."""
 
     fallbacks: dict[str, str] = field(default_factory=dict)
     engine: dict[str, list[str]] = field(default_factory=dict)  # layer name -> its notes
+    kink_probes: dict[str, list[Callable[[], list[str]]]] = field(default_factory=dict)
 
     def __deepcopy__(self, memo: dict) -> ReferenceNotes:
         return self  # one record per run, also through the copies evidence plug-ins make
 
-    def lines(self) -> list[str]:
-        """One note per fallen-back layer, in the order they fell back, then the engine's."""
+    def add(self, name: str, run: Any) -> None:
+        """Keep what the engine's ``ExactRun`` of layer ``name`` has to say."""
+        self.engine.setdefault(name, []).extend(run.cut_notes)
+        self.kink_probes.setdefault(name, []).append(lambda: run.kink_notes)
+
+    def lines(self, diverging: Iterable[str] = ()) -> list[str]:
+        """One note per fallen-back layer, in the order they fell back, then the engine's; the
+        kink notes of the ``diverging`` layers only (a kink explains nothing elsewhere)."""
+        kinks = [n for name in diverging for n in self._kink_notes(name)]
         return [
             f"{name}: its forward cannot run on tensors ({reason}); its reference is central "
             "differences of that forward (approximate, and only right if the forward gives "
             "the same output for the same input)"
             for name, reason in self.fallbacks.items()
-        ] + list(dict.fromkeys(n for notes in self.engine.values() for n in notes))
+        ] + list(dict.fromkeys([n for notes in self.engine.values() for n in notes] + kinks))
 
     def kinks(self, name: str) -> bool:
         """Whether the engine met an exact kink (ReLU at 0, a tie) in ``name``'s forward."""
-        return any("kink" in note for note in self.engine.get(name, []))
+        return bool(self._kink_notes(name))
+
+    def _kink_notes(self, name: str) -> list[str]:
+        return [n for probe in self.kink_probes.get(name, []) for n in probe()]
 
 
 def code_objects(obj: Any) -> list[Any]:
@@ -131,7 +143,7 @@ def _differentiate(
         run = exact_gradients(
             value, arrays, callables, inputs=inputs, modules=run_modules(owner, callables)
         )
-    notes.engine.setdefault(name, []).extend(run.notes)
+    notes.add(name, run)
     return run.grads
 
 
