@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import gc
 import importlib
 import sys
 import sysconfig
@@ -76,7 +77,7 @@ def _owner_modules(value: Any, depth: int = 0) -> list[types.ModuleType]:
     if isinstance(value, types.ModuleType):
         return [value]
     if isinstance(value, types.FunctionType):
-        found = [m for m in [sys.modules.get(value.__module__)] if m is not None]
+        found = [m for m in [_defining_module(value)] if m is not None]
         return found + [m for v in _cell_contents(value) for m in _owner_modules(v, depth + 1)]
     if isinstance(value, dict | list | tuple):
         items = value.values() if isinstance(value, dict) else value
@@ -84,11 +85,48 @@ def _owner_modules(value: Any, depth: int = 0) -> list[types.ModuleType]:
     if isinstance(value, str | bytes | int | float | complex) or value is None:
         return []
     cls = value if isinstance(value, type) else type(value)
-    found = [m for c in cls.__mro__ if (m := sys.modules.get(c.__module__)) is not None]
+    found = [m for c in cls.__mro__ if (m := _class_module(c)) is not None]
     attributes = getattr(value, "__dict__", None)
     if not isinstance(value, type) and isinstance(attributes, dict):
         found += [m for v in attributes.values() for m in _owner_modules(v, depth + 1)]
     return found
+
+
+def _defining_module(function: types.FunctionType) -> types.ModuleType | None:
+    """The module whose globals ``function`` reads: the one ``sys.modules`` holds under its
+    name, else (code loaded from a file without registering it, or a module of that name
+    replaced since) the module object owning those globals."""
+    module = sys.modules.get(function.__module__)
+    if module is not None and vars(module) is function.__globals__:
+        return module
+    return _module_of_namespace(function.__globals__)
+
+
+def _class_module(cls: type) -> types.ModuleType | None:
+    """The module defining ``cls``: by name, else through the globals of one of its methods."""
+    module = sys.modules.get(cls.__module__)
+    if module is not None:
+        return module
+    for attribute in vars(cls).values():
+        if isinstance(attribute, types.FunctionType):
+            return _defining_module(attribute)
+    return None
+
+
+# id(globals dict) -> its module, for modules missing from sys.modules (found once: the search
+# asks the garbage collector for every object referring to the dict).
+_UNREGISTERED: dict[int, types.ModuleType] = {}
+
+
+def _module_of_namespace(namespace: dict) -> types.ModuleType | None:
+    known = _UNREGISTERED.get(id(namespace))
+    if known is not None and vars(known) is namespace:
+        return known
+    for referrer in gc.get_referrers(namespace):
+        if isinstance(referrer, types.ModuleType) and vars(referrer) is namespace:
+            _UNREGISTERED[id(namespace)] = referrer
+            return referrer
+    return None
 
 
 def _cell_contents(function: types.FunctionType) -> list[Any]:
@@ -334,9 +372,9 @@ def _kind(cls: type) -> _Kind:
     for base, kind in _CONTAINER_KINDS:
         if issubclass(cls, base):
             return _KINDS.setdefault(cls, kind)
-    module = sys.modules.get(cls.__module__)
-    if module is None:  # not cached: the module may be loaded later
-        return _Kind.OPAQUE
+    module = _class_module(cls)
+    if module is None:  # the user's code run without a module (exec): walked, not cached
+        return _Kind.OBJECT
     user = is_user_module(module) or module.__name__ == "gradparity"
     user = user or module.__name__.startswith("gradparity.")
     return _KINDS.setdefault(cls, _Kind.OBJECT if user else _Kind.OPAQUE)
