@@ -211,8 +211,10 @@ def _record_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
 
 
 def _raised(error: dict | None) -> str:
+    """What code that raised did, in one line (the message's first)."""
     error = error or {}
-    return f"raised ({error.get('type')}: {error.get('message')})"
+    first = str(error.get("message", "")).splitlines()[:1]
+    return f"raised ({error.get('type')}: {''.join(first)})"
 
 
 def _fixed_note(what: str, why: str, fixed: Tolerance) -> str:
