@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradparity.core.errors import InputError, describe_error
+from gradparity.sides.rebinding import is_user_module
 
 if TYPE_CHECKING:
     from gradparity.report.report import Report
@@ -41,6 +42,11 @@ def load_factory(spec: str) -> Any:
             if spec_of_file is None or spec_of_file.loader is None:
                 raise InputError(f"cannot import {path}: not a Python source file")
             module = importlib.util.module_from_spec(spec_of_file)
+            # Registered as an import would register it (never over a library's module of
+            # that name): the autodiff reference finds the user's code by its classes' modules.
+            held = sys.modules.get(path.stem)
+            if held is None or is_user_module(held):
+                sys.modules[path.stem] = module
             spec_of_file.loader.exec_module(module)
         else:
             module = importlib.import_module(mod_name)

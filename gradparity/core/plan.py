@@ -49,6 +49,8 @@ class TensorPair:
     reference_parameter: str | None = None  # the reference's name of a gradient's parameter
     step: int | None = None
     keep_arrays: bool = False  # keep ours' and the reference's value for the report's plots
+    # The row's own tolerance, where it is not the run's (a float32 budget measured for it).
+    tolerance: Tolerance | None = None
 
 
 # A pairing step's output, in report order: a tensor pair to compare, or a row already judged

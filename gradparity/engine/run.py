@@ -48,13 +48,14 @@ def compare_pair(pair: TensorPair, tol: Tolerance) -> Row:
 
 
 def compare_entries(entries: list[Entry], ctx: Context) -> None:
-    """Compare every tensor pair into ``ctx.rows`` (rows already judged pass through), keeping
-    the values of the pairs that ask for it in ``ctx.arrays``."""
+    """Compare every tensor pair, by its own tolerance or else the run's, into ``ctx.rows``
+    (rows already judged pass through), keeping the values of the pairs that ask for it in
+    ``ctx.arrays``."""
     for entry in entries:
         if isinstance(entry, Row):
             ctx.rows.append(entry)
             continue
-        row = compare_pair(entry, ctx.tolerance)
+        row = compare_pair(entry, entry.tolerance or ctx.tolerance)
         if entry.keep_arrays and entry.ours is not None:
             ctx.arrays[(row.layer, row.quantity)] = {
                 "ours": entry.ours,

@@ -2,22 +2,27 @@
 float32 rounding, measured per tensor.
 
 The user's code runs twice, on their float32 arrays and on float64 copies
-(``sides.float64_twin``). For correct code their float32 error against the exact gradient is
-that drift (the float64 run's own rounding is ~1e-16 of it); a bug is in both runs, so it
-shows on top of the drift. Each tensor's budget is ``DRIFT_FACTOR`` times its drift, at least
-``FLOOR_ULPS`` float32 ulps of the tensor's scale (max|exact|). It is carried by the one
-mismatch rule as ``Tolerance(rtol=budget / scale)``: the allowed error is the budget where the
-exact value is 0, up to twice that at the largest element.
+(``sides.float64_twin``): the whole ``grads`` function (``float32_tolerances``), or each
+isolated layer probe of layered code (``layer_tolerances``). For correct code their float32
+error against the exact gradient is that drift (the float64 run's own rounding is ~1e-16 of
+it); a bug is in both runs, so it shows on top of the drift. Each tensor's budget is
+``DRIFT_FACTOR`` times its drift, at least ``FLOOR_ULPS`` float32 ulps of the tensor's scale
+(max|exact|). It is carried by the one mismatch rule as ``Tolerance(rtol=budget / scale)``:
+the allowed error is the budget where the exact value is 0, up to twice that at the largest
+element.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from gradparity.core.address import Address, Kind
+from gradparity.core.plan import Entry, TensorPair
+from gradparity.core.records import LayerRecord
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance, element_errors, tolerance_for
 from gradparity.sides.float64_twin import float64_run
@@ -32,6 +37,7 @@ DRIFT_FACTOR = 4.0
 # two runs happen to agree exactly still gets a few roundings' room.
 FLOOR_ULPS = 8
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
+NO_ROWS = Tolerance(0.0, 0.0, "float32")  # the report's tolerance when no row was measured
 
 
 @dataclass(frozen=True)
@@ -129,12 +135,7 @@ def float32_tolerances(
     twin = float64_run(grads, params, flat, *inputs)
     if twin.grads is None:
         fixed = tolerance_for("float32", rtol, atol)
-        error = twin.error or {}
-        return RowTolerances(fixed), [
-            f"float32: your code raised when run in float64 ({error.get('type')}: "
-            f"{error.get('message')}), so its own rounding was not measured; the fixed float32 "
-            f"tolerance (rtol {fixed.rtol:g}, atol {fixed.atol:g}) was used"
-        ]
+        return RowTolerances(fixed), [_fixed_note("your code", _raised(twin.error), fixed)]
     measured = [
         ((fn, f"grad:{n}"), v, twin.grads.get(n), exact.grads.get(n))
         for n, v in (run.grads or {}).items()
@@ -151,25 +152,97 @@ def float32_tolerances(
         for key, ours, ours64, theirs in measured
         if theirs is not None
     }
-    return RowTolerances(
-        widest(budgets, rtol, atol),
-        {key: b.tolerance(rtol, atol) for key, b in budgets.items()},
-        budgets,
-    ), []
+    tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
+    return RowTolerances(widest(tolerances.values()), tolerances, budgets), []
+
+
+def layer_tolerances(
+    entries: list[Entry],
+    twins: Mapping[str, LayerRecord],
+    rtol: float | None,
+    atol: float | None,
+) -> tuple[RowTolerances, list[str]]:
+    """(the tolerance of every tensor pair of ``entries``, the gradients of isolated float32
+    layer probes against the exact gradient, notes): each pair's budget measured against its
+    layer's float64 probe in ``twins`` (layer name, or "loss", -> its record); for a layer
+    whose float64 probe raised or gave no float64 values, the fixed float32 tolerance and a
+    note naming the layer."""
+    fixed = tolerance_for("float32", rtol, atol)
+    tolerances: dict[Key, Tolerance] = {}
+    budgets: dict[Key, Budget] = {}
+    unmeasured: dict[str, str] = {}  # layer -> why its rounding was not measured
+    for entry in entries:
+        if not isinstance(entry, TensorPair) or entry.ours is None:
+            continue  # a row already judged (raised, missing)
+        key = (entry.layer, entry.quantity)
+        twin = twins.get(entry.layer)
+        why = _unmeasured(twin)
+        if twin is None or why is not None:
+            unmeasured.setdefault(entry.layer, why or "did not run")
+            tolerances[key] = fixed
+            continue
+        ours64 = _record_value(twin, entry.quantity)
+        budgets[key] = measured_budget(entry.ours, ours64, entry.reference)
+        tolerances[key] = budgets[key].tolerance(rtol, atol)
+    notes = [_fixed_note(f"layer {name!r}", why, fixed) for name, why in unmeasured.items()]
+    return RowTolerances(widest(tolerances.values(), fixed), tolerances, budgets), notes
+
+
+def _unmeasured(twin: LayerRecord | None) -> str | None:
+    """Why a layer's float64 probe measures no rounding (None when it does): it raised, or a
+    gradient came back in another float type (the layer casts back to float32)."""
+    if twin is None:
+        return None
+    if twin.error is not None:
+        return _raised(twin.error)
+    values = [twin.grad_input, *twin.grads.values()]
+    cast = sorted({str(v.dtype) for v in values if v is not None and v.dtype.kind == "f"})
+    if cast != ["float64"]:
+        return f"gave {', '.join(cast) or 'no float'} gradients"
+    return None
+
+
+def _record_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
+    """A record's "grad_input" or "grad:<key>" (None when it has no such gradient)."""
+    address = Address.parse(quantity)
+    if address.kind is Kind.GRAD_INPUT:
+        return rec.grad_input
+    return rec.grads.get(address.name or "")
+
+
+def _raised(error: dict | None) -> str:
+    """What code that raised did, in one line (the message's first)."""
+    error = error or {}
+    first = str(error.get("message", "")).splitlines()[:1]
+    return f"raised ({error.get('type')}: {''.join(first)})"
+
+
+def _fixed_note(what: str, why: str, fixed: Tolerance) -> str:
+    """The note of code whose float64 run measured no rounding (``why``: what it did)."""
+    return (
+        f"float32: {what} {why} when run in float64, so its own rounding was not measured; "
+        f"the fixed float32 tolerance (rtol {fixed.rtol:g}, atol {fixed.atol:g}) was used"
+    )
 
 
 def _label(row: Row) -> str:
-    return row.quantity if row.type == "parameter" else f"tap {row.layer} ({row.quantity})"
+    """How the budget note names a row: a function's parameter by its name, a tap as a tap,
+    a layer's gradient as "layer quantity"."""
+    if row.type == "parameter":
+        return row.quantity
+    if row.type == "tap":
+        return f"tap {row.layer} ({row.quantity})"
+    return f"{row.layer} {row.quantity}"
 
 
-def widest(budgets: Mapping[Any, Budget], rtol: float | None, atol: float | None) -> Tolerance:
-    """The report's single tolerance: the loosest of the per-tensor ones (each row was judged
-    by its own)."""
-    tolerances = [b.tolerance(rtol, atol) for b in budgets.values()]
+def widest(tolerances: Iterable[Tolerance], empty: Tolerance = NO_ROWS) -> Tolerance:
+    """The report's single tolerance: the loosest rtol and atol of the per-row ones (each row
+    was judged by its own); ``empty`` when there is none."""
+    given = list(tolerances)
+    if not given:
+        return empty
     return Tolerance(
-        rtol=max((t.rtol for t in tolerances), default=0.0),
-        atol=max((t.atol for t in tolerances), default=0.0),
-        dtype="float32",
+        rtol=max(t.rtol for t in given), atol=max(t.atol for t in given), dtype="float32"
     )
 
 

@@ -140,7 +140,7 @@ def compare(
         check_autodiff(reference_model, reference_loss, layer_map)
         return compare_autodiff(
             layers, x, target, ours_loss, dtype=dtype, tolerance=tol, seed=seed,
-            name=name or model_name(ours_model), strict=strict,
+            name=name or model_name(ours_model), strict=strict, rtol=rtol, atol=atol,
         )  # fmt: skip
     x = prepare_input(x, dtype)
     target = prepare_target(target, x.shape[0], dtype)

@@ -4,7 +4,11 @@ gradient, has its ``backward`` compared with the exact vector-Jacobian product o
 ``forward`` (``sides.layer_autodiff``), and the loss's backward with the gradient of its
 forward: the isolate run of ``compare``, with the same evidence plug-ins and locators, so
 every buggy layer is named in one run. The forward is the reference's definition, so no
-output is compared and there is no chain run against a reference."""
+output is compared and there is no chain run against a reference.
+
+In float32 each isolated gradient is judged by the user's own float32 rounding: the same probe
+run again on a float64 copy of the layer (``float64_twin.float64_probes``) measures it, and
+``float32_budget.layer_tolerances`` turns it into that row's tolerance."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from gradparity.core.validate import (
     prepare_target,
     quiet_arithmetic,
 )
-from gradparity.engine import Plan, numpy_side, run
+from gradparity.engine import Plan, build_report, execute, numpy_side
 from gradparity.evidence.batch_rerun import BatchRerun
 from gradparity.evidence.explain import (
     Referee,
@@ -37,6 +41,7 @@ from gradparity.evidence.explain import (
     keep_values,
     note_chain_stops,
 )
+from gradparity.evidence.float32_budget import layer_tolerances
 from gradparity.evidence.kinks import KinkRerun
 from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
@@ -54,6 +59,7 @@ from gradparity.reference.layout import IDENTITY
 from gradparity.report.report import Report
 from gradparity.sides import layer_functions, run_numpy, run_torch
 from gradparity.sides.adapt import check_protocol, layer_code, params_of
+from gradparity.sides.float64_twin import float64_probes
 from gradparity.sides.isolation import Probe
 from gradparity.sides.layer_autodiff import (
     REFERENCE_NAME,
@@ -128,7 +134,8 @@ def isolate_own(
         if rec.output is None:  # the forward raised: its row says so
             _add_raised(probes, pair, rec.input, rng)
             continue
-        upstream = rng.standard_normal(np.shape(rec.output))
+        # In the layer's own float type, so a float32 backward rounds as it does in training.
+        upstream = rng.standard_normal(np.shape(rec.output)).astype(_float_type(rec.output))
         warm = run_numpy.warm_input(rec.input, rng)
         probes[pair.name] = Probe(
             pair,
@@ -148,6 +155,10 @@ def isolate_own(
             None,
         )
     return probes
+
+
+def _float_type(a: np.ndarray) -> np.dtype:
+    return a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
 
 
 def forward_chain(layers: list[tuple[str, Any]], x: np.ndarray) -> Side:
@@ -187,6 +198,33 @@ def gradient_entries(probes: dict[str, Probe], batch: int) -> list[Entry]:
     return [e for e in entries if not (isinstance(e, TensorPair) and e.quantity == "output")]
 
 
+def judge_float32(
+    captures: Captures,
+    entries: list[Entry],
+    target: np.ndarray | None,
+    rtol: float | None,
+    atol: float | None,
+) -> None:
+    """Give each tensor pair of ``entries`` (float32 probes' gradients) its own tolerance, the
+    float32 budget measured by the probes run again in float64, plus the user's ``rtol`` and
+    ``atol`` when given; the budgets, the loosest tolerance (the report's) and notes on layers
+    that could not be measured go to ``captures``."""
+    twins = float64_probes(captures["probes"], target)
+    tols, notes = layer_tolerances(entries, twins, rtol, atol)
+    for entry in entries:
+        if isinstance(entry, TensorPair):
+            entry.tolerance = tols.of((entry.layer, entry.quantity))
+    captures.update(row_tolerances=tols, tolerance=tols.default)
+    captures.setdefault("notes", []).extend(notes)
+
+
+def show_budgets(ctx: Context) -> None:
+    """Each float32 row's budget in its detail and one note beside the errors (float32 only)."""
+    tols = ctx.captures.get("row_tolerances")
+    if tols is not None:
+        ctx.notes += tols.annotate(ctx.rows)
+
+
 def add_reference_notes(reference_notes: ReferenceNotes) -> Evidence:
     """An evidence step adding the reference's notes: each layer whose reference fell back to
     central differences, each kink met exactly (last: evidence plug-ins run the reference
@@ -211,12 +249,15 @@ def compare_autodiff(
     name: str,
     strict: bool,
     reference: Callable[..., Any] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> Report:
     """The report of ``compare(model, "autodiff", ...)`` for a model's ``(name, layer)``
     pairs on x (N, ...) and target; ``ours_loss`` None is the default softmax cross-entropy,
     and ``target`` None checks the layers alone (no loss). Options are already checked by
     the caller. ``reference``: a torch function judging ``gp.layer`` objects instead of
-    autodiff (``check_layer``'s)."""
+    autodiff (``check_layer``'s). In float32 each row is judged by its measured budget plus
+    the user's ``rtol``/``atol`` (``judge_float32``); ``tolerance`` judges float64 runs."""
     x = prepare_input(x, dtype)
     given = ours_loss is not None
     loss = None
@@ -244,6 +285,9 @@ def compare_autodiff(
         captures["probes"] = isolate_own(
             pairs, loss_pair, reference_loss, captures["ours_chain"], target, rng
         )
+        captures["entries"] = gradient_entries(captures["probes"], batch)
+        if dtype == "float32":
+            judge_float32(captures, captures["entries"], target, rtol, atol)
 
     named = REFERENCE_NAME if reference is None else f"torch function {loss_name(reference)}"
     meta = {"reference": named, "isolate_upstream": "seeded random normal"}
@@ -251,7 +295,7 @@ def compare_autodiff(
         meta["ours_loss"] = loss_name(loss) + ("" if given else DEFAULT)
         meta["reference_loss"] = f"autodiff of {loss_name(loss)}'s own forward"
     sources = {**dict(layers), **({"loss": loss} if loss is not None else {})}
-    return run(
+    ctx = execute(
         Plan(
             name=name,
             dtype=dtype,
@@ -260,7 +304,7 @@ def compare_autodiff(
             batch_size=batch,
             rng=rng,
             sides=[chain_side, isolate],
-            pair=lambda captures: gradient_entries(captures["probes"], batch),
+            pair=lambda captures: captures["entries"],
             evidence=[
                 keep_values,
                 StaleProbe(FLOAT64),
@@ -274,6 +318,7 @@ def compare_autodiff(
                 Referee(target, reference_loss),
                 EpsilonFits(target),
                 note_chain_stops,
+                show_budgets,
                 add_reference_notes(reference_notes),
             ],
             locators=[
@@ -287,6 +332,11 @@ def compare_autodiff(
             fields={"strict": strict},
         )
     )
+    report = build_report(ctx)
+    # Each float32 row was judged by its own budget: the report names the loosest of them (as
+    # compare_function's does); otherwise this is the plan's tolerance.
+    report.tolerance = ctx.tolerance
+    return report
 
 
 @quiet_arithmetic
@@ -326,4 +376,5 @@ def check_layer(
         [(layer_functions.layer_name(wrapped), wrapped)], x, None, None,
         dtype=dtype, tolerance=tolerance_for(dtype, rtol, atol), seed=seed,
         name=getattr(forward, "__name__", "layer"), strict=False, reference=reference,
+        rtol=rtol, atol=atol,
     )  # fmt: skip
