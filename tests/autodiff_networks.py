@@ -2,8 +2,8 @@
 
 - a course-style convolutional net (naive-loop conv and max pool, ReLU, affine, softmax, L2
   ``reg * W`` in loss and gradients) whose ``loss(X, y)`` returns ``(loss, grads)``;
-- a book-style two-layer net whose layer objects in an OrderedDict hold the same arrays as its
-  ``params`` dict, with a loss layer, ``loss(x, t)`` and ``gradient(x, t)``;
+- a book-style two-layer net whose layers (``book_verbatim.py``) in an OrderedDict hold the
+  same arrays as its ``params`` dict, with a loss layer, ``loss(x, t)`` and ``gradient(x, t)``;
 - a function-style two-layer net tapping its forward values and their gradients.
 
 Each has a switch for the mistake a test injects. Plain NumPy only.
@@ -12,6 +12,7 @@ Each has a switch for the mistake a test injects. Plain NumPy only.
 from collections import OrderedDict
 
 import numpy as np
+from book_verbatim import Affine, Sigmoid, SoftmaxWithLoss
 
 import gradparity as gp
 
@@ -163,47 +164,11 @@ def conv_batch(seed=1, n=2):
     return rng.normal(size=(n, 1, 6, 6)), rng.integers(0, 3, n)
 
 
-class Affine:
-    def __init__(self, W, b):
-        self.W, self.b = W, b
-
-    def forward(self, x):
-        self.x = x
-        return x @ self.W + self.b
+class SigmoidDerivativeOfOutput(Sigmoid):
+    """The book's Sigmoid whose backward takes the output for the derivative ``y (1 - y)``."""
 
     def backward(self, dout):
-        self.dW = self.x.T @ dout
-        self.db = np.sum(dout, axis=0)
-        return dout @ self.W.T
-
-
-class Sigmoid:
-    def __init__(self, derivative_bug=False):
-        self.derivative_bug = derivative_bug
-
-    def forward(self, x):
-        self.out = 1 / (1 + np.exp(-x))
-        return self.out
-
-    def backward(self, dout):
-        if self.derivative_bug:
-            return dout * self.out
-        return dout * (1.0 - self.out) * self.out
-
-
-class SoftmaxWithLoss:
-    def forward(self, x, t):
-        self.t = t
-        x = x - np.max(x, axis=1, keepdims=True)
-        self.y = np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
-        batch_size = self.y.shape[0]
-        return -np.sum(np.log(self.y[np.arange(batch_size), t] + 1e-7)) / batch_size
-
-    def backward(self, dout=1):
-        batch_size = self.t.shape[0]
-        dx = self.y.copy()
-        dx[np.arange(batch_size), self.t] -= 1
-        return dx / batch_size
+        return dout * self.out
 
 
 class TwoLayerNet:
@@ -217,9 +182,9 @@ class TwoLayerNet:
         }  # fmt: skip
         self.layers = OrderedDict()
         self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Sigmoid1"] = Sigmoid(sigmoid_bug)
+        self.layers["Sigmoid1"] = (SigmoidDerivativeOfOutput if sigmoid_bug else Sigmoid)()
         self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
-        self.lastLayer = SoftmaxWithLoss()
+        self.lastLayer = SoftmaxWithLoss(eps=1e-7)  # the book's own loss: 1e-7 inside the log
 
     def predict(self, x):
         for layer in self.layers.values():
