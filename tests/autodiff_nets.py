@@ -3,10 +3,8 @@ params-dict MLP with a loss function; a course-style conv net with naive loops w
 returns ``(loss, grads)``; book-style layers in an OrderedDict sharing arrays with a params
 dict; a gist-style character RNN whose parameters are module globals."""
 
-from collections import OrderedDict
-
+import book_verbatim
 import numpy as np
-from book_verbatim import Affine, Relu, SoftmaxWithLoss
 
 import gradparity as gp
 from gradparity.corpus.naive_conv import (
@@ -88,36 +86,17 @@ class ConvNet:
 
 
 # -- book style: layer classes in an OrderedDict, a loss layer, a shared params dict ----------
-class TwoLayerNet:
+class TwoLayerNet(book_verbatim.TwoLayerNet):
+    """The book's two-layer net, its parameters drawn from a standard normal."""
+
     def __init__(self, seed=0, sizes=(4, 5, 3)):
         rng = np.random.default_rng(seed)
-        self.params = {
+        super().__init__({
             "W1": rng.normal(size=sizes[:2]),
             "b1": rng.normal(size=sizes[1]),
             "W2": rng.normal(size=sizes[1:]),
             "b2": rng.normal(size=sizes[2]),
-        }
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = Relu()
-        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
-        self.lastLayer = SoftmaxWithLoss()
-
-    def predict(self, x):
-        for layer in self.layers.values():
-            x = layer.forward(x)
-        return x
-
-    def loss(self, x, t):
-        return self.lastLayer.forward(self.predict(x), t)
-
-    def gradient(self, x, t):
-        self.loss(x, t)
-        dout = self.lastLayer.backward(1)
-        for layer in reversed(list(self.layers.values())):
-            dout = layer.backward(dout)
-        a1, a2 = self.layers["Affine1"], self.layers["Affine2"]
-        return {"W1": a1.dW, "b1": a1.db, "W2": a2.dW, "b2": a2.db}
+        })  # fmt: skip
 
 
 # -- gist style: a character RNN whose parameters are module globals --------------------------

@@ -9,10 +9,9 @@
 Each has a switch for the mistake a test injects. Plain NumPy only.
 """
 
-from collections import OrderedDict
-
+import book_verbatim
 import numpy as np
-from book_verbatim import Affine, Sigmoid, SoftmaxWithLoss
+from book_verbatim import Sigmoid, SoftmaxWithLoss
 
 import gradparity as gp
 
@@ -171,38 +170,18 @@ class SigmoidDerivativeOfOutput(Sigmoid):
         return dout * self.out
 
 
-class TwoLayerNet:
-    """The book's two-layer net: ``params`` and the layers hold the same arrays."""
+class TwoLayerNet(book_verbatim.TwoLayerNet):
+    """The book's two-layer net with a sigmoid hidden layer and the book's loss (1e-7 inside
+    its log); ``sigmoid_bug`` takes the Sigmoid whose derivative is ``y`` alone."""
 
     def __init__(self, sigmoid_bug=False, seed=0):
         rng = np.random.default_rng(seed)
-        self.params = {
+        params = {
             "W1": 0.5 * rng.standard_normal((4, 6)), "b1": rng.standard_normal(6),
             "W2": 0.5 * rng.standard_normal((6, 3)), "b2": rng.standard_normal(3),
         }  # fmt: skip
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Sigmoid1"] = (SigmoidDerivativeOfOutput if sigmoid_bug else Sigmoid)()
-        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
-        self.lastLayer = SoftmaxWithLoss(eps=1e-7)  # the book's own loss: 1e-7 inside the log
-
-    def predict(self, x):
-        for layer in self.layers.values():
-            x = layer.forward(x)
-        return x
-
-    def loss(self, x, t):
-        return self.lastLayer.forward(self.predict(x), t)
-
-    def gradient(self, x, t):
-        self.loss(x, t)
-        dout = self.lastLayer.backward(1)
-        for layer in reversed(list(self.layers.values())):
-            dout = layer.backward(dout)
-        return {
-            "W1": self.layers["Affine1"].dW, "b1": self.layers["Affine1"].db,
-            "W2": self.layers["Affine2"].dW, "b2": self.layers["Affine2"].db,
-        }  # fmt: skip
+        sigmoid = SigmoidDerivativeOfOutput() if sigmoid_bug else Sigmoid()
+        super().__init__(params, sigmoid, "Sigmoid1", last_layer=SoftmaxWithLoss(eps=1e-7))
 
 
 def sigmoid(z):

@@ -12,6 +12,7 @@ import sys
 import autodiff_nets as nets
 import numpy as np
 import pytest
+from book_verbatim import Affine
 
 import gradparity.ours as ours
 import gradparity.ours.layers as ours_layers
@@ -337,7 +338,7 @@ def test_taps_in_a_loss_returning_grads_forward_exact_and_gradient_taps_apart():
 
 def test_a_layer_input_given_as_a_parameter_gets_its_vector_jacobian_product():
     rng = np.random.default_rng(7)
-    layer = nets.Affine(rng.normal(size=(3, 2)), rng.normal(size=2))
+    layer = Affine(rng.normal(size=(3, 2)), rng.normal(size=2))
     x, upstream = rng.normal(size=(4, 3)), rng.normal(size=(4, 2))
     params = {"W": layer.W, "b": layer.b, "x": x}
     before = snapshot(params)
@@ -361,7 +362,7 @@ def test_a_value_taken_out_of_the_graph_by_float_is_noted_when_the_loss_still_ru
 def test_user_modules_reach_a_layer_inside_an_adapter_and_a_closure():
     import gradparity as gp
 
-    layer = nets.Affine(np.ones((3, 2)), np.zeros(2))
+    layer = Affine(np.ones((3, 2)), np.zeros(2))
     adapted = gp.wrap(layer, params=lambda a: {"W": a.W, "b": a.b}, grads=lambda a: {})
     assert type(layer).__module__ in {m.__name__ for m in user_modules([adapted])}
     namespace = {"__name__": "json"}  # a closure made in a library module: only its cell leads

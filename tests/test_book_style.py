@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import html
 import inspect
-from collections import OrderedDict
 from pathlib import Path
 
 import book_verbatim as book
 import numpy as np
 import pytest
 import torch
-from book_verbatim import Affine, Relu
+from book_verbatim import Affine
 
 import gradparity as gp
 from gradparity.report.terminal import render as render_terminal
@@ -44,20 +43,18 @@ class SoftmaxWithLoss(book.SoftmaxWithLoss):
         return dx
 
 
-class TwoLayerNet:
+class TwoLayerNet(book.TwoLayerNet):
+    """The book's two-layer net with the loss layer above; ``affine2`` a test's variant."""
+
     def __init__(self, input_size, hidden_size, output_size, seed=0, affine2=Affine):
         rng = np.random.default_rng(seed)
-        self.params = {
+        params = {
             "W1": 0.5 * rng.normal(size=(input_size, hidden_size)),
             "b1": 0.1 * rng.normal(size=hidden_size),
             "W2": 0.5 * rng.normal(size=(hidden_size, output_size)),
             "b2": 0.1 * rng.normal(size=output_size),
         }
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = Relu()
-        self.layers["Affine2"] = affine2(self.params["W2"], self.params["b2"])
-        self.lastLayer = SoftmaxWithLoss()
+        super().__init__(params, affine2=affine2, last_layer=SoftmaxWithLoss())
 
 
 def _checked(net: TwoLayerNet) -> list[tuple[str, object]]:

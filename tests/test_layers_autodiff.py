@@ -13,6 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import book_layers
+import book_verbatim
 import numpy as np
 import pytest
 from autodiff_networks import conv_backward_naive, conv_forward_naive
@@ -50,21 +51,19 @@ class ReluInvertedMask(Relu):
         return dx
 
 
-class TwoLayerNet:
+class TwoLayerNet(book_verbatim.TwoLayerNet):
+    """The book's two-layer net; ``bias_mean`` and ``inverted`` switch in the variants above."""
+
     def __init__(self, bias_mean=False, inverted=False, seed=0):
         rng = np.random.default_rng(seed)
-        self.params = {
+        params = {
             "W1": 0.5 * rng.standard_normal((5, 6)),
             "b1": 0.1 * rng.standard_normal(6),
             "W2": 0.5 * rng.standard_normal((6, 3)),
             "b2": 0.1 * rng.standard_normal(3),
         }
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = (ReluInvertedMask if inverted else Relu)()
-        affine2 = AffineBiasMean if bias_mean else Affine
-        self.layers["Affine2"] = affine2(self.params["W2"], self.params["b2"])
-        self.lastLayer = SoftmaxWithLoss()
+        relu = ReluInvertedMask() if inverted else Relu()
+        super().__init__(params, relu, affine2=AffineBiasMean if bias_mean else Affine)
 
 
 def book_model(net):
