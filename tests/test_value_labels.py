@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from book_verbatim import Affine, Relu, Sigmoid, SoftmaxWithLoss, softmax
+from book_verbatim import Affine, Relu, Sigmoid, SoftmaxWithLoss
 from torch import nn
 
 import gradparity as gp
@@ -30,6 +30,13 @@ from gradparity.core.labels import (
 )
 from gradparity.core.row import Row
 from gradparity.core.tolerance import tolerance_for
+from gradparity.corpus.naive_conv import (
+    affine_backward,
+    affine_forward,
+    relu_backward,
+    relu_forward,
+    softmax_loss,
+)
 from gradparity.evidence.penalty import explain_penalty, penalty_factor
 from gradparity.evidence.weight_access import transposed_access
 
@@ -318,31 +325,6 @@ def test_book_dout_times_w_on_a_square_weight_is_transposed_access(width):
 
 
 # ---------------------------------------------------------------- course style, end to end
-
-
-def affine_forward(x, w, b):
-    return x @ w + b, (x, w, b)
-
-
-def affine_backward(dout, cache):
-    x, w, _ = cache
-    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
-
-
-def relu_forward(x):
-    return np.maximum(0, x), x
-
-
-def relu_backward(dout, cache):
-    return dout * (cache > 0)
-
-
-def softmax_loss(scores, y):
-    probs = softmax(scores)
-    n = scores.shape[0]
-    dscores = probs.copy()
-    dscores[np.arange(n), y] -= 1
-    return -np.log(probs[np.arange(n), y]).mean(), dscores / n
 
 
 def two_layer_loss(params, X, y, reg=0.0, penalty_in_loss=True):
