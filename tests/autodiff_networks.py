@@ -1,7 +1,7 @@
 """Networks as their authors write them, with no torch twin, for the autodiff reference:
 
-- a course-style convolutional net (naive-loop conv and max pool, ReLU, affine, softmax, L2
-  ``reg * W`` in loss and gradients) whose ``loss(X, y)`` returns ``(loss, grads)``;
+- a course-style conv net (naive-loop conv and max pool taking param dicts, the course's affine
+  and ReLU from ``gradparity.corpus.naive_conv``, L2 ``reg * W``), ``loss(X, y)`` -> (loss, grads);
 - a book-style two-layer net whose layers (``book_verbatim.py``) in an OrderedDict hold the
   same arrays as its ``params`` dict, with a loss layer, ``loss(x, t)`` and ``gradient(x, t)``;
 - a function-style two-layer net tapping its forward values and their gradients.
@@ -14,6 +14,12 @@ import numpy as np
 from book_verbatim import Sigmoid, SoftmaxWithLoss
 
 import gradparity as gp
+from gradparity.corpus.naive_conv import (
+    affine_backward,
+    affine_forward,
+    relu_backward,
+    relu_forward,
+)
 
 
 def conv_forward_naive(x, w, b, conv_param):
@@ -88,24 +94,6 @@ def max_pool_backward_naive(dout, cache, bug=None):
                     else:
                         dx[n, c, rows, cols] += mask * dout[n, c, i, j]
     return dx
-
-
-def affine_forward(x, w, b):
-    return x.reshape(x.shape[0], -1) @ w + b, (x, w, b)
-
-
-def affine_backward(dout, cache):
-    x, w, _ = cache
-    dx = (dout @ w.T).reshape(x.shape)
-    return dx, x.reshape(x.shape[0], -1).T @ dout, dout.sum(axis=0)
-
-
-def relu_forward(x):
-    return np.maximum(0, x), x
-
-
-def relu_backward(dout, x):
-    return dout * (x > 0)
 
 
 def softmax_loss(x, y):
