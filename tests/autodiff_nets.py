@@ -3,11 +3,16 @@ params-dict MLP with a loss function; a course-style conv net with naive loops w
 returns ``(loss, grads)``; book-style layers in an OrderedDict sharing arrays with a params
 dict; a gist-style character RNN whose parameters are module globals."""
 
-from collections import OrderedDict
-
+import book_verbatim
 import numpy as np
 
 import gradparity as gp
+from gradparity.corpus.naive_conv import (
+    conv_backward_naive,
+    conv_forward_naive,
+    max_pool_backward_naive,
+    max_pool_forward_naive,
+)
 
 REG = 0.1
 
@@ -42,59 +47,6 @@ def mlp_grads(params, X, y):
 
 
 # -- course style: naive-loop conv net, loss(X, y) returning (loss, grads) --------------------
-def conv_forward_naive(x, w, b, pad):
-    N, _, H, W = x.shape
-    F, _, HH, WW = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
-    H_out, W_out = H + 2 * pad - HH + 1, W + 2 * pad - WW + 1
-    out = np.zeros((N, F, H_out, W_out))
-    for i in range(H_out):
-        for j in range(W_out):
-            window = xp[:, :, i : i + HH, j : j + WW]
-            for f in range(F):
-                out[:, f, i, j] = np.sum(window * w[f], axis=(1, 2, 3)) + b[f]
-    return out, (x, w, b, pad)
-
-
-def conv_backward_naive(dout, cache):
-    x, w, _, pad = cache
-    F, _, HH, WW = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
-    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
-    db = dout.sum(axis=(0, 2, 3))
-    for i in range(dout.shape[2]):
-        for j in range(dout.shape[3]):
-            window = xp[:, :, i : i + HH, j : j + WW]
-            for f in range(F):
-                dw[f] += np.sum(window * dout[:, f, i, j][:, None, None, None], axis=0)
-                dxp[:, :, i : i + HH, j : j + WW] += w[f] * dout[:, f, i, j][:, None, None, None]
-    return dxp[:, :, pad:-pad, pad:-pad], dw, db
-
-
-def max_pool_forward_naive(x):
-    N, C, H, W = x.shape
-    out = np.zeros((N, C, H // 2, W // 2))
-    for n in range(N):
-        for c in range(C):
-            for i in range(H // 2):
-                for j in range(W // 2):
-                    out[n, c, i, j] = np.max(x[n, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2])
-    return out, x
-
-
-def max_pool_backward_naive(dout, x):
-    dx = np.zeros_like(x)
-    N, C, H, W = x.shape
-    for n in range(N):
-        for c in range(C):
-            for i in range(H // 2):
-                for j in range(W // 2):
-                    window = x[n, c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
-                    k = np.unravel_index(np.argmax(window), window.shape)
-                    dx[n, c, 2 * i + k[0], 2 * j + k[1]] += dout[n, c, i, j]
-    return dx
-
-
 class ConvNet:
     def __init__(self, seed=0, C=1, F=2, H=6, classes=3, reg=0.05):
         rng = np.random.default_rng(seed)
@@ -134,74 +86,17 @@ class ConvNet:
 
 
 # -- book style: layer classes in an OrderedDict, a loss layer, a shared params dict ----------
-class Affine:
-    def __init__(self, W, b):
-        self.W, self.b = W, b
+class TwoLayerNet(book_verbatim.TwoLayerNet):
+    """The book's two-layer net, its parameters drawn from a standard normal."""
 
-    def forward(self, x):
-        self.x = x
-        return np.dot(x, self.W) + self.b
-
-    def backward(self, dout):
-        self.dW, self.db = np.dot(self.x.T, dout), np.sum(dout, axis=0)
-        return np.dot(dout, self.W.T)
-
-
-class Relu:
-    def forward(self, x):
-        self.mask = x <= 0
-        out = x.copy()
-        out[self.mask] = 0
-        return out
-
-    def backward(self, dout):
-        dout = dout.copy()
-        dout[self.mask] = 0
-        return dout
-
-
-class SoftmaxWithLoss:
-    def forward(self, x, t):
-        self.t = t
-        x = x - np.max(x, axis=1, keepdims=True)
-        self.y = np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
-        # The book adds 1e-7 inside the log; left out so that backward is exactly its derivative.
-        return -np.sum(t * np.log(self.y)) / x.shape[0]
-
-    def backward(self, dout=1):
-        return (self.y - self.t) * dout / self.t.shape[0]
-
-
-class TwoLayerNet:
     def __init__(self, seed=0, sizes=(4, 5, 3)):
         rng = np.random.default_rng(seed)
-        self.params = {
+        super().__init__({
             "W1": rng.normal(size=sizes[:2]),
             "b1": rng.normal(size=sizes[1]),
             "W2": rng.normal(size=sizes[1:]),
             "b2": rng.normal(size=sizes[2]),
-        }
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = Relu()
-        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
-        self.lastLayer = SoftmaxWithLoss()
-
-    def predict(self, x):
-        for layer in self.layers.values():
-            x = layer.forward(x)
-        return x
-
-    def loss(self, x, t):
-        return self.lastLayer.forward(self.predict(x), t)
-
-    def gradient(self, x, t):
-        self.loss(x, t)
-        dout = self.lastLayer.backward(1)
-        for layer in reversed(list(self.layers.values())):
-            dout = layer.backward(dout)
-        a1, a2 = self.layers["Affine1"], self.layers["Affine2"]
-        return {"W1": a1.dW, "b1": a1.db, "W2": a2.dW, "b2": a2.db}
+        })  # fmt: skip
 
 
 # -- gist style: a character RNN whose parameters are module globals --------------------------

@@ -1,19 +1,25 @@
 """Networks as their authors write them, with no torch twin, for the autodiff reference:
 
-- a course-style convolutional net (naive-loop conv and max pool, ReLU, affine, softmax, L2
-  ``reg * W`` in loss and gradients) whose ``loss(X, y)`` returns ``(loss, grads)``;
-- a book-style two-layer net whose layer objects in an OrderedDict hold the same arrays as its
-  ``params`` dict, with a loss layer, ``loss(x, t)`` and ``gradient(x, t)``;
+- a course-style conv net (naive-loop conv and max pool taking param dicts, the course's affine
+  and ReLU from ``gradparity.corpus.naive_conv``, L2 ``reg * W``), ``loss(X, y)`` -> (loss, grads);
+- a book-style two-layer net whose layers (``book_verbatim.py``) in an OrderedDict hold the
+  same arrays as its ``params`` dict, with a loss layer, ``loss(x, t)`` and ``gradient(x, t)``;
 - a function-style two-layer net tapping its forward values and their gradients.
 
 Each has a switch for the mistake a test injects. Plain NumPy only.
 """
 
-from collections import OrderedDict
-
+import book_verbatim
 import numpy as np
+from book_verbatim import Sigmoid, SoftmaxWithLoss
 
 import gradparity as gp
+from gradparity.corpus.naive_conv import (
+    affine_backward,
+    affine_forward,
+    relu_backward,
+    relu_forward,
+)
 
 
 def conv_forward_naive(x, w, b, conv_param):
@@ -90,24 +96,6 @@ def max_pool_backward_naive(dout, cache, bug=None):
     return dx
 
 
-def affine_forward(x, w, b):
-    return x.reshape(x.shape[0], -1) @ w + b, (x, w, b)
-
-
-def affine_backward(dout, cache):
-    x, w, _ = cache
-    dx = (dout @ w.T).reshape(x.shape)
-    return dx, x.reshape(x.shape[0], -1).T @ dout, dout.sum(axis=0)
-
-
-def relu_forward(x):
-    return np.maximum(0, x), x
-
-
-def relu_backward(dout, x):
-    return dout * (x > 0)
-
-
 def softmax_loss(x, y):
     shifted = x - np.max(x, axis=1, keepdims=True)
     log_probs = shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
@@ -163,81 +151,25 @@ def conv_batch(seed=1, n=2):
     return rng.normal(size=(n, 1, 6, 6)), rng.integers(0, 3, n)
 
 
-class Affine:
-    def __init__(self, W, b):
-        self.W, self.b = W, b
-
-    def forward(self, x):
-        self.x = x
-        return x @ self.W + self.b
+class SigmoidDerivativeOfOutput(Sigmoid):
+    """The book's Sigmoid whose backward takes the output for the derivative ``y (1 - y)``."""
 
     def backward(self, dout):
-        self.dW = self.x.T @ dout
-        self.db = np.sum(dout, axis=0)
-        return dout @ self.W.T
+        return dout * self.out
 
 
-class Sigmoid:
-    def __init__(self, derivative_bug=False):
-        self.derivative_bug = derivative_bug
-
-    def forward(self, x):
-        self.out = 1 / (1 + np.exp(-x))
-        return self.out
-
-    def backward(self, dout):
-        if self.derivative_bug:
-            return dout * self.out
-        return dout * (1.0 - self.out) * self.out
-
-
-class SoftmaxWithLoss:
-    def forward(self, x, t):
-        self.t = t
-        x = x - np.max(x, axis=1, keepdims=True)
-        self.y = np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
-        batch_size = self.y.shape[0]
-        return -np.sum(np.log(self.y[np.arange(batch_size), t] + 1e-7)) / batch_size
-
-    def backward(self, dout=1):
-        batch_size = self.t.shape[0]
-        dx = self.y.copy()
-        dx[np.arange(batch_size), self.t] -= 1
-        return dx / batch_size
-
-
-class TwoLayerNet:
-    """The book's two-layer net: ``params`` and the layers hold the same arrays."""
+class TwoLayerNet(book_verbatim.TwoLayerNet):
+    """The book's two-layer net with a sigmoid hidden layer and the book's loss (1e-7 inside
+    its log); ``sigmoid_bug`` takes the Sigmoid whose derivative is ``y`` alone."""
 
     def __init__(self, sigmoid_bug=False, seed=0):
         rng = np.random.default_rng(seed)
-        self.params = {
+        params = {
             "W1": 0.5 * rng.standard_normal((4, 6)), "b1": rng.standard_normal(6),
             "W2": 0.5 * rng.standard_normal((6, 3)), "b2": rng.standard_normal(3),
         }  # fmt: skip
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Sigmoid1"] = Sigmoid(sigmoid_bug)
-        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"])
-        self.lastLayer = SoftmaxWithLoss()
-
-    def predict(self, x):
-        for layer in self.layers.values():
-            x = layer.forward(x)
-        return x
-
-    def loss(self, x, t):
-        return self.lastLayer.forward(self.predict(x), t)
-
-    def gradient(self, x, t):
-        self.loss(x, t)
-        dout = self.lastLayer.backward(1)
-        for layer in reversed(list(self.layers.values())):
-            dout = layer.backward(dout)
-        return {
-            "W1": self.layers["Affine1"].dW, "b1": self.layers["Affine1"].db,
-            "W2": self.layers["Affine2"].dW, "b2": self.layers["Affine2"].db,
-        }  # fmt: skip
+        sigmoid = SigmoidDerivativeOfOutput() if sigmoid_bug else Sigmoid()
+        super().__init__(params, sigmoid, "Sigmoid1", last_layer=SoftmaxWithLoss(eps=1e-7))
 
 
 def sigmoid(z):

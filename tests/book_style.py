@@ -1,50 +1,16 @@
 """A network in the style of "Deep Learning from Scratch": layer classes with ``params`` and
-``grads``, an OrderedDict of layers, and a SoftmaxWithLoss layer whose loss carries an epsilon
-inside the log; a batch norm layer with its own variance epsilon (inference mode: running
-statistics, as ``gp.compare`` runs the reference in eval mode). Also the factories the CLI
-test loads (``ours_setup``, ``reference_setup``)."""
+``grads`` (``book_layers.py``), an OrderedDict of layers, and the book's SoftmaxWithLoss layer
+whose loss carries an epsilon inside the log; a batch norm layer with its own variance epsilon
+(inference mode: running statistics, as ``gp.compare`` runs the reference in eval mode). Also
+the factories the CLI test loads (``ours_setup``, ``reference_setup``)."""
 
 from collections import OrderedDict
 
 import numpy as np
 import torch
+from book_layers import Affine, Relu
+from book_verbatim import SoftmaxWithLoss
 from torch import nn
-
-
-def softmax(x):
-    x = x - x.max(axis=1, keepdims=True)
-    return np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
-
-
-class Affine:
-    def __init__(self, W, b):
-        self.params = {"W": W, "b": b}
-        self.grads = {}
-
-    def forward(self, x):
-        self.x = x
-        return x @ self.params["W"] + self.params["b"]
-
-    def backward(self, dout):
-        self.grads["W"] = self.x.T @ dout
-        self.grads["b"] = dout.sum(axis=0)
-        return dout @ self.params["W"].T
-
-
-class Relu:
-    def __init__(self):
-        self.params, self.grads = {}, {}
-
-    def forward(self, x):
-        self.mask = x <= 0
-        out = x.copy()
-        out[self.mask] = 0
-        return out
-
-    def backward(self, dout):
-        dout = dout.copy()
-        dout[self.mask] = 0
-        return dout
 
 
 class BatchNormalization:
@@ -64,23 +30,6 @@ class BatchNormalization:
         self.grads["gamma"] = (self.xn * dout).sum(axis=0)
         self.grads["beta"] = dout.sum(axis=0)
         return self.params["gamma"] * dout / np.sqrt(self.running_var + self.eps)
-
-
-class SoftmaxWithLoss:
-    def __init__(self, eps=1e-7):
-        self.eps = eps
-
-    def forward(self, x, t):
-        self.t = t
-        self.y = softmax(x)
-        batch_size = x.shape[0]
-        return -np.sum(np.log(self.y[np.arange(batch_size), t] + self.eps)) / batch_size
-
-    def backward(self, dout=1):
-        batch_size = self.t.shape[0]
-        dx = self.y.copy()
-        dx[np.arange(batch_size), self.t] -= 1
-        return dx / batch_size
 
 
 class TwoLayerNet:

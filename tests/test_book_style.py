@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import html
 import inspect
-from collections import OrderedDict
 from pathlib import Path
 
+import book_verbatim as book
 import numpy as np
 import pytest
 import torch
+from book_verbatim import Affine
 
 import gradparity as gp
 from gradparity.report.terminal import render as render_terminal
@@ -22,35 +23,6 @@ from gradparity.testing.assertion import ParityError
 HERE = Path(__file__).resolve().relative_to(Path.cwd().resolve()).as_posix()
 NOTICE = "your own loss was not checked"
 HOW = "ours_loss=your_loss_layer"
-
-
-def softmax(x):
-    x = x - np.max(x, axis=1, keepdims=True)
-    return np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
-
-
-def cross_entropy_error(y, t):
-    batch_size = y.shape[0]
-    return -np.sum(t * np.log(y)) / batch_size
-
-
-class Affine:
-    def __init__(self, W, b):
-        self.W = W
-        self.b = b
-        self.x = None
-        self.dW = None
-        self.db = None
-
-    def forward(self, x):
-        self.x = x
-        return np.dot(x, self.W) + self.b
-
-    def backward(self, dout):
-        dx = np.dot(dout, self.W.T)
-        self.dW = np.dot(self.x.T, dout)
-        self.db = np.sum(dout, axis=0)
-        return dx
 
 
 class AffineMeanBias(Affine):
@@ -62,53 +34,27 @@ class AffineMeanBias(Affine):
         return dx
 
 
-class Relu:
-    def __init__(self):
-        self.mask = None
-
-    def forward(self, x):
-        self.mask = x <= 0
-        out = x.copy()
-        out[self.mask] = 0
-        return out
-
-    def backward(self, dout):
-        dx = dout.copy()
-        dx[self.mask] = 0
-        return dx
-
-
-class SoftmaxWithLoss:
-    def __init__(self):
-        self.loss = None
-        self.y = None
-        self.t = None
-
-    def forward(self, x, t):
-        self.t = t
-        self.y = softmax(x)
-        self.loss = cross_entropy_error(self.y, self.t)
-        return self.loss
+class SoftmaxWithLoss(book.SoftmaxWithLoss):
+    """The book's loss layer with the bug of issue 12's first example: its backward forgets
+    ``/ batch_size``."""
 
     def backward(self, dout=1):
         dx = (self.y - self.t) * dout  # the bug: the book divides by batch_size here
         return dx
 
 
-class TwoLayerNet:
+class TwoLayerNet(book.TwoLayerNet):
+    """The book's two-layer net with the loss layer above; ``affine2`` a test's variant."""
+
     def __init__(self, input_size, hidden_size, output_size, seed=0, affine2=Affine):
         rng = np.random.default_rng(seed)
-        self.params = {
+        params = {
             "W1": 0.5 * rng.normal(size=(input_size, hidden_size)),
             "b1": 0.1 * rng.normal(size=hidden_size),
             "W2": 0.5 * rng.normal(size=(hidden_size, output_size)),
             "b2": 0.1 * rng.normal(size=output_size),
         }
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = Relu()
-        self.layers["Affine2"] = affine2(self.params["W2"], self.params["b2"])
-        self.lastLayer = SoftmaxWithLoss()
+        super().__init__(params, affine2=affine2, last_layer=SoftmaxWithLoss())
 
 
 def _checked(net: TwoLayerNet) -> list[tuple[str, object]]:

@@ -12,66 +12,43 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from book_verbatim import Affine, Relu, SoftmaxWithLoss
 from torch import nn
 
 import gradparity as gp
 from gradparity.core.finding import FOLLOWS_FORWARD, POSSIBLY_INHERITED, SAME_PLACE
 from gradparity.core.labels import BATCH_REDUCTION, SCALED, SHAPE_MISMATCH
+from gradparity.corpus.naive_conv import (
+    affine_backward,
+    affine_forward,
+    relu_backward,
+    relu_forward,
+    softmax_loss,
+)
 from gradparity.report.terminal import render as render_terminal
 from gradparity.testing.assertion import failure_message
 
 # ---------------------------------------------------------------- book-style layers
 
 
-class Affine:
-    """x @ W + b, as "Deep Learning from Scratch" writes it (W, b, dW, db attributes)."""
+class AffineWithMistakes(Affine):
+    """The book's Affine with two switchable mistakes: ``centre_input`` normalises the input
+    in forward, ``average_db`` averages the bias gradient over the batch."""
 
     def __init__(self, W, b, centre_input=False, average_db=False):
-        self.W, self.b = W, b
+        super().__init__(W, b)
         self.centre_input, self.average_db = centre_input, average_db
-        self.x = self.dW = self.db = None
 
     def forward(self, x):
         if self.centre_input:  # the forward bug: an input normalisation nobody asked for
             x = x - x.mean(axis=0)
-        self.x = x
-        return np.dot(x, self.W) + self.b
+        return super().forward(x)
 
     def backward(self, dout):
-        dx = np.dot(dout, self.W.T)
-        self.dW = np.dot(self.x.T, dout)
-        self.db = np.sum(dout, axis=0)
+        dx = super().backward(dout)
         if self.average_db:  # a second, independent mistake in the same layer
             self.db = self.db / dout.shape[0]
         return dx
-
-
-class Relu:
-    def __init__(self):
-        self.mask = None
-
-    def forward(self, x):
-        self.mask = x <= 0
-        out = x.copy()
-        out[self.mask] = 0
-        return out
-
-    def backward(self, dout):
-        dout = dout.copy()
-        dout[self.mask] = 0
-        return dout
-
-
-class SoftmaxWithLoss:
-    def forward(self, x, t):
-        shifted = x - x.max(axis=1, keepdims=True)
-        self.t, self.y = t, np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        return -np.sum(np.log(self.y[np.arange(len(t)), t])) / len(t)
-
-    def backward(self, dout=1):
-        dx = self.y.copy()
-        dx[np.arange(len(self.t)), self.t] -= 1
-        return dx * dout / len(self.t)
 
 
 def _book_network(first: dict, second: dict) -> gp.Report:
@@ -84,9 +61,9 @@ def _book_network(first: dict, second: dict) -> gp.Report:
     )
     names = {"params": ["W", "b"], "grads": ["dW", "db"]}
     layers = OrderedDict()
-    layers["Affine1"] = gp.wrap(Affine(w1, b1, **first), **names)
+    layers["Affine1"] = gp.wrap(AffineWithMistakes(w1, b1, **first), **names)
     layers["Relu1"] = Relu()
-    layers["Affine2"] = gp.wrap(Affine(w2, b2, **second), **names)
+    layers["Affine2"] = gp.wrap(AffineWithMistakes(w2, b2, **second), **names)
     ref = nn.Sequential(
         OrderedDict(Affine1=nn.Linear(4, 5), Relu1=nn.ReLU(), Affine2=nn.Linear(5, 3))
     ).double()
@@ -173,42 +150,18 @@ def test_a_report_with_an_unknown_relation_is_refused(forward_and_backward_bug, 
 
 
 # ---------------------------------------------------------------- course-style functions
-
-
-def affine_forward(x, w, b):
-    out = x @ w + b
-    return out, (x, w, b)
-
-
-def affine_backward(dout, cache):
-    x, w, _ = cache
-    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
-
-
-def relu_forward(x):
-    return np.maximum(0, x), x
-
-
-def relu_backward(dout, cache):
-    return dout * (cache > 0)
+# (the layer functions are the course's, from gradparity.corpus.naive_conv; these vary them)
 
 
 def relu_backward_doubled(dout, cache):
+    """relu_backward with a stray factor 2."""
     return 2.0 * dout * (cache > 0)  # the bug: a stray factor in one layer's ReLU backward
 
 
-def softmax_loss(x, y):
-    shifted = x - x.max(axis=1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    n = x.shape[0]
-    dx = probs.copy()
-    dx[np.arange(n), y] -= 1
-    return -np.log(probs[np.arange(n), y]).mean(), dx / n
-
-
 def affine_forward_minus_bias(x, w, b):
+    """affine_forward subtracting the bias."""
     out = x @ w - b  # the forward bug
-    return out, (x, w, b)
+    return out, (x, w)  # the cache affine_backward reads
 
 
 def make_loss(

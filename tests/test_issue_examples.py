@@ -262,7 +262,7 @@ def test_6_a_layer_whose_forward_diverges_is_one_finding_with_its_gradient_liste
     (found,) = report.root_causes
     assert (found.layer, found.quantity) == ("Affine1", "output")
     assert [q["quantity"] for q in found.listed(FOLLOWS_FORWARD)] == ["grad:W"]
-    assert_points_at(found, grouping.Affine.forward, "x = x - x.mean(axis=0)")
+    assert_points_at(found, grouping.AffineWithMistakes.forward, "x = x - x.mean(axis=0)")
 
 
 def test_6_course_functions_without_taps_give_one_root_cause_and_name_the_taps():

@@ -12,8 +12,12 @@ import types
 from collections import OrderedDict
 from pathlib import Path
 
+import book_layers
+import book_verbatim
 import numpy as np
 import pytest
+from autodiff_networks import conv_backward_naive, conv_forward_naive
+from book_verbatim import Affine, Relu, SoftmaxWithLoss
 
 import gradparity as gp
 from gradparity.corpus.layer_bugs import BUGS, inject
@@ -29,92 +33,37 @@ CLOSE = 1e-12  # exact gradients: float64 rounding only
 # --- a book-style network: layer objects in an OrderedDict, a loss layer ---------------------
 
 
-def softmax(x):
-    x = x - np.max(x, axis=1, keepdims=True)
-    return np.exp(x) / np.sum(np.exp(x), axis=1, keepdims=True)
-
-
-def cross_entropy_error(y, t):
-    batch_size = y.shape[0]
-    return -np.sum(t * np.log(y)) / batch_size
-
-
-class Affine:
-    def __init__(self, W, b, bias_mean=False):
-        self.W = W
-        self.b = b
-        self.bias_mean = bias_mean
-        self.x = None
-        self.dW = None
-        self.db = None
-
-    def forward(self, x):
-        self.x = x
-        out = np.dot(x, self.W) + self.b
-        return out
+class AffineBiasMean(Affine):
+    """The book's Affine whose bias gradient is a mean over the batch."""
 
     def backward(self, dout):
-        dx = np.dot(dout, self.W.T)
-        self.dW = np.dot(self.x.T, dout)
-        if self.bias_mean:
-            self.db = np.mean(dout, axis=0)  # the bug: a mean where the sum belongs
-        else:
-            self.db = np.sum(dout, axis=0)
+        dx = super().backward(dout)
+        self.db = np.mean(dout, axis=0)  # the bug: a mean where the sum belongs
         return dx
 
 
-class Relu:
-    def __init__(self, inverted=False):
-        self.mask = None
-        self.inverted = inverted
-
-    def forward(self, x):
-        self.mask = x <= 0
-        out = x.copy()
-        out[self.mask] = 0
-        return out
+class ReluInvertedMask(Relu):
+    """The book's Relu whose backward blocks where the forward passed."""
 
     def backward(self, dout):
         dx = dout.copy()
-        if self.inverted:
-            dx[~self.mask] = 0  # the bug: the mask inverted
-        else:
-            dx[self.mask] = 0
+        dx[~self.mask] = 0  # the bug: the mask inverted
         return dx
 
 
-class SoftmaxWithLoss:
-    def __init__(self):
-        self.loss = None
-        self.y = None
-        self.t = None
+class TwoLayerNet(book_verbatim.TwoLayerNet):
+    """The book's two-layer net; ``bias_mean`` and ``inverted`` switch in the variants above."""
 
-    def forward(self, x, t):
-        self.t = t
-        self.y = softmax(x)
-        self.loss = cross_entropy_error(self.y, self.t)
-        return self.loss
-
-    def backward(self, dout=1):
-        batch_size = self.t.shape[0]
-        dx = (self.y - self.t) / batch_size
-        return dx
-
-
-class TwoLayerNet:
     def __init__(self, bias_mean=False, inverted=False, seed=0):
         rng = np.random.default_rng(seed)
-        self.params = {
+        params = {
             "W1": 0.5 * rng.standard_normal((5, 6)),
             "b1": 0.1 * rng.standard_normal(6),
             "W2": 0.5 * rng.standard_normal((6, 3)),
             "b2": 0.1 * rng.standard_normal(3),
         }
-        self.layers = OrderedDict()
-        self.layers["Affine1"] = Affine(self.params["W1"], self.params["b1"])
-        self.layers["Relu1"] = Relu(inverted=inverted)
-        self.layers["Affine2"] = Affine(self.params["W2"], self.params["b2"], bias_mean)
-        self.lastLayer = SoftmaxWithLoss()
+        relu = ReluInvertedMask() if inverted else Relu()
+        super().__init__(params, relu, affine2=AffineBiasMean if bias_mean else Affine)
 
 
 def book_model(net):
@@ -371,45 +320,6 @@ def test_a_layer_pair_against_a_torch_module():
 # --- naive-loop convolution and pooling, course style ------------------------------------------
 
 
-def conv_forward_naive(x, w, b, conv_param):
-    stride, pad = conv_param["stride"], conv_param["pad"]
-    N, _, H, W = x.shape
-    F, _, HH, WW = w.shape
-    x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
-    H_out = 1 + (H + 2 * pad - HH) // stride
-    W_out = 1 + (W + 2 * pad - WW) // stride
-    out = np.zeros((N, F, H_out, W_out))
-    for n in range(N):
-        for f in range(F):
-            for i in range(H_out):
-                for j in range(W_out):
-                    window = x_pad[n, :, i * stride : i * stride + HH, j * stride : j * stride + WW]
-                    out[n, f, i, j] = np.sum(window * w[f]) + b[f]
-    cache = (x, w, b, conv_param)
-    return out, cache
-
-
-def conv_backward_naive(dout, cache):
-    x, w, _, conv_param = cache
-    stride, pad = conv_param["stride"], conv_param["pad"]
-    N, _, H_out, W_out = dout.shape
-    F, _, HH, WW = w.shape
-    x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
-    dx_pad = np.zeros_like(x_pad)
-    dw = np.zeros_like(w)
-    db = np.sum(dout, axis=(0, 2, 3))
-    for n in range(N):
-        for f in range(F):
-            for i in range(H_out):
-                for j in range(W_out):
-                    rows = slice(i * stride, i * stride + HH)
-                    cols = slice(j * stride, j * stride + WW)
-                    dw[f] += x_pad[n, :, rows, cols] * dout[n, f, i, j]
-                    dx_pad[n, :, rows, cols] += w[f] * dout[n, f, i, j]
-    dx = dx_pad[:, :, pad:-pad, pad:-pad] if pad else dx_pad
-    return dx, dw, db
-
-
 def conv_backward_bias_averaged(dout, cache):
     dx, dw, _ = conv_backward_naive(dout, cache)
     db = np.mean(dout, axis=(0, 2, 3))  # the bug: a mean over the batch and positions
@@ -503,21 +413,12 @@ def test_check_layer_against_a_torch_function():
         gp.check_layer(affine_forward, affine_backward, x, w=w, b=b, reference="torch")
 
 
-class DictAffine:
-    """The book's later style: parameters and gradients in dicts, so no gp.wrap is needed."""
-
-    def __init__(self, W, b):
-        self.params = {"W": W, "b": b}
-        self.grads = {}
-
-    def forward(self, x):
-        self.x = x
-        return np.dot(x, self.params["W"]) + self.params["b"]
+class DictAffine(book_layers.Affine):
+    """The book's later style (parameters and gradients in dicts, so no gp.wrap is needed)
+    with a stray factor 2 in the input gradient."""
 
     def backward(self, dout):
-        self.grads["W"] = np.dot(self.x.T, dout)
-        self.grads["b"] = np.sum(dout, axis=0)
-        return np.dot(dout, self.params["W"].T) * 2  # the bug: a stray factor 2
+        return super().backward(dout) * 2  # the bug: a stray factor 2
 
 
 def test_an_ordered_dicts_items_are_a_model():

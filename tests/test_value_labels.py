@@ -11,6 +11,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from book_verbatim import Affine, Relu, Sigmoid, SoftmaxWithLoss
 from torch import nn
 
 import gradparity as gp
@@ -29,6 +30,13 @@ from gradparity.core.labels import (
 )
 from gradparity.core.row import Row
 from gradparity.core.tolerance import tolerance_for
+from gradparity.corpus.naive_conv import (
+    affine_backward,
+    affine_forward,
+    relu_backward,
+    relu_forward,
+    softmax_loss,
+)
 from gradparity.evidence.penalty import explain_penalty, penalty_factor
 from gradparity.evidence.weight_access import transposed_access
 
@@ -204,62 +212,9 @@ def test_a_product_off_by_a_little_is_no_transposed_access(rng):
 # ---------------------------------------------------------------- book style, end to end
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-class Affine:
-    def __init__(self, W, b):
-        self.W, self.b = W, b
-        self.x = self.dW = self.db = None
-
-    def forward(self, x):
-        self.x = x
-        return np.dot(x, self.W) + self.b
-
-    def backward(self, dout):
-        dx = np.dot(dout, self.W.T)
-        self.dW = np.dot(self.x.T, dout)
-        self.db = np.sum(dout, axis=0)
-        return dx
-
-
-class Relu:
-    def __init__(self):
-        self.mask = None
-
-    def forward(self, x):
-        self.mask = x <= 0
-        out = x.copy()
-        out[self.mask] = 0
-        return out
-
-    def backward(self, dout):
-        dout = dout.copy()
-        dout[self.mask] = 0
-        return dout
-
-
-class Sigmoid:
-    def forward(self, x):
-        self.out = 1 / (1 + np.exp(-x))
-        return self.out
-
-    def backward(self, dout):
-        return dout * (1.0 - self.out) * self.out
-
-
-class SoftmaxWithLoss:
-    def forward(self, x, t):
-        self.t, self.y = t, _softmax(x)
-        return -np.sum(self.t * np.log(self.y)) / x.shape[0]
-
-    def backward(self, dout=1):
-        return (self.y - self.t) / self.t.shape[0]
-
-
 class ReluInvertedMask(Relu):
+    """The book's Relu with its backward mask inverted."""
+
     def backward(self, dout):
         dout = dout.copy()
         dout[~self.mask] = 0  # blocks where the forward passed
@@ -267,11 +222,15 @@ class ReluInvertedMask(Relu):
 
 
 class SigmoidWithoutDout(Sigmoid):
+    """The book's Sigmoid whose backward drops the upstream gradient."""
+
     def backward(self, dout):
         return (1.0 - self.out) * self.out
 
 
 class AffineWeightDecay(Affine):
+    """The book's Affine adding an L2 term to dW that the loss does not have."""
+
     def backward(self, dout):
         dx = super().backward(dout)
         self.dW += 0.01 * self.W  # an L2 term the loss does not have
@@ -279,12 +238,16 @@ class AffineWeightDecay(Affine):
 
 
 class AffineDoutW(Affine):
+    """The book's Affine returning ``dout @ W`` for the input gradient (W.T belongs)."""
+
     def backward(self, dout):
         super().backward(dout)
         return np.dot(dout, self.W)  # W where W.T belongs
 
 
 class SoftmaxWithLossMeanOverAll(SoftmaxWithLoss):
+    """The book's loss layer dividing by N * C (one-hot labels) where N belongs."""
+
     def backward(self, dout=1):
         return (self.y - self.t) / self.t.size  # N * C where N belongs
 
@@ -362,31 +325,6 @@ def test_book_dout_times_w_on_a_square_weight_is_transposed_access(width):
 
 
 # ---------------------------------------------------------------- course style, end to end
-
-
-def affine_forward(x, w, b):
-    return x @ w + b, (x, w, b)
-
-
-def affine_backward(dout, cache):
-    x, w, _ = cache
-    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
-
-
-def relu_forward(x):
-    return np.maximum(0, x), x
-
-
-def relu_backward(dout, cache):
-    return dout * (cache > 0)
-
-
-def softmax_loss(scores, y):
-    probs = _softmax(scores)
-    n = scores.shape[0]
-    dscores = probs.copy()
-    dscores[np.arange(n), y] -= 1
-    return -np.log(probs[np.arange(n), y]).mean(), dscores / n
 
 
 def two_layer_loss(params, X, y, reg=0.0, penalty_in_loss=True):
