@@ -439,3 +439,32 @@ def test_a_loss_returned_as_float_of_its_value_keeps_its_graph():
     expected_w = 2 * total * np.broadcast_to(x.sum(axis=0)[:, None], params["W"].shape)
     assert_close(run.grads, {"W": expected_w, "b": 2 * total * x.shape[0] * np.ones(2)})
     assert run.loss == nets.loss_as_float(params, x)
+
+
+def test_code_loaded_from_a_file_without_registering_its_module_is_differentiated_exactly(
+    tmp_path,
+):
+    """``importlib.util.module_from_spec`` + ``exec_module`` leaves the module out of
+    ``sys.modules``: its objects and its ``np`` are found through their globals all the same."""
+    import importlib.util
+    import sys
+
+    path = tmp_path / "unregistered_net.py"
+    path.write_text(
+        "import numpy as np\n\n"
+        "class Dense:\n"
+        "    def __init__(self, W):\n"
+        "        self.W = W\n\n"
+        "    def loss(self, x):\n"
+        "        return np.sum(np.tanh(x @ self.W) ** 2)\n"
+    )
+    spec = importlib.util.spec_from_file_location("unregistered_net", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "unregistered_net" not in sys.modules
+    W, x = np.random.default_rng(0).standard_normal((3, 2)), np.ones((4, 3))
+    layer = module.Dense(W)
+    run = exact_gradients(lambda: layer.loss(x), {"W": W}, [layer], inputs=[x])
+    z = np.tanh(x @ W)
+    assert_close(run.grads, {"W": x.T @ (2 * z * (1 - z**2))})
+    assert layer.W is W and module.np is np
