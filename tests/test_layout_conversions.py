@@ -200,3 +200,19 @@ def test_dense_weight_stored_flat_takes_the_order_the_forward_agrees_with():
     assert report.ok, [f.message for f in report.root_causes]
     weight = report.conversions[0]
     assert "W (12,) <-> weight (3, 4): reshape + transpose (forward agreement)" in weight
+
+
+def test_lstm_that_cannot_run_keeps_torchs_order_and_says_why():
+    class Raising(StackedLSTM):
+        def forward(self, x: np.ndarray) -> np.ndarray:
+            raise ValueError("shapes not aligned")
+
+    d, h = 3, 2
+    ref = FirstOutput(nn.LSTM(d, h, batch_first=True))
+    x = np.random.default_rng(10).standard_normal((2, 3, d))
+    report = _compare(Raising(d, h, seed=10), ref, x, (2, 3, h))
+    assert [f.diagnosis for f in report.root_causes] == ["raised"]
+    assert all(
+        "assumed (the layer's forward cannot run here): torch's i,f,g,o" in c
+        for c in report.conversions
+    )

@@ -71,6 +71,34 @@ def _ours_output(pair: LayerPair, x: np.ndarray) -> np.ndarray | None:
         return None
 
 
+def _in_order(pair: LayerPair, stacked: list[int], order: str, torch_order: str) -> list[ParamPair]:
+    """``pair.params`` with the ``stacked`` ones read as gate blocks in ``order``."""
+    return [
+        replace(p, conversion=with_gates(p.conversion, order, torch_order)) if i in stacked else p
+        for i, p in enumerate(pair.params)
+    ]
+
+
+def _agreeing_order(
+    pair: LayerPair, stacked: list[int], owner: nn.RNNBase, rng: np.random.Generator
+) -> tuple[str | None, str]:
+    """(order, "") of the first gate order (torch's own first) under which the layer and its
+    module compute the same output on a random sequence; (None, why) when none does."""
+    torch_order = TORCH_GATES[type(owner)]
+    x = _probe_input(owner, rng)
+    ours = _ours_output(pair, x)
+    if ours is None:
+        return None, "the layer's forward cannot run here"
+    for letters in itertools.permutations(torch_order.split(",")):
+        order = ",".join(letters)
+        try:
+            if _agrees(pair, _in_order(pair, stacked, order, torch_order), x, ours):
+                return order, ""
+        except (RuntimeError, TypeError, ValueError, IndexError):
+            return None, "the module takes no (time, batch, features) input"
+    return None, "no gate order made the forwards agree"
+
+
 def order_gates(pair: LayerPair, rng: np.random.Generator) -> None:
     """Give the stacked recurrent parameters of ``pair.params`` the gate order under which the
     layer's forward agrees with its module's (one order for all of them: a framework stacks
@@ -81,23 +109,12 @@ def order_gates(pair: LayerPair, rng: np.random.Generator) -> None:
     owner = recurrent_owner(pair.torch_module, pair.params[stacked[0]].torch_name)
     assert owner is not None  # _stacked found it
     torch_order = TORCH_GATES[type(owner)]
-    x = _probe_input(owner, rng)
-    ours = _ours_output(pair, x)
-    for letters in itertools.permutations(torch_order.split(",")):
-        order = ",".join(letters)
-        trial = list(pair.params)
-        for i in stacked:
-            p = trial[i]
-            trial[i] = replace(p, conversion=with_gates(p.conversion, order, torch_order))
-        try:
-            agreed = ours is not None and _agrees(pair, trial, x, ours)
-        except (RuntimeError, TypeError, ValueError):  # a module that takes no such input
-            break
-        if agreed:
-            how = f"gate order {order} made the forwards agree"
-            pair.params[:] = [
-                replace(p, how=how) if i in stacked else p for i, p in enumerate(trial)
-            ]
-            return
-    how = f"assumed (no gate order made the forwards agree): torch's {torch_order}"
-    pair.params[:] = [replace(p, how=how) if i in stacked else p for i, p in enumerate(pair.params)]
+    order, why = _agreeing_order(pair, stacked, owner, rng)
+    if order is None:
+        order, how = torch_order, f"assumed ({why}): torch's {torch_order}"
+    else:
+        how = f"gate order {order} made the forwards agree"
+    pair.params[:] = [
+        replace(p, how=how) if i in stacked else p
+        for i, p in enumerate(_in_order(pair, stacked, order, torch_order))
+    ]
