@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import gradparity as gp
+from gradparity.ours.layers import Linear
 from gradparity.ours.losses import MSE
 from gradparity.reference.layout import (
     RESHAPE,
@@ -216,3 +217,14 @@ def test_lstm_that_cannot_run_keeps_torchs_order_and_says_why():
         "assumed (the layer's forward cannot run here): torch's i,f,g,o" in c
         for c in report.conversions
     )
+
+
+def test_square_dense_weight_stored_flat_follows_the_models_convention():
+    ours = [("fc1", Linear(4, 3)), ("fc2", FlatDense(3, 3, seed=11))]
+    ref = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 3))
+    x = np.random.default_rng(11).standard_normal((5, 4))
+    target = np.random.default_rng(12).standard_normal((5, 3))
+    report = gp.compare(ours, ref, x, target, ours_loss=MSE(), reference_loss=nn.MSELoss())
+    assert report.ok, [f.message for f in report.root_causes]
+    flat = next(c for c in report.conversions if c.startswith("fc2: W"))
+    assert "W (9,) <-> weight (3, 3): reshape + transpose (model convention)" in flat
