@@ -228,3 +228,15 @@ def test_square_dense_weight_stored_flat_follows_the_models_convention():
     assert report.ok, [f.message for f in report.root_causes]
     flat = next(c for c in report.conversions if c.startswith("fc2: W"))
     assert "W (9,) <-> weight (3, 3): reshape + transpose (model convention)" in flat
+
+
+def test_training_steps_compare_gate_ordered_parameters_in_ours_layout():
+    rng = np.random.default_rng(13)
+    batches = [(rng.standard_normal((2, 3, 3)), rng.standard_normal((2, 3, 2))) for _ in range(3)]
+    ref = nn.Sequential(FirstOutput(nn.LSTM(3, 2, batch_first=True)))
+    report = gp.compare_training(
+        [("lstm", StackedLSTM(3, 2, seed=13))], ref, batches,
+        ours_loss=MSE(), reference_loss=nn.MSELoss(), layer_map={"lstm": "0"},
+    )  # fmt: skip
+    assert report.ok, [f.message for f in report.root_causes]
+    assert {"param:upward.W", "param:lateral.b"} <= set(report.table["quantity"])
