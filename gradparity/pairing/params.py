@@ -26,7 +26,8 @@ from gradparity.pairing.structure import is_vector, layer_index
 from gradparity.reference.layout import (
     IDENTITY,
     TRANSPOSE,
-    candidate_conversions,
+    following,
+    parameter_conversions,
     to_ours_layout,
     to_torch_layout,
 )
@@ -106,12 +107,12 @@ def _by_order_else_shape(
     """((ours name, reference name) pairs, None): in order when every pair fits some layout
     conversion, else each ours entry takes the first free reference entry it fits (those
     ``first(ours, ref)`` marks come first). (pairs so far, name) for an entry nothing fits."""
-    if all(candidate_conversions(ours[o], ref[r]) for o, r in zip(ours, ref)):
+    if all(parameter_conversions(ours[o], ref[r]) for o, r in zip(ours, ref)):
         return list(zip(ours, ref)), None
     paired: list[tuple[str, str]] = []
     free = list(ref)
     for name, shape in ours.items():
-        fits = [r for r in free if candidate_conversions(shape, ref[r])]
+        fits = [r for r in free if parameter_conversions(shape, ref[r])]
         if first is not None:
             fits.sort(key=lambda r: not first(name, r))
         if not fits:
@@ -140,7 +141,7 @@ def check_param_map(ours: Shapes, ref: Shapes, param_map: Mapping[str, str]) -> 
     if twice:
         raise InputError(f"param_map pairs {twice} with more than one parameter; use each once")
     for name, target in param_map.items():
-        if not candidate_conversions(ours[name], ref[target]):
+        if not parameter_conversions(ours[name], ref[target]):
             raise InputError(
                 f"param_map pairs {name} {ours[name]} with {target} {ref[target]}: no layout "
                 "conversion fits those shapes"
@@ -156,7 +157,7 @@ def _by_name(ours: Shapes, ref: Shapes, taken: Mapping[str, str]) -> dict[str, s
         if name in taken:
             continue
         same = [r for r in free if name in (r, r.rsplit(".", 1)[-1])]
-        if len(same) == 1 and candidate_conversions(ours[name], ref[same[0]]):
+        if len(same) == 1 and parameter_conversions(ours[name], ref[same[0]]):
             found[name] = same[0]
             free.remove(same[0])
     return found
@@ -190,7 +191,7 @@ def candidates(
     """A Candidate per (ours name, reference name) pair of ``named``, in ours' order."""
     order = {name: i for i, name in enumerate(ours)}
     return [
-        Candidate(layer, o, r, ours[o], ref[r], tuple(candidate_conversions(ours[o], ref[r])))
+        Candidate(layer, o, r, ours[o], ref[r], tuple(parameter_conversions(ours[o], ref[r])))
         for o, r in sorted(named, key=lambda pair: order[pair[0]])
     ]
 
@@ -209,7 +210,7 @@ def resolve_layouts(found: list[Candidate], strategy: SquareStrategy) -> list[Pa
     convention = model_convention(found)
     chosen: dict[Candidate, Choice] = {}
     if square and convention is not None:
-        chosen = {c: (convention, "model convention") for c in square}
+        chosen = {c: (following(c.options, convention), "model convention") for c in square}
     elif square:
         chosen = strategy(square, found)
     return [c.choose(*chosen.get(c, (c.options[0], "shape"))) for c in found]

@@ -21,6 +21,7 @@ from torch import nn
 from gradparity.core.errors import InputError
 from gradparity.core.records import USER_ERRORS, real_array
 from gradparity.pairing.align import LayerPair
+from gradparity.pairing.gates import order_gates
 from gradparity.pairing.params import (
     Candidate,
     Choice,
@@ -32,7 +33,7 @@ from gradparity.pairing.params import (
     resolve_layouts,
     sync_parameters,
 )
-from gradparity.reference.layout import IDENTITY, TRANSPOSE
+from gradparity.reference.layout import IDENTITY, TRANSPOSE, following
 from gradparity.sides.adapt import params_of
 
 
@@ -58,7 +59,7 @@ class ForwardProbe:
         chosen: dict[Candidate, Choice] = {}
         for c, (conversion, how) in found.items():
             if conversion is None:
-                chosen[c] = (fallback, f"assumed ({how}): {assumed}")
+                chosen[c] = (following(c.options, fallback), f"assumed ({how}): {assumed}")
             else:
                 chosen[c] = (conversion, how)
         return chosen
@@ -104,23 +105,24 @@ class AgreementTest:
             how = "the two sides agree under it"
             answers.append(self.decide(_laid_out(everything, conversion, how)))
             if answers[-1]:
-                return {c: (conversion, how) for c in square}
+                return {c: (following(c.options, conversion), how) for c in square}
         why = (
             "neither layout made the loss or the forward taps agree"
             if False in answers
             else "no loss_fn or forward tap to decide"
         )
         if self.columns:
-            choice = (IDENTITY, f"assumed ({why}): (out, in), as z = W @ a, examples as columns")
+            assumed = (IDENTITY, f"assumed ({why}): (out, in), as z = W @ a, examples as columns")
         else:
-            choice = (TRANSPOSE, f"assumed ({why}): (in, out), as z = x @ W, examples as rows")
-        return {c: choice for c in square}
+            assumed = (TRANSPOSE, f"assumed ({why}): (in, out), as z = x @ W, examples as rows")
+        return {c: (following(c.options, assumed[0]), assumed[1]) for c in square}
 
 
 def _laid_out(everything: list[Candidate], square: str, how: str) -> list[ParamPair]:
     """Every candidate as a ParamPair, the square ones in the ``square`` layout."""
     return [
-        c.choose(square, how) if c.square else c.choose(c.options[0], "shape") for c in everything
+        c.choose(following(c.options, square), how) if c.square else c.choose(c.options[0], "shape")
+        for c in everything
     ]
 
 
@@ -152,6 +154,7 @@ def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
     resolved = resolve_layouts(found, ForwardProbe(pairs, rng))
     for pair in pairs:
         pair.params.extend(p for c, p in zip(found, resolved) if c.layer == pair.name)
+        order_gates(pair, rng)
 
 
 def pair_function_params(
