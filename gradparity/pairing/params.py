@@ -1,8 +1,10 @@
 """Pairing ours' parameters with the reference's, and moving values between the two layouts.
 
 One implementation for every front end. Names pair by ``param_map`` first, then equal names
-("Wxh" with "cell.Wxh"), then order (numbered names in their numbers' order), else each
-parameter takes the first free reference parameter its shape fits (biases prefer 1-D ones).
+("Wxh" with "cell.Wxh"), then aliases ("gamma" with "weight", ``pairing.aliases``), then a
+shape only one free reference parameter fits, then order (numbered names in their numbers'
+order), else each parameter takes the first free reference parameter its shape fits (biases
+prefer 1-D ones); ``NamePairing.by_order`` says which pairs order alone decided.
 Each pair carries the layout conversion that makes both hold the same numbers. A square
 weight's layout cannot be read off its shape: it follows the model's convention (what its
 non-square weights showed), else a ``SquareStrategy`` the front end passes in decides (see
@@ -13,6 +15,7 @@ non-square weights showed), else a ``SquareStrategy`` the front end passes in de
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from gradparity.core.errors import InputError
+from gradparity.pairing.aliases import are_aliases
 from gradparity.pairing.structure import is_vector, layer_index
 from gradparity.reference.layout import (
     IDENTITY,
@@ -163,13 +167,58 @@ def _by_name(ours: Shapes, ref: Shapes, taken: Mapping[str, str]) -> dict[str, s
     return found
 
 
-def pair_names(
+def _by_alias(ours: Shapes, ref: Shapes, taken: Mapping[str, str]) -> dict[str, str]:
+    """Pairs by alias ("gamma" with "weight", "Wxh" with "weight_ih_l0"; see
+    ``pairing.aliases``): where exactly one free reference parameter of a fitting shape is an
+    alias of ours' name and no other free ours parameter claims it."""
+    free = [r for r in ref if r not in taken.values()]
+    claims = {
+        name: [r for r in free if are_aliases(name, r) and candidate_conversions(shape, ref[r])]
+        for name, shape in ours.items()
+        if name not in taken
+    }
+    claimed = Counter(r for found in claims.values() for r in found)
+    return {n: found[0] for n, found in claims.items() if len(found) == 1 == claimed[found[0]]}
+
+
+def _by_unique_shape(ours: Shapes, ref: Shapes, taken: Mapping[str, str]) -> dict[str, str]:
+    """Pairs by shape: an ours parameter only one free reference parameter fits takes it,
+    repeatedly (each pairing may leave another parameter a single fit)."""
+    found: dict[str, str] = {}
+    progress = True
+    while progress:
+        progress = False
+        free = [r for r in ref if r not in taken.values() and r not in found.values()]
+        for name, shape in ours.items():
+            if name in taken or name in found:
+                continue
+            fits = [r for r in free if candidate_conversions(shape, ref[r])]
+            if len(fits) == 1:
+                found[name] = fits[0]
+                progress = True
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class NamePairing:
+    """How ours' parameters met the reference's: ``pairs`` (ours name, reference name);
+    ``by_order``: those among them that only order decided (more than one free reference
+    parameter fitted); ``unfit``: an ours parameter no free reference parameter fits."""
+
+    pairs: list[tuple[str, str]]
+    by_order: list[tuple[str, str]]
+    unfit: str | None
+
+
+def pair_by_name_shape_order(
     ours: Shapes, ref: Shapes, param_map: Mapping[str, str] | None = None
-) -> tuple[list[tuple[str, str]], str | None]:
-    """((ours name, reference name) pairs, None): ``param_map`` (checked beforehand by
-    ``check_param_map``), then equal names, then order, else shape. (pairs so far, name) for
-    a parameter no free reference parameter fits."""
+) -> NamePairing:
+    """Pairs by ``param_map`` (checked beforehand by ``check_param_map``), then equal names,
+    then aliases, then a shape only one free reference parameter fits, then order."""
     mapped = {**_by_name(ours, ref, param_map or {}), **(param_map or {})}
+    mapped.update(_by_alias(ours, ref, mapped))
+    mapped.update(_by_unique_shape(ours, ref, mapped))
     # Numbered names (W1, b1, W2, ... or w[0], b[0], ...) in layer order, whatever the order
     # they were given in: square layers of equal shape can only be told apart by that.
     index = layer_index(list(ours), list(ours.values()))
@@ -177,12 +226,21 @@ def pair_names(
     if all(re.search(r"\d", n) for n in free_ours):
         free_ours.sort(key=lambda n: index[n])
     free_ref = {n: ref[n] for n in ref if n not in mapped.values()}
-    paired, unfit = _by_order_else_shape(
+    by_order, unfit = _by_order_else_shape(
         {n: ours[n] for n in free_ours},
         free_ref,
         first=lambda o, r: is_vector(ours[o]) == (len(ref[r]) == 1),  # biases with biases
     )
-    return [*mapped.items(), *paired], unfit
+    return NamePairing([*mapped.items(), *by_order], by_order, unfit)
+
+
+def pair_names(
+    ours: Shapes, ref: Shapes, param_map: Mapping[str, str] | None = None
+) -> tuple[list[tuple[str, str]], str | None]:
+    """((ours name, reference name) pairs, None) as ``pair_by_name_shape_order`` decides
+    them; (pairs so far, name) for a parameter no free reference parameter fits."""
+    found = pair_by_name_shape_order(ours, ref, param_map)
+    return found.pairs, found.unfit
 
 
 def candidates(

@@ -11,7 +11,13 @@ from torch import nn
 
 from gradparity.core.errors import InputError
 from gradparity.core.losses import loss_meta
-from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
+from gradparity.core.options import (
+    MAP_MEANINGS,
+    Maps,
+    ReferenceInputs,
+    Tolerances,
+    with_options,
+)
 from gradparity.core.plan import Captures
 from gradparity.core.tolerance import tolerance_for
 from gradparity.core.validate import (
@@ -43,8 +49,8 @@ from gradparity.locate.layers import locate_layers, source_locator
 from gradparity.locate.minor import layer_without_effect, separate_minor
 from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, synced_names
 from gradparity.pairing.layer_entries import run_entries
+from gradparity.pairing.layer_params import pair_layer_parameters
 from gradparity.pairing.params import sync_parameters, to_reference
-from gradparity.pairing.square import pair_parameters
 from gradparity.pipelines.layers_autodiff import compare_autodiff
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
@@ -55,7 +61,9 @@ from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.setup import reference_copy, resolve_losses
 
 
-def check_autodiff(reference: str, reference_loss: Any, layer_map: dict | None) -> None:
+def check_autodiff(
+    reference: str, reference_loss: Any, layer_map: dict | None, param_map: dict | None = None
+) -> None:
     """One line for a reference named by a string other than "autodiff", or for options that
     only a torch reference takes."""
     if reference != "autodiff":
@@ -63,7 +71,8 @@ def check_autodiff(reference: str, reference_loss: Any, layer_map: dict | None) 
             f'reference {reference!r} is unknown; pass a torch.nn.Module or "autodiff" (the '
             "exact gradient of each layer's own forward)"
         )
-    for option, value in (("reference_loss", reference_loss), ("layer_map", layer_map)):
+    given = {"reference_loss": reference_loss, "layer_map": layer_map, "param_map": param_map}
+    for option, value in given.items():
         if value:
             raise InputError(
                 f'{option}= needs a torch reference; with "autodiff" each layer and the loss '
@@ -109,6 +118,7 @@ def compare(
     reference_inputs: ReferenceInputs | None = None,
     maps: Maps | None = None,
     strict: bool = False,
+    param_map: dict[str, str] | None = None,
 ) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
@@ -120,24 +130,32 @@ def compare(
     reference's input and a seeded random upstream gradient). Neither model is modified:
     both sides run on copies, and ``sync_weights`` copies ours' parameters into the copy (a
     reference on the meta device is then allocated on the CPU to take them).
+    ``param_map`` {ours parameter: reference parameter}: keys ``"<layer>.<param>"`` (or
+    ``"<param>"`` where one layer alone has it), values the parameter's name within the module
+    that layer faces (``"weight"``, or ``"bn1.weight"``); parameters it leaves out pair by
+    equal names, aliases (gamma/weight, beta/bias, W/weight, Wxh/weight_ih, ...), a shape only
+    one fits, then order, and a note names every pairing order alone decided.
     ``tolerances`` (rtol, atol), ``reference_inputs`` (its ``loss``) and ``maps`` (its
-    ``layer_map``): option objects, merged into those keyword arguments (``with_options``).
+    ``layer_map`` and ``param_map``): option objects, merged into those keyword arguments
+    (``with_options``).
     ``reference_model="autodiff"``: no twin; each layer's backward (and the loss's) is checked
     in isolation against the exact gradient of its own forward (``layers_autodiff``), so no
-    forward output and no chain is compared, and ``reference_loss``/``layer_map`` are refused.
+    forward output and no chain is compared, and ``reference_loss``, ``layer_map`` and
+    ``param_map`` are refused.
     ``strict``: minor differences (small against the tensor's scale and consistent with a
     small constant such as an epsilon) make ``ok`` False too; by default they are listed in
     ``report.minor`` and leave it True.
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
+    param_map = check_mapping(param_map, "param_map", MAP_MEANINGS["param_map"])
     name = check_name(name)
     strict = check_flag(strict, "strict")
     tol = tolerance_for(dtype, rtol, atol)
     tdtype = TORCH_DTYPES[dtype]
     layers = named_layers(ours_model)
     if isinstance(reference_model, str):
-        check_autodiff(reference_model, reference_loss, layer_map)
+        check_autodiff(reference_model, reference_loss, layer_map, param_map)
         return compare_autodiff(
             layers, x, target, ours_loss, dtype=dtype, tolerance=tol, seed=seed,
             name=name or model_name(ours_model), strict=strict, rtol=rtol, atol=atol,
@@ -152,7 +170,7 @@ def compare(
         reference_model, dtype, check_flag(sync_weights, "sync_weights")
     )
     pairs = align_layers(layers, ref_model, layer_map, lambda: leaf_calls(ref_model, x, tdtype))
-    pair_parameters(pairs, rng)
+    pairing_notes = pair_layer_parameters(pairs, rng, param_map)
     if sync_weights:
         for pair in pairs:
             sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
@@ -233,7 +251,7 @@ def compare(
                 **loss_meta(ours_loss, reference_loss, *given),
                 "isolate_upstream": "seeded random normal",
             },
-            notes=weight_notes + layout_notes,
+            notes=pairing_notes + weight_notes + layout_notes,
             fields={
                 "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
                 "strict": strict,

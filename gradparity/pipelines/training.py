@@ -25,7 +25,14 @@ from torch import nn
 from gradparity.core.errors import InputError
 from gradparity.core.finding import Finding
 from gradparity.core.losses import loss_meta
-from gradparity.core.options import Maps, ReferenceInputs, Tolerances, TrainingOptions, with_options
+from gradparity.core.options import (
+    MAP_MEANINGS,
+    Maps,
+    ReferenceInputs,
+    Tolerances,
+    TrainingOptions,
+    with_options,
+)
 from gradparity.core.plan import Captures
 from gradparity.core.records import USER_ERRORS, real_array
 from gradparity.core.row import Row
@@ -49,8 +56,8 @@ from gradparity.pairing.align import (
     refuse_shared_parameters,
     synced_names,
 )
+from gradparity.pairing.layer_params import pair_layer_parameters
 from gradparity.pairing.params import sync_parameters
-from gradparity.pairing.square import pair_parameters
 from gradparity.pairing.training_entries import step_entries
 from gradparity.pipelines.layers import compare
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
@@ -96,6 +103,7 @@ def compare_training(
     maps: Maps | None = None,
     training: TrainingOptions | None = None,
     strict: bool = False,
+    param_map: dict[str, str] | None = None,
 ) -> TrainingReport:
     """Train both sides on the same ``batches`` and report the first step where they part.
 
@@ -106,11 +114,13 @@ def compare_training(
     optimiser passed in is modified. ``tolerances`` (rtol, atol), ``reference_inputs`` (its
     ``loss``), ``maps`` (its ``layer_map``) and ``training`` (optimisers, steps, validation,
     eval_every, progress): option objects, merged into those keyword arguments
-    (``with_options``). ``strict``: minor differences make ``ok`` False too.
+    (``with_options``). ``strict``: minor differences make ``ok`` False too. ``param_map``
+    {ours "<layer>.<param>": reference parameter}: as in ``compare``.
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     strict = check_flag(strict, "strict")
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
+    param_map = check_mapping(param_map, "param_map", MAP_MEANINGS["param_map"])
     name = check_name(name)
     steps = None if steps is None else check_count(steps, "steps")
     eval_every = check_count(eval_every, "eval_every")
@@ -134,7 +144,7 @@ def compare_training(
     check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     pairs = align_layers(layers, ref_model, layer_map)
     refuse_shared_parameters(pairs)
-    pair_parameters(pairs, np.random.default_rng(seed))
+    pairing_notes = pair_layer_parameters(pairs, np.random.default_rng(seed), param_map)
     for pair in pairs:
         sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
     check_filled(empty, synced_names(pairs))
@@ -145,7 +155,7 @@ def compare_training(
         ref_model=ref_model, ref_opt=ref_opt, pairs=pairs, tol=tol, shadow=shadow,
         localise=lambda x, target: lambda ours: compare(
             _rewound(layers, ours.before), ref_model, x, target, ours_loss, reference_loss,
-            layer_map, dtype, seed=seed, name="localised",
+            layer_map, dtype, seed=seed, name="localised", param_map=param_map,
         ).root_causes,
         plan=lambda **step: Plan(
             name=name or model_name(ours_model), dtype=dtype, tolerance=tol, seed=seed,
@@ -208,6 +218,7 @@ def compare_training(
                 "history": pd.DataFrame(history), "first_divergent_step": first_divergent,
                 "strict": strict,
             },
+            notes=pairing_notes,
             report_type=TrainingReport,
         )
     )  # fmt: skip
