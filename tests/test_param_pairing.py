@@ -12,6 +12,7 @@ from torch import nn
 
 import gradparity as gp
 from gradparity.pairing.align import LayerPair
+from gradparity.pairing.layer_params import pair_layer_parameters as pair_parameters
 from gradparity.pairing.params import (
     Candidate,
     ParamPair,
@@ -21,7 +22,7 @@ from gradparity.pairing.params import (
     to_ours,
     to_reference,
 )
-from gradparity.pairing.square import AgreementTest, pair_function_params, pair_parameters
+from gradparity.pairing.square import AgreementTest, pair_function_params
 from gradparity.reference.layout import IDENTITY, RESHAPE, TRANSPOSE
 
 

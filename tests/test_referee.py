@@ -19,8 +19,8 @@ from gradparity.corpus import layer_bugs as bugs
 from gradparity.evidence import referee
 from gradparity.ours import Linear, Sequential, Sigmoid, SoftmaxCrossEntropy
 from gradparity.pairing.align import align_layers
+from gradparity.pairing.layer_params import pair_layer_parameters as pair_parameters
 from gradparity.pairing.params import sync_parameters
-from gradparity.pairing.square import pair_parameters
 from gradparity.reference import mirror
 from gradparity.sides.adapt import params_of
 

@@ -18,7 +18,7 @@ from torch import nn
 import gradparity as gp
 from gradparity.ours import Linear, Sequential, Tanh
 from gradparity.pairing.align import align_layers, layers_by_module
-from gradparity.pairing.square import pair_parameters
+from gradparity.pairing.layer_params import pair_layer_parameters as pair_parameters
 from gradparity.sides.function_run import run_reference
 from gradparity.sides.preflight import dry_run
 from gradparity.sides.run_torch import run_chain

@@ -5,7 +5,7 @@ direct children, which lets one fused NumPy layer face a torch submodule, else t
 modules in the order the forward calls them). A module the forward runs more than once (a
 shared activation, one Linear applied twice) faces one NumPy layer per call: the k-th layer
 aligned with it, in ours' forward order, is compared with its call k. Parameters inside
-each pair are paired by ``pairing.square.pair_parameters``.
+each pair are paired by ``pairing.layer_params.pair_layer_parameters``.
 """
 
 from __future__ import annotations

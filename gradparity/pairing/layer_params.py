@@ -1,7 +1,8 @@
 """``compare``'s and ``compare_training``'s parameter pairing: each layer's parameters with
 its module's, by ``param_map``, then equal names, aliases, a shape only one parameter fits,
 then order (``pairing.params.pair_by_name_shape_order``); square weights by the forward probe
-(``pairing.square.ForwardProbe``). Every layer whose pairing order alone decided among
+(``pairing.square.ForwardProbe``), stacked recurrent gates by trying their orders
+(``pairing.gates``). Every layer whose pairing order alone decided among
 fitting shapes gets a note, since a wrong guess there reads as an unexplained divergence.
 
 ``param_map`` keys are ours' qualified names ``"<layer>.<param>"`` (or ``"<param>"`` where
@@ -17,6 +18,7 @@ import numpy as np
 
 from gradparity.core.errors import InputError
 from gradparity.pairing.align import LayerPair
+from gradparity.pairing.gates import order_gates
 from gradparity.pairing.params import (
     Candidate,
     NamePairing,
@@ -28,7 +30,7 @@ from gradparity.pairing.params import (
     resolve_layouts,
 )
 from gradparity.pairing.square import ForwardProbe
-from gradparity.reference.layout import candidate_conversions
+from gradparity.reference.layout import parameter_conversions
 from gradparity.sides.adapt import params_of
 
 LayerMaps = dict[str, dict[str, str]]  # ours layer -> {ours key: its module's parameter name}
@@ -104,7 +106,7 @@ def _check_layer_map(pair: LayerPair, layer_map: dict[str, str]) -> None:
             )
     ours, ref = _ours_shapes(pair), _reference_shapes(pair)
     for key, target in layer_map.items():
-        if not candidate_conversions(ours[key], ref[target]):
+        if not parameter_conversions(ours[key], ref[target]):
             raise InputError(
                 f"param_map pairs {pair.name}.{key} {ours[key]} with {target} {ref[target]}: "
                 "no layout conversion fits those shapes"
@@ -163,4 +165,5 @@ def pair_layer_parameters(
     resolved = resolve_layouts(found, ForwardProbe(pairs, rng))
     for pair in pairs:
         pair.params.extend(p for c, p in zip(found, resolved) if c.layer == pair.name)
+        order_gates(pair, rng)
     return notes

@@ -173,7 +173,7 @@ def _by_alias(ours: Shapes, ref: Shapes, taken: Mapping[str, str]) -> dict[str, 
     alias of ours' name and no other free ours parameter claims it."""
     free = [r for r in ref if r not in taken.values()]
     claims = {
-        name: [r for r in free if are_aliases(name, r) and candidate_conversions(shape, ref[r])]
+        name: [r for r in free if are_aliases(name, r) and parameter_conversions(shape, ref[r])]
         for name, shape in ours.items()
         if name not in taken
     }
@@ -192,7 +192,7 @@ def _by_unique_shape(ours: Shapes, ref: Shapes, taken: Mapping[str, str]) -> dic
         for name, shape in ours.items():
             if name in taken or name in found:
                 continue
-            fits = [r for r in free if candidate_conversions(shape, ref[r])]
+            fits = [r for r in free if parameter_conversions(shape, ref[r])]
             if len(fits) == 1:
                 found[name] = fits[0]
                 progress = True

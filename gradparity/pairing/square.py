@@ -21,7 +21,6 @@ from torch import nn
 from gradparity.core.errors import InputError
 from gradparity.core.records import USER_ERRORS, real_array
 from gradparity.pairing.align import LayerPair
-from gradparity.pairing.gates import order_gates
 from gradparity.pairing.params import (
     Candidate,
     Choice,
@@ -124,37 +123,6 @@ def _laid_out(everything: list[Candidate], square: str, how: str) -> list[ParamP
         c.choose(following(c.options, square), how) if c.square else c.choose(c.options[0], "shape")
         for c in everything
     ]
-
-
-def _layer_candidates(pair: LayerPair) -> list[Candidate]:
-    """The layer's parameters paired with its module's; one line naming what cannot pair."""
-    ours = {k: tuple(np.shape(v)) for k, v in params_of(pair.layer).items()}
-    ref = {n: tuple(p.shape) for n, p in pair.torch_module.named_parameters()}
-    shown = f"ours {', '.join(f'{k} {s}' for k, s in ours.items()) or 'none'}; reference " + (
-        ", ".join(f"{k} {s}" for k, s in ref.items()) or "none"
-    )
-    if len(ours) != len(ref):
-        raise InputError(
-            f"layer {pair.name!r}: {len(ours)} parameters on ours, {len(ref)} on "
-            f"reference module {pair.module_name!r} ({shown})"
-        )
-    named, unfit = pair_names(ours, ref)
-    if unfit is not None:
-        raise InputError(
-            f"layer {pair.name!r}: ours parameter {unfit!r} of shape {ours[unfit]} fits no "
-            f"reference parameter by any layout conversion ({shown})"
-        )
-    return candidates(pair.name, ours, ref, named)
-
-
-def pair_parameters(pairs: list[LayerPair], rng: np.random.Generator) -> None:
-    """Fill ``pair.params`` for every layer pair; a square weight's layout follows the model's
-    convention, else the forward probe (``ForwardProbe``, drawing from ``rng``)."""
-    found = [c for pair in pairs for c in _layer_candidates(pair)]
-    resolved = resolve_layouts(found, ForwardProbe(pairs, rng))
-    for pair in pairs:
-        pair.params.extend(p for c, p in zip(found, resolved) if c.layer == pair.name)
-        order_gates(pair, rng)
 
 
 def pair_function_params(
