@@ -26,9 +26,7 @@ def step_name(step: Evidence) -> str:
 def _note_failure(ctx: Context, name: str, exc: Exception, row: Row | None) -> None:
     error = describe_error(exc)
     where = f" on {row.layer} {row.quantity} ({row.mode} run)" if row is not None else ""
-    ctx.notes.append(
-        f"the {name} raised {error}{where}; the report is built without that evidence"
-    )
+    ctx.notes.append(f"the {name} raised {error}{where}; the report is built without that evidence")
     if row is not None:
         row.detail.setdefault("probe_errors", []).append({"probe": name, "error": error})
 
