@@ -54,6 +54,53 @@ def dezero_wrap(layer, params=("W", "b")):
     )
 
 
+def chainer_wrap(link):
+    def forward(obj, x):
+        obj.gp_x = C.Variable(x)
+        obj.gp_y = obj(obj.gp_x)
+        return obj.gp_y.array
+
+    def backward(obj, g):
+        obj.cleargrads()
+        obj.gp_y.grad = g
+        obj.gp_y.backward()
+        return obj.gp_x.grad
+
+    def named(obj, what):
+        found = {n.strip("/"): getattr(p, what) for n, p in obj.namedparams()}
+        return {k: v for k, v in found.items() if v is not None}
+
+    return gp.wrap(
+        link,
+        forward=forward,
+        backward=backward,
+        params=lambda obj: named(obj, "array"),
+        grads=lambda obj: named(obj, "grad"),
+    )
+
+
+class ChainerFunctionLink(C.Link):
+    """A parameterless chainer function as a link, for the hand-written adapter."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function(x)
+
+
+def test_hand_written_chainer_adapters_reach_parity_though_link_copies_are_wired_back():
+    layers = [
+        ("l1", chainer_wrap(C.Linear(6, 5, seed=1))),
+        ("act", chainer_wrap(ChainerFunctionLink(C.sigmoid))),
+        ("l2", chainer_wrap(C.Linear(5, 3, seed=2))),
+    ]
+    report = gp.compare(layers, _mlp(), _x((4, 6)), _target())
+    assert report.ok, report.root_causes
+    assert layers[0][1].obj.W.grad is None  # the user's link holds no gradient afterwards
+
+
 class DezeroFunctionLayer(D.Layer):
     """A parameterless dezero function as a layer, for the hand-written adapter."""
 
