@@ -26,6 +26,7 @@ _EXPORTS = {
     "compare": "gradparity.pipelines.layers",
     "compare_function": "gradparity.pipelines.function",
     "compare_training": "gradparity.pipelines.training",
+    "define_by_run": "gradparity.sides.define_by_run",
     "layer": "gradparity.sides.layer_functions",
     "lint": "gradparity.evidence.lints",
     "tap": "gradparity.sides.taps",

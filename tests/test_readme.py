@@ -5,6 +5,8 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -75,3 +77,17 @@ def test_readme_real_bug_output_is_what_its_command_prints(tmp_path, capsys):
     assert main([*command[1:-1], str(tmp_path)]) == 1
     printed = capsys.readouterr().out.replace(str(tmp_path), "reports/example")
     assert printed in _block_after("## A real bug, found", "")
+
+
+def test_readme_framework_example_prints_what_the_readme_shows(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    (example,) = _block_after("## Checking a framework's layers", "python")
+    (shown,) = _block_after("## Checking a framework's layers", "")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(example, "README.md", "exec"), {})
+    number = r"-?\d+(?:\.\d+)?"
+    printed = out.getvalue()
+    assert re.split(number, printed) == re.split(number, shown)  # the words, numbers apart
+    values = [float(v) for v in re.findall(number, printed)]
+    assert values == pytest.approx([float(v) for v in re.findall(number, shown)], rel=1e-3)

@@ -6,7 +6,7 @@ evidence or locator is one new function registered in a plan, not an edit of the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,10 @@ class Context:
     root_causes: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
+    # The row an evidence step is examining, and those it is done with (by id): when the step
+    # raises, the engine notes the error on that row and runs the step again past them.
+    probing: Row | None = None
+    probed: set[int] = field(default_factory=set)
 
     @property
     def rng(self) -> np.random.Generator:
@@ -82,6 +86,17 @@ class Context:
     def rows_of(self, mode: str) -> list[Row]:
         """The rows of one mode ("chain", "isolate", ...), in report order."""
         return [r for r in self.rows if r.mode == mode]
+
+    def each_probed(self, rows: Iterable[Row]) -> Iterator[Row]:
+        """``rows`` for an evidence step to examine one at a time, less those it is done with;
+        an error while one is examined is pinned to that row (see ``engine.guard``)."""
+        for row in rows:
+            if id(row) in self.probed:
+                continue
+            self.probing = row
+            yield row
+            self.probed.add(id(row))  # reached only once the step is done with the row
+        self.probing = None
 
 
 # Evidence adds to rows (detail, a sharper diagnosis), arrays and notes; a locator sets row

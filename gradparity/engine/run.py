@@ -8,6 +8,7 @@ from gradparity.comparison.diff import compare_tensor
 from gradparity.core.plan import Captures, Context, Entry, Plan, Side, TensorPair
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
+from gradparity.engine.guard import gather
 from gradparity.engine.report import build_report
 from gradparity.report.report import Report
 from gradparity.sides.numpy_runner import NumpyRunner
@@ -74,7 +75,7 @@ def execute(plan: Plan) -> Context:
     ctx = Context(plan, captures, rows=[], tolerance=tolerance, notes=notes)
     compare_entries(plan.pair(captures), ctx)
     for evidence in plan.evidence:
-        evidence(ctx)
+        gather(evidence, ctx)
     for locator in plan.locators:
         locator(ctx)
     return ctx

@@ -34,11 +34,14 @@ def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
 def _diverging(ctx: Context, gradients_only: bool = True) -> Iterator[tuple[Row, Probe]]:
     """(row, its probe) for each isolate row that diverged without raising."""
     probes: dict[str, Probe] = ctx.captures["probes"]
-    for row in ctx.rows_of("isolate"):
-        if not row.diverged or row.diagnosis == RAISED:
-            continue
-        if gradients_only and row.quantity == "output":
-            continue
+    chosen = [
+        row
+        for row in ctx.rows_of("isolate")
+        if row.diverged
+        and row.diagnosis != RAISED
+        and not (gradients_only and row.quantity == "output")
+    ]
+    for row in ctx.each_probed(chosen):
         yield row, probes[row.layer]
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 
 from gradparity.core.metrics import first_largest
 from gradparity.core.tolerance import Tolerance
+from gradparity.sides.fresh import StateSnapshot, independent_copy, working_copy
 
 MAX_JACOBIAN_ELEMENTS = 256  # per-sample input size and output size limit (each)
 
@@ -55,53 +57,49 @@ def _require_2d(what: str, shape: tuple[int, ...]) -> None:
         raise ValueError(f"the Jacobian probe needs a 2-D (batch, features) {what}, got {shape}")
 
 
-def _forward_copy(layer: Any, x: np.ndarray) -> tuple[Any, np.ndarray]:
-    """Forward a deep copy of ``layer`` on a copy of ``x``: (forwarded copy, output).
+@contextmanager
+def _forwarded(layer: Any, x: np.ndarray) -> Iterator[tuple[Callable[[], Any], np.ndarray]]:
+    """(a factory of layers in the state right after forward on ``x``, each used for one
+    backward; the output). The caller's layer and ``x`` end as they were.
 
-    Copies both, so neither the caller's layer state nor an in-place forward can touch theirs.
+    Copying the once-forwarded layer is preferred over re-running forward: it is cheaper and
+    keeps a single forward state (e.g. one dropout mask from global randomness). When that
+    state has no independent copy (it holds, say, a generator, or a define-by-run graph whose
+    nodes link by weak reference: ``sides.fresh``), each call restores the layer to its state
+    before forward and runs forward again, which must reproduce the output, or the rows would
+    mix different forward states.
     """
-    fresh = copy.deepcopy(layer)
-    return fresh, np.asarray(fresh.forward(x.copy()))
-
-
-def _fresh_forwarded(
-    layer: Any, forwarded: Any, x: np.ndarray, out: np.ndarray
-) -> Callable[[], Any]:
-    """A factory of layers in the state right after forward on ``x``, each used for one backward.
-
-    Deep-copying the once-forwarded layer is preferred over re-running forward: it is cheaper
-    and keeps a single forward state (e.g. one dropout mask from global randomness). When that
-    state cannot be deep-copied (it holds, say, a generator), each call re-forwards a fresh
-    copy instead, and must reproduce ``out``, or the rows would mix different forward states.
-    """
-    try:
-        copy.deepcopy(forwarded)
-    except Exception:  # deepcopy signals "not copyable" with many types (TypeError, copy.Error)
+    with working_copy(layer) as base:
+        before = StateSnapshot(base)
+        out = np.asarray(base.forward(x.copy()))
+        template = independent_copy(base)
+        if template is not None:
+            yield (lambda: copy.deepcopy(template)), out
+            return
 
         def reforward() -> Any:
-            fresh, again = _forward_copy(layer, x)
+            before.restore()
+            again = np.asarray(base.forward(x.copy()))
             if not np.array_equal(again, out, equal_nan=True):
                 raise ValueError(
-                    "the layer's forward state cannot be deep-copied and re-running forward "
+                    "the layer's forward state cannot be copied and re-running forward "
                     "gives a different output, so its Jacobian is not well defined"
                 )
-            return fresh
+            return base
 
-        return reforward
-    return lambda: copy.deepcopy(forwarded)
+        yield reforward, out
 
 
-def _numpy_jacobian_from(layer: Any, forwarded: Any, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Rows of the per-sample Jacobian (batch, out, in) by backward of one-hot grad_out."""
+def _numpy_jacobian_from(ready: Callable[[], Any], x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Rows of the per-sample Jacobian (batch, out, in) by backward of one-hot grad_out, each
+    on a layer from ``ready`` (layers may pop caches or accumulate grads with +=)."""
     _require_2d("output", out.shape)
     batch, n_out = out.shape
-    ready = _fresh_forwarded(layer, forwarded, x, out)
     jac = np.empty((batch, n_out, x.shape[1]))
     for b in range(batch):
         for i in range(n_out):
             grad_out = np.zeros_like(out)
             grad_out[b, i] = 1
-            # A fresh copy per backward: layers may pop caches or accumulate grads with +=.
             grad_in = np.asarray(ready().backward(grad_out))
             if grad_in.shape != x.shape:
                 raise ValueError(
@@ -118,8 +116,8 @@ def numpy_jacobian(layer: Any, x: np.ndarray) -> np.ndarray:
     batch * out_features backwards; the caller's layer and ``x`` are left untouched.
     """
     _require_2d("input", x.shape)
-    forwarded, out = _forward_copy(layer, x)
-    return _numpy_jacobian_from(layer, forwarded, x, out)
+    with _forwarded(layer, x) as (ready, out):
+        return _numpy_jacobian_from(ready, x, out)
 
 
 def torch_jacobian(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -338,13 +336,15 @@ def probe(
     x = np.asarray(x)
     if x.ndim != 2:
         return f"skipped: the Jacobian probe takes 2-D (batch, features) inputs, got {x.shape}"
-    forwarded, out = _forward_copy(layer, x)
-    if out.ndim != 2:
-        return f"skipped: the Jacobian probe takes 2-D (batch, features) outputs, got {out.shape}"
-    note = too_large(x.shape, out.shape)
-    if note is not None:
-        return note
-    ours = _numpy_jacobian_from(layer, forwarded, x, out)
+    with _forwarded(layer, x) as (ready, out):
+        if out.ndim != 2:
+            return (
+                f"skipped: the Jacobian probe takes 2-D (batch, features) outputs, got {out.shape}"
+            )
+        note = too_large(x.shape, out.shape)
+        if note is not None:
+            return note
+        ours = _numpy_jacobian_from(ready, x, out)
     reference = torch_jacobian(module, x)
     if ours.shape != reference.shape:
         return f"skipped: ours' Jacobian is {ours.shape} but the reference's is {reference.shape}"

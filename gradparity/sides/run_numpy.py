@@ -1,15 +1,15 @@
 """Driving NumPy layers through the protocol: the whole chain, or one layer in isolation.
 
-Every run works on deep copies, so the user's objects are never touched and left-over state
-(caches in lists, gradients accumulated with ``+=``) cannot leak between runs. Each run is
-preceded by a forward pass on a different input, as in training, so a layer whose backward
-uses a stale cached input is caught rather than accidentally right.
+Every run works on deep copies (or on the objects themselves, restored after, where a deep
+copy would not be independent: ``sides.fresh``), so the user's objects are never touched and
+left-over state (caches in lists, gradients accumulated with ``+=``) cannot leak between runs.
+Each run is preceded by a forward pass on a different input, as in training, so a layer whose
+backward uses a stale cached input is caught rather than accidentally right.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from gradparity.core.records import (
     snapshot,
 )
 from gradparity.sides.adapt import grads_of, params_of
+from gradparity.sides.fresh import working_copy
 
 
 def zero_grads(layer: Any) -> None:
@@ -142,9 +143,16 @@ def run_chain(
     layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray, x_warm: np.ndarray
 ) -> dict[str, LayerRecord]:
     """Forward through every layer and the loss, then backward; records keyed by layer name
-    plus "loss". A layer that raises ends the pass there (later layers get no record)."""
-    layers = copy.deepcopy(layers)
-    loss = copy.deepcopy(loss)
+    plus "loss". A layer that raises ends the pass there (later layers get no record). Runs
+    on copies (``sides.fresh.working_copy``: the originals themselves, restored after, when
+    their deep copies are wired to them)."""
+    with working_copy((layers, loss)) as (own_layers, own_loss):
+        return _chain(own_layers, own_loss, x, target, x_warm)
+
+
+def _chain(
+    layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray, x_warm: np.ndarray
+) -> dict[str, LayerRecord]:
     _warm_up(layers, x_warm)
     for _, layer in layers:
         zero_grads(layer)
@@ -196,30 +204,37 @@ class LayerRunner:
 
 
 def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray, x_warm: np.ndarray) -> LayerRecord:
-    """One layer alone on a fresh copy: warm-up forward, forward(x), backward(upstream)."""
-    fresh = copy.deepcopy(layer)
-    _warm_up([("", fresh)], x_warm)
-    zero_grads(fresh)
+    """One layer alone on a fresh copy (or on the layer itself, restored after, when its deep
+    copies are wired to it: ``sides.fresh``): warm-up forward, forward(x), backward(upstream)."""
     rec = LayerRecord()
-    if _forward(fresh, x, rec) is not None:
-        _backward(fresh, upstream, rec)
+    with working_copy(layer) as fresh:
+        _warm_up([("", fresh)], x_warm)
+        zero_grads(fresh)
+        if _forward(fresh, x, rec) is not None:
+            _backward(fresh, upstream, rec)
     return rec
 
 
 def probe_loss(
     loss: Any, logits: np.ndarray, target: np.ndarray, logits_warm: np.ndarray
 ) -> LayerRecord:
-    """The loss alone on a fresh copy, fed the reference's logits."""
-    fresh = copy.deepcopy(loss)
+    """The loss alone on a fresh copy (as ``probe_layer``), fed the reference's logits."""
+    with working_copy(loss) as fresh:
+        return _loss_pass(fresh, logits, target, logits_warm)
+
+
+def _loss_pass(
+    loss: Any, logits: np.ndarray, target: np.ndarray, logits_warm: np.ndarray
+) -> LayerRecord:
     with contextlib.suppress(*USER_ERRORS):  # the real call below reports errors
-        fresh.forward(logits_warm.copy(), target)
+        loss.forward(logits_warm.copy(), target)
     before = snapshot(logits)
     rec = LayerRecord(input=before)
     fed = logits.copy()
     try:
-        rec.output = loss_value(fresh.forward(fed, target))
+        rec.output = loss_value(loss.forward(fed, target))
         rec.grad_input = real_array(
-            fresh.backward(), "the loss's backward value (dL/dlogits)", "grad_input"
+            loss.backward(), "the loss's backward value (dL/dlogits)", "grad_input"
         )
     except USER_ERRORS as exc:
         rec.error = error_info("forward" if rec.output is None else "backward", exc)
