@@ -91,6 +91,13 @@ def test_a_channels_last_output_is_named_nhwc_against_nchw():
     np.testing.assert_array_equal(ref.transpose(0, 2, 3, 1).transpose(0, 3, 1, 2), ref)
 
 
+def test_axis_orders_of_a_rank_without_names_are_lettered():
+    ref = _values((2, 2, 3, 4, 5, 6))
+    d = diagnose(ref.transpose(0, 2, 1, 3, 4, 5), ref, TOL, quantity="output")
+    assert d.detail["axes"] == [0, 2, 1, 3, 4, 5]
+    assert "ours is NBACDE where the reference is NABCDE" in d.message
+
+
 def test_the_same_size_in_another_shape_with_other_values_names_reshape_and_layout():
     d = diagnose(_values((2, 12), seed=1), _values((2, 3, 4)), TOL, quantity="output")
     assert d.detail["cause"] == "reshape"

@@ -92,10 +92,9 @@ def _matching_axis_order(o: np.ndarray, r: np.ndarray, ctx: _Context) -> tuple[i
 
 
 def _axis_names(perm: tuple[int, ...], ndim: int) -> tuple[str, str]:
-    """Ours' and the reference's layouts in letters (NHWC, NCHW) where the rank has them."""
-    letters = _AXIS_LETTERS.get(ndim)
-    if letters is None:
-        return f"axes {tuple(range(ndim))}", f"axes {perm}"
+    """Ours' and the reference's layouts in letters: NHWC against NCHW at rank 4, N then A, B,
+    C... at a rank without conventional names."""
+    letters = _AXIS_LETTERS.get(ndim, "N" + "ABCDEFGHIJ"[: ndim - 1])
     ours = [""] * ndim
     for ref_axis, ours_axis in enumerate(perm):
         ours[ours_axis] = letters[ref_axis]
