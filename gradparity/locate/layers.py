@@ -5,9 +5,10 @@ exact input and upstream gradient). In the chain run, a divergence at a root cau
 status, one that follows an earlier divergence is ``inherited``, and the first divergence with
 no root cause behind it stays ``diverged`` and is reported as a chain finding. An isolated
 gradient that the referee finds consistent with ours' own diverging forward is ``inherited``
-from that forward, not a second root cause. A layer is one root cause however many of its
-quantities diverge: its forward ``output`` if that diverges, else its first diverging quantity,
-with the others listed.
+from that forward, not a second root cause; so is an isolated gradient of a layer whose forward
+output has another shape than the reference's (``locate.forward_shapes``). A layer is one root
+cause however many of its quantities diverge: its forward ``output`` if that diverges, else its
+first diverging quantity, with the others listed.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gradparity.core.address import GRADIENT_KINDS, kind_of
 from gradparity.core.finding import Finding, finding_from_row, group_finding
 from gradparity.core.row import Row
 from gradparity.core.source import source_of
 from gradparity.core.status import Status
+from gradparity.locate.forward_shapes import forward_shape_mismatches, inherit_from_forward_shape
 
 if TYPE_CHECKING:
     from gradparity.core.plan import Context
@@ -34,8 +37,12 @@ def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
     blamed = set()
     per_layer: dict[str, list[Row]] = {}
     following: dict[str, list[Row]] = {}
+    misshaped = forward_shape_mismatches(isolate_rows)
     for row in isolate_rows:
-        if row.diverged and row.follows_forward:
+        if row.diverged and row.layer in misshaped and kind_of(row.quantity) in GRADIENT_KINDS:
+            inherit_from_forward_shape(row, misshaped[row.layer])
+            following.setdefault(row.layer, []).append(row)
+        elif row.diverged and row.follows_forward:
             row.status = Status.INHERITED  # consistent with ours' own (diverging) forward
             following.setdefault(row.layer, []).append(row)
         elif row.diverged:

@@ -1,7 +1,8 @@
 """Shape tests of ``diagnose``: ours and the reference have different shapes.
 
 Labels, in order: ``transposed`` (2-D, values match once transposed), ``not_reduced`` (an extra
-batch axis that sums, or averages, to the reference), else ``shape_mismatch``. Where a layout
+batch axis that sums, or averages, to the reference), else ``shape_mismatch``, for a forward
+output with the cause read off the shapes (``comparison.diagnose.forward_shapes``). Where a layout
 (transpose or reshape) brings ours to the reference's shape but the values still differ, the
 value tests are run on the aligned values; they are passed in as ``diagnose_values`` so that
 this module does not import ``gradparity.comparison.diagnose.values``.
@@ -20,6 +21,7 @@ from gradparity.comparison.diagnose.common import (
     _Context,
     _shape,
 )
+from gradparity.comparison.diagnose.forward_shapes import forward_shape_mismatch
 from gradparity.core.labels import NOT_REDUCED, SHAPE_MISMATCH, TRANSPOSED
 from gradparity.core.tolerance import Tolerance
 from gradparity.reference.layout import squeezed
@@ -55,6 +57,12 @@ def _diagnose_shapes(
         return _shape_mismatch(o, r, ctx, diagnose_values, "reduced")
     if o.size == r.size and ctx.tol.matches(o.reshape(r.shape), r):
         return _shape_mismatch(o, r, ctx, diagnose_values, "reshape", o.reshape(r.shape))
+    # A forward output's shape comes from the layer's configuration, not from what it
+    # differentiates: its advice reads the cause (rounding, padding, filters) off the shapes.
+    if ctx.kind == "output":
+        found = forward_shape_mismatch(o, r, ctx)
+        if found is not None:
+            return found
     return _shape_mismatch(o, r, ctx, diagnose_values, "other")
 
 

@@ -7,8 +7,9 @@ is never guessed. Shapes differ: ``transposed`` (2-D, values match once transpos
 ``batch_reduction``, ``reduction_count`` (a factor that is another count of the quantity:
 features, N x C, elements, a pool area; ``comparison.diagnose.counts``), ``scaled``,
 ``transposed`` (square), ``missing_local_derivative`` (ours equals the upstream gradient),
-``upstream_ignored`` (ours times the upstream gradient equals the reference), else the error
-statistics (``gradparity.comparison.diagnose.unexplained``), labelled ``mask_missing`` or
+``upstream_ignored`` (ours times the upstream gradient equals the reference), ``transposed``
+for an output flattened in another axis order (``comparison.diagnose.forward_shapes``), else
+the error statistics (``gradparity.comparison.diagnose.unexplained``), labelled ``mask_missing`` or
 ``mask_inverted`` where the zero patterns say so (``comparison.diagnose.masks``), otherwise
 ``unexplained``. The shape tests live in ``gradparity.comparison.diagnose.shapes``;
 ``Diagnosis`` and the shared helpers in ``gradparity.comparison.diagnose.common``, the labels
@@ -57,6 +58,7 @@ from gradparity.comparison.diagnose.counts import (
     reduction_count,
     structural_constants,
 )
+from gradparity.comparison.diagnose.forward_shapes import reordered_output
 from gradparity.comparison.diagnose.shapes import _diagnose_shapes
 from gradparity.comparison.diagnose.unexplained import describe_location, unexplained
 from gradparity.core.labels import (
@@ -152,7 +154,8 @@ _SIGN_FIX["grad_input"] = _SIGN_FIX["grad"]
 def _diagnose_values(o: np.ndarray, r: np.ndarray, ctx: _Context) -> Diagnosis:
     """Value tests in order; o and r have the same shape and do not match."""
     for test in (_nonfinite, _zero, _sign_flipped, _batch_reduction, reduction_count, _scaled,
-                 _transposed_square, _missing_local_derivative, _upstream_ignored):  # fmt: skip
+                 _transposed_square, _missing_local_derivative, _upstream_ignored,
+                 reordered_output):  # fmt: skip
         found = test(o, r, ctx)
         if found is not None:
             return found
