@@ -32,6 +32,7 @@ import torch
 
 from gradparity.core.metrics import first_largest
 from gradparity.core.tolerance import Tolerance
+from gradparity.sides.adapt import before_pass
 
 MAX_JACOBIAN_ELEMENTS = 256  # per-sample input size and output size limit (each)
 
@@ -61,6 +62,7 @@ def _forward_copy(layer: Any, x: np.ndarray) -> tuple[Any, np.ndarray]:
     Copies both, so neither the caller's layer state nor an in-place forward can touch theirs.
     """
     fresh = copy.deepcopy(layer)
+    before_pass(fresh)  # a wrap(..., reset=) layer's inputs cached by earlier calls dropped
     return fresh, np.asarray(fresh.forward(x.copy()))
 
 

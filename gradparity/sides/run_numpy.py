@@ -3,7 +3,8 @@
 Every run works on deep copies, so the user's objects are never touched and left-over state
 (caches in lists, gradients accumulated with ``+=``) cannot leak between runs. Each run is
 preceded by a forward pass on a different input, as in training, so a layer whose backward
-uses a stale cached input is caught rather than accidentally right.
+uses a stale cached input is caught rather than accidentally right. A layer adapted with
+``wrap(..., reset=...)`` has its reset run before the warm-up and again before the real pass.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from gradparity.core.records import (
     same_values,
     snapshot,
 )
-from gradparity.sides.adapt import grads_of, params_of
+from gradparity.sides.adapt import before_pass, grads_of, params_of
+from gradparity.sides.backward_updates import read_backward_updates, restore_params
 
 
 def zero_grads(layer: Any) -> None:
@@ -41,6 +43,7 @@ def zero_grads(layer: Any) -> None:
 def _warm_up(layers: list[tuple[str, Any]], x_warm: np.ndarray) -> None:
     h = x_warm
     for _, layer in layers:
+        before_pass(layer)
         try:
             h = real_array(layer.forward(h.copy()), "forward's output", "output")
         except USER_ERRORS:  # the real pass reports errors; the warm-up only leaves state behind
@@ -59,6 +62,12 @@ def _changed_params(layer: Any, before: dict[str, np.ndarray]) -> list[str]:
 
 def _param_snapshot(layer: Any) -> dict[str, np.ndarray]:
     return {k: np.array(v, copy=True) for k, v in params_of(layer).items()}
+
+
+def _ready_for_pass(layer: Any) -> None:
+    """The layer's ``reset=`` run and its gradient arrays zeroed, before the pass that counts."""
+    before_pass(layer)
+    zero_grads(layer)
 
 
 def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
@@ -100,8 +109,16 @@ def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray 
         return None
     if not same_values(fed, before):
         rec.mutated.append("grad_output")
-    rec.mutated += [f"{p} (backward)" for p in _changed_params(layer, params_before)]
+    changed = _changed_params(layer, params_before)
+    rec.mutated += [f"{p} (backward)" for p in changed]
     rec.aliases = _aliases(grads, params_of(layer), fed, returned)
+    if changed:  # an optimiser inside backward: read the gradient from its step, then undo it
+        keys = [p.split()[1] for p in changed]
+        rec.backward_updates, recovered = read_backward_updates(
+            layer, params_before, keys, rec.grads
+        )
+        rec.grads.update(recovered)
+        restore_params(layer, params_before)
     rec.grad_input = grad_in
     return rec.grad_input
 
@@ -147,7 +164,8 @@ def run_chain(
     loss = copy.deepcopy(loss)
     _warm_up(layers, x_warm)
     for _, layer in layers:
-        zero_grads(layer)
+        _ready_for_pass(layer)
+    before_pass(loss)
     records: dict[str, LayerRecord] = {}
     h = x
     for name, layer in layers:
@@ -199,7 +217,7 @@ def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray, x_warm: np.ndar
     """One layer alone on a fresh copy: warm-up forward, forward(x), backward(upstream)."""
     fresh = copy.deepcopy(layer)
     _warm_up([("", fresh)], x_warm)
-    zero_grads(fresh)
+    _ready_for_pass(fresh)
     rec = LayerRecord()
     if _forward(fresh, x, rec) is not None:
         _backward(fresh, upstream, rec)
@@ -211,8 +229,10 @@ def probe_loss(
 ) -> LayerRecord:
     """The loss alone on a fresh copy, fed the reference's logits."""
     fresh = copy.deepcopy(loss)
+    before_pass(fresh)
     with contextlib.suppress(*USER_ERRORS):  # the real call below reports errors
         fresh.forward(logits_warm.copy(), target)
+    before_pass(fresh)
     before = snapshot(logits)
     rec = LayerRecord(input=before)
     fed = logits.copy()
