@@ -9,6 +9,7 @@ plain SGD step, or the finding says how to expose it; the parameters are put bac
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -284,3 +285,17 @@ def test_update_that_also_keeps_its_gradient_stays_a_mutation_error():
     errors, _warnings = lint_records([("fc", {"W": np.zeros(2)}, rec)], "chain")
     assert [f.diagnosis for f in errors] == ["mutates_input"]
     assert "optimiser (a training loop would apply it twice)" in errors[0].message
+
+
+def test_readme_stateful_section_wraps_a_numpy_ml_layer_to_parity():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Stateful layers") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("\n```", start)]
+    layer = FullyConnected(3, 4, np.random.default_rng(1))
+    space = {"gp": gp, "layer": layer}
+    exec(compile(code, "README.md", "exec"), space)
+    ref = nn.Sequential()
+    ref.add_module("fc", _linear_like(layer.parameters["W"], layer.parameters["b"]))
+    x, t = _data(5, 3, 4)
+    assert gp.compare([("fc", space["fc"])], ref, x, t).ok
