@@ -299,3 +299,31 @@ def test_readme_stateful_section_wraps_a_numpy_ml_layer_to_parity():
     ref.add_module("fc", _linear_like(layer.parameters["W"], layer.parameters["b"]))
     x, t = _data(5, 3, 4)
     assert gp.compare([("fc", space["fc"])], ref, x, t).ok
+
+
+class _NumpyMLSGD:
+    """A training loop's step over numpy-ml-style layers (``zero_grad`` left to ``reset=``)."""
+
+    def __init__(self, layers, lr: float) -> None:
+        self.layers, self.lr = layers, lr
+
+    def zero_grad(self) -> None:
+        pass
+
+    def step(self) -> None:
+        for _, layer in self.layers:
+            for key, value in layer.params.items():
+                value -= self.lr * layer.grads[key]
+
+
+@pytest.mark.parametrize("reset", [None, "flush_gradients"])
+def test_training_runs_reset_before_each_step(reset):
+    model, ref = _numpy_ml(reset=reset)
+    rng = np.random.default_rng(4)
+    batches = [(rng.standard_normal((6, 3)), rng.integers(0, 4, 6)) for _ in range(3)]
+    report = gp.compare_training(
+        model, ref, batches,
+        ours_optimizer=lambda net: _NumpyMLSGD(net, lr=0.1),
+        reference_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+    )  # fmt: skip
+    assert report.ok == (reset is not None), report.summary()
