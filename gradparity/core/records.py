@@ -29,7 +29,9 @@ class LayerRecord:
     input (N, ...), output (N, ...), grad_output (like output: the upstream gradient fed to
     backward), grad_input (like input), grads {param key: array}. ``error`` is set when the
     layer raised (then later fields stay None); ``mutated`` names arrays the layer changed in
-    place ("input" in forward, "grad_output" in backward).
+    place ("input" in forward, "grad_output" in backward). ``backward_updates`` describes each
+    parameter backward itself updated (through an optimiser), keyed by param key: where its
+    gradient was read from (see ``sides.backward_updates``).
     """
 
     input: np.ndarray | None = None
@@ -40,6 +42,7 @@ class LayerRecord:
     error: dict | None = None
     mutated: list[str] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
+    backward_updates: dict[str, dict] = field(default_factory=dict)
 
 
 class BadValue(TypeError):

@@ -20,6 +20,7 @@ from gradparity.core.records import LayerRecord
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence import jacobian, referee
+from gradparity.evidence.input_lists import growing_lists, reset_advice
 from gradparity.evidence.jacobian_labels import add_jacobian
 from gradparity.evidence.repeats import repeat_label
 from gradparity.sides import run_torch
@@ -80,6 +81,11 @@ class StaleProbe:
                 row.fix = (
                     "cache the input on every forward call (self.x = x), not only on the first"
                 )
+                fed = [a for a in (probe.warm, probe.ref.input) if a is not None]
+                lists = growing_lists(probe.pair.layer, fed)
+                if lists:  # a list of inputs kept until flushed (numpy-ml)
+                    row.detail["growing_lists"] = lists
+                    row.message, row.fix = reset_advice(probe.pair.layer, lists)
 
 
 def jacobian_probe(ctx: Context) -> None:

@@ -33,6 +33,7 @@ import torch
 
 from gradparity.core.metrics import first_largest
 from gradparity.core.tolerance import Tolerance
+from gradparity.sides.adapt import before_pass
 from gradparity.sides.fresh import StateSnapshot, independent_copy, working_copy
 
 MAX_JACOBIAN_ELEMENTS = 256  # per-sample input size and output size limit (each)
@@ -70,6 +71,7 @@ def _forwarded(layer: Any, x: np.ndarray) -> Iterator[tuple[Callable[[], Any], n
     mix different forward states.
     """
     with working_copy(layer) as base:
+        before_pass(base)  # a wrap(..., reset=) layer's inputs cached by earlier calls dropped
         before = StateSnapshot(base)
         out = np.asarray(base.forward(x.copy()))
         template = independent_copy(base)

@@ -31,6 +31,7 @@ from gradparity.core.validate import (
     takes_same_shape,
 )
 from gradparity.evidence.lint_findings import aliased, gradient_shape, mutation, raised
+from gradparity.evidence.update_findings import backward_update_findings, updated_without_gradient
 from gradparity.sides import run_numpy
 from gradparity.sides.adapt import check_protocol, named_layers, params_of
 from gradparity.sides.setup import resolve_losses
@@ -71,8 +72,14 @@ def _missing_lint(name: str, params: dict, rec: LayerRecord, mode: str) -> list[
             ),
         )
         for key in params
-        if key not in rec.grads
+        if key not in rec.grads and key not in updated_without_gradient(rec)
     ]
+
+
+def _is_update(mutated: str, keys: set[str]) -> bool:
+    """Whether ``mutated`` ("param W (backward)") is one of the updates ``keys`` that
+    ``update_findings`` reports instead."""
+    return mutated.endswith("(backward)") and mutated.split()[1] in keys
 
 
 def _finite(a: np.ndarray | None) -> bool:
@@ -119,7 +126,13 @@ def lint_records(
     """
     errors, warnings = [], []
     for name, params, rec in records:
-        errors += [mutation(name, what, mode) for what in rec.mutated]
+        by_update = updated_without_gradient(rec)
+        errors += [
+            mutation(name, what, mode) for what in rec.mutated if not _is_update(what, by_update)
+        ]
+        update_errors, update_warnings = backward_update_findings(name, rec, mode)
+        errors += update_errors
+        warnings += update_warnings
         shapes = _shape_lint(name, params, rec, mode)
         errors += [f for f in shapes if not f.detail["broadcasts"]]
         warnings += [f for f in shapes if f.detail["broadcasts"]]

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from gradparity.comparison.diff import failed_row, reference_grad
 from gradparity.core.address import Address, Kind
-from gradparity.core.labels import UNEXPLAINED
+from gradparity.core.labels import MUTATES_INPUT, UNEXPLAINED
 from gradparity.core.plan import Entry, TensorPair
 from gradparity.core.records import LayerRecord
 from gradparity.core.row import Row
 from gradparity.core.status import Status
+from gradparity.evidence.update_findings import unreadable_words
 from gradparity.pairing.align import LayerPair
 
 # One layer run on both sides: the pair, ours' record, the reference's record.
@@ -46,7 +47,8 @@ def layer_entries(
     ]  # fmt: skip
     for p in pair.params:
         if p.key not in ours.grads:
-            bwd.append(_missing_grad(mode, pair, p.key, sorted(ours.grads)))
+            update = ours.backward_updates.get(p.key)  # stepped by backward, gradient unknown
+            bwd.append(_missing_grad(mode, pair, p.key, sorted(ours.grads), update))
             continue
         quantity = Address(pair.name, Kind.GRAD, p.key).quantity
         bwd.append(
@@ -80,7 +82,16 @@ def _raised(mode: str, pair: LayerPair, rec: LayerRecord) -> Row:
     return failed_row(mode, pair.name, pair.type_name, rec.error)
 
 
-def _missing_grad(mode: str, pair: LayerPair, key: str, present: list[str]) -> Row:
+def _missing_grad(
+    mode: str, pair: LayerPair, key: str, present: list[str], update: dict | None = None
+) -> Row:
+    if update is not None:
+        problem, fix = unreadable_words(key, update)
+        return Row(
+            mode, pair.name, pair.type_name, Address(pair.name, Kind.GRAD, key).quantity,
+            None, None, status=Status.DIVERGED, diagnosis=MUTATES_INPUT,
+            detail={"grads_present": present, **update}, message=problem, fix=fix,
+        )  # fmt: skip
     return Row(
         mode,
         pair.name,

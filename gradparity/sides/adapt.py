@@ -1,7 +1,8 @@
 """Adapting user code to the layer protocol, and listing a model's layers.
 
 The harness only ever calls ``forward``, ``backward``, ``params`` and ``grads``. Code that uses
-other names is adapted with :func:`wrap`, without editing it.
+other names is adapted with :func:`wrap`, without editing it; a layer that keeps per-call state
+until flushed also names the flush (``reset=``), which the harness runs before each pass.
 """
 
 from __future__ import annotations
@@ -15,19 +16,39 @@ from gradparity.core.errors import InputError, describe_error
 
 Method = str | Callable[..., Any]  # a method name, or f(obj, *args)
 Accessor = str | list[str] | tuple[str, ...] | Callable[[Any], Any] | None  # what wrap() accepts
+Reset = str | Callable[[Any], Any] | None  # a method name, or f(obj)
 
 
 class Wrapped:
     """A user object seen through the layer (or loss) protocol. Made by :func:`wrap`."""
 
     def __init__(
-        self, obj: Any, forward: Method, backward: Method, params: Accessor, grads: Accessor
+        self,
+        obj: Any,
+        forward: Method,
+        backward: Method,
+        params: Accessor,
+        grads: Accessor,
+        reset: Reset = None,
     ) -> None:
         self.obj = obj
         self._forward = forward
         self._backward = backward
         self._params = params
         self._grads = grads
+        self._reset = reset
+
+    def before_pass(self) -> None:
+        """Run ``reset=`` (if given) on the wrapped object; one line when it raises."""
+        if self._reset is None:
+            return
+        try:
+            _call(self.obj, self._reset, ())
+        except Exception as exc:
+            raise InputError(
+                f"{self!r}: reset={_accessor_name(self._reset)} raised {describe_error(exc)}; "
+                "it must empty the layer's per-call state (cached inputs, gradients)"
+            ) from exc
 
     def forward(self, *args: Any) -> Any:
         return _call(self.obj, self._forward, args)
@@ -54,6 +75,7 @@ def wrap(
     backward: Method = "backward",
     params: Accessor = "params",
     grads: Accessor = "grads",
+    reset: Reset = None,
 ) -> Wrapped:
     """Adapt ``obj`` to the layer protocol.
 
@@ -63,6 +85,10 @@ def wrap(
     - ``params``/``grads``: an attribute or method holding a dict (``"weights"``), a list of
       attribute names (``["W", "b"]`` / ``["dW", "db"]``, grads paired with params by order),
       or ``f(obj) -> dict``. A layer without parameters may pass ``params=None``.
+    - ``reset``: a method name (``"flush_gradients"``) or ``f(obj)``, run before each forward/
+      backward pass the harness makes (the chain run, its warm-up, each isolation probe), for
+      layers that keep per-call state until flushed (numpy-ml appends each forward's input to a
+      list that the next backward reads).
 
     Example: ``gp.wrap(layer, forward="fprop", backward="bprop", params=["W", "b"],
     grads=["dW", "db"])``.
@@ -91,7 +117,38 @@ def wrap(
             f"wrap: params= names {list(params)} and grads= names {list(grads)} "
             "differ in length; give one gradient attribute per parameter"
         )
-    return Wrapped(obj, forward, backward, params, grads)
+    _check_reset(obj, reset)
+    return Wrapped(obj, forward, backward, params, grads, reset)
+
+
+def _check_reset(obj: Any, reset: Reset) -> None:
+    """One line when ``reset=`` names no method of ``obj`` or is neither a name nor a callable."""
+    if reset is None or callable(reset):
+        return
+    if not isinstance(reset, str):
+        raise InputError(
+            f"wrap: reset= must be a method name or a callable f(obj), got {reset!r}; "
+            "pass e.g. reset='flush_gradients'"
+        )
+    if not callable(getattr(obj, reset, None)):
+        found = [name for name in LIKELY_RESETS if callable(getattr(obj, name, None))]
+        hint = f"; it has {found[0]!r}" if found else "; pass reset=lambda obj: ... instead"
+        raise InputError(f"wrap: {type(obj).__name__} has no method {reset!r} for reset={hint}")
+
+
+# Method names frameworks give the call that empties a layer's per-call caches (numpy-ml:
+# flush_gradients), most specific first.
+LIKELY_RESETS = (
+    "flush_gradients", "reset_state", "reset", "clear_cache", "clear", "flush", "zero_grad",
+    "zero_grads",
+)  # fmt: skip
+
+
+def before_pass(layer: Any) -> None:
+    """Run the ``reset=`` a :func:`wrap`-adapted layer (or loss) was given; other objects have
+    none (the harness works on fresh copies of them)."""
+    if isinstance(layer, Wrapped):
+        layer.before_pass()
 
 
 def _call(obj: Any, accessor: Method, args: tuple) -> Any:

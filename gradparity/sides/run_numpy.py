@@ -4,7 +4,8 @@ Every run works on deep copies (or on the objects themselves, restored after, wh
 copy would not be independent: ``sides.fresh``), so the user's objects are never touched and
 left-over state (caches in lists, gradients accumulated with ``+=``) cannot leak between runs.
 Each run is preceded by a forward pass on a different input, as in training, so a layer whose
-backward uses a stale cached input is caught rather than accidentally right.
+backward uses a stale cached input is caught rather than accidentally right. A layer adapted with
+``wrap(..., reset=...)`` has its reset run before the warm-up and again before the real pass.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from gradparity.core.records import (
     same_values,
     snapshot,
 )
-from gradparity.sides.adapt import grads_of, params_of
+from gradparity.sides.adapt import before_pass, grads_of, params_of
+from gradparity.sides.backward_updates import read_backward_updates, restore_params
 from gradparity.sides.fresh import working_copy
 
 
@@ -42,6 +44,7 @@ def zero_grads(layer: Any) -> None:
 def _warm_up(layers: list[tuple[str, Any]], x_warm: np.ndarray) -> None:
     h = x_warm
     for _, layer in layers:
+        before_pass(layer)
         try:
             h = real_array(layer.forward(h.copy()), "forward's output", "output")
         except USER_ERRORS:  # the real pass reports errors; the warm-up only leaves state behind
@@ -60,6 +63,12 @@ def _changed_params(layer: Any, before: dict[str, np.ndarray]) -> list[str]:
 
 def _param_snapshot(layer: Any) -> dict[str, np.ndarray]:
     return {k: np.array(v, copy=True) for k, v in params_of(layer).items()}
+
+
+def _ready_for_pass(layer: Any) -> None:
+    """The layer's ``reset=`` run and its gradient arrays zeroed, before the pass that counts."""
+    before_pass(layer)
+    zero_grads(layer)
 
 
 def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
@@ -101,8 +110,16 @@ def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray 
         return None
     if not same_values(fed, before):
         rec.mutated.append("grad_output")
-    rec.mutated += [f"{p} (backward)" for p in _changed_params(layer, params_before)]
+    changed = _changed_params(layer, params_before)
+    rec.mutated += [f"{p} (backward)" for p in changed]
     rec.aliases = _aliases(grads, params_of(layer), fed, returned)
+    if changed:  # an optimiser inside backward: read the gradient from its step, then undo it
+        keys = [p.split()[1] for p in changed]
+        rec.backward_updates, recovered = read_backward_updates(
+            layer, params_before, keys, rec.grads
+        )
+        rec.grads.update(recovered)
+        restore_params(layer, params_before)
     rec.grad_input = grad_in
     return rec.grad_input
 
@@ -155,7 +172,8 @@ def _chain(
 ) -> dict[str, LayerRecord]:
     _warm_up(layers, x_warm)
     for _, layer in layers:
-        zero_grads(layer)
+        _ready_for_pass(layer)
+    before_pass(loss)
     records: dict[str, LayerRecord] = {}
     h = x
     for name, layer in layers:
@@ -209,7 +227,7 @@ def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray, x_warm: np.ndar
     rec = LayerRecord()
     with working_copy(layer) as fresh:
         _warm_up([("", fresh)], x_warm)
-        zero_grads(fresh)
+        _ready_for_pass(fresh)
         if _forward(fresh, x, rec) is not None:
             _backward(fresh, upstream, rec)
     return rec
@@ -226,8 +244,10 @@ def probe_loss(
 def _loss_pass(
     loss: Any, logits: np.ndarray, target: np.ndarray, logits_warm: np.ndarray
 ) -> LayerRecord:
+    before_pass(loss)
     with contextlib.suppress(*USER_ERRORS):  # the real call below reports errors
         loss.forward(logits_warm.copy(), target)
+    before_pass(loss)
     before = snapshot(logits)
     rec = LayerRecord(input=before)
     fed = logits.copy()

@@ -15,7 +15,7 @@ from gradparity.core.records import USER_ERRORS, error_info, real_array
 from gradparity.core.tolerance import Tolerance
 from gradparity.pairing.align import LayerPair
 from gradparity.pairing.params import to_ours
-from gradparity.sides.adapt import grads_of, params_of
+from gradparity.sides.adapt import before_pass, grads_of, params_of
 from gradparity.sides.run_numpy import loss_value
 from gradparity.sides.run_torch import as_tensor, reference_loss_value, to_numpy
 
@@ -45,6 +45,8 @@ def ours_step(
 ) -> StepResult:
     """zero_grad, forward, loss, backward, step on the NumPy side (objects updated in place)."""
     optimizer.zero_grad()
+    for _, layer in layers:
+        before_pass(layer)  # a wrap(..., reset=) layer's per-call caches emptied
     h = x
     for _, layer in layers:
         h = layer.forward(h)
