@@ -8,6 +8,7 @@ import copy
 import weakref
 
 import numpy as np
+import torch
 
 from gradparity.core.row import Row
 from gradparity.core.tolerance import tolerance_for
@@ -123,3 +124,30 @@ def test_working_copy_is_a_copy_when_independent_else_the_original_restored():
     except RuntimeError:
         pass
     assert np.array_equal(linked.W, np.ones(3))
+
+
+class FixedBatchLinear(torch.nn.Module):
+    """A torch twin written for one batch size only (it reshapes with a constant), as
+    quick twins are: the square-weight probe's guessed 3-example input makes it raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(4, 4))
+        self.bias = torch.nn.Parameter(torch.zeros(4))
+
+    def forward(self, x):
+        return (x.reshape(8, 4) @ self.weight.T + self.bias).reshape(8, 4)
+
+
+def test_a_reference_module_the_layout_probe_cannot_run_still_gives_a_report():
+    import gradparity as gp
+    from gradparity.ours import Linear
+
+    layer = Linear(4, 4, rng=np.random.default_rng(0))  # square: W's layout is probed
+    ref = torch.nn.Sequential()
+    ref.add_module("fc", FixedBatchLinear())
+    rng = np.random.default_rng(1)
+    report = gp.compare([("fc", layer)], ref, rng.standard_normal((8, 4)), rng.integers(0, 4, 8))
+    assert report.ok, report.root_causes
+    (pairing,) = [c for c in report.conversions if c.startswith("fc: W ")]
+    assert "cannot run" in pairing
