@@ -32,10 +32,11 @@ def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
 
 
 def _diverging(ctx: Context, gradients_only: bool = True) -> Iterator[tuple[Row, Probe]]:
-    """(row, its probe) for each isolate row that diverged without raising."""
+    """(row, its probe) for each isolate row that diverged without raising (running
+    statistics have their own probe, ``running_stats``)."""
     probes: dict[str, Probe] = ctx.captures["probes"]
     for row in ctx.rows_of("isolate"):
-        if not row.diverged or row.diagnosis == RAISED:
+        if not row.diverged or row.diagnosis == RAISED or row.quantity.startswith("buffer:"):
             continue
         if gradients_only and row.quantity == "output":
             continue
