@@ -119,6 +119,22 @@ class ChainerBatchNorm(BatchNorm):
         super().__init__(n, momentum=1 - decay, **kwargs)
 
 
+class KerasStyleBatchNorm(BatchNorm):
+    """Keras's names and convention behind other method names: moving_mean/moving_var,
+    ``momentum`` weighs the old average (0.99), ``call``/``grad`` for forward/backward."""
+
+    MEAN, VAR = "moving_mean", "moving_var"
+
+    def __init__(self, n, momentum=0.99, **kwargs):
+        super().__init__(n, momentum=1 - momentum, **kwargs)
+
+    def call(self, x):
+        return self.forward(x)
+
+    def grad(self, dy):
+        return self.backward(dy)
+
+
 class Dropout:
     """ML-From-Scratch style: ``training`` switches the mask off."""
 
@@ -200,6 +216,18 @@ def test_chainer_names_and_decay_convention_pair_with_torch_buffers():
         "buffer:avg_mean",
         "buffer:avg_var",
     }
+
+
+def test_a_wrapped_layer_keeps_its_statistics_and_mode_on_the_wrapped_object():
+    norm = KerasStyleBatchNorm(6)
+    before = norm.moving_var.copy()
+    layer = gp.wrap(norm, forward="call", backward="grad")
+    report = gp.compare(_mlp(layer), _torch_mlp(nn.BatchNorm1d(6, momentum=0.01)), *_batch())
+    assert report.ok, report.root_causes
+    assert {r.status for r in _rows(report, "buffer:moving_var")} == {"ok"}
+    np.testing.assert_array_equal(norm.moving_var, before)
+    warned = gp.compare(_mlp(layer), _torch_mlp(nn.BatchNorm1d(6, momentum=0.01)).eval(), *_batch())
+    assert [w.layer for w in warned.warnings if w.diagnosis == MODE_MISMATCH] == ["bn"]
 
 
 def test_inverted_momentum_is_found_on_the_running_mean():

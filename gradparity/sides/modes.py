@@ -13,6 +13,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from gradparity.core.finding import Finding
 from gradparity.core.labels import MODE_MISMATCH
+from gradparity.sides.running_stats import state_owner
 
 # Attributes in which NumPy frameworks keep a layer's mode: a flag true in training, or a word.
 _FLAGS = ("training", "train_mode", "is_training")
@@ -24,7 +25,7 @@ def mode_dependent(module: nn.Module) -> bool:
     instance norm with running statistics, dropout, or a class that overrides ``train``."""
     if isinstance(module, _InstanceNorm):
         return bool(module.track_running_stats)
-    if isinstance(module, (_BatchNorm, _DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout)):
+    if isinstance(module, (_BatchNorm, _DropoutNd)):
         return True
     return type(module).train is not nn.Module.train
 
@@ -46,11 +47,12 @@ def reference_modes(model: nn.Module) -> dict[str, str]:
 def ours_mode(layer: Any) -> str | None:
     """ "train" or "eval" as ours' layer states it (a ``training``/``train_mode``/``is_training``
     flag, or a ``mode`` of "train", "eval" or "test"); None when it does not say."""
+    owner = state_owner(layer)
     for flag in _FLAGS:
-        value = getattr(layer, flag, None)
+        value = getattr(owner, flag, None)
         if isinstance(value, bool):
             return mode_word(value)
-    word = getattr(layer, "mode", None)
+    word = getattr(owner, "mode", None)
     return _WORDS.get(word.lower()) if isinstance(word, str) else None
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradparity.sides.adapt import Wrapped
+
 # Ours' attribute names of running statistics (chainer's avg_*, Keras-style moving_*) -> the
 # torch buffer each is paired with.
 RUNNING_ALIASES = {
@@ -24,12 +26,19 @@ RUNNING_ALIASES = {
 }
 
 
+def state_owner(layer: Any) -> Any:
+    """The object that holds a layer's state: the wrapped object of ``gp.wrap``, else the
+    layer itself."""
+    return layer.obj if isinstance(layer, Wrapped) else layer
+
+
 def ours_running(layer: Any) -> dict[str, np.ndarray]:
     """Copies of the running-statistic arrays ``layer`` holds, by attribute name; {} for a
     layer without any (an attribute that is not a float array is not one)."""
+    owner = state_owner(layer)
     found = {}
     for name in RUNNING_ALIASES:
-        value = getattr(layer, name, None) if not isinstance(layer, nn.Module) else None
+        value = getattr(owner, name, None)
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             found[name] = value.copy()
     return found
@@ -100,13 +109,13 @@ def kept_buffers(module: nn.Module) -> Iterator[None]:
 def kept_running(layer: Any) -> Iterator[None]:
     """Run a block and put ours' running statistics back as they were (in place where the
     array is still the layer's, else by re-binding the attribute)."""
-    saved = ours_running(layer)
+    saved, owner = ours_running(layer), state_owner(layer)
     try:
         yield
     finally:
         for name, value in saved.items():
-            now = getattr(layer, name, None)
+            now = getattr(owner, name, None)
             if isinstance(now, np.ndarray) and now.shape == value.shape and now.flags.writeable:
                 now[...] = value
             else:
-                setattr(layer, name, value.copy())
+                setattr(owner, name, value.copy())
