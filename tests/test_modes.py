@@ -16,6 +16,8 @@ from torch import nn
 
 import gradparity as gp
 from gradparity.core.labels import BIASED_RUNNING_VAR, MODE_MISMATCH, RUNNING_MOMENTUM
+from gradparity.pairing.align import LayerPair
+from gradparity.sides import run_torch
 
 
 class Dense:
@@ -350,3 +352,12 @@ def test_compare_training_keeps_batch_norm_in_training_mode():
     )
     assert report.ok, report.root_causes
     assert report.meta["reference_modes"] == {"bn": "train"}
+
+
+def test_a_reference_probe_reports_the_updated_statistics_and_puts_the_buffers_back():
+    module = nn.BatchNorm1d(3).double()
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    rec = run_torch.probe_module(LayerPair("bn", None, "bn", module), x, x, torch.float64)
+    np.testing.assert_allclose(rec.buffers["running_mean"], 0.1 * x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(rec.buffers["running_var"], 0.9 + 0.1 * x.var(axis=0, ddof=1))
+    assert not module.running_mean.any() and int(module.num_batches_tracked) == 0
