@@ -50,7 +50,9 @@ def torch_twin(batchnorm=False):
         modules["BatchNorm1"] = nn.BatchNorm1d(8)
     modules["Relu1"] = nn.ReLU()
     modules["Affine2"] = nn.Linear(8, 3)
-    return nn.Sequential(modules).double()
+    # In eval mode, as the book's BatchNormalization above (it normalises with its running
+    # statistics); the reference runs in the mode it is given.
+    return nn.Sequential(modules).double().eval()
 
 
 def batch(seed=1, n=16):

@@ -35,11 +35,16 @@ def test_resolve_losses_refuses_a_reference_loss_that_is_not_callable():
         resolve_losses(None, 3)
 
 
-def test_reference_copy_is_a_private_eval_copy_in_the_dtype_and_refuses_other_objects():
-    model = torch.nn.Linear(2, 2).train()
+def test_reference_copy_is_a_private_copy_in_the_dtype_and_refuses_other_objects():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train()
+    model[1].eval()
     copy, empty = reference_copy(model, "float64")
-    assert copy is not model and not copy.training and model.training
-    assert copy.weight.dtype == torch.float64 and model.weight.dtype == torch.float32
+    # Each module keeps the mode it was given, and the user's model is left alone.
+    assert copy is not model and [m.training for m in copy.modules()] == [True, True, False]
+    assert [m.training for m in model.modules()] == [True, True, False]
+    model.eval()
+    assert copy.training
+    assert copy[0].weight.dtype == torch.float64 and model[0].weight.dtype == torch.float32
     assert empty == []
     with pytest.raises(InputError, match=r"must be a torch\.nn\.Module, got list"):
         reference_copy([], "float64")

@@ -3,7 +3,8 @@ value it is, which parameter or state entry, and which call of a module run seve
 
 Reports name a quantity by a short string, and report.json keeps those strings: ``output``,
 ``grad_input``, ``loss``, ``grad:W`` (dL/dW), ``param:W`` (W after an optimiser step),
-``state:W.exp_avg`` (optimiser state of W). ``Address.parse`` reads them and
+``state:W.exp_avg`` (optimiser state of W), ``buffer:running_mean`` (a running statistic after
+the forward). ``Address.parse`` reads them and
 ``Address.quantity`` writes them back, so the pipeline reasons on fields, never on slices.
 """
 
@@ -23,6 +24,7 @@ class Kind(str, Enum):
     LOSS = "loss"  # the loss of a training step
     PARAM = "param"  # a parameter after an optimiser step, named
     STATE = "state"  # an optimiser state entry, named "<param>.<entry>"
+    BUFFER = "buffer"  # a running statistic after the forward, named by ours' attribute
     CALL = "call"  # a whole function call (it raised or changed its inputs)
     GRADS = "grads"  # a function's returned gradients as a whole (aliasing)
 
@@ -31,7 +33,7 @@ class Kind(str, Enum):
 
 
 # Kinds whose quantity string carries a name after a colon: "grad:W".
-NAMED_KINDS = frozenset({Kind.GRAD, Kind.PARAM, Kind.STATE})
+NAMED_KINDS = frozenset({Kind.GRAD, Kind.PARAM, Kind.STATE, Kind.BUFFER})
 # Kinds that travel backwards through the network.
 GRADIENT_KINDS = frozenset({Kind.GRAD_INPUT, Kind.GRAD_OUTPUT, Kind.GRAD})
 # A tap_map target that starts with this names a module's dL/d(output), not its output.

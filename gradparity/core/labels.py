@@ -32,10 +32,15 @@ MISSING_CROSS_TERMS = "missing_cross_terms"  # ours' Jacobian lacks the off-diag
 EXTRA_ACTIVATION_DERIVATIVE = "extra_activation_derivative"  # s (1 - s) multiplied in again
 GRADIENT_WRT_PROBABILITIES = "gradient_wrt_probabilities"  # dL/dp returned where dL/dz belongs
 NO_EFFECT = "no_effect"  # minor: a tap differs but nothing downstream of it does
+# Named for running statistics (issue 14): the update's momentum, or a biased batch variance.
+RUNNING_MOMENTUM = "running_momentum"  # ours = (1 - m') old + m' batch with m' != momentum
+BIASED_RUNNING_VAR = "biased_running_var"  # the batch variance divided by N, not N - 1
 # The last resort, with the error statistics.
 UNEXPLAINED = "unexplained"
 # A warning, never a divergence: a function returned gradients that share memory.
 ALIASED = "aliased"
+# A warning: ours' layer states a mode (train/eval) other than its reference module's.
+MODE_MISMATCH = "mode_mismatch"
 
 # Every label a diverging row may carry.
 LABELS = (
@@ -64,5 +69,7 @@ LABELS = (
     EXTRA_ACTIVATION_DERIVATIVE,
     GRADIENT_WRT_PROBABILITIES,
     NO_EFFECT,
+    RUNNING_MOMENTUM,
+    BIASED_RUNNING_VAR,
     UNEXPLAINED,
 )

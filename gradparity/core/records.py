@@ -43,6 +43,9 @@ class LayerRecord:
     mutated: list[str] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
     backward_updates: dict[str, dict] = field(default_factory=dict)
+    # Running statistics after the forward ({name: array}), ours' attribute names or the
+    # reference's buffer names; empty where the layer keeps none or does not update them.
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class BadValue(TypeError):

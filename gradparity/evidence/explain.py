@@ -33,13 +33,15 @@ def _ours_value(rec: LayerRecord, quantity: str) -> np.ndarray | None:
 
 
 def _diverging(ctx: Context, gradients_only: bool = True) -> Iterator[tuple[Row, Probe]]:
-    """(row, its probe) for each isolate row that diverged without raising."""
+    """(row, its probe) for each isolate row that diverged without raising (running
+    statistics have their own probe, ``running_stats``)."""
     probes: dict[str, Probe] = ctx.captures["probes"]
     chosen = [
         row
         for row in ctx.rows_of("isolate")
         if row.diverged
         and row.diagnosis != RAISED
+        and not row.quantity.startswith("buffer:")
         and not (gradients_only and row.quantity == "output")
     ]
     for row in ctx.each_probed(chosen):

@@ -13,6 +13,7 @@ from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.evidence.update_findings import unreadable_words
 from gradparity.pairing.align import LayerPair
+from gradparity.sides.running_stats import running_pairs
 
 # One layer run on both sides: the pair, ours' record, the reference's record.
 LayerRun = tuple[LayerPair, LayerRecord, LayerRecord]
@@ -33,6 +34,7 @@ def layer_entries(
             batch_size=batch_size,
         )
     ]  # fmt: skip
+    fwd += _buffer_entries(mode, pair, ours, ref)
     if _failed(ours, "backward"):
         return fwd, [_raised(mode, pair, ours)]
     if ours.grad_input is None:  # the chain stopped at a later layer before backward
@@ -71,6 +73,43 @@ def run_entries(mode: str, runs: list[LayerRun], batch_size: int) -> list[Entry]
         fwd += f
         bwd = b + bwd
     return fwd + bwd
+
+
+def _buffer_entries(mode: str, pair: LayerPair, ours: LayerRecord, ref: LayerRecord) -> list[Entry]:
+    """A ``buffer:<name>`` pair for each running statistic the reference updated in this
+    forward (a training-mode norm) and ours holds under a paired name, in ours' shape."""
+    entries: list[Entry] = []
+    for name, torch_name in running_pairs(pair.layer, pair.module):
+        mine, theirs = ours.buffers.get(name), ref.buffers.get(torch_name)
+        if theirs is None:
+            continue
+        quantity = Address(pair.name, Kind.BUFFER, name).quantity
+        if mine is None:
+            entries.append(_missing_buffer(mode, pair, quantity))
+            continue
+        entries.append(
+            TensorPair(
+                mode, pair.name, pair.type_name, quantity, mine, theirs.reshape(mine.shape),
+                reference_parameter=torch_name,
+            )
+        )  # fmt: skip
+    return entries
+
+
+def _missing_buffer(mode: str, pair: LayerPair, quantity: str) -> Row:
+    name = Address.parse(quantity).name
+    return Row(
+        mode,
+        pair.name,
+        pair.type_name,
+        quantity,
+        None,
+        None,
+        status=Status.DIVERGED,
+        diagnosis=UNEXPLAINED,
+        message=f"ours' {name} was not a float array after the forward",
+        fix=f"keep {name} a float array of the layer, updated in place or re-bound",
+    )
 
 
 def _failed(rec: LayerRecord, phase: str) -> bool:

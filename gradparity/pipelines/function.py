@@ -54,6 +54,7 @@ from gradparity.sides.function_inputs import (
 )
 from gradparity.sides.function_reference import FunctionReference
 from gradparity.sides.function_run import UserRun
+from gradparity.sides.modes import modes_note, reference_modes
 from gradparity.sides.numpy_runner import FunctionRunner
 
 
@@ -199,8 +200,10 @@ def compare_function(
                 "examples_as": "columns" if side.columns else "rows",
                 "reference": type(side.model).__name__,
                 "reference_mode": "train" if side.model.training else "eval",
+                "reference_modes": reference_modes(side.model),
                 **function_loss_meta(fn, loss_fn, _reference_loss_name(side)),
             },
+            notes=modes_note(reference_modes(side.model)),
         )
     )
 

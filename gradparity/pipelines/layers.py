@@ -43,6 +43,7 @@ from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.evidence.minor import EpsilonFits
 from gradparity.evidence.penalty import weight_decay_probe
+from gradparity.evidence.running_stats import running_stats_probe
 from gradparity.evidence.ties import TiedMaxima
 from gradparity.evidence.weight_access import weight_access_probe
 from gradparity.locate.layers import locate_layers, source_locator
@@ -56,8 +57,10 @@ from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
 from gradparity.sides.isolation import run_isolation
+from gradparity.sides.modes import mode_warnings, modes_note, reference_modes
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
 from gradparity.sides.run_torch import TORCH_DTYPES
+from gradparity.sides.running_stats import sync_running
 from gradparity.sides.setup import reference_copy, resolve_losses
 
 
@@ -174,7 +177,9 @@ def compare(
     if sync_weights:
         for pair in pairs:
             sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
+            sync_running(pair.layer, pair.torch_module)
         check_filled(empty, synced_names(pairs))
+    modes = reference_modes(ref_model)
     weight_notes = [] if sync_weights else _weight_differences(pairs)
     target = check_target(
         target,
@@ -232,6 +237,7 @@ def compare(
                 StaleProbe(tdtype),
                 BatchRerun(tdtype, target, reference_loss),
                 weight_decay_probe,
+                running_stats_probe,
                 weight_access_probe,
                 TiedMaxima(tdtype),
                 jacobian_probe,
@@ -239,6 +245,7 @@ def compare(
                 Referee(target, reference_loss),
                 EpsilonFits(target),
                 note_chain_stops,
+                lambda ctx: ctx.warnings.extend(mode_warnings(pairs, modes)),
             ],
             locators=[
                 locate_layers,
@@ -250,8 +257,9 @@ def compare(
             meta={
                 **loss_meta(ours_loss, reference_loss, *given),
                 "isolate_upstream": "seeded random normal",
+                "reference_modes": modes,
             },
-            notes=pairing_notes + weight_notes + layout_notes,
+            notes=pairing_notes + weight_notes + layout_notes + modes_note(modes),
             fields={
                 "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
                 "strict": strict,

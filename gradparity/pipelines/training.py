@@ -65,8 +65,10 @@ from gradparity.pipelines.training_history import history_row
 from gradparity.report.report import TrainingReport
 from gradparity.sides import run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
+from gradparity.sides.modes import modes_note, reference_modes
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
+from gradparity.sides.running_stats import kept_buffers, sync_running
 from gradparity.sides.setup import resolve_losses
 from gradparity.sides.training_setup import optimizers
 from gradparity.sides.training_steps import (
@@ -139,7 +141,7 @@ def compare_training(
     ours_model, ours_opt, ref_model, ref_opt, empty = optimizers(
         ours_model, reference_model, ours_optimizer, reference_optimizer, tdtype
     )
-    ref_model.train()
+    modes = reference_modes(ref_model)  # each module runs in the mode it was given
     layers = named_layers(ours_model)
     check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
     pairs = align_layers(layers, ref_model, layer_map)
@@ -147,6 +149,7 @@ def compare_training(
     pairing_notes = pair_layer_parameters(pairs, np.random.default_rng(seed), param_map)
     for pair in pairs:
         sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
+        sync_running(pair.layer, pair.torch_module)
     check_filled(empty, synced_names(pairs))
     shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
 
@@ -211,14 +214,14 @@ def compare_training(
             meta={
                 **loss_meta(ours_loss, reference_loss, *given), "steps": len(history),
                 "ours_optimizer": _describe(ours_opt),
-                "reference_optimizer": type(ref_opt).__name__,
+                "reference_optimizer": type(ref_opt).__name__, "reference_modes": modes,
             },
+            notes=pairing_notes + modes_note(modes),
             fields={
                 "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
                 "history": pd.DataFrame(history), "first_divergent_step": first_divergent,
                 "strict": strict,
             },
-            notes=pairing_notes,
             report_type=TrainingReport,
         )
     )  # fmt: skip
@@ -304,6 +307,6 @@ def _accuracy(layers, ref_model: nn.Module, validation, dtype: str, tdtype: torc
         ours = float(np.mean(h.argmax(axis=1) == y)) if h.shape[:1] == y.shape else np.nan
     except USER_ERRORS:
         ours = np.nan
-    with torch.no_grad():
+    with torch.no_grad(), kept_buffers(ref_model):  # scoring must not move running statistics
         ref_out = run_torch.to_numpy(ref_model(run_torch.as_tensor(x, tdtype)))
     return {"val_acc_ours": ours, "val_acc_ref": float(np.mean(ref_out.argmax(axis=1) == y))}

@@ -30,6 +30,7 @@ from gradparity.sides.function_inputs import (
 from gradparity.sides.function_run import ReferenceRun, UserRun, call_loss_fn, run_reference
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
+from gradparity.sides.running_stats import kept_buffers
 from gradparity.sides.setup import reference_copy
 from gradparity.sides.taps import follow_map
 
@@ -61,11 +62,9 @@ class FunctionReference:
         self.fn, self.params, self.flat, self.dtype, self.tol = fn, params, flat, dtype, tol
         self.x, self.target, self.loss_fn = x, target, loss_fn
         self.tdtype = TORCH_DTYPES[dtype]
+        # Each module keeps the mode the user left it in (a new module trains: batch norm
+        # uses the batch's statistics, as hand-written training code does).
         self.model, self.empty = reference_copy(reference, dtype)
-        # The mode the user left each module in (a new module trains: batch-norm uses the
-        # batch's statistics, as hand-written training code does).
-        for copied, given in zip(self.model.modules(), reference.modules()):
-            copied.training = given.training
         self.rx = x if reference_x is None else as_array("reference_x", reference_x, dtype)
         self.rt = (
             target if reference_target is None
@@ -102,9 +101,11 @@ class FunctionReference:
         sync_parameters(self.flat, self.model, pairs)
 
     def run(self, x: np.ndarray, specs: dict | None = None) -> ReferenceRun:
-        """The reference on x (its layout), recording the taps of ``specs`` (default all)."""
+        """The reference on x (its layout), recording the taps of ``specs`` (default all).
+        Its buffers are put back afterwards, so every run starts from the state given."""
         specs = self.tap_specs if specs is None else specs
-        return run_reference(self.model, x, self.rt, self.reference_loss, specs, self.tdtype)
+        with kept_buffers(self.model):
+            return run_reference(self.model, x, self.rt, self.reference_loss, specs, self.tdtype)
 
     def agree(self, pairs: list[ParamPair], run: UserRun) -> bool | None:
         """Do the forward taps (or, without any, the loss) agree under ``pairs``? The taps

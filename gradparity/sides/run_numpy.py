@@ -27,6 +27,7 @@ from gradparity.core.records import (
 from gradparity.sides.adapt import before_pass, grads_of, params_of
 from gradparity.sides.backward_updates import read_backward_updates, restore_params
 from gradparity.sides.fresh import working_copy
+from gradparity.sides.running_stats import kept_running, ours_running
 
 
 def zero_grads(layer: Any) -> None:
@@ -45,8 +46,11 @@ def _warm_up(layers: list[tuple[str, Any]], x_warm: np.ndarray) -> None:
     h = x_warm
     for _, layer in layers:
         before_pass(layer)
+        # Caches stay behind (that is what the warm-up is for), running statistics do not:
+        # the compared pass updates them from the state the reference starts from too.
         try:
-            h = real_array(layer.forward(h.copy()), "forward's output", "output")
+            with kept_running(layer):
+                h = real_array(layer.forward(h.copy()), "forward's output", "output")
         except USER_ERRORS:  # the real pass reports errors; the warm-up only leaves state behind
             return
 
@@ -83,6 +87,7 @@ def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
     if not same_values(fed, before):
         rec.mutated.append("input")
     rec.mutated += _changed_params(layer, params_before)
+    rec.buffers = ours_running(layer)
     rec.output = out
     return rec.output
 

@@ -16,6 +16,7 @@ from gradparity.core.errors import InputError, describe_error
 from gradparity.core.records import USER_ERRORS, LayerRecord
 from gradparity.core.validate import DTYPES
 from gradparity.pairing.align import LayerPair, check_calls, layers_by_module
+from gradparity.sides.running_stats import kept_buffers, reference_running
 from gradparity.sides.torch_recorder import ModuleCall, TorchRecorder, to_numpy
 
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}  # validate's names -> torch
@@ -104,12 +105,25 @@ def run_chain(
     reference whose output autograd cannot follow, whose loss is not a finite scalar, or
     whose gradients are not finite is refused in one line.
     """
+    with kept_buffers(model):
+        return _run_chain(model, pairs, loss_fn, x, target, dtype)
+
+
+def _run_chain(
+    model: nn.Module,
+    pairs: list[LayerPair],
+    loss_fn: Callable,
+    x: np.ndarray,
+    target: np.ndarray,
+    dtype: torch.dtype,
+) -> dict[str, LayerRecord]:
     x_t = as_tensor(x, dtype, grad=True)
     with TorchRecorder({p.module_name: p.torch_module for p in pairs}) as recorder:
         try:
             out = model(x_t)
         except USER_ERRORS as exc:
             raise InputError(f"the reference model raised {describe_error(exc)}") from exc
+    running = {p.name: reference_running(p.torch_module) for p in pairs}
     counts = recorder.counts()
     check_calls(layers_by_module(pairs), counts)
     if not out.requires_grad:
@@ -129,6 +143,8 @@ def run_chain(
         out, [x_t] + [t for _, _, t in params], grad_outputs=dlogits, allow_unused=True
     )
     records = {p.name: _record(recorder.of(p.module_name)[p.call]) for p in pairs}
+    for name, buffers in running.items():
+        records[name].buffers = buffers
     for (name, tname, tparam), g in zip(params, grads[1:]):
         records[name].grads[tname] = to_numpy(g) if g is not None else np.zeros(tuple(tparam.shape))
     for pair in pairs:
@@ -168,29 +184,33 @@ def _call_gradients(
     if rec.input is None or rec.output is None:
         return {n: np.zeros(tuple(t.shape)) for n, t in module.named_parameters()}
     upstream = rec.grad_output if rec.grad_output is not None else np.zeros_like(rec.output)
-    _, _, grads = _differentiate(module, rec.input, upstream, dtype)
+    _, _, grads, _ = _differentiate(module, rec.input, upstream, dtype)
     return grads
 
 
 def _differentiate(
     module: nn.Module, x: np.ndarray, upstream: np.ndarray, dtype: torch.dtype
-) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, np.ndarray]]:
-    """(the module's output on ``x``, dL/dx, dL/d(parameter) by torch name) at ``upstream`` =
-    dL/d(output); a parameter the output does not use gets a zero gradient."""
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the module's output on ``x``, dL/dx, dL/d(parameter) by torch name, its running
+    statistics after that forward) at ``upstream`` = dL/d(output); a parameter the output
+    does not use gets a zero gradient. The module's buffers are put back afterwards."""
     x_t = as_tensor(x, dtype, grad=True)
     named = list(module.named_parameters())
-    out = module(x_t)
-    grads = torch.autograd.grad(
-        out,
-        [x_t] + [t for _, t in named],
-        grad_outputs=as_tensor(upstream, dtype),
-        allow_unused=True,
-    )
+    # Put back after the backward too: autograd refuses buffers changed since its forward.
+    with kept_buffers(module):
+        out = module(x_t)
+        running = reference_running(module)
+        grads = torch.autograd.grad(
+            out,
+            [x_t] + [t for _, t in named],
+            grad_outputs=as_tensor(upstream, dtype),
+            allow_unused=True,
+        )
     by_name = {
         n: to_numpy(g) if g is not None else np.zeros(tuple(t.shape))
         for (n, t), g in zip(named, grads[1:])
     }
-    return to_numpy(out), to_numpy(grads[0]), by_name
+    return to_numpy(out), to_numpy(grads[0]), by_name, running
 
 
 def probe_module(
@@ -199,9 +219,13 @@ def probe_module(
     """One module alone: forward on x (N, ...), backward of ``upstream`` (like the output);
     grads keyed by torch names. Non-finite reference values are refused, as in
     ``run_chain``."""
-    output, grad_input, grads = _differentiate(pair.torch_module, x, upstream, dtype)
+    output, grad_input, grads, running = _differentiate(pair.torch_module, x, upstream, dtype)
     rec = LayerRecord(
-        input=x.copy(), output=output, grad_output=upstream.copy(), grad_input=grad_input
+        input=x.copy(),
+        output=output,
+        grad_output=upstream.copy(),
+        grad_input=grad_input,
+        buffers=running,
     )
     rec.grads = grads
     gradients = [("input gradient", rec.grad_input)]

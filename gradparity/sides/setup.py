@@ -33,8 +33,10 @@ def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
 def reference_copy(
     reference_model: Any, dtype: str, sync_weights: bool = True
 ) -> tuple[nn.Module, list[str]]:
-    """(a deep copy of the reference on the CPU in ``dtype``, in eval mode; the names of its
-    parameters that came from the meta device and wait for ours' values, see ``to_cpu``)."""
+    """(a deep copy of the reference on the CPU in ``dtype``, each module in the mode it was
+    given (the reference runs in it: batch norm in training mode normalises with the batch's
+    statistics); the names of its parameters that came from the meta device and wait for
+    ours' values, see ``to_cpu``)."""
     if not isinstance(reference_model, nn.Module):
         raise InputError(
             f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
@@ -46,4 +48,4 @@ def reference_copy(
             f"cannot copy the reference model ({exc}); it must support copy.deepcopy"
         ) from exc
     empty = to_cpu(model, TORCH_DTYPES[dtype], sync_weights)
-    return model.eval(), empty
+    return model, empty
