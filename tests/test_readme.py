@@ -81,7 +81,7 @@ def test_readme_real_bug_output_is_what_its_command_prints(tmp_path, capsys):
 
 def test_readme_framework_example_prints_what_the_readme_shows(monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
-    (example,) = _block_after("## Checking a framework's layers", "python")
+    example = _block_after("## Checking a framework's layers", "python")[0]  # then reset=
     (shown,) = _block_after("## Checking a framework's layers", "")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
