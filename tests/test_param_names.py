@@ -369,3 +369,42 @@ def test_shape_decides_before_order_and_order_is_reported_only_for_what_it_decid
 def test_two_names_claiming_one_alias_leave_it_to_shape_and_order():
     found = pair_by_name_shape_order({"W": (3,), "kernel": (3,)}, {"weight": (3,), "x": (3,)})
     assert found.by_order == [("W", "weight"), ("kernel", "x")]
+
+
+class ScaleShift(nn.Module):
+    """y = x * a + c: two parameters of one shape whose names say nothing about ours' p, q."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(3, dtype=torch.float64))
+        self.c = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+
+    def forward(self, x):
+        return x * self.a + self.c
+
+
+def scale_shift_grads(params, x, target):
+    """(mean squared error of x * p + q, {p, q gradients}), as one function."""
+    diff = x * params["p"] + params["q"] - target
+    n = x.shape[0]
+    return (diff**2).sum() / n, {"p": 2 * (diff * x).sum(axis=0) / n, "q": 2 * diff.sum(axis=0) / n}
+
+
+def test_compare_function_names_a_pairing_order_decided():
+    rng = np.random.default_rng(0)
+    params = {"p": rng.standard_normal(3), "q": rng.standard_normal(3)}
+    x, target = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    report = gp.compare_function(
+        lambda x, t: scale_shift_grads(params, x, t)[1], params, ScaleShift(), x, target,
+        reference_loss=lambda out, t: ((out - t) ** 2).sum() / out.shape[0],
+    )  # fmt: skip
+    assert report.ok, report.root_causes
+    (note,) = [n for n in report.notes if "paired by order" in n]
+    assert note.startswith("p <-> a and q <-> c paired by order (same shape (3,))")
+    assert "param_map (e.g. {'p': 'a'})" in note
+    named = gp.compare_function(
+        lambda x, t: scale_shift_grads(params, x, t)[1], params, ScaleShift(), x, target,
+        reference_loss=lambda out, t: ((out - t) ** 2).sum() / out.shape[0],
+        param_map={"p": "a", "q": "c"},
+    )  # fmt: skip
+    assert not [n for n in named.notes if "paired by order" in n]

@@ -16,7 +16,7 @@ from gradparity.pairing.layer_params import pair_layer_parameters as pair_parame
 from gradparity.pairing.params import (
     Candidate,
     ParamPair,
-    pair_names,
+    pair_by_name_shape_order,
     resolve_layouts,
     sync_parameters,
     to_ours,
@@ -50,6 +50,12 @@ def _dense(n_in: int, n_out: int, seed: int, broken: bool = False) -> Dense:
 
 def _candidate(key: str, ours: tuple, ref: tuple, options: tuple, layer: str = "") -> Candidate:
     return Candidate(layer, key, f"t.{key}", ours, ref, options)
+
+
+def pair_names(ours, ref, param_map=None):
+    """(pairs, the parameter nothing fits): ``pair_by_name_shape_order`` as a tuple."""
+    found = pair_by_name_shape_order(ours, ref, param_map)
+    return found.pairs, found.unfit
 
 
 def test_names_pair_by_param_map_then_name_then_order():

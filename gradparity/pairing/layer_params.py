@@ -26,6 +26,7 @@ from gradparity.pairing.params import (
     candidates,
     fmt_names,
     listing,
+    order_note,
     pair_by_name_shape_order,
     resolve_layouts,
 )
@@ -133,18 +134,6 @@ def _layer_pairing(
             f"fits no reference parameter by any layout conversion ({shown})"
         )
     return found
-
-
-def order_note(layer: str, by_order: list[tuple[str, str]], ours: Shapes, ref: Shapes) -> str:
-    """The note naming the pairs of ``layer`` that order alone decided."""
-    shapes = {ours[o] for o, _ in by_order} | {ref[r] for _, r in by_order}
-    why = f"same shape {shapes.pop()}" if len(shapes) == 1 else "shapes that fit either way"
-    joined = " and ".join(f"{o} <-> {r}" for o, r in by_order)
-    key, target = by_order[0]
-    return (
-        f"{layer}: {joined} paired by order ({why}): pass param_map (e.g. "
-        f"{{{f'{layer}.{key}'!r}: {target!r}}}) if that is wrong"
-    )
 
 
 def pair_layer_parameters(

@@ -234,13 +234,18 @@ def pair_by_name_shape_order(
     return NamePairing([*mapped.items(), *by_order], by_order, unfit)
 
 
-def pair_names(
-    ours: Shapes, ref: Shapes, param_map: Mapping[str, str] | None = None
-) -> tuple[list[tuple[str, str]], str | None]:
-    """((ours name, reference name) pairs, None) as ``pair_by_name_shape_order`` decides
-    them; (pairs so far, name) for a parameter no free reference parameter fits."""
-    found = pair_by_name_shape_order(ours, ref, param_map)
-    return found.pairs, found.unfit
+def order_note(layer: str, by_order: list[tuple[str, str]], ours: Shapes, ref: Shapes) -> str:
+    """The note naming the pairs (of ``layer``; "" for a function's parameters) that order
+    alone decided: a wrong guess there reads as an unexplained divergence."""
+    shapes = {ours[o] for o, _ in by_order} | {ref[r] for _, r in by_order}
+    why = f"same shape {shapes.pop()}" if len(shapes) == 1 else "shapes that fit either way"
+    joined = " and ".join(f"{o} <-> {r}" for o, r in by_order)
+    key, target = by_order[0]
+    where, key = (f"{layer}: ", f"{layer}.{key}") if layer else ("", key)
+    return (
+        f"{where}{joined} paired by order ({why}): pass param_map (e.g. "
+        f"{{{key!r}: {target!r}}}) if that is wrong"
+    )
 
 
 def candidates(

@@ -28,7 +28,8 @@ from gradparity.pairing.params import (
     candidates,
     check_param_map,
     listing,
-    pair_names,
+    order_note,
+    pair_by_name_shape_order,
     resolve_layouts,
     sync_parameters,
 )
@@ -134,10 +135,12 @@ def pair_function_params(
     param_map: dict[str, str] | None,
     columns: bool,
     decide: Callable[[list[ParamPair]], bool | None],
+    notes: list[str] | None = None,
 ) -> list[ParamPair]:
     """A ParamPair per parameter (ours' order). ``decide(pairs)`` tells whether the two sides
     agree with the square weights laid out as in ``pairs`` (None: no evidence either way);
-    ``columns``: ours holds examples as columns, which sets the layout assumed without one."""
+    ``columns``: ours holds examples as columns, which sets the layout assumed without one.
+    ``notes`` gets a line when order alone decided a pairing (``order_note``)."""
     shapes = {n: tuple(np.shape(a)) for n, a in ours.items()}
     ref = {n: tuple(p.shape) for n, p in model.named_parameters()}
     param_map = dict(param_map or {})
@@ -149,7 +152,10 @@ def pair_function_params(
             f"{len(ref)} parameters {listing(ref)}; give every parameter once (with fewer, "
             "pair each with param_map)"
         )
-    named, unfit = pair_names(shapes, ref, param_map)
+    found = pair_by_name_shape_order(shapes, ref, param_map)
+    named, unfit = found.pairs, found.unfit
+    if found.by_order and notes is not None:
+        notes.append(order_note("", found.by_order, shapes, ref))
     if unfit is not None:
         taken = {r for _, r in named}
         left = {r: s for r, s in ref.items() if r not in taken}

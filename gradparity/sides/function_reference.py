@@ -146,8 +146,9 @@ class FunctionReference:
                 f"{list(run.taps) or 'none (call gp.tap(name, array) inside it)'}"
             )
         pairs = pair_function_params(
-            self.flat, self.model, self.param_map, self.columns, lambda p: self.agree(p, run)
-        )
+            self.flat, self.model, self.param_map, self.columns, lambda p: self.agree(p, run),
+            notes,
+        )  # fmt: skip
         self.sync(pairs)
         check_filled(self.empty, {p.torch_name for p in pairs})
         ref = self.run(self.rx)
