@@ -23,7 +23,8 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 
 def _normal_cdf(x: np.ndarray) -> np.ndarray:
     """Phi(x) = (1 + erf(x / sqrt 2)) / 2, computed in float64."""
-    return 0.5 * (1.0 + _erf(x.astype(np.float64) / math.sqrt(2.0)).astype(np.float64))
+    erf = np.asarray(_erf(x.astype(np.float64) / math.sqrt(2.0)), dtype=np.float64)
+    return 0.5 * (1.0 + erf)
 
 
 def _normal_pdf(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ embedding_dim): no conversion.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,22 +23,23 @@ class IndexEmbedding(nn.Embedding):
         return super().forward(input.long() if input.is_floating_point() else input)
 
 
-def _embedding(layer) -> nn.Module:
-    weight = layer.params["weight"]
-    module = IndexEmbedding(*weight.shape, dtype=torch.float64)
+def _embedding(layer: Any) -> nn.Module:
+    """The mirror of an ours ``Embedding``, its weight copied (same layout), float64."""
+    num_embeddings, embedding_dim = layer.params["weight"].shape
+    module = IndexEmbedding(num_embeddings, embedding_dim, dtype=torch.float64)
     with torch.no_grad():
-        module.weight.copy_(torch.as_tensor(weight, dtype=torch.float64))
+        module.weight.copy_(torch.as_tensor(layer.params["weight"], dtype=torch.float64))
     return module
 
 
-MIRRORS: dict[str, Callable[[object], nn.Module]] = {
+MIRRORS: dict[str, Callable[[Any], nn.Module]] = {
     "Embedding": _embedding,
     "GELU": lambda layer: nn.GELU(approximate=layer.approximate),
     "LeakyReLU": lambda layer: nn.LeakyReLU(layer.negative_slope),
     "LogSoftmax": lambda layer: nn.LogSoftmax(dim=layer.dim),
 }
 
-LOSS_MIRRORS: dict[str, Callable[[object], nn.Module]] = {
+LOSS_MIRRORS: dict[str, Callable[[Any], nn.Module]] = {
     "NLLLoss": lambda loss: nn.NLLLoss(),
     "BCEWithLogits": lambda loss: nn.BCEWithLogitsLoss(),
 }
