@@ -1,17 +1,26 @@
 """gradparity.ours: a from-scratch NumPy neural-network framework (no torch)."""
 
+from gradparity.ours.activations import GELU, LeakyReLU, LogSoftmax
 from gradparity.ours.containers import Sequential
+from gradparity.ours.embedding import Embedding
 from gradparity.ours.layers import Layer, Linear, ReLU, Sigmoid, Softmax, Tanh, softmax
 from gradparity.ours.losses import MSE, SoftmaxCrossEntropy
+from gradparity.ours.losses_more import BCEWithLogits, NLLLoss
 from gradparity.ours.models import assignment_data, assignment_network, mlp
 from gradparity.ours.optim import SGD, Adam, Optimizer
 
 __all__ = [
+    "GELU",
     "MSE",
     "SGD",
     "Adam",
+    "BCEWithLogits",
+    "Embedding",
     "Layer",
+    "LeakyReLU",
     "Linear",
+    "LogSoftmax",
+    "NLLLoss",
     "Optimizer",
     "ReLU",
     "Sequential",

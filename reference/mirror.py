@@ -14,13 +14,15 @@ import torch
 from torch import nn
 
 from gradparity.reference.layout import TRANSPOSE, candidate_conversions, to_ours_layout
+from gradparity.reference.mirror_misc import LOSS_MIRRORS, MIRRORS
 
 _ELEMENTWISE = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU}
 
 
 def _kind(obj) -> str:
     """The first ours class name in obj's MRO, so subclasses (e.g. injected bugs) mirror too."""
-    known = {"Linear", "Softmax", "SoftmaxCrossEntropy", "MSE", *_ELEMENTWISE}
+    known = {"Linear", "Softmax", "SoftmaxCrossEntropy", "MSE", *_ELEMENTWISE, *MIRRORS}
+    known |= set(LOSS_MIRRORS)
     return next((c.__name__ for c in type(obj).__mro__ if c.__name__ in known), type(obj).__name__)
 
 
@@ -36,6 +38,8 @@ def mirror_layer(layer) -> nn.Module:
         return _ELEMENTWISE[kind]()
     if kind == "Softmax":
         return nn.Softmax(dim=-1)
+    if kind in MIRRORS:
+        return MIRRORS[kind](layer)
     raise TypeError(f"no torch mirror for ours layer type {kind}")
 
 
@@ -53,6 +57,8 @@ def mirror_loss(loss) -> nn.Module:
         return nn.CrossEntropyLoss()
     if kind == "MSE":
         return nn.MSELoss()
+    if kind in LOSS_MIRRORS:
+        return LOSS_MIRRORS[kind](loss)
     raise TypeError(f"no torch mirror for ours loss type {kind}")
 
 
