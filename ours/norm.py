@@ -10,6 +10,7 @@ The maths sits in pure ``_fwd``/``_bwd`` functions; the classes only cache and k
 from __future__ import annotations
 
 import math
+from typing import Self
 
 import numpy as np
 import numpy.typing as npt
@@ -70,13 +71,13 @@ class _Moded(Layer):
         super().__init__()
         self.training = True
 
-    def train(self, mode: bool = True) -> _Moded:
+    def train(self, mode: bool = True) -> Self:
         """Training mode (``mode=False``: eval mode); returns the layer, as torch does."""
         _check_mode(mode)
         self.training = mode
         return self
 
-    def eval(self) -> _Moded:
+    def eval(self) -> Self:
         return self.train(False)
 
 
@@ -128,12 +129,8 @@ class _BatchNorm(_Moded):
             raise ValueError("track_running_stats=False is not supported")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], not {momentum}")
-        self.num_features, self.eps, self.momentum, self.affine = (
-            num_features,
-            eps,
-            momentum,
-            affine,
-        )
+        self.num_features, self.eps = num_features, eps
+        self.momentum, self.affine = momentum, affine
         if affine:
             self.params.update(_init_affine((num_features,), rng, dtype))
         self.running_mean = np.zeros(num_features, dtype=dtype)

@@ -59,7 +59,8 @@ class MaskedDropout(nn.Dropout):
     """nn.Dropout that applies the mask an ours ``Dropout`` applied: its ``pinned_mask`` when
     set, else the ``mask`` of its last training forward (run ours first). The link to ours'
     layer survives ``copy.deepcopy`` (the copy reads the same layer), since the harness
-    compares copies of the reference.
+    compares copies of the reference; ``gp.compare`` also runs copies of ours, whose masks
+    this module never sees, so a training-mode comparison needs a pinned mask.
 
     Shapes: x (N, ...), y like x; the mask like x.
     """
@@ -69,15 +70,16 @@ class MaskedDropout(nn.Dropout):
         self.source = source
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training:
             return x
         keep = self.source.pinned_mask
         if keep is None:
             keep = self.source.mask
         if keep is None or tuple(keep.shape) != tuple(x.shape):
             raise ValueError(
-                f"ours' Dropout holds no mask for input {tuple(x.shape)}: run its forward "
-                "first, or pin one (layer.pinned_mask = mask)"
+                f"ours' Dropout holds no mask for input {tuple(x.shape)}: pin one "
+                "(layer.pinned_mask = mask) to compare in training mode, or run ours' forward "
+                "on this input first"
             )
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
         return x * torch.as_tensor(keep, dtype=x.dtype, device=x.device) * scale

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import gradparity as gp
+from gradparity.core.errors import InputError
 from gradparity.corpus.norm_bugs import NORM_BUGS, UNMUTATED_NORM
-from gradparity.ours import MSE, BatchNorm1d, BatchNorm2d, Dropout, LayerNorm, Sequential
+from gradparity.ours import MSE, BatchNorm1d, BatchNorm2d, Dropout, LayerNorm, Linear, Sequential
 from gradparity.reference import mirror, mirror_layer, mirror_loss
 from gradparity.reference.mirror_norm import MaskedDropout
 
@@ -227,6 +228,13 @@ def test_dropout_with_a_pinned_mask_reaches_parity_through_compare(case):
     layer, x, dtype = case
     layer.pinned_mask = np.random.default_rng(3).random(x.shape) >= layer.p
     check_compare(layer, x, dtype, np.random.default_rng(2))
+
+
+def test_a_training_dropout_without_a_pinned_mask_is_refused_in_one_line():
+    rng = np.random.default_rng(0)
+    model = Sequential(("fc", Linear(4, 3, rng=rng)), ("drop", Dropout(0.5)))
+    with pytest.raises(InputError, match=r"pin one \(layer.pinned_mask = mask\)"):
+        gp.compare(model, mirror(model), rng.standard_normal((5, 4)), rng.integers(0, 3, 5))
 
 
 def test_dropout_next_mask_serves_one_forward_and_is_recorded():
