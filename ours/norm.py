@@ -10,7 +10,7 @@ The maths sits in pure ``_fwd``/``_bwd`` functions; the classes only cache and k
 from __future__ import annotations
 
 import math
-from typing import Self
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +64,9 @@ def _check_mode(training: object) -> None:
         raise ValueError(f"training must be True or False, not {training!r}")
 
 
+_M = TypeVar("_M", bound="_Moded")
+
+
 class _Moded(Layer):
     """A layer that computes something else in training and eval, switched as torch's."""
 
@@ -71,13 +74,13 @@ class _Moded(Layer):
         super().__init__()
         self.training = True
 
-    def train(self, mode: bool = True) -> Self:
+    def train(self: _M, mode: bool = True) -> _M:
         """Training mode (``mode=False``: eval mode); returns the layer, as torch does."""
         _check_mode(mode)
         self.training = mode
         return self
 
-    def eval(self) -> Self:
+    def eval(self: _M) -> _M:
         return self.train(False)
 
 
