@@ -7,6 +7,7 @@ from gradparity.ours.layers import Layer, Linear, ReLU, Sigmoid, Softmax, Tanh, 
 from gradparity.ours.losses import MSE, SoftmaxCrossEntropy
 from gradparity.ours.losses_more import BCEWithLogits, NLLLoss
 from gradparity.ours.models import assignment_data, assignment_network, mlp
+from gradparity.ours.norm import BatchNorm1d, BatchNorm2d, Dropout, LayerNorm
 from gradparity.ours.optim import SGD, Adam, Optimizer
 
 __all__ = [
@@ -15,8 +16,12 @@ __all__ = [
     "SGD",
     "Adam",
     "BCEWithLogits",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Dropout",
     "Embedding",
     "Layer",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
     "LogSoftmax",

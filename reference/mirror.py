@@ -14,14 +14,20 @@ import torch
 from torch import nn
 
 from gradparity.reference.layout import TRANSPOSE, candidate_conversions, to_ours_layout
-from gradparity.reference.mirror_misc import LOSS_MIRRORS, MIRRORS
+from gradparity.reference.mirror_misc import LOSS_MIRRORS
+from gradparity.reference.mirror_misc import MIRRORS as MISC_MIRRORS
+from gradparity.reference.mirror_norm import MIRRORS as NORM_MIRRORS
 
 _ELEMENTWISE = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU}
+_BUILDERS = {
+    **MISC_MIRRORS,
+    **NORM_MIRRORS,
+}  # ours class name -> torch twin with the layer's weights
 
 
 def _kind(obj) -> str:
     """The first ours class name in obj's MRO, so subclasses (e.g. injected bugs) mirror too."""
-    known = {"Linear", "Softmax", "SoftmaxCrossEntropy", "MSE", *_ELEMENTWISE, *MIRRORS}
+    known = {"Linear", "Softmax", "SoftmaxCrossEntropy", "MSE", *_ELEMENTWISE, *_BUILDERS}
     known |= set(LOSS_MIRRORS)
     return next((c.__name__ for c in type(obj).__mro__ if c.__name__ in known), type(obj).__name__)
 
@@ -38,8 +44,8 @@ def mirror_layer(layer) -> nn.Module:
         return _ELEMENTWISE[kind]()
     if kind == "Softmax":
         return nn.Softmax(dim=-1)
-    if kind in MIRRORS:
-        return MIRRORS[kind](layer)
+    if kind in _BUILDERS:
+        return _BUILDERS[kind](layer)
     raise TypeError(f"no torch mirror for ours layer type {kind}")
 
 

@@ -1,0 +1,325 @@
+"""Issue 15, items 1, 6 and 7 for ``ours.norm``: BatchNorm1d, BatchNorm2d, LayerNorm and
+Dropout against their torch mirrors, in float64 and float32, training and eval, with
+hypothesis-drawn shapes and options: directly (forward, dL/dx, parameter gradients, running
+statistics) and through ``gp.compare``; then the corpus bugs of ``corpus.norm_bugs``, each
+found at its layer and quantity."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import gradparity as gp
+from gradparity.core.errors import InputError
+from gradparity.corpus.norm_bugs import NORM_BUGS, UNMUTATED_NORM
+from gradparity.ours import MSE, BatchNorm1d, BatchNorm2d, Dropout, LayerNorm, Linear, Sequential
+from gradparity.reference import mirror, mirror_layer, mirror_loss
+from gradparity.reference.mirror_norm import MaskedDropout
+
+SETTINGS = settings(max_examples=15, deadline=None)
+DTYPES = {"float64": (np.float64, torch.float64), "float32": (np.float32, torch.float32)}
+# float64: round-off; float32: the placeholder 1e-4 of the tensor's scale (issue 15, item 3).
+SCALE_RTOL = {"float64": 1e-10, "float32": 1e-4}
+
+seeds = st.integers(0, 2**32 - 1)
+dtypes = st.sampled_from(sorted(DTYPES))
+modes = st.booleans()
+epsilons = st.sampled_from([1e-5, 1e-3, 0.1])
+
+
+def close(ours: Any, ref: Any, dtype: str) -> None:
+    """Equal within ``SCALE_RTOL[dtype]`` of the reference's largest magnitude."""
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape
+    scale = max(float(np.max(np.abs(ref), initial=0.0)), 1.0)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=SCALE_RTOL[dtype] * scale)
+
+
+def torch_run(module: nn.Module, x: np.ndarray, upstream: np.ndarray):
+    """(output, dL/dx, {param name: dL/dparam}) of ``module`` under ``upstream``, in x's dtype."""
+    x_t = torch.tensor(x, requires_grad=True)
+    named = list(module.named_parameters())
+    out = module(x_t)
+    grads = torch.autograd.grad(out, [x_t] + [p for _, p in named], torch.tensor(upstream))
+    return (
+        out.detach().numpy(),
+        grads[0].numpy(),
+        {n: g.numpy() for (n, _), g in zip(named, grads[1:])},
+    )
+
+
+def check_direct(layer: Any, x: np.ndarray, dtype: str, rng: np.random.Generator) -> nn.Module:
+    """ours' forward and backward against its mirror's (run second: Dropout's reads ours'
+    mask) in ``dtype``; ours keeps the dtype. Returns the mirror after its forward."""
+    module = mirror_layer(layer).to(DTYPES[dtype][1])
+    upstream = rng.standard_normal(x.shape).astype(x.dtype)
+    out = layer.forward(x.copy())
+    grad_x = layer.backward(upstream.copy())
+    ref_out, ref_dx, ref_grads = torch_run(module, x, upstream)
+    assert out.dtype == x.dtype and grad_x.dtype == x.dtype
+    close(out, ref_out, dtype)
+    close(grad_x, ref_dx, dtype)
+    for key, name in (("gamma", "weight"), ("beta", "bias")):
+        assert (key in layer.grads) == (name in ref_grads)
+        if key in layer.grads:
+            close(layer.grads[key], ref_grads[name], dtype)
+    return module
+
+
+def check_compare(layer: Any, x: np.ndarray, dtype: str, rng: np.random.Generator) -> None:
+    """``gp.compare`` of the one-layer model against its mirror, under MSE: ok."""
+    model = Sequential(("norm", layer))
+    target = rng.standard_normal(x.shape)
+    report = gp.compare(model, mirror(model), x, target, MSE(), nn.MSELoss(), dtype=dtype, seed=0)
+    assert report.ok, report.root_causes
+
+
+def with_running(layer: Any, rng: np.random.Generator) -> Any:
+    """``layer`` with running statistics away from torch's 0 and 1 (an eval pass uses them)."""
+    layer.running_mean = (0.3 * rng.standard_normal(layer.num_features)).astype(
+        layer.running_mean.dtype
+    )
+    layer.running_var = (0.5 + rng.random(layer.num_features)).astype(layer.running_var.dtype)
+    return layer
+
+
+# --- batch norm -----------------------------------------------------------------------------
+
+
+@st.composite
+def batch_norm_cases(draw: st.DrawFn, two_d: bool) -> tuple[Any, np.ndarray, str]:
+    """(layer, x, dtype): shapes, eps, momentum, affine, mode and dtype all drawn."""
+    dtype = draw(dtypes)
+    rng = np.random.default_rng(draw(seeds))
+    n, c = draw(st.integers(3, 5)), draw(st.integers(1, 4))  # three values: see LayerNorm
+    if two_d:
+        shape: tuple[int, ...] = (n, c, draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    else:
+        length = draw(st.one_of(st.none(), st.integers(1, 4)))
+        shape = (n, c) if length is None else (n, c, length)
+    cls = BatchNorm2d if two_d else BatchNorm1d
+    layer = cls(
+        c,
+        eps=draw(epsilons),
+        momentum=draw(st.sampled_from([0.1, 0.0, 0.5, 1.0])),
+        affine=draw(st.booleans()),
+        rng=rng,
+        dtype=DTYPES[dtype][0],
+    )
+    with_running(layer, rng).train(draw(modes))
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(DTYPES[dtype][0])
+    return layer, x, dtype
+
+
+@pytest.mark.parametrize("two_d", [False, True], ids=["1d", "2d"])
+@SETTINGS
+@given(data=st.data())
+def test_batch_norm_matches_torch_and_updates_running_statistics_alike(two_d, data):
+    layer, x, dtype = data.draw(batch_norm_cases(two_d))
+    module = check_direct(layer, x, dtype, np.random.default_rng(1))
+    assert module.training == layer.training
+    close(layer.running_mean, module.get_buffer("running_mean").numpy(), dtype)
+    close(layer.running_var, module.get_buffer("running_var").numpy(), dtype)
+
+
+@pytest.mark.parametrize("two_d", [False, True], ids=["1d", "2d"])
+@SETTINGS
+@given(data=st.data())
+def test_batch_norm_reaches_parity_through_compare(two_d, data):
+    layer, x, dtype = data.draw(batch_norm_cases(two_d))
+    check_compare(layer, x, dtype, np.random.default_rng(2))
+
+
+def test_batch_norm_refuses_what_it_does_not_support():
+    with pytest.raises(ValueError, match="momentum=None"):
+        BatchNorm1d(3, momentum=None)
+    with pytest.raises(ValueError, match="track_running_stats"):
+        BatchNorm2d(3, track_running_stats=False)
+    with pytest.raises(ValueError, match=r"4-D input with 3 channels"):
+        BatchNorm2d(3).forward(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        BatchNorm1d(3).forward(np.zeros((1, 3)))
+    assert BatchNorm1d(3).eval().forward(np.zeros((1, 3))).shape == (1, 3)
+
+
+# --- layer norm -----------------------------------------------------------------------------
+
+
+@st.composite
+def layer_norm_cases(draw: st.DrawFn) -> tuple[LayerNorm, np.ndarray, str]:
+    """(layer, x, dtype): leading and normalised dims, eps, affine and bias drawn."""
+    dtype = draw(dtypes)
+    rng = np.random.default_rng(draw(seeds))
+    lead = draw(st.lists(st.integers(1, 4), min_size=1, max_size=2))
+    # Over two values the normalised output is +-1 whatever x: dL/dx is pure cancellation,
+    # beyond float32's fixed tolerance (item 3 of the issue), so at least three.
+    normalized = [draw(st.integers(3, 5)), *draw(st.lists(st.integers(1, 4), max_size=1))]
+    as_int = len(normalized) == 1 and draw(st.booleans())
+    layer = LayerNorm(
+        normalized[0] if as_int else tuple(normalized),
+        eps=draw(epsilons),
+        elementwise_affine=draw(st.booleans()),
+        bias=draw(st.booleans()),
+        rng=rng,
+        dtype=DTYPES[dtype][0],
+    )
+    x = (rng.standard_normal((*lead, *normalized)) * 2 - 0.5).astype(DTYPES[dtype][0])
+    return layer, x, dtype
+
+
+@SETTINGS
+@given(case=layer_norm_cases())
+def test_layer_norm_matches_torch(case):
+    layer, x, dtype = case
+    check_direct(layer, x, dtype, np.random.default_rng(1))
+
+
+@SETTINGS
+@given(case=layer_norm_cases())
+def test_layer_norm_reaches_parity_through_compare(case):
+    layer, x, dtype = case
+    # The harness's layout probe cannot run a LayerNorm on its guessed (3, in) input and
+    # transposes a square gamma: left to the harness's layout work, not these layers.
+    assume(
+        len(set(layer.normalized_shape)) == len(layer.normalized_shape) or len(layer.params) == 0
+    )
+    check_compare(layer, x, dtype, np.random.default_rng(2))
+
+
+def test_layer_norm_names_the_shape_it_takes():
+    with pytest.raises(ValueError, match=r"ending in \(4,\)"):
+        LayerNorm(4).forward(np.zeros((2, 3)))
+
+
+# --- dropout --------------------------------------------------------------------------------
+
+
+@st.composite
+def dropout_cases(draw: st.DrawFn) -> tuple[Dropout, np.ndarray, str]:
+    """(layer, x, dtype): shape, p and mode drawn."""
+    dtype = draw(dtypes)
+    rng = np.random.default_rng(draw(seeds))
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=2, max_size=3)))  # (N, ...)
+    layer = Dropout(draw(st.sampled_from([0.0, 0.2, 0.5, 0.9, 1.0])), rng=rng)
+    layer.train(draw(modes))
+    x = rng.standard_normal(shape).astype(DTYPES[dtype][0])
+    return layer, x, dtype
+
+
+@SETTINGS
+@given(case=dropout_cases())
+def test_dropout_mirror_applies_the_mask_ours_drew(case):
+    layer, x, dtype = case
+    check_direct(layer, x, dtype, np.random.default_rng(1))
+    assert (layer.mask is None) == (not layer.training)
+
+
+@SETTINGS
+@given(case=dropout_cases())
+def test_dropout_with_a_pinned_mask_reaches_parity_through_compare(case):
+    """The harness runs copies of both sides several times: a pinned mask holds for all."""
+    layer, x, dtype = case
+    layer.pinned_mask = np.random.default_rng(3).random(x.shape) >= layer.p
+    check_compare(layer, x, dtype, np.random.default_rng(2))
+
+
+def test_a_training_dropout_without_a_pinned_mask_is_refused_in_one_line():
+    rng = np.random.default_rng(0)
+    model = Sequential(("fc", Linear(4, 3, rng=rng)), ("drop", Dropout(0.5)))
+    with pytest.raises(InputError, match=r"pin one \(layer.pinned_mask = mask\)"):
+        gp.compare(model, mirror(model), rng.standard_normal((5, 4)), rng.integers(0, 3, 5))
+
+
+def test_dropout_next_mask_serves_one_forward_and_is_recorded():
+    layer = Dropout(0.5)
+    keep = np.array([[True, False, True]])
+    layer.next_mask = keep
+    np.testing.assert_array_equal(layer.forward(np.ones((1, 3))), [[2.0, 0.0, 2.0]])
+    np.testing.assert_array_equal(layer.mask, keep)
+    assert layer.next_mask is None
+    np.testing.assert_array_equal(layer.backward(np.ones((1, 3))), [[2.0, 0.0, 2.0]])
+    with pytest.raises(ValueError, match=r"mask of shape \(1, 3\) given for input \(2, 3\)"):
+        layer.next_mask = keep
+        layer.forward(np.ones((2, 3)))
+
+
+def test_a_users_own_dropout_matches_in_eval_mode_or_at_p_zero():
+    """nn.Dropout draws its own masks: put both sides in eval mode, or use p=0."""
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    for p, training in ((0.5, False), (0.0, True)):
+        layer = Dropout(p).train(training)
+        module = nn.Dropout(p).double().train(training)
+        np.testing.assert_array_equal(layer.forward(x), module(torch.tensor(x)).numpy())
+
+
+def test_dropout_mirror_survives_deep_copies_and_names_a_missing_mask():
+    layer = Dropout(0.5)
+    twin = mirror_layer(layer)
+    assert isinstance(twin, MaskedDropout) and isinstance(twin, nn.Dropout)
+    with pytest.raises(ValueError, match="holds no mask for input"):
+        twin(torch.ones(2, 3, dtype=torch.float64))
+    layer.forward(np.ones((2, 3)))
+    clone = copy.deepcopy(twin)
+    assert clone.source is layer
+    expected = torch.as_tensor(layer.mask, dtype=torch.float64) * 2.0
+    assert torch.equal(clone(torch.ones(2, 3, dtype=torch.float64)), expected)
+    with pytest.raises(ValueError, match="p must lie in"):
+        Dropout(1.5)
+
+
+# --- corpus ---------------------------------------------------------------------------------
+
+
+# Bugs found at their layer and quantity whose label is wrong today (strict: an expected
+# failure that starts passing asks for this table to be updated).
+MISLABELLED = {
+    "batch_norm_no_mean_term": (
+        "labelled elementwise_derivative: the Jacobian probe builds same-sample blocks only, "
+        "diagonal for batch norm, and calls the layer elementwise; no label fits yet"
+    ),
+}
+
+
+def corpus_report(build: Any, dtype: str) -> Any:
+    model, loss, x, target = build(0)
+    return gp.compare(model, mirror(model), x, target, loss, mirror_loss(loss), dtype=dtype)
+
+
+@pytest.mark.parametrize("bug", NORM_BUGS, ids=lambda b: b.name)
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_corpus_bug_is_localized_at_its_layer_and_quantity(bug, dtype):
+    report = corpus_report(bug.build, dtype)
+    assert not report.ok
+    places = {(f.layer, f.quantity) for f in report.root_causes}
+    assert (bug.layer, bug.quantity) in places and {layer for layer, _ in places} == {bug.layer}
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [
+        pytest.param(b, id=b.name, marks=pytest.mark.xfail(strict=True, reason=MISLABELLED[b.name]))
+        if b.name in MISLABELLED
+        else pytest.param(b, id=b.name)
+        for b in NORM_BUGS
+    ],
+)
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_corpus_bug_gets_its_label(bug, dtype):
+    found = {
+        (f.layer, f.quantity): f.diagnosis for f in corpus_report(bug.build, dtype).root_causes
+    }
+    assert found[(bug.layer, bug.quantity)] == bug.diagnosis, found
+
+
+@pytest.mark.parametrize("name", sorted(UNMUTATED_NORM))
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_corpus_networks_without_a_bug_reach_parity(name, dtype):
+    report = corpus_report(UNMUTATED_NORM[name], dtype)
+    assert report.ok, report.root_causes
