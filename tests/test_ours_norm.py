@@ -277,16 +277,6 @@ def test_dropout_mirror_survives_deep_copies_and_names_a_missing_mask():
 # --- corpus ---------------------------------------------------------------------------------
 
 
-# Bugs found at their layer and quantity whose label is wrong today (strict: an expected
-# failure that starts passing asks for this table to be updated).
-MISLABELLED = {
-    "batch_norm_no_mean_term": (
-        "labelled elementwise_derivative: the Jacobian probe builds same-sample blocks only, "
-        "diagonal for batch norm, and calls the layer elementwise; no label fits yet"
-    ),
-}
-
-
 def corpus_report(build: Any, dtype: str) -> Any:
     model, loss, x, target = build(0)
     return gp.compare(model, mirror(model), x, target, loss, mirror_loss(loss), dtype=dtype)
@@ -301,15 +291,7 @@ def test_corpus_bug_is_localized_at_its_layer_and_quantity(bug, dtype):
     assert (bug.layer, bug.quantity) in places and {layer for layer, _ in places} == {bug.layer}
 
 
-@pytest.mark.parametrize(
-    "bug",
-    [
-        pytest.param(b, id=b.name, marks=pytest.mark.xfail(strict=True, reason=MISLABELLED[b.name]))
-        if b.name in MISLABELLED
-        else pytest.param(b, id=b.name)
-        for b in NORM_BUGS
-    ],
-)
+@pytest.mark.parametrize("bug", NORM_BUGS, ids=lambda b: b.name)
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_corpus_bug_gets_its_label(bug, dtype):
     found = {

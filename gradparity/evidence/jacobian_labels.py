@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import torch
 
 from gradparity.core.labels import (
     ELEMENTWISE_DERIVATIVE,
@@ -69,6 +72,8 @@ def _name_from_pattern(
             "grad_in = s * (grad_out - (grad_out * s).sum(axis=-1, keepdims=True))"
         )
     elif pattern["reference_elementwise"] and pattern["diagonal_only"]:
+        if _mixes_examples(probe):  # per-example blocks cannot see what it does (batch norm)
+            return False
         _name_elementwise(row, evidence["message"], result, probe, tol)
     else:
         return False
@@ -89,3 +94,19 @@ def _name_elementwise(
         row.message += f": {mistake['message']}"
         row.detail["local_derivative"] = mistake
     row.fix = _ELEMENTWISE_FIXES[None if mistake is None else mistake["evaluated_at"]]
+
+
+def _mixes_examples(probe: Probe) -> bool:
+    """Whether the reference layer's output for one example moves with another example's
+    input (batch statistics): its per-example Jacobian blocks then look diagonal although
+    the layer is not elementwise, so no elementwise label may be read off them."""
+    x = probe.ref.input
+    if x is None or x.shape[0] < 2:
+        return False
+    moved = np.array(x, dtype=np.float64, copy=True)
+    moved[0] += 1.0 + np.abs(moved[0])
+    module = copy.deepcopy(probe.pair.torch_module).double()
+    with torch.no_grad():
+        before = module(torch.as_tensor(np.asarray(x, dtype=np.float64)))
+        after = module(torch.as_tensor(moved))
+    return not torch.allclose(before[1:], after[1:], rtol=1e-9, atol=1e-12)
