@@ -44,6 +44,11 @@ def _windows(xp: np.ndarray, kernel: Pair, stride: Pair, dilation: Pair) -> np.n
     return view[:, :, :: stride[0], :: stride[1], :: dilation[0], :: dilation[1]]
 
 
+def _padded_size(x_shape: tuple[int, ...], padding: Pair) -> Pair:
+    """(Hp, Wp) of an input (N, C, H, W) padded by ``padding`` on each side."""
+    return x_shape[2] + 2 * padding[0], x_shape[3] + 2 * padding[1]
+
+
 def _crop(grad_padded: np.ndarray, padding: Pair, size: tuple[int, ...]) -> np.ndarray:
     """The gradient of the unpadded input (N, C, H, W) from that of the padded one."""
     ph, pw = padding
@@ -113,8 +118,7 @@ def _full_correlation(
 
 def _conv2d_bwd_input(x_shape: tuple[int, ...], W: np.ndarray, grad_out: np.ndarray, conv: dict):
     """dL/dx (N, C, H, W): the transposed convolution of grad_out (N, F, Ho, Wo)."""
-    ph, pw = conv["padding"]
-    padded = (x_shape[2] + 2 * ph, x_shape[3] + 2 * pw)
+    padded = _padded_size(x_shape, conv["padding"])
     spread = _spread_by_stride(grad_out, conv["stride"])
     return _crop(_full_correlation(spread, _flip(W), padded, conv), conv["padding"], x_shape[2:])
 
@@ -236,7 +240,7 @@ def _maxpool_fwd(x: np.ndarray, pool: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def _maxpool_bwd(x_shape: tuple[int, ...], argmax: np.ndarray, grad_out: np.ndarray, pool):
     """dL/dx (N, C, H, W): each window's upstream gradient routed to its maximum only."""
-    padded = tuple(s + 2 * p for s, p in zip(x_shape[2:], pool["padding"]))
+    padded = _padded_size(x_shape, pool["padding"])
     index = _window_index(grad_out.shape[2:], width=padded[1], **_kernel_args(pool))
     index = index.reshape(*index.shape[:2], -1)
     index = np.broadcast_to(index, (*argmax.shape, index.shape[-1]))
@@ -261,7 +265,7 @@ def _avgpool_fwd(x: np.ndarray, pool: dict) -> np.ndarray:
 
 def _avgpool_bwd(x_shape: tuple[int, ...], grad_out: np.ndarray, pool: dict) -> np.ndarray:
     """dL/dx (N, C, H, W): each window's upstream gradient shared out evenly over it."""
-    padded = tuple(s + 2 * p for s, p in zip(x_shape[2:], pool["padding"]))
+    padded = _padded_size(x_shape, pool["padding"])
     index = _window_index(grad_out.shape[2:], width=padded[1], **_kernel_args(pool))
     share = (grad_out / _avgpool_divisor(x_shape, pool)).astype(grad_out.dtype, copy=False)
     values = np.broadcast_to(share[..., None, None], (*grad_out.shape, *pool["kernel"]))
