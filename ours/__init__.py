@@ -8,15 +8,15 @@ from gradparity.ours.models import assignment_data, assignment_network, mlp
 from gradparity.ours.optim import SGD, Adam, Optimizer
 
 __all__ = [
-    "AvgPool2d",
-    "Conv2d",
-    "Flatten",
-    "MaxPool2d",
     "MSE",
     "SGD",
     "Adam",
+    "AvgPool2d",
+    "Conv2d",
+    "Flatten",
     "Layer",
     "Linear",
+    "MaxPool2d",
     "Optimizer",
     "ReLU",
     "Sequential",
