@@ -10,6 +10,8 @@ pure functions and the classes only cache; every layer keeps its input's dtype.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
@@ -302,7 +304,7 @@ class MaxPool2d(Layer):
         kernel, stride_pair, padding_pair = _pool_options(
             "MaxPool2d", kernel_size, stride, padding, ceil_mode
         )
-        self.pool = {
+        self.pool: dict[str, Any] = {
             "kernel": kernel,
             "stride": stride_pair,
             "padding": padding_pair,
@@ -342,7 +344,7 @@ class AvgPool2d(Layer):
         kernel, stride_pair, padding_pair = _pool_options(
             "AvgPool2d", kernel_size, stride, padding, ceil_mode
         )
-        self.pool = {
+        self.pool: dict[str, Any] = {
             "kernel": kernel,
             "stride": stride_pair,
             "padding": padding_pair,

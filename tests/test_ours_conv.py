@@ -210,8 +210,9 @@ def test_conv_network_is_clean(dtype):
     assert gp.compare(model, mirror(model), x, target, dtype=dtype).ok
 
 
-# The three conv bugs are all labelled ``unexplained`` today: no diagnosis yet recognises a
-# flipped kernel, a shifted crop or a gradient laid at the wrong stride.
+# The three conv bugs are labelled ``unexplained`` today (no diagnosis yet recognises a flipped
+# kernel, a shifted crop or a gradient laid at the wrong stride); the average pool's is
+# ``scaled`` by the window size.
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("bug", BUGS, ids=lambda b: b.name)
 def test_conv_bug_is_found_where_it_is(bug, dtype):

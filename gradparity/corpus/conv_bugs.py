@@ -5,7 +5,8 @@ The three mistakes of a hand-written convolution's input gradient: the kernel no
 forgotten when cutting the gradient of the padded input back to the input, and the stride
 forgotten when the upstream gradient is laid back onto the input grid. Each goes into
 ``conv2`` of ``conv_network`` (strided and padded), whose weight and bias gradients stay
-right. ``BUGS`` says where gradparity must find each; the shared corpus registers them.
+right; and an average pool whose gradient forgets the mean's division, in ``pool1``.
+``BUGS`` says where gradparity must find each; the shared corpus registers them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from gradparity.corpus.layer_bugs import Bug, _bug
 from gradparity.ours import (
+    AvgPool2d,
     Conv2d,
     Flatten,
     Linear,
@@ -24,6 +26,7 @@ from gradparity.ours import (
     Tanh,
 )
 from gradparity.ours.conv import (
+    _avgpool_bwd,
     _crop,
     _flip,
     _full_correlation,
@@ -63,14 +66,21 @@ class ConvStrideIgnoredInBackward(Conv2d):
         return _crop(grad, self.padding, self._x.shape[2:])
 
 
-def conv_network(seed: int, conv2: type = Conv2d):
-    """x (4, 2, 8, 8) -> conv1 3x3 pad 1 -> relu -> 2x2 max pool -> conv2 3x3 stride 2 pad 1
-    -> tanh -> flatten -> fc -> logits (4, 3), softmax cross-entropy."""
+class AvgPoolGradNotDivided(AvgPool2d):
+    def backward(self, grad_out):
+        kh, kw = self.pool["kernel"]
+        # the gradient of a sum pool: each window's gradient copied whole to its elements
+        return _avgpool_bwd(self._shape, grad_out, self.pool) * (kh * kw)
+
+
+def conv_network(seed: int, conv2: type = Conv2d, pool1: type = MaxPool2d):
+    """x (4, 2, 8, 8) -> conv1 3x3 pad 1 -> relu -> 2x2 pool (max) -> conv2 3x3 stride 2
+    pad 1 -> tanh -> flatten -> fc -> logits (4, 3), softmax cross-entropy."""
     rng = np.random.default_rng(seed)
     model = Sequential(
         ("conv1", Conv2d(2, 3, 3, padding=1, rng=rng)),
         ("act1", ReLU()),
-        ("pool1", MaxPool2d(2)),
+        ("pool1", pool1(2)),
         ("conv2", conv2(3, 4, 3, stride=2, padding=1, rng=rng)),
         ("act2", Tanh()),
         ("flat", Flatten()),
@@ -105,5 +115,13 @@ BUGS: list[Bug] = [
         "grad_input",
         "unexplained",
         lambda s: conv_network(s, conv2=ConvStrideIgnoredInBackward),
+    ),
+    _bug(
+        "avg_pool_grad_not_divided",
+        "average pool gradient not divided by the window size (a sum pool's gradient)",
+        "pool1",
+        "grad_input",
+        "scaled",
+        lambda s: conv_network(s, pool1=AvgPoolGradNotDivided),
     ),
 ]
