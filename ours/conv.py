@@ -286,7 +286,8 @@ class MaxPool2d(Layer):
 
     Shapes: x (N, C, H, W), y (N, C, Ho, Wo), Ho = (H + 2 ph - dh (kh - 1) - 1) // sh + 1.
     Options: kernel_size, stride (default: the kernel), padding (at most half the kernel),
-    dilation. ceil_mode=True and return_indices=True are refused.
+    dilation. ceil_mode=True and return_indices=True are refused. A dilated window lying
+    wholly in the padding outputs -inf and passes no gradient (torch's writes it elsewhere).
     """
 
     def __init__(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import gradparity as gp
@@ -120,8 +120,11 @@ def pool_cases(draw, pool: type):
     shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), *size)
     rng = np.random.default_rng(seed)
     ties = pool is MaxPool2d and draw(st.booleans())
-    x = rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)
-    return layer, x.astype(dtype)
+    x = (rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)).astype(dtype)
+    # a dilated window can lie wholly in the padding: torch then writes its gradient outside
+    # the window (see test_max_pool2d_window_wholly_in_padding_passes_no_gradient)
+    assume(np.isfinite(layer.forward(x.copy())).all())
+    return layer, x
 
 
 @st.composite
@@ -172,6 +175,13 @@ def test_max_pool2d_sends_a_tie_to_the_first_maximum_like_torch():
     layer.forward(x)
     np.testing.assert_array_equal(layer.backward(np.ones((1, 1, 1, 1)))[0, 0], [[1, 0], [0, 0]])
     _check_against_torch(MaxPool2d(2, 1), np.zeros((2, 3, 4, 4)), seed=0)
+
+
+def test_max_pool2d_window_wholly_in_padding_passes_no_gradient():
+    layer = MaxPool2d((1, 2), stride=1, padding=(0, 1), dilation=(1, 2))
+    y = layer.forward(np.ones((1, 2, 1, 1)))
+    assert np.isneginf(y).all()
+    np.testing.assert_array_equal(layer.backward(np.ones_like(y)), np.zeros((1, 2, 1, 1)))
 
 
 @pytest.mark.parametrize(
