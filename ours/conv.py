@@ -233,7 +233,7 @@ def _scatter(values: np.ndarray, index: np.ndarray, padded: tuple[int, ...]) -> 
 def _maxpool_fwd(x: np.ndarray, pool: dict) -> tuple[np.ndarray, np.ndarray]:
     """(y (N, C, Ho, Wo), argmax (N, C, Ho, Wo)): each window's maximum over an input padded
     with -inf, and its position in the window (row-major). ``argmax`` keeps the first of tied
-    maxima, as torch's scan of the window does (a NaN counts as the maximum on both sides)."""
+    maxima, as torch's scan of the window does."""
     cols = _windows(_pad(x, pool["padding"], -np.inf), **_kernel_args(pool))
     flat = cols.reshape(*cols.shape[:4], -1)
     argmax = flat.argmax(axis=-1)
