@@ -2,6 +2,7 @@
 
 from gradparity.ours.activations import GELU, LeakyReLU, LogSoftmax
 from gradparity.ours.containers import Sequential
+from gradparity.ours.conv import AvgPool2d, Conv2d, Flatten, MaxPool2d
 from gradparity.ours.embedding import Embedding
 from gradparity.ours.layers import Layer, Linear, ReLU, Sigmoid, Softmax, Tanh, softmax
 from gradparity.ours.losses import MSE, SoftmaxCrossEntropy
@@ -15,16 +16,20 @@ __all__ = [
     "MSE",
     "SGD",
     "Adam",
+    "AvgPool2d",
     "BCEWithLogits",
     "BatchNorm1d",
     "BatchNorm2d",
+    "Conv2d",
     "Dropout",
     "Embedding",
+    "Flatten",
     "Layer",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
     "LogSoftmax",
+    "MaxPool2d",
     "NLLLoss",
     "Optimizer",
     "ReLU",

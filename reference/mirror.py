@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 from gradparity.reference.layout import TRANSPOSE, candidate_conversions, to_ours_layout
+from gradparity.reference.mirror_conv import MIRRORS as CONV_MIRRORS
 from gradparity.reference.mirror_misc import LOSS_MIRRORS
 from gradparity.reference.mirror_misc import MIRRORS as MISC_MIRRORS
 from gradparity.reference.mirror_norm import MIRRORS as NORM_MIRRORS
 
 _ELEMENTWISE = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU}
 _BUILDERS = {
+    **CONV_MIRRORS,
     **MISC_MIRRORS,
     **NORM_MIRRORS,
 }  # ours class name -> torch twin with the layer's weights
