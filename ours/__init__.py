@@ -5,15 +5,19 @@ from gradparity.ours.layers import Layer, Linear, ReLU, Sigmoid, Softmax, Tanh, 
 from gradparity.ours.losses import MSE, SoftmaxCrossEntropy
 from gradparity.ours.models import assignment_data, assignment_network, mlp
 from gradparity.ours.optim import SGD, Adam, Optimizer
+from gradparity.ours.recurrent import LSTM, RNN, Residual
 
 __all__ = [
+    "LSTM",
     "MSE",
     "SGD",
     "Adam",
     "Layer",
     "Linear",
     "Optimizer",
+    "RNN",
     "ReLU",
+    "Residual",
     "Sequential",
     "Sigmoid",
     "Softmax",

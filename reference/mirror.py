@@ -14,13 +14,16 @@ import torch
 from torch import nn
 
 from gradparity.reference.layout import TRANSPOSE, candidate_conversions, to_ours_layout
+from gradparity.reference.mirror_recurrent import MIRRORS as RECURRENT_MIRRORS
 
 _ELEMENTWISE = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU}
+# ours class name -> builder of its torch module (weights copied); each layer group adds its own.
+_MIRRORS = {**RECURRENT_MIRRORS}
 
 
 def _kind(obj) -> str:
     """The first ours class name in obj's MRO, so subclasses (e.g. injected bugs) mirror too."""
-    known = {"Linear", "Softmax", "SoftmaxCrossEntropy", "MSE", *_ELEMENTWISE}
+    known = {"Linear", "Softmax", "SoftmaxCrossEntropy", "MSE", *_ELEMENTWISE, *_MIRRORS}
     return next((c.__name__ for c in type(obj).__mro__ if c.__name__ in known), type(obj).__name__)
 
 
@@ -36,6 +39,8 @@ def mirror_layer(layer) -> nn.Module:
         return _ELEMENTWISE[kind]()
     if kind == "Softmax":
         return nn.Softmax(dim=-1)
+    if kind in _MIRRORS:
+        return _MIRRORS[kind](layer)
     raise TypeError(f"no torch mirror for ours layer type {kind}")
 
 
@@ -70,8 +75,10 @@ def _pairs(layer, module: nn.Module):
             raise ValueError(
                 f"ours {key} {value.shape} does not fit torch {tname} {tuple(tparam.shape)}"
             )
-        # ours stores weights (in, out): a square one is transposed, never identity.
-        conversion = TRANSPOSE if key == "W" and TRANSPOSE in options else options[0]
+        # ours stores weights (in, out): a square one is transposed, never identity ("0.W" is
+        # the weight of a container's layer "0").
+        is_linear_weight = key.rsplit(".", 1)[-1] == "W"
+        conversion = TRANSPOSE if is_linear_weight and TRANSPOSE in options else options[0]
         yield key, tparam, conversion
 
 
