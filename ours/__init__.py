@@ -10,12 +10,12 @@ from gradparity.ours.recurrent import LSTM, RNN, Residual
 __all__ = [
     "LSTM",
     "MSE",
+    "RNN",
     "SGD",
     "Adam",
     "Layer",
     "Linear",
     "Optimizer",
-    "RNN",
     "ReLU",
     "Residual",
     "Sequential",
