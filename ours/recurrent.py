@@ -4,7 +4,8 @@ The recurrent layers use torch's parameter names and layouts (``weight_ih`` (G*H
 ``weight_hh`` (G*H, H), ``bias_ih`` and ``bias_hh`` (G*H,), G = 1 for RNN, 4 for LSTM with
 torch's gate order i, f, g, o), so weights cross to ``torch.nn.RNN``/``nn.LSTM`` unconverted.
 Sequences are batch first: x (N, T, D) -> the hidden state at every step (N, T, H), starting
-from a zero state. Backward runs backprop through time over the whole sequence.
+from a zero state; an unbatched sequence (T, D) gives (T, H), as torch's modules take it.
+Backward runs backprop through time over the whole sequence.
 
 As in ``layers``, the maths sits in pure ``_fwd``/``_bwd`` functions; the classes only cache.
 """
@@ -34,9 +35,18 @@ def _recurrent_params(
     return {k: rng.uniform(-bound, bound, s).astype(dtype) for k, s in shapes.items()}
 
 
-def _check_sequence(x: np.ndarray, input_size: int, kind: str) -> None:
-    if x.ndim != 3 or x.shape[2] != input_size:
-        raise ValueError(f"{kind} input must be (N, T, {input_size}), got shape {x.shape}")
+def _batched(x: np.ndarray, input_size: int, kind: str) -> np.ndarray:
+    """x as (N, T, D): an unbatched (T, D) sequence gets a batch axis of one."""
+    if x.ndim not in (2, 3) or x.shape[-1] != input_size:
+        raise ValueError(
+            f"{kind} input must be (N, T, {input_size}) or (T, {input_size}), got shape {x.shape}"
+        )
+    return x if x.ndim == 3 else x[None]
+
+
+def _like_input(batched: np.ndarray, x_ndim: int) -> np.ndarray:
+    """An (N, T, ...) result without its batch axis when the input came unbatched."""
+    return batched if x_ndim == 3 else batched[0]
 
 
 def _check_options(kind: str, num_layers: int, bidirectional: bool, batch_first: bool) -> None:
@@ -93,7 +103,7 @@ def _rnn_bwd(
 class RNN(Layer):
     """Elman RNN with tanh, one layer, batch first, zero initial state (torch.nn.RNN's maths).
 
-    Shapes: x (N, T, D) -> y (N, T, H), the hidden state at every step.
+    Shapes: x (N, T, D) -> y (N, T, H), the hidden state at every step; (T, D) -> (T, H).
     Params (torch's names and layouts): weight_ih (H, D), weight_hh (H, H), bias_ih (H,),
     bias_hh (H,). Options beyond torch's defaults other than ``batch_first=True`` (several
     layers, bidirectional, relu) are refused at construction.
@@ -120,15 +130,14 @@ class RNN(Layer):
         self.params.update(_recurrent_params(input_size, hidden_size, 1, rng, dtype))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_sequence(x, self.input_size, "RNN")
-        self._x = x
-        self._hs = _rnn_fwd(x, self.params)
-        return self._hs
+        self._x = _batched(x, self.input_size, "RNN")
+        self._hs = _rnn_fwd(self._x, self.params)
+        return _like_input(self._hs, x.ndim)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x, grads = _rnn_bwd(self._x, self._hs, self.params, grad_out)
+        grad_x, grads = _rnn_bwd(self._x, self._hs, self.params, grad_out.reshape(self._hs.shape))
         self._accumulate(**grads)
-        return grad_x
+        return _like_input(grad_x, grad_out.ndim)
 
 
 # --- LSTM -----------------------------------------------------------------------------------
@@ -204,7 +213,7 @@ def _lstm_bwd(
 class LSTM(Layer):
     """LSTM, one layer, batch first, zero initial state and cell (torch.nn.LSTM's maths).
 
-    Shapes: x (N, T, D) -> y (N, T, H), the hidden state at every step.
+    Shapes: x (N, T, D) -> y (N, T, H), the hidden state at every step; (T, D) -> (T, H).
     Params (torch's names and layouts, gates stacked i, f, g, o): weight_ih (4H, D),
     weight_hh (4H, H), bias_ih (4H,), bias_hh (4H,). Several layers, bidirectional,
     ``proj_size`` and ``batch_first=False`` are refused at construction.
@@ -234,15 +243,15 @@ class LSTM(Layer):
         self.params.update(_recurrent_params(input_size, hidden_size, 4, rng, dtype))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        _check_sequence(x, self.input_size, "LSTM")
-        self._x = x
-        hs, self._cache = _lstm_fwd(x, self.params)
-        return hs
+        self._x = _batched(x, self.input_size, "LSTM")
+        hs, self._cache = _lstm_fwd(self._x, self.params)
+        return _like_input(hs, x.ndim)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x, grads = _lstm_bwd(self._x, self._cache, self.params, grad_out, self._gate_grads)
+        batched = grad_out.reshape(self._cache.shape[1:])
+        grad_x, grads = _lstm_bwd(self._x, self._cache, self.params, batched, self._gate_grads)
         self._accumulate(**grads)
-        return grad_x
+        return _like_input(grad_x, grad_out.ndim)
 
 
 # --- Residual -------------------------------------------------------------------------------
