@@ -15,10 +15,12 @@ from torch import nn
 
 from gradparity.reference.layout import TRANSPOSE, candidate_conversions, to_ours_layout
 from gradparity.reference.mirror_recurrent import MIRRORS as RECURRENT_MIRRORS
+from gradparity.reference.mirror_recurrent import mirror_residual
 
 _ELEMENTWISE = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU}
 # ours class name -> builder of its torch module (weights copied); each layer group adds its own.
-_MIRRORS = {**RECURRENT_MIRRORS}
+# A container's builder mirrors its inner layers with mirror_layer (looked up at call time).
+_MIRRORS = {**RECURRENT_MIRRORS, "Residual": lambda layer: mirror_residual(layer, mirror_layer)}
 
 
 def _kind(obj) -> str:

@@ -59,18 +59,13 @@ def mirror_lstm(layer) -> nn.Module:
     return SequenceOutput(lstm)
 
 
-def mirror_residual(layer) -> nn.Module:
-    """``ResidualSequential`` of the block's layers mirrored one by one (weights copied)."""
-    # Imported here: mirror.py merges MIRRORS at import, and a block holds any ours layer.
-    from gradparity.reference.mirror import mirror_layer
-
+def mirror_residual(layer, mirror_layer: Callable[[object], nn.Module]) -> nn.Module:
+    """``ResidualSequential`` of the block's layers, each mirrored by ``mirror_layer`` (a block
+    holds any ours layer: ``reference.mirror`` passes its own dispatcher)."""
     return ResidualSequential(
         OrderedDict((name, mirror_layer(inner)) for name, inner in layer.block.named_layers())
     )
 
 
-MIRRORS: dict[str, Callable[[object], nn.Module]] = {
-    "RNN": mirror_rnn,
-    "LSTM": mirror_lstm,
-    "Residual": mirror_residual,
-}
+# The leaf layers; ``Residual`` joins them in ``reference.mirror`` with ``mirror_residual``.
+MIRRORS: dict[str, Callable[[object], nn.Module]] = {"RNN": mirror_rnn, "LSTM": mirror_lstm}
