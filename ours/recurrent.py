@@ -12,7 +12,7 @@ As in ``layers``, the maths sits in pure ``_fwd``/``_bwd`` functions; the classe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 
 import numpy as np
 import numpy.typing as npt
@@ -183,7 +183,11 @@ def _lstm_gate_grads(
 
 
 def _lstm_bwd(
-    x: np.ndarray, cache: np.ndarray, p: dict[str, np.ndarray], grad_out: np.ndarray, gate_grads
+    x: np.ndarray,
+    cache: np.ndarray,
+    p: dict[str, np.ndarray],
+    grad_out: np.ndarray,
+    gate_grads: Callable[..., np.ndarray],
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Backprop through time. grad_out (N, T, H) -> (grad_x (N, T, D), {param: grad}).
 
