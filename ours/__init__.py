@@ -10,10 +10,13 @@ from gradparity.ours.losses_more import BCEWithLogits, NLLLoss
 from gradparity.ours.models import assignment_data, assignment_network, mlp
 from gradparity.ours.norm import BatchNorm1d, BatchNorm2d, Dropout, LayerNorm
 from gradparity.ours.optim import SGD, Adam, Optimizer
+from gradparity.ours.recurrent import LSTM, RNN, Residual
 
 __all__ = [
     "GELU",
+    "LSTM",
     "MSE",
+    "RNN",
     "SGD",
     "Adam",
     "AvgPool2d",
@@ -33,6 +36,7 @@ __all__ = [
     "NLLLoss",
     "Optimizer",
     "ReLU",
+    "Residual",
     "Sequential",
     "Sigmoid",
     "Softmax",

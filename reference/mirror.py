@@ -18,13 +18,19 @@ from gradparity.reference.mirror_conv import MIRRORS as CONV_MIRRORS
 from gradparity.reference.mirror_misc import LOSS_MIRRORS
 from gradparity.reference.mirror_misc import MIRRORS as MISC_MIRRORS
 from gradparity.reference.mirror_norm import MIRRORS as NORM_MIRRORS
+from gradparity.reference.mirror_recurrent import MIRRORS as RECURRENT_MIRRORS
+from gradparity.reference.mirror_recurrent import mirror_residual
 
 _ELEMENTWISE = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU}
+# ours class name -> builder of its torch module (weights copied), one group per module. A
+# container's builder mirrors its inner layers with mirror_layer (looked up at call time).
 _BUILDERS = {
     **CONV_MIRRORS,
     **MISC_MIRRORS,
     **NORM_MIRRORS,
-}  # ours class name -> torch twin with the layer's weights
+    **RECURRENT_MIRRORS,
+    "Residual": lambda layer: mirror_residual(layer, mirror_layer),
+}
 
 
 def _kind(obj) -> str:
@@ -84,8 +90,10 @@ def _pairs(layer, module: nn.Module):
             raise ValueError(
                 f"ours {key} {value.shape} does not fit torch {tname} {tuple(tparam.shape)}"
             )
-        # ours stores weights (in, out): a square one is transposed, never identity.
-        conversion = TRANSPOSE if key == "W" and TRANSPOSE in options else options[0]
+        # ours stores weights (in, out): a square one is transposed, never identity ("0.W" is
+        # the weight of a container's layer "0").
+        is_linear_weight = key.rsplit(".", 1)[-1] == "W"
+        conversion = TRANSPOSE if is_linear_weight and TRANSPOSE in options else options[0]
         yield key, tparam, conversion
 
 
