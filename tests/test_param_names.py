@@ -408,3 +408,23 @@ def test_compare_function_names_a_pairing_order_decided():
         param_map={"p": "a", "q": "c"},
     )  # fmt: skip
     assert not [n for n in named.notes if "paired by order" in n]
+
+
+def test_a_containers_layers_pair_by_prefix_and_alias_with_no_order_note():
+    """A residual block's fc1.W / fc2.W face fc1.weight / fc2.weight: the dotted prefix
+    decides between the equal-shape aliases, not order."""
+    from gradparity.ours import Linear, Residual, Sequential, Tanh
+    from gradparity.reference.mirror import mirror
+
+    rng = np.random.default_rng(0)
+    block = Sequential(
+        ("fc1", Linear(4, 4, rng=rng)), ("act", Tanh()), ("fc2", Linear(4, 4, rng=rng))
+    )
+    model = Sequential(("res", Residual(block)), ("head", Linear(4, 3, rng=rng)))
+    x, target = rng.standard_normal((6, 4)), rng.integers(0, 3, 6)
+    report = gp.compare(model, mirror(model), x, target)
+    assert report.ok, report.root_causes
+    assert not [n for n in report.notes if "paired by order" in n]
+    assert "res: fc2.W (4, 4) <-> fc2.weight (4, 4): transpose (model convention)" in (
+        report.conversions
+    )

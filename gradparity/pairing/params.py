@@ -173,12 +173,22 @@ def _by_alias(ours: Shapes, ref: Shapes, taken: Mapping[str, str]) -> dict[str, 
     alias of ours' name and no other free ours parameter claims it."""
     free = [r for r in ref if r not in taken.values()]
     claims = {
-        name: [r for r in free if are_aliases(name, r) and parameter_conversions(shape, ref[r])]
+        name: _same_prefix_first(
+            name, [r for r in free if are_aliases(name, r) and parameter_conversions(shape, ref[r])]
+        )
         for name, shape in ours.items()
         if name not in taken
     }
     claimed = Counter(r for found in claims.values() for r in found)
     return {n: found[0] for n, found in claims.items() if len(found) == 1 == claimed[found[0]]}
+
+
+def _same_prefix_first(name: str, found: list[str]) -> list[str]:
+    """Of the reference names ``found``, those under the same dotted prefix as ``name``
+    ("fc1.W" with "fc1.weight", not "fc2.weight": a container's layers), when any is."""
+    prefix = name.rsplit(".", 1)[0].lower() + "." if "." in name else None
+    same = [r for r in found if prefix is not None and r.lower().startswith(prefix)]
+    return same or found
 
 
 def _by_unique_shape(ours: Shapes, ref: Shapes, taken: Mapping[str, str]) -> dict[str, str]:
