@@ -33,11 +33,11 @@ def reference_local_derivative(
     For an elementwise layer the Jacobian is diagonal, so the vector-Jacobian product with an
     all-ones vector is its diagonal. Works on a deep copy of the module.
     """
-    zt = torch.from_numpy(np.array(z)).requires_grad_(True)
+    zt = torch.as_tensor(np.array(z)).requires_grad_(True)  # on the default (reference) device
     with torch.enable_grad():
         out = copy.deepcopy(module).to(zt.dtype)(zt)
         (slope,) = torch.autograd.grad(out.sum(), zt)
-    return out.detach().numpy(), slope.numpy()
+    return out.detach().cpu().numpy(), slope.cpu().numpy()
 
 
 def fit_output_formula(

@@ -133,7 +133,7 @@ def torch_jacobian(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     batch Jacobian's out * in * batch**2.
     """
     _require_2d("input", x.shape)
-    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    xt = torch.as_tensor(x.copy()).requires_grad_(True)  # on the default (reference) device
     with torch.enable_grad():
         out = copy.deepcopy(module).to(xt.dtype)(xt)
     _require_2d("output", tuple(out.shape))
@@ -143,7 +143,7 @@ def torch_jacobian(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     for b in range(batch):
         basis = torch.zeros((n_out, batch, n_out), dtype=out.dtype)
         basis[:, b, :] = eye
-        jac[b] = _basis_backward(out, xt, basis)[:, b, :].numpy()  # (n_out, batch, in)
+        jac[b] = _basis_backward(out, xt, basis)[:, b, :].cpu().numpy()  # (n_out, batch, in)
     return jac
 
 

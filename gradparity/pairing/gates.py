@@ -59,7 +59,7 @@ def _agrees(pair: LayerPair, trial: list[ParamPair], x: np.ndarray, ours: np.nda
     with torch.no_grad():
         out = module(torch.as_tensor(x))
     out = out[0] if isinstance(out, tuple) else out  # an RNN's (output, state)
-    expected = out.numpy()
+    expected = out.cpu().numpy()  # the reference may run on a GPU
     return ours.shape == expected.shape and np.allclose(ours, expected, rtol=1e-6, atol=1e-9)
 
 

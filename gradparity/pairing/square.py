@@ -79,7 +79,7 @@ class ForwardProbe:
             sync_parameters(params_of(pair.layer), module, trial)
             try:
                 with torch.no_grad():
-                    expected = np.asarray(module(torch.as_tensor(x)).numpy())
+                    expected = np.asarray(module(torch.as_tensor(x)).cpu().numpy())
             except Exception:  # a probe never ends the run: the module's input is only guessed
                 return None, "the reference module cannot run on a guessed (3, in) input"
             try:

@@ -56,6 +56,7 @@ from gradparity.pipelines.layers_autodiff import compare_autodiff
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
+from gradparity.sides.device import choose_device, reference_device
 from gradparity.sides.isolation import run_isolation
 from gradparity.sides.modes import mode_warnings, modes_note, reference_modes
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
@@ -65,16 +66,25 @@ from gradparity.sides.setup import reference_copy, resolve_losses
 
 
 def check_autodiff(
-    reference: str, reference_loss: Any, layer_map: dict | None, param_map: dict | None = None
+    reference: str,
+    reference_loss: Any,
+    layer_map: dict | None,
+    param_map: dict | None = None,
+    device: str = "cpu",
 ) -> None:
     """One line for a reference named by a string other than "autodiff", or for options that
-    only a torch reference takes."""
+    only a torch reference takes (a device other than the CPU among them)."""
     if reference != "autodiff":
         raise InputError(
             f'reference {reference!r} is unknown; pass a torch.nn.Module or "autodiff" (the '
             "exact gradient of each layer's own forward)"
         )
-    given = {"reference_loss": reference_loss, "layer_map": layer_map, "param_map": param_map}
+    given = {
+        "reference_loss": reference_loss,
+        "layer_map": layer_map,
+        "param_map": param_map,
+        "device": device != "cpu",
+    }
     for option, value in given.items():
         if value:
             raise InputError(
@@ -122,6 +132,8 @@ def compare(
     maps: Maps | None = None,
     strict: bool = False,
     param_map: dict[str, str] | None = None,
+    device: str = "cpu",
+    keep_tf32: bool = False,
 ) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
@@ -154,115 +166,124 @@ def compare(
     param_map = check_mapping(param_map, "param_map", MAP_MEANINGS["param_map"])
     name = check_name(name)
     strict = check_flag(strict, "strict")
-    tol = tolerance_for(dtype, rtol, atol)
+    choice = choose_device(device, check_flag(keep_tf32, "keep_tf32"))
+    tol = choice.tolerance(tolerance_for(dtype, rtol, atol), rtol is not None)
     tdtype = TORCH_DTYPES[dtype]
     layers = named_layers(ours_model)
     if isinstance(reference_model, str):
-        check_autodiff(reference_model, reference_loss, layer_map, param_map)
+        check_autodiff(reference_model, reference_loss, layer_map, param_map, choice.device)
         return compare_autodiff(
             layers, x, target, ours_loss, dtype=dtype, tolerance=tol, seed=seed,
             name=name or model_name(ours_model), strict=strict, rtol=rtol, atol=atol,
         )  # fmt: skip
-    x = prepare_input(x, dtype)
-    target = prepare_target(target, x.shape[0], dtype)
-    given = (ours_loss is not None, reference_loss is not None)
-    ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
-    check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
-    rng = np.random.default_rng(seed)
-    ref_model, empty = reference_copy(
-        reference_model, dtype, check_flag(sync_weights, "sync_weights")
-    )
-    pairs = align_layers(layers, ref_model, layer_map, lambda: leaf_calls(ref_model, x, tdtype))
-    pairing_notes = pair_layer_parameters(pairs, rng, param_map)
-    if sync_weights:
-        for pair in pairs:
-            sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
-            sync_running(pair.layer, pair.torch_module)
-        check_filled(empty, synced_names(pairs))
-    modes = reference_modes(ref_model)
-    weight_notes = [] if sync_weights else _weight_differences(pairs)
-    target = check_target(
-        target,
-        dry_run(ref_model, x, tdtype, names=layers_by_module(pairs)),
-        dtype,
-        ours_loss=ours_loss,
-        reference_loss=reference_loss,
-    )
-
-    layout_notes = [
-        f"layout of {p.name}.{pp.key} {pp.how}; pass a model whose forward runs, or check it"
-        for p in pairs
-        for pp in p.params
-        if pp.how.startswith("assumed")
-    ]
-    loss_pair = LayerPair("loss", ours_loss, "loss", None)
-    batch = x.shape[0]
-
-    def reference_chain(captures: Captures) -> None:
-        captures["reference_chain"] = run_torch.run_chain(
-            ref_model, pairs, reference_loss, x, target, tdtype
+    with reference_device(choice):
+        x = prepare_input(x, dtype)
+        target = prepare_target(target, x.shape[0], dtype)
+        given = (ours_loss is not None, reference_loss is not None)
+        ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
+        check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
+        rng = np.random.default_rng(seed)
+        ref_model, empty = reference_copy(
+            reference_model, dtype, check_flag(sync_weights, "sync_weights"), choice.device
+        )
+        pairs = align_layers(layers, ref_model, layer_map, lambda: leaf_calls(ref_model, x, tdtype))
+        pairing_notes = pair_layer_parameters(pairs, rng, param_map)
+        if sync_weights:
+            for pair in pairs:
+                sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
+                sync_running(pair.layer, pair.torch_module)
+            check_filled(empty, synced_names(pairs))
+        modes = reference_modes(ref_model)
+        weight_notes = [] if sync_weights else _weight_differences(pairs)
+        target = check_target(
+            target,
+            dry_run(ref_model, x, tdtype, names=layers_by_module(pairs)),
+            dtype,
+            ours_loss=ours_loss,
+            reference_loss=reference_loss,
         )
 
-    def isolate(captures: Captures) -> None:
-        captures["probes"] = run_isolation(
-            pairs, loss_pair, reference_loss, captures["reference_chain"], target, rng, tdtype
-        )
-
-    def pairing(captures: Captures) -> list[Entry]:
-        ours_chain = captures["ours_chain"]
-        chain = [
-            (p, ours_chain[p.name], captures["reference_chain"][p.name])
-            for p in [*pairs, loss_pair]
-            if p.name in ours_chain  # a layer that raised ends the chain run there
+        layout_notes = [
+            f"layout of {p.name}.{pp.key} {pp.how}; pass a model whose forward runs, or check it"
+            for p in pairs
+            for pp in p.params
+            if pp.how.startswith("assumed")
         ]
-        isolated = [(p.pair, p.ours, p.ref) for p in captures["probes"].values()]
-        return run_entries("isolate", isolated, batch) + run_entries("chain", chain, batch)
+        loss_pair = LayerPair("loss", ours_loss, "loss", None)
+        batch = x.shape[0]
 
-    return run(
-        Plan(
-            name=name or model_name(ours_model),
-            dtype=dtype,
-            tolerance=tol,
-            seed=seed,
-            batch_size=batch,
-            rng=rng,
-            sides=[
-                numpy_side(run_numpy.LayerRunner(layers, ours_loss, rng), x, target, "ours_chain"),
-                reference_chain,
-                isolate,
-            ],
-            pair=pairing,
-            evidence=[
-                keep_values,
-                StaleProbe(tdtype),
-                BatchRerun(tdtype, target, reference_loss),
-                weight_decay_probe,
-                running_stats_probe,
-                weight_access_probe,
-                TiedMaxima(tdtype),
-                jacobian_probe,
-                loss_activation_probe,
-                Referee(target, reference_loss),
-                EpsilonFits(target),
-                note_chain_stops,
-                lambda ctx: ctx.warnings.extend(mode_warnings(pairs, modes)),
-            ],
-            locators=[
-                locate_layers,
-                lint_isolated,
-                source_locator({**dict(layers), "loss": ours_loss}, layer_code),
-                layer_without_effect,
-                separate_minor,
-            ],
-            meta={
-                **loss_meta(ours_loss, reference_loss, *given),
-                "isolate_upstream": "seeded random normal",
-                "reference_modes": modes,
-            },
-            notes=pairing_notes + weight_notes + layout_notes + modes_note(modes),
-            fields={
-                "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
-                "strict": strict,
-            },
+        def reference_chain(captures: Captures) -> None:
+            captures["reference_chain"] = run_torch.run_chain(
+                ref_model, pairs, reference_loss, x, target, tdtype
+            )
+
+        def isolate(captures: Captures) -> None:
+            captures["probes"] = run_isolation(
+                pairs, loss_pair, reference_loss, captures["reference_chain"], target, rng, tdtype
+            )
+
+        def pairing(captures: Captures) -> list[Entry]:
+            ours_chain = captures["ours_chain"]
+            chain = [
+                (p, ours_chain[p.name], captures["reference_chain"][p.name])
+                for p in [*pairs, loss_pair]
+                if p.name in ours_chain  # a layer that raised ends the chain run there
+            ]
+            isolated = [(p.pair, p.ours, p.ref) for p in captures["probes"].values()]
+            return run_entries("isolate", isolated, batch) + run_entries("chain", chain, batch)
+
+        return run(
+            Plan(
+                name=name or model_name(ours_model),
+                dtype=dtype,
+                tolerance=tol,
+                seed=seed,
+                batch_size=batch,
+                rng=rng,
+                sides=[
+                    numpy_side(
+                        run_numpy.LayerRunner(layers, ours_loss, rng), x, target, "ours_chain"
+                    ),
+                    reference_chain,
+                    isolate,
+                ],
+                pair=pairing,
+                evidence=[
+                    keep_values,
+                    StaleProbe(tdtype),
+                    BatchRerun(tdtype, target, reference_loss),
+                    weight_decay_probe,
+                    running_stats_probe,
+                    weight_access_probe,
+                    TiedMaxima(tdtype),
+                    jacobian_probe,
+                    loss_activation_probe,
+                    Referee(target, reference_loss),
+                    EpsilonFits(target),
+                    note_chain_stops,
+                    lambda ctx: ctx.warnings.extend(mode_warnings(pairs, modes)),
+                ],
+                locators=[
+                    locate_layers,
+                    lint_isolated,
+                    source_locator({**dict(layers), "loss": ours_loss}, layer_code),
+                    layer_without_effect,
+                    separate_minor,
+                ],
+                meta={
+                    **loss_meta(ours_loss, reference_loss, *given),
+                    "isolate_upstream": "seeded random normal",
+                    "reference_modes": modes,
+                    **choice.meta(),
+                },
+                notes=pairing_notes
+                + weight_notes
+                + layout_notes
+                + modes_note(modes)
+                + choice.notes(dtype),
+                fields={
+                    "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
+                    "strict": strict,
+                },
+            )
         )
-    )

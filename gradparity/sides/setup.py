@@ -11,6 +11,7 @@ from torch import nn
 from gradparity.core.errors import InputError
 from gradparity.ours import SoftmaxCrossEntropy
 from gradparity.reference import mirror_loss
+from gradparity.sides import device as devices
 from gradparity.sides.adapt import check_protocol
 from gradparity.sides.preflight import to_cpu
 from gradparity.sides.run_torch import TORCH_DTYPES
@@ -31,9 +32,10 @@ def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
 
 
 def reference_copy(
-    reference_model: Any, dtype: str, sync_weights: bool = True
+    reference_model: Any, dtype: str, sync_weights: bool = True, device: str = "cpu"
 ) -> tuple[nn.Module, list[str]]:
-    """(a deep copy of the reference on the CPU in ``dtype``, each module in the mode it was
+    """(a deep copy of the reference in ``dtype`` on ``device`` (a name ``device.check_device``
+    passed), each module in the mode it was
     given (the reference runs in it: batch norm in training mode normalises with the batch's
     statistics); the names of its parameters that came from the meta device and wait for
     ours' values, see ``to_cpu``)."""
@@ -48,4 +50,6 @@ def reference_copy(
             f"cannot copy the reference model ({exc}); it must support copy.deepcopy"
         ) from exc
     empty = to_cpu(model, TORCH_DTYPES[dtype], sync_weights)
+    if device != "cpu":
+        model.to(devices.torch_device(device))
     return model, empty
