@@ -4,6 +4,9 @@ reference copy moved, TF32 switched off inside and restored after, the meta and 
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -177,3 +180,35 @@ def test_inherited_tf32_is_named():
         MATMUL_PRECISION: "highest",
     }
     assert tf32_on(settings) == ["torch.backends.cudnn.conv.fp32_precision='tf32' (inherited)"]
+
+
+def _cuda_zoo():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_zoo.py"
+    spec = importlib.util.spec_from_file_location("cuda_zoo", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_zoo_says_so_without_a_gpu(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["cuda_zoo.py"])
+    assert _cuda_zoo().main() == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_cuda_zoo_runs_with_the_cpu_standing_in(fake_cuda, monkeypatch, capsys):
+    zoo = _cuda_zoo()
+    monkeypatch.setattr(zoo, "GPU", "cpu")
+    monkeypatch.setattr(zoo, "MODELS", {"assignment": zoo.MODELS["assignment"]})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "stand-in")
+    monkeypatch.setattr(sys, "argv", ["cuda_zoo.py"])
+    assert zoo.main() == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [
+        ("assignment", dtype, tf32, "ok")
+        for dtype in ("float32", "float64")
+        for tf32 in ("off", "on")
+    ]
+    assert float(rows[2][3]) == 0.0  # float64 on the same CPU: no drift at all
