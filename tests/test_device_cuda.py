@@ -12,6 +12,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
+from textbook_setup import setup as textbook_setup
 from torch import nn
 
 import gradparity as gp
@@ -212,3 +213,18 @@ def test_cuda_zoo_runs_with_the_cpu_standing_in(fake_cuda, monkeypatch, capsys):
         for tf32 in ("off", "on")
     ]
     assert float(rows[2][3]) == 0.0  # float64 on the same CPU: no drift at all
+
+
+def test_compare_function_runs_its_reference_on_the_device(fake_cuda, tf32_everywhere):
+    report = gp.compare_function(**textbook_setup(), device="cuda")
+    assert report.ok
+    assert fake_cuda == ["cuda", "cuda"]
+    assert report.meta["device"] == "cuda"
+    assert report.meta["tf32"] == "off for the comparison"
+    assert tf32_settings() == tf32_everywhere
+
+
+def test_compare_function_refuses_a_device_without_a_torch_reference(fake_cuda):
+    with pytest.raises(InputError, match="needs a torch reference module") as info:
+        gp.compare_function(**textbook_setup(numeric=True), device="cuda")
+    assert "\n" not in str(info.value)

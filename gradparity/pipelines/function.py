@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from gradparity.core.errors import InputError
 from gradparity.core.losses import function_loss_meta
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
 from gradparity.core.plan import Captures, Context
@@ -42,6 +43,7 @@ from gradparity.locate.minor import separate_minor, tap_without_effect
 from gradparity.pairing.function_entries import FunctionPairing
 from gradparity.pairing.structure import flatten
 from gradparity.report.report import Report
+from gradparity.sides.device import choose_device, reference_device
 from gradparity.sides.function_inputs import (
     as_array,
     check_batch_size,
@@ -83,6 +85,8 @@ def compare_function(
     reference_inputs: ReferenceInputs | None = None,
     maps: Maps | None = None,
     strict: bool = False,
+    device: str = "cpu",
+    keep_tf32: bool = False,
 ) -> Report:
     """Compare every parameter gradient that ``grads(x, target)`` returns with a reference.
 
@@ -111,9 +115,17 @@ def compare_function(
     reference_loss) and ``maps`` (param_map, tap_map): option objects, merged into those
     keyword arguments (``with_options``). ``strict``: minor differences (small against the
     tensor's scale, or a tap with no effect on the gradients) make ``ok`` False too.
+    ``device`` ("cpu", "cuda" or "cuda:N") and ``keep_tf32``: where a torch reference runs and
+    whether TF32 stays on there, as in ``compare``.
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     strict = check_flag(strict, "strict")
+    choice = choose_device(device, check_flag(keep_tf32, "keep_tf32"))
+    if choice.on_gpu and (reference is None or isinstance(reference, str)):
+        raise InputError(
+            f"device={choice.device!r} needs a torch reference module; {reference!r} runs on "
+            "the CPU: leave device out"
+        )
     param_map, tap_map, name, batch_size = function_options(param_map, tap_map, name, batch_size)
     check_callables(grads, loss_fn)
     if isinstance(reference, str):
@@ -132,80 +144,85 @@ def compare_function(
     fn = function_name(grads)
     x_arr, t_arr = as_array("x", x, dtype), as_array("target", target, dtype)
     check_batch_size(batch_size, x_arr)
-    side = None
-    if reference is not None and not isinstance(reference, str):  # checked before any call
-        side = FunctionReference(
-            fn=fn, params=params, flat=flat, reference=reference, x=x_arr, target=t_arr,
-            reference_x=reference_x, reference_target=reference_target,
-            reference_loss=reference_loss, param_map=param_map, tap_map=tap_map, dtype=dtype,
-            loss_fn=loss_fn, tol=tolerance_for(dtype, rtol, atol),
-        )  # fmt: skip
-    rng = np.random.default_rng(seed)
-    x_warm = warm_input_for(x_arr, rng)
-    runner = FunctionRunner(grads, params, flat)
-
-    def ours(captures: Captures) -> None:
-        captures["warm_run"] = runner.run(x_warm, t_arr)
-        captures["run"] = run = runner.run(x_arr, t_arr)
-        if run.grads is not None:
-            check_grad_shapes(run.grads, flat)
-
-    if side is None:
-        captures: Captures = {}
-        ours(captures)
-        meta = {"model": name or fn, "seed": seed}
-        if reference is None:
-            assert loss_fn is not None  # check_numeric_options refuses reference=None without it
-            judged = numeric_rows(
-                fn, params, flat, captures["run"], captures["warm_run"], loss_fn, x_arr, t_arr,
-                x_warm=x_warm, rng=rng, meta={**meta, **function_loss_meta(fn, loss_fn, None)},
-                batch_size=batch_size, rtol=rtol, atol=atol,
+    tol = choice.tolerance(tolerance_for(dtype, rtol, atol), rtol is not None)
+    with reference_device(choice):
+        side = None
+        if reference is not None and not isinstance(reference, str):  # checked before any call
+            side = FunctionReference(
+                fn=fn, params=params, flat=flat, reference=reference, x=x_arr, target=t_arr,
+                reference_x=reference_x, reference_target=reference_target,
+                reference_loss=reference_loss, param_map=param_map, tap_map=tap_map, dtype=dtype,
+                loss_fn=loss_fn, tol=tol, device=choice.device,
             )  # fmt: skip
-        else:
-            referee = autodiff_reference(loss_fn, fn)
-            judged = autodiff_rows(
-                fn, LossCall(grads, loss_fn, params), params, flat, captures["run"],
-                captures["warm_run"], x_arr, t_arr, x_warm=x_warm, rng=rng,
-                meta={**meta, **function_loss_meta(fn, loss_fn, None, judged_by=referee)},
-                batch_size=batch_size, rtol=rtol, atol=atol, dtype=dtype,
-            )  # fmt: skip
-        return _judged_report(fn, captures["run"], judged, seed, grads, strict)
-    batch = batch_size or (int(side.rx.shape[0]) if side.rx.ndim > 1 else 1)
-    evidence: list[Evidence] = [penalty_term, loss_advice, RepeatedCalls(x_warm)]
-    if loss_fn is not None:
-        evidence.append(
-            LossFnReferee(
-                lambda: NumericLoss(loss_fn, params, flat, x_arr, t_arr),
-                np.random.default_rng(seed + 1),
+        rng = np.random.default_rng(seed)
+        x_warm = warm_input_for(x_arr, rng)
+        runner = FunctionRunner(grads, params, flat)
+
+        def ours(captures: Captures) -> None:
+            captures["warm_run"] = runner.run(x_warm, t_arr)
+            captures["run"] = run = runner.run(x_arr, t_arr)
+            if run.grads is not None:
+                check_grad_shapes(run.grads, flat)
+
+        if side is None:
+            captures: Captures = {}
+            ours(captures)
+            meta = {"model": name or fn, "seed": seed}
+            if reference is None:
+                assert (
+                    loss_fn is not None
+                )  # check_numeric_options refuses reference=None without it
+                judged = numeric_rows(
+                    fn, params, flat, captures["run"], captures["warm_run"], loss_fn, x_arr, t_arr,
+                    x_warm=x_warm, rng=rng, meta={**meta, **function_loss_meta(fn, loss_fn, None)},
+                    batch_size=batch_size, rtol=rtol, atol=atol,
+                )  # fmt: skip
+            else:
+                referee = autodiff_reference(loss_fn, fn)
+                judged = autodiff_rows(
+                    fn, LossCall(grads, loss_fn, params), params, flat, captures["run"],
+                    captures["warm_run"], x_arr, t_arr, x_warm=x_warm, rng=rng,
+                    meta={**meta, **function_loss_meta(fn, loss_fn, None, judged_by=referee)},
+                    batch_size=batch_size, rtol=rtol, atol=atol, dtype=dtype,
+                )  # fmt: skip
+            return _judged_report(fn, captures["run"], judged, seed, grads, strict)
+        batch = batch_size or (int(side.rx.shape[0]) if side.rx.ndim > 1 else 1)
+        evidence: list[Evidence] = [penalty_term, loss_advice, RepeatedCalls(x_warm)]
+        if loss_fn is not None:
+            evidence.append(
+                LossFnReferee(
+                    lambda: NumericLoss(loss_fn, params, flat, x_arr, t_arr),
+                    np.random.default_rng(seed + 1),
+                )
+            )
+        return run(
+            Plan(
+                name=name or fn,
+                dtype=dtype,
+                tolerance=side.tol,
+                seed=seed,
+                batch_size=batch,
+                rng=rng,
+                sides=[ours, side],
+                pair=FunctionPairing(fn, side, batch),
+                evidence=[*evidence, reference_notes],
+                locators=[
+                    FunctionLocator(fn, set(side.tap_specs), has_reference=True, code=grads),
+                    tap_without_effect,
+                    separate_minor,
+                ],
+                fields={"strict": strict},
+                meta={
+                    "examples_as": "columns" if side.columns else "rows",
+                    "reference": type(side.model).__name__,
+                    "reference_mode": "train" if side.model.training else "eval",
+                    "reference_modes": reference_modes(side.model),
+                    **function_loss_meta(fn, loss_fn, _reference_loss_name(side)),
+                    **choice.meta(),
+                },
+                notes=modes_note(reference_modes(side.model)) + choice.notes(dtype),
             )
         )
-    return run(
-        Plan(
-            name=name or fn,
-            dtype=dtype,
-            tolerance=side.tol,
-            seed=seed,
-            batch_size=batch,
-            rng=rng,
-            sides=[ours, side],
-            pair=FunctionPairing(fn, side, batch),
-            evidence=[*evidence, reference_notes],
-            locators=[
-                FunctionLocator(fn, set(side.tap_specs), has_reference=True, code=grads),
-                tap_without_effect,
-                separate_minor,
-            ],
-            fields={"strict": strict},
-            meta={
-                "examples_as": "columns" if side.columns else "rows",
-                "reference": type(side.model).__name__,
-                "reference_mode": "train" if side.model.training else "eval",
-                "reference_modes": reference_modes(side.model),
-                **function_loss_meta(fn, loss_fn, _reference_loss_name(side)),
-            },
-            notes=modes_note(reference_modes(side.model)),
-        )
-    )
 
 
 def _reference_loss_name(side: FunctionReference) -> str:

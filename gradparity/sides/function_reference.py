@@ -56,6 +56,7 @@ class FunctionReference:
         dtype: str,
         loss_fn: Callable | None,
         tol: Tolerance,
+        device: str = "cpu",
     ) -> None:
         """Checks run here, before any call of ours' code (a dry run of the reference on its
         x among them)."""
@@ -64,7 +65,7 @@ class FunctionReference:
         self.tdtype = TORCH_DTYPES[dtype]
         # Each module keeps the mode the user left it in (a new module trains: batch norm
         # uses the batch's statistics, as hand-written training code does).
-        self.model, self.empty = reference_copy(reference, dtype)
+        self.model, self.empty = reference_copy(reference, dtype, device=device)
         self.rx = x if reference_x is None else as_array("reference_x", reference_x, dtype)
         self.rt = (
             target if reference_target is None
