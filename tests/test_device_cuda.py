@@ -145,6 +145,14 @@ def test_an_unknown_device_is_one_line(device):
     assert "\n" not in str(info.value)
 
 
+def test_a_torch_device_is_taken_by_its_name(fake_cuda):
+    ours, ref, x, target = _setup()
+    assert "device" not in gp.compare(ours, ref, x, target, device=torch.device("cpu")).meta
+    assert (
+        gp.compare(ours, ref, x, target, device=torch.device("cuda", 0)).meta["device"] == "cuda:0"
+    )
+
+
 def test_cuda_without_a_gpu_is_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ours, ref, x, target = _setup()

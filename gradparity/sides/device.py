@@ -53,8 +53,10 @@ _DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
 def check_device(device: Any) -> str:
-    """The device name, "cpu", "cuda" or "cuda:N", checked: one line for an unknown name and
-    for a CUDA device torch cannot see."""
+    """The device name, "cpu", "cuda" or "cuda:N" (a ``torch.device`` by its name), checked:
+    one line for an unknown name and for a CUDA device torch cannot see."""
+    if isinstance(device, torch.device):
+        device = str(device)
     match = _DEVICE.fullmatch(device) if isinstance(device, str) else None
     if match is None or device.startswith("cpu:"):
         raise InputError(
