@@ -94,7 +94,7 @@ BUGS: list[Bug] = [
         "residual backward returns the block's input gradient without the skip path's",
         "res",
         "grad_input",
-        "unexplained",
+        "skip_path_missing",
         lambda s: residual_network(s, residual=ResidualSkipGradDropped),
     ),
     _bug(

@@ -44,6 +44,7 @@ from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.evidence.minor import EpsilonFits
 from gradparity.evidence.penalty import weight_decay_probe
 from gradparity.evidence.running_stats import running_stats_probe
+from gradparity.evidence.structure_labels import structure_probe
 from gradparity.evidence.ties import TiedMaxima
 from gradparity.evidence.weight_access import weight_access_probe
 from gradparity.locate.layers import locate_layers, source_locator
@@ -240,6 +241,7 @@ def compare(
                 running_stats_probe,
                 weight_access_probe,
                 TiedMaxima(tdtype),
+                structure_probe,
                 jacobian_probe,
                 loss_activation_probe,
                 Referee(target, reference_loss),
