@@ -65,10 +65,10 @@ def missing_mean_axes(ours: np.ndarray, ref: np.ndarray, tol: Tolerance) -> str 
 def overwritten_rows(
     ours: np.ndarray, ref: np.ndarray, indices: np.ndarray, upstream: np.ndarray, tol: Tolerance
 ) -> dict | None:
-    """For an embedding's weight gradient ours and ref (V, D), its input ``indices`` (shape S,
-    whole numbers of any dtype) and ``upstream`` (S + (D,)): {"differing_rows", "repeated_rows"} when
-    every differing row's index occurs more than once and ours' row equals one of its
-    occurrences' upstream rows; else None."""
+    """For an embedding's weight gradient ours and ref (V, D), its input ``indices`` (shape
+    S, whole numbers of any dtype) and ``upstream`` (S + (D,)): {"differing_rows",
+    "repeated_rows"} when every differing row's index occurs more than once and ours' row
+    equals one of its occurrences' upstream rows; else None."""
     if ours.ndim != 2 or np.shape(ours) != np.shape(ref):
         return None
     indices = np.asarray(indices)
