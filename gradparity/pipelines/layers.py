@@ -32,6 +32,7 @@ from gradparity.core.validate import (
 )
 from gradparity.engine import Entry, Plan, numpy_side, run
 from gradparity.evidence.batch_rerun import BatchRerun
+from gradparity.evidence.conv_labels import conv_probe
 from gradparity.evidence.explain import (
     Referee,
     StaleProbe,
@@ -242,6 +243,7 @@ def compare(
                 weight_access_probe,
                 TiedMaxima(tdtype),
                 structure_probe,
+                conv_probe,
                 jacobian_probe,
                 loss_activation_probe,
                 Referee(target, reference_loss),
