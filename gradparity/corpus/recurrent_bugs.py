@@ -102,7 +102,7 @@ BUGS: list[Bug] = [
         "RNN weight_hh gradient from the last time step alone (backprop through time cut)",
         "rnn",
         "grad:weight_hh",
-        "unexplained",
+        "truncated_bptt",
         lambda s: recurrent_network(s, first=RNNWeightHHLastStepOnly),
     ),
 ]
