@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from gradparity.core.labels import (
     FLIPPED_KERNEL,
@@ -62,7 +63,7 @@ def _input_grad(module: nn.Module, x: np.ndarray, upstream: np.ndarray) -> np.nd
     return grad.detach().numpy()
 
 
-def _flipped(conv: nn.Module, x: np.ndarray, upstream: np.ndarray) -> np.ndarray:
+def _flipped(conv: _ConvNd, x: np.ndarray, upstream: np.ndarray) -> np.ndarray:
     """The reference's input gradient with the kernel flipped along every spatial axis."""
     flipped = copy.deepcopy(conv)
     spatial = tuple(range(2, flipped.weight.ndim))
@@ -71,7 +72,7 @@ def _flipped(conv: nn.Module, x: np.ndarray, upstream: np.ndarray) -> np.ndarray
     return _input_grad(flipped, x, upstream)
 
 
-def _corner_of_padded(conv: nn.Module, x: np.ndarray, upstream: np.ndarray) -> np.ndarray | None:
+def _corner_of_padded(conv: _ConvNd, x: np.ndarray, upstream: np.ndarray) -> np.ndarray | None:
     """The gradient of the zero-padded input cut at its leading corner to x's shape."""
     pads = conv.padding
     if isinstance(pads, str) or not any(pads):
@@ -83,7 +84,7 @@ def _corner_of_padded(conv: nn.Module, x: np.ndarray, upstream: np.ndarray) -> n
     return grad[tuple(slice(0, n) for n in x.shape)]
 
 
-def _at_stride_one(conv: nn.Module, x: np.ndarray, upstream: np.ndarray) -> np.ndarray | None:
+def _at_stride_one(conv: _ConvNd, x: np.ndarray, upstream: np.ndarray) -> np.ndarray | None:
     """The input gradient at stride 1 with ``upstream`` in the leading corner of its grid."""
     if all(s == 1 for s in conv.stride):
         return None
@@ -96,7 +97,7 @@ def _at_stride_one(conv: nn.Module, x: np.ndarray, upstream: np.ndarray) -> np.n
     return _input_grad(dense, x, laid)
 
 
-_TESTS: dict[str, Callable[[nn.Module, np.ndarray, np.ndarray], np.ndarray | None]] = {
+_TESTS: dict[str, Callable[[_ConvNd, np.ndarray, np.ndarray], np.ndarray | None]] = {
     FLIPPED_KERNEL: _flipped,
     PADDING_NOT_REMOVED: _corner_of_padded,
     STRIDE_IGNORED: _at_stride_one,
@@ -109,8 +110,7 @@ def conv_mistake(
     """The label whose mistake, put into the reference convolution ``conv``, reproduces ours
     (dL/dx, x's shape (N, C, ...)) at input x and upstream gradient (the output's shape);
     None when none does or ``conv`` is not a plain zero-padded convolution."""
-    is_conv = isinstance(conv, nn.modules.conv._ConvNd) and not conv.transposed
-    if not is_conv or conv.padding_mode != "zeros":
+    if not isinstance(conv, _ConvNd) or conv.transposed or conv.padding_mode != "zeros":
         return None
     for label, test in _TESTS.items():
         candidate = test(conv, x, upstream)

@@ -71,9 +71,10 @@ def step_records(module: nn.Module, x: np.ndarray, upstream: np.ndarray) -> list
 
 
 def _summed(records: list[LayerRecord]) -> LayerRecord:
-    grads = {name: sum(r.grads[name] for r in records) for name in records[0].grads}
-    grad_input = np.sum([r.grad_input for r in records], axis=0)
-    return LayerRecord(grad_input=grad_input, grads=grads)
+    """Every step's gradients added up: the gradient with each step's state held fixed."""
+    grads = {name: np.sum([r.grads[name] for r in records], axis=0) for name in records[0].grads}
+    inputs = [r.grad_input for r in records if r.grad_input is not None]
+    return LayerRecord(grad_input=np.sum(inputs, axis=0), grads=grads)
 
 
 def truncation(
