@@ -35,6 +35,14 @@ NO_EFFECT = "no_effect"  # minor: a tap differs but nothing downstream of it doe
 # Named for running statistics (issue 14): the update's momentum, or a biased batch variance.
 RUNNING_MOMENTUM = "running_momentum"  # ours = (1 - m') old + m' batch with m' != momentum
 BIASED_RUNNING_VAR = "biased_running_var"  # the batch variance divided by N, not N - 1
+# Named by the structure tests of the layers of issue 15 (``evidence.structure_labels``).
+SKIP_PATH_MISSING = "skip_path_missing"  # ours + the upstream gradient is the reference
+MISSING_MEAN_TERM = "missing_mean_term"  # ours less its own mean (batch or feature) is it
+REPEATS_OVERWRITTEN = "repeats_overwritten"  # a repeated index's row keeps one occurrence
+FLIPPED_KERNEL = "flipped_kernel"  # the reference's gradient with the kernel flipped 180 deg
+PADDING_NOT_REMOVED = "padding_not_removed"  # the padded input's gradient cut at its corner
+STRIDE_IGNORED = "stride_ignored"  # grad_out laid on the input grid at stride 1
+TRUNCATED_BPTT = "truncated_bptt"  # backprop through time cut after one step
 # The last resort, with the error statistics.
 UNEXPLAINED = "unexplained"
 # A warning, never a divergence: a function returned gradients that share memory.
@@ -71,5 +79,12 @@ LABELS = (
     NO_EFFECT,
     RUNNING_MOMENTUM,
     BIASED_RUNNING_VAR,
+    SKIP_PATH_MISSING,
+    MISSING_MEAN_TERM,
+    REPEATS_OVERWRITTEN,
+    FLIPPED_KERNEL,
+    PADDING_NOT_REMOVED,
+    STRIDE_IGNORED,
+    TRUNCATED_BPTT,
     UNEXPLAINED,
 )

@@ -97,7 +97,7 @@ BUGS: list[Bug] = [
         "conv input gradient correlates with W instead of the kernel flipped by 180 degrees",
         "conv2",
         "grad_input",
-        "unexplained",
+        "flipped_kernel",
         lambda s: conv_network(s, conv2=ConvInputGradNotFlipped),
     ),
     _bug(
@@ -105,7 +105,7 @@ BUGS: list[Bug] = [
         "conv input gradient cut from the padded one at its corner, the padding not removed",
         "conv2",
         "grad_input",
-        "unexplained",
+        "padding_not_removed",
         lambda s: conv_network(s, conv2=ConvPaddingIgnoredInBackward),
     ),
     _bug(
@@ -113,7 +113,7 @@ BUGS: list[Bug] = [
         "conv input gradient with grad_out not spread by the stride",
         "conv2",
         "grad_input",
-        "unexplained",
+        "stride_ignored",
         lambda s: conv_network(s, conv2=ConvStrideIgnoredInBackward),
     ),
     _bug(

@@ -92,7 +92,7 @@ BUGS: list[Bug] = [
         "embedding weight gradient assigned per index, so repeated indices keep one row",
         "emb",
         "grad:weight",
-        "unexplained",  # no label yet describes rows that lost the sum of their repeats
+        "repeats_overwritten",
         lambda s: embedding_network(s, embedding=EmbeddingGradOverwritten),
     ),
     _bug(

@@ -77,7 +77,7 @@ NORM_BUGS: list[Bug] = [
         "batch norm backward without the mean term - mean(dxhat)",
         "bn",
         "grad_input",
-        "unexplained",
+        "missing_mean_term",
         lambda s: norm_network(s, norm=BatchNormNoMeanTerm),
     ),
     _bug(

@@ -94,7 +94,7 @@ BUGS: list[Bug] = [
         "residual backward returns the block's input gradient without the skip path's",
         "res",
         "grad_input",
-        "unexplained",
+        "skip_path_missing",
         lambda s: residual_network(s, residual=ResidualSkipGradDropped),
     ),
     _bug(
@@ -102,7 +102,7 @@ BUGS: list[Bug] = [
         "RNN weight_hh gradient from the last time step alone (backprop through time cut)",
         "rnn",
         "grad:weight_hh",
-        "unexplained",
+        "truncated_bptt",
         lambda s: recurrent_network(s, first=RNNWeightHHLastStepOnly),
     ),
 ]

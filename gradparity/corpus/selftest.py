@@ -1,7 +1,8 @@
 """Run the known-bug corpus: inject each bug, compare against the torch mirror, and score
 whether gradparity found it at the right place (localized) with the right label (diagnosed).
-The layer and function bugs run once more against autodiff of the user's own code (no torch
-model): "NAME+autodiff", "fn:NAME+autodiff", counted as their own corpus "autodiff"."""
+The layer bugs (``all_bugs.ALL_BUGS``) and function bugs run once more against autodiff of
+the user's own code (no torch model; the layer bugs of ``AUTODIFF_BUGS``): "NAME+autodiff",
+"fn:NAME+autodiff", counted as their own corpus "autodiff"."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import numpy as np
 
 from gradparity.core.address import Kind, kind_of
 from gradparity.core.labels import UNEXPLAINED
+from gradparity.corpus.all_bugs import ALL_BUGS, AUTODIFF_BUGS
 from gradparity.corpus.function_bugs import FUNCTION_BUGS, FunctionBug, function_setup
-from gradparity.corpus.layer_bugs import BUGS, Bug
+from gradparity.corpus.layer_bugs import Bug
 from gradparity.corpus.training_bugs import TRAINING_BUGS, TrainingBug
 from gradparity.pipelines.function import compare_function
 from gradparity.pipelines.layers import compare
@@ -189,15 +191,16 @@ def run_function_bug(
 def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]:
     """Every bug of the corpora, layer bugs first (or the named ones); unknown names raise
     KeyError. Function bugs run twice: "fn:NAME" against torch, "fn:NAME+numeric" without.
-    Last, the layer and function bugs through autodiff: "NAME+autodiff", "fn:NAME+autodiff"."""
+    Last, the layer bugs of ``AUTODIFF_BUGS`` and the function bugs through autodiff:
+    "NAME+autodiff", "fn:NAME+autodiff"."""
     runners: dict[str, Callable[[int], BugResult]] = {
-        b.name: functools.partial(run_bug, b) for b in BUGS
+        b.name: functools.partial(run_bug, b) for b in ALL_BUGS
     }
     runners |= {b.name: functools.partial(run_training_bug, b) for b in TRAINING_BUGS}
     for fb in FUNCTION_BUGS:
         runners[f"fn:{fb.name}"] = functools.partial(run_function_bug, fb)
         runners[f"fn:{fb.name}+numeric"] = functools.partial(run_function_bug, fb, numeric=True)
-    for b in BUGS:
+    for b in AUTODIFF_BUGS:
         runners[f"{b.name}+autodiff"] = functools.partial(run_bug, b, autodiff=True)
     for fb in FUNCTION_BUGS:
         runners[f"fn:{fb.name}+autodiff"] = functools.partial(run_function_bug, fb, autodiff=True)

@@ -32,6 +32,7 @@ from gradparity.core.validate import (
 )
 from gradparity.engine import Entry, Plan, numpy_side, run
 from gradparity.evidence.batch_rerun import BatchRerun
+from gradparity.evidence.conv_labels import conv_probe
 from gradparity.evidence.explain import (
     Referee,
     StaleProbe,
@@ -43,7 +44,9 @@ from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.evidence.minor import EpsilonFits
 from gradparity.evidence.penalty import weight_decay_probe
+from gradparity.evidence.recurrent_labels import recurrent_probe
 from gradparity.evidence.running_stats import running_stats_probe
+from gradparity.evidence.structure_labels import structure_probe
 from gradparity.evidence.ties import TiedMaxima
 from gradparity.evidence.weight_access import weight_access_probe
 from gradparity.locate.layers import locate_layers, source_locator
@@ -256,6 +259,9 @@ def compare(
                     running_stats_probe,
                     weight_access_probe,
                     TiedMaxima(tdtype),
+                    structure_probe,
+                    conv_probe,
+                    recurrent_probe,
                     jacobian_probe,
                     loss_activation_probe,
                     Referee(target, reference_loss),
