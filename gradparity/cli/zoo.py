@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gradparity.core.errors import InputError
-from gradparity.ours import assignment_data, assignment_network, mlp
+from gradparity.ours import Dropout, assignment_data, assignment_network, mlp
 from gradparity.ours.containers import Sequential
 from gradparity.ours.zoo import bn_cnn, cnn, lstm_classifier, resmlp
 
@@ -85,17 +85,21 @@ def _cnn(seed: int) -> Setup:
     return _setup("cnn", ours, (1, CHECK_SIDE, CHECK_SIDE), seed, about)
 
 
+def _dropout(model: Sequential) -> Dropout:
+    """bn-cnn's dropout layer, "drop"."""
+    drop = model["drop"]
+    assert isinstance(drop, Dropout)  # bn_cnn builds it so
+    return drop
+
+
 def _bn_cnn(seed: int) -> Setup:
     ours = bn_cnn(CHECK_SIDE, seed=seed, dropout=DROPOUT_P)
     # Dropout stays in training mode with a pinned, seeded mask: the mirror applies the same
     # mask, so both sides drop the same units however often the harness runs the layer.
-    drop, fc = ours["drop"], ours["fc"]
-    n_in = fc.params["W"].shape[0]
+    n_in = ours["fc"].params["W"].shape[0]
     mask_rng = np.random.default_rng(seed + 2)
-    drop.pinned_mask = mask_rng.random((CHECK_BATCH, n_in)) >= DROPOUT_P  # type: ignore[attr-defined]
-    about = (
-        "cnn with BatchNorm2d (training mode) and Dropout p=0.25 (a pinned mask), 28x28 images"
-    )
+    _dropout(ours).pinned_mask = mask_rng.random((CHECK_BATCH, n_in)) >= DROPOUT_P
+    about = "cnn with BatchNorm2d (training mode) and Dropout p=0.25 (a pinned mask), 28x28 images"
     return _setup("bn-cnn", ours, (1, CHECK_SIDE, CHECK_SIDE), seed, about)
 
 
@@ -159,6 +163,6 @@ def train_model(
         return cnn(side, n_classes, seed=seed), (1, side, side)
     if name == "bn-cnn":
         model = bn_cnn(side, n_classes, seed=seed, dropout=DROPOUT_P)
-        model["drop"].eval()  # type: ignore[attr-defined]
+        _dropout(model).eval()
         return model, (1, side, side)
     raise KeyError(f"unknown zoo model {name!r}; choose from {', '.join(TRAIN_ZOO)}")
