@@ -20,6 +20,7 @@ from gradparity.reference.mirror_misc import MIRRORS as MISC_MIRRORS
 from gradparity.reference.mirror_norm import MIRRORS as NORM_MIRRORS
 from gradparity.reference.mirror_recurrent import MIRRORS as RECURRENT_MIRRORS
 from gradparity.reference.mirror_recurrent import mirror_residual
+from gradparity.reference.mirror_zoo import MIRRORS as ZOO_MIRRORS
 
 _ELEMENTWISE = {"Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "ReLU": nn.ReLU}
 # ours class name -> builder of its torch module (weights copied), one group per module. A
@@ -29,6 +30,7 @@ _BUILDERS = {
     **MISC_MIRRORS,
     **NORM_MIRRORS,
     **RECURRENT_MIRRORS,
+    **ZOO_MIRRORS,
     "Residual": lambda layer: mirror_residual(layer, mirror_layer),
 }
 

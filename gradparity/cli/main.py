@@ -149,7 +149,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.localized for r in results) else EXIT_DIVERGED
 
 
-TRAIN_MODELS = ("mlp", "assignment")
+TRAIN_MODELS = ("mlp", "assignment", *zoo.TRAIN_ZOO)
 DEFAULT_LR = {"sgd": 0.5, "momentum": 0.05, "adam": 1e-3}
 
 
@@ -192,7 +192,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError("give --steps or --epochs, not both")
     out = _check_out(args.out)
     data = load_dataset(args.dataset, seed=args.seed)
-    model = _train_model(args.model, data.n_features, data.n_classes, args.hidden, args.seed)
+    if args.model in zoo.TRAIN_ZOO:  # flat pixels become the images or rows the model takes
+        model, shape = zoo.train_model(args.model, data.n_features, data.n_classes, args.seed)
+        x_train, x_val = data.x_train.reshape(-1, *shape), data.x_val.reshape(-1, *shape)
+    else:
+        model = _train_model(args.model, data.n_features, data.n_classes, args.hidden, args.seed)
+        x_train, x_val = data.x_train, data.x_val
     lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     if not (math.isfinite(lr) and lr > 0):
         raise InputError(f"--lr must be a positive finite number, got {lr}")
@@ -205,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model,
         mirror(model),
         batches(
-            data.x_train,
+            x_train,
             data.y_train,
             args.batch_size,
             seed=args.seed,
@@ -217,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ours_loss=SoftmaxCrossEntropy(),  # the built-in network's own loss: checked
         dtype=args.dtype,
         seed=args.seed,
-        validation=(data.x_val, data.y_val),
+        validation=(x_val, data.y_val),
         eval_every=max(1, min(per_epoch, total // 20 or 1)),
         progress=lambda it: tqdm(
             it, total=total, desc="training", unit="step", disable=not sys.stderr.isatty()
@@ -284,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=TRAIN_MODELS,
         default="mlp",
-        help="mlp: one sigmoid hidden layer (--hidden units); assignment: 3",
+        help="mlp: one sigmoid hidden layer (--hidden units); assignment: 3; cnn, bn-cnn, "
+        "lstm: square images (digits 8x8); resmlp",
     )
     train.add_argument("--dataset", default="digits", help="synth, digits or mnist:DIR")
     train.add_argument("--steps", type=option_type(check_count, "--steps"))
