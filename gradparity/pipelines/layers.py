@@ -239,6 +239,16 @@ def compare(
             twin.fed(reference_loss, captures["reference_chain"], target),
         )
 
+    def largest_inputs(captures: Captures) -> dict[tuple[str, ...], float]:
+        """max|input| of each layer the reference ran, by (mode, layer)."""
+        fed = {("isolate", n): p.ref.input for n, p in captures["probes"].items()}
+        fed.update({("chain", n): r.input for n, r in captures["reference_chain"].items()})
+        return {
+            key: float(np.abs(v[np.isfinite(v)]).max(initial=0.0))
+            for key, v in fed.items()
+            if v is not None
+        }
+
     def judge_float32(captures: Captures) -> None:
         """Each tensor pair judged by the reference's own float32 rounding, measured by its
         float64 twin (``reference_twin``)."""
@@ -249,6 +259,7 @@ def compare(
             lambda: twin_records(captures),
             rtol,
             atol,
+            largest_inputs(captures),
         )
         # The evidence steps keep the fixed float32 tolerance their re-runs are judged by;
         # each row has its own budget.

@@ -144,13 +144,15 @@ def reference_tolerances(
     rtol: float | None,
     atol: float | None,
     why: str = "",
+    inputs: dict[Key, float] | None = None,
 ) -> tuple[RowTolerances, list[str]]:
     """(the tolerance of every tensor pair of ``entries`` (float32, ours against the
     reference), notes): each pair's budget measured against the same pair of ``twin.own``,
     plus what the error received from upstream makes of it (chain mode) and the user's
     ``rtol``/``atol``; the fixed float32 tolerance and a note saying ``why`` when the twin did
-    not run (None)."""
+    not run (None). ``inputs``: the largest input magnitude of each (mode, layer)."""
     fixed = tolerance_for("float32", rtol, atol)
+    inputs = inputs or {}
     if twin is None:
         note = (
             f"float32: the reference {why} when run again in float64, so its own rounding was "
@@ -162,7 +164,7 @@ def reference_tolerances(
     budgets: dict[Key, Budget] = {}
     for entry in entries:
         if isinstance(entry, TensorPair) and entry.ours is not None and _key(entry) in own:
-            budgets[_key(entry)] = _budget(entry, own[_key(entry)])
+            budgets[_key(entry)] = _budget(entry, own[_key(entry)], inputs)
     tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
     clean = True  # every chain tensor so far within its budget: what is received is rounding
     for entry in entries:
@@ -193,11 +195,11 @@ def _in_chain(budgets: dict[Key, Budget], key: Key, received: float | None) -> B
     return Budget(budget.drift, budget.scale, allowed + (received or 0.0), received)
 
 
-def _budget(entry: TensorPair, value64: np.ndarray) -> Budget:
+def _budget(entry: TensorPair, value64: np.ndarray, inputs: dict[Key, float]) -> Budget:
     """The budget of one tensor pair from the twin's value of it (same shape). Its scale is
     the float32 reference's, which the mismatch rule meets: where that is all 0 (a
     derivative rounded to 0), the budget is an absolute one."""
-    measured = measured_budget(entry.reference, value64, value64, _operands(entry))
+    measured = measured_budget(entry.reference, value64, value64, _operands(entry, inputs))
     return replace(measured, scale=_largest(entry.reference))
 
 
@@ -206,12 +208,17 @@ def _largest(values: np.ndarray) -> float:
     return float(finite.max()) if finite.size else 0.0
 
 
-def _operands(entry: TensorPair) -> float:
-    """The magnitude a ``grad_input``'s floor is taken of: the upstream gradient it was
-    computed from (0 for other quantities: their own scale)."""
-    if entry.quantity != "grad_input" or entry.upstream is None:
+def _operands(entry: TensorPair, inputs: dict[Key, float]) -> float:
+    """The magnitude a gradient's floor is taken of, where cancellation can leave it far
+    below its operands: the upstream gradient for a ``grad_input`` (times a derivative that
+    rounds to ~0), that times the layer's largest input for a parameter's (a sum of their
+    products); 0 for other quantities (their own scale)."""
+    if entry.upstream is None or not entry.quantity.startswith("grad"):
         return 0.0
-    return _largest(np.asarray(entry.upstream))
+    upstream = _largest(np.asarray(entry.upstream))
+    if entry.quantity == "grad_input":
+        return upstream
+    return upstream * inputs.get((entry.mode, entry.layer), 0.0)
 
 
 def _key(entry: TensorPair) -> Key:
@@ -224,18 +231,20 @@ def judge_by_twin(
     twin: Callable[[], tuple[Records, Records, Records]],
     rtol: float | None,
     atol: float | None,
+    inputs: dict[Key, float],
 ) -> tuple[RowTolerances, list[str]]:
     """Give each tensor pair of ``entries`` its measured float32 tolerance (``entry.tolerance``):
     ``twin()`` runs the float64 twin (its own records, fed ours' chain, fed the reference's
     chain) and ``pairing`` turns records into entries as it turned the float32 reference's
-    into ``entries``. A twin that raises leaves the fixed float32 tolerance, with a note."""
+    into ``entries``; ``inputs``: the largest input magnitude of each (mode, layer). A twin
+    that raises leaves the fixed float32 tolerance, with a note."""
     try:
         made: TwinEntries | None = TwinEntries(*(pairing(r) for r in twin()))
         why = ""
     except USER_ERRORS as exc:  # a twin that fails to run leaves the fixed tolerance
         first = "".join(str(exc).splitlines()[:1])
         made, why = None, f"raised ({type(exc).__name__}: {first})"
-    tols, notes = reference_tolerances(entries, made, rtol, atol, why)
+    tols, notes = reference_tolerances(entries, made, rtol, atol, why, inputs)
     for entry in entries:
         if isinstance(entry, TensorPair):
             entry.tolerance = tols.of(_key(entry))
