@@ -162,12 +162,12 @@ def float32_tolerances(
         ((n, "grad_output"), v, twin.grad_taps.get(n), exact.tap_grads.get(n))
         for n, v in run.grad_taps.items()
     ]
-    budgets = {
+    budgets: dict[Key, Budget] = {
         key: measured_budget(ours, ours64, theirs)
         for key, ours, ours64, theirs in measured
         if theirs is not None
     }
-    tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
+    tolerances: dict[Key, Tolerance] = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
     return RowTolerances(widest(tolerances.values()), tolerances, budgets), []
 
 
