@@ -28,8 +28,9 @@ from gradparity.core.tolerance import Tolerance, element_errors, tolerance_for
 from gradparity.sides.float64_twin import float64_run
 from gradparity.sides.function_run import UserRun
 
-# A row's key: (layer, quantity), as the report's arrays are keyed.
-Key = tuple[str, str]
+# A row's key: (layer, quantity), as the report's arrays are keyed; (mode, layer, quantity)
+# where one report holds the same tensor in chain and isolate mode (``compare``'s).
+Key = tuple[str, ...]
 
 # The float32 error may reach this multiple of the measured drift before it is called a bug.
 DRIFT_FACTOR = 4.0
@@ -49,6 +50,9 @@ class Budget:
     drift: float | None
     scale: float
     allowed: float
+    # In a chain, what the error the layer received from upstream accounts for (None: none
+    # measured), included in ``allowed``.
+    received: float | None = None
 
     def tolerance(self, rtol: float | None, atol: float | None) -> Tolerance:
         """The one mismatch rule carrying this budget; the user's rtol and atol, when given,
@@ -61,15 +65,21 @@ class Budget:
 
     def as_dict(self) -> dict:
         """The numbers a report shows beside the error."""
-        return {"drift": self.drift, "scale": self.scale, "allowed": self.allowed}
+        shown = {"drift": self.drift, "scale": self.scale, "allowed": self.allowed}
+        return shown if self.received is None else {**shown, "received": self.received}
 
 
-def measured_budget(ours32: np.ndarray, ours64: np.ndarray | None, exact: np.ndarray) -> Budget:
+def measured_budget(
+    ours32: np.ndarray, ours64: np.ndarray | None, exact: np.ndarray, operands: float = 0.0
+) -> Budget:
     """The budget of one tensor: the user's float32 value ``ours32``, their float64 value
-    ``ours64`` (None when that run did not make it) and the exact value (same shapes)."""
+    ``ours64`` (None when that run did not make it) and the exact value (same shapes).
+    ``operands``: the largest magnitude the tensor was computed from, where that can exceed
+    its own (an upstream gradient times a derivative that cancels to ~0): the floor's ulps
+    are then taken of it."""
     finite = np.abs(exact[np.isfinite(exact)])
     scale = float(finite.max()) if finite.size else 0.0
-    floor = FLOOR_ULPS * FLOAT32_EPS * scale
+    floor = FLOOR_ULPS * FLOAT32_EPS * max(scale, operands)
     drift = _drift(ours32, ours64, exact)
     allowed = floor if drift is None else max(DRIFT_FACTOR * drift, floor)
     return Budget(drift, scale, allowed)
@@ -95,11 +105,14 @@ def _drift(ours32: np.ndarray, ours64: np.ndarray | None, exact: np.ndarray) -> 
 @dataclass
 class RowTolerances:
     """The tolerance each row is judged by: its own where ``tolerances`` has its key (float32
-    budgets), else ``default``; ``budgets`` are the measurements behind them."""
+    budgets), else ``default``; ``budgets`` are the measurements behind them. ``by_mode``:
+    keys are (mode, layer, quantity); ``judged_by``: how the note says the drift was measured."""
 
     default: Tolerance
     tolerances: dict[Key, Tolerance] = field(default_factory=dict)
     budgets: dict[Key, Budget] = field(default_factory=dict)
+    by_mode: bool = False
+    judged_by: str = ""
 
     def of(self, key: Key) -> Tolerance:
         """The tolerance of the row keyed ``key``."""
@@ -110,12 +123,14 @@ class RowTolerances:
         budget beside its row's error (none without budgets)."""
         shown = []
         for row in rows:
-            budget = self.budgets.get((row.layer, row.quantity))
+            key = (row.mode, row.layer, row.quantity) if self.by_mode else (row.layer, row.quantity)
+            budget = self.budgets.get(key)
             if budget is None:
                 continue
             row.detail["float32_budget"] = budget.as_dict()
-            shown.append((_label(row), row.max_abs, budget))
-        return [budget_note(shown)] if shown else []
+            label = f"{row.mode} {_label(row)}" if self.by_mode else _label(row)
+            shown.append((label, row.max_abs, budget))
+        return [budget_note(shown, self.judged_by or OWN_ROUNDING)] if shown else []
 
 
 def float32_tolerances(
@@ -147,12 +162,12 @@ def float32_tolerances(
         ((n, "grad_output"), v, twin.grad_taps.get(n), exact.tap_grads.get(n))
         for n, v in run.grad_taps.items()
     ]
-    budgets = {
+    budgets: dict[Key, Budget] = {
         key: measured_budget(ours, ours64, theirs)
         for key, ours, ours64, theirs in measured
         if theirs is not None
     }
-    tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
+    tolerances: dict[Key, Tolerance] = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
     return RowTolerances(widest(tolerances.values()), tolerances, budgets), []
 
 
@@ -246,17 +261,25 @@ def widest(tolerances: Iterable[Tolerance], empty: Tolerance = NO_ROWS) -> Toler
     )
 
 
-def budget_note(shown: list[tuple[str, float | None, Budget]]) -> str:
-    """One line: each tensor's float32 budget beside its error against the exact gradient
-    (``shown``: (what, error, budget))."""
+OWN_ROUNDING = (
+    "float32 judged by your own rounding: your code was run again in float64; each tensor may "
+    "differ from the exact gradient by"
+)
+
+
+def budget_note(
+    shown: list[tuple[str, float | None, Budget]], judged_by: str = OWN_ROUNDING
+) -> str:
+    """One line: each tensor's float32 budget beside its error (``shown``: (what, error,
+    budget)); ``judged_by`` opens it, saying whose run was repeated in float64 and against
+    what the error is taken."""
     parts = [
         f"{what} {_g(error)} of {b.allowed:.3g}"
         + ("" if b.drift is not None else " (floor: the float64 run measured no rounding)")
         for what, error, b in shown
     ]
     return (
-        f"float32 judged by your own rounding: your code was run again in float64; each "
-        f"tensor may differ from the exact gradient by {DRIFT_FACTOR:g}x its float32-vs-float64 "
+        f"{judged_by} {DRIFT_FACTOR:g}x its float32-vs-float64 "
         f"drift (at least {FLOOR_ULPS} float32 ulps of its scale). Error of budget: "
         + "; ".join(parts)
     )

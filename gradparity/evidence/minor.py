@@ -51,9 +51,13 @@ GENERIC_FIX = "make the constant the same on both sides if exact parity matters 
 def scale_relative(row: Row, tol: Tolerance) -> float | None:
     """max|ours - reference| / max|reference| of ``row``, from its statistics: the allowance
     at the worst element is rtol * (|reference there| + max|reference|) + atol. None when the
-    row has no values or the tolerance has no rtol."""
+    row has no values or the tolerance has no rtol. A row judged by its own float32 budget
+    carries its scale in ``detail["float32_budget"]``."""
     if row.max_abs is None or row.allowed_at_worst is None or row.ref_at_worst is None:
         return None
+    budget = row.detail.get("float32_budget")
+    if budget is not None and budget["scale"] > 0:  # judged by its own budget, not by ``tol``
+        return row.max_abs / budget["scale"]
     if tol.rtol <= 0:
         return None
     scale = (row.allowed_at_worst - tol.atol) / tol.rtol - abs(row.ref_at_worst)

@@ -4,6 +4,7 @@ the isolate evidence plug-ins, the layer and lint locators."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, 
 from gradparity.pairing.layer_entries import run_entries
 from gradparity.pairing.layer_params import pair_layer_parameters
 from gradparity.pairing.params import sync_parameters, to_reference
-from gradparity.pipelines.layers_autodiff import compare_autodiff
+from gradparity.pipelines.layers_autodiff import compare_autodiff, show_budgets
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
@@ -63,6 +64,7 @@ from gradparity.sides.device import choose_device, reference_device
 from gradparity.sides.isolation import run_isolation
 from gradparity.sides.modes import mode_warnings, modes_note, reference_modes
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
+from gradparity.sides.reference_twin import Records, ReferenceTwin, judge_by_twin
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.running_stats import sync_running
 from gradparity.sides.setup import reference_copy, resolve_losses
@@ -225,15 +227,61 @@ def compare(
                 pairs, loss_pair, reference_loss, captures["reference_chain"], target, rng, tdtype
             )
 
-        def pairing(captures: Captures) -> list[Entry]:
-            ours_chain = captures["ours_chain"]
+        def pairing_of(captures: Captures, references: Records) -> list[Entry]:
+            """Ours' records against the reference's ``references`` (chain, isolated probes)."""
+            ours_chain, (ref_chain, ref_probes) = captures["ours_chain"], references
             chain = [
-                (p, ours_chain[p.name], captures["reference_chain"][p.name])
+                (p, ours_chain[p.name], ref_chain[p.name])
                 for p in [*pairs, loss_pair]
                 if p.name in ours_chain  # a layer that raised ends the chain run there
             ]
-            isolated = [(p.pair, p.ours, p.ref) for p in captures["probes"].values()]
+            isolated = [
+                (p.pair, p.ours, ref_probes[n])
+                for n, p in captures["probes"].items()
+                if n in ref_probes
+            ]
             return run_entries("isolate", isolated, batch) + run_entries("chain", chain, batch)
+
+        def pairing(captures: Captures) -> list[Entry]:
+            if "entries" in captures:  # paired already, to be judged by the float64 twin
+                return captures["entries"]
+            probes = {name: p.ref for name, p in captures["probes"].items()}
+            return pairing_of(captures, (captures["reference_chain"], probes))
+
+        def twin_records(captures: Captures) -> tuple[Records, Records, Records]:
+            twin = ReferenceTwin.make(ref_model, pairs)
+            return (
+                twin.records(reference_loss, x, target, captures["probes"]),
+                twin.fed(reference_loss, captures["ours_chain"], target),
+                twin.fed(reference_loss, captures["reference_chain"], target),
+            )
+
+        def largest_inputs(captures: Captures) -> dict[tuple[str, ...], float]:
+            """max|input| of each layer the reference ran, by (mode, layer)."""
+            fed = {("isolate", n): p.ref.input for n, p in captures["probes"].items()}
+            fed.update({("chain", n): r.input for n, r in captures["reference_chain"].items()})
+            return {
+                key: float(np.abs(v[np.isfinite(v)]).max(initial=0.0))
+                for key, v in fed.items()
+                if v is not None
+            }
+
+        def judge_float32(captures: Captures) -> None:
+            """Each tensor pair judged by the reference's own float32 rounding, measured by its
+            float64 twin (``reference_twin``)."""
+            entries = pairing(captures)
+            tols, notes = judge_by_twin(
+                entries,
+                partial(pairing_of, captures),
+                lambda: twin_records(captures),
+                rtol,
+                atol,
+                largest_inputs(captures),
+            )
+            # The evidence steps keep the fixed float32 tolerance their re-runs are judged by;
+            # each row has its own budget.
+            captures.update(entries=entries, row_tolerances=tols)
+            captures.setdefault("notes", []).extend(notes)
 
         return run(
             Plan(
@@ -249,6 +297,7 @@ def compare(
                     ),
                     reference_chain,
                     isolate,
+                    *([judge_float32] if dtype == "float32" else []),
                 ],
                 pair=pairing,
                 evidence=[
@@ -267,6 +316,7 @@ def compare(
                     Referee(target, reference_loss),
                     EpsilonFits(target),
                     note_chain_stops,
+                    show_budgets,
                     lambda ctx: ctx.warnings.extend(mode_warnings(pairs, modes)),
                 ],
                 locators=[

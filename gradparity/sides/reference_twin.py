@@ -1,0 +1,251 @@
+"""``compare(..., dtype="float32")`` with a torch reference: the reference run once more in
+float64, a third opinion that measures the reference's own float32 rounding tensor by tensor.
+
+The float32 reference and ours round differently (NumPy's and torch's float32 tanh differ by
+an ulp near saturation), so a fixed tolerance either flags correct networks or hides bugs.
+The float64 twin (a copy of the reference moved to float64) repeats both runs: the chain from
+a float64 copy of x, and each isolated probe on float64 copies of what the float32 probe was
+fed. Each tensor's budget is ``float32_budget.measured_budget`` of the reference's float32
+value against the twin's, its floor taken of the upstream gradient for a ``grad_input`` (a
+derivative that cancels to ~0 keeps an ulp of it). In chain mode a layer also receives
+error from upstream: ours' chain fed it other inputs and upstream gradients than the
+reference's chain. The twin is fed both, and what that difference makes of each of its tensors
+(``received``) is added to the budget, which is never less than the same tensor's isolate
+budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradparity.core.plan import Entry, TensorPair
+from gradparity.core.records import USER_ERRORS, LayerRecord
+from gradparity.core.tolerance import tolerance_for
+from gradparity.evidence.float32_budget import (
+    Budget,
+    Key,
+    RowTolerances,
+    measured_budget,
+    widest,
+)
+from gradparity.pairing.align import LayerPair
+from gradparity.sides import run_torch
+from gradparity.sides.float64_twin import as_float64
+from gradparity.sides.isolation import Probe
+from gradparity.sides.training_steps import Shadow
+
+FLOAT64 = torch.float64
+# Records as ``compare``'s pairing step reads them: the reference's chain, then its isolated
+# probes (layer name, or "loss", -> record).
+Records = tuple[dict[str, LayerRecord], dict[str, LayerRecord]]
+REFERENCE_ROUNDING = (
+    "float32 judged by the reference's own rounding: the reference was run again in float64 "
+    "(chain from x, and each isolated probe on the same inputs); in chain mode that drift "
+    "includes what the layer received from upstream; each tensor may differ from the "
+    "reference by"
+)
+
+
+@dataclass
+class ReferenceTwin:
+    """A float64 copy of the reference and the layer pairs pointing into it."""
+
+    model: nn.Module
+    pairs: list[LayerPair]
+
+    @staticmethod
+    def make(ref_model: nn.Module, pairs: list[LayerPair]) -> ReferenceTwin:
+        """Copy ``ref_model`` (weights already synced) and move the copy to float64."""
+        shadow = Shadow.make(ref_model, None, pairs, None)
+        return ReferenceTwin(shadow.model, shadow.pairs)
+
+    def records(
+        self,
+        loss: Callable,
+        x: np.ndarray,
+        target: np.ndarray,
+        probes: dict[str, Probe],
+    ) -> Records:
+        """(the twin's chain on float64 copies of x (N, ...) and target, each probe of
+        ``probes`` repeated on float64 copies of what the reference's float32 probe was fed)."""
+        chain = run_torch.run_chain(
+            self.model, self.pairs, loss, as_float64(x), as_float64(target), FLOAT64
+        )
+        by_name = {p.name: p for p in self.pairs}
+        isolated = {}
+        for name, probe in probes.items():
+            fed = probe.ref.input
+            assert fed is not None  # every probe is fed the reference chain's input
+            if probe.upstream is None:
+                isolated[name] = run_torch.probe_loss(
+                    loss, as_float64(fed), as_float64(target), FLOAT64
+                )
+            else:
+                isolated[name] = run_torch.probe_module(
+                    by_name[name], as_float64(fed), as_float64(probe.upstream), FLOAT64
+                )
+        return chain, isolated
+
+    def fed(self, loss: Callable, chain: dict[str, LayerRecord], target: np.ndarray) -> Records:
+        """(each layer and the loss of the twin fed, in float64, the input and upstream
+        gradient of ``chain`` (a float32 chain's records), no isolated probes). A layer the
+        chain never ran is left out; one whose backward never ran is fed a zero upstream."""
+        records = {}
+        for pair in self.pairs:
+            rec = chain.get(pair.name)
+            if rec is None or rec.input is None or rec.output is None:
+                continue
+            upstream = rec.grad_output if rec.grad_output is not None else np.zeros_like(rec.output)
+            records[pair.name] = run_torch.probe_module(
+                pair, as_float64(rec.input), as_float64(upstream), FLOAT64
+            )
+        logits = chain["loss"].input if "loss" in chain else None
+        if logits is not None:
+            records["loss"] = run_torch.probe_loss(
+                loss, as_float64(logits), as_float64(target), FLOAT64
+            )
+        return records, {}
+
+
+@dataclass
+class TwinEntries:
+    """The entries ``compare``'s pairing makes of the twin's records: its own chain and
+    probes (``own``), and its layers fed ours' chain (``fed_ours``) and the float32
+    reference's chain (``fed_reference``)."""
+
+    own: list[Entry]
+    fed_ours: list[Entry]
+    fed_reference: list[Entry]
+
+    def received(self) -> dict[Key, float]:
+        """max|fed ours - fed reference| of each chain tensor: what the error received from
+        upstream makes of it."""
+        theirs = _values(self.fed_reference)
+        return {
+            key: float(np.abs(np.asarray(value, np.float64) - theirs[key]).max(initial=0.0))
+            for key, value in _values(self.fed_ours).items()
+            if key[0] == "chain" and key in theirs and np.shape(value) == np.shape(theirs[key])
+        }
+
+
+def _values(entries: list[Entry]) -> dict[Key, np.ndarray]:
+    """The reference value of each tensor pair of ``entries``, by (mode, layer, quantity)."""
+    return {_key(e): e.reference for e in entries if isinstance(e, TensorPair)}
+
+
+def reference_tolerances(
+    entries: list[Entry],
+    twin: TwinEntries | None,
+    rtol: float | None,
+    atol: float | None,
+    why: str = "",
+    inputs: dict[Key, float] | None = None,
+) -> tuple[RowTolerances, list[str]]:
+    """(the tolerance of every tensor pair of ``entries`` (float32, ours against the
+    reference), notes): each pair's budget measured against the same pair of ``twin.own``,
+    plus what the error received from upstream makes of it (chain mode) and the user's
+    ``rtol``/``atol``; the fixed float32 tolerance and a note saying ``why`` when the twin did
+    not run (None). ``inputs``: the largest input magnitude of each (mode, layer)."""
+    fixed = tolerance_for("float32", rtol, atol)
+    inputs = inputs or {}
+    if twin is None:
+        note = (
+            f"float32: the reference {why} when run again in float64, so its own rounding was "
+            f"not measured; the fixed float32 tolerance (rtol {fixed.rtol:g}, atol "
+            f"{fixed.atol:g}) was used"
+        )
+        return RowTolerances(fixed), [note]
+    own, received = _values(twin.own), twin.received()
+    budgets: dict[Key, Budget] = {}
+    for entry in entries:
+        if isinstance(entry, TensorPair) and entry.ours is not None and _key(entry) in own:
+            budgets[_key(entry)] = _budget(entry, own[_key(entry)], inputs)
+    tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
+    clean = True  # every chain tensor so far within its budget: what is received is rounding
+    for entry in entries:
+        if entry.mode != "chain":
+            continue
+        if not isinstance(entry, TensorPair) or entry.ours is None or _key(entry) not in budgets:
+            clean = False  # a row already judged (raised, missing)
+            continue
+        budget = _in_chain(budgets, _key(entry), received.get(_key(entry)) if clean else None)
+        budgets[_key(entry)], tolerances[_key(entry)] = budget, budget.tolerance(rtol, atol)
+        clean = clean and tolerances[_key(entry)].matches(entry.ours, entry.reference)
+    rows = RowTolerances(
+        widest(tolerances.values(), fixed),
+        tolerances,
+        budgets,
+        by_mode=True,
+        judged_by=REFERENCE_ROUNDING,
+    )
+    return rows, []
+
+
+def _in_chain(budgets: dict[Key, Budget], key: Key, received: float | None) -> Budget:
+    """The chain budget of ``key``: never less than the same tensor's isolate budget (the
+    chain's inputs may round more kindly), plus ``received`` (None: nothing received is
+    counted, after a divergence upstream, which must show downstream as inherited)."""
+    budget, alone = budgets[key], budgets.get(("isolate", *key[1:]))
+    allowed = max(budget.allowed, alone.allowed if alone is not None else 0.0)
+    return Budget(budget.drift, budget.scale, allowed + (received or 0.0), received)
+
+
+def _budget(entry: TensorPair, value64: np.ndarray, inputs: dict[Key, float]) -> Budget:
+    """The budget of one tensor pair from the twin's value of it (same shape). Its scale is
+    the float32 reference's, which the mismatch rule meets: where that is all 0 (a
+    derivative rounded to 0), the budget is an absolute one."""
+    measured = measured_budget(entry.reference, value64, value64, _operands(entry, inputs))
+    return replace(measured, scale=_largest(entry.reference))
+
+
+def _largest(values: np.ndarray) -> float:
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _operands(entry: TensorPair, inputs: dict[Key, float]) -> float:
+    """The magnitude a gradient's floor is taken of, where cancellation can leave it far
+    below its operands: the upstream gradient for a ``grad_input`` (times a derivative that
+    rounds to ~0), that times the layer's largest input for a parameter's (a sum of their
+    products); 0 for other quantities (their own scale)."""
+    if entry.upstream is None or not entry.quantity.startswith("grad"):
+        return 0.0
+    upstream = _largest(np.asarray(entry.upstream))
+    if entry.quantity == "grad_input":
+        return upstream
+    return upstream * inputs.get((entry.mode, entry.layer), 0.0)
+
+
+def _key(entry: TensorPair) -> Key:
+    return (entry.mode, entry.layer, entry.quantity)
+
+
+def judge_by_twin(
+    entries: list[Entry],
+    pairing: Callable[[Records], list[Entry]],
+    twin: Callable[[], tuple[Records, Records, Records]],
+    rtol: float | None,
+    atol: float | None,
+    inputs: dict[Key, float],
+) -> tuple[RowTolerances, list[str]]:
+    """Give each tensor pair of ``entries`` its measured float32 tolerance (``entry.tolerance``):
+    ``twin()`` runs the float64 twin (its own records, fed ours' chain, fed the reference's
+    chain) and ``pairing`` turns records into entries as it turned the float32 reference's
+    into ``entries``; ``inputs``: the largest input magnitude of each (mode, layer). A twin
+    that raises leaves the fixed float32 tolerance, with a note."""
+    try:
+        made: TwinEntries | None = TwinEntries(*(pairing(r) for r in twin()))
+        why = ""
+    except USER_ERRORS as exc:  # a twin that fails to run leaves the fixed tolerance
+        first = "".join(str(exc).splitlines()[:1])
+        made, why = None, f"raised ({type(exc).__name__}: {first})"
+    tols, notes = reference_tolerances(entries, made, rtol, atol, why, inputs)
+    for entry in entries:
+        if isinstance(entry, TensorPair):
+            entry.tolerance = tols.of(_key(entry))
+    return tols, notes
