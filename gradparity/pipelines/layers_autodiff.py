@@ -61,7 +61,7 @@ from gradparity.report.report import Report
 from gradparity.sides import layer_functions, run_numpy, run_torch
 from gradparity.sides.adapt import check_protocol, layer_code, params_of
 from gradparity.sides.float64_twin import float64_probes
-from gradparity.sides.isolation import Probe
+from gradparity.sides.isolation import Probe, layer_probe, loss_probe
 from gradparity.sides.layer_autodiff import (
     REFERENCE_NAME,
     OwnForwardModule,
@@ -137,24 +137,10 @@ def isolate_own(
             continue
         # In the layer's own float type, so a float32 backward rounds as it does in training.
         upstream = rng.standard_normal(np.shape(rec.output)).astype(_float_type(rec.output))
-        warm = run_numpy.warm_input(rec.input, rng)
-        probes[pair.name] = Probe(
-            pair,
-            run_numpy.probe_layer(pair.layer, rec.input, upstream, warm),
-            run_torch.probe_module(pair, rec.input, upstream, FLOAT64),
-            warm,
-            upstream,
-        )
+        probes[pair.name] = layer_probe(pair, rec.input, upstream, rng, FLOAT64)
     logits = chain["loss"].input if "loss" in chain else None
     if loss_pair is not None and logits is not None and target is not None:
-        warm = run_numpy.warm_input(logits, rng)
-        probes["loss"] = Probe(
-            loss_pair,
-            run_numpy.probe_loss(loss_pair.layer, logits, target, warm),
-            run_torch.probe_loss(reference_loss, logits, target, FLOAT64),
-            warm,
-            None,
-        )
+        probes["loss"] = loss_probe(loss_pair, reference_loss, logits, target, rng, FLOAT64)
     return probes
 
 

@@ -46,22 +46,47 @@ def run_isolation(
         ref_in, ref_out = ref_chain[pair.name].input, ref_chain[pair.name].output
         assert ref_in is not None and ref_out is not None  # the reference chain ran every layer
         upstream = rng.standard_normal(ref_out.shape).astype(ref_in.dtype)
-        warm = run_numpy.warm_input(ref_in, rng)
-        probes[pair.name] = Probe(
-            pair,
-            run_numpy.probe_layer(pair.layer, ref_in, upstream, warm),
-            run_torch.probe_module(pair, ref_in, upstream, tdtype),
-            warm,
-            upstream,
-        )
+        probes[pair.name] = layer_probe(pair, ref_in, upstream, rng, tdtype)
     logits = ref_chain["loss"].input
     assert logits is not None  # the reference chain reached its loss
+    probes["loss"] = loss_probe(loss_pair, reference_loss, logits, target, rng, tdtype)
+    return probes
+
+
+def layer_probe(
+    pair: LayerPair,
+    x: np.ndarray,
+    upstream: np.ndarray,
+    rng: np.random.Generator,
+    tdtype: torch.dtype,
+) -> Probe:
+    """One layer run alone on both sides on x (N, ...) with ``upstream`` (the output's
+    shape) as dL/dy, ours after a warm-up forward on an input drawn from ``rng``."""
+    warm = run_numpy.warm_input(x, rng)
+    return Probe(
+        pair,
+        run_numpy.probe_layer(pair.layer, x, upstream, warm),
+        run_torch.probe_module(pair, x, upstream, tdtype),
+        warm,
+        upstream,
+    )
+
+
+def loss_probe(
+    loss_pair: LayerPair,
+    reference_loss: Any,
+    logits: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    tdtype: torch.dtype,
+) -> Probe:
+    """The loss run alone on both sides on ``logits`` (N, C), ours after a warm-up forward on
+    logits drawn from ``rng``."""
     warm = run_numpy.warm_input(logits, rng)
-    probes["loss"] = Probe(
+    return Probe(
         loss_pair,
         run_numpy.probe_loss(loss_pair.layer, logits, target, warm),
         run_torch.probe_loss(reference_loss, logits, target, tdtype),
         warm,
         None,
     )
-    return probes
