@@ -321,6 +321,10 @@ class Residual(Layer):
     def grads(self) -> MutableMapping[str, np.ndarray]:  # type: ignore[override]
         return _DottedView(self.block, "grads")
 
+    def named_layers(self) -> Iterator[tuple[str, Layer]]:
+        """The block's layers, so a comparison reaches each of them (``block1.fc1``)."""
+        yield from self.block.named_layers()
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         y = self.block.forward(x)
         if y.shape != x.shape:

@@ -8,7 +8,9 @@ gradient that the referee finds consistent with ours' own diverging forward is `
 from that forward, not a second root cause; so is an isolated gradient of a layer whose forward
 output has another shape than the reference's (``locate.forward_shapes``). A layer is one root
 cause however many of its quantities diverge: its forward ``output`` if that diverges, else its
-first diverging quantity, with the others listed.
+first diverging quantity, with the others listed. Inside a tree the innermost module wrong in
+isolation is the root cause: a container (``block1``) whose child (``block1.fc1``) is blamed
+inherits its divergence.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gradparity.core.row import Row
 from gradparity.core.source import source_of
 from gradparity.core.status import Status
 from gradparity.locate.forward_shapes import forward_shape_mismatches, inherit_from_forward_shape
+from gradparity.pairing.tree import inner_root
 
 if TYPE_CHECKING:
     from gradparity.core.plan import Context
@@ -49,6 +52,10 @@ def locate(chain_rows: list[Row], isolate_rows: list[Row]) -> list[Finding]:
             row.status = Status.ROOT_CAUSE
             blamed.add((row.layer, row.quantity))
             per_layer.setdefault(row.layer, []).append(row)
+    for container in [layer for layer in per_layer if inner_root(layer, set(per_layer))]:
+        for row in per_layer.pop(container):  # the innermost wrong module is the root cause
+            row.status = Status.INHERITED
+            blamed.discard((row.layer, row.quantity))
     roots += [
         group_finding(_headline_first(rows), "isolate", following.get(layer, []))
         for layer, rows in per_layer.items()

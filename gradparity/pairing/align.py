@@ -32,6 +32,10 @@ class LayerPair:
     module: nn.Module | None  # None for the loss, which the reference computes with no module
     params: list[ParamPair] = field(default_factory=list)
     call: int = 0  # which call of the module this layer is compared with (0-based)
+    # A layer inside a container: the names from ours' top-level layer down to it (the
+    # chain run records it there); () for a top-level layer (``pairing.tree``).
+    path: tuple[str, ...] = ()
+    container: bool = False  # its children are compared too, each under a dotted name
 
     @property
     def torch_module(self) -> nn.Module:

@@ -13,6 +13,7 @@ from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.evidence.update_findings import unreadable_words
 from gradparity.pairing.align import LayerPair
+from gradparity.pairing.tree import forward_order
 from gradparity.sides.running_stats import running_pairs
 
 # One layer run on both sides: the pair, ours' record, the reference's record.
@@ -69,13 +70,12 @@ def layer_entries(
 
 def run_entries(mode: str, runs: list[LayerRun], batch_size: int) -> list[Entry]:
     """Entries of one mode in propagation order: outputs in forward order, then gradients in
-    backward order (the loss first), the order the locate stage reads a chain in."""
-    fwd: list[Entry] = []
-    bwd: list[Entry] = []
-    for pair, ours, ref in runs:
-        f, b = layer_entries(mode, pair, ours, ref, batch_size)
-        fwd += f
-        bwd = b + bwd
+    backward order (the loss first), the order the locate stage reads a chain in. ``runs`` in
+    forward order, a container before the layers inside it (``pairing.tree``)."""
+    made = [layer_entries(mode, pair, ours, ref, batch_size) for pair, ours, ref in runs]
+    # Inside a container the children run first both ways (``pairing.tree.forward_order``).
+    fwd = [e for i in forward_order([pair.name for pair, _, _ in runs]) for e in made[i][0]]
+    bwd = [e for _, b in reversed(made) for e in b]
     return fwd + bwd
 
 

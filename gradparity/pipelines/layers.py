@@ -56,6 +56,7 @@ from gradparity.pairing.align import LayerPair, align_layers, layers_by_module, 
 from gradparity.pairing.layer_entries import run_entries
 from gradparity.pairing.layer_params import pair_layer_parameters
 from gradparity.pairing.params import sync_parameters, to_reference
+from gradparity.pairing.tree import expand_containers, hand_parameters_to_children, reference_calls
 from gradparity.pipelines.layers_autodiff import compare_autodiff, show_budgets
 from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
@@ -192,7 +193,9 @@ def compare(
             reference_model, dtype, check_flag(sync_weights, "sync_weights"), choice.device
         )
         pairs = align_layers(layers, ref_model, layer_map, lambda: leaf_calls(ref_model, x, tdtype))
+        pairs = expand_containers(pairs, ref_model, lambda: reference_calls(ref_model, x, tdtype))
         pairing_notes = pair_layer_parameters(pairs, rng, param_map)
+        hand_parameters_to_children(pairs)
         if sync_weights:
             for pair in pairs:
                 sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
@@ -215,6 +218,7 @@ def compare(
             if pp.how.startswith("assumed")
         ]
         loss_pair = LayerPair("loss", ours_loss, "loss", None)
+        children = [(p.name, p.path, p.call) for p in pairs if p.path]
         batch = x.shape[0]
 
         def reference_chain(captures: Captures) -> None:
@@ -293,7 +297,10 @@ def compare(
                 rng=rng,
                 sides=[
                     numpy_side(
-                        run_numpy.LayerRunner(layers, ours_loss, rng), x, target, "ours_chain"
+                        run_numpy.LayerRunner(layers, ours_loss, rng, children),
+                        x,
+                        target,
+                        "ours_chain",
                     ),
                     reference_chain,
                     isolate,
@@ -322,7 +329,9 @@ def compare(
                 locators=[
                     locate_layers,
                     lint_isolated,
-                    source_locator({**dict(layers), "loss": ours_loss}, layer_code),
+                    source_locator(
+                        {**{p.name: p.layer for p in pairs}, "loss": ours_loss}, layer_code
+                    ),
                     layer_without_effect,
                     separate_minor,
                 ],

@@ -26,8 +26,11 @@ from gradparity.core.records import (
 )
 from gradparity.sides.adapt import before_pass, grads_of, params_of
 from gradparity.sides.backward_updates import read_backward_updates, restore_params
+from gradparity.sides.child_records import Path, recording_children
 from gradparity.sides.fresh import working_copy
 from gradparity.sides.running_stats import kept_running, ours_running
+
+Child = tuple[str, Path, int]  # a layer inside a container: its name, path and call
 
 
 def zero_grads(layer: Any) -> None:
@@ -162,20 +165,34 @@ def loss_value(returned: Any) -> np.ndarray:
 
 
 def run_chain(
-    layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray, x_warm: np.ndarray
+    layers: list[tuple[str, Any]],
+    loss: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    x_warm: np.ndarray,
+    children: list[Child] | None = None,
 ) -> dict[str, LayerRecord]:
     """Forward through every layer and the loss, then backward; records keyed by layer name
     plus "loss". A layer that raises ends the pass there (later layers get no record). Runs
     on copies (``sides.fresh.working_copy``: the originals themselves, restored after, when
-    their deep copies are wired to them)."""
+    their deep copies are wired to them). ``children``: (name, path, call) of layers inside
+    containers, recorded as the containers call them (``child_records``); a child gets a
+    record once its forward returned."""
+    children = children or []
     with working_copy((layers, loss)) as (own_layers, own_loss):
-        return _chain(own_layers, own_loss, x, target, x_warm)
+        _warm_up(own_layers, x_warm)  # before the recording: its calls are not compared
+        with recording_children(own_layers, [path for _, path, _ in children]) as calls:
+            records = _chain(own_layers, own_loss, x, target)
+    for name, path, call in children:
+        made = calls.get(path, [])
+        if call < len(made) and made[call].output is not None:
+            records[name] = made[call]
+    return records
 
 
 def _chain(
-    layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray, x_warm: np.ndarray
+    layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray
 ) -> dict[str, LayerRecord]:
-    _warm_up(layers, x_warm)
     for _, layer in layers:
         _ready_for_pass(layer)
     before_pass(loss)
@@ -218,12 +235,18 @@ class LayerRunner:
     """The ``NumpyRunner`` of a layered model: the whole chain and the loss, after a warm-up
     forward on an input drawn from ``rng`` at each run."""
 
-    def __init__(self, layers: list[tuple[str, Any]], loss: Any, rng: np.random.Generator) -> None:
-        self.layers, self.loss, self.rng = layers, loss, rng
+    def __init__(
+        self,
+        layers: list[tuple[str, Any]],
+        loss: Any,
+        rng: np.random.Generator,
+        children: list[Child] | None = None,
+    ) -> None:
+        self.layers, self.loss, self.rng, self.children = layers, loss, rng, children
 
     def run(self, x: np.ndarray, target: np.ndarray) -> dict[str, LayerRecord]:
         """Records keyed by layer name plus "loss" (see ``run_chain``)."""
-        return run_chain(self.layers, self.loss, x, target, warm_input(x, self.rng))
+        return run_chain(self.layers, self.loss, x, target, warm_input(x, self.rng), self.children)
 
 
 def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray, x_warm: np.ndarray) -> LayerRecord:

@@ -1,0 +1,82 @@
+"""Ours' side of a tree: the layers inside containers, recorded while the chain runs.
+
+A container calls its children itself, so the chain run cannot feed them; instead each child
+of the working copy gets, for the run, instance attributes ``forward``/``backward`` that call
+its own methods and record what passed: one record per call, in call order (a cell applied
+over time steps has call 0, 1, ...). Backward calls are matched with forward calls last in,
+first out, as backpropagation runs them. The attributes are removed after the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from gradparity.core.records import USER_ERRORS, LayerRecord, snapshot
+from gradparity.pairing.tree import children_of
+from gradparity.sides.adapt import grads_of
+from gradparity.sides.running_stats import ours_running
+
+Path = tuple[str, ...]  # names from a top-level layer down to a child: ("block1", "fc1")
+
+
+def resolve(layers: list[tuple[str, Any]], path: Path) -> Any:
+    """The layer at ``path`` among ``layers`` (a top-level name, then child names)."""
+    found = dict(layers)[path[0]]
+    for name in path[1:]:
+        found = dict(children_of(found))[name]
+    return found
+
+
+class _Recording:
+    """The calls of one child: a record per forward, filled by the matching backward."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.calls: list[LayerRecord] = []
+        self._open: list[LayerRecord] = []  # forwards whose backward has not run yet
+
+    def forward(self, x: np.ndarray, *rest: Any) -> Any:
+        rec = LayerRecord(input=snapshot(x))
+        self.calls.append(rec)
+        out = type(self.layer).forward(self.layer, x, *rest)
+        rec.output = snapshot(out)
+        rec.buffers = ours_running(self.layer)
+        self._open.append(rec)
+        return out
+
+    def backward(self, grad_out: np.ndarray, *rest: Any) -> Any:
+        rec = self._open.pop() if self._open else LayerRecord()
+        rec.grad_output = snapshot(grad_out)
+        grad_in = type(self.layer).backward(self.layer, grad_out, *rest)
+        rec.grad_input = snapshot(grad_in)
+        with contextlib.suppress(*USER_ERRORS):  # unreadable gradients: the container's rows
+            rec.grads = {k: snapshot(v) for k, v in grads_of(self.layer).items() if v is not None}
+        return grad_in
+
+
+@contextlib.contextmanager
+def recording_children(
+    layers: list[tuple[str, Any]], paths: list[Path]
+) -> Iterator[dict[Path, list[LayerRecord]]]:
+    """Record the calls of the children at ``paths`` inside ``layers`` (working copies) while
+    the block runs; yields path -> records in call order, filled as the block runs."""
+    recordings = {path: _Recording(resolve(layers, path)) for path in dict.fromkeys(paths)}
+    calls = {path: r.calls for path, r in recordings.items()}
+    patched = []
+    try:
+        for r in recordings.values():
+            if id(r.layer) in {id(p.layer) for p in patched}:
+                continue  # one object at two paths: recorded once, at the first
+            try:
+                r.layer.forward, r.layer.backward = r.forward, r.backward
+            except (AttributeError, TypeError):  # __slots__: compared inside its container only
+                continue
+            patched.append(r)
+        yield calls
+    finally:
+        for r in patched:
+            del r.layer.forward, r.layer.backward
