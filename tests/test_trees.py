@@ -222,20 +222,20 @@ def test_a_cell_called_at_every_step_is_compared_call_by_call():
     assert report.ok, report.root_causes
     for mode in ("chain", "isolate"):
         for k in range(3):
-            assert _rows(report, mode, f"rnn.cell#{k}") == {"output": "ok", "grad_input": "ok"}
-            assert _rows(report, mode, f"rnn.fc#{k}") == {"output": "ok", "grad_input": "ok"}
+            assert _rows(report, mode, f"rnn.cell@{k}") == {"output": "ok", "grad_input": "ok"}
+            assert _rows(report, mode, f"rnn.fc@{k}") == {"output": "ok", "grad_input": "ok"}
         # The shared weights' gradient is the sum over the steps: compared at the container.
         assert _rows(report, mode, "rnn") == {
             "output": "ok", "grad_input": "ok", "grad:fc.W": "ok", "grad:fc.b": "ok",
         }  # fmt: skip
     table = report.table
     chain = table[(table["mode"] == "chain") & (table["quantity"] == "output")]
-    assert list(chain["layer"])[:3] == ["rnn.fc#0", "rnn.cell#0", "rnn.fc#1"]
+    assert list(chain["layer"])[:3] == ["rnn.fc@0", "rnn.cell@0", "rnn.fc@1"]
 
 
 def test_a_wrong_cell_is_blamed_at_each_call_and_the_container_inherits():
     ours, reference, x, target = _unrolled(scale=0.5)
     report = gp.compare(ours, reference, x, target)
     found = {(f.layer, f.quantity, f.diagnosis) for f in report.root_causes}
-    assert found == {(f"rnn.cell#{k}", "grad_input", "scaled") for k in range(3)}
+    assert found == {(f"rnn.cell@{k}", "grad_input", "scaled") for k in range(3)}
     assert "root_cause" not in _rows(report, "isolate", "rnn").values()

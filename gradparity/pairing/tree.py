@@ -6,8 +6,9 @@ children's names is expanded: each child becomes a pair of its own under a dotte
 (``block1.fc1`` facing ``block1.fc1``), recursively, listed after its container in forward
 order. The container keeps its ``output`` and ``grad_input`` rows; its children own their
 parameters' rows. A child the reference's forward runs T > 1 times (one cell applied over
-time steps) gets one pair per call, ``rnn.cell#0`` ... ``rnn.cell#<T-1>``, each compared with
-that call; their shared parameters stay with the container, whose gradient is the sum.
+time steps) gets one pair per call, ``rnn.cell@0`` ... ``rnn.cell@<T-1>`` (calls named as
+``compare_function``'s taps name them), each compared with that call; their shared
+parameters stay with the container, whose gradient is the sum of the calls'.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def expand_containers(
             dotted = f"{pair.name}.{child_name}"
             inner += [
                 LayerPair(
-                    dotted if called == 1 else f"{dotted}#{k}",
+                    dotted if called == 1 else f"{dotted}@{k}",
                     child,
                     module_name,
                     modules[module_name],
@@ -114,7 +115,7 @@ def expand_containers(
 
 
 def repeated(pair: LayerPair, pairs: list[LayerPair]) -> bool:
-    """Whether ``pair`` is one of several calls of one child (``rnn.cell#k``)."""
+    """Whether ``pair`` is one of several calls of one child (``rnn.cell@k``)."""
     return bool(pair.path) and sum(p.path == pair.path for p in pairs) > 1
 
 

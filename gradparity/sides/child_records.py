@@ -66,7 +66,7 @@ def recording_children(
     the block runs; yields path -> records in call order, filled as the block runs."""
     recordings = {path: _Recording(resolve(layers, path)) for path in dict.fromkeys(paths)}
     calls = {path: r.calls for path, r in recordings.items()}
-    patched = []
+    patched: list[_Recording] = []
     try:
         for r in recordings.values():
             if id(r.layer) in {id(p.layer) for p in patched}:
