@@ -43,6 +43,7 @@ FLIPPED_KERNEL = "flipped_kernel"  # the reference's gradient with the kernel fl
 PADDING_NOT_REMOVED = "padding_not_removed"  # the padded input's gradient cut at its corner
 STRIDE_IGNORED = "stride_ignored"  # grad_out laid on the input grid at stride 1
 TRUNCATED_BPTT = "truncated_bptt"  # backprop through time cut after one step
+GATE_DERIVATIVE = "gate_derivative"  # one LSTM gate's rows of the input weight gradient differ
 # The last resort, with the error statistics.
 UNEXPLAINED = "unexplained"
 # A warning, never a divergence: a function returned gradients that share memory.
@@ -86,5 +87,6 @@ LABELS = (
     PADDING_NOT_REMOVED,
     STRIDE_IGNORED,
     TRUNCATED_BPTT,
+    GATE_DERIVATIVE,
     UNEXPLAINED,
 )

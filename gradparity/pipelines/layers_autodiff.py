@@ -47,6 +47,7 @@ from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.evidence.minor import EpsilonFits
 from gradparity.evidence.penalty import weight_decay_probe
+from gradparity.evidence.recurrent_labels import GateDerivative
 from gradparity.evidence.structure_labels import structure_probe
 from gradparity.evidence.ties import TiedMaxima
 from gradparity.evidence.weight_access import weight_access_probe
@@ -300,6 +301,7 @@ def compare_autodiff(
                 weight_access_probe,
                 TiedMaxima(FLOAT64),
                 structure_probe,
+                GateDerivative(FLOAT64),
                 KinkRerun(reference_notes, FLOAT64),
                 jacobian_probe,
                 loss_activation_probe,
