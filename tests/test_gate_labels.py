@@ -1,6 +1,7 @@
 """``gate_derivative``: an LSTM whose backward differentiates one gate wrongly is named with
 that gate, against a torch twin and against autodiff of its own forward; a wrong derivative
-shared by several gates, or a correct LSTM, is not."""
+shared by several gates, or a correct LSTM, is not. ``kronecker_inverted``: a Jacobian with
+1 - delta_ij where delta_ij belongs (softmax), recognised only in that pattern."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import numpy as np
 import pytest
 
 import gradparity as gp
-from gradparity.core.labels import GATE_DERIVATIVE
+from gradparity.core.labels import GATE_DERIVATIVE, KRONECKER_INVERTED
+from gradparity.core.tolerance import tolerance_for
+from gradparity.corpus import layer_bugs
 from gradparity.corpus.recurrent_bugs import LSTMForgetGateTanhDerivative
 from gradparity.corpus.selftest import compare_setup
+from gradparity.evidence.jacobian import JacobianProbe, describe_jacobian_difference
+from gradparity.evidence.jacobian_labels import _kronecker_inverted
 from gradparity.evidence.recurrent_labels import GATES
 from gradparity.ours import LSTM, MSE, Sequential
 from gradparity.ours.recurrent import _lstm_gate_grads
+
+TOL = tolerance_for("float64")
 
 
 def _scaled_blocks(*gates: str) -> type[LSTM]:
@@ -75,3 +82,37 @@ def test_one_step_sequences_are_not_judged():
 
 def test_a_correct_lstm_gives_no_finding():
     assert compare_setup(*_network()).ok
+
+
+# --- kronecker_inverted: the other layer-corpus bug that was unexplained ---------------------
+
+
+def _jacobians(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax's per-sample Jacobians (4, 5, 5), s_i (delta_ij - s_j), and the same with
+    delta_ij written as 1 - delta_ij."""
+    z = np.random.default_rng(seed).standard_normal((4, 5))
+    s = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    eye = np.eye(5)
+    right = s[:, :, None] * (eye - s[:, None, :])
+    return right, s[:, :, None] * ((1 - eye) - s[:, None, :])
+
+
+def _probe_of(ours: np.ndarray, ref: np.ndarray) -> JacobianProbe:
+    return JacobianProbe(ours, ref, describe_jacobian_difference(ours, ref, TOL), "")
+
+
+def test_the_inverted_delta_is_recognised_in_the_jacobians():
+    right, inverted = _jacobians()
+    assert _kronecker_inverted(_probe_of(inverted, right), TOL)
+    assert not _kronecker_inverted(_probe_of(right, right), TOL)  # nothing differs
+    negated_delta = right - 2 * np.eye(5) * np.diagonal(right, axis1=1, axis2=2)[:, :, None]
+    assert not _kronecker_inverted(_probe_of(negated_delta, right), TOL)  # diagonal only
+    other = right + 0.1 * np.random.default_rng(1).standard_normal(right.shape)
+    assert not _kronecker_inverted(_probe_of(other, right), TOL)
+
+
+def test_the_corpus_kronecker_bug_is_labelled_with_its_fix():
+    report = compare_setup(*layer_bugs.softmax_network(0, layer_bugs.SoftmaxKroneckerInverted))
+    (finding,) = [f for f in report.root_causes if f.layer == "softmax"]
+    assert (finding.quantity, finding.diagnosis) == ("grad_input", KRONECKER_INVERTED)
+    assert "np.eye(C)" in finding.message and "delta_ij" in finding.message

@@ -31,6 +31,7 @@ ELEMENTWISE_DERIVATIVE = "elementwise_derivative"  # diagonal Jacobians whose di
 MISSING_CROSS_TERMS = "missing_cross_terms"  # ours' Jacobian lacks the off-diagonal terms
 EXTRA_ACTIVATION_DERIVATIVE = "extra_activation_derivative"  # s (1 - s) multiplied in again
 GRADIENT_WRT_PROBABILITIES = "gradient_wrt_probabilities"  # dL/dp returned where dL/dz belongs
+KRONECKER_INVERTED = "kronecker_inverted"  # a Jacobian's delta_ij written as 1 - delta_ij
 NO_EFFECT = "no_effect"  # minor: a tap differs but nothing downstream of it does
 # Named for running statistics (issue 14): the update's momentum, or a biased batch variance.
 RUNNING_MOMENTUM = "running_momentum"  # ours = (1 - m') old + m' batch with m' != momentum
@@ -77,6 +78,7 @@ LABELS = (
     MISSING_CROSS_TERMS,
     EXTRA_ACTIVATION_DERIVATIVE,
     GRADIENT_WRT_PROBABILITIES,
+    KRONECKER_INVERTED,
     NO_EFFECT,
     RUNNING_MOMENTUM,
     BIASED_RUNNING_VAR,
