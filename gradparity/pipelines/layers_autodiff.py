@@ -34,6 +34,7 @@ from gradparity.core.validate import (
 )
 from gradparity.engine import Plan, build_report, execute, numpy_side
 from gradparity.evidence.batch_rerun import BatchRerun
+from gradparity.evidence.conv_labels import conv_probe
 from gradparity.evidence.explain import (
     Referee,
     StaleProbe,
@@ -301,6 +302,7 @@ def compare_autodiff(
                 weight_access_probe,
                 TiedMaxima(FLOAT64),
                 structure_probe,
+                conv_probe,
                 GateDerivative(FLOAT64),
                 KinkRerun(reference_notes, FLOAT64),
                 jacobian_probe,
