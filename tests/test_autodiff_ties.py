@@ -88,6 +88,7 @@ def test_a_pool_routing_a_tie_to_every_maximum_is_still_found():
         ((3, 7), (3,), -1),
         ((2, 6, 4), 3, 1),
         ((2, 6, 4), (3, 2), (2, 0)),
+        ((7, 3), (2, 3), (0, 0)),  # an axis repeated
     ],
 )
 def test_the_tensor_sliding_window_view_is_numpys(shape, window, axis):

@@ -28,20 +28,23 @@ def tensor_sliding_window_view(
     **options: Any,
 ) -> Any:
     """NumPy's ``sliding_window_view`` of a tensor array x: every window of ``window_shape``
-    along ``axis`` (all axes when None), the window axes appended in ``axis`` order. x
-    (..., L, ...) -> (..., L - w + 1, ..., w), a view on the graph (``Tensor.unfold``).
-    A plain array, repeated axes or ``subok``/``writeable`` go to NumPy's function."""
+    along ``axis`` (all axes when None; an axis may repeat, as in NumPy), the window axes
+    appended in ``axis`` order. x (..., L, ...) -> (..., L - w + 1, ..., w), a view on the
+    graph (``Tensor.unfold``). A plain array, or ``subok``/``writeable``, go to NumPy's
+    function; NumPy's errors are raised with NumPy's words."""
     if not isinstance(x, tnp.ndarray) or options:
         return sliding_window_view(x, window_shape, axis, **options)
-    ndim = x.ndim
     sizes = _as_tuple(window_shape)
-    axes = tuple(range(ndim)) if axis is None else tuple(a % ndim for a in _as_tuple(axis))
-    if len(set(axes)) != len(axes) or len(axes) != len(sizes):
-        return sliding_window_view(x, window_shape, axis)
-    if any(size < 0 or size > x.shape[a] for size, a in zip(sizes, axes)):
-        raise ValueError("window shape cannot be larger than input array shape")
+    axes = tuple(range(x.ndim)) if axis is None else tuple(a % x.ndim for a in _as_tuple(axis))
+    if len(axes) != len(sizes):
+        raise ValueError(
+            "Must provide matching length window_shape and axis; got "
+            f"{len(sizes)} window_shape elements and {len(axes)} axes elements."
+        )
     windows = x.tensor
     for size, a in zip(sizes, axes):
+        if size < 0 or size > windows.shape[a]:
+            raise ValueError("window shape cannot be larger than input array shape")
         windows = windows.unfold(a, size, 1)  # appends the window as the last axis
     return tnp.asarray(windows)
 
