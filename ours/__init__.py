@@ -11,6 +11,7 @@ from gradparity.ours.models import assignment_data, assignment_network, mlp
 from gradparity.ours.norm import BatchNorm1d, BatchNorm2d, Dropout, LayerNorm
 from gradparity.ours.optim import SGD, Adam, Optimizer
 from gradparity.ours.recurrent import LSTM, RNN, Residual
+from gradparity.ours.zoo import LastStep, bn_cnn, cnn, lstm_classifier, resmlp
 
 __all__ = [
     "GELU",
@@ -27,6 +28,7 @@ __all__ = [
     "Dropout",
     "Embedding",
     "Flatten",
+    "LastStep",
     "Layer",
     "LayerNorm",
     "LeakyReLU",
@@ -44,6 +46,10 @@ __all__ = [
     "Tanh",
     "assignment_data",
     "assignment_network",
+    "bn_cnn",
+    "cnn",
+    "lstm_classifier",
     "mlp",
+    "resmlp",
     "softmax",
 ]

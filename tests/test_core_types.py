@@ -194,7 +194,7 @@ def test_diagnosis_labels_live_in_the_core_and_diagnose_uses_them():
     from gradparity.comparison.diagnose import common, values
 
     assert values.LABELS is LABELS and common.LABELS is LABELS
-    assert len(set(LABELS)) == len(LABELS) == 35
+    assert len(set(LABELS)) == len(LABELS) == 37
 
 
 def test_the_core_imports_neither_torch_nor_matplotlib():

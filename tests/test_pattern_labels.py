@@ -29,7 +29,9 @@ from gradparity.cli.main import main
 from gradparity.core.labels import (
     ELEMENTWISE_DERIVATIVE,
     EXTRA_ACTIVATION_DERIVATIVE,
+    GATE_DERIVATIVE,
     GRADIENT_WRT_PROBABILITIES,
+    KRONECKER_INVERTED,
     MISSING_CROSS_TERMS,
     TIED_MAXIMA,
     UNEXPLAINED,
@@ -157,7 +159,7 @@ def test_near_miss_wrong_cross_terms_are_not_missing_ones():
 
     layers, twin, x, onehot = _softmax_net(KroneckerInverted())
     report = _check(layers, twin, x, onehot, MSE(), nn.MSELoss())
-    assert _row(report, "softmax").diagnosis == UNEXPLAINED
+    assert _row(report, "softmax").diagnosis == KRONECKER_INVERTED
 
 
 # ---------------------------------------------------------------- loss patterns
@@ -300,8 +302,8 @@ def test_layer_corpus_keeps_at_most_two_unexplained(layer_corpus):
     assert labels["softmax_diagonal_only"] == MISSING_CROSS_TERMS
     assert labels["loss_times_softmax_prime"] == EXTRA_ACTIVATION_DERIVATIVE
     assert labels["binary_ce_derivative"] == GRADIENT_WRT_PROBABILITIES
-    assert labels["softmax_kronecker_inverted"] == UNEXPLAINED
-    assert labels["lstm_forget_gate_derivative"] == UNEXPLAINED
+    assert labels["softmax_kronecker_inverted"] == KRONECKER_INVERTED
+    assert labels["lstm_forget_gate_derivative"] == GATE_DERIVATIVE
     assert all(r.diagnosed for r in layer_corpus)
 
 

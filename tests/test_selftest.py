@@ -69,7 +69,7 @@ REQUIRED_NEW_LAYERS = {
     "running_momentum_inverted": ("bn", "buffer:running_mean", "running_momentum"),
     "dropout_not_scaled": ("drop", "output", "scaled"),
     "embedding_grad_overwritten": ("emb", "grad:weight", "repeats_overwritten"),
-    "lstm_forget_gate_derivative": ("lstm", "grad_input", "unexplained"),
+    "lstm_forget_gate_derivative": ("lstm", "grad_input", "gate_derivative"),
     "residual_skip_grad_dropped": ("res", "grad_input", "skip_path_missing"),
     "rnn_bptt_truncated": ("rnn", "grad:weight_hh", "truncated_bptt"),
 }

@@ -161,3 +161,13 @@ def test_train_model_on_digits_without_divergence(name, tmp_path, capsys):
     assert "no divergence" in text
     data = json.loads((out / "report.json").read_text())
     assert data["first_divergent_step"] is None
+
+
+def test_the_zoo_builders_are_exported_from_ours():
+    import gradparity.ours as ours
+    from gradparity.ours import zoo as zoo_module
+
+    exported = ("LastStep", "bn_cnn", "cnn", "lstm_classifier", "resmlp")
+    for name in exported:
+        assert name in ours.__all__ and getattr(ours, name) is getattr(zoo_module, name)
+    assert ours.__all__ == sorted(ours.__all__, key=lambda n: (not n.isupper(), n))

@@ -31,6 +31,7 @@ ELEMENTWISE_DERIVATIVE = "elementwise_derivative"  # diagonal Jacobians whose di
 MISSING_CROSS_TERMS = "missing_cross_terms"  # ours' Jacobian lacks the off-diagonal terms
 EXTRA_ACTIVATION_DERIVATIVE = "extra_activation_derivative"  # s (1 - s) multiplied in again
 GRADIENT_WRT_PROBABILITIES = "gradient_wrt_probabilities"  # dL/dp returned where dL/dz belongs
+KRONECKER_INVERTED = "kronecker_inverted"  # a Jacobian's delta_ij written as 1 - delta_ij
 NO_EFFECT = "no_effect"  # minor: a tap differs but nothing downstream of it does
 # Named for running statistics (issue 14): the update's momentum, or a biased batch variance.
 RUNNING_MOMENTUM = "running_momentum"  # ours = (1 - m') old + m' batch with m' != momentum
@@ -43,6 +44,7 @@ FLIPPED_KERNEL = "flipped_kernel"  # the reference's gradient with the kernel fl
 PADDING_NOT_REMOVED = "padding_not_removed"  # the padded input's gradient cut at its corner
 STRIDE_IGNORED = "stride_ignored"  # grad_out laid on the input grid at stride 1
 TRUNCATED_BPTT = "truncated_bptt"  # backprop through time cut after one step
+GATE_DERIVATIVE = "gate_derivative"  # one LSTM gate's rows of the input weight gradient differ
 # The last resort, with the error statistics.
 UNEXPLAINED = "unexplained"
 # A warning, never a divergence: a function returned gradients that share memory.
@@ -76,6 +78,7 @@ LABELS = (
     MISSING_CROSS_TERMS,
     EXTRA_ACTIVATION_DERIVATIVE,
     GRADIENT_WRT_PROBABILITIES,
+    KRONECKER_INVERTED,
     NO_EFFECT,
     RUNNING_MOMENTUM,
     BIASED_RUNNING_VAR,
@@ -86,5 +89,6 @@ LABELS = (
     PADDING_NOT_REMOVED,
     STRIDE_IGNORED,
     TRUNCATED_BPTT,
+    GATE_DERIVATIVE,
     UNEXPLAINED,
 )

@@ -18,14 +18,7 @@ ALL_BUGS: list[Bug] = [
 
 # Why a bug is left out of the autodiff run: what autodiff of ours' own forward cannot see or
 # label (measured; each would be a finding elsewhere, or none, there).
-_CONV_NOTE = (
-    "ours' convolutions and max pool run by central differences there, and the max pool's "
-    "tied zeros after the ReLU make its input gradient differ too"
-)
 NOT_THROUGH_AUTODIFF: dict[str, str] = {
-    "conv_input_grad_not_flipped": _CONV_NOTE,
-    "conv_padding_ignored_in_backward": _CONV_NOTE,
-    "conv_stride_ignored_in_backward": _CONV_NOTE,
     "running_momentum_inverted": "autodiff compares gradients, not running statistics",
     "dropout_not_scaled": "autodiff runs ours' own forward, so the missing scale is found in "
     "the input gradient, not in the output",

@@ -427,7 +427,7 @@ BUGS: list[Bug] = [
         "softmax Jacobian with (1 - delta_ij) for delta_ij",
         "softmax",
         "grad_input",
-        "unexplained",
+        "kronecker_inverted",
         lambda s: softmax_network(s, softmax=SoftmaxKroneckerInverted),
     ),
     _bug(

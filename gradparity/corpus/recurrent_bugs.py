@@ -86,7 +86,7 @@ BUGS: list[Bug] = [
         "LSTM forget gate differentiated as a tanh, 1 - f**2, not f (1 - f)",
         "lstm",
         "grad_input",
-        "unexplained",
+        "gate_derivative",
         lambda s: recurrent_network(s, second=LSTMForgetGateTanhDerivative),
     ),
     _bug(

@@ -10,6 +10,9 @@ gradient the probe fed the layer:
 - ``stride_ignored``: ours is the input gradient of the same convolution at stride 1 whose
   upstream gradient holds ours' in its leading corner: grad_out was laid on the input grid
   without the zeros the stride puts between its elements.
+
+Against autodiff of an ours ``Conv2d``'s own forward the reference is no convolution module:
+its torch mirror stands in, once it gives the reference's input gradient at the same point.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from gradparity.core.plan import Context
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
 from gradparity.evidence.explain import _diverging
+from gradparity.ours import Conv2d
+from gradparity.reference.mirror import mirror_layer
+from gradparity.sides.isolation import Probe
+from gradparity.sides.layer_autodiff import OwnForwardModule
 
 _WORDS = {
     FLIPPED_KERNEL: (
@@ -119,6 +126,22 @@ def conv_mistake(
     return None
 
 
+def reference_conv(probe: Probe, tol: Tolerance) -> nn.Module:
+    """The convolution to put the mistakes into: the reference module itself, or, when the
+    reference is autodiff of an ours ``Conv2d``'s own forward, that layer's torch mirror if
+    it gives the reference's input gradient at the probe's input and upstream gradient (else
+    the reference module, which ``conv_mistake`` then declines)."""
+    module, x, upstream = probe.pair.torch_module, probe.ref.input, probe.upstream
+    if not isinstance(module, OwnForwardModule) or not isinstance(module.own.layer, Conv2d):
+        return module
+    twin = mirror_layer(module.own.layer)
+    ref = probe.ref.grad_input
+    if x is None or upstream is None or ref is None:
+        return module
+    same = tol.matches(_input_grad(copy.deepcopy(twin), x, upstream), ref)
+    return twin if same else module
+
+
 def _name(row: Row, label: str) -> None:
     row.diagnosis = label
     row.message, row.fix = _WORDS[label]
@@ -133,6 +156,7 @@ def conv_probe(ctx: Context) -> None:
         x, ours = probe.ref.input, probe.ours.grad_input
         if x is None or ours is None or probe.upstream is None:
             continue
-        label = conv_mistake(probe.pair.torch_module, x, probe.upstream, ours, ctx.tolerance)
+        conv = reference_conv(probe, ctx.tolerance)
+        label = conv_mistake(conv, x, probe.upstream, ours, ctx.tolerance)
         if label is not None:
             _name(row, label)

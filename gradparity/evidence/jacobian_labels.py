@@ -4,6 +4,9 @@
 - ``transposed``: ours' Jacobian is the reference's transposed;
 - ``missing_cross_terms``: ours' Jacobian is zero off the diagonal where the reference's is
   not: an elementwise derivative for a layer that mixes its inputs (softmax);
+- ``kronecker_inverted``: ours minus the reference is a_i (1 - 2 delta_ij) with a != 0: the
+  diagonal term a_i delta_ij (s_i delta_ij of softmax) written with 1 - delta_ij, so it lands
+  on every off-diagonal entry of row i and leaves the diagonal;
 - ``elementwise_derivative``: the reference's Jacobian is diagonal (an elementwise layer),
   ours' is too, and the diagonals differ: the local derivative f'(x) is wrong. Where the
   reference module tells which mistake it is (``gradparity.evidence.elementwise``), the
@@ -19,6 +22,7 @@ import torch
 
 from gradparity.core.labels import (
     ELEMENTWISE_DERIVATIVE,
+    KRONECKER_INVERTED,
     MISSING_CROSS_TERMS,
     TRANSPOSED,
     UNEXPLAINED,
@@ -71,6 +75,17 @@ def _name_from_pattern(
             "use the full Jacobian, not its diagonal: for softmax, "
             "grad_in = s * (grad_out - (grad_out * s).sum(axis=-1, keepdims=True))"
         )
+    elif _kronecker_inverted(result, tol):
+        row.diagnosis = KRONECKER_INVERTED
+        row.message = (
+            "ours' Jacobian differs from the reference's by a_i (1 - 2 delta_ij): its diagonal "
+            "term a_i delta_ij is written with (1 - delta_ij), so row i's term lands on every "
+            "entry off the diagonal and is missing on it"
+        )
+        row.fix = (
+            "write the Kronecker delta as np.eye(C) (1 where i == j), not 1 - np.eye(C); for "
+            "softmax the Jacobian is s_i (delta_ij - s_j)"
+        )
     elif pattern["reference_elementwise"] and pattern["diagonal_only"]:
         if _mixes_examples(probe):  # per-example blocks cannot see what it does (batch norm)
             return False
@@ -78,6 +93,19 @@ def _name_from_pattern(
     else:
         return False
     return True
+
+
+def _kronecker_inverted(result: JacobianProbe, tol: Tolerance) -> bool:
+    """Whether ours' per-sample Jacobian (batch, C, C) is the reference's plus
+    a_i (1 - 2 delta_ij) for some a (batch, C), a not all zero: a_i read off the diagonal."""
+    ours, ref = result.ours, result.reference
+    if ours.shape[1] != ours.shape[2] or ours.shape[1] < 2:
+        return False
+    a = np.diagonal(ref - ours, axis1=1, axis2=2)  # -(ours - ref)_ii
+    if not tol.mismatch(ours, ref).any() or tol.matches(a, np.zeros_like(a)):
+        return False
+    inverted = a[:, :, None] * (1.0 - 2.0 * np.eye(ours.shape[1]))
+    return tol.matches(ours, ref + inverted)
 
 
 def _name_elementwise(

@@ -45,7 +45,7 @@ from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.evidence.minor import EpsilonFits
 from gradparity.evidence.penalty import weight_decay_probe
-from gradparity.evidence.recurrent_labels import recurrent_probe
+from gradparity.evidence.recurrent_labels import GateDerivative, recurrent_probe
 from gradparity.evidence.running_stats import running_stats_probe
 from gradparity.evidence.structure_labels import structure_probe
 from gradparity.evidence.ties import TiedMaxima
@@ -318,6 +318,7 @@ def compare(
                     structure_probe,
                     conv_probe,
                     recurrent_probe,
+                    GateDerivative(tdtype),
                     jacobian_probe,
                     loss_activation_probe,
                     Referee(target, reference_loss),

@@ -34,6 +34,7 @@ from gradparity.core.validate import (
 )
 from gradparity.engine import Plan, build_report, execute, numpy_side
 from gradparity.evidence.batch_rerun import BatchRerun
+from gradparity.evidence.conv_labels import conv_probe
 from gradparity.evidence.explain import (
     Referee,
     StaleProbe,
@@ -47,6 +48,7 @@ from gradparity.evidence.lints import lint_isolated
 from gradparity.evidence.loss_patterns import loss_activation_probe
 from gradparity.evidence.minor import EpsilonFits
 from gradparity.evidence.penalty import weight_decay_probe
+from gradparity.evidence.recurrent_labels import GateDerivative
 from gradparity.evidence.structure_labels import structure_probe
 from gradparity.evidence.ties import TiedMaxima
 from gradparity.evidence.weight_access import weight_access_probe
@@ -300,6 +302,8 @@ def compare_autodiff(
                 weight_access_probe,
                 TiedMaxima(FLOAT64),
                 structure_probe,
+                conv_probe,
+                GateDerivative(FLOAT64),
                 KinkRerun(reference_notes, FLOAT64),
                 jacobian_probe,
                 loss_activation_probe,

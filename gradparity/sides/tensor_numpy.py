@@ -26,6 +26,7 @@ from gradparity.core.source import shown_path
 from gradparity.sides.rebinding import NotOnTensors
 from gradparity.sides.tensor_kinks import REDUCTION_KINKS, Kink, kink_names, kinked, method_kink
 from gradparity.sides.tensor_speed import fast_functions
+from gradparity.sides.tensor_versions import TENSOR_VERSIONS
 
 
 @dataclass
@@ -336,6 +337,8 @@ def tensor_binding(value: Any, name: str, session: TensorSession, np_proxy: Tens
             if proxy is value:  # a submodule the tensor module lacks (numpy.typing) stays
                 return value
         return proxy
+    if value in TENSOR_VERSIONS:
+        return TENSOR_VERSIONS[value]
     return numpy_function_guard(name, value, session)
 
 
