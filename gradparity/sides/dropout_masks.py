@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from gradparity.core.finding import Finding
 from gradparity.core.labels import DROPOUT_MASK_UNSHARED
@@ -74,7 +75,7 @@ def _masking_hook(store: MaskStore, name: str) -> Callable:
     store's mask (drawn first while the store is drawing); left alone in eval mode or when the
     mask does not fit x (a batch of another size)."""
 
-    def apply_mask(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    def apply_mask(module: _DropoutNd, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if not module.training or not args:
             return None
         x = args[0]
@@ -199,14 +200,14 @@ def _following(sharing: DropoutSharing) -> Iterator[None]:
         for owner, module_name, attr in owners:
             setattr(owner, _MARK, (module_name, attr))
         for cls in classes:
-            cls.forward = _handing_over(getattr(cls, "forward"), sharing.store)  # type: ignore[attr-defined]
+            cls.forward = _handing_over(cls.forward, sharing.store)
         yield
     finally:
         for cls, original in originals.items():
             if original is None:
                 delattr(cls, "forward")
             else:
-                cls.forward = original  # type: ignore[attr-defined]
+                cls.forward = original
         for owner, _, _ in owners:
             owner.__dict__.pop(_MARK, None)
 
