@@ -51,6 +51,8 @@ UNEXPLAINED = "unexplained"
 ALIASED = "aliased"
 # A warning: ours' layer states a mode (train/eval) other than its reference module's.
 MODE_MISMATCH = "mode_mismatch"
+# A warning: ours' dropout layer draws a mask it neither takes nor keeps, so no mask is shared.
+DROPOUT_MASK_UNSHARED = "dropout_mask_unshared"
 
 # Every label a diverging row may carry.
 LABELS = (

@@ -62,6 +62,7 @@ from gradparity.report.report import Report
 from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
 from gradparity.sides.device import choose_device, reference_device
+from gradparity.sides.dropout_masks import shared_dropout_masks
 from gradparity.sides.isolation import run_isolation
 from gradparity.sides.modes import mode_warnings, modes_note, reference_modes
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
@@ -287,69 +288,75 @@ def compare(
             captures.update(entries=entries, row_tolerances=tols)
             captures.setdefault("notes", []).extend(notes)
 
-        return run(
-            Plan(
-                name=name or model_name(ours_model),
-                dtype=dtype,
-                tolerance=tol,
-                seed=seed,
-                batch_size=batch,
-                rng=rng,
-                sides=[
-                    numpy_side(
-                        run_numpy.LayerRunner(layers, ours_loss, rng, children),
-                        x,
-                        target,
-                        "ours_chain",
-                    ),
-                    reference_chain,
-                    isolate,
-                    *([judge_float32] if dtype == "float32" else []),
-                ],
-                pair=pairing,
-                evidence=[
-                    keep_values,
-                    StaleProbe(tdtype),
-                    BatchRerun(tdtype, target, reference_loss),
-                    weight_decay_probe,
-                    running_stats_probe,
-                    weight_access_probe,
-                    TiedMaxima(tdtype),
-                    structure_probe,
-                    conv_probe,
-                    recurrent_probe,
-                    GateDerivative(tdtype),
-                    jacobian_probe,
-                    loss_activation_probe,
-                    Referee(target, reference_loss),
-                    EpsilonFits(target),
-                    note_chain_stops,
-                    show_budgets,
-                    lambda ctx: ctx.warnings.extend(mode_warnings(pairs, modes)),
-                ],
-                locators=[
-                    locate_layers,
-                    lint_isolated,
-                    source_locator(
-                        {**{p.name: p.layer for p in pairs}, "loss": ours_loss}, layer_code
-                    ),
-                    layer_without_effect,
-                    separate_minor,
-                ],
-                meta={
-                    **loss_meta(ours_loss, reference_loss, *given),
-                    "isolate_upstream": "seeded random normal",
-                    "reference_modes": modes,
-                    **choice.meta(),
-                },
-                notes=pairing_notes
-                + weight_notes
-                + layout_notes
-                + modes_note(modes)
-                + choice.notes(dtype),
-                fields={
-                    "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
-                    "strict": strict,
-                },
+        with shared_dropout_masks(pairs, ref_model) as dropout:
+            dropout.draw(ref_model, run_torch.as_tensor(x, tdtype), seed)
+            return run(
+                Plan(
+                    name=name or model_name(ours_model),
+                    dtype=dtype,
+                    tolerance=tol,
+                    seed=seed,
+                    batch_size=batch,
+                    rng=rng,
+                    sides=[
+                        numpy_side(
+                            run_numpy.LayerRunner(layers, ours_loss, rng, children),
+                            x,
+                            target,
+                            "ours_chain",
+                        ),
+                        reference_chain,
+                        isolate,
+                        *([judge_float32] if dtype == "float32" else []),
+                    ],
+                    pair=pairing,
+                    evidence=[
+                        keep_values,
+                        StaleProbe(tdtype),
+                        BatchRerun(tdtype, target, reference_loss),
+                        weight_decay_probe,
+                        running_stats_probe,
+                        weight_access_probe,
+                        TiedMaxima(tdtype),
+                        structure_probe,
+                        conv_probe,
+                        recurrent_probe,
+                        GateDerivative(tdtype),
+                        jacobian_probe,
+                        loss_activation_probe,
+                        Referee(target, reference_loss),
+                        EpsilonFits(target),
+                        note_chain_stops,
+                        show_budgets,
+                        lambda ctx: ctx.warnings.extend(mode_warnings(pairs, modes)),
+                        lambda ctx: ctx.warnings.extend(dropout.warnings()),
+                    ],
+                    locators=[
+                        locate_layers,
+                        lint_isolated,
+                        source_locator(
+                            {**{p.name: p.layer for p in pairs}, "loss": ours_loss}, layer_code
+                        ),
+                        layer_without_effect,
+                        separate_minor,
+                    ],
+                    meta={
+                        **loss_meta(ours_loss, reference_loss, *given),
+                        "isolate_upstream": "seeded random normal",
+                        "reference_modes": modes,
+                        **choice.meta(),
+                    },
+                    notes=pairing_notes
+                    + weight_notes
+                    + layout_notes
+                    + modes_note(modes)
+                    + dropout.notes()
+                    + choice.notes(dtype),
+                    fields={
+                        "conversions": [
+                            f"{p.name}: {q.describe()}" for p in pairs for q in p.params
+                        ],
+                        "strict": strict,
+                    },
+                )
             )
-        )

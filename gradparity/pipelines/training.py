@@ -65,6 +65,7 @@ from gradparity.pipelines.training_history import history_row
 from gradparity.report.report import TrainingReport
 from gradparity.sides import run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
+from gradparity.sides.dropout_masks import shared_dropout_masks
 from gradparity.sides.modes import modes_note, reference_modes
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.run_torch import TORCH_DTYPES
@@ -151,82 +152,90 @@ def compare_training(
         sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
         sync_running(pair.layer, pair.torch_module)
     check_filled(empty, synced_names(pairs))
-    shadow = Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
-
-    loop = _Training(
-        layers=layers, runner=TrainingStepRunner(layers, ours_loss, ours_opt),
-        ref_model=ref_model, ref_opt=ref_opt, pairs=pairs, tol=tol, shadow=shadow,
-        localise=lambda x, target: lambda ours: compare(
-            _rewound(layers, ours.before), ref_model, x, target, ours_loss, reference_loss,
-            layer_map, dtype, seed=seed, name="localised", param_map=param_map,
-        ).root_causes,
-        plan=lambda **step: Plan(
-            name=name or model_name(ours_model), dtype=dtype, tolerance=tol, seed=seed,
-            rng=np.random.default_rng(seed), **step,
-        ),
-        reference_loss=reference_loss,
-    )  # fmt: skip
-    history: list[dict] = []
-    kept: list[Row] = []
-    findings: list[Finding] = []
-    first_divergent, last_rows, batch = None, [], None
-    iterator = batch_pairs(batches, steps)
-    batch_check = BatchCheck(ref_model, ours_loss, reference_loss, dtype, layers_by_module(pairs))
-    if validation is not None:
-        batch_check.validation(*validation)
-    for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
-        x, target = batch_check(step, x, target)
-        batch = batch or x.shape[0]
-        ctx = execute(loop.step_plan(step, x, target, first=first_divergent is None))
-        ours, rows = ctx.captures["ours"], ctx.rows
-        findings += ctx.root_causes
-        if ours.error is not None:
-            first_divergent = first_divergent or step
-            break
-        history.append(history_row(step, ours, ctx.captures["reference"], rows))
-        if validation is not None and (step % eval_every == 0 or step == 1):
-            history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
-        if not np.isfinite(ours.loss):
-            first_divergent = first_divergent or step
-            kept += rows
-            last_rows = rows
-            break
-        if first_divergent is None and any(r.diverged for r in rows):
-            first_divergent = step
-            kept += rows
-        elif step == 1:
-            kept += rows
-        loop.tracker.add(ctx.captures["reference"])
-        last_rows = rows
-    if not history and not findings:
-        raise InputError("the batches gave no (x, target) pair: check the data set")
-    if last_rows and last_rows[0].step not in {r.step for r in kept}:
-        kept += last_rows
-    if validation is not None and history and "val_acc_ours" not in history[-1]:
-        history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
-    report = run(
-        loop.plan(
-            batch_size=batch, sides=[], pair=lambda captures: list(kept),
-            locators=[
-                lambda ctx: ctx.root_causes.extend(findings),
-                training_sources({**dict(layers), "loss": ours_loss}, ours_opt, layer_code),
-            ],
-            meta={
-                **loss_meta(ours_loss, reference_loss, *given), "steps": len(history),
-                "ours_optimizer": _describe(ours_opt),
-                "reference_optimizer": type(ref_opt).__name__, "reference_modes": modes,
-            },
-            notes=pairing_notes + modes_note(modes),
-            fields={
-                "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
-                "history": pd.DataFrame(history), "first_divergent_step": first_divergent,
-                "strict": strict,
-            },
-            report_type=TrainingReport,
+    with shared_dropout_masks(pairs, ref_model) as dropout:
+        shadow = (
+            Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
         )
-    )  # fmt: skip
-    assert isinstance(report, TrainingReport)  # the plan's report_type
-    return report
+
+        loop = _Training(
+            layers=layers, runner=TrainingStepRunner(layers, ours_loss, ours_opt),
+            ref_model=ref_model, ref_opt=ref_opt, pairs=pairs, tol=tol, shadow=shadow,
+            localise=lambda x, target: lambda ours: compare(
+                _rewound(layers, ours.before), ref_model, x, target, ours_loss, reference_loss,
+                layer_map, dtype, seed=seed, name="localised", param_map=param_map,
+            ).root_causes,
+            plan=lambda **step: Plan(
+                name=name or model_name(ours_model), dtype=dtype, tolerance=tol, seed=seed,
+                rng=np.random.default_rng(seed), **step,
+            ),
+            reference_loss=reference_loss,
+        )  # fmt: skip
+        history: list[dict] = []
+        kept: list[Row] = []
+        findings: list[Finding] = []
+        first_divergent, last_rows, batch = None, [], None
+        iterator = batch_pairs(batches, steps)
+        batch_check = BatchCheck(
+            ref_model, ours_loss, reference_loss, dtype, layers_by_module(pairs)
+        )
+        if validation is not None:
+            batch_check.validation(*validation)
+        for step, (x, target) in enumerate(progress(iterator) if progress else iterator, start=1):
+            x, target = batch_check(step, x, target)
+            # Fresh masks each step, shared by both sides (and the float32 shadow) in it.
+            dropout.draw(ref_model, run_torch.as_tensor(x, tdtype), seed + step)
+            batch = batch or x.shape[0]
+            ctx = execute(loop.step_plan(step, x, target, first=first_divergent is None))
+            ours, rows = ctx.captures["ours"], ctx.rows
+            findings += ctx.root_causes
+            if ours.error is not None:
+                first_divergent = first_divergent or step
+                break
+            history.append(history_row(step, ours, ctx.captures["reference"], rows))
+            if validation is not None and (step % eval_every == 0 or step == 1):
+                history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
+            if not np.isfinite(ours.loss):
+                first_divergent = first_divergent or step
+                kept += rows
+                last_rows = rows
+                break
+            if first_divergent is None and any(r.diverged for r in rows):
+                first_divergent = step
+                kept += rows
+            elif step == 1:
+                kept += rows
+            loop.tracker.add(ctx.captures["reference"])
+            last_rows = rows
+        if not history and not findings:
+            raise InputError("the batches gave no (x, target) pair: check the data set")
+        if last_rows and last_rows[0].step not in {r.step for r in kept}:
+            kept += last_rows
+        if validation is not None and history and "val_acc_ours" not in history[-1]:
+            history[-1].update(_accuracy(layers, ref_model, validation, dtype, tdtype))
+        report = run(
+            loop.plan(
+                batch_size=batch, sides=[], pair=lambda captures: list(kept),
+                evidence=[lambda ctx: ctx.warnings.extend(dropout.warnings())],
+                locators=[
+                    lambda ctx: ctx.root_causes.extend(findings),
+                    training_sources({**dict(layers), "loss": ours_loss}, ours_opt, layer_code),
+                ],
+                meta={
+                    **loss_meta(ours_loss, reference_loss, *given), "steps": len(history),
+                    "ours_optimizer": _describe(ours_opt),
+                    "reference_optimizer": type(ref_opt).__name__, "reference_modes": modes,
+                },
+                notes=pairing_notes + modes_note(modes) + dropout.notes(),
+                fields={
+                    "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
+                    "history": pd.DataFrame(history), "first_divergent_step": first_divergent,
+                    "strict": strict,
+                },
+                report_type=TrainingReport,
+            )
+        )  # fmt: skip
+        assert isinstance(report, TrainingReport)  # the plan's report_type
+        return report
 
 
 @dataclass
