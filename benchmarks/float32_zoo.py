@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from float32_budget import correct_models, corpus, measure_every_error
+from float32_budget import corpus, correct_models, measure_every_error
 
 from gradparity.corpus.all_bugs import ALL_BUGS
 from gradparity.corpus.float32_models import ZOO
