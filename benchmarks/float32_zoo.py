@@ -9,7 +9,8 @@ pinned, and in eval mode) and input scale 1e-3, 1 and 1e3, how many seeds raise 
 localized with their label and the smallest such multiple at a bug's root cause (far above 1).
 The measuring is ``float32_budget.py``'s.
 
-Run: .venv/bin/python benchmarks/float32_zoo.py [--seeds N]   (200 seeds: minutes)
+Run: .venv/bin/python benchmarks/float32_zoo.py [--seeds N] [--models NAME ...]
+(200 seeds of every model: about 15 minutes on one core)
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from gradparity.corpus.float32_models import ZOO
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--models", nargs="+", choices=list(ZOO), default=list(ZOO))
     args = parser.parse_args()
     measure_every_error()
-    correct_models(ZOO, args.seeds)
+    correct_models({name: ZOO[name] for name in args.models}, args.seeds)
     corpus(ALL_BUGS, "whole corpus")
 
 

@@ -113,3 +113,15 @@ def test_the_benchmark_prints_each_model_and_scale_and_the_corpus(monkeypatch, c
         ["assignment", f"x*{s:g}", "flagged", "0/1,", "worst"] for s in SCALES
     ]
     assert out[-1].startswith("whole corpus in float32: 2/2 localized and labelled")
+
+
+def test_a_running_mean_near_zero_is_judged_by_its_inputs_rounding():
+    # Seed 133: bn1's batch mean is ~4e-3 of its inputs, so NumPy's and torch's float32 sums
+    # differ by more than 8 ulps of the running mean itself (1.66 of that budget: "epsilon").
+    report = compare32(*ZOO["bn-cnn-train"](133, 1.0), seed=133)
+    assert findings(report) == []
+    row = next(r for r in report.rows if (r.mode, r.layer, r.quantity)
+               == ("isolate", "bn1", "buffer:running_mean"))  # fmt: skip
+    assert (
+        row.detail["float32_budget"]["allowed"] > 8 * 2**-23 * row.detail["float32_budget"]["scale"]
+    )
