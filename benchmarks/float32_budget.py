@@ -38,9 +38,11 @@ def worst_ratio(report) -> float:
     return max((float(r) for r in ratios if r is not None), default=0.0)
 
 
-def correct_models(seeds: int) -> None:
+def correct_models(models: dict, seeds: int) -> None:
+    """Per model of ``models`` (name -> build(seed, scale)) and scale of SCALES: how many of
+    ``seeds`` seeds raise any finding, and the worst error / budget ratio over them."""
     print(f"correct float32 models, {seeds} seeds per model and scale:")
-    for name, build in MODELS.items():
+    for name, build in models.items():
         for scale in SCALES:
             start, flagged, worst = time.perf_counter(), 0, 0.0
             for seed in range(seeds):
@@ -58,11 +60,20 @@ def correct_models(seeds: int) -> None:
             )
 
 
-def corpus() -> None:
+def float32_values(a: np.ndarray) -> np.ndarray:
+    """``a`` cast to float32 when it holds floats; indices (an embedding's x, class targets)
+    kept."""
+    a = np.asarray(a)
+    return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+
+
+def corpus(bugs: list, label: str = "layer corpus") -> None:
+    """Over ``bugs`` in float32: how many are localized with their label (alone), and the
+    smallest error / budget ratio at a bug's root cause."""
     found, margins = 0, []
-    for bug in BUGS:
+    for bug in bugs:
         model, loss, x, target = bug.build(0)
-        report = compare32(as_float32(model), loss, x.astype(np.float32), target)
+        report = compare32(as_float32(model), loss, float32_values(x), float32_values(target))
         hits = [f for f in report.root_causes if (f.layer, f.quantity) == (bug.layer, bug.quantity)]
         alone = all(f.layer == bug.layer for f in report.root_causes)
         found += bool(hits) and alone and any(f.diagnosis == bug.diagnosis for f in hits)
@@ -76,20 +87,25 @@ def corpus() -> None:
             margins.append((float(ratio), bug.name))
     smallest = min(margins)
     print(
-        f"layer corpus in float32: {found}/{len(BUGS)} localized and labelled; smallest "
+        f"{label} in float32: {found}/{len(bugs)} localized and labelled; smallest "
         f"error at a root cause {smallest[0]:.3g} times its budget ({smallest[1]})"
     )
+
+
+def measure_every_error() -> None:
+    """One torch thread (small models: threads only contend), and no noise floor: errors
+    below a tenth of the allowed error are recorded as 0 in reports, and are measured here."""
+    torch.set_num_threads(1)
+    tolerance.NOISE_FLOORS["float32"] = 0.0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=200)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # small models: threads only contend
-    # Errors below a tenth of the allowed error are recorded as 0 in reports: measure them.
-    tolerance.NOISE_FLOORS["float32"] = 0.0
-    correct_models(args.seeds)
-    corpus()
+    measure_every_error()
+    correct_models(MODELS, args.seeds)
+    corpus(BUGS)
 
 
 if __name__ == "__main__":

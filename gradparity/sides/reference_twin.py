@@ -37,6 +37,7 @@ from gradparity.pairing.align import LayerPair
 from gradparity.sides import run_torch
 from gradparity.sides.float64_twin import as_float64
 from gradparity.sides.isolation import Probe
+from gradparity.sides.running_stats import RUNNING_ALIASES
 from gradparity.sides.training_steps import Shadow
 
 FLOAT64 = torch.float64
@@ -212,7 +213,13 @@ def _operands(entry: TensorPair, inputs: dict[Key, float]) -> float:
     """The magnitude a gradient's floor is taken of, where cancellation can leave it far
     below its operands: the upstream gradient for a ``grad_input`` (times a derivative that
     rounds to ~0), that times the layer's largest input for a parameter's (a sum of their
-    products); 0 for other quantities (their own scale)."""
+    products); for a running statistic, the layer's largest input (squared for a variance):
+    a batch mean cancels to ~0 where the inputs do not, and keeps their rounding; 0 for other
+    quantities (their own scale)."""
+    if entry.quantity.startswith("buffer:"):
+        largest = inputs.get((entry.mode, entry.layer), 0.0)
+        name = entry.quantity.removeprefix("buffer:")
+        return largest**2 if RUNNING_ALIASES.get(name) == "running_var" else largest
     if entry.upstream is None or not entry.quantity.startswith("grad"):
         return 0.0
     upstream = _largest(np.asarray(entry.upstream))
