@@ -47,7 +47,6 @@ from gradparity.core.validate import (
     quiet_arithmetic,
 )
 from gradparity.engine import Entry, Plan, execute, numpy_side, run
-from gradparity.evidence.float32_budget import largest
 from gradparity.evidence.training_repeats import StepRepeats, Tracker
 from gradparity.locate.training import StepLocator, training_sources
 from gradparity.pairing.align import (
@@ -338,7 +337,7 @@ class _Training:
                 self.rtol,
                 self.atol,
                 judged_by=TRAINING_ROUNDING,
-                operands=_step_operands(captures["reference"]),
+                operands=captures["reference"].floor_operands(),
             )
             captures.update(entries=entries, row_tolerances=tols)
             captures.setdefault("notes", []).extend(notes)
@@ -359,21 +358,6 @@ TRAINING_ROUNDING = (
     "includes what earlier steps' rounding carried into each step; each tensor may differ "
     "from the reference by"
 )
-
-
-def _step_operands(ref: StepResult) -> dict[tuple[str, ...], float]:
-    """The magnitude each tensor's float32 floor is taken of, by key, where cancellation can
-    leave the tensor far below it: a gradient's is its layer's max|input| * max|upstream
-    gradient| (a sum of their products); an update's, the larger of the parameter before the
-    step (the update is the difference of two float32 values of that size) and the
-    gradient's operands times the step size the update took (max|update| / max|gradient|)."""
-    operands: dict[tuple[str, ...], float] = {}
-    for (layer, key), before in ref.before.items():
-        grad_operands = ref.operands.get(layer, 0.0)
-        step_size = largest(ref.deltas[(layer, key)]) / (largest(ref.grads[(layer, key)]) or 1.0)
-        operands[("train", layer, f"grad:{key}")] = grad_operands
-        operands[("train", layer, f"param:{key}")] = max(largest(before), step_size * grad_operands)
-    return operands
 
 
 def _describe(optimizer: Any) -> str:

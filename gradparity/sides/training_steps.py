@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from gradparity.core.records import USER_ERRORS, error_info, real_array
+from gradparity.evidence.float32_budget import largest
 from gradparity.pairing.align import LayerPair
 from gradparity.pairing.params import to_ours
 from gradparity.sides.adapt import before_pass, grads_of, params_of
@@ -36,6 +37,22 @@ class StepResult:
     error: dict | None = None
     # The reference's only: per layer, max|input| * max|upstream gradient| (``step_operands``).
     operands: dict[str, float] = field(default_factory=dict)
+
+    def floor_operands(self) -> dict[tuple[str, ...], float]:
+        """The magnitude each tensor's float32 floor is taken of, by ("train", layer,
+        quantity), where cancellation can leave the tensor far below it: a gradient's is its
+        layer's ``operands``; an update's, the larger of the parameter before the step (the
+        update is the difference of two float32 values of that size) and the gradient's
+        operands times the step size the update took (max|update| / max|gradient|)."""
+        floors: dict[tuple[str, ...], float] = {}
+        for (layer, key), before in self.before.items():
+            grad = self.operands.get(layer, 0.0)
+            step_size = largest(self.deltas[(layer, key)]) / (
+                largest(self.grads[(layer, key)]) or 1.0
+            )
+            floors[("train", layer, f"grad:{key}")] = grad
+            floors[("train", layer, f"param:{key}")] = max(largest(before), step_size * grad)
+        return floors
 
 
 def _params(layers) -> dict[Key, np.ndarray]:
