@@ -15,7 +15,7 @@ element.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -77,12 +77,26 @@ def measured_budget(
     ``operands``: the largest magnitude the tensor was computed from, where that can exceed
     its own (an upstream gradient times a derivative that cancels to ~0): the floor's ulps
     are then taken of it."""
-    finite = np.abs(exact[np.isfinite(exact)])
-    scale = float(finite.max()) if finite.size else 0.0
+    scale = largest(exact)
     floor = FLOOR_ULPS * FLOAT32_EPS * max(scale, operands)
     drift = _drift(ours32, ours64, exact)
     allowed = floor if drift is None else max(DRIFT_FACTOR * drift, floor)
     return Budget(drift, scale, allowed)
+
+
+def reference_budget(ref32: np.ndarray, ref64: np.ndarray, operands: float = 0.0) -> Budget:
+    """The budget of one tensor judged against a torch reference: the reference's float32
+    value ``ref32`` against its float64 twin's ``ref64`` (same shape), which stands in for the
+    exact value. Its scale is the float32 reference's, which the mismatch rule meets: where
+    that is all 0 (a derivative rounded to 0), the budget is an absolute one. ``operands`` as
+    in ``measured_budget``."""
+    return replace(measured_budget(ref32, ref64, ref64, operands), scale=largest(ref32))
+
+
+def largest(values: np.ndarray) -> float:
+    """max|values| over the finite ones (0 when there is none)."""
+    finite = np.abs(values[np.isfinite(values)])
+    return float(finite.max()) if finite.size else 0.0
 
 
 def _drift(ours32: np.ndarray, ours64: np.ndarray | None, exact: np.ndarray) -> float | None:

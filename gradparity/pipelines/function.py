@@ -19,7 +19,7 @@ from torch import nn
 from gradparity.core.errors import InputError
 from gradparity.core.losses import function_loss_meta
 from gradparity.core.options import Maps, ReferenceInputs, Tolerances, with_options
-from gradparity.core.plan import Captures, Context
+from gradparity.core.plan import Captures, Context, Side
 from gradparity.core.tolerance import tolerance_for
 from gradparity.core.validate import check_flag, check_options, quiet_arithmetic
 from gradparity.engine import Evidence, Plan, run
@@ -42,6 +42,7 @@ from gradparity.locate.function import FunctionLocator
 from gradparity.locate.minor import separate_minor, tap_without_effect
 from gradparity.pairing.function_entries import FunctionPairing
 from gradparity.pairing.structure import flatten
+from gradparity.pipelines.layers_autodiff import show_budgets
 from gradparity.report.report import Report
 from gradparity.sides.device import choose_device, reference_device
 from gradparity.sides.function_inputs import (
@@ -58,6 +59,7 @@ from gradparity.sides.function_reference import FunctionReference
 from gradparity.sides.function_run import UserRun
 from gradparity.sides.modes import modes_note, reference_modes
 from gradparity.sides.numpy_runner import FunctionRunner
+from gradparity.sides.reference_twin import judge_by_twin
 
 
 @quiet_arithmetic
@@ -195,6 +197,7 @@ def compare_function(
                     np.random.default_rng(seed + 1),
                 )
             )
+        pairing = FunctionPairing(fn, side, batch)
         return run(
             Plan(
                 name=name or fn,
@@ -203,9 +206,15 @@ def compare_function(
                 seed=seed,
                 batch_size=batch,
                 rng=rng,
-                sides=[ours, side],
-                pair=FunctionPairing(fn, side, batch),
-                evidence=[*evidence, reference_notes],
+                sides=[
+                    ours,
+                    side,
+                    *([float32_judge(pairing, rtol, atol)] if dtype == "float32" else []),
+                ],
+                pair=lambda captures: (
+                    captures["entries"] if "entries" in captures else pairing(captures)
+                ),
+                evidence=[*evidence, reference_notes, show_budgets],
                 locators=[
                     FunctionLocator(fn, set(side.tap_specs), has_reference=True, code=grads),
                     tap_without_effect,
@@ -223,6 +232,37 @@ def compare_function(
                 notes=modes_note(reference_modes(side.model)) + choice.notes(dtype),
             )
         )
+
+
+# How the budget note of a float32 comparison against a torch reference says it was measured.
+FUNCTION_REFERENCE_ROUNDING = (
+    "float32 judged by the reference's own rounding: the reference was run again in float64 "
+    "on the same inputs; each tensor may differ from the reference by"
+)
+
+
+def float32_judge(pairing: FunctionPairing, rtol: float | None, atol: float | None) -> Side:
+    """The side that gives each tensor pair of a float32 comparison its measured budget:
+    the reference's float32 value against its float64 twin's (``FunctionReference.
+    float64_run``), paired as ``pairing`` pairs the float32 run; the entries, their
+    tolerances and notes go to ``captures``."""
+
+    def judge(captures: Captures) -> None:
+        if "reference" not in captures:  # ours raised before the reference ran
+            return
+        entries = pairing(captures)
+        tols, notes = judge_by_twin(
+            entries,
+            lambda ref64: pairing({**captures, "reference": ref64}),
+            lambda: [pairing.side.float64_run()],
+            rtol,
+            atol,
+            judged_by=FUNCTION_REFERENCE_ROUNDING,
+        )
+        captures.update(entries=entries, row_tolerances=tols)
+        captures.setdefault("notes", []).extend(notes)
+
+    return judge
 
 
 def _reference_loss_name(side: FunctionReference) -> str:

@@ -60,14 +60,18 @@ from gradparity.pairing.layer_params import pair_layer_parameters
 from gradparity.pairing.params import sync_parameters
 from gradparity.pairing.training_entries import step_entries
 from gradparity.pipelines.layers import compare
+from gradparity.pipelines.layers_autodiff import show_budgets
 from gradparity.pipelines.training_batches import BatchCheck, batch_pairs, check_validation
 from gradparity.pipelines.training_history import history_row
 from gradparity.report.report import TrainingReport
+from gradparity.sides import device as devices
 from gradparity.sides import run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
+from gradparity.sides.device import DeviceChoice, choose_device, reference_device
 from gradparity.sides.dropout_masks import shared_dropout_masks
 from gradparity.sides.modes import modes_note, reference_modes
 from gradparity.sides.preflight import check_filled
+from gradparity.sides.reference_twin import judge_by_twin
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.running_stats import kept_buffers, sync_running
 from gradparity.sides.setup import resolve_losses
@@ -107,6 +111,8 @@ def compare_training(
     training: TrainingOptions | None = None,
     strict: bool = False,
     param_map: dict[str, str] | None = None,
+    device: str = "cpu",
+    keep_tf32: bool = False,
 ) -> TrainingReport:
     """Train both sides on the same ``batches`` and report the first step where they part.
 
@@ -118,7 +124,11 @@ def compare_training(
     ``loss``), ``maps`` (its ``layer_map``) and ``training`` (optimisers, steps, validation,
     eval_every, progress): option objects, merged into those keyword arguments
     (``with_options``). ``strict``: minor differences make ``ok`` False too. ``param_map``
-    {ours "<layer>.<param>": reference parameter}: as in ``compare``.
+    {ours "<layer>.<param>": reference parameter}: as in ``compare``. With ``dtype="float32"``
+    each tensor of each step is judged by the reference's own float32 rounding, measured by a
+    float64 copy of the reference and its optimiser stepped alongside (``float32_budget``).
+    ``device`` ("cpu", "cuda" or "cuda:N") and ``keep_tf32``: where the reference trains and
+    whether TF32 stays on there, as in ``compare``.
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     strict = check_flag(strict, "strict")
@@ -129,7 +139,41 @@ def compare_training(
     eval_every = check_count(eval_every, "eval_every")
     if progress is not None and not callable(progress):
         raise InputError(f"progress must be callable(iterable) -> iterable, got {progress!r}")
-    tol = tolerance_for(dtype, rtol, atol)
+    choice = choose_device(device, check_flag(keep_tf32, "keep_tf32"))
+    with reference_device(choice):
+        return _train(
+            ours_model, reference_model, batches, ours_loss, reference_loss, ours_optimizer,
+            reference_optimizer, steps, layer_map, dtype, seed=seed, rtol=rtol, atol=atol,
+            validation=validation, eval_every=eval_every, progress=progress, name=name,
+            strict=strict, param_map=param_map, choice=choice,
+        )  # fmt: skip
+
+
+def _train(
+    ours_model: Any,
+    reference_model: nn.Module,
+    batches: Iterable[tuple[Any, Any]],
+    ours_loss: Any,
+    reference_loss: Any,
+    ours_optimizer: Any,
+    reference_optimizer: Any,
+    steps: int | None,
+    layer_map: dict[str, str] | None,
+    dtype: str,
+    *,
+    seed: int,
+    rtol: float | None,
+    atol: float | None,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    eval_every: int,
+    progress: Callable[[Iterable], Iterable] | None,
+    name: str | None,
+    strict: bool,
+    param_map: dict[str, str] | None,
+    choice: DeviceChoice,
+) -> TrainingReport:
+    """``compare_training`` once its options are checked, inside ``reference_device``."""
+    tol = choice.tolerance(tolerance_for(dtype, rtol, atol), rtol is not None)
     tdtype = TORCH_DTYPES[dtype]
     if validation is not None:
         validation = check_validation(validation, dtype)
@@ -152,6 +196,8 @@ def compare_training(
         sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
         sync_running(pair.layer, pair.torch_module)
     check_filled(empty, synced_names(pairs))
+    if choice.on_gpu:  # in place, so an optimiser given as an instance stays bound to it
+        ref_model.to(devices.torch_device(choice.device))
     with shared_dropout_masks(pairs, ref_model) as dropout:
         shadow = (
             Shadow.make(ref_model, ref_opt, pairs, reference_loss) if dtype == "float32" else None
@@ -160,9 +206,11 @@ def compare_training(
         loop = _Training(
             layers=layers, runner=TrainingStepRunner(layers, ours_loss, ours_opt),
             ref_model=ref_model, ref_opt=ref_opt, pairs=pairs, tol=tol, shadow=shadow,
+            rtol=rtol, atol=atol,
             localise=lambda x, target: lambda ours: compare(
                 _rewound(layers, ours.before), ref_model, x, target, ours_loss, reference_loss,
                 layer_map, dtype, seed=seed, name="localised", param_map=param_map,
+                device=choice.device, keep_tf32=choice.keep_tf32,
             ).root_causes,
             plan=lambda **step: Plan(
                 name=name or model_name(ours_model), dtype=dtype, tolerance=tol, seed=seed,
@@ -174,6 +222,7 @@ def compare_training(
         kept: list[Row] = []
         findings: list[Finding] = []
         first_divergent, last_rows, batch = None, [], None
+        step_notes: dict[int, list[str]] = {}  # each step's own notes (float32 budgets)
         iterator = batch_pairs(batches, steps)
         batch_check = BatchCheck(
             ref_model, ours_loss, reference_loss, dtype, layers_by_module(pairs)
@@ -188,6 +237,7 @@ def compare_training(
             ctx = execute(loop.step_plan(step, x, target, first=first_divergent is None))
             ours, rows = ctx.captures["ours"], ctx.rows
             findings += ctx.root_causes
+            step_notes[step] = ctx.notes
             if ours.error is not None:
                 first_divergent = first_divergent or step
                 break
@@ -224,8 +274,11 @@ def compare_training(
                     **loss_meta(ours_loss, reference_loss, *given), "steps": len(history),
                     "ours_optimizer": _describe(ours_opt),
                     "reference_optimizer": type(ref_opt).__name__, "reference_modes": modes,
+                    **choice.meta(),
                 },
-                notes=pairing_notes + modes_note(modes) + dropout.notes(),
+                notes=pairing_notes + modes_note(modes) + dropout.notes() + choice.notes(dtype)
+                + [f"step {k}: {note}" for k in sorted({r.step for r in kept if r.step})
+                   for note in step_notes.get(k, [])],
                 fields={
                     "conversions": [f"{p.name}: {q.describe()}" for p in pairs for q in p.params],
                     "history": pd.DataFrame(history), "first_divergent_step": first_divergent,
@@ -241,8 +294,8 @@ def compare_training(
 @dataclass
 class _Training:
     """What every step's plan shares: both sides' models and optimisers, the pairing, the
-    tolerance (widened per step by the float32 shadow, when there is one), the earlier steps'
-    gradients, and how a divergent step is localised."""
+    tolerance (in float32 each tensor's own, measured per step by the float64 shadow), the
+    earlier steps' gradients, and how a divergent step is localised."""
 
     layers: list[tuple[str, Any]]
     runner: TrainingStepRunner
@@ -251,6 +304,8 @@ class _Training:
     pairs: list[LayerPair]
     tol: Tolerance
     shadow: Shadow | None
+    rtol: float | None
+    atol: float | None
     localise: Callable[[np.ndarray, np.ndarray], Callable[[StepResult], list[Finding]]]
     plan: Callable[..., Plan]
     reference_loss: Any
@@ -267,23 +322,51 @@ class _Training:
                 self.ref_model, self.reference_loss, self.ref_opt, self.pairs, x, target, tdtype
             )
             captures["reference"] = ref
-            if self.shadow is not None:
-                captures["tolerance"] = self.shadow.widen(self.tol, ref, x, target)
 
         def pair(captures: Captures) -> list[Entry]:
+            if "entries" in captures:  # paired already, judged by the float64 shadow
+                return captures["entries"]
             if "reference" not in captures:  # ours raised: nothing to compare
                 return []
             return step_entries(
                 step, captures["ours"], captures["reference"], self.pairs, x.shape[0]
             )
 
+        def judge_float32(captures: Captures) -> None:
+            """Each tensor pair judged by the reference's own float32 rounding: its value
+            against the float64 shadow's, stepped on the same batch."""
+            shadow = self.shadow
+            if shadow is None or "reference" not in captures:
+                return
+            entries = pair(captures)
+            tols, notes = judge_by_twin(
+                entries,
+                lambda ref64: step_entries(step, captures["ours"], ref64, self.pairs, x.shape[0]),
+                lambda: [shadow.step(x, target)],
+                self.rtol,
+                self.atol,
+                judged_by=TRAINING_ROUNDING,
+                operands=captures["reference"].floor_operands(),
+            )
+            captures.update(entries=entries, row_tolerances=tols)
+            captures.setdefault("notes", []).extend(notes)
+
         return self.plan(
             batch_size=x.shape[0],
-            sides=[numpy_side(self.runner, x, target, "ours"), reference],
+            sides=[numpy_side(self.runner, x, target, "ours"), reference, judge_float32],
             pair=pair,
-            evidence=[StepRepeats(self.tracker, step, active=first)],
+            evidence=[StepRepeats(self.tracker, step, active=first), show_budgets],
             locators=[StepLocator(step, first, self.localise(x, target))],
         )
+
+
+# How the budget note of a float32 training comparison says the drift was measured.
+TRAINING_ROUNDING = (
+    "float32 judged by the reference's own rounding: a float64 copy of the reference and its "
+    "optimiser was stepped alongside it on the same batches from the same start, so its drift "
+    "includes what earlier steps' rounding carried into each step; each tensor may differ "
+    "from the reference by"
+)
 
 
 def _describe(optimizer: Any) -> str:

@@ -7,10 +7,12 @@ has run: the side pairs them then, trying layouts until the forward taps (or the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from gradparity.comparison.function_taps import aligned_tap
@@ -21,6 +23,7 @@ from gradparity.pairing.function_align import depth_of, resolve_tap_map
 from gradparity.pairing.params import ParamPair, sync_parameters
 from gradparity.pairing.square import pair_function_params
 from gradparity.pairing.structure import rebuild
+from gradparity.sides.float64_twin import as_float64
 from gradparity.sides.function_inputs import (
     as_array,
     checked_reference_target,
@@ -107,6 +110,17 @@ class FunctionReference:
         specs = self.tap_specs if specs is None else specs
         with kept_buffers(self.model):
             return run_reference(self.model, x, self.rt, self.reference_loss, specs, self.tdtype)
+
+    def float64_run(self) -> ReferenceRun:
+        """The reference run once more on a float64 copy of itself (parameters as synced),
+        on float64 copies of its x and target: what its own float32 rounding is measured
+        against. Every tap is recorded, as in ``run``."""
+        model = copy.deepcopy(self.model).double()
+        with kept_buffers(model):
+            return run_reference(
+                model, as_float64(self.rx), as_float64(self.rt), self.reference_loss,
+                self.tap_specs, torch.float64,
+            )  # fmt: skip
 
     def agree(self, pairs: list[ParamPair], run: UserRun) -> bool | None:
         """Do the forward taps (or, without any, the loss) agree under ``pairs``? The taps

@@ -16,8 +16,9 @@ budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from gradparity.evidence.float32_budget import (
     Budget,
     Key,
     RowTolerances,
-    measured_budget,
+    largest,
+    reference_budget,
     widest,
 )
 from gradparity.pairing.align import LayerPair
@@ -115,13 +117,14 @@ class ReferenceTwin:
 
 @dataclass
 class TwinEntries:
-    """The entries ``compare``'s pairing makes of the twin's records: its own chain and
-    probes (``own``), and its layers fed ours' chain (``fed_ours``) and the float32
-    reference's chain (``fed_reference``)."""
+    """The entries a pairing step makes of the twin's records: its own run (``own``: for
+    ``compare`` its chain and probes), and for ``compare`` its layers fed ours' chain
+    (``fed_ours``) and the float32 reference's chain (``fed_reference``); the other front ends
+    have no layer chain to feed, so nothing is received."""
 
     own: list[Entry]
-    fed_ours: list[Entry]
-    fed_reference: list[Entry]
+    fed_ours: list[Entry] = field(default_factory=list)
+    fed_reference: list[Entry] = field(default_factory=list)
 
     def received(self) -> dict[Key, float]:
         """max|fed ours - fed reference| of each chain tensor: what the error received from
@@ -146,14 +149,19 @@ def reference_tolerances(
     atol: float | None,
     why: str = "",
     inputs: dict[Key, float] | None = None,
+    judged_by: str = REFERENCE_ROUNDING,
+    operands: dict[Key, float] | None = None,
 ) -> tuple[RowTolerances, list[str]]:
     """(the tolerance of every tensor pair of ``entries`` (float32, ours against the
     reference), notes): each pair's budget measured against the same pair of ``twin.own``,
     plus what the error received from upstream makes of it (chain mode) and the user's
     ``rtol``/``atol``; the fixed float32 tolerance and a note saying ``why`` when the twin did
-    not run (None). ``inputs``: the largest input magnitude of each (mode, layer)."""
+    not run (None). ``inputs``: the largest input magnitude of each (mode, layer);
+    ``judged_by``: how the budget note says the drift was measured; ``operands``: the
+    magnitude a tensor's floor is taken of, by key, where the caller knows it (else from
+    ``inputs`` and the entry's upstream gradient)."""
     fixed = tolerance_for("float32", rtol, atol)
-    inputs = inputs or {}
+    inputs, operands = inputs or {}, operands or {}
     if twin is None:
         note = (
             f"float32: the reference {why} when run again in float64, so its own rounding was "
@@ -165,7 +173,8 @@ def reference_tolerances(
     budgets: dict[Key, Budget] = {}
     for entry in entries:
         if isinstance(entry, TensorPair) and entry.ours is not None and _key(entry) in own:
-            budgets[_key(entry)] = _budget(entry, own[_key(entry)], inputs)
+            of = operands.get(_key(entry), _operands(entry, inputs))
+            budgets[_key(entry)] = reference_budget(entry.reference, own[_key(entry)], of)
     tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
     clean = True  # every chain tensor so far within its budget: what is received is rounding
     for entry in entries:
@@ -182,7 +191,7 @@ def reference_tolerances(
         tolerances,
         budgets,
         by_mode=True,
-        judged_by=REFERENCE_ROUNDING,
+        judged_by=judged_by,
     )
     return rows, []
 
@@ -194,19 +203,6 @@ def _in_chain(budgets: dict[Key, Budget], key: Key, received: float | None) -> B
     budget, alone = budgets[key], budgets.get(("isolate", *key[1:]))
     allowed = max(budget.allowed, alone.allowed if alone is not None else 0.0)
     return Budget(budget.drift, budget.scale, allowed + (received or 0.0), received)
-
-
-def _budget(entry: TensorPair, value64: np.ndarray, inputs: dict[Key, float]) -> Budget:
-    """The budget of one tensor pair from the twin's value of it (same shape). Its scale is
-    the float32 reference's, which the mismatch rule meets: where that is all 0 (a
-    derivative rounded to 0), the budget is an absolute one."""
-    measured = measured_budget(entry.reference, value64, value64, _operands(entry, inputs))
-    return replace(measured, scale=_largest(entry.reference))
-
-
-def _largest(values: np.ndarray) -> float:
-    finite = np.abs(values[np.isfinite(values)])
-    return float(finite.max()) if finite.size else 0.0
 
 
 def _operands(entry: TensorPair, inputs: dict[Key, float]) -> float:
@@ -222,7 +218,7 @@ def _operands(entry: TensorPair, inputs: dict[Key, float]) -> float:
         return largest**2 if RUNNING_ALIASES.get(name) == "running_var" else largest
     if entry.upstream is None or not entry.quantity.startswith("grad"):
         return 0.0
-    upstream = _largest(np.asarray(entry.upstream))
+    upstream = largest(np.asarray(entry.upstream))
     if entry.quantity == "grad_input":
         return upstream
     return upstream * inputs.get((entry.mode, entry.layer), 0.0)
@@ -232,26 +228,33 @@ def _key(entry: TensorPair) -> Key:
     return (entry.mode, entry.layer, entry.quantity)
 
 
+TwinRecords = TypeVar("TwinRecords")
+
+
 def judge_by_twin(
     entries: list[Entry],
-    pairing: Callable[[Records], list[Entry]],
-    twin: Callable[[], tuple[Records, Records, Records]],
+    pairing: Callable[[TwinRecords], list[Entry]],
+    twin: Callable[[], Sequence[TwinRecords]],
     rtol: float | None,
     atol: float | None,
-    inputs: dict[Key, float],
+    inputs: dict[Key, float] | None = None,
+    judged_by: str = REFERENCE_ROUNDING,
+    operands: dict[Key, float] | None = None,
 ) -> tuple[RowTolerances, list[str]]:
     """Give each tensor pair of ``entries`` its measured float32 tolerance (``entry.tolerance``):
-    ``twin()`` runs the float64 twin (its own records, fed ours' chain, fed the reference's
-    chain) and ``pairing`` turns records into entries as it turned the float32 reference's
-    into ``entries``; ``inputs``: the largest input magnitude of each (mode, layer). A twin
-    that raises leaves the fixed float32 tolerance, with a note."""
+    ``twin()`` runs the float64 twin (its own records, then, for ``compare``, fed ours' chain
+    and fed the reference's chain) and ``pairing`` turns records into entries as it turned
+    the float32 reference's into ``entries``; ``inputs``: the largest input magnitude of each
+    (mode, layer); ``judged_by`` opens the budget note; ``operands`` as in
+    ``reference_tolerances``. A twin that raises leaves the fixed float32 tolerance, with a
+    note."""
     try:
         made: TwinEntries | None = TwinEntries(*(pairing(r) for r in twin()))
         why = ""
     except USER_ERRORS as exc:  # a twin that fails to run leaves the fixed tolerance
         first = "".join(str(exc).splitlines()[:1])
         made, why = None, f"raised ({type(exc).__name__}: {first})"
-    tols, notes = reference_tolerances(entries, made, rtol, atol, why, inputs)
+    tols, notes = reference_tolerances(entries, made, rtol, atol, why, inputs, judged_by, operands)
     for entry in entries:
         if isinstance(entry, TensorPair):
             entry.tolerance = tols.of(_key(entry))
