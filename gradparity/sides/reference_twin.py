@@ -213,9 +213,9 @@ def _operands(entry: TensorPair, inputs: dict[Key, float]) -> float:
     a batch mean cancels to ~0 where the inputs do not, and keeps their rounding; 0 for other
     quantities (their own scale)."""
     if entry.quantity.startswith("buffer:"):
-        largest = inputs.get((entry.mode, entry.layer), 0.0)
+        layer_input = inputs.get((entry.mode, entry.layer), 0.0)
         name = entry.quantity.removeprefix("buffer:")
-        return largest**2 if RUNNING_ALIASES.get(name) == "running_var" else largest
+        return layer_input**2 if RUNNING_ALIASES.get(name) == "running_var" else layer_input
     if entry.upstream is None or not entry.quantity.startswith("grad"):
         return 0.0
     upstream = largest(np.asarray(entry.upstream))
