@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import gradparity.ours
 from gradparity.ours import GELU, Layer
 
 from . import budget
-from .budget import check_layer
+from .budget import check_layer, examples
 
 
 def test_float32_rounding_of_gelu_tanh_near_its_negative_tail_passes():
@@ -60,3 +61,11 @@ def test_every_exported_layer_and_loss_has_a_parity_test():
     assert {"Linear", "Conv2d", "LSTM", "MSE", "NLLLoss"} <= {
         cls.__name__ for cls in budget.COVERED
     }
+
+
+def test_ci_draws_the_same_examples_everywhere_and_explore_twenty_times_as_many():
+    ci, explore = settings.get_profile("ci"), settings.get_profile("explore")
+    assert ci.derandomize and not explore.derandomize
+    assert explore.max_examples == 20 * ci.max_examples
+    scale = settings.default.max_examples / ci.max_examples
+    assert examples(15).max_examples == round(15 * scale) and examples(15).deadline is None
