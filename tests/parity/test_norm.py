@@ -60,10 +60,15 @@ def test_batch_norm_and_its_running_statistics(cls, training, data, seed):
     layer, x, dtype = data.draw(batch_norm_cases(cls))
     exact, rounded = check_layer(layer.train(training), x, dtype, np.random.default_rng(seed))
     assert exact.module.training == layer.training == training
-    for name in ("running_mean", "running_var"):
+    # The batch statistics are means over x (of squares for the variance), which cancel: torch
+    # accumulates them in float64 on the CPU, ours in float32, so the floor is taken in ulps of
+    # what was summed (explore: a running mean of 3.7e-3 from inputs up to 3.8).
+    largest = float(np.abs(x).max())
+    for name, operands in (("running_mean", largest), ("running_var", largest**2)):
         theirs32 = rounded and rounded.module.get_buffer(name).numpy()
-        assert getattr(layer, name).dtype == DTYPES[dtype][0]
-        assert_parity(name, getattr(layer, name), exact.module.get_buffer(name).numpy(), theirs32)
+        ours = getattr(layer, name)
+        assert ours.dtype == DTYPES[dtype][0]
+        assert_parity(name, ours, exact.module.get_buffer(name).numpy(), theirs32, operands)
 
 
 @st.composite
