@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench selftest mutants clean
+.PHONY: demo test parity lint bench selftest mutants clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check gradparity ours reference tests benchmarks
 	$(BIN)/python -m pytest -q -n auto
+
+# The parity suite on fresh random examples, 20 times as many as make test draws (minutes).
+parity: $(STAMP)
+	$(BIN)/python -m pytest tests/parity -q -n auto --hypothesis-profile=explore
 
 selftest: $(STAMP)
 	$(BIN)/gradparity selftest

@@ -1,0 +1,1 @@
+"""The parity suite: every ``gradparity.ours`` layer and loss against its torch mirror."""
