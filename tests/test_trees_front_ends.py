@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_trees import _unrolled
 
 import gradparity as gp
 from gradparity.corpus.recurrent_bugs import ResidualSkipGradDropped, residual_network
@@ -124,6 +125,14 @@ def test_the_same_nested_bug_has_the_same_root_cause_against_a_twin_and_autodiff
     )
 
 
+def test_autodiff_judges_a_cell_called_at_every_step_call_by_call():
+    ours, _, x, target = _unrolled(scale=0.5)  # the cell's backward halves dL/dx
+    report = gp.compare(ours, "autodiff", x, target)
+    assert set(_found(report)) == {(f"rnn.cell@{k}", "grad_input", "scaled") for k in range(3)}
+    assert set(_rows(report, "rnn.fc@1").values()) == {"ok"}
+    assert _rows(report, "rnn")["grad:fc.W"] == "inherited"  # shared weights: the container's
+
+
 # --- compare_training -----------------------------------------------------------------------
 
 
@@ -133,6 +142,17 @@ def test_training_localises_a_bug_inside_a_block_to_the_dotted_layer():
     assert not report.ok
     assert report.first_divergent_step == 1
     assert _found(report) == [("block1.fc1", "grad:W", "scaled")]
+    assert report.root_causes[0].source["file"].endswith("test_trees_front_ends.py")
+
+
+def test_a_container_holding_things_other_than_layers_is_checked_whole_via_autodiff():
+    class Holder(Linear):
+        layers = (("shape", (3, 3)),)  # a "layers" tuple that holds no layer
+
+    rng = np.random.default_rng(4)
+    model = [("fc", Holder(3, 3, rng=rng))]
+    report = gp.compare(model, "autodiff", rng.standard_normal((4, 3)), rng.integers(0, 3, 4))
+    assert report.ok and set(report.table["layer"]) == {"fc", "loss"}
 
 
 def test_a_correct_resmlp_trains_with_no_finding():

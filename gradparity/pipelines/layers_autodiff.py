@@ -119,8 +119,12 @@ def own_tree(
     ``pairing.tree`` expands against a twin; a child keeps its parameters' rows, its container
     the rest. x: the model's input, run through ours' forward (on copies) to count the calls
     only when there is a container."""
+    # Only layers (forward and backward) get a module: a container holding anything else
+    # stays whole (against a twin, its submodules' names decide that).
     modules = {
-        ".".join(path): module_of(".".join(path), inner) for path, inner in descendants(layers)
+        ".".join(path): module_of(".".join(path), inner)
+        for path, inner in descendants(layers)
+        if all(callable(getattr(inner, m, None)) for m in ("forward", "backward"))
     }
     pairs = expand_tree(own_pairs(layers, module_of), modules, lambda: ours_calls(layers, x))
     for pair in pairs:
