@@ -31,6 +31,7 @@ from gradparity.pairing.params import (
     resolve_layouts,
 )
 from gradparity.pairing.square import ForwardProbe
+from gradparity.pairing.tree import repeated
 from gradparity.reference.layout import parameter_conversions
 from gradparity.sides.adapt import params_of
 
@@ -46,32 +47,49 @@ def _reference_shapes(pair: LayerPair) -> Shapes:
 
 
 def _owner(key: str, pairs: list[LayerPair]) -> tuple[LayerPair, str]:
-    """The layer and parameter key ``key`` names: "<layer>.<param>", else "<param>" where one
-    layer alone has it."""
-    qualified = {f"{p.name}.{k}": (p, k) for p in pairs for k in params_of(p.layer)}
+    """The layer and parameter key ``key`` names: "<layer>.<param>" (a dotted layer inside a
+    container too: "block1.fc1.W"), else "<param>" where one top-level layer alone has it, or,
+    where none has it, one layer inside a container (each call of a layer called several
+    times shares its container's parameters: not listed)."""
+    listed = [p for p in pairs if not repeated(p, pairs)]
+    qualified = {f"{p.name}.{k}": (p, k) for p in listed for k in params_of(p.layer)}
     if key in qualified:
         return qualified[key]
-    having = [(p, k) for p in pairs for k in params_of(p.layer) if k == key]
-    if len(having) > 1:
-        layers = [p.name for p, _ in having]
-        raise InputError(
-            f"param_map key {key!r} is ambiguous: layers {fmt_names(layers)} all have it; "
-            f"name one as '<layer>.{key}' (e.g. {f'{layers[0]}.{key}'!r})"
-        )
+    having = [(p, k) for p in listed for k in params_of(p.layer) if k == key]
+    top = [(p, k) for p, k in having if not p.path]  # what a bare name meant before trees
+    if len(top or having) > 1:
+        raise InputError(_ambiguous(key, [p.name for p, _ in top or having], having))
     if not having:
         raise InputError(
             f"param_map names ours parameter {key!r}, which no layer has; ours has "
             f"{fmt_names(list(qualified))}"
         )
-    return having[0]
+    return (top or having)[0]
+
+
+def _ambiguous(key: str, layers: list[str], having: list[tuple[LayerPair, str]]) -> str:
+    """The refusal of a bare ``key`` that ``layers`` all have; inside a tree it names every
+    dotted parameter the key could mean."""
+    line = (
+        f"param_map key {key!r} is ambiguous: layers {fmt_names(layers)} all have it; "
+        f"name one as '<layer>.{key}' (e.g. {f'{layers[0]}.{key}'!r})"
+    )
+    if all(not p.path for p, _ in having):
+        return line
+    return f"{line}; it could mean {fmt_names([f'{p.name}.{key}' for p, _ in having])}"
 
 
 def _module_parameter(pair: LayerPair, key: str, value: str) -> str:
-    """``value`` as a parameter name within the module ``pair`` faces."""
+    """``value`` as a parameter name within the module ``pair`` faces: as it is, or qualified
+    by that module's name ("bn1.weight") or by a container's above it (inside ``block1``,
+    "fc1.weight" and "block1.fc1.weight" both name ``block1.fc1``'s "weight")."""
     names = _reference_shapes(pair)
     prefix = f"{pair.module_name}."
-    if value not in names and value.startswith(prefix) and value[len(prefix) :] in names:
-        return value[len(prefix) :]
+    parts = pair.module_name.split(".")
+    for above in [".".join(parts[:i]) for i in range(len(parts))]:
+        full = f"{above}.{value}".lstrip(".")
+        if value not in names and full.startswith(prefix) and full[len(prefix) :] in names:
+            return full[len(prefix) :]
     if value not in names:
         raise InputError(
             f"param_map pairs {pair.name}.{key} with {value!r}, which reference module "

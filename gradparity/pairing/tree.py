@@ -14,7 +14,7 @@ parameters stay with the container, whose gradient is the sum of the calls'.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ def children_of(layer: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def _expandable(pair: LayerPair, modules: dict[str, nn.Module]) -> list[tuple[str, Any]]:
+def _expandable(pair: LayerPair, modules: Mapping[str, nn.Module]) -> list[tuple[str, Any]]:
     """The children to compare inside ``pair``: all of them, when the module it faces has a
     submodule of each child's name; else none (the container is compared whole)."""
     if pair.module is None or pair.call > 0:  # a container run several times stays whole
@@ -73,13 +73,43 @@ def reference_calls(model: nn.Module, x: np.ndarray, dtype: torch.dtype) -> list
     return [(call.module, call.index) for call in recorder.calls]
 
 
+def descendants(
+    layers: list[tuple[str, Any]], above: tuple[int, ...] = ()
+) -> list[tuple[tuple[str, ...], Any]]:
+    """``(path, layer)`` of every layer inside the containers among ``layers``, pre-order:
+    the names from a top-level layer down to it (``("block1", "fc1")``, dotted
+    ``block1.fc1``). ``above``: ids of the containers already entered, so one that holds
+    itself, directly or further down, is not entered again."""
+    found: list[tuple[tuple[str, ...], Any]] = []
+    for name, layer in layers:
+        entered = (*above, id(layer))
+        for child_name, child in children_of(layer):
+            found.append(((name, child_name), child))
+            if id(child) not in entered:
+                found += [
+                    ((name, *path), inner)
+                    for path, inner in descendants([(child_name, child)], entered)
+                ]
+    return found
+
+
 def expand_containers(
     pairs: list[LayerPair], torch_model: nn.Module, calls: Callable[[], list[tuple[str, int]]]
 ) -> list[LayerPair]:
     """``pairs`` with every expandable container followed by its children's pairs (pre-order:
     a container, then its subtree, the children in the order the reference calls them).
     ``calls()`` (``reference_calls``) is asked for only when a container is expanded."""
-    modules = {n: m for n, m in torch_model.named_modules() if n}
+    return expand_tree(pairs, {n: m for n, m in torch_model.named_modules() if n}, calls)
+
+
+def expand_tree(
+    pairs: list[LayerPair],
+    modules: Mapping[str, nn.Module],
+    calls: Callable[[], list[tuple[str, int]]],
+) -> list[LayerPair]:
+    """``expand_containers`` against ``modules`` {dotted module name: the module a layer of
+    that name faces}: a reference model's named modules, or a module per layer of ours' own
+    tree (the autodiff reference, where each layer is its own reference)."""
     known: list[tuple[str, int]] | None = None
     expanded: list[LayerPair] = []
     stack = list(reversed(pairs))
@@ -126,13 +156,19 @@ def hand_parameters_to_children(pairs: list[LayerPair]) -> None:
     for pair in pairs:
         if repeated(pair, pairs):
             pair.params = []
-    owned = {
-        f"{p.module_name}.{pp.torch_name}" for p in pairs if not p.container for pp in p.params
-    }
+    # A parameter is known by the reference's dotted name ("block1.fc1.weight") or by ours'
+    # ("block1.fc1.W": a container keys its children's parameters "fc1.W"); the autodiff
+    # reference has only ours' names (a module's parameter name holds no dot).
+    children = [p for p in pairs if not p.container]
+    owned = {f"{p.module_name}.{pp.torch_name}" for p in children for pp in p.params}
+    owned |= {f"{p.name}.{pp.key}" for p in children for pp in p.params}
     for pair in pairs:
         if pair.container:
             pair.params = [
-                pp for pp in pair.params if f"{pair.module_name}.{pp.torch_name}" not in owned
+                pp
+                for pp in pair.params
+                if f"{pair.module_name}.{pp.torch_name}" not in owned
+                and f"{pair.name}.{pp.key}" not in owned
             ]
 
 

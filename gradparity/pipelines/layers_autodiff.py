@@ -58,10 +58,12 @@ from gradparity.ours import SoftmaxCrossEntropy
 from gradparity.pairing.align import LayerPair
 from gradparity.pairing.layer_entries import run_entries
 from gradparity.pairing.params import ParamPair
+from gradparity.pairing.tree import descendants, expand_tree, hand_parameters_to_children
 from gradparity.reference.layout import IDENTITY
 from gradparity.report.report import Report
 from gradparity.sides import layer_functions, run_numpy, run_torch
 from gradparity.sides.adapt import check_protocol, layer_code, params_of
+from gradparity.sides.child_records import ours_calls, recording_children
 from gradparity.sides.float64_twin import float64_probes
 from gradparity.sides.isolation import Probe, layer_probe, loss_probe
 from gradparity.sides.layer_autodiff import (
@@ -92,29 +94,43 @@ def own_pairs(
 ) -> list[LayerPair]:
     """Each layer paired with its reference module ``module_of(name, layer)`` (its own forward
     as a module), whose parameters have the layer's names and layout."""
-    pairs = []
-    for name, layer in layers:
-        params = params_of(layer, name)
-        module = module_of(name, layer)
-        pairs.append(
-            LayerPair(
-                name,
-                layer,
-                name,
-                module,
-                params=[
-                    ParamPair(
-                        key,
-                        torch_name(key),
-                        IDENTITY,
-                        np.shape(value),
-                        np.shape(value),
-                        "the layer's own parameter",
-                    )
-                    for key, value in params.items()
-                ],
-            )
-        )
+    return [
+        LayerPair(name, layer, name, module_of(name, layer), params=_own_params(name, layer))
+        for name, layer in layers
+    ]
+
+
+def _own_params(name: str, layer: Any) -> list[ParamPair]:
+    """The layer's parameters, each its own reference (same key, same layout)."""
+    shapes = {key: np.shape(value) for key, value in params_of(layer, name).items()}
+    return [
+        ParamPair(key, torch_name(key), IDENTITY, shape, shape, "the layer's own parameter")
+        for key, shape in shapes.items()
+    ]
+
+
+def own_tree(
+    layers: list[tuple[str, Any]],
+    module_of: Callable[[str, Any], nn.Module],
+    x: np.ndarray,
+) -> list[LayerPair]:
+    """``own_pairs`` with each container of ours followed by the layers inside it under dotted
+    names (``block1.fc1``; ``rnn.cell@k`` per call), each its own reference, as
+    ``pairing.tree`` expands against a twin; a child keeps its parameters' rows, its container
+    the rest. x: the model's input, run through ours' forward (on copies) to count the calls
+    only when there is a container."""
+    # Only layers (forward and backward) get a module: a container holding anything else
+    # stays whole (against a twin, its submodules' names decide that).
+    modules = {
+        ".".join(path): module_of(".".join(path), inner)
+        for path, inner in descendants(layers)
+        if all(callable(getattr(inner, m, None)) for m in ("forward", "backward"))
+    }
+    pairs = expand_tree(own_pairs(layers, module_of), modules, lambda: ours_calls(layers, x))
+    for pair in pairs:
+        if pair.path:
+            pair.params = _own_params(pair.name, pair.layer)
+    hand_parameters_to_children(pairs)
     return pairs
 
 
@@ -150,20 +166,31 @@ def _float_type(a: np.ndarray) -> np.dtype:
     return a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
 
 
-def forward_chain(layers: list[tuple[str, Any]], x: np.ndarray) -> Side:
+def forward_chain(
+    layers: list[tuple[str, Any]], x: np.ndarray, children: list[run_numpy.Child] | None = None
+) -> Side:
     """The side that runs ours' forward alone (a check without a loss): each layer's input and
-    output as ``ours_chain``, up to a layer that raises."""
+    output as ``ours_chain``, up to a layer that raises; ``children`` (name, path, call) of
+    layers inside containers are recorded as their containers call them."""
+    children = children or []
 
     def side(captures: Captures) -> None:
         records: dict[str, LayerRecord] = {}
         h = x
-        for name, layer in copy.deepcopy(layers):
-            records[name] = rec = LayerRecord(input=snapshot(h))
-            try:
-                h = rec.output = real_array(layer.forward(h.copy()), "forward's output", "output")
-            except USER_ERRORS as exc:
-                rec.error = error_info("forward", exc)
-                break
+        own_layers = copy.deepcopy(layers)
+        with recording_children(own_layers, [path for _, path, _ in children]) as calls:
+            for name, layer in own_layers:
+                records[name] = rec = LayerRecord(input=snapshot(h))
+                try:
+                    out = layer.forward(h.copy())
+                    h = rec.output = real_array(out, "forward's output", "output")
+                except USER_ERRORS as exc:
+                    rec.error = error_info("forward", exc)
+                    break
+        for name, path, call in children:
+            made = calls.get(path, [])
+            if call < len(made) and made[call].output is not None:
+                records[name] = made[call]
         captures["ours_chain"] = records
 
     return side
@@ -258,16 +285,17 @@ def compare_autodiff(
     rng = np.random.default_rng(seed)
     reference_notes = ReferenceNotes()
     if reference is None:
-        pairs = own_pairs(layers, partial(OwnForwardModule, notes=reference_notes))
+        pairs = own_tree(layers, partial(OwnForwardModule, notes=reference_notes), x)
     else:
-        pairs = own_pairs(layers, lambda _, layer: TorchFunctionModule(reference, layer))
+        pairs = own_tree(layers, lambda _, layer: TorchFunctionModule(reference, layer), x)
     loss_pair = LayerPair("loss", loss, "loss", None) if loss is not None else None
     reference_loss = OwnLossFunction(loss, reference_notes) if loss is not None else None
     batch = x.shape[0]
+    children = [(p.name, p.path, p.call) for p in pairs if p.path]
     chain_side = (
-        numpy_side(run_numpy.LayerRunner(layers, loss, rng), x, target, "ours_chain")
+        numpy_side(run_numpy.LayerRunner(layers, loss, rng, children), x, target, "ours_chain")
         if loss is not None
-        else forward_chain(layers, x)
+        else forward_chain(layers, x, children)
     )
 
     def isolate(captures: Captures) -> None:
@@ -283,7 +311,7 @@ def compare_autodiff(
     if loss is not None:
         meta["ours_loss"] = loss_name(loss) + ("" if given else DEFAULT)
         meta["reference_loss"] = f"autodiff of {loss_name(loss)}'s own forward"
-    sources = {**dict(layers), **({"loss": loss} if loss is not None else {})}
+    sources = {p.name: p.layer for p in pairs} | ({"loss": loss} if loss is not None else {})
     ctx = execute(
         Plan(
             name=name,

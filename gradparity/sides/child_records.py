@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from gradparity.core.records import USER_ERRORS, LayerRecord, snapshot
-from gradparity.pairing.tree import children_of
-from gradparity.sides.adapt import grads_of
-from gradparity.sides.running_stats import ours_running
+from gradparity.core.records import USER_ERRORS, LayerRecord, real_array, snapshot
+from gradparity.pairing.tree import children_of, descendants
+from gradparity.sides.adapt import before_pass, grads_of
+from gradparity.sides.fresh import working_copy
+from gradparity.sides.running_stats import kept_running, ours_running
 
 Path = tuple[str, ...]  # names from a top-level layer down to a child: ("block1", "fc1")
 
@@ -34,13 +35,14 @@ def resolve(layers: list[tuple[str, Any]], path: Path) -> Any:
 class _Recording:
     """The calls of one child: a record per forward, filled by the matching backward."""
 
-    def __init__(self, layer: Any) -> None:
-        self.layer = layer
+    def __init__(self, layer: Any, path: Path, started: list[tuple[Path, int]]) -> None:
+        self.layer, self.path, self.started = layer, path, started
         self.calls: list[LayerRecord] = []
         self._open: list[LayerRecord] = []  # forwards whose backward has not run yet
 
     def forward(self, x: np.ndarray, *rest: Any) -> Any:
         rec = LayerRecord(input=snapshot(x))
+        self.started.append((self.path, len(self.calls)))
         self.calls.append(rec)
         out = type(self.layer).forward(self.layer, x, *rest)
         rec.output = snapshot(out)
@@ -60,11 +62,15 @@ class _Recording:
 
 @contextlib.contextmanager
 def recording_children(
-    layers: list[tuple[str, Any]], paths: list[Path]
+    layers: list[tuple[str, Any]], paths: list[Path], started: list[tuple[Path, int]] | None = None
 ) -> Iterator[dict[Path, list[LayerRecord]]]:
     """Record the calls of the children at ``paths`` inside ``layers`` (working copies) while
-    the block runs; yields path -> records in call order, filled as the block runs."""
-    recordings = {path: _Recording(resolve(layers, path)) for path in dict.fromkeys(paths)}
+    the block runs; yields path -> records in call order, filled as the block runs.
+    ``started``, when given, gets (path, k) of each call as it starts."""
+    log = [] if started is None else started
+    recordings = {
+        path: _Recording(resolve(layers, path), path, log) for path in dict.fromkeys(paths)
+    }
     calls = {path: r.calls for path, r in recordings.items()}
     patched: list[_Recording] = []
     try:
@@ -80,3 +86,23 @@ def recording_children(
     finally:
         for r in patched:
             del r.layer.forward, r.layer.backward
+
+
+def ours_calls(layers: list[tuple[str, Any]], x: np.ndarray) -> list[tuple[str, int]]:
+    """(dotted name, k) of every call ours' forward on x makes of a layer inside a container,
+    in the order the calls start (``tree.reference_calls`` for ours' own tree: the autodiff
+    reference's). Runs on copies; a forward that raises ends the list there (the chain run
+    reports the error)."""
+    started: list[tuple[Path, int]] = []
+    with working_copy(layers) as own_layers:
+        paths = [path for path, _ in descendants(own_layers)]
+        with recording_children(own_layers, paths, started):
+            h = x
+            for _, layer in own_layers:
+                before_pass(layer)
+                try:
+                    with kept_running(layer):
+                        h = real_array(layer.forward(h.copy()), "forward's output", "output")
+                except USER_ERRORS:
+                    break
+    return [(".".join(path), k) for path, k in started]
