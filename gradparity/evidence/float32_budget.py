@@ -39,6 +39,10 @@ DRIFT_FACTOR = 4.0
 FLOOR_ULPS = 8
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 NO_ROWS = Tolerance(0.0, 0.0, "float32")  # the report's tolerance when no row was measured
+# A drift above this fraction of the tensor's magnitude (~8000 float32 ulps) is not rounding: a
+# random draw (a dropout mask not shared), or code computing something else in float64. One
+# isolated zoo layer's rounding stays below 1e-5 of it, at input scales 1e-3 to 1e3.
+NOT_ROUNDING = 2.0**-10
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,13 @@ def measured_budget(
     drift = _drift(ours32, ours64, exact)
     allowed = floor if drift is None else max(DRIFT_FACTOR * drift, floor)
     return Budget(drift, scale, allowed)
+
+
+def beyond_rounding(drift: float | None, magnitude: float) -> bool:
+    """Whether a measured ``drift`` (None: none measured) is far more than float32 rounding
+    of values up to ``magnitude`` (the largest the tensor, or what it was computed from,
+    holds in either run) could make, so that it must not widen a budget."""
+    return drift is not None and drift > NOT_ROUNDING * magnitude
 
 
 def _drift(ours32: np.ndarray, ours64: np.ndarray | None, exact: np.ndarray) -> float | None:

@@ -25,11 +25,12 @@ from torch import nn
 
 from gradparity.core.plan import Entry, TensorPair
 from gradparity.core.records import USER_ERRORS, LayerRecord
-from gradparity.core.tolerance import tolerance_for
+from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.evidence.float32_budget import (
     Budget,
     Key,
     RowTolerances,
+    beyond_rounding,
     measured_budget,
     widest,
 )
@@ -166,7 +167,12 @@ def reference_tolerances(
     for entry in entries:
         if isinstance(entry, TensorPair) and entry.ours is not None and _key(entry) in own:
             budgets[_key(entry)] = _budget(entry, own[_key(entry)], inputs)
+    strays = _not_rounding(entries, own, budgets, inputs)
+    tainted = _tainted(entries, set(strays))
     tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
+    for key in tainted & set(budgets):  # a drift that is not rounding widens no budget
+        del budgets[key]
+        tolerances[key] = fixed
     clean = True  # every chain tensor so far within its budget: what is received is rounding
     for entry in entries:
         if entry.mode != "chain":
@@ -184,7 +190,53 @@ def reference_tolerances(
         by_mode=True,
         judged_by=REFERENCE_ROUNDING,
     )
-    return rows, []
+    return rows, [_stray_note(layer, ratio, fixed) for layer, ratio in strays.items()]
+
+
+def _not_rounding(
+    entries: list[Entry], own: dict[Key, np.ndarray], budgets: dict[Key, Budget], inputs: dict
+) -> dict[str, float]:
+    """The layers whose isolated float64 probe drifted from the float32 one by far more than
+    rounding (``beyond_rounding``), each with its largest drift as a fraction of the tensor's
+    magnitude. Only isolated probes are judged: both runs were fed the same values, whereas a
+    chain may rightly take another branch (a max or a ReLU on a near-tie) after rounding."""
+    strays: dict[str, float] = {}
+    for entry in entries:
+        budget = budgets.get(_key(entry)) if isinstance(entry, TensorPair) else None
+        if entry.mode != "isolate" or budget is None or budget.drift is None:
+            continue
+        value64 = own[_key(entry)]
+        magnitude = max(budget.scale, _operands(entry, inputs), _largest(value64))
+        if beyond_rounding(budget.drift, magnitude):
+            ratio = budget.drift / magnitude if magnitude > 0 else float("inf")
+            strays[entry.layer] = max(ratio, strays.get(entry.layer, 0.0))
+    return strays
+
+
+def _tainted(entries: list[Entry], strays: set[str]) -> set[Key]:
+    """The tensors whose float64 value measures no rounding: every tensor of a layer in
+    ``strays``, and every chain tensor from the first of theirs on (the twin's chain went on
+    from that layer's other values)."""
+    tainted, downstream = set(), False
+    for entry in entries:
+        downstream = downstream or (entry.mode == "chain" and entry.layer in strays)
+        if isinstance(entry, TensorPair) and (
+            entry.layer in strays or (downstream and entry.mode == "chain")
+        ):
+            tainted.add(_key(entry))
+    return tainted
+
+
+def _stray_note(layer: str, ratio: float, fixed: Tolerance) -> str:
+    """The one-line note of a layer whose float64 probe measured no rounding."""
+    return (
+        f"float32: the reference's {layer} run again in float64 differed from its float32 run "
+        f"by up to {ratio:.0%} of the tensor's magnitude, far more than rounding could (it draws "
+        f"random numbers, such as a dropout mask not shared with ours, or computes something "
+        f"else in float64), so no budget was measured: {layer}, and every chain tensor from "
+        f"it on, were judged by the fixed float32 tolerance (rtol {fixed.rtol:g}, atol "
+        f"{fixed.atol:g})"
+    )
 
 
 def _in_chain(budgets: dict[Key, Budget], key: Key, received: float | None) -> Budget:
