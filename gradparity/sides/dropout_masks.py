@@ -159,6 +159,18 @@ class DropoutSharing:
         return found
 
 
+def unpin_unfit(layers: list[tuple[str, Any]], batch: int) -> None:
+    """Unpin (``pinned_mask`` None) each of ``layers`` ((name, layer) pairs: copies the
+    harness owns) whose pinned mask was drawn for a batch of another size than ``batch``, so
+    that it draws its own mask as the reference's module then does (the hook leaves a mask
+    that does not fit alone) instead of raising: a validation batch of another size."""
+    for _, layer in layers:
+        owner = state_owner(layer)
+        mask = getattr(owner, PIN_ATTRIBUTE, None)
+        if mask is not None and np.shape(mask)[:1] != (batch,):
+            setattr(owner, PIN_ATTRIBUTE, None)
+
+
 @contextlib.contextmanager
 def _forked_rng() -> Iterator[None]:
     """torch's generators (the CPU's, and each CUDA device's once CUDA is in use) put back
