@@ -202,8 +202,10 @@ def _not_rounding(
     chain may rightly take another branch (a max or a ReLU on a near-tie) after rounding."""
     strays: dict[str, float] = {}
     for entry in entries:
-        budget = budgets.get(_key(entry)) if isinstance(entry, TensorPair) else None
-        if entry.mode != "isolate" or budget is None or budget.drift is None:
+        if not isinstance(entry, TensorPair) or entry.mode != "isolate":
+            continue
+        budget = budgets.get(_key(entry))
+        if budget is None or budget.drift is None:
             continue
         value64 = own[_key(entry)]
         magnitude = max(budget.scale, _operands(entry, inputs), _largest(value64))
