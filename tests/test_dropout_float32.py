@@ -135,6 +135,8 @@ def test_a_drift_is_rounding_up_to_a_small_fraction_of_the_magnitude():
     assert not beyond_rounding(None, 1.0) and not beyond_rounding(0.0, 0.0)
     assert not beyond_rounding(NOT_ROUNDING * 2.0, 2.0)
     assert beyond_rounding(NOT_ROUNDING * 2.1, 2.0) and beyond_rounding(1e-30, 0.0)
+    # Underflow: float32's sigmoid at -340 is 0, float64's 1e-147.
+    assert not beyond_rounding(1e-147, 1e-147)
 
 
 class DropTwice(nn.Module):
