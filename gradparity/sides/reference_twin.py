@@ -11,7 +11,9 @@ derivative that cancels to ~0 keeps an ulp of it). In chain mode a layer also re
 error from upstream: ours' chain fed it other inputs and upstream gradients than the
 reference's chain. The twin is fed both, and what that difference makes of each of its tensors
 (``received``) is added to the budget, which is never less than the same tensor's isolate
-budget.
+budget. A layer whose isolated probe drifts far beyond rounding (a random draw, such as a
+dropout mask not shared) measures nothing: it, and the chain from it on, keep the fixed float32
+tolerance, with a note naming it.
 """
 
 from __future__ import annotations
@@ -209,8 +211,8 @@ def _not_rounding(
             continue
         value64 = own[_key(entry)]
         magnitude = max(budget.scale, _operands(entry, inputs), _largest(value64))
-        if beyond_rounding(budget.drift, magnitude):
-            ratio = budget.drift / magnitude if magnitude > 0 else float("inf")
+        if beyond_rounding(budget.drift, magnitude):  # then magnitude > 0: drift <= 2 * it
+            ratio = budget.drift / magnitude
             strays[entry.layer] = max(ratio, strays.get(entry.layer, 0.0))
     return strays
 
