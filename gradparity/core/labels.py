@@ -53,6 +53,9 @@ ALIASED = "aliased"
 MODE_MISMATCH = "mode_mismatch"
 # A warning: ours' dropout layer draws a mask it neither takes nor keeps, so no mask is shared.
 DROPOUT_MASK_UNSHARED = "dropout_mask_unshared"
+# A warning: a dropout module called several times in one forward applies one mask at every
+# call (the same on both sides), where torch draws one per call.
+DROPOUT_CALLS_SHARE_MASK = "dropout_calls_share_mask"
 
 # Every label a diverging row may carry.
 LABELS = (

@@ -38,7 +38,12 @@ DRIFT_FACTOR = 4.0
 # two runs happen to agree exactly still gets a few roundings' room.
 FLOOR_ULPS = 8
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 NO_ROWS = Tolerance(0.0, 0.0, "float32")  # the report's tolerance when no row was measured
+# A drift above this fraction of the tensor's magnitude (~8000 float32 ulps) is not rounding: a
+# random draw (a dropout mask not shared), or code computing something else in float64. One
+# isolated zoo layer's rounding stayed below 1e-5 of it (3 seeds at input scales 1e-3 to 1e3).
+NOT_ROUNDING = 2.0**-10
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,15 @@ def largest(values: np.ndarray) -> float:
     """max|values| over the finite ones (0 when there is none)."""
     finite = np.abs(values[np.isfinite(values)])
     return float(finite.max()) if finite.size else 0.0
+
+
+def beyond_rounding(drift: float | None, magnitude: float) -> bool:
+    """Whether a measured ``drift`` (None: none measured) is far more than float32 rounding
+    of values up to ``magnitude`` (the largest the tensor, or what it was computed from,
+    holds in either run) could make, so that it must not widen a budget. A drift below
+    float32's smallest normal number is underflow (a sigmoid's 1e-147 is 0 in float32), which
+    is rounding whatever the magnitude."""
+    return drift is not None and drift > max(NOT_ROUNDING * magnitude, FLOAT32_TINY)
 
 
 def _drift(ours32: np.ndarray, ours64: np.ndarray | None, exact: np.ndarray) -> float | None:

@@ -68,7 +68,7 @@ from gradparity.sides import device as devices
 from gradparity.sides import run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
 from gradparity.sides.device import DeviceChoice, choose_device, reference_device
-from gradparity.sides.dropout_masks import shared_dropout_masks
+from gradparity.sides.dropout_masks import shared_dropout_masks, unpin_unfit
 from gradparity.sides.modes import modes_note, reference_modes
 from gradparity.sides.preflight import check_filled
 from gradparity.sides.reference_twin import judge_by_twin
@@ -393,8 +393,9 @@ def _accuracy(layers, ref_model: nn.Module, validation, dtype: str, tdtype: torc
     raises, or gives no (N, classes) array): the training rows say what is wrong with it."""
     x, y = validation
     try:
-        h = x
-        for _, layer in copy.deepcopy(layers):
+        h, scoring = x, copy.deepcopy(layers)
+        unpin_unfit(scoring, len(x))  # a mask pinned for the training batch fits no other
+        for _, layer in scoring:
             h = real_array(layer.forward(h), "forward's output", "output")
         ours = float(np.mean(h.argmax(axis=1) == y)) if h.shape[:1] == y.shape else np.nan
     except USER_ERRORS:

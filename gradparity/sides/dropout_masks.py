@@ -19,7 +19,8 @@ formula, with one shared ``keep`` mask, in one of two directions:
 
 A layer that neither takes nor keeps a mask gets a ``dropout_mask_unshared`` warning. Torch's
 own random draws are made inside ``torch.random.fork_rng``: the user's generator is untouched.
-A module called several times in one forward applies the same mask at each call.
+A module called several times in one forward applies the same mask at each call, where torch
+draws one per call: a ``dropout_calls_share_mask`` warning says so.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from gradparity.core.finding import Finding
-from gradparity.core.labels import DROPOUT_MASK_UNSHARED
+from gradparity.core.labels import DROPOUT_CALLS_SHARE_MASK, DROPOUT_MASK_UNSHARED
 from gradparity.pairing.align import LayerPair
 from gradparity.sides.running_stats import kept_buffers, state_owner
 
@@ -94,12 +95,14 @@ def _masking_hook(store: MaskStore, name: str) -> Callable:
 class DropoutSharing:
     """The dropout modules of one reference and the ours layers paired with them: ``pinned``
     take the reference's masks, ``followed`` hand theirs over (with the attribute that holds
-    it), ``unshared`` do neither."""
+    it), ``unshared`` do neither; ``repeated``: each module called several times in one
+    forward, with ours' layers aligned with its calls (in call order)."""
 
     store: MaskStore
     pinned: list[LayerPair]
     followed: list[tuple[LayerPair, str]]
     unshared: list[LayerPair]
+    repeated: dict[str, list[str]] = field(default_factory=dict)
 
     def draw(self, model: nn.Module, x: torch.Tensor, seed: int) -> None:
         """Draw every module's mask in one forward of ``model`` on x (running statistics put
@@ -156,7 +159,39 @@ class DropoutSharing:
                     fix=fix,
                 )
             )
-        return found
+        return found + [_repeated_warning(m, layers) for m, layers in self.repeated.items()]
+
+
+def _repeated_warning(module: str, layers: list[str]) -> Finding:
+    """The warning of a dropout module called once per layer of ``layers`` in one forward."""
+    problem = (
+        f"the reference's {module} is called {len(layers)} times in one forward (ours' "
+        f"{', '.join(layers)}) and every call applies one mask, where torch draws one per call"
+    )
+    fix = (
+        "give each call its own dropout module to compare a mask per call, or compare in eval mode"
+    )
+    return Finding(
+        layers[0],
+        "output",
+        DROPOUT_CALLS_SHARE_MASK,
+        {"module": module, "layers": layers},
+        f"{problem}; {fix}",
+        problem=problem,
+        fix=fix,
+    )
+
+
+def unpin_unfit(layers: list[tuple[str, Any]], batch: int) -> None:
+    """Unpin (``pinned_mask`` None) each of ``layers`` ((name, layer) pairs: copies the
+    harness owns) whose pinned mask was drawn for a batch of another size than ``batch``, so
+    that it draws its own mask as the reference's module then does (the hook leaves a mask
+    that does not fit alone) instead of raising: a validation batch of another size."""
+    for _, layer in layers:
+        owner = state_owner(layer)
+        mask = getattr(owner, PIN_ATTRIBUTE, None)
+        if mask is not None and np.shape(mask)[:1] != (batch,):
+            setattr(owner, PIN_ATTRIBUTE, None)
 
 
 @contextlib.contextmanager
@@ -185,6 +220,10 @@ def _classify(pairs: list[LayerPair], modules: dict[str, nn.Module]) -> DropoutS
             sharing.followed.append((pair, attr))
         else:
             sharing.unshared.append(pair)
+    for pair in sorted(pairs, key=lambda p: p.call):
+        if pair.module_name in modules:
+            sharing.repeated.setdefault(pair.module_name, []).append(pair.name)
+    sharing.repeated = {m: names for m, names in sharing.repeated.items() if len(names) > 1}
     return sharing
 
 

@@ -11,7 +11,9 @@ derivative that cancels to ~0 keeps an ulp of it). In chain mode a layer also re
 error from upstream: ours' chain fed it other inputs and upstream gradients than the
 reference's chain. The twin is fed both, and what that difference makes of each of its tensors
 (``received``) is added to the budget, which is never less than the same tensor's isolate
-budget.
+budget. A layer whose isolated probe drifts far beyond rounding (a random draw, such as a
+dropout mask not shared) measures nothing: it, and the chain from it on, keep the fixed float32
+tolerance, with a note naming it.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from torch import nn
 
 from gradparity.core.plan import Entry, TensorPair
 from gradparity.core.records import USER_ERRORS, LayerRecord
-from gradparity.core.tolerance import tolerance_for
+from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.evidence.float32_budget import (
     Budget,
     Key,
     RowTolerances,
+    beyond_rounding,
     largest,
     reference_budget,
     widest,
@@ -175,7 +178,12 @@ def reference_tolerances(
         if isinstance(entry, TensorPair) and entry.ours is not None and _key(entry) in own:
             of = operands.get(_key(entry), _operands(entry, inputs))
             budgets[_key(entry)] = reference_budget(entry.reference, own[_key(entry)], of)
+    strays = _not_rounding(entries, own, budgets, inputs)
+    tainted = _tainted(entries, set(strays))
     tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
+    for key in tainted & set(budgets):  # a drift that is not rounding widens no budget
+        del budgets[key]
+        tolerances[key] = fixed
     clean = True  # every chain tensor so far within its budget: what is received is rounding
     for entry in entries:
         if entry.mode != "chain":
@@ -193,7 +201,55 @@ def reference_tolerances(
         by_mode=True,
         judged_by=judged_by,
     )
-    return rows, []
+    return rows, [_stray_note(layer, ratio, fixed) for layer, ratio in strays.items()]
+
+
+def _not_rounding(
+    entries: list[Entry], own: dict[Key, np.ndarray], budgets: dict[Key, Budget], inputs: dict
+) -> dict[str, float]:
+    """The layers whose isolated float64 probe drifted from the float32 one by far more than
+    rounding (``beyond_rounding``), each with its largest drift as a fraction of the tensor's
+    magnitude. Only isolated probes are judged: both runs were fed the same values, whereas a
+    chain may rightly take another branch (a max or a ReLU on a near-tie) after rounding."""
+    strays: dict[str, float] = {}
+    for entry in entries:
+        if not isinstance(entry, TensorPair) or entry.mode != "isolate":
+            continue
+        budget = budgets.get(_key(entry))
+        if budget is None or budget.drift is None:
+            continue
+        value64 = own[_key(entry)]
+        magnitude = max(budget.scale, _operands(entry, inputs), largest(value64))
+        if beyond_rounding(budget.drift, magnitude):  # then magnitude > 0: drift <= 2 * it
+            ratio = budget.drift / magnitude
+            strays[entry.layer] = max(ratio, strays.get(entry.layer, 0.0))
+    return strays
+
+
+def _tainted(entries: list[Entry], strays: set[str]) -> set[Key]:
+    """The tensors whose float64 value measures no rounding: every tensor of a layer in
+    ``strays``, and every chain tensor from the first of theirs on (the twin's chain went on
+    from that layer's other values)."""
+    tainted, downstream = set(), False
+    for entry in entries:
+        downstream = downstream or (entry.mode == "chain" and entry.layer in strays)
+        if isinstance(entry, TensorPair) and (
+            entry.layer in strays or (downstream and entry.mode == "chain")
+        ):
+            tainted.add(_key(entry))
+    return tainted
+
+
+def _stray_note(layer: str, ratio: float, fixed: Tolerance) -> str:
+    """The one-line note of a layer whose float64 probe measured no rounding."""
+    return (
+        f"float32: the reference's {layer} run again in float64 differed from its float32 run "
+        f"by up to {ratio:.0%} of the tensor's magnitude, far more than rounding could (it draws "
+        f"random numbers, such as a dropout mask not shared with ours, or computes something "
+        f"else in float64), so no budget was measured: {layer}, and every chain tensor from "
+        f"it on, were judged by the fixed float32 tolerance (rtol {fixed.rtol:g}, atol "
+        f"{fixed.atol:g})"
+    )
 
 
 def _in_chain(budgets: dict[Key, Budget], key: Key, received: float | None) -> Budget:
