@@ -17,7 +17,8 @@ budget.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from gradparity.core.plan import Entry, TensorPair
 from gradparity.core.records import USER_ERRORS, LayerRecord
 from gradparity.core.tolerance import tolerance_for
 from gradparity.evidence.float32_budget import (
+    FLOAT32_EPS,
     Budget,
     Key,
     RowTolerances,
@@ -41,6 +43,8 @@ from gradparity.sides.running_stats import RUNNING_ALIASES
 from gradparity.sides.training_steps import Shadow
 
 FLOAT64 = torch.float64
+# The nudged twin's signs are drawn from this seed: a report is the same on every run.
+NUDGE_SEED = 0
 # Records as ``compare``'s pairing step reads them: the reference's chain, then its isolated
 # probes (layer name, or "loss", -> record).
 Records = tuple[dict[str, LayerRecord], dict[str, LayerRecord]]
@@ -71,26 +75,43 @@ class ReferenceTwin:
         x: np.ndarray,
         target: np.ndarray,
         probes: dict[str, Probe],
+        nudge: Callable[[np.ndarray], np.ndarray] = as_float64,
     ) -> Records:
         """(the twin's chain on float64 copies of x (N, ...) and target, each probe of
-        ``probes`` repeated on float64 copies of what the reference's float32 probe was fed)."""
+        ``probes`` repeated on float64 copies of what the reference's float32 probe was fed);
+        ``nudge`` makes those copies of x and of each probe's input (not of targets or upstream
+        gradients)."""
         chain = run_torch.run_chain(
-            self.model, self.pairs, loss, as_float64(x), as_float64(target), FLOAT64
+            self.model, self.pairs, loss, nudge(x), as_float64(target), FLOAT64
         )
         by_name = {p.name: p for p in self.pairs}
         isolated = {}
         for name, probe in probes.items():
             fed = probe.ref.input
             assert fed is not None  # every probe is fed the reference chain's input
+            fed = nudge(fed)
             if probe.upstream is None:
-                isolated[name] = run_torch.probe_loss(
-                    loss, as_float64(fed), as_float64(target), FLOAT64
-                )
+                isolated[name] = run_torch.probe_loss(loss, fed, as_float64(target), FLOAT64)
             else:
                 isolated[name] = run_torch.probe_module(
-                    by_name[name], as_float64(fed), as_float64(probe.upstream), FLOAT64
+                    by_name[name], fed, as_float64(probe.upstream), FLOAT64
                 )
         return chain, isolated
+
+    def nudged(
+        self, loss: Callable, x: np.ndarray, target: np.ndarray, probes: dict[str, Probe]
+    ) -> Records:
+        """``records`` of a copy of the twin whose parameters and floating buffers, and whose
+        x and probe inputs, are each rounded once more: moved by one relative float32 ulp with
+        random (seeded) signs. How far that moves each tensor is the layer's conditioning."""
+        rng = np.random.default_rng(NUDGE_SEED)
+        copy = ReferenceTwin.make(self.model, self.pairs)
+        with torch.no_grad():
+            for tensor in [*copy.model.parameters(), *copy.model.buffers()]:
+                if tensor.is_floating_point():
+                    signs = rng.choice([-1.0, 1.0], size=tuple(tensor.shape))
+                    tensor.mul_(torch.as_tensor(1.0 + FLOAT32_EPS * signs, dtype=tensor.dtype))
+        return copy.records(loss, x, target, probes, partial(_nudge, rng))
 
     def fed(self, loss: Callable, chain: dict[str, LayerRecord], target: np.ndarray) -> Records:
         """(each layer and the loss of the twin fed, in float64, the input and upstream
@@ -113,15 +134,26 @@ class ReferenceTwin:
         return records, {}
 
 
+def _nudge(rng: np.random.Generator, array: np.ndarray) -> np.ndarray:
+    """A float64 copy of a floating-point ``array`` (any shape), each element moved by one
+    relative float32 ulp up or down at random; other arrays (labels, indices) as they are."""
+    if array.dtype.kind != "f":
+        return array
+    signs = rng.choice([-1.0, 1.0], size=array.shape)
+    return array.astype(np.float64) * (1.0 + FLOAT32_EPS * signs)
+
+
 @dataclass
 class TwinEntries:
     """The entries ``compare``'s pairing makes of the twin's records: its own chain and
-    probes (``own``), and its layers fed ours' chain (``fed_ours``) and the float32
-    reference's chain (``fed_reference``)."""
+    probes (``own``), its layers fed ours' chain (``fed_ours``) and the float32 reference's
+    chain (``fed_reference``), and its nudged copy's chain and probes (``nudged``; none: no
+    conditioning measured)."""
 
     own: list[Entry]
     fed_ours: list[Entry]
     fed_reference: list[Entry]
+    nudged: list[Entry] = field(default_factory=list)
 
     def received(self) -> dict[Key, float]:
         """max|fed ours - fed reference| of each chain tensor: what the error received from
@@ -132,6 +164,23 @@ class TwinEntries:
             for key, value in _values(self.fed_ours).items()
             if key[0] == "chain" and key in theirs and np.shape(value) == np.shape(theirs[key])
         }
+
+    def conditioning(self) -> dict[Key, float]:
+        """max|nudged - own| of each tensor: what one float32 rounding of the layer's operands
+        (its input and parameters; in chain mode also of x and every layer upstream) makes of
+        it, the error any float32 implementation may commit however exactly it then sums."""
+        own = _values(self.own)
+        return {
+            key: _gap(value, own[key])
+            for key, value in _values(self.nudged).items()
+            if key in own and np.shape(value) == np.shape(own[key])
+        }
+
+
+def _gap(a: np.ndarray, b: np.ndarray) -> float:
+    """max|a - b| over elements finite in both (0 for none)."""
+    gap = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return float(gap[np.isfinite(gap)].max(initial=0.0))
 
 
 def _values(entries: list[Entry]) -> dict[Key, np.ndarray]:
@@ -161,11 +210,12 @@ def reference_tolerances(
             f"{fixed.atol:g}) was used"
         )
         return RowTolerances(fixed), [note]
-    own, received = _values(twin.own), twin.received()
+    own, received, conditioning = _values(twin.own), twin.received(), twin.conditioning()
     budgets: dict[Key, Budget] = {}
     for entry in entries:
         if isinstance(entry, TensorPair) and entry.ours is not None and _key(entry) in own:
-            budgets[_key(entry)] = _budget(entry, own[_key(entry)], inputs)
+            measured = conditioning.get(_key(entry))
+            budgets[_key(entry)] = _budget(entry, own[_key(entry)], inputs, measured)
     tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
     clean = True  # every chain tensor so far within its budget: what is received is rounding
     for entry in entries:
@@ -193,14 +243,22 @@ def _in_chain(budgets: dict[Key, Budget], key: Key, received: float | None) -> B
     counted, after a divergence upstream, which must show downstream as inherited)."""
     budget, alone = budgets[key], budgets.get(("isolate", *key[1:]))
     allowed = max(budget.allowed, alone.allowed if alone is not None else 0.0)
-    return Budget(budget.drift, budget.scale, allowed + (received or 0.0), received)
+    return replace(budget, allowed=allowed + (received or 0.0), received=received)
 
 
-def _budget(entry: TensorPair, value64: np.ndarray, inputs: dict[Key, float]) -> Budget:
-    """The budget of one tensor pair from the twin's value of it (same shape). Its scale is
-    the float32 reference's, which the mismatch rule meets: where that is all 0 (a
-    derivative rounded to 0), the budget is an absolute one."""
-    measured = measured_budget(entry.reference, value64, value64, _operands(entry, inputs))
+def _budget(
+    entry: TensorPair,
+    value64: np.ndarray,
+    inputs: dict[Key, float],
+    conditioning: float | None = None,
+) -> Budget:
+    """The budget of one tensor pair from the twin's value of it (same shape) and its
+    ``conditioning`` (``TwinEntries.conditioning``). Its scale is the float32 reference's,
+    which the mismatch rule meets: where that is all 0 (a derivative rounded to 0), the
+    budget is an absolute one."""
+    measured = measured_budget(
+        entry.reference, value64, value64, _operands(entry, inputs), conditioning
+    )
     return replace(measured, scale=_largest(entry.reference))
 
 
@@ -235,15 +293,16 @@ def _key(entry: TensorPair) -> Key:
 def judge_by_twin(
     entries: list[Entry],
     pairing: Callable[[Records], list[Entry]],
-    twin: Callable[[], tuple[Records, Records, Records]],
+    twin: Callable[[], tuple[Records, ...]],
     rtol: float | None,
     atol: float | None,
     inputs: dict[Key, float],
 ) -> tuple[RowTolerances, list[str]]:
     """Give each tensor pair of ``entries`` its measured float32 tolerance (``entry.tolerance``):
     ``twin()`` runs the float64 twin (its own records, fed ours' chain, fed the reference's
-    chain) and ``pairing`` turns records into entries as it turned the float32 reference's
-    into ``entries``; ``inputs``: the largest input magnitude of each (mode, layer). A twin
+    chain, and its nudged copy's records (``ReferenceTwin.nudged``), when measured) and
+    ``pairing`` turns records into entries as it turned the float32 reference's into
+    ``entries``; ``inputs``: the largest input magnitude of each (mode, layer). A twin
     that raises leaves the fixed float32 tolerance, with a note."""
     try:
         made: TwinEntries | None = TwinEntries(*(pairing(r) for r in twin()))
