@@ -10,6 +10,13 @@ it); a bug is in both runs, so it shows on top of the drift. Each tensor's budge
 (max|exact|). It is carried by the one mismatch rule as ``Tolerance(rtol=budget / scale)``:
 the allowed error is the budget where the exact value is 0, up to twice that at the largest
 element.
+
+Against a torch twin (``sides.reference_twin``) the drift is the reference's, whose kernels
+may round less than any float32 implementation must (a fused sum of products), so a budget
+there also adds the tensor's ``conditioning``: how far it moves when the layer's operands are
+rounded once more (nudged by one relative float32 ulp). Here the reference is the exact
+gradient of the user's own code and the drift is their own rounding, which holds that
+already: no conditioning is added.
 """
 
 from __future__ import annotations

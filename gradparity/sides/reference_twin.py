@@ -12,6 +12,17 @@ error from upstream: ours' chain fed it other inputs and upstream gradients than
 reference's chain. The twin is fed both, and what that difference makes of each of its tensors
 (``received``) is added to the budget, which is never less than the same tensor's isolate
 budget.
+
+The reference's own drift understates what an honest float32 implementation must round
+where the reference's kernel is more accurate (torch's LSTM sums its gates in one fused
+product; NumPy adds ``x @ W_ih.T + b_ih + h @ W_hh.T + b_hh`` in four rounded steps: 8x torch's
+drift on gate pre-activations near 1e3 whose sum cancels). So the twin runs once more,
+nudged (``ReferenceTwin.nudged``): its parameters and floating buffers, x and every probe's
+input each moved by one relative float32 ulp with seeded random signs, upstream gradients and
+targets kept. max|nudged - twin| of each tensor (``conditioning``) is what rounding the
+layer's operands once makes of it, an error any float32 implementation may commit and the one
+upstream rounding would cause; it is added to the budget
+(``float32_budget.measured_budget``), beside the drift in ``detail["float32_budget"]``.
 """
 
 from __future__ import annotations
@@ -52,7 +63,8 @@ REFERENCE_ROUNDING = (
     "float32 judged by the reference's own rounding: the reference was run again in float64 "
     "(chain from x, and each isolated probe on the same inputs); in chain mode that drift "
     "includes what the layer received from upstream; each tensor may differ from the "
-    "reference by"
+    "reference by its conditioning (the twin run once more with its parameters and inputs "
+    "nudged by a float32 ulp: what rounding them once makes of it) plus"
 )
 
 
@@ -102,15 +114,15 @@ class ReferenceTwin:
         self, loss: Callable, x: np.ndarray, target: np.ndarray, probes: dict[str, Probe]
     ) -> Records:
         """``records`` of a copy of the twin whose parameters and floating buffers, and whose
-        x and probe inputs, are each rounded once more: moved by one relative float32 ulp with
-        random (seeded) signs. How far that moves each tensor is the layer's conditioning."""
+        x and probe inputs, are each rounded once more (``_nudge``). How far that moves each
+        tensor is the layer's conditioning."""
         rng = np.random.default_rng(NUDGE_SEED)
         copy = ReferenceTwin.make(self.model, self.pairs)
         with torch.no_grad():
             for tensor in [*copy.model.parameters(), *copy.model.buffers()]:
                 if tensor.is_floating_point():
-                    signs = rng.choice([-1.0, 1.0], size=tuple(tensor.shape))
-                    tensor.mul_(torch.as_tensor(1.0 + FLOAT32_EPS * signs, dtype=tensor.dtype))
+                    nudged = _nudge(rng, tensor.detach().cpu().numpy())
+                    tensor.copy_(torch.as_tensor(nudged, dtype=tensor.dtype))
         return copy.records(loss, x, target, probes, partial(_nudge, rng))
 
     def fed(self, loss: Callable, chain: dict[str, LayerRecord], target: np.ndarray) -> Records:
@@ -136,11 +148,14 @@ class ReferenceTwin:
 
 def _nudge(rng: np.random.Generator, array: np.ndarray) -> np.ndarray:
     """A float64 copy of a floating-point ``array`` (any shape), each element moved by one
-    relative float32 ulp up or down at random; other arrays (labels, indices) as they are."""
-    if array.dtype.kind != "f":
-        return array
+    relative float32 ulp up or down at random; other arrays (labels, indices) as they are.
+    An array of whole numbers is only copied: indices or counts handed over as floats (an
+    embedding's input, a mask), exact in float32 and not the result of a rounding."""
+    values = as_float64(array)
+    if values.dtype.kind != "f" or np.array_equal(values, np.round(values)):
+        return values
     signs = rng.choice([-1.0, 1.0], size=array.shape)
-    return array.astype(np.float64) * (1.0 + FLOAT32_EPS * signs)
+    return values * (1.0 + FLOAT32_EPS * signs)
 
 
 @dataclass
