@@ -102,7 +102,8 @@ def test_each_row_shows_its_budget_beside_its_error():
     assert report.ok, not_ok(report)
     for row in report.rows:
         budget = row.detail["float32_budget"]
-        assert set(budget) >= {"drift", "scale", "allowed"}
+        assert set(budget) >= {"drift", "scale", "allowed", "conditioning"}
+        assert budget["allowed"] >= budget["conditioning"]
         assert budget["allowed"] >= FLOOR_ULPS * FLOAT32_EPS * budget["scale"] * (1 - 1e-6)
         assert row.allowed_at_worst is not None
         assert row.allowed_at_worst >= budget["allowed"] * (1 - 1e-6)  # judged by it

@@ -19,6 +19,7 @@ from gradparity.core import tolerance
 from gradparity.corpus import layer_bugs
 from gradparity.corpus.all_bugs import ALL_BUGS
 from gradparity.corpus.float32_models import SCALES, ZOO, as_float32
+from gradparity.evidence.float32_budget import DRIFT_FACTOR, FLOAT32_EPS, FLOOR_ULPS
 from gradparity.reference import mirror, mirror_loss
 
 SEEDS = 3  # per model and scale
@@ -124,4 +125,21 @@ def test_a_running_mean_near_zero_is_judged_by_its_inputs_rounding():
                == ("isolate", "bn1", "buffer:running_mean"))  # fmt: skip
     assert (
         row.detail["float32_budget"]["allowed"] > 8 * 2**-23 * row.detail["float32_budget"]["scale"]
+    )
+
+
+@pytest.mark.parametrize("seed", [9, 151])
+def test_an_lstm_fed_large_inputs_is_judged_by_its_conditioning(seed):
+    # x*1e3: gate pre-activations near 1e3 whose sum cancels. Torch sums them in one fused
+    # product, ours in four rounded steps (8x torch's drift): seed 9 flagged the output
+    # ("minor", 2.03 of the drift's budget), seed 151 a false weight_decay on grad:weight_ih.
+    report = compare32(*ZOO["lstm"](seed, 1e3), seed=seed)
+    assert findings(report) == []
+    row = next(r for r in report.rows if (r.mode, r.layer, r.quantity)
+               == ("isolate", "lstm", "output"))  # fmt: skip
+    budget = row.detail["float32_budget"]
+    assert budget["conditioning"] > budget["drift"]  # what ours may round, torch's kernel not
+    assert budget["allowed"] == pytest.approx(
+        max(DRIFT_FACTOR * budget["drift"], FLOOR_ULPS * FLOAT32_EPS * budget["scale"])
+        + budget["conditioning"]
     )

@@ -209,6 +209,7 @@ def test_every_gradient_row_shows_its_budget_beside_its_error(book):
         budget = row.detail["float32_budget"]
         floor = FLOOR_ULPS * FLOAT32_EPS * budget["scale"]
         assert budget["allowed"] == pytest.approx(max(DRIFT_FACTOR * (budget["drift"]), floor))
+        assert "conditioning" not in budget  # the drift is the user's own rounding already
         assert row.allowed_at_worst >= budget["allowed"]  # the row was judged by it
     saturated = rows[("Act1", "grad_input")].detail["float32_budget"]
     assert saturated["drift"] > 0  # float32 rounds there, and the float64 run measured it

@@ -253,12 +253,13 @@ def compare(
             probes = {name: p.ref for name, p in captures["probes"].items()}
             return pairing_of(captures, (captures["reference_chain"], probes))
 
-        def twin_records(captures: Captures) -> tuple[Records, Records, Records]:
+        def twin_records(captures: Captures) -> tuple[Records, ...]:
             twin = ReferenceTwin.make(ref_model, pairs)
             return (
                 twin.records(reference_loss, x, target, captures["probes"]),
                 twin.fed(reference_loss, captures["ours_chain"], target),
                 twin.fed(reference_loss, captures["reference_chain"], target),
+                twin.nudged(reference_loss, x, target, captures["probes"]),
             )
 
         def largest_inputs(captures: Captures) -> dict[tuple[str, ...], float]:

@@ -14,12 +14,24 @@ reference's chain. The twin is fed both, and what that difference makes of each 
 budget. A layer whose isolated probe drifts far beyond rounding (a random draw, such as a
 dropout mask not shared) measures nothing: it, and the chain from it on, keep the fixed float32
 tolerance, with a note naming it.
+
+The reference's own drift understates what an honest float32 implementation must round
+where the reference's kernel is more accurate (torch's LSTM sums its gates in one fused
+product; NumPy adds ``x @ W_ih.T + b_ih + h @ W_hh.T + b_hh`` in four rounded steps: 8x torch's
+drift on gate pre-activations near 1e3 whose sum cancels). So the twin runs once more,
+nudged (``ReferenceTwin.nudged``): its parameters and floating buffers, x and every probe's
+input each moved by one relative float32 ulp with seeded random signs, upstream gradients and
+targets kept. max|nudged - twin| of each tensor (``conditioning``) is what rounding the
+layer's operands once makes of it, an error any float32 implementation may commit and the one
+upstream rounding would cause; it is added to the budget
+(``float32_budget.measured_budget``), beside the drift in ``detail["float32_budget"]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -30,6 +42,7 @@ from gradparity.core.plan import Entry, TensorPair
 from gradparity.core.records import USER_ERRORS, LayerRecord
 from gradparity.core.tolerance import Tolerance, tolerance_for
 from gradparity.evidence.float32_budget import (
+    FLOAT32_EPS,
     Budget,
     Key,
     RowTolerances,
@@ -46,6 +59,8 @@ from gradparity.sides.running_stats import RUNNING_ALIASES
 from gradparity.sides.training_steps import Shadow
 
 FLOAT64 = torch.float64
+# The nudged twin's signs are drawn from this seed: a report is the same on every run.
+NUDGE_SEED = 0
 # Records as ``compare``'s pairing step reads them: the reference's chain, then its isolated
 # probes (layer name, or "loss", -> record).
 Records = tuple[dict[str, LayerRecord], dict[str, LayerRecord]]
@@ -53,7 +68,8 @@ REFERENCE_ROUNDING = (
     "float32 judged by the reference's own rounding: the reference was run again in float64 "
     "(chain from x, and each isolated probe on the same inputs); in chain mode that drift "
     "includes what the layer received from upstream; each tensor may differ from the "
-    "reference by"
+    "reference by its conditioning (the twin run once more with its parameters and inputs "
+    "nudged by a float32 ulp: what rounding them once makes of it) plus"
 )
 
 
@@ -76,26 +92,43 @@ class ReferenceTwin:
         x: np.ndarray,
         target: np.ndarray,
         probes: dict[str, Probe],
+        nudge: Callable[[np.ndarray], np.ndarray] = as_float64,
     ) -> Records:
         """(the twin's chain on float64 copies of x (N, ...) and target, each probe of
-        ``probes`` repeated on float64 copies of what the reference's float32 probe was fed)."""
+        ``probes`` repeated on float64 copies of what the reference's float32 probe was fed);
+        ``nudge`` makes those copies of x and of each probe's input (not of targets or upstream
+        gradients)."""
         chain = run_torch.run_chain(
-            self.model, self.pairs, loss, as_float64(x), as_float64(target), FLOAT64
+            self.model, self.pairs, loss, nudge(x), as_float64(target), FLOAT64
         )
         by_name = {p.name: p for p in self.pairs}
         isolated = {}
         for name, probe in probes.items():
             fed = probe.ref.input
             assert fed is not None  # every probe is fed the reference chain's input
+            fed = nudge(fed)
             if probe.upstream is None:
-                isolated[name] = run_torch.probe_loss(
-                    loss, as_float64(fed), as_float64(target), FLOAT64
-                )
+                isolated[name] = run_torch.probe_loss(loss, fed, as_float64(target), FLOAT64)
             else:
                 isolated[name] = run_torch.probe_module(
-                    by_name[name], as_float64(fed), as_float64(probe.upstream), FLOAT64
+                    by_name[name], fed, as_float64(probe.upstream), FLOAT64
                 )
         return chain, isolated
+
+    def nudged(
+        self, loss: Callable, x: np.ndarray, target: np.ndarray, probes: dict[str, Probe]
+    ) -> Records:
+        """``records`` of a copy of the twin whose parameters and floating buffers, and whose
+        x and probe inputs, are each rounded once more (``_nudge``). How far that moves each
+        tensor is the layer's conditioning."""
+        rng = np.random.default_rng(NUDGE_SEED)
+        copy = ReferenceTwin.make(self.model, self.pairs)
+        with torch.no_grad():
+            for tensor in [*copy.model.parameters(), *copy.model.buffers()]:
+                if tensor.is_floating_point():
+                    nudged = _nudge(rng, tensor.detach().cpu().numpy())
+                    tensor.copy_(torch.as_tensor(nudged, dtype=tensor.dtype))
+        return copy.records(loss, x, target, probes, partial(_nudge, rng))
 
     def fed(self, loss: Callable, chain: dict[str, LayerRecord], target: np.ndarray) -> Records:
         """(each layer and the loss of the twin fed, in float64, the input and upstream
@@ -118,16 +151,30 @@ class ReferenceTwin:
         return records, {}
 
 
+def _nudge(rng: np.random.Generator, array: np.ndarray) -> np.ndarray:
+    """A float64 copy of a floating-point ``array`` (any shape), each element moved by one
+    relative float32 ulp up or down at random; other arrays (labels, indices) as they are.
+    An array of whole numbers is only copied: indices or counts handed over as floats (an
+    embedding's input, a mask), exact in float32 and not the result of a rounding."""
+    values = as_float64(array)
+    if values.dtype.kind != "f" or np.array_equal(values, np.round(values)):
+        return values
+    signs = rng.choice([-1.0, 1.0], size=array.shape)
+    return values * (1.0 + FLOAT32_EPS * signs)
+
+
 @dataclass
 class TwinEntries:
     """The entries a pairing step makes of the twin's records: its own run (``own``: for
-    ``compare`` its chain and probes), and for ``compare`` its layers fed ours' chain
-    (``fed_ours``) and the float32 reference's chain (``fed_reference``); the other front ends
-    have no layer chain to feed, so nothing is received."""
+    ``compare`` its chain and probes), for ``compare`` its layers fed ours' chain
+    (``fed_ours``) and the float32 reference's chain (``fed_reference``) (the other front ends
+    have no layer chain to feed, so nothing is received), and its nudged copy's run
+    (``nudged``; none: no conditioning measured)."""
 
     own: list[Entry]
     fed_ours: list[Entry] = field(default_factory=list)
     fed_reference: list[Entry] = field(default_factory=list)
+    nudged: list[Entry] = field(default_factory=list)
 
     def received(self) -> dict[Key, float]:
         """max|fed ours - fed reference| of each chain tensor: what the error received from
@@ -138,6 +185,23 @@ class TwinEntries:
             for key, value in _values(self.fed_ours).items()
             if key[0] == "chain" and key in theirs and np.shape(value) == np.shape(theirs[key])
         }
+
+    def conditioning(self) -> dict[Key, float]:
+        """max|nudged - own| of each tensor: what one float32 rounding of the layer's operands
+        (its input and parameters; in chain mode also of x and every layer upstream) makes of
+        it, the error any float32 implementation may commit however exactly it then sums."""
+        own = _values(self.own)
+        return {
+            key: _gap(value, own[key])
+            for key, value in _values(self.nudged).items()
+            if key in own and np.shape(value) == np.shape(own[key])
+        }
+
+
+def _gap(a: np.ndarray, b: np.ndarray) -> float:
+    """max|a - b| over elements finite in both (0 for none)."""
+    gap = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return float(gap[np.isfinite(gap)].max(initial=0.0))
 
 
 def _values(entries: list[Entry]) -> dict[Key, np.ndarray]:
@@ -172,12 +236,13 @@ def reference_tolerances(
             f"{fixed.atol:g}) was used"
         )
         return RowTolerances(fixed), [note]
-    own, received = _values(twin.own), twin.received()
+    own, received, conditioning = _values(twin.own), twin.received(), twin.conditioning()
     budgets: dict[Key, Budget] = {}
     for entry in entries:
         if isinstance(entry, TensorPair) and entry.ours is not None and _key(entry) in own:
             of = operands.get(_key(entry), _operands(entry, inputs))
-            budgets[_key(entry)] = reference_budget(entry.reference, own[_key(entry)], of)
+            measured = conditioning.get(_key(entry))
+            budgets[_key(entry)] = reference_budget(entry.reference, own[_key(entry)], of, measured)
     strays = _not_rounding(entries, own, budgets, inputs)
     tainted = _tainted(entries, set(strays))
     tolerances = {key: b.tolerance(rtol, atol) for key, b in budgets.items()}
@@ -258,7 +323,7 @@ def _in_chain(budgets: dict[Key, Budget], key: Key, received: float | None) -> B
     counted, after a divergence upstream, which must show downstream as inherited)."""
     budget, alone = budgets[key], budgets.get(("isolate", *key[1:]))
     allowed = max(budget.allowed, alone.allowed if alone is not None else 0.0)
-    return Budget(budget.drift, budget.scale, allowed + (received or 0.0), received)
+    return replace(budget, allowed=allowed + (received or 0.0), received=received)
 
 
 def _operands(entry: TensorPair, inputs: dict[Key, float]) -> float:
@@ -298,12 +363,12 @@ def judge_by_twin(
     operands: dict[Key, float] | None = None,
 ) -> tuple[RowTolerances, list[str]]:
     """Give each tensor pair of ``entries`` its measured float32 tolerance (``entry.tolerance``):
-    ``twin()`` runs the float64 twin (its own records, then, for ``compare``, fed ours' chain
-    and fed the reference's chain) and ``pairing`` turns records into entries as it turned
-    the float32 reference's into ``entries``; ``inputs``: the largest input magnitude of each
-    (mode, layer); ``judged_by`` opens the budget note; ``operands`` as in
-    ``reference_tolerances``. A twin that raises leaves the fixed float32 tolerance, with a
-    note."""
+    ``twin()`` runs the float64 twin (its own records, then, for ``compare``, fed ours' chain,
+    fed the reference's chain and its nudged copy's records (``ReferenceTwin.nudged``), when
+    measured) and ``pairing`` turns records into entries as it turned the float32 reference's
+    into ``entries``; ``inputs``: the largest input magnitude of each (mode, layer);
+    ``judged_by`` opens the budget note; ``operands`` as in ``reference_tolerances``. A twin
+    that raises leaves the fixed float32 tolerance, with a note."""
     try:
         made: TwinEntries | None = TwinEntries(*(pairing(r) for r in twin()))
         why = ""
