@@ -23,13 +23,7 @@ from gradparity.reference import mirror, mirror_loss
 SEEDS = 50  # per input scale; benchmarks/float32_budget.py measures 200 per model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run faster on one torch thread on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def compare32(model, loss, x, target, seed=0, reference=None):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import gradparity as gp
 from gradparity.core import tolerance
@@ -28,13 +27,7 @@ DENSE = {b.name for b in layer_bugs.BUGS}  # tests/test_compare_float32.py runs 
 NEW_LAYER_BUGS = [b for b in ALL_BUGS if b.name not in DENSE]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models run faster on one torch thread on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def compare32(model, loss, x, target, seed=0):
