@@ -300,7 +300,8 @@ def test_objects_keep_plain_copies_of_what_they_were_given():
 def test_the_readme_option_example_runs_as_the_keywords_would():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("**Option objects.**") :]
-    example = section[section.index("```python\n") + 10 : section.index("```\n\n## ")]
+    start = section.index("```python\n") + 10
+    example = section[start : section.index("```\n", start)]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(example, "README.md", "exec"), {})

@@ -89,8 +89,8 @@ def test_recurrent_stack_reaches_parity_through_compare(kinds, n_layers, n, t, d
         model, mirror(model), x, target, ours_loss=MSE(), reference_loss=nn.MSELoss(), dtype=dtype
     )
     assert report.ok, [f.message for f in report.root_causes]
-    quantities = set(report.table["quantity"])
-    assert {"grad:weight_ih", "grad:weight_hh", "grad:0.bias_hh"} <= quantities
+    assert {"grad:weight_ih", "grad:weight_hh"} <= set(report.table["quantity"])
+    assert_every_parameter_compared(report, "skip", model["skip"].params)
     assert set(report.table["mode"]) == {"chain", "isolate"}
 
 
@@ -107,8 +107,21 @@ def test_residual_network_reaches_parity_through_compare(kind, dtype, seed):
     x = rng.standard_normal((6, 5)).astype(np_dtype)
     report = gp.compare(model, mirror(model), x, rng.integers(0, 3, size=6), dtype=dtype)
     assert report.ok, [f.message for f in report.root_causes]
-    res_rows = report.table[report.table["layer"] == "res"]
-    assert {f"grad:{k}" for k in model["res"].params} <= set(res_rows["quantity"])
+    assert_every_parameter_compared(report, "res", model["res"].params)
+
+
+def assert_every_parameter_compared(report, block: str, params) -> None:
+    """Each parameter of ``block`` (keys dotted through its children: ``fc1.W``) has a gradient
+    row, at the innermost layer holding it (``res.fc1`` ``grad:W``) or, where the block is
+    compared whole, at the block (``res`` ``grad:fc1.W``)."""
+    rows = set(zip(report.table["layer"], report.table["quantity"]))
+    for key in params:
+        parts = key.split(".")
+        places = [
+            (".".join([block, *parts[:i]]), "grad:" + ".".join(parts[i:]))
+            for i in range(len(parts))
+        ]
+        assert any(place in rows for place in places), (key, places)
 
 
 # ---------------------------------------------------------------- weights and parameters

@@ -1,6 +1,6 @@
-"""Parity of ours' RNN, LSTM and Residual (``ours/recurrent.py``) in float64 and float32:
-forward, dL/dx and every parameter gradient, through time and through the skip path; the
-residual blocks hold a single layer, a ``Sequential`` or another residual."""
+"""Parity of ours' RNN, LSTM and Residual (``ours/recurrent.py``) and the zoo's LastStep in
+float64 and float32: forward, dL/dx and every parameter gradient, through time and through the
+skip path; the residual blocks hold a single layer, a ``Sequential`` or another residual."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gradparity.ours import LSTM, RNN, Linear, ReLU, Residual, Sequential, Tanh
+from gradparity.ours import LSTM, RNN, LastStep, Linear, ReLU, Residual, Sequential, Tanh
 
 from .budget import check_layer, covers, dtypes, examples, seeds
 
@@ -26,6 +26,15 @@ def test_recurrent_layer(kind, n, t, d, h, dtype, seed):
     rng = np.random.default_rng(seed)
     shape = (t, d) if n is None else (n, t, d)
     check_layer(kind(d, h, rng=rng), rng.standard_normal(shape), dtype, rng)
+
+
+@covers(LastStep)
+@SETTINGS
+@given(n=sizes, t=steps, h=sizes, dtype=dtypes, seed=seeds)
+def test_last_step(n, t, h, dtype, seed):
+    """The zoo's sequence head: the last time step forward, zeros elsewhere backward."""
+    rng = np.random.default_rng(seed)
+    check_layer(LastStep(), rng.standard_normal((n, t, h)), dtype, rng)
 
 
 def residual_block(kind: str, width: int, rng: np.random.Generator) -> Residual:
