@@ -33,7 +33,7 @@ from gradparity.core.options import (
     TrainingOptions,
     with_options,
 )
-from gradparity.core.plan import Captures
+from gradparity.core.plan import Captures, TensorPair
 from gradparity.core.records import USER_ERRORS, real_array
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance, tolerance_for
@@ -75,6 +75,7 @@ from gradparity.sides.reference_twin import judge_by_twin
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.running_stats import kept_buffers, sync_running
 from gradparity.sides.setup import resolve_losses
+from gradparity.sides.training_received import ReceivedProbe, add_received
 from gradparity.sides.training_setup import optimizers
 from gradparity.sides.training_steps import (
     Shadow,
@@ -310,6 +311,12 @@ class _Training:
     plan: Callable[..., Plan]
     reference_loss: Any
     tracker: Tracker = field(default_factory=Tracker)
+    received: ReceivedProbe | None = None  # made from the shadow at its first step
+
+    def probe(self, shadow: Shadow) -> ReceivedProbe:
+        """The float64 copy that measures what each step received from earlier ones."""
+        self.received = self.received or ReceivedProbe.make(shadow)
+        return self.received
 
     def step_plan(self, step: int, x: np.ndarray, target: np.ndarray, first: bool) -> Plan:
         """The plan of one step on (x, target); ``first``: no earlier step diverged."""
@@ -348,6 +355,13 @@ class _Training:
                 judged_by=TRAINING_ROUNDING,
                 operands=captures["reference"].floor_operands(),
             )
+            ref, ours = captures["reference"], captures["ours"]
+            tols = add_received(
+                tols, self.probe(shadow).received(ours, ref, x, target), self.rtol, self.atol
+            )
+            for entry in entries:
+                if isinstance(entry, TensorPair):
+                    entry.tolerance = tols.of((entry.mode, entry.layer, entry.quantity))
             captures.update(entries=entries, row_tolerances=tols)
             captures.setdefault("notes", []).extend(notes)
 
