@@ -57,12 +57,18 @@ def batches(seed: int, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
 def every_step_ratio() -> Iterator[list[float]]:
     """Inside: each float32 training step's entries are recorded; on leaving, the list
     yielded holds the worst error / allowed error of every judged tensor of every step."""
-    recorded: list[list] = []
+    # Each pair's values copied as paired: a side's optimiser state may be a view of a tensor
+    # its later steps update in place. Its tolerance is set after pairing, read on leaving.
+    recorded: list[tuple[TensorPair, np.ndarray, np.ndarray]] = []
     pairing = training.step_entries
 
     def recording(*args, **kwargs):
         entries = pairing(*args, **kwargs)
-        recorded.append(entries)
+        recorded.extend(
+            (e, np.array(e.ours, np.float64), np.array(e.reference, np.float64))
+            for e in entries
+            if isinstance(e, TensorPair) and e.ours is not None
+        )
         return entries
 
     ratios: list[float] = []
@@ -71,12 +77,10 @@ def every_step_ratio() -> Iterator[list[float]]:
         yield ratios
     finally:
         training.step_entries = pairing
-    for entries in recorded:
-        for e in entries:
-            if isinstance(e, TensorPair) and e.tolerance is not None and e.ours is not None:
-                ref = np.asarray(e.reference, np.float64)
-                error = element_errors(np.asarray(e.ours, np.float64), ref)
-                ratios.append(float(ratio_to_allowed(error, e.tolerance.allowed(ref)).max()))
+    for entry, ours, ref in recorded:
+        if entry.tolerance is not None:  # the twin's own pairings are not judged
+            error = element_errors(ours, ref)
+            ratios.append(float(ratio_to_allowed(error, entry.tolerance.allowed(ref)).max()))
 
 
 def long_run(seed: int, steps: int, optimizer: str):

@@ -75,7 +75,7 @@ from gradparity.sides.reference_twin import judge_by_twin
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.running_stats import kept_buffers, sync_running
 from gradparity.sides.setup import resolve_losses
-from gradparity.sides.training_received import ReceivedProbe, add_received
+from gradparity.sides.training_received import DriftHistory, ReceivedProbe, add_received
 from gradparity.sides.training_setup import optimizers
 from gradparity.sides.training_steps import (
     Shadow,
@@ -312,6 +312,7 @@ class _Training:
     reference_loss: Any
     tracker: Tracker = field(default_factory=Tracker)
     received: ReceivedProbe | None = None  # made from the shadow at its first step
+    drifts: DriftHistory = field(default_factory=DriftHistory)
 
     def probe(self, shadow: Shadow) -> ReceivedProbe:
         """The float64 copy that measures what each step received from earlier ones."""
@@ -356,6 +357,7 @@ class _Training:
                 operands=captures["reference"].floor_operands(),
             )
             ref, ours = captures["reference"], captures["ours"]
+            tols = self.drifts.widen(tols, self.rtol, self.atol)
             tols = add_received(
                 tols, self.probe(shadow).received(ours, ref, x, target), self.rtol, self.atol
             )

@@ -11,19 +11,30 @@ to float64), and the gap of each loss and gradient is that error, added to its b
 update receives its gradient's gap times the step size the update took (max|update| /
 max|gradient|, as its floor). At step 1 both sides start equal and nothing is received, so a
 bug shows there exactly as in float64.
+
+What the optimiser keeps (a momentum buffer, Adam's averages) sums the gradients' gaps of
+every step so far, which one step's received gap does not hold. So an update's and a state's
+drift is never taken below the largest it has been so far relative to the tensor's scale
+(``DriftHistory``): a sample that is small by luck at one step does not shrink its budget.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from gradparity.evidence.float32_budget import Key, RowTolerances, largest, widest
+from gradparity.evidence.float32_budget import (
+    DRIFT_FACTOR,
+    Key,
+    RowTolerances,
+    largest,
+    widest,
+)
 from gradparity.pairing.align import LayerPair
 from gradparity.pairing.params import sync_parameters
 from gradparity.sides.training_steps import Key as ParamKey
@@ -90,6 +101,32 @@ def _gap(a: np.ndarray, b: np.ndarray) -> float:
     """max|a - b| over elements finite in both (0 for none)."""
     gap = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
     return float(gap[np.isfinite(gap)].max(initial=0.0))
+
+
+# The quantities whose drift accumulates from step to step through the optimiser's state.
+ACCUMULATED = ("param:", "state:")
+
+
+@dataclass
+class DriftHistory:
+    """The largest drift / scale each accumulated tensor (an update, an optimiser state) has
+    had over the steps so far, by (mode, layer, quantity)."""
+
+    ratios: dict[Key, float] = field(default_factory=dict)
+
+    def widen(self, rows: RowTolerances, rtol: float | None, atol: float | None) -> RowTolerances:
+        """``rows`` with each accumulated tensor's budget at least ``DRIFT_FACTOR`` times the
+        largest drift / scale seen so far (this step's included) times its scale now."""
+        budgets, tolerances = dict(rows.budgets), dict(rows.tolerances)
+        for key, budget in rows.budgets.items():
+            if not key[-1].startswith(ACCUMULATED) or budget.drift is None or budget.scale <= 0:
+                continue
+            ratio = max(self.ratios.get(key, 0.0), budget.drift / budget.scale)
+            self.ratios[key] = ratio
+            allowed = max(budget.allowed, DRIFT_FACTOR * ratio * budget.scale)
+            budgets[key] = replace(budget, allowed=allowed)
+            tolerances[key] = budgets[key].tolerance(rtol, atol)
+        return replace(rows, tolerances=tolerances, budgets=budgets)
 
 
 def add_received(
