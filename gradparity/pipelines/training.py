@@ -33,7 +33,7 @@ from gradparity.core.options import (
     TrainingOptions,
     with_options,
 )
-from gradparity.core.plan import Captures, TensorPair
+from gradparity.core.plan import Captures
 from gradparity.core.records import USER_ERRORS, real_array
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance, tolerance_for
@@ -75,7 +75,7 @@ from gradparity.sides.reference_twin import judge_by_twin
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.running_stats import kept_buffers, sync_running
 from gradparity.sides.setup import resolve_losses
-from gradparity.sides.training_received import DriftHistory, ReceivedProbe, add_received
+from gradparity.sides.training_received import DriftHistory, ReceivedProbe, earlier_steps
 from gradparity.sides.training_setup import optimizers
 from gradparity.sides.training_steps import (
     Shadow,
@@ -356,14 +356,16 @@ class _Training:
                 judged_by=TRAINING_ROUNDING,
                 operands=captures["reference"].floor_operands(),
             )
-            ref, ours = captures["reference"], captures["ours"]
-            tols = self.drifts.widen(tols, self.rtol, self.atol)
-            tols = add_received(
-                tols, self.probe(shadow).received(ours, ref, x, target), self.rtol, self.atol
+            received = self.probe(shadow).received(
+                captures["ours"], captures["reference"], x, target
             )
-            for entry in entries:
-                if isinstance(entry, TensorPair):
-                    entry.tolerance = tols.of((entry.mode, entry.layer, entry.quantity))
+            tols = earlier_steps(
+                entries,
+                self.drifts.widen(tols, self.rtol, self.atol),
+                received,
+                self.rtol,
+                self.atol,
+            )
             captures.update(entries=entries, row_tolerances=tols)
             captures.setdefault("notes", []).extend(notes)
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradparity.core.plan import Entry, TensorPair
 from gradparity.evidence.float32_budget import (
     DRIFT_FACTOR,
     Key,
@@ -129,11 +130,16 @@ class DriftHistory:
         return replace(rows, tolerances=tolerances, budgets=budgets)
 
 
-def add_received(
-    rows: RowTolerances, received: dict[Key, float], rtol: float | None, atol: float | None
+def earlier_steps(
+    entries: list[Entry],
+    rows: RowTolerances,
+    received: dict[Key, float],
+    rtol: float | None,
+    atol: float | None,
 ) -> RowTolerances:
     """``rows`` with each measured budget widened by what its tensor ``received`` (shown as
-    ``received`` beside it); tensors without a measured budget keep their tolerance."""
+    ``received`` beside it), each tensor pair of ``entries`` given its tolerance; tensors
+    without a measured budget keep theirs."""
     budgets = dict(rows.budgets)
     tolerances = dict(rows.tolerances)
     for key, gap in received.items():
@@ -141,6 +147,10 @@ def add_received(
             budget = budgets[key]
             budgets[key] = replace(budget, allowed=budget.allowed + gap, received=gap)
             tolerances[key] = budgets[key].tolerance(rtol, atol)
+    for entry in entries:
+        if isinstance(entry, TensorPair):
+            key = (entry.mode, entry.layer, entry.quantity)
+            entry.tolerance = tolerances.get(key, rows.of(key))
     return replace(
         rows,
         tolerances=tolerances,
