@@ -75,6 +75,7 @@ from gradparity.sides.reference_twin import judge_by_twin
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.running_stats import kept_buffers, sync_running
 from gradparity.sides.setup import resolve_losses
+from gradparity.sides.training_received import DriftHistory, ReceivedProbe, earlier_steps
 from gradparity.sides.training_setup import optimizers
 from gradparity.sides.training_steps import (
     Shadow,
@@ -310,6 +311,13 @@ class _Training:
     plan: Callable[..., Plan]
     reference_loss: Any
     tracker: Tracker = field(default_factory=Tracker)
+    received: ReceivedProbe | None = None  # made from the shadow at its first step
+    drifts: DriftHistory = field(default_factory=DriftHistory)
+
+    def probe(self, shadow: Shadow) -> ReceivedProbe:
+        """The float64 copy that measures what each step received from earlier ones."""
+        self.received = self.received or ReceivedProbe.make(shadow)
+        return self.received
 
     def step_plan(self, step: int, x: np.ndarray, target: np.ndarray, first: bool) -> Plan:
         """The plan of one step on (x, target); ``first``: no earlier step diverged."""
@@ -347,6 +355,16 @@ class _Training:
                 self.atol,
                 judged_by=TRAINING_ROUNDING,
                 operands=captures["reference"].floor_operands(),
+            )
+            received = self.probe(shadow).received(
+                captures["ours"], captures["reference"], x, target
+            )
+            tols = earlier_steps(
+                entries,
+                self.drifts.widen(tols, self.rtol, self.atol),
+                received,
+                self.rtol,
+                self.atol,
             )
             captures.update(entries=entries, row_tolerances=tols)
             captures.setdefault("notes", []).extend(notes)
