@@ -104,6 +104,8 @@ def test_each_row_shows_its_budget_beside_its_error():
         assert ("received" in budget) == (row.mode == "chain")
     note = next(n for n in report.notes if n.startswith("float32 judged by the reference's"))
     assert "chain act1 grad_input" in note and "isolate fc1 grad:W" in note
+    # The verdict names what the rows were held to, not the fixed rtol no row was judged by.
+    assert report.summary().splitlines()[0].endswith("float32, measured budgets)")
 
 
 def test_the_saved_report_keeps_the_budgets(tmp_path):
@@ -135,3 +137,4 @@ def test_a_reference_that_fails_in_float64_keeps_the_fixed_tolerance():
     assert report.ok
     assert any("when run again in float64" in n and "TypeError" in n for n in report.notes)
     assert all("float32_budget" not in r.detail for r in report.rows)
+    assert report.summary().splitlines()[0].endswith("float32, rtol 0.0001)")

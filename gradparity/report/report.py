@@ -208,6 +208,14 @@ class Report:
         taps = sum(r.type == "tap" for r in self.rows)
         return f"{params} parameter gradients" + (f", {taps} taps" if taps else "")
 
+    def tolerance_words(self) -> str:
+        """How the rows were judged, in words: "rtol 1e-07", or for float32 judged by measured
+        rounding "measured budgets" (``report.tolerance`` is then only the fixed
+        tolerance the evidence steps use, not what any row was held to)."""
+        if any(r.detail.get("float32_budget") for r in self.rows):
+            return "measured budgets"
+        return f"rtol {self.tolerance.rtol:g}"
+
     def minor_words(self) -> str:
         """ ", with 1 minor difference" (the count), or "" for a report without any."""
         count = len(self.minor)
@@ -242,12 +250,12 @@ class Report:
         if self.ok and not self.minor:
             head = (
                 f"{name}: parity OK ({self.scope()}, {len(self.rows)} tensors, "
-                f"{self.dtype}, rtol {self.tolerance.rtol:g})"
+                f"{self.dtype}, {self.tolerance_words()})"
             )
             return "\n".join(map(escape.terminal, [head, *lines]))
         if self.ok:
             first = f"{name}: parity{self.minor_words()} ({self.dtype}, "
-            first += f"rtol {self.tolerance.rtol:g})"
+            first += f"{self.tolerance_words()})"
         else:
             first = f"{name}: {len(self.root_causes)} root cause(s){self.minor_words()}"
             first += " (strict)" if self.strict and self.minor else ""
