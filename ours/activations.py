@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from gradparity.ours.layers import Layer
+from gradparity.ours.layers import Layer, _sigmoid_fwd
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _TANH_CUBIC = 0.044715  # the cubic coefficient of torch's GELU(approximate="tanh")
@@ -50,15 +50,19 @@ def _tanh_inner(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu_tanh_fwd(x: np.ndarray) -> np.ndarray:
-    """x (1 + tanh(u)) / 2."""
-    return (0.5 * x * (1.0 + np.tanh(_tanh_inner(x)))).astype(x.dtype, copy=False)
+    """x (1 + tanh(u)) / 2, as x sigmoid(2u): the same value without the cancellation of
+    1 + tanh(u) near -1, which in float32 leaves no digit of y for x below about -4."""
+    return (x * _sigmoid_fwd(2.0 * _tanh_inner(x))).astype(x.dtype, copy=False)
 
 
 def _gelu_tanh_bwd(x: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
-    """grad_out ((1 + t) / 2 + x (1 - t^2) u' / 2), t = tanh(u), u' = sqrt(2/pi) (1 + 3 c x^2)."""
-    t = np.tanh(_tanh_inner(x))
+    """grad_out ((1 + t) / 2 + x (1 - t^2) u' / 2), t = tanh(u), u' = sqrt(2/pi) (1 + 3 c x^2),
+    as grad_out (s + 2 x s s' u') with s = sigmoid(2u), s' = sigmoid(-2u) = 1 - s: no
+    cancellation in 1 + t or 1 - t^2."""
+    inner = 2.0 * _tanh_inner(x)
+    s, s_neg = _sigmoid_fwd(inner), _sigmoid_fwd(-inner)
     du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _TANH_CUBIC * x * x)
-    local = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+    local = s + 2.0 * x * s * s_neg * du
     return (grad_out * local).astype(grad_out.dtype, copy=False)
 
 
