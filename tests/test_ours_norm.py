@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from parity.test_norm import batch_norm_cases, layer_norm_cases
 from torch import nn
 
 import gradparity as gp
@@ -28,7 +29,6 @@ DTYPES = {"float64": (np.float64, torch.float64), "float32": (np.float32, torch.
 seeds = st.integers(0, 2**32 - 1)
 dtypes = st.sampled_from(sorted(DTYPES))
 modes = st.booleans()
-epsilons = st.sampled_from([1e-5, 1e-3, 0.1])
 
 
 def check_compare(layer: Any, x: np.ndarray, dtype: str, rng: np.random.Generator) -> None:
@@ -39,48 +39,23 @@ def check_compare(layer: Any, x: np.ndarray, dtype: str, rng: np.random.Generato
     assert report.ok, report.root_causes
 
 
-def with_running(layer: Any, rng: np.random.Generator) -> Any:
-    """``layer`` with running statistics away from torch's 0 and 1 (an eval pass uses them)."""
-    layer.running_mean = (0.3 * rng.standard_normal(layer.num_features)).astype(
-        layer.running_mean.dtype
-    )
-    layer.running_var = (0.5 + rng.random(layer.num_features)).astype(layer.running_var.dtype)
-    return layer
-
-
 # --- batch norm -----------------------------------------------------------------------------
 
 
 @st.composite
-def batch_norm_cases(draw: st.DrawFn, two_d: bool) -> tuple[Any, np.ndarray, str]:
-    """(layer, x, dtype): shapes, eps, momentum, affine, mode and dtype all drawn."""
-    dtype = draw(dtypes)
-    rng = np.random.default_rng(draw(seeds))
-    n, c = draw(st.integers(3, 5)), draw(st.integers(1, 4))  # three values: see LayerNorm
-    if two_d:
-        shape: tuple[int, ...] = (n, c, draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    else:
-        length = draw(st.one_of(st.none(), st.integers(1, 4)))
-        shape = (n, c) if length is None else (n, c, length)
-    cls = BatchNorm2d if two_d else BatchNorm1d
-    layer = cls(
-        c,
-        eps=draw(epsilons),
-        momentum=draw(st.sampled_from([0.1, 0.0, 0.5, 1.0])),
-        affine=draw(st.booleans()),
-        rng=rng,
-        dtype=DTYPES[dtype][0],
-    )
-    with_running(layer, rng).train(draw(modes))
-    x = (rng.standard_normal(shape) * 2 + 0.5).astype(DTYPES[dtype][0])
-    return layer, x, dtype
+def compare_batch_norm_cases(draw: st.DrawFn, two_d: bool) -> tuple[Any, np.ndarray, str]:
+    """The parity suite's batch norm cases, with at least three examples (two values normalise
+    to +-1 whatever x, see LayerNorm), in a drawn mode, x in its dtype."""
+    layer, x, dtype = draw(batch_norm_cases(BatchNorm2d if two_d else BatchNorm1d, least=3))
+    layer.train(draw(modes))
+    return layer, x.astype(DTYPES[dtype][0]), dtype
 
 
 @pytest.mark.parametrize("two_d", [False, True], ids=["1d", "2d"])
 @SETTINGS
 @given(data=st.data())
 def test_batch_norm_reaches_parity_through_compare(two_d, data):
-    layer, x, dtype = data.draw(batch_norm_cases(two_d))
+    layer, x, dtype = data.draw(compare_batch_norm_cases(two_d))
     check_compare(layer, x, dtype, np.random.default_rng(2))
 
 
@@ -100,29 +75,15 @@ def test_batch_norm_refuses_what_it_does_not_support():
 
 
 @st.composite
-def layer_norm_cases(draw: st.DrawFn) -> tuple[LayerNorm, np.ndarray, str]:
-    """(layer, x, dtype): leading and normalised dims, eps, affine and bias drawn."""
-    dtype = draw(dtypes)
-    rng = np.random.default_rng(draw(seeds))
-    lead = draw(st.lists(st.integers(1, 4), min_size=1, max_size=2))
-    # Over two values the normalised output is +-1 whatever x: dL/dx is pure cancellation,
-    # beyond float32's fixed tolerance (item 3 of the issue), so at least three.
-    normalized = [draw(st.integers(3, 5)), *draw(st.lists(st.integers(1, 4), max_size=1))]
-    as_int = len(normalized) == 1 and draw(st.booleans())
-    layer = LayerNorm(
-        normalized[0] if as_int else tuple(normalized),
-        eps=draw(epsilons),
-        elementwise_affine=draw(st.booleans()),
-        bias=draw(st.booleans()),
-        rng=rng,
-        dtype=DTYPES[dtype][0],
-    )
-    x = (rng.standard_normal((*lead, *normalized)) * 2 - 0.5).astype(DTYPES[dtype][0])
-    return layer, x, dtype
+def compare_layer_norm_cases(draw: st.DrawFn) -> tuple[LayerNorm, np.ndarray, str]:
+    """The parity suite's layer norm cases, x in its dtype. Over two values the normalised
+    output is +-1 whatever x, and dL/dx is pure cancellation, so at least three."""
+    layer, x, dtype = draw(layer_norm_cases(least=3))
+    return layer, x.astype(DTYPES[dtype][0]), dtype
 
 
 @SETTINGS
-@given(case=layer_norm_cases())
+@given(case=compare_layer_norm_cases())
 def test_layer_norm_reaches_parity_through_compare(case):
     layer, x, dtype = case
     # The harness's layout probe cannot run a LayerNorm on its guessed (3, in) input and

@@ -29,11 +29,12 @@ def with_running(layer: Any, rng: np.random.Generator) -> Any:
 
 
 @st.composite
-def batch_norm_cases(draw: st.DrawFn, cls: type) -> tuple[Any, np.ndarray, str]:
-    """(layer, x, dtype): shapes, eps, momentum, affine and dtype drawn."""
+def batch_norm_cases(draw: st.DrawFn, cls: type, least: int = 2) -> tuple[Any, np.ndarray, str]:
+    """(layer, x, dtype): shapes (at least ``least`` examples), eps, momentum, affine and dtype
+    drawn."""
     dtype = draw(dtypes)
     rng = np.random.default_rng(draw(seeds))
-    n, c = draw(st.integers(2, 5)), draw(st.integers(1, 4))
+    n, c = draw(st.integers(least, 5)), draw(st.integers(1, 4))
     if cls is BatchNorm2d:
         shape: tuple[int, ...] = (n, c, draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     else:
@@ -72,12 +73,13 @@ def test_batch_norm_and_its_running_statistics(cls, training, data, seed):
 
 
 @st.composite
-def layer_norm_cases(draw: st.DrawFn) -> tuple[LayerNorm, np.ndarray, str]:
-    """(layer, x, dtype): leading and normalised dims, eps, affine and bias drawn."""
+def layer_norm_cases(draw: st.DrawFn, least: int = 1) -> tuple[LayerNorm, np.ndarray, str]:
+    """(layer, x, dtype): leading and normalised dims (the first at least ``least``), eps,
+    affine and bias drawn."""
     dtype = draw(dtypes)
     rng = np.random.default_rng(draw(seeds))
     lead = draw(st.lists(st.integers(1, 4), min_size=1, max_size=2))
-    normalized = [draw(st.integers(1, 5)), *draw(st.lists(st.integers(1, 4), max_size=1))]
+    normalized = [draw(st.integers(least, 5)), *draw(st.lists(st.integers(1, 4), max_size=1))]
     as_int = len(normalized) == 1 and draw(st.booleans())
     layer = LayerNorm(
         normalized[0] if as_int else tuple(normalized),
