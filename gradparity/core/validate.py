@@ -143,6 +143,14 @@ def check_flag(value: Any, name: str) -> bool:
     return bool(value)
 
 
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (strings)."""
+    if not isinstance(value, str) or value not in choices:
+        wanted = " or ".join(repr(c) for c in choices)
+        raise InputError(f"{name} must be {wanted}, got {_short(value)}")
+    return value
+
+
 def check_dtype(dtype: Any) -> str:
     """The dtype's name, "float64" or "float32" (also given as a NumPy or torch dtype)."""
     name = str(dtype).removeprefix("torch.")

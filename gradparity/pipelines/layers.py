@@ -22,6 +22,7 @@ from gradparity.core.options import (
 from gradparity.core.plan import Captures
 from gradparity.core.tolerance import tolerance_for
 from gradparity.core.validate import (
+    check_choice,
     check_flag,
     check_mapping,
     check_name,
@@ -63,7 +64,8 @@ from gradparity.sides import run_numpy, run_torch
 from gradparity.sides.adapt import layer_code, model_name, named_layers, params_of
 from gradparity.sides.device import choose_device, reference_device
 from gradparity.sides.dropout_masks import shared_dropout_masks
-from gradparity.sides.isolation import run_isolation
+from gradparity.sides.isolation import prober
+from gradparity.sides.lazy_isolation import ISOLATE_CHOICES, isolate_lazily
 from gradparity.sides.modes import mode_warnings, modes_note, reference_modes
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
 from gradparity.sides.reference_twin import Records, ReferenceTwin, judge_by_twin
@@ -141,6 +143,8 @@ def compare(
     param_map: dict[str, str] | None = None,
     device: str = "cpu",
     keep_tf32: bool = False,
+    isolate: str = "lazy",
+    stop_at_first: bool = False,
 ) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
@@ -173,6 +177,8 @@ def compare(
     param_map = check_mapping(param_map, "param_map", MAP_MEANINGS["param_map"])
     name = check_name(name)
     strict = check_flag(strict, "strict")
+    stop_at_first = check_flag(stop_at_first, "stop_at_first")
+    isolate_mode = check_choice(isolate, "isolate", ISOLATE_CHOICES)
     choice = choose_device(device, check_flag(keep_tf32, "keep_tf32"))
     tol = choice.tolerance(tolerance_for(dtype, rtol, atol), rtol is not None)
     tdtype = TORCH_DTYPES[dtype]
@@ -228,9 +234,16 @@ def compare(
             )
 
         def isolate(captures: Captures) -> None:
-            captures["probes"] = run_isolation(
-                pairs, loss_pair, reference_loss, captures["reference_chain"], target, rng, tdtype
+            ref_chain = captures["reference_chain"]
+            probe = prober(pairs, loss_pair, reference_loss, ref_chain, target, rng, tdtype)
+            if isolate_mode == "all":
+                captures["probes"] = {n: probe(n) for n in [*(p.name for p in pairs), "loss"]}
+                return
+            chains = (captures["ours_chain"], ref_chain)
+            captures["probes"], notes = isolate_lazily(
+                pairs, loss_pair, chains, probe, batch, tol, stop_at_first
             )
+            captures.setdefault("notes", []).extend(notes)
 
         def pairing_of(captures: Captures, references: Records) -> list[Entry]:
             """Ours' records against the reference's ``references`` (chain, isolated probes)."""

@@ -3,6 +3,7 @@ and a seeded random upstream gradient, so each layer is judged alone."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,24 +34,44 @@ def run_isolation(
     target: np.ndarray,
     rng: np.random.Generator,
     tdtype: torch.dtype,
+    names: list[str] | None = None,
 ) -> dict[str, Probe]:
     """Probes keyed by layer name plus "loss". ``ref_chain``: the reference's chain records,
-    whose inputs each layer is fed.
+    whose inputs each layer is fed. ``names``: only these layers (and "loss" where named), in
+    that order; None: every layer, then the loss.
 
     The upstream gradient is random, not the natural dL/dy: the natural one can be exactly
     zero (the assignment network's hidden layer gets dL/dh = 0), which would hide every
     backward bug there.
     """
-    probes: dict[str, Probe] = {}
-    for pair in pairs:
-        ref_in, ref_out = ref_chain[pair.name].input, ref_chain[pair.name].output
-        assert ref_in is not None and ref_out is not None  # the reference chain ran every layer
-        upstream = rng.standard_normal(ref_out.shape).astype(ref_in.dtype)
-        probes[pair.name] = layer_probe(pair, ref_in, upstream, rng, tdtype)
-    logits = ref_chain["loss"].input
-    assert logits is not None  # the reference chain reached its loss
-    probes["loss"] = loss_probe(loss_pair, reference_loss, logits, target, rng, tdtype)
-    return probes
+    probe = prober(pairs, loss_pair, reference_loss, ref_chain, target, rng, tdtype)
+    order = [*(p.name for p in pairs), "loss"] if names is None else names
+    return {name: probe(name) for name in order}
+
+
+def prober(
+    pairs: list[LayerPair],
+    loss_pair: LayerPair,
+    reference_loss: Any,
+    ref_chain: dict[str, LayerRecord],
+    target: np.ndarray,
+    rng: np.random.Generator,
+    tdtype: torch.dtype,
+) -> Callable[[str], Probe]:
+    """``probe(name)``: that layer (or "loss") run alone on both sides, as ``run_isolation``
+    runs it."""
+    by_name = {p.name: p for p in pairs}
+
+    def probe(name: str) -> Probe:
+        rec = ref_chain[name]
+        if name == "loss":
+            assert rec.input is not None  # the reference chain reached its loss
+            return loss_probe(loss_pair, reference_loss, rec.input, target, rng, tdtype)
+        assert rec.input is not None and rec.output is not None  # the reference ran every layer
+        upstream = rng.standard_normal(rec.output.shape).astype(rec.input.dtype)
+        return layer_probe(by_name[name], rec.input, upstream, rng, tdtype)
+
+    return probe
 
 
 def layer_probe(
