@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,19 +41,51 @@ class TensorDiff:
         return self.mismatch_count == 0
 
 
+# Within these magnitudes the dot products of up to 10^30 elements neither overflow nor lose
+# digits to underflow, so the vectors need no rescaling first.
+_PLAIN_RANGE = (1e-140, 1e140)
+# Elements per block of the block-wise passes: their float64 temporaries stay a few MB
+# whatever the tensor's size (a 50M-parameter model's gradients are compared block by block).
+_BLOCK = 1 << 18
+
+
+def _largest(a: np.ndarray) -> float:
+    """max |a| without a temporary (0.0 for an empty array; NaN when a holds NaN)."""
+    return max(float(a.max()), -float(a.min())) if a.size else 0.0
+
+
+def _blocks(*arrays: np.ndarray) -> Iterator[tuple[np.ndarray, ...]]:
+    """The arrays (one shape) as float64 blocks of whole rows along the first axis, raveled:
+    views where the dtype and layout allow, so no full-size copy is made."""
+    first = arrays[0]
+    if first.ndim == 0:
+        yield tuple(np.asarray(a, dtype=np.float64).reshape(1) for a in arrays)
+        return
+    rows = max(1, _BLOCK // max(1, first[0].size))
+    for start in range(0, first.shape[0], rows):
+        yield tuple(
+            np.asarray(a[start : start + rows], dtype=np.float64).reshape(-1) for a in arrays
+        )
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine of the angle between two same-shape finite arrays; 1.0 when both are zero."""
-    a = a.ravel().astype(np.float64)
-    b = b.ravel().astype(np.float64)
-    # Scaled by the largest magnitude first: the squares of values near 1e160 overflow.
-    a = a / max(float(np.abs(a).max(initial=0.0)), np.finfo(np.float64).tiny)
-    b = b / max(float(np.abs(b).max(initial=0.0)), np.finfo(np.float64).tiny)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0.0 and nb == 0.0:
+    a, b = np.asarray(a), np.asarray(b)
+    top_a, top_b = _largest(a), _largest(b)
+    if top_a == 0.0 and top_b == 0.0:
         return 1.0
-    if na == 0.0 or nb == 0.0:
+    if top_a == 0.0 or top_b == 0.0:
         return 0.0
-    return float(np.dot(a, b) / (na * nb))
+    low, high = _PLAIN_RANGE
+    # Scaled by the largest magnitude first where the squares of values near 1e160 overflow.
+    plain = low < top_a < high and low < top_b < high
+    sa, sb = (1.0, 1.0) if plain else (top_a, top_b)
+    ab = aa = bb = 0.0
+    for x, y in _blocks(a, b):
+        if not plain:
+            x, y = x / sa, y / sb
+        ab, aa, bb = ab + np.dot(x, y), aa + np.dot(x, x), bb + np.dot(y, y)
+    return float(ab / np.sqrt(aa * bb))
 
 
 def first_largest(values: np.ndarray) -> tuple[int, ...]:
@@ -64,44 +97,45 @@ def first_largest(values: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(tied)), values.shape))
 
 
-def _allowed_and_error(
-    o: np.ndarray, r: np.ndarray, tol: Tolerance
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """(allowed, |o - r|) by ``Tolerance``'s rule for float64 arrays whose reference is finite;
-    None when it is not (the general rule then handles the non-finite values)."""
-    mag = np.abs(r)
-    scale = float(mag.max())
+def _every_error_below(o: np.ndarray, r: np.ndarray, tol: Tolerance, fraction: float) -> bool:
+    """Whether |o - r| <= ``fraction`` x the allowed error at every element (strictly below
+    when ``fraction`` < 1), by ``Tolerance``'s rule, block by block; False when the reference
+    is not finite (the general rule then handles the non-finite values)."""
+    scale = _largest(r)
     if not np.isfinite(scale):
-        return None
-    allowed = tol.rtol * mag + tol.rtol * scale + tol.atol  # the order Tolerance.allowed sums in
-    return allowed, np.abs(o - r)
+        return False
+    for x, y in _blocks(o, r):
+        mag = np.abs(y)
+        allowed = tol.rtol * mag + tol.rtol * scale + tol.atol  # Tolerance.allowed's order
+        with np.errstate(invalid="ignore", over="ignore"):
+            error = np.abs(x - y)
+        # NaN compares False, so a NaN of ours is out of tolerance, as the general rule says.
+        inside = error <= allowed if fraction >= 1 else error < fraction * allowed
+        if not inside.all():
+            return False
+    return True
 
 
 def within_tolerance(ours: np.ndarray, ref: np.ndarray, tol: Tolerance) -> bool:
     """No element of ours out of ``tol`` against ``ref`` (same shapes): ``tensor_diff(...).ok``
-    in a few passes over the values, for the common question "does this tensor agree?"."""
-    o = np.asarray(ours, dtype=np.float64)
-    r = np.asarray(ref, dtype=np.float64)
-    if o.size == 0:
+    block by block in a few passes, for the common question "does this tensor agree?"."""
+    o, r = np.asarray(ours), np.asarray(ref)
+    if o.size == 0 or _every_error_below(o, r, tol, 1.0):
         return True
-    measured = _allowed_and_error(o, r, tol)
-    if measured is None:
-        return not tol.mismatch(o, r).any()
-    allowed, error = measured
-    # NaN compares False, so a NaN of ours is out of tolerance, as the general rule says.
-    return bool(np.all(error <= allowed))
+    if np.isfinite(_largest(r)):
+        return False
+    return not tol.mismatch(o, r).any()
 
 
 def _below_floor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> TensorDiff | None:
     """The statistics of a pair whose every error is below the noise floor (recorded as 0), in
-    a few passes: what ``tensor_diff`` would compute in many; None for any other pair."""
-    measured = _allowed_and_error(o, r, tol)
-    if measured is None:
-        return None
-    allowed, error = measured
-    if not np.all(error < tol.floor() * allowed):  # NaN compares False: the general path
+    a few passes without full-size temporaries: what ``tensor_diff`` would compute; None for
+    any other pair."""
+    if not _every_error_below(o, r, tol, tol.floor()):
         return None
     first = (0,) * o.ndim  # every ratio is 0: the first element is the first of the tied
+    ref_first = float(r[first])
+    allowed = tol.rtol * abs(ref_first) + tol.rtol * _largest(r) + tol.atol
     return TensorDiff(
         max_abs=0.0,
         max_rel=0.0,
@@ -110,8 +144,8 @@ def _below_floor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> TensorDiff | N
         numel=int(o.size),
         worst_index=first,
         ours_at_worst=float(o[first]),
-        ref_at_worst=float(r[first]),
-        allowed_at_worst=float(allowed[first]),
+        ref_at_worst=ref_first,
+        allowed_at_worst=float(allowed),
     )
 
 
@@ -125,13 +159,13 @@ def tensor_diff(ours: np.ndarray, ref: np.ndarray, tol: Tolerance) -> TensorDiff
     """
     if ours.shape != ref.shape:
         raise ValueError(f"tensor_diff needs equal shapes, got {ours.shape} and {ref.shape}")
-    o = np.asarray(ours, dtype=np.float64)
-    r = np.asarray(ref, dtype=np.float64)
-    if o.size == 0:
+    if np.size(ours) == 0:
         return TensorDiff(0.0, 0.0, 1.0, 0, 0, None, None, None, None)
-    quiet = _below_floor(o, r, tol)
+    quiet = _below_floor(np.asarray(ours), np.asarray(ref), tol)
     if quiet is not None:
         return quiet
+    o = np.asarray(ours, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
     errors = tol.errors(o, r)
     mismatch_count = int(np.count_nonzero(errors.mismatch))
     err, allowed = errors.above_floor(), errors.allowed

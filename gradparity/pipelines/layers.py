@@ -236,7 +236,8 @@ def compare(
         def isolate(captures: Captures) -> None:
             ref_chain = captures["reference_chain"]
             probe = prober(pairs, loss_pair, reference_loss, ref_chain, target, rng, tdtype)
-            if isolate_mode == "all":
+            # float32 measures each isolated row's budget with the twin: every layer runs.
+            if isolate_mode == "all" or dtype == "float32":
                 captures["probes"] = {n: probe(n) for n in [*(p.name for p in pairs), "loss"]}
                 return
             chains = (captures["ours_chain"], ref_chain)

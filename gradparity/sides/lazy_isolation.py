@@ -85,16 +85,6 @@ def probe_until_root(
     return probed
 
 
-def precheck_tolerance(tol: Tolerance) -> Tolerance:
-    """The tolerance that picks the layers to run alone. In float32 each row is later judged
-    by its own measured budget, which can be tighter than the fixed float32 tolerance: the
-    pick uses a hundredth of it, so a layer the budget would flag is run alone too (a correct
-    layer picked by it only costs its isolated run)."""
-    if tol.dtype != "float32":
-        return tol
-    return Tolerance(tol.rtol / 100, tol.atol / 100, tol.dtype, tol.noise_floor)
-
-
 def isolate_lazily(
     pairs: list[LayerPair],
     loss_pair: LayerPair,
@@ -107,7 +97,6 @@ def isolate_lazily(
     """(probes by name, notes): the isolate run of the layers whose chain diverged
     (``diverging_layers`` of the (ours, reference) ``chains``), all of them or, with
     ``stop_at_first``, up to the first wrong alone."""
-    tol = precheck_tolerance(tol)
     names = diverging_layers(pairs, loss_pair, *chains, batch_size, tol)
     probes: dict[str, Probe] = {}
 
@@ -119,7 +108,11 @@ def isolate_lazily(
         probed = probe_until_root(names, run, batch_size, tol)
     else:
         probed = [name for name in names if run(name)]
-    return probes, _notes(len(pairs) + 1, names, probed, stop_at_first)
+    # In forward order, the loss last, as a run of every layer gives them: the locate stage
+    # reads isolated gradients in backward order from it.
+    order = [*(p.name for p in pairs), "loss"]
+    in_order = {name: probes[name] for name in order if name in probes}
+    return in_order, _notes(len(pairs) + 1, names, probed, stop_at_first)
 
 
 def _notes(count: int, names: list[str], probed: list[str], stop_at_first: bool) -> list[str]:
