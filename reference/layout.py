@@ -88,8 +88,11 @@ def squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def to_torch_layout(value: np.ndarray, conversion: str, torch_shape: tuple[int, ...]) -> np.ndarray:
-    """Apply ``conversion`` to a NumPy-side array; result has ``torch_shape``."""
+def to_torch_layout(
+    value: np.ndarray, conversion: str, torch_shape: tuple[int, ...], view: bool = False
+) -> np.ndarray:
+    """Apply ``conversion`` to a NumPy-side array; result has ``torch_shape``, contiguous
+    (a copy) unless ``view``, where a transposed view saves copying a large array."""
     parts = steps(conversion)
     out = np.asarray(value)
     for part, shape in zip(parts, _shapes_after(parts, tuple(torch_shape))):
@@ -99,11 +102,14 @@ def to_torch_layout(value: np.ndarray, conversion: str, torch_shape: tuple[int, 
             out = _reorder_gates(out, *_orders(part))
         else:  # identity or reshape
             out = np.ascontiguousarray(out).reshape(shape)
-    return np.ascontiguousarray(out)
+    return out if view else np.ascontiguousarray(out)
 
 
-def to_ours_layout(value: np.ndarray, conversion: str, ours_shape: tuple[int, ...]) -> np.ndarray:
-    """Undo ``conversion`` on a torch-side array; result has ``ours_shape``."""
+def to_ours_layout(
+    value: np.ndarray, conversion: str, ours_shape: tuple[int, ...], view: bool = False
+) -> np.ndarray:
+    """Undo ``conversion`` on a torch-side array; result has ``ours_shape``, contiguous (a
+    copy) unless ``view``."""
     parts = steps(conversion)
     out = np.asarray(value)
     for part, shape in reversed(list(zip(parts, _shapes_before(parts, tuple(ours_shape))))):
@@ -114,7 +120,7 @@ def to_ours_layout(value: np.ndarray, conversion: str, ours_shape: tuple[int, ..
             out = _reorder_gates(out, torch_order, ours_order)
         else:  # identity or reshape
             out = np.ascontiguousarray(out).reshape(shape)
-    return np.ascontiguousarray(out)
+    return out if view else np.ascontiguousarray(out)
 
 
 # A conversion holds at most one reshape, so the shape on its far side is only needed where

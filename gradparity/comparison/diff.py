@@ -106,7 +106,7 @@ def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarr
         assert rec.grad_input is not None  # the reference side always runs backward
         return rec.grad_input
     p = next(p for p in pair.params if p.key == address.name)
-    return to_ours(rec.grads[p.torch_name], p)
+    return to_ours(rec.grads[p.torch_name], p, view=True)  # only read: no copy of a large one
 
 
 def failed_row(mode: str, layer: str, type_name: str, error: dict) -> Row:

@@ -58,15 +58,17 @@ class BadValue(TypeError):
         self.quantity, self.fix = quantity, fix
 
 
-def real_array(value: Any, what: str, quantity: str) -> np.ndarray:
+def real_array(value: Any, what: str, quantity: str, private: bool = True) -> np.ndarray:
     """A private copy of ``value`` as a NumPy array of real numbers (a torch tensor is read
-    without NumPy's conversion warnings). ``BadValue`` on ``quantity``, naming ``what``
-    ("forward's output", "grads['W']"), when it is None, not numeric, or complex: complex
-    values would otherwise be compared by their real part alone."""
+    without NumPy's conversion warnings); with ``private`` False, the array itself where it
+    is one (streaming: a gradient that only the run's own copy of a layer holds). ``BadValue``
+    on ``quantity``, naming ``what`` ("forward's output", "grads['W']"), when it is None, not
+    numeric, or complex: complex values would otherwise be compared by their real part
+    alone."""
     if value is None:
         raise BadValue(quantity, f"{what} is None", f"make {what} an array")
     try:
-        arr = np.array(numpy_values(what, value), copy=True)
+        arr = np.array(numpy_values(what, value), copy=private)
     except InputError as exc:  # ragged lists, a meta tensor
         raise BadValue(quantity, str(exc), f"make {what} a numeric array") from None
     if arr.dtype.kind == "c":

@@ -289,24 +289,40 @@ def resolve_layouts(found: list[Candidate], strategy: SquareStrategy) -> list[Pa
     return [c.choose(*chosen.get(c, (c.options[0], "shape"))) for c in found]
 
 
-def to_ours(value: np.ndarray, pair: ParamPair) -> np.ndarray:
+def to_ours(value: np.ndarray, pair: ParamPair, view: bool = False) -> np.ndarray:
     """A reference-side array of ``pair`` (its value, gradient or optimiser state) in ours'
-    layout: shape ``pair.ours_shape``."""
-    return to_ours_layout(value, pair.conversion, pair.ours_shape)
+    layout: shape ``pair.ours_shape``; a view of ``value`` where ``view`` and it can be."""
+    return to_ours_layout(value, pair.conversion, pair.ours_shape, view)
 
 
-def to_reference(value: np.ndarray, pair: ParamPair) -> np.ndarray:
-    """An ours-side array of ``pair`` in the reference's layout: shape ``pair.torch_shape``."""
-    return to_torch_layout(np.asarray(value), pair.conversion, pair.torch_shape)
+def to_reference(value: np.ndarray, pair: ParamPair, view: bool = False) -> np.ndarray:
+    """An ours-side array of ``pair`` in the reference's layout: shape ``pair.torch_shape``;
+    a view of ``value`` where ``view`` and it can be."""
+    return to_torch_layout(np.asarray(value), pair.conversion, pair.torch_shape, view)
 
 
 @torch.no_grad()
 def sync_parameters(
-    values: Mapping[str, np.ndarray], module: nn.Module, pairs: list[ParamPair]
+    values: Mapping[str, np.ndarray],
+    module: nn.Module,
+    pairs: list[ParamPair],
+    rebind: bool = False,
 ) -> None:
     """Copy ours' ``values`` (by ours' key) into ``module``'s parameters named by ``pairs``,
-    layout converted, in the module's dtype."""
+    layout converted, in the module's dtype. ``rebind`` (streaming): replace each parameter
+    with one over ours' memory instead (no copy where the layout conversion is a view and the
+    dtype agrees), leaving the memory the old one used untouched."""
     tparams = dict(module.named_parameters())
     for p in pairs:
         tparam = tparams[p.torch_name]
-        tparam.copy_(torch.as_tensor(to_reference(values[p.key], p), dtype=tparam.dtype))
+        value = to_reference(values[p.key], p, view=rebind)
+        if not rebind:
+            tparam.copy_(torch.as_tensor(value, dtype=tparam.dtype))
+            continue
+        owner_name, _, leaf = p.torch_name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        value = np.asarray(value)
+        if not value.flags.writeable or any(step < 0 for step in value.strides):
+            value = np.array(value)  # torch shares no read-only memory and no negative strides
+        tensor = torch.as_tensor(value, dtype=tparam.dtype, device=tparam.device)
+        owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=tparam.requires_grad)

@@ -72,6 +72,7 @@ from gradparity.sides.reference_twin import Records, ReferenceTwin, judge_by_twi
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.running_stats import sync_running
 from gradparity.sides.setup import reference_copy, resolve_losses
+from gradparity.sides.streaming import streams
 
 
 def check_autodiff(
@@ -145,6 +146,7 @@ def compare(
     keep_tf32: bool = False,
     isolate: str = "lazy",
     stop_at_first: bool = False,
+    streaming: bool | None = None,
 ) -> Report:
     """Diff every activation and gradient of a NumPy model against a torch reference.
 
@@ -196,8 +198,11 @@ def compare(
         ours_loss, reference_loss = resolve_losses(ours_loss, reference_loss)
         check_parameters((lname, params_of(layer, lname)) for lname, layer in layers)
         rng = np.random.default_rng(seed)
+        sync_weights = check_flag(sync_weights, "sync_weights")
+        streaming = streams(streaming, layers)
+        share = streaming and sync_weights and choice.device == "cpu"
         ref_model, empty = reference_copy(
-            reference_model, dtype, check_flag(sync_weights, "sync_weights"), choice.device
+            reference_model, dtype, sync_weights, choice.device, share_parameters=share
         )
         pairs = align_layers(layers, ref_model, layer_map, lambda: leaf_calls(ref_model, x, tdtype))
         pairs = expand_containers(pairs, ref_model, lambda: reference_calls(ref_model, x, tdtype))
@@ -205,7 +210,7 @@ def compare(
         hand_parameters_to_children(pairs)
         if sync_weights:
             for pair in pairs:
-                sync_parameters(params_of(pair.layer), pair.torch_module, pair.params)
+                sync_parameters(params_of(pair.layer), pair.torch_module, pair.params, share)
                 sync_running(pair.layer, pair.torch_module)
             check_filled(empty, synced_names(pairs))
         modes = reference_modes(ref_model)
@@ -315,7 +320,7 @@ def compare(
                     rng=rng,
                     sides=[
                         numpy_side(
-                            run_numpy.LayerRunner(layers, ours_loss, rng, children),
+                            run_numpy.LayerRunner(layers, ours_loss, rng, children, streaming),
                             x,
                             target,
                             "ours_chain",
@@ -359,6 +364,8 @@ def compare(
                         **loss_meta(ours_loss, reference_loss, *given),
                         "isolate_upstream": "seeded random normal",
                         "reference_modes": modes,
+                        "streaming": streaming,
+                        "isolate": "all" if dtype == "float32" else isolate_mode,
                         **choice.meta(),
                     },
                     notes=pairing_notes

@@ -78,10 +78,14 @@ def _ready_for_pass(layer: Any) -> None:
     zero_grads(layer)
 
 
-def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
+def _forward(
+    layer: Any, x: np.ndarray, rec: LayerRecord, careful: bool = True
+) -> np.ndarray | None:
+    """``careful``: snapshot the parameters to tell a change in forward from one in backward
+    (a streaming run checks them once after the pass instead: ``_params_changed``)."""
     rec.input = before = snapshot(x)
     fed = x.copy()
-    params_before = _param_snapshot(layer)
+    params_before = _param_snapshot(layer) if careful else {}
     try:
         out = real_array(layer.forward(fed), "forward's output", "output")
     except USER_ERRORS as exc:
@@ -95,10 +99,14 @@ def _forward(layer: Any, x: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
     return rec.output
 
 
-def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray | None:
+def _backward(
+    layer: Any, grad_out: np.ndarray, rec: LayerRecord, careful: bool = True, private: bool = True
+) -> np.ndarray | None:
+    """``careful`` as in ``_forward``; without ``private`` the gradients are kept, not copied
+    (streaming: the run's own copy of the layer is the only holder of them)."""
     rec.grad_output = before = snapshot(grad_out)
     fed = grad_out.copy()
-    params_before = _param_snapshot(layer)
+    params_before = _param_snapshot(layer) if careful else {}
     try:
         returned = layer.backward(fed)
         grad_in = real_array(returned, "backward's return value (dL/dx)", "grad_input")
@@ -109,7 +117,7 @@ def _backward(layer: Any, grad_out: np.ndarray, rec: LayerRecord) -> np.ndarray 
     try:
         # A None entry is a gradient never set: compared as missing, not as a bad value.
         rec.grads = {
-            k: real_array(v, f"grads[{k!r}]", f"grad:{k}")
+            k: real_array(v, f"grads[{k!r}]", f"grad:{k}", private=private)
             for k, v in grads.items()
             if v is not None
         }
@@ -171,18 +179,29 @@ def run_chain(
     target: np.ndarray,
     x_warm: np.ndarray,
     children: list[Child] | None = None,
+    streaming: bool = False,
+    force_careful: bool = False,
 ) -> dict[str, LayerRecord]:
     """Forward through every layer and the loss, then backward; records keyed by layer name
     plus "loss". A layer that raises ends the pass there (later layers get no record). Runs
     on copies (``sides.fresh.working_copy``: the originals themselves, restored after, when
     their deep copies are wired to them). ``children``: (name, path, call) of layers inside
     containers, recorded as the containers call them (``child_records``); a child gets a
-    record once its forward returned."""
+    record once its forward returned. The parameters are compared with the originals once
+    after the pass; a pass that changed one is run again the careful way (``force_careful``:
+    snapshots around each call), which names the phase that changed it. ``streaming``: the
+    gradients are not copied out of the run's own layers."""
     children = children or []
     with working_copy((layers, loss)) as (own_layers, own_loss):
+        # The parameters are checked once, against the originals, which a deep copy leaves
+        # untouched; a run on the originals themselves snapshots them around each call.
+        careful = force_careful or any(o is m for (_, o), (_, m) in zip(own_layers, layers))
         _warm_up(own_layers, x_warm)  # before the recording: its calls are not compared
         with recording_children(own_layers, [path for _, path, _ in children]) as calls:
-            records = _chain(own_layers, own_loss, x, target)
+            records = _chain(own_layers, own_loss, x, target, careful, not streaming)
+        rerun = not careful and _params_changed(own_layers, layers)
+    if rerun:  # a parameter changed in forward or backward: the careful run tells which
+        return run_chain(layers, loss, x, target, x_warm, children, streaming, True)
     for name, path, call in children:
         made = calls.get(path, [])
         if call < len(made) and made[call].output is not None:
@@ -190,8 +209,21 @@ def run_chain(
     return records
 
 
+def _params_changed(own: list[tuple[str, Any]], originals: list[tuple[str, Any]]) -> bool:
+    """Whether a parameter of a layer's deep copy no longer equals the original's."""
+    return any(
+        _changed_params(copy, params_of(original))
+        for (_, copy), (_, original) in zip(own, originals)
+    )
+
+
 def _chain(
-    layers: list[tuple[str, Any]], loss: Any, x: np.ndarray, target: np.ndarray
+    layers: list[tuple[str, Any]],
+    loss: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    careful: bool = True,
+    private: bool = True,
 ) -> dict[str, LayerRecord]:
     for _, layer in layers:
         _ready_for_pass(layer)
@@ -200,7 +232,7 @@ def _chain(
     h = x
     for name, layer in layers:
         records[name] = LayerRecord()
-        out = _forward(layer, h, records[name])
+        out = _forward(layer, h, records[name], careful)
         if out is None:
             return records
         h = out
@@ -213,7 +245,7 @@ def _chain(
         return records
     loss_rec.grad_input = g
     for name, layer in reversed(layers):
-        back = _backward(layer, g, records[name])
+        back = _backward(layer, g, records[name], careful, private)
         if back is None:
             return records
         g = back
@@ -241,12 +273,15 @@ class LayerRunner:
         loss: Any,
         rng: np.random.Generator,
         children: list[Child] | None = None,
+        streaming: bool = False,
     ) -> None:
         self.layers, self.loss, self.rng, self.children = layers, loss, rng, children
+        self.streaming = streaming
 
     def run(self, x: np.ndarray, target: np.ndarray) -> dict[str, LayerRecord]:
         """Records keyed by layer name plus "loss" (see ``run_chain``)."""
-        return run_chain(self.layers, self.loss, x, target, warm_input(x, self.rng), self.children)
+        warm = warm_input(x, self.rng)
+        return run_chain(self.layers, self.loss, x, target, warm, self.children, self.streaming)
 
 
 def probe_layer(layer: Any, x: np.ndarray, upstream: np.ndarray, x_warm: np.ndarray) -> LayerRecord:

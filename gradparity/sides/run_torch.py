@@ -153,7 +153,10 @@ def _run_chain(
     for name, buffers in running.items():
         records[name].buffers = buffers
     for (name, tname, tparam), g in zip(params, grads[1:]):
-        records[name].grads[tname] = to_numpy(g) if g is not None else np.zeros(tuple(tparam.shape))
+        # The gradients autograd just made are held by nothing else: kept without a copy.
+        records[name].grads[tname] = (
+            g.detach().cpu().numpy() if g is not None else np.zeros(tuple(tparam.shape))
+        )
     for pair in pairs:
         if counts[pair.module_name] > 1 and pair.params:
             records[pair.name].grads = _call_gradients(pair.torch_module, records[pair.name], dtype)

@@ -32,19 +32,32 @@ def resolve_losses(ours_loss: Any, reference_loss: Any) -> tuple[Any, Any]:
 
 
 def reference_copy(
-    reference_model: Any, dtype: str, sync_weights: bool = True, device: str = "cpu"
+    reference_model: Any,
+    dtype: str,
+    sync_weights: bool = True,
+    device: str = "cpu",
+    share_parameters: bool = False,
 ) -> tuple[nn.Module, list[str]]:
     """(a deep copy of the reference in ``dtype`` on ``device`` (a name ``device.check_device``
     passed), each module in the mode it was
     given (the reference runs in it: batch norm in training mode normalises with the batch's
     statistics); the names of its parameters that came from the meta device and wait for
-    ours' values, see ``to_cpu``)."""
+    ours' values, see ``to_cpu``). ``share_parameters`` (streaming): the copy's parameters
+    are new Parameter objects over the reference's own memory, not copies of it; they are
+    only read, and ``sync_parameters(..., rebind=True)`` replaces (never writes into) those
+    that take ours' values."""
     if not isinstance(reference_model, nn.Module):
         raise InputError(
             f"reference model must be a torch.nn.Module, got {type(reference_model).__name__}"
         )
+    memo: dict[int, Any] = {}
+    if share_parameters:
+        memo = {
+            id(p): nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+            for p in reference_model.parameters()
+        }
     try:
-        model = copy.deepcopy(reference_model)
+        model = copy.deepcopy(reference_model, memo)
     except Exception as exc:
         raise InputError(
             f"cannot copy the reference model ({exc}); it must support copy.deepcopy"
