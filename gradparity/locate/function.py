@@ -294,7 +294,9 @@ class FunctionLocator:
         convention = _batch_convention(backward, param_rows, ctx.arrays, ctx.tolerance)
         if convention is not None:
             ctx.notes.append(convention)
-        whole = source_of(self.code) if self.code is not None else None
+        # The function's lines only go to root causes: read the source only when one may be.
+        may_find = run.error is not None or bool(run.mutated) or any(r.diverged for r in ctx.rows)
+        whole = source_of(self.code) if self.code is not None and may_find else None
         roots += _tap_roots(forward, backward, ctx.arrays, run.tap_sites, whole, run.grad_tap_sites)
         diverging = [r for r in param_rows if r.diverged]
         param_found, deepest_note = _param_roots(
