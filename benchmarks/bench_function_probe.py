@@ -13,10 +13,12 @@ For float32 and float64, each figure the median of REPEATS runs after one warm-u
 - ``gp.compare_function`` against the twin and against ``"autodiff"`` (``loss_fn=``), with
   and without the bug, as a ratio over the baseline (targets: 1.2x clean, 1.7x one bug).
 
+``--threads N`` changes the thread count (on a machine other work loads, torch's 2-thread pool
+can stall for tens of ms per small op: 1 thread shows the harness's own cost more steadily).
 ``--profile`` prints cProfile's top entries (cumulative time) of one clean run against the
 twin and one against autodiff, float64.
 
-Run: .venv/bin/python benchmarks/bench_function_probe.py [--profile]
+Run: .venv/bin/python benchmarks/bench_function_probe.py [--threads N] [--profile]
 """
 
 from __future__ import annotations
@@ -180,10 +182,11 @@ def profile(top: int = 25) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch and BLAS threads")
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
-    with threadpool_limits(THREADS):
-        print(f"threads: torch {torch.get_num_threads()}, BLAS {THREADS}; median of {REPEATS}")
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(args.threads):
+        print(f"threads: torch {torch.get_num_threads()}, BLAS {args.threads}; median of {REPEATS}")
         if args.profile:
             profile()
             return
