@@ -15,10 +15,12 @@ For float32 and float64, each figure the median of REPEATS runs after one warm-u
 
 ``--threads N`` changes the thread count (on a machine other work loads, torch's 2-thread pool
 can stall for tens of ms per small op: 1 thread shows the harness's own cost more steadily).
+``--cpu-time`` times by the process's CPU time instead of the wall clock (with 1 thread, far
+steadier than wall time on a shared machine).
 ``--profile`` prints cProfile's top entries (cumulative time) of one clean run against the
 twin and one against autodiff, float64.
 
-Run: .venv/bin/python benchmarks/bench_function_probe.py [--threads N] [--profile]
+Run: .venv/bin/python benchmarks/bench_function_probe.py [--threads N] [--cpu-time] [--profile]
 """
 
 from __future__ import annotations
@@ -38,19 +40,20 @@ from torch import nn
 import gradparity as gp
 
 REPEATS = 7
+CLOCK = time.perf_counter  # or time.process_time (--cpu-time)
 THREADS = 2
 BATCH, D_IN, HIDDEN, CLASSES = 128, 784, 300, 10
 TARGET_CLEAN, TARGET_BUG = 1.2, 1.7
 
 
 def median_seconds(call: Callable[[], object], repeats: int = REPEATS) -> float:
-    """Median wall time of ``call`` over ``repeats`` runs, after one warm-up run."""
+    """Median time (``CLOCK``) of ``call`` over ``repeats`` runs, after one warm-up run."""
     call()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = CLOCK()
         call()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -183,10 +186,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch and BLAS threads")
+    parser.add_argument("--cpu-time", action="store_true", help="time by process CPU time")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads):
-        print(f"threads: torch {torch.get_num_threads()}, BLAS {args.threads}; median of {REPEATS}")
+        clock = "CPU" if args.cpu_time else "wall"
+        threads = f"threads: torch {torch.get_num_threads()}, BLAS {args.threads}"
+        print(f"{threads}; median of {REPEATS}, {clock} time")
         if args.profile:
             profile()
             return
