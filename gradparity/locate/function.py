@@ -12,7 +12,9 @@ reaches (its module's and those before it): their rows are ``inherited``.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,20 +154,24 @@ def _batch_convention(
 
 
 def _between(
-    sites: dict[str, tuple[str, int]], before: str | None, tap: str, whole: dict | None
+    sites: dict[str, tuple[str, int]],
+    before: str | None,
+    tap: str,
+    whole: Callable[[], dict | None],
 ) -> dict | None:
     """The lines between the agreeing tap ``before`` and the diverging ``tap`` (from the
-    function's first line when no tap agrees); the function's own lines (``whole``) when the
-    tap's site is unknown."""
+    function's first line when no tap agrees); the function's own lines (``whole()``, read
+    only here) when the tap's site is unknown."""
     site = sites.get(tap)
     if site is None or not os.path.isfile(site[0]):  # unknown, or code compiled from a string
-        return whole
+        return whole()
     file, line = site
     start = sites.get(before) if before is not None else None
     if start is not None and start[0] == file:
         return source_span(file, min(start[1], line), max(start[1], line))
-    if whole is not None and start is None and source_span(file, line)["file"] == whole["file"]:
-        return source_span(file, min(whole["first_line"], line), line)
+    lines = whole() if start is None else None
+    if lines is not None and source_span(file, line)["file"] == lines["file"]:
+        return source_span(file, min(lines["first_line"], line), line)
     return source_span(file, line)
 
 
@@ -174,7 +180,7 @@ def _tap_roots(
     backward: list[Row],
     arrays: dict,
     sites: dict[str, tuple[str, int]] | None = None,
-    whole: dict | None = None,
+    whole: Callable[[], dict | None] = lambda: None,
     grad_sites: dict[str, tuple[str, int]] | None = None,
 ) -> list[Finding]:
     """The chain of taps (forward, loss, then gradients): the first divergence is the root
@@ -294,7 +300,7 @@ class FunctionLocator:
         convention = _batch_convention(backward, param_rows, ctx.arrays, ctx.tolerance)
         if convention is not None:
             ctx.notes.append(convention)
-        whole = source_of(self.code) if self.code is not None else None
+        whole = _lazy_source(self.code)
         roots += _tap_roots(forward, backward, ctx.arrays, run.tap_sites, whole, run.grad_tap_sites)
         diverging = [r for r in param_rows if r.diverged]
         param_found, deepest_note = _param_roots(
@@ -313,7 +319,7 @@ class FunctionLocator:
         )  # fmt: skip
         for found in roots:
             if found.source is None and found.layer not in run.tap_sites:
-                found.source = _assigning(self.code, found) or whole
+                found.source = _assigning(self.code, found) or whole()
         ctx.root_causes += roots
         ctx.notes += tap_notes
         # Aliased gradients, and gradients whose shape only an update's broadcast accepts.
@@ -328,6 +334,13 @@ class FunctionLocator:
             "backward": _first(backward + diverging),
         }
         ctx.fields["unmapped_taps"] = unmapped
+
+
+def _lazy_source(code: Any) -> Callable[[], dict | None]:
+    """The function's own lines (``source_of``), read at the first call only: reading and
+    tokenizing the source costs milliseconds, and only a root cause without a closer line
+    (a tap's site, the statement assigning a gradient) needs them."""
+    return functools.cache(lambda: None if code is None else source_of(code))
 
 
 def _assigning(code: Any, found: Finding) -> dict | None:
