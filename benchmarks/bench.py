@@ -11,7 +11,7 @@ torch.set_num_threads, --threads, default 2); every figure is a median of --repe
 after warm-up, both sides of a ratio measured in this run, interleaved.
 
 Run: .venv/bin/python benchmarks/bench.py [--quick] [--threads T] [--repeats N] [--out DIR]
-     [--readme] [--sections speed overhead memory scaling report]
+     [--readme [PATH]] [--sections speed overhead memory scaling report]
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+# numpy-free: the README is checked before the thread counts are set and torch loads
+from bench_output import MarkerError, check_markers, machine, write_all
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -36,7 +39,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed runs per figure (default 5; quick 2)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 repeats (tests)")
     parser.add_argument("--out", type=Path, help="folder for the results (default: benchmarks/)")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README also with --out")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        nargs="?",
+        const=README,
+        help="rewrite the README's Performance section also with --out (or the README at PATH)",
+    )
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     arguments = parser.parse_args(argv)
     if arguments.repeats is None:
@@ -82,19 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     its markers (checked before measuring)."""
     argv = sys.argv[1:] if argv is None else argv
     arguments = parse_arguments(argv)
-    fix_threads(arguments.threads)
-    import torch  # only now: the thread variables above must be set first
-    from bench_output import MarkerError, check_markers, machine, write_all
-
-    torch.set_num_threads(arguments.threads)
     out = arguments.out or HERE
-    readme = README if arguments.out is None or arguments.readme else None
+    readme = arguments.readme or (README if arguments.out is None else None)
     try:
         if readme is not None:
             check_markers(readme)
-    except MarkerError as error:
+    except (MarkerError, OSError) as error:
         print(f"bench: {error}", file=sys.stderr)
         return 2
+    fix_threads(arguments.threads)
+    import torch  # only now: the thread variables above must be set first
+
+    torch.set_num_threads(arguments.threads)
     out.mkdir(parents=True, exist_ok=True)
     machine_info = machine(arguments.threads, THREAD_VARIABLES)
     print(f"bench: {machine_info['cpu']}, threads {machine_info['threads']}", file=sys.stderr)
