@@ -24,11 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # numpy-free: the README is checked before the thread counts are set and torch loads
-from bench_output import MarkerError, check_markers, machine, write_all
+from bench_output import SECTIONS, MarkerError, check_markers, machine, write_all
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
-SECTIONS = ("speed", "overhead", "memory", "scaling", "report")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 

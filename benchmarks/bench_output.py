@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the driver checks the README with this module before torch loads
     from bench_common import Figure, Section
 
+# The sections in the order the driver runs them; a section's number in results.md is its place
+# here, also when a run measures only some of them.
+SECTIONS = ("speed", "overhead", "memory", "scaling", "report")
 START_MARKER = "<!-- bench:start -->"
 END_MARKER = "<!-- bench:end -->"
 
@@ -106,13 +109,13 @@ def figure_row(figure: Figure) -> str:
     )
 
 
-def section_markdown(number: int, section: Section) -> str:
-    """A section's heading, its table, its further table and its notes."""
+def section_markdown(section: Section) -> str:
+    """A section's numbered heading, its table, its further table and its notes."""
     first = section.figures[0] if section.figures else None
     left = first.numerator_label if first else "numerator"
     right = first.denominator_label if first else "denominator"
     lines = [
-        f"### {number}. {section.title}",
+        f"### {SECTIONS.index(section.key) + 1}. {section.title}",
         "",
         f"| figure | {left} | {right} | ratio | target | met | repeats |",
         "|---|---:|---:|---:|---:|---|---:|",
@@ -128,7 +131,7 @@ def section_markdown(number: int, section: Section) -> str:
 def results_markdown(machine_info: dict, sections: list[Section], meta: dict) -> str:
     """results.md: the machine block, then one table per section."""
     parts = [machine_markdown(machine_info, meta)]
-    parts += [section_markdown(i, section) for i, section in enumerate(sections, 1)]
+    parts += [section_markdown(section) for section in sections]
     return "\n\n".join(parts) + "\n"
 
 

@@ -28,7 +28,7 @@ def save_once(report: object) -> None:
 
 def run(repeats: int, quick: bool) -> Section:
     """Section 5's figures: seconds against a 1 s budget (a ratio of seconds to 1 s)."""
-    blocks = 10 if quick else 500
+    blocks = 3 if quick else 500
     model = build(blocks)
     rng = np.random.default_rng(1)
     x, target = rng.standard_normal((16, 8)), rng.integers(0, 8, size=16)

@@ -18,11 +18,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 README = BENCHMARKS.parent / "README.md"
 sys.path.insert(0, str(BENCHMARKS))
 
-from bench_output import (  # noqa: E402  (benchmarks/ is not a package)
+from bench_common import Figure, Section, interleaved_medians  # noqa: E402  (not a package)
+from bench_output import (  # noqa: E402
     END_MARKER,
     START_MARKER,
     MarkerError,
     replace_between_markers,
+    results_markdown,
 )
 
 SECTIONS = {"speed", "overhead", "memory", "scaling", "report"}
@@ -150,3 +152,30 @@ def test_driver_refuses_a_readme_without_markers_in_one_line(tmp_path: Path) -> 
     assert len(done.stderr.strip().splitlines()) == 1 and START_MARKER in done.stderr
     assert readme.read_text() == "# no Performance section\n"
     assert not (tmp_path / "results.json").exists()
+
+
+def test_interleaved_medians_time_each_call_repeats_times_after_warmup() -> None:
+    calls: list[str] = []
+    medians = interleaved_medians(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=5, warmups=2
+    )
+    assert calls == ["a", "b"] * 7  # taking turns: two warm-up rounds, then five timed
+    assert set(medians) == {"a", "b"} and all(value >= 0 for value in medians.values())
+
+
+def test_a_section_keeps_its_number_when_run_alone() -> None:
+    figure = Figure("report.save", "save s", 0.5, "budget s", 1.0, 1.0, repeats=5)
+    meta = {"date": "today", "command": "make bench", "wall_s": 1.0, "repeats": 5, "quick": False}
+    machine = {
+        "cpu": "cpu",
+        "cores": 2,
+        "ram_bytes": 2**30,
+        "os": "os",
+        "python": "3",
+        "numpy": "2",
+        "torch": "2",
+        "threads": {"OMP_NUM_THREADS": "2"},
+    }
+    markdown = results_markdown(machine, [Section("report", "report writing", [figure])], meta)
+    assert "### 5. report writing" in markdown
+    assert "| report.save | 500 ms | 1 s | 0.50 | <= 1 | yes | 5 |" in markdown
