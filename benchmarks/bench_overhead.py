@@ -10,6 +10,7 @@ bug from ``gradparity.corpus.layer_bugs`` in the middle of the network. With
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -52,7 +53,7 @@ def with_bug(work: Workload, layer_name: str, mutant: type) -> Workload:
     for name, layer in work.model.named_layers():
         if name == layer_name:
             buggy = mutant.__new__(mutant)
-            buggy.__dict__.update(layer.__dict__)
+            buggy.__dict__.update(copy.deepcopy(layer.__dict__))
             layer = buggy
         layers.append((name, layer))
     bug_name = f"{work.name}, {mutant.__name__} in {layer_name}"

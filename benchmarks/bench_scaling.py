@@ -101,8 +101,12 @@ def plot(depth_rows: list[dict], width_rows: list[dict], path: Path) -> None:
             row_axes.set_xlabel(label)
             row_axes.set_ylabel(ylabel)
             row_axes.legend()
-    axes[0, 0].set_yscale("log")
-    figure.suptitle("gp.compare (float32) against the bare forward+backward of both sides")
+    for time_axes in axes[0]:  # log-log: linear growth is a slope of 1
+        time_axes.set_yscale("log")
+    figure.suptitle(
+        "gp.compare (float32) against the bare forward+backward of both sides "
+        "(times log-log: linear growth is a slope of 1)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -123,11 +127,12 @@ def run(repeats: int, quick: bool, out: Path) -> Section:
         measure_point(WIDTH_DEPTH, w, point_repeats(w, LARGE_WIDTH, repeats)) for w in widths(quick)
     ]
     figures: list[Figure] = []
-    for row in depth_rows + width_rows:
-        name = f"{row['layers']} layers, width {row['width']}"
-        figures.append(
-            both_sides_figure(name, row["compare_s"], [row["bare_s"]], None, row["repeats"])
-        )
+    for series, rows in (("depth", depth_rows), ("width", width_rows)):
+        for row in rows:
+            name = f"{series}: {row['layers']} layers, width {row['width']}"
+            figures.append(
+                both_sides_figure(name, row["compare_s"], [row["bare_s"]], None, row["repeats"])
+            )
     fit = linear_fit(
         [row["layers"] for row in depth_rows], [row["compare_s"] for row in depth_rows]
     )
