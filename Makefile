@@ -26,12 +26,10 @@ parity: $(STAMP)
 selftest: $(STAMP)
 	$(BIN)/gradparity selftest
 
+# Speed and memory figures (issue 16), under 10 minutes on a 2-core machine: writes
+# benchmarks/results.json, results.md, scaling.png and the README's Performance section.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/tolerance.py
-	$(BIN)/python benchmarks/report_speed.py
-	$(BIN)/python benchmarks/machine_independence.py
-	$(BIN)/python benchmarks/minor_margin.py
-	$(BIN)/python benchmarks/autodiff.py
+	$(BIN)/python benchmarks/bench.py
 
 # Mutation testing of tolerance, metrics, diagnose*, locate and reference/layout (outside CI):
 # 5-10 minutes with 2 workers on a 2-core machine, stopped at 45; fails under a 90% kill rate.
