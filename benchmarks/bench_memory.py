@@ -5,10 +5,10 @@ A child is forked from a ``multiprocessing`` fork server that has only imported 
 and the harness: it starts as a new interpreter would after its imports, without paying
 seconds for them each time (a forked process starts with its parent's resident pages, and its
 peak RSS grows from there; transient peaks during the imports are not counted). It notes its
-RSS (the idle figure), builds the float32 model its spec describes, runs the bare
+RSS (the idle figure), builds the float64 model its spec describes, runs the bare
 forward+backward of both sides, one ``gp.compare``, or both in turn (the scaling section's
 cheaper form: the peak after the bare run, then after the compare), and reports its peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``). The model: a float32 ReLU MLP of more than
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``). The model: a float64 ReLU MLP of more than
 50 M parameters at batch 32; ``streaming=True`` is measured once ``gp.compare`` takes it,
 beside the default.
 """
@@ -23,6 +23,7 @@ import traceback
 from itertools import pairwise
 from multiprocessing.connection import Connection
 
+import numpy as np
 import torch
 from bench_common import Figure, Section, ours_step, torch_step
 from bench_overhead import deep_mlp32
@@ -51,12 +52,12 @@ def parameter_count(sizes: tuple[int, ...]) -> int:
 
 
 def build_child_model(spec: dict) -> Workload:
-    """The float32 workload SPEC names: ``{"mlp": sizes}`` or ``{"deep": [blocks, width]}``,
-    with ``"batch"`` (both build their torch twin in float32 from the start)."""
+    """The float64 workload SPEC names: ``{"mlp": sizes}`` or ``{"deep": [blocks, width]}``,
+    with ``"batch"`` (both build their torch twin in float64 from the start)."""
     if "mlp" in spec:
-        return mlp32(tuple(spec["mlp"]), spec["batch"])
+        return mlp32(tuple(spec["mlp"]), spec["batch"], dtype=np.float64)
     blocks, width = spec["deep"]
-    return deep_mlp32(blocks, width, spec["batch"])
+    return deep_mlp32(blocks, width, spec["batch"], dtype=np.float64)
 
 
 def child_measure(kind: str, spec: dict) -> dict[str, int]:
@@ -72,7 +73,7 @@ def child_measure(kind: str, spec: dict) -> dict[str, int]:
         peaks["bare"] = peak_rss_bytes()
     if kind != "bare":
         options = {"streaming": True} if kind == "compare_streaming" else {}
-        gp.compare(work.model, work.twin, work.x, work.target, dtype="float32", **options)
+        gp.compare(work.model, work.twin, work.x, work.target, **options)
     return {**peaks, "peak": peak_rss_bytes()}
 
 
@@ -132,7 +133,7 @@ def run(repeats: int, quick: bool, streaming: bool) -> Section:
     sizes = QUICK_SIZES if quick else MLP_SIZES
     spec = {"mlp": list(sizes), "batch": BATCH}
     repeats = min(repeats, MEMORY_REPEATS)
-    name = f"{'-'.join(map(str, sizes))} MLP float32 ({parameter_count(sizes) / 1e6:.1f} M params)"
+    name = f"{'-'.join(map(str, sizes))} MLP float64 ({parameter_count(sizes) / 1e6:.1f} M params)"
     idle, bare = median_peaks("bare", spec, repeats)
     figures = [memory_figure(name, "default", median_peaks("compare", spec, 1)[1], bare, 1)]
     if streaming:

@@ -1,9 +1,11 @@
 """Section 2 of ``make bench``: what the harness costs over running both sides once.
 
-``gp.compare(model, twin, x, t, dtype="float32")`` over (bare ours forward+backward + bare
-torch forward+backward) for the 784-300-10 MLP, the ``cnn`` zoo model and a 64-layer MLP
-(32 blocks Linear(256, 256) + Tanh): target 1.2 when nothing diverges, 1.7 with one seeded
-bug from ``gradparity.corpus.layer_bugs`` in the middle of the network. With
+``gp.compare(model, twin, x, t)`` (float64, the default) over (bare ours forward+backward +
+bare torch forward+backward, float64) for the 784-300-10 MLP, the ``cnn`` zoo model and a
+64-layer MLP (32 blocks Linear(256, 256) + Tanh): target 1.2 when nothing diverges, 1.7 with
+one seeded bug from ``gradparity.corpus.layer_bugs`` in the middle of the network. The MLP and
+the CNN again in float32, as information: there ``compare`` also runs a float64 twin to
+measure each tensor's rounding budget. With
 ``stop_at_first`` once ``gp.compare`` takes it. Then ``gp.compare_function`` on a course-style
 ``grads(x, t)`` of the MLP, against the torch twin and against ``"autodiff"``.
 """
@@ -33,16 +35,19 @@ CLEAN_TARGET = 1.2
 BUG_TARGET = 1.7
 
 
-def deep_mlp32(blocks: int, width: int, batch: int, seed: int = 0) -> Workload:
-    """``blocks`` x (Linear(width, width) + Tanh) in float32, ``width`` classes."""
+def deep_mlp32(
+    blocks: int, width: int, batch: int, seed: int = 0, dtype: type = np.float32
+) -> Workload:
+    """``blocks`` x (Linear(width, width) + Tanh) in ``dtype``, ``width`` classes."""
     rng = np.random.default_rng(seed)
     layers: list[tuple[str, object]] = []
     for i in range(blocks):
-        layers += [(f"fc{i}", Linear(width, width, rng=rng, dtype=np.float32)), (f"act{i}", Tanh())]
+        layers += [(f"fc{i}", Linear(width, width, rng=rng, dtype=dtype)), (f"act{i}", Tanh())]
     model = Sequential(*layers)  # type: ignore[arg-type]
-    x = rng.standard_normal((batch, width)).astype(np.float32)
+    x = rng.standard_normal((batch, width)).astype(dtype)
     target = rng.integers(0, width, size=batch)
     name = f"{2 * blocks}-layer MLP ({blocks} x Linear({width}, {width}) + Tanh), batch {batch}"
+    name += f", {np.dtype(dtype).name}"
     return Workload(name, model, linear_twin32(model), x, target)
 
 
@@ -61,13 +66,12 @@ def with_bug(work: Workload, layer_name: str, mutant: type) -> Workload:
 
 
 def compare_call(work: Workload, **options: object) -> Callable[[], object]:
-    """One ``gp.compare`` of the workload in float32."""
-    return lambda: gp.compare(
-        work.model, work.twin, work.x, work.target, dtype="float32", **options
-    )
+    """One ``gp.compare`` of the workload, in its dtype."""
+    dtype = work.x.dtype.name
+    return lambda: gp.compare(work.model, work.twin, work.x, work.target, dtype=dtype, **options)
 
 
-def compare_figures(work: Workload, target: float, repeats: int) -> list[Figure]:
+def compare_figures(work: Workload, target: float | None, repeats: int) -> list[Figure]:
     """``compare`` (and ``compare(stop_at_first=True)`` when it exists) over both bare sides."""
     calls = {
         "compare": compare_call(work),
@@ -123,14 +127,12 @@ def function_figures(work: Workload, repeats: int) -> list[Figure]:
     params = {"W1": fc1.params["W"], "b1": fc1.params["b"]}
     params |= {"W2": fc2.params["W"], "b2": fc2.params["b"]}
     grads = mlp_grads_function(params)
-    x, target = work.x, work.target
+    x, target, dtype = work.x, work.target, work.x.dtype.name
     medians = interleaved_medians(
         {
-            "twin": lambda: gp.compare_function(
-                grads, params, work.twin, x, target, dtype="float32"
-            ),
+            "twin": lambda: gp.compare_function(grads, params, work.twin, x, target, dtype=dtype),
             "autodiff": lambda: gp.compare_function(
-                grads, params, "autodiff", x, target, dtype="float32", loss_fn=mlp_loss
+                grads, params, "autodiff", x, target, dtype=dtype, loss_fn=mlp_loss
             ),
             "grads": lambda: grads(x, target),
             "torch": torch_step(work.twin, x, target),  # type: ignore[arg-type]
@@ -160,9 +162,9 @@ def function_figures(work: Workload, repeats: int) -> list[Figure]:
 def run(repeats: int, quick: bool) -> Section:
     """Section 2's figures (tiny batches and an 8-layer deep MLP with ``quick``)."""
     batch = 8 if quick else None
-    mlp = mlp32((784, 300, 10), batch or 128)
-    conv = cnn32(batch or 64)
-    deep = deep_mlp32(4 if quick else 32, 32 if quick else 256, batch or 64)
+    mlp = mlp32((784, 300, 10), batch or 128, dtype=np.float64)
+    conv = cnn32(batch or 64, dtype=np.float64)
+    deep = deep_mlp32(4 if quick else 32, 32 if quick else 256, batch or 64, dtype=np.float64)
     middle_block = f"fc{(4 if quick else 32) // 2}"
     figures: list[Figure] = []
     for work in (mlp, conv, deep):
@@ -175,10 +177,15 @@ def run(repeats: int, quick: bool) -> Section:
     for work in buggy:
         figures += compare_figures(work, BUG_TARGET, repeats)
     figures += function_figures(mlp, repeats)
+    for work in (mlp32((784, 300, 10), batch or 128), cnn32(batch or 64)):
+        figures += compare_figures(work, None, repeats)  # float32: information
     notes = [
-        'harness = one `gp.compare(..., dtype="float32")`; bare both sides = ours clear grads,'
-        " forward, loss, backward + torch zero_grad, forward, loss, backward (input requiring"
-        " grad), medians taken in the same run, interleaved.",
+        "harness = one `gp.compare(...)` in the workload's dtype (float64, the default, for"
+        " the targeted rows); bare both sides = ours clear grads, forward, loss, backward +"
+        " torch zero_grad, forward, loss, backward (input requiring grad), medians taken in"
+        " the same run, interleaved.",
+        "float32 rows (no target): compare also runs a float64 twin of the reference to"
+        " measure each tensor's rounding budget, and runs every layer alone.",
         "compare_function's baseline is the bare `grads(x, t)` plus the torch twin's"
         " forward+backward, also for the autodiff row (which runs no twin).",
     ]

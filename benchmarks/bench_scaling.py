@@ -48,7 +48,7 @@ def widths(quick: bool) -> list[int]:
 
 def measure_point(layers: int, width: int, repeats: int) -> dict:
     """Times (compare, bare both sides) and peaks (bare, compare) of one size."""
-    work = deep_mlp32(layers // 2, width, BATCH)
+    work = deep_mlp32(layers // 2, width, BATCH, dtype=np.float64)
     medians = interleaved_medians(
         {
             "compare": compare_call(work),
@@ -104,7 +104,7 @@ def plot(depth_rows: list[dict], width_rows: list[dict], path: Path) -> None:
     for time_axes in axes[0]:  # log-log: linear growth is a slope of 1
         time_axes.set_yscale("log")
     figure.suptitle(
-        "gp.compare (float32) against the bare forward+backward of both sides "
+        "gp.compare (float64) against the bare forward+backward of both sides "
         "(times log-log: linear growth is a slope of 1)"
     )
     figure.tight_layout()

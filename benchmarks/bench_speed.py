@@ -29,7 +29,7 @@ IMAGE_SIDE = 28  # the zoo's cnn as ``gradparity check --model cnn`` builds it: 
 
 @dataclass
 class Workload:
-    """A float32 model, its float32 torch twin, and one batch (x, integer targets)."""
+    """A model, its torch twin in the same dtype, and one batch (x, integer targets)."""
 
     name: str
     model: Sequential
@@ -38,30 +38,32 @@ class Workload:
     target: np.ndarray
 
 
-def mlp32(sizes: tuple[int, ...], batch: int, seed: int = 0) -> Workload:
-    """A float32 Linear/ReLU MLP (``sizes`` in -> hidden... -> classes), x (batch, sizes[0])."""
+def mlp32(sizes: tuple[int, ...], batch: int, seed: int = 0, dtype: type = np.float32) -> Workload:
+    """A Linear/ReLU MLP in ``dtype`` (``sizes`` in -> hidden... -> classes), x (batch,
+    sizes[0])."""
     rng = np.random.default_rng(seed)
     layers: list[tuple[str, object]] = []
     for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         if i:
             layers.append((f"act{i}", ReLU()))
-        layers.append((f"fc{i + 1}", Linear(n_in, n_out, rng=rng, dtype=np.float32)))
+        layers.append((f"fc{i + 1}", Linear(n_in, n_out, rng=rng, dtype=dtype)))
     model = Sequential(*layers)  # type: ignore[arg-type]
-    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
+    x = rng.standard_normal((batch, sizes[0])).astype(dtype)
     target = rng.integers(0, sizes[-1], size=batch)
-    name = "-".join(map(str, sizes)) + f" MLP, batch {batch}"
+    name = "-".join(map(str, sizes)) + f" MLP, batch {batch}, {np.dtype(dtype).name}"
     return Workload(name, model, linear_twin32(model), x, target)
 
 
 def linear_twin32(model: Sequential) -> nn.Sequential:
-    """The float32 torch twin of a Linear/ReLU/Tanh ours model, same names and weights, built
-    in float32 from the start (``mirror`` builds float64: a large model would briefly hold a
-    float64 copy, which a peak memory figure must not count)."""
+    """The torch twin of a Linear/ReLU/Tanh ours model, same names, weights and dtype, built in
+    that dtype from the start (``mirror`` builds float64: a large float32 model would briefly
+    hold a float64 copy, which a peak memory figure must not count)."""
     modules: dict[str, nn.Module] = {}
     for name, layer in model.named_layers():
         if isinstance(layer, Linear):
             n_in, n_out = layer.params["W"].shape
-            module = nn.Linear(n_in, n_out, dtype=torch.float32)
+            wide = layer.params["W"].dtype == np.float64
+            module = nn.Linear(n_in, n_out, dtype=torch.float64 if wide else torch.float32)
             with torch.no_grad():
                 module.weight.copy_(torch.from_numpy(layer.params["W"].T))
                 module.bias.copy_(torch.from_numpy(layer.params["b"]))
@@ -71,13 +73,17 @@ def linear_twin32(model: Sequential) -> nn.Sequential:
     return nn.Sequential(OrderedDict(modules))
 
 
-def cnn32(batch: int, seed: int = 0) -> Workload:
-    """The ``cnn`` zoo model in float32, x (batch, 1, 28, 28), 10 classes."""
-    model = to_float32(cnn(IMAGE_SIDE, seed=seed))
+def cnn32(batch: int, seed: int = 0, dtype: type = np.float32) -> Workload:
+    """The ``cnn`` zoo model in ``dtype``, x (batch, 1, 28, 28), 10 classes."""
+    model = cnn(IMAGE_SIDE, seed=seed)  # float64
+    twin = mirror(model)
+    if dtype == np.float32:
+        model, twin = to_float32(model), twin.float()
     rng = np.random.default_rng(seed + 1)
-    x = rng.standard_normal((batch, 1, IMAGE_SIDE, IMAGE_SIDE)).astype(np.float32)
+    x = rng.standard_normal((batch, 1, IMAGE_SIDE, IMAGE_SIDE)).astype(dtype)
     target = rng.integers(0, 10, size=batch)
-    return Workload(f"cnn zoo model, batch {batch}", model, mirror(model).float(), x, target)  # type: ignore[arg-type]
+    name = f"cnn zoo model, batch {batch}, {np.dtype(dtype).name}"
+    return Workload(name, model, twin, x, target)  # type: ignore[arg-type]
 
 
 def ours_vs_torch(work: Workload, target: float, repeats: int) -> list[Figure]:
