@@ -11,6 +11,7 @@ so under ``if __name__ == "__main__":`` (otherwise every worker dies at start).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -37,9 +38,10 @@ class Crash:
 def resolve_jobs(jobs: object) -> int:
     """The number of worker processes for ``jobs``: a whole number >= 1 as given, 0 or "auto"
     for every CPU (``os.cpu_count()``). Anything else raises ``InputError``."""
-    if jobs == "auto" or (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs == 0):
+    whole = isinstance(jobs, int) and not isinstance(jobs, bool)  # True is not a count
+    if jobs == "auto" or (whole and jobs == 0):
         return os.cpu_count() or 1
-    if isinstance(jobs, int) and not isinstance(jobs, bool) and jobs > 0:
+    if whole and isinstance(jobs, int) and jobs > 0:
         return jobs
     raise InputError(
         f"jobs must be a whole number >= 0 or 'auto' (0 and auto: every CPU), not {jobs!r}"
@@ -48,10 +50,11 @@ def resolve_jobs(jobs: object) -> int:
 
 def parse_jobs(text: str) -> int:
     """``--jobs``'s text as a worker count (``resolve_jobs``): "auto", "0" or a whole number."""
-    try:
-        return resolve_jobs(text if text == "auto" else int(text))
-    except ValueError:
-        return resolve_jobs(text)  # not a number: refused, quoting the text
+    value: object = text  # not a number: refused by resolve_jobs, quoting the text
+    if text != "auto":
+        with contextlib.suppress(ValueError):
+            value = int(text)
+    return resolve_jobs(value)
 
 
 def guarded(task: Callable[[str, int], R], name: str, seed: int) -> R | Crash:
