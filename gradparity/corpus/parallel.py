@@ -65,14 +65,15 @@ def guarded(task: Callable[[str, int], R], name: str, seed: int) -> R | Crash:
         return Crash(f"raised {describe_error(exc)}", "".join(traceback.format_exception(exc)))
 
 
-# Read by torch's OpenMP pool and NumPy's BLAS when they load; a fresh spawned worker has not
-# loaded them yet when its initializer runs.
+# Read by torch's OpenMP pool and NumPy's BLAS when they load. A spawned worker loads torch only
+# after its initializer runs; NumPy's BLAS may be loaded before, by the caller's main module
+# (the gradparity command imports NumPy), and then keeps its own thread count.
 ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def one_thread_per_worker() -> None:
-    """Worker start-up: torch and NumPy compute on one thread each, so N workers use N cores,
-    not N x cores. Only the worker's own environment is set; torch is not imported for it."""
+    """Worker start-up: torch computes on one thread, so N workers use N cores, not N x cores.
+    Only the worker's own environment is set; torch is not imported for it."""
     for variable in ONE_THREAD:
         os.environ[variable] = "1"
     torch = sys.modules.get("torch")  # loaded already when the parent's main module imports it
