@@ -49,28 +49,32 @@ def option_type(check: Callable[[Any, str], int], flag: str) -> Callable[[str], 
     return parse
 
 
-def write_traceback(exc: BaseException, argv: list[str]) -> str:
-    """Write ``exc``'s traceback (with the command line and versions) to a new file in the
+def write_traceback(details: str, argv: list[str]) -> str:
+    """Write ``details`` (a traceback) with the command line and versions to a new file in the
     system's temporary folder; its path."""
     fd, path = tempfile.mkstemp(prefix="gradparity-crash-", suffix=".txt")
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(f"gradparity {__version__}, Python {platform.python_version()}\n")
         out.write(f"command: gradparity {' '.join(argv)}\n\n")
-        out.write("".join(traceback.format_exception(exc)))
+        out.write(details)
     return path
+
+
+def internal_failure(what: str, details: str, argv: list[str]) -> int:
+    """Report an internal failure in one line naming the file that holds ``details`` (its
+    traceback); exit status 2."""
+    try:
+        where = f"the traceback is in {write_traceback(details, argv)}"
+    except OSError as write_error:
+        where = f"its traceback could not be written ({write_error.strerror})"
+    print(f"gradparity: internal error {what}; {where}; please report it", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def internal_error(exc: BaseException, argv: list[str]) -> int:
     """Report an unexpected exception in one line naming its traceback file; exit status 2."""
-    try:
-        where = f"the traceback is in {write_traceback(exc, argv)}"
-    except OSError as write_error:
-        where = f"its traceback could not be written ({write_error.strerror})"
-    print(
-        f"gradparity: internal error {describe_error(exc)}; {where}; please report it",
-        file=sys.stderr,
-    )
-    return EXIT_USAGE
+    details = "".join(traceback.format_exception(exc))
+    return internal_failure(describe_error(exc), details, argv)
 
 
 def say(text: str = "", end: str = "\n") -> None:

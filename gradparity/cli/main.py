@@ -22,6 +22,7 @@ from gradparity.cli.errors import (
     EXIT_USAGE,
     OneLineParser,
     internal_error,
+    internal_failure,
     option_type,
     say,
     user_exit,
@@ -139,14 +140,32 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     from gradparity.corpus.selftest import format_table, run_corpus
 
     try:
-        results = run_corpus(args.bug or None, seed=args.seed)
+        results = run_corpus(args.bug or None, seed=args.seed, jobs=args.jobs)
     except KeyError as exc:
         raise InputError(exc.args[0]) from exc
     if args.format == "json":
         say(json.dumps({"bugs": [r.as_dict() for r in results]}, indent=2))
     else:
         say(format_table(results))
+    not_run = [r for r in results if r.error is not None]
+    if not_run:  # the table is printed whole; a bug that could not run is an internal error
+        details = "\n".join(f"{r.name}: {r.error}\n{r.error_details}" for r in not_run)
+        return internal_failure(
+            f"{len(not_run)} bug(s) could not be run ({', '.join(r.name for r in not_run)})",
+            details,
+            args.argv,
+        )
     return EXIT_OK if all(r.localized for r in results) else EXIT_DIVERGED
+
+
+def _jobs_option(text: str) -> int:
+    """``--jobs``: a worker count (``parallel.parse_jobs``), refused in argparse's one line."""
+    from gradparity.corpus.parallel import parse_jobs
+
+    try:
+        return parse_jobs(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 TRAIN_MODELS = ("mlp", "assignment", *zoo.TRAIN_ZOO)
@@ -312,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--bug", action="append", metavar="NAME", help="only this bug (repeat)")
     selftest.add_argument("--format", choices=["text", "json"], default="text")
     selftest.add_argument("--seed", type=option_type(check_seed, "--seed"), default=0)
+    selftest.add_argument(
+        "--jobs",
+        type=_jobs_option,
+        default=1,
+        metavar="N",
+        help="run N bugs at once, each in a worker process (0 or auto: one per CPU); default 1",
+    )
     selftest.set_defaults(func=cmd_selftest)
     report_command.add_parser(sub)
     return parser
@@ -323,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["check", *argv]
     args = parser.parse_args(argv)
+    args.argv = argv  # a command that reports an internal failure names its command line
     try:
         return args.func(args)
     except InputError as exc:

@@ -15,6 +15,7 @@ import numpy as np
 
 from gradparity.core.address import Kind, kind_of
 from gradparity.core.labels import UNEXPLAINED
+from gradparity.corpus import parallel
 from gradparity.corpus.all_bugs import ALL_BUGS, AUTODIFF_BUGS
 from gradparity.corpus.function_bugs import FUNCTION_BUGS, FunctionBug, function_setup
 from gradparity.corpus.layer_bugs import Bug
@@ -47,9 +48,15 @@ class BugResult:
     # autodiff runs: the places judged by central differences instead, their code not running
     # on tensors (a layer, "loss", or the function's name)
     not_on_tensors: list[str] = field(default_factory=list)
+    # a bug that gave no result: why, in one line (it raised, or its worker process died)
+    error: str | None = None
+    error_details: str = ""  # that error's traceback, kept out of the JSON (it names paths)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The ``--format json`` entry: every field but ``error_details``."""
+        entry = asdict(self)
+        del entry["error_details"]
+        return entry
 
 
 def compare_setup(model, loss, x, target, seed: int = 0, name: str | None = None) -> Report:
@@ -188,26 +195,63 @@ def run_function_bug(
     )  # fmt: skip
 
 
-def run_corpus(names: list[str] | None = None, seed: int = 0) -> list[BugResult]:
+def corpus_runners() -> dict[str, tuple[str, Callable[[int], BugResult]]]:
+    """Every bug of the corpora by name, in the corpus order (``run_corpus``): its corpus and
+    the function of the seed that runs it."""
+    runners: dict[str, tuple[str, Callable[[int], BugResult]]] = {
+        b.name: ("layer", functools.partial(run_bug, b)) for b in ALL_BUGS
+    }
+    runners |= {b.name: ("training", functools.partial(run_training_bug, b)) for b in TRAINING_BUGS}
+    for fb in FUNCTION_BUGS:
+        runners[f"fn:{fb.name}"] = ("function", functools.partial(run_function_bug, fb))
+        numeric = functools.partial(run_function_bug, fb, numeric=True)
+        runners[f"fn:{fb.name}+numeric"] = ("function", numeric)
+    for b in AUTODIFF_BUGS:
+        runners[f"{b.name}+autodiff"] = ("autodiff", functools.partial(run_bug, b, autodiff=True))
+    for fb in FUNCTION_BUGS:
+        autodiff = functools.partial(run_function_bug, fb, autodiff=True)
+        runners[f"fn:{fb.name}+autodiff"] = ("autodiff", autodiff)
+    return runners
+
+
+def run_named(name: str, seed: int) -> BugResult:
+    """The bug called ``name`` run with ``seed``: what a worker process of ``run_corpus`` is
+    sent (a name crosses the process boundary; a model or a closure need not pickle)."""
+    return corpus_runners()[name][1](seed)
+
+
+def run_corpus(
+    names: list[str] | None = None, seed: int = 0, jobs: int | str = 1
+) -> list[BugResult]:
     """Every bug of the corpora, layer bugs first (or the named ones); unknown names raise
     KeyError. Function bugs run twice: "fn:NAME" against torch, "fn:NAME+numeric" without.
     Last, the layer bugs of ``AUTODIFF_BUGS`` and the function bugs through autodiff:
-    "NAME+autodiff", "fn:NAME+autodiff"."""
-    runners: dict[str, Callable[[int], BugResult]] = {
-        b.name: functools.partial(run_bug, b) for b in ALL_BUGS
-    }
-    runners |= {b.name: functools.partial(run_training_bug, b) for b in TRAINING_BUGS}
-    for fb in FUNCTION_BUGS:
-        runners[f"fn:{fb.name}"] = functools.partial(run_function_bug, fb)
-        runners[f"fn:{fb.name}+numeric"] = functools.partial(run_function_bug, fb, numeric=True)
-    for b in AUTODIFF_BUGS:
-        runners[f"{b.name}+autodiff"] = functools.partial(run_bug, b, autodiff=True)
-    for fb in FUNCTION_BUGS:
-        runners[f"fn:{fb.name}+autodiff"] = functools.partial(run_function_bug, fb, autodiff=True)
+    "NAME+autodiff", "fn:NAME+autodiff".
+
+    ``jobs``: how many bugs run at once, each in a worker process (0 or "auto": one per CPU);
+    the results come in the order above whatever order they finish in. A bug that raises, or
+    whose worker dies, is a result with ``error`` set and nothing found. With ``jobs`` > 1 a
+    script must call this under ``if __name__ == "__main__":`` (workers are spawned)."""
+    workers = parallel.resolve_jobs(jobs)
+    runners = corpus_runners()
     unknown = [n for n in names or [] if n not in runners]
     if unknown:
         raise KeyError(f"unknown bug(s) {unknown}; choose from {', '.join(runners)}")
-    return [runners[n](seed) for n in names or runners]
+    chosen = names or list(runners)
+    outcomes = parallel.run_tasks(run_named, chosen, seed, workers)
+    return [
+        _crashed(name, runners[name][0], outcome)
+        if isinstance(outcome, parallel.Crash)
+        else outcome
+        for name, outcome in zip(chosen, outcomes)
+    ]
+
+
+def _crashed(name: str, corpus: str, crash: parallel.Crash) -> BugResult:
+    """The result of a bug that gave none: nothing found, ``error`` saying why."""
+    return BugResult(
+        name, "-", "-", "-", corpus=corpus, error=crash.reason, error_details=crash.details
+    )
 
 
 def _label_of(hits: list[dict], expected: str) -> str | None:
@@ -244,6 +288,8 @@ def format_labels(results: list[BugResult]) -> str:
 
 
 def _found_text(result: BugResult, limit: int = 2) -> str:
+    if result.error is not None:
+        return f"NOT RUN: {result.error}"
     parts = [
         ("" if f.get("step") is None else f"step {f['step']} ")
         + f"{f['layer']} {f['quantity']} [{f['diagnosis']}]"
