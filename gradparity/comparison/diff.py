@@ -52,8 +52,11 @@ def compare_tensor(
     upstream: np.ndarray | None = None,
     param_shape: tuple[int, ...] | None = None,
     conversion: str = "",
+    diagnosed: bool = True,
 ) -> Row:
-    """Row for one tensor pair; ``ours`` None means the layer never produced it."""
+    """Row for one tensor pair; ``ours`` None means the layer never produced it. Without
+    ``diagnosed`` a diverging row gets no diagnosis (``diagnose_row`` adds it later, where
+    it is needed)."""
     row = Row(
         mode, pair_name, type_name, quantity, _shape(ours), _shape(ref), conversion=conversion
     )
@@ -83,6 +86,23 @@ def compare_tensor(
             )
             return row
     row.status = Status.DIVERGED
+    if diagnosed:
+        diagnose_row(row, ours, ref, tol, batch_size, upstream, param_shape, conversion)
+    return row
+
+
+def diagnose_row(
+    row: Row,
+    ours: np.ndarray,
+    ref: np.ndarray,
+    tol: Tolerance,
+    batch_size: int | None = None,
+    upstream: np.ndarray | None = None,
+    param_shape: tuple[int, ...] | None = None,
+    conversion: str = "",
+) -> None:
+    """Name what is wrong with a diverging row of ``compare_tensor`` (ours, ref: its values)."""
+    quantity = row.quantity
     diag = diagnose(
         ours,
         ref,
@@ -93,10 +113,9 @@ def compare_tensor(
         param_shape=param_shape,
         layout=conversion,
     )
-    row.diagnosis, row.detail = diag.label, dict(diag.detail)
+    row.diagnosis, row.detail = diag.label, {**diag.detail, **row.detail}
     row.batch_size, row.ours_reduction = batch_size, diag.ours_reduction
     row.message, row.fix = diag.message, diag.fix
-    return row
 
 
 def reference_grad(pair: LayerPair, rec: LayerRecord, quantity: str) -> np.ndarray:

@@ -125,3 +125,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
     report_type: type | None = None  # a Report subclass to build; None: Report itself
+    # Diagnose a diverging chain row only where the locate stage can name it (the chain's
+    # first divergence, or a place that also diverges alone): the rest are inherited, and a
+    # diagnosis tries dozens of hypotheses on each.
+    lazy_chain_diagnosis: bool = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradparity.comparison.diff import compare_tensor
+from gradparity.comparison.diff import compare_tensor, diagnose_row
 from gradparity.core.plan import Captures, Context, Entry, Plan, Side, TensorPair
 from gradparity.core.row import Row
 from gradparity.core.tolerance import Tolerance
@@ -24,8 +24,9 @@ def numpy_side(runner: NumpyRunner, x: np.ndarray, target: np.ndarray, key: str)
     return side
 
 
-def compare_pair(pair: TensorPair, tol: Tolerance) -> Row:
-    """The one compare step, for one tensor pair."""
+def compare_pair(pair: TensorPair, tol: Tolerance, diagnosed: bool = True) -> Row:
+    """The one compare step, for one tensor pair (a diverging one left undiagnosed where
+    ``diagnosed`` is False: ``diagnose_pair``)."""
     row = compare_tensor(
         pair.mode,
         pair.layer,
@@ -38,6 +39,7 @@ def compare_pair(pair: TensorPair, tol: Tolerance) -> Row:
         upstream=pair.upstream,
         param_shape=pair.param_shape,
         conversion=pair.conversion,
+        diagnosed=diagnosed,
     )
     if pair.shown_conversion is not None:
         row.conversion = pair.shown_conversion
@@ -48,21 +50,47 @@ def compare_pair(pair: TensorPair, tol: Tolerance) -> Row:
     return row
 
 
+def diagnose_pair(row: Row, pair: TensorPair, tol: Tolerance) -> None:
+    """The diagnosis ``compare_pair(..., diagnosed=False)`` left out."""
+    assert pair.ours is not None  # a pair ours never produced has nothing to diagnose
+    ours = np.asarray(pair.ours)
+    diagnose_row(
+        row, ours, pair.reference, tol, pair.batch_size, pair.upstream, pair.param_shape,
+        pair.conversion,
+    )  # fmt: skip
+
+
+def diagnose_named_chain_rows(ctx: Context, waiting: list[tuple[Row, TensorPair]]) -> None:
+    """Diagnose the chain rows the locate stage can name: the first divergence of the chain,
+    and each place that also diverges alone (isolate mode); the others are inherited."""
+    alone = {(r.layer, r.quantity) for r in ctx.rows_of("isolate") if r.diverged}
+    first = next((r for r in ctx.rows_of("chain") if r.diverged), None)
+    for row, pair in waiting:
+        if row is first or (row.layer, row.quantity) in alone:
+            diagnose_pair(row, pair, pair.tolerance or ctx.tolerance)
+
+
 def compare_entries(entries: list[Entry], ctx: Context) -> None:
     """Compare every tensor pair, by its own tolerance or else the run's, into ``ctx.rows``
     (rows already judged pass through), keeping the values of the pairs that ask for it in
-    ``ctx.arrays``."""
+    ``ctx.arrays``. With the plan's ``lazy_chain_diagnosis``, diverging chain rows are
+    diagnosed afterwards, only where they can be named (``diagnose_named_chain_rows``)."""
+    waiting: list[tuple[Row, TensorPair]] = []
     for entry in entries:
         if isinstance(entry, Row):
             ctx.rows.append(entry)
             continue
-        row = compare_pair(entry, entry.tolerance or ctx.tolerance)
+        later = ctx.plan.lazy_chain_diagnosis and entry.mode == "chain"
+        row = compare_pair(entry, entry.tolerance or ctx.tolerance, diagnosed=not later)
+        if later and row.diverged and entry.ours is not None and row.diagnosis is None:
+            waiting.append((row, entry))
         if entry.keep_arrays and entry.ours is not None:
             ctx.arrays[(row.layer, row.quantity)] = {
                 "ours": entry.ours,
                 "reference": entry.reference,
             }
         ctx.rows.append(row)
+    diagnose_named_chain_rows(ctx, waiting)
 
 
 def execute(plan: Plan) -> Context:

@@ -37,13 +37,25 @@ from gradparity.sides.adapt import before_pass
 from gradparity.sides.fresh import StateSnapshot, independent_copy, working_copy
 
 MAX_JACOBIAN_ELEMENTS = 256  # per-sample input size and output size limit (each)
+# Each sample's Jacobian block costs ``out`` backward passes of ours' layer. The blocks are
+# built for every sample while that takes at most this many passes, else for as many samples
+# as fit (at least MIN_JACOBIAN_SAMPLES): a pattern (a transpose, missing cross terms) shows in
+# every sample alike, and a wide layer's one sample gives many points to fit a formula to.
+MAX_JACOBIAN_BACKWARDS = 1024
+MIN_JACOBIAN_SAMPLES = 4
+
+
+def jacobian_samples(batch: int, n_out: int) -> int:
+    """How many samples' Jacobian blocks are built: the first ``jacobian_samples`` ones."""
+    return min(batch, max(MIN_JACOBIAN_SAMPLES, MAX_JACOBIAN_BACKWARDS // max(n_out, 1)))
 
 
 @dataclass(frozen=True)
 class JacobianProbe:
     """Both per-sample Jacobians and where they differ.
 
-    ours, reference: (batch, out_features, in_features), ``[b, i, j] = d out[b, i] / d x[b, j]``.
+    ours, reference: (samples, out_features, in_features), ``[b, i, j] = d out[b, i] / d x[b, j]``
+    for the first ``samples = jacobian_samples(batch, out_features)`` samples of the batch.
     pattern: see ``describe_jacobian_difference``. message: one sentence for a student.
     """
 
@@ -93,12 +105,14 @@ def _forwarded(layer: Any, x: np.ndarray) -> Iterator[tuple[Callable[[], Any], n
 
 
 def _numpy_jacobian_from(ready: Callable[[], Any], x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Rows of the per-sample Jacobian (batch, out, in) by backward of one-hot grad_out, each
-    on a layer from ``ready`` (layers may pop caches or accumulate grads with +=)."""
+    """Rows of the per-sample Jacobian (samples, out, in) of the first ``jacobian_samples``
+    samples, by backward of one-hot grad_out, each on a layer from ``ready`` (layers may pop
+    caches or accumulate grads with +=)."""
     _require_2d("output", out.shape)
     batch, n_out = out.shape
-    jac = np.empty((batch, n_out, x.shape[1]))
-    for b in range(batch):
+    samples = jacobian_samples(batch, n_out)
+    jac = np.empty((samples, n_out, x.shape[1]))
+    for b in range(samples):
         for i in range(n_out):
             grad_out = np.zeros_like(out)
             grad_out[b, i] = 1
@@ -114,8 +128,9 @@ def _numpy_jacobian_from(ready: Callable[[], Any], x: np.ndarray, out: np.ndarra
 def numpy_jacobian(layer: Any, x: np.ndarray) -> np.ndarray:
     """Per-sample Jacobian of a protocol layer at ``x``, by backward of output basis vectors.
 
-    x: (batch, in_features). Returns float64 (batch, out_features, in_features). Runs
-    batch * out_features backwards; the caller's layer and ``x`` are left untouched.
+    x: (batch, in_features). Returns float64 (samples, out_features, in_features) for the first
+    ``samples = jacobian_samples(batch, out_features)``. Runs samples * out_features backwards; the
+    caller's layer and ``x`` are left untouched.
     """
     _require_2d("input", x.shape)
     with _forwarded(layer, x) as (ready, out):
@@ -125,7 +140,8 @@ def numpy_jacobian(layer: Any, x: np.ndarray) -> np.ndarray:
 def torch_jacobian(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     """Per-sample Jacobian of ``module`` at ``x``, computed in x's dtype (float64 by default).
 
-    x: (batch, in_features). Returns float64 (batch, out_features, in_features). Works on a deep
+    x: (batch, in_features). Returns float64 (samples, out_features, in_features) for the first
+    ``samples = jacobian_samples(batch, out_features)``. Works on a deep
     copy of the module converted to x's dtype, so the caller's parameters, dtype and buffers
     stay as they are. Plain autograd rather than ``torch.func``: a forward that updates
     buffers in place (batch-norm running stats) is refused inside a ``torch.func`` transform.
@@ -139,8 +155,9 @@ def torch_jacobian(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     _require_2d("output", tuple(out.shape))
     batch, n_out = out.shape
     eye = torch.eye(n_out, dtype=out.dtype)
-    jac = np.empty((batch, n_out, x.shape[1]))
-    for b in range(batch):
+    samples = jacobian_samples(batch, n_out)
+    jac = np.empty((samples, n_out, x.shape[1]))
+    for b in range(samples):
         basis = torch.zeros((n_out, batch, n_out), dtype=out.dtype)
         basis[:, b, :] = eye
         jac[b] = _basis_backward(out, xt, basis)[:, b, :].cpu().numpy()  # (n_out, batch, in)

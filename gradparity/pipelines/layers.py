@@ -65,14 +65,19 @@ from gradparity.sides.adapt import layer_code, model_name, named_layers, params_
 from gradparity.sides.device import choose_device, reference_device
 from gradparity.sides.dropout_masks import shared_dropout_masks
 from gradparity.sides.isolation import prober
-from gradparity.sides.lazy_isolation import ISOLATE_CHOICES, isolate_lazily
+from gradparity.sides.lazy_isolation import (
+    ISOLATE_CHOICES,
+    isolate_lazily,
+    isolation_of,
+    run_size,
+)
 from gradparity.sides.modes import mode_warnings, modes_note, reference_modes
 from gradparity.sides.preflight import check_filled, check_target, dry_run, leaf_calls
 from gradparity.sides.reference_twin import Records, ReferenceTwin, judge_by_twin
 from gradparity.sides.run_torch import TORCH_DTYPES
 from gradparity.sides.running_stats import sync_running
 from gradparity.sides.setup import reference_copy, resolve_losses
-from gradparity.sides.streaming import streams
+from gradparity.sides.streaming import parameter_count, streams
 
 
 def check_autodiff(
@@ -144,7 +149,7 @@ def compare(
     param_map: dict[str, str] | None = None,
     device: str = "cpu",
     keep_tf32: bool = False,
-    isolate: str = "lazy",
+    isolate: str | None = None,
     stop_at_first: bool = False,
     streaming: bool | None = None,
 ) -> Report:
@@ -173,6 +178,13 @@ def compare(
     ``strict``: minor differences (small against the tensor's scale and consistent with a
     small constant such as an epsilon) make ``ok`` False too; by default they are listed in
     ``report.minor`` and leave it True.
+    ``isolate``: "all" runs every layer alone; "lazy" only the layers whose chain values
+    diverged (or whose record is not clean), which costs nothing more when nothing diverges
+    but does not see a difference the chain hides (``sides.lazy_isolation``); None (default):
+    lazy from ``LAZY_ELEMENTS`` (parameters plus activation elements) on, float32 always all.
+    ``stop_at_first``: the lazy isolate run stops at the first layer wrong alone.
+    ``streaming``: keep no copies a run of both sides does not need (``sides.streaming``);
+    None (default): from ``STREAMING_PARAMETERS`` parameters on.
     """
     dtype, rtol, atol, seed = check_options(dtype, rtol, atol, seed)
     layer_map = check_mapping(layer_map, "layer_map", "ours layer name: reference module name")
@@ -180,7 +192,7 @@ def compare(
     name = check_name(name)
     strict = check_flag(strict, "strict")
     stop_at_first = check_flag(stop_at_first, "stop_at_first")
-    isolate_mode = check_choice(isolate, "isolate", ISOLATE_CHOICES)
+    chosen = None if isolate is None else check_choice(isolate, "isolate", ISOLATE_CHOICES)
     choice = choose_device(device, check_flag(keep_tf32, "keep_tf32"))
     tol = choice.tolerance(tolerance_for(dtype, rtol, atol), rtol is not None)
     tdtype = TORCH_DTYPES[dtype]
@@ -241,8 +253,8 @@ def compare(
         def isolate(captures: Captures) -> None:
             ref_chain = captures["reference_chain"]
             probe = prober(pairs, loss_pair, reference_loss, ref_chain, target, rng, tdtype)
-            # float32 measures each isolated row's budget with the twin: every layer runs.
-            if isolate_mode == "all" or dtype == "float32":
+            size = run_size(parameter_count(layers), ref_chain)
+            if isolation_of(chosen, dtype, size) == "all":
                 captures["probes"] = {n: probe(n) for n in [*(p.name for p in pairs), "loss"]}
                 return
             chains = (captures["ours_chain"], ref_chain)
@@ -315,6 +327,7 @@ def compare(
                     name=name or model_name(ours_model),
                     dtype=dtype,
                     tolerance=tol,
+                    lazy_chain_diagnosis=True,
                     seed=seed,
                     batch_size=batch,
                     rng=rng,
@@ -365,7 +378,6 @@ def compare(
                         "isolate_upstream": "seeded random normal",
                         "reference_modes": modes,
                         "streaming": streaming,
-                        "isolate": "all" if dtype == "float32" else isolate_mode,
                         **choice.meta(),
                     },
                     notes=pairing_notes

@@ -25,6 +25,28 @@ from gradparity.pairing.layer_entries import LayerRun, run_entries
 from gradparity.sides.isolation import Probe
 
 ISOLATE_CHOICES = ("lazy", "all")
+# From this size on (ours' parameters plus the elements of every layer's input and output in
+# the reference's chain) ``isolate=None`` is lazy. Below it every layer runs alone, as a
+# check by hand would: there the isolated run costs little, and it also shows a difference
+# the chain hides (a backward whose natural upstream gradient is zero, a tie a ReLU below
+# blocks), which lazy isolation does not look for.
+LAZY_ELEMENTS = 100_000
+
+
+def run_size(parameters: int, ref_chain: dict[str, LayerRecord]) -> int:
+    """``parameters`` plus the elements of each layer's input and output in ``ref_chain``."""
+    arrays = [a for rec in ref_chain.values() for a in (rec.input, rec.output) if a is not None]
+    return parameters + sum(int(np.size(a)) for a in arrays)
+
+
+def isolation_of(isolate: str | None, dtype: str, size: int) -> str:
+    """ "lazy" or "all": ``isolate`` where given; else "lazy" from ``LAZY_ELEMENTS`` on. float32
+    always runs every layer alone: each isolated row's budget is measured by the twin."""
+    if dtype == "float32":
+        return "all"
+    if isolate is not None:
+        return isolate
+    return "lazy" if size >= LAZY_ELEMENTS else "all"
 
 
 def agrees(entry: Entry, tol: Tolerance) -> bool:
