@@ -21,7 +21,7 @@ from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
 from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
-from gradparity.report import markdown, saved, terminal
+from gradparity.report import gc_pause, markdown, saved, terminal
 from gradparity.report.folder import REPORT_FILES, write_folder
 from gradparity.report.html import fragment, render
 
@@ -340,16 +340,17 @@ class Report:
     def files(self) -> dict[str, str | bytes]:
         """Every file of the report folder, by path relative to it: report.json, report.md,
         report.html, table.csv, plots/*.png, and a merged report's parts in subfolders."""
-        plots = self.plots()
-        records = self._json_rows()  # rounded once for report.json and table.csv
-        files: dict[str, str | bytes] = {f"plots/{name}": png for name, png, _ in plots}
-        files["report.json"] = self._json_text(records)
-        files["report.md"] = self.to_markdown([p[0] for p in plots])
-        files["table.csv"] = _csv_text(records)
-        files["report.html"] = render(self, plots)
-        for folder, part in zip(self._part_folders(), self.parts):
-            for name, data in part.files().items():
-                files[f"{folder}/{name}"] = data
+        with gc_pause.paused():
+            plots = self.plots()
+            records = self._json_rows()  # rounded once for report.json and table.csv
+            files: dict[str, str | bytes] = {f"plots/{name}": png for name, png, _ in plots}
+            files["report.json"] = self._json_text(records)
+            files["report.md"] = self.to_markdown([p[0] for p in plots])
+            files["table.csv"] = _csv_text(records)
+            files["report.html"] = render(self, plots)
+            for folder, part in zip(self._part_folders(), self.parts):
+                for name, data in part.files().items():
+                    files[f"{folder}/{name}"] = data
         return files
 
     def _part_folders(self) -> list[str]:
