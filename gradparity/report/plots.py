@@ -6,6 +6,7 @@ holds no global state, needs no display and can run from several threads at once
 
 from __future__ import annotations
 
+import functools
 import math
 from io import BytesIO
 
@@ -55,6 +56,7 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=1024)  # a chart asks once per row, of a few distinct names
 def _direction(quantity: str) -> str | None:
     kind = kind_of(quantity)
     if kind in (Kind.OUTPUT, Kind.LOSS):

@@ -340,17 +340,22 @@ class Report:
     def files(self) -> dict[str, str | bytes]:
         """Every file of the report folder, by path relative to it: report.json, report.md,
         report.html, table.csv, plots/*.png, and a merged report's parts in subfolders."""
+        # Returned inside the pause, so the rows' copies are freed before the collector, back
+        # on, has to walk them.
         with gc_pause.paused():
-            plots = self.plots()
-            records = self._json_rows()  # rounded once for report.json and table.csv
-            files: dict[str, str | bytes] = {f"plots/{name}": png for name, png, _ in plots}
-            files["report.json"] = self._json_text(records)
-            files["report.md"] = self.to_markdown([p[0] for p in plots])
-            files["table.csv"] = _csv_text(records)
-            files["report.html"] = render(self, plots)
-            for folder, part in zip(self._part_folders(), self.parts):
-                for name, data in part.files().items():
-                    files[f"{folder}/{name}"] = data
+            return self._drawn_files()
+
+    def _drawn_files(self) -> dict[str, str | bytes]:
+        plots = self.plots()
+        records = self._json_rows()  # rounded once for report.json and table.csv
+        files: dict[str, str | bytes] = {f"plots/{name}": png for name, png, _ in plots}
+        files["report.json"] = self._json_text(records)
+        files["report.md"] = self.to_markdown([p[0] for p in plots])
+        files["table.csv"] = _csv_text(records)
+        files["report.html"] = render(self, plots)
+        for folder, part in zip(self._part_folders(), self.parts):
+            for name, data in part.files().items():
+                files[f"{folder}/{name}"] = data
         return files
 
     def _part_folders(self) -> list[str]:
@@ -449,15 +454,15 @@ def _csv_text(records: list[dict]) -> str:
     ``escape.csv_cell``. Names repeat on every row of a layer, so each distinct text is
     escaped once; other values (numbers, shapes, None) pass unchanged, as csv_cell leaves them."""
     escaped: dict[str, object] = {}
-
-    def cell(value: object) -> object:
-        if not isinstance(value, str):
-            return value
-        if value not in escaped:
-            escaped[value] = escape.csv_cell(value)
-        return escaped[value]
-
-    cells = [{key: cell(value) for key, value in record.items()} for record in records]
+    cells = []
+    for record in records:
+        row = dict(record)
+        for key, value in record.items():
+            if isinstance(value, str):
+                if value not in escaped:
+                    escaped[value] = escape.csv_cell(value)
+                row[key] = escaped[value]
+        cells.append(row)
     return pd.DataFrame(cells, columns=[*TABLE_COLUMNS, "message"]).to_csv(index=False)
 
 
