@@ -1,7 +1,7 @@
 """What keeps writing a report cheap (benchmarks/report_speed.py times it; no timing here, a
-shared CPU makes any limit flaky): rows rounded once per save, no cyclic garbage collection
-while the files are drawn, and plot titles placed without measuring tick labels, drawn
-exactly where matplotlib's own placement puts them."""
+shared CPU makes any limit flaky): rows rounded once per save, the process's objects left out
+of the collections while the files are drawn, and plot titles placed without measuring tick
+labels, drawn exactly where matplotlib's own placement puts them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from matplotlib.image import imread
 
 from gradparity.corpus import layer_bugs as bugs
 from gradparity.corpus.selftest import compare_setup
-from gradparity.report import gc_pause, plots
+from gradparity.report import gc_freeze, plots
 from gradparity.report.report import Report
 
 
@@ -36,33 +36,35 @@ def test_rows_are_rounded_once_for_report_json_and_table_csv(buggy, monkeypatch)
     assert files["table.csv"] == buggy.to_csv()
 
 
-def test_plots_are_drawn_with_the_collector_paused_and_it_is_restored(buggy, monkeypatch):
-    states = []
+def test_plots_are_drawn_with_the_process_objects_frozen_and_given_back(buggy, monkeypatch):
+    frozen = []
     png = plots._png
-    monkeypatch.setattr(plots, "_png", lambda fig: states.append(gc.isenabled()) or png(fig))
-    assert gc.isenabled()
+    monkeypatch.setattr(plots, "_png", lambda fig: frozen.append(gc.get_freeze_count()) or png(fig))
+    before = gc.get_freeze_count()
     buggy.files()
-    assert states and not any(states)
-    assert gc.isenabled()
-    gc.disable()  # a caller that runs without the collector keeps it off
+    assert frozen and all(frozen)
+    assert gc.get_freeze_count() == before == 0
+
+
+def test_a_callers_own_frozen_objects_stay_frozen():
+    gc.freeze()
     try:
-        buggy.files()
-        assert not gc.isenabled()
+        held = gc.get_freeze_count()
+        with gc_freeze.frozen():
+            assert gc.get_freeze_count() == held
+        assert gc.get_freeze_count() == held
     finally:
-        gc.enable()
+        gc.unfreeze()
 
 
-def test_the_collector_comes_back_when_drawing_raises(buggy, monkeypatch):
+def test_the_objects_are_given_back_when_drawing_raises(buggy, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no font")
 
     monkeypatch.setattr(plots, "error_chart", broken)
     with pytest.raises(RuntimeError, match="no font"):
         buggy.files()
-    assert gc.isenabled()
-    with gc_pause.paused():
-        assert not gc.isenabled()
-    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
 from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
-from gradparity.report import gc_pause, markdown, saved, terminal
+from gradparity.report import gc_freeze, markdown, saved, terminal
 from gradparity.report.folder import REPORT_FILES, write_folder
 from gradparity.report.html import fragment, render
 
@@ -340,9 +340,7 @@ class Report:
     def files(self) -> dict[str, str | bytes]:
         """Every file of the report folder, by path relative to it: report.json, report.md,
         report.html, table.csv, plots/*.png, and a merged report's parts in subfolders."""
-        # Returned inside the pause, so the rows' copies are freed before the collector, back
-        # on, has to walk them.
-        with gc_pause.paused():
+        with gc_freeze.frozen():
             return self._drawn_files()
 
     def _drawn_files(self) -> dict[str, str | bytes]:
