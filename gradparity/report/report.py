@@ -21,7 +21,7 @@ from gradparity.core.rounding import SIGNIFICANT_DIGITS, json_value, round_row
 from gradparity.core.row import Row
 from gradparity.core.status import Status
 from gradparity.core.tolerance import Tolerance
-from gradparity.report import markdown, saved, terminal
+from gradparity.report import gc_freeze, markdown, saved, terminal
 from gradparity.report.folder import REPORT_FILES, write_folder
 from gradparity.report.html import fragment, render
 
@@ -195,8 +195,12 @@ class Report:
     def to_json(self) -> str:
         """``to_dict`` as strict JSON: indented, with one row per line (readable in a diff,
         and fast: rows go through the C encoder)."""
+        return self._json_text(self._json_rows())
+
+    def _json_text(self, records: list[dict]) -> str:
+        """report.json of ``records`` (``_json_rows``, which ``files`` computes once)."""
         head = json.dumps(self._head(), indent=2, allow_nan=False)
-        rows = ",\n    ".join(_row_json(r) for r in self._json_rows())
+        rows = ",\n    ".join(_row_json(r) for r in records)
         body = f"[\n    {rows}\n  ]" if rows else "[]"
         return f'{head[:-2]},\n  "rows": {body}\n}}\n'
 
@@ -331,20 +335,21 @@ class Report:
     def to_csv(self) -> str:
         """table.csv: every field of every row, statistics rounded as in report.json, and
         text cells a spreadsheet would run as formulas neutralised (``escape.csv_cell``)."""
-        frame = pd.DataFrame(self._json_rows(), columns=[*TABLE_COLUMNS, "message"])
-        for col in frame.columns:
-            if not pd.api.types.is_numeric_dtype(frame[col]):
-                frame[col] = frame[col].map(escape.csv_cell)
-        return frame.to_csv(index=False)
+        return _csv_text(self._json_rows())
 
     def files(self) -> dict[str, str | bytes]:
         """Every file of the report folder, by path relative to it: report.json, report.md,
         report.html, table.csv, plots/*.png, and a merged report's parts in subfolders."""
+        with gc_freeze.frozen():
+            return self._drawn_files()
+
+    def _drawn_files(self) -> dict[str, str | bytes]:
         plots = self.plots()
+        records = self._json_rows()  # rounded once for report.json and table.csv
         files: dict[str, str | bytes] = {f"plots/{name}": png for name, png, _ in plots}
-        files["report.json"] = self.to_json()
+        files["report.json"] = self._json_text(records)
         files["report.md"] = self.to_markdown([p[0] for p in plots])
-        files["table.csv"] = self.to_csv()
+        files["table.csv"] = _csv_text(records)
         files["report.html"] = render(self, plots)
         for folder, part in zip(self._part_folders(), self.parts):
             for name, data in part.files().items():
@@ -440,6 +445,23 @@ class TrainingReport(Report):
             ),
         ]
         return self._kept_or_drawn(wanted) + super().plots()
+
+
+def _csv_text(records: list[dict]) -> str:
+    """table.csv of ``records`` (``Report._json_rows``): every text cell through
+    ``escape.csv_cell``. Names repeat on every row of a layer, so each distinct text is
+    escaped once; other values (numbers, shapes, None) pass unchanged, as csv_cell leaves them."""
+    escaped: dict[str, object] = {}
+    cells = []
+    for record in records:
+        row = dict(record)
+        for key, value in record.items():
+            if isinstance(value, str):
+                if value not in escaped:
+                    escaped[value] = escape.csv_cell(value)
+                row[key] = escaped[value]
+        cells.append(row)
+    return pd.DataFrame(cells, columns=[*TABLE_COLUMNS, "message"]).to_csv(index=False)
 
 
 def _finite_or_none(record: dict) -> dict:
