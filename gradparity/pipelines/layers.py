@@ -250,7 +250,7 @@ def compare(
                 ref_model, pairs, reference_loss, x, target, tdtype
             )
 
-        def isolate(captures: Captures) -> None:
+        def isolated(captures: Captures) -> None:
             ref_chain = captures["reference_chain"]
             probe = prober(pairs, loss_pair, reference_loss, ref_chain, target, rng, tdtype)
             size = run_size(parameter_count(layers), ref_chain)
@@ -339,7 +339,7 @@ def compare(
                             "ours_chain",
                         ),
                         reference_chain,
-                        isolate,
+                        isolated,
                         *([judge_float32] if dtype == "float32" else []),
                     ],
                     pair=pairing,
