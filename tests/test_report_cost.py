@@ -1,23 +1,28 @@
 """What keeps writing a report cheap (benchmarks/report_speed.py times it; no timing here, a
 shared CPU makes any limit flaky): rows rounded once per save, the process's objects left out
 of the collections while the files are drawn, and plot titles placed without measuring tick
-labels, drawn exactly where matplotlib's own placement puts them."""
+labels, drawn exactly where matplotlib's own placement puts them; heatmap ticks built only
+where they are drawn; table.csv written by the csv module, byte for byte as pandas writes it."""
 
 from __future__ import annotations
 
 import gc
+import math
 from io import BytesIO
 
 import matplotlib.axis
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from matplotlib.ticker import MaxNLocator
 
+from gradparity.core import escape
 from gradparity.corpus import layer_bugs as bugs
 from gradparity.corpus.selftest import compare_setup
 from gradparity.report import gc_freeze, plots
-from gradparity.report.report import Report
+from gradparity.report.report import TABLE_COLUMNS, Report, _csv_text
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +117,64 @@ def test_fixed_titles_draw_where_matplotlib_would_place_them():
     for ax in fig.axes:
         ax._autotitlepos = None  # matplotlib's own placement again (what set_title(y=None) keeps)
     assert np.array_equal(fixed, _pixels(plots._png(fig)))
+
+
+def _panels(fig: Figure) -> list:
+    return [ax for ax in fig.axes if ax.images and ax.get_navigate()]
+
+
+def test_heatmap_ticks_are_built_only_where_they_are_drawn(monkeypatch):
+    """A 16 x 8 array: MaxNLocator returns 10 positions per axis, 8 of them in view; only
+    those 8 get tick objects, and the picture is the one MaxNLocator's ticks draw."""
+    figures: list[Figure] = []
+    png = plots._png
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or png(fig))
+    ours = np.random.default_rng(2).standard_normal((16, 8))
+    fixed = _pixels(plots.heatmaps("fc1 grad_input", ours, ours + 0.5))
+    panels = _panels(figures[0])
+    assert len(panels) == 3
+    for axis in (a for ax in panels for a in (ax.xaxis, ax.yaxis)):
+        low, high = sorted(axis.get_view_interval())
+        located = MaxNLocator(integer=True, min_n_ticks=1).tick_values(low, high)
+        drawn = [t for t in located if low <= t <= high]
+        assert len(axis.majorTicks) == len(drawn) < len(located)
+        axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    assert np.array_equal(fixed, _pixels(plots._png(figures[0])))
+
+
+def _pandas_csv(records: list[dict]) -> str:
+    cells = [{k: escape.csv_cell(v) for k, v in r.items()} for r in records]
+    return pd.DataFrame(cells, columns=[*TABLE_COLUMNS, "message"]).to_csv(index=False)
+
+
+@pytest.fixture
+def pandas_writes(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    to_csv = pd.DataFrame.to_csv
+    monkeypatch.setattr(
+        pd.DataFrame, "to_csv", lambda self, *a, **k: calls.append(1) or to_csv(self, *a, **k)
+    )
+    return calls
+
+
+def test_table_csv_is_written_without_pandas_as_pandas_writes_it(buggy, pandas_writes):
+    records = buggy._json_rows()
+    odd = dict(records[0], layer="=1+2", message='a,"b"\rc', max_abs=math.nan, cosine=math.inf)
+    records = [*records, odd, dict(odd, worst_index=None, mismatch_frac=None)]
+    expected = _pandas_csv(records)
+    pandas_writes.clear()
+    assert _csv_text(records) == expected
+    assert buggy.to_csv() == _pandas_csv(buggy._json_rows())
+    assert pandas_writes == [1]  # the reference above, none for the report's own
+
+
+@pytest.mark.parametrize("other", [None, 2.5, "missing"])
+def test_whole_numbers_pandas_prints_as_floats_are_left_to_pandas(buggy, pandas_writes, other):
+    first = dict(buggy._json_rows()[0], step=1)
+    second = {k: v for k, v in first.items() if k != "step"}
+    if other != "missing":
+        second["step"] = other
+    expected = _pandas_csv([first, second])
+    assert ",1.0," in expected  # the step 1, as pandas prints a column of floats
+    assert _csv_text([first, second]) == expected
+    assert len(pandas_writes) == 2

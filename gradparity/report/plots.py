@@ -268,9 +268,18 @@ def _panel(ax, data: np.ndarray, shape: tuple, name: str, cmap, vmin: float, vma
         ax.plot(cols, rows, "o", ms=10, mfc="none", mec="magenta", mew=1.5)
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    for axis in (ax.xaxis, ax.yaxis):
+        _fix_ticks_in_view(axis, MaxNLocator(integer=True, min_n_ticks=1))
     return image
+
+
+def _fix_ticks_in_view(axis, locator) -> None:
+    """The ticks ``locator`` places inside ``axis``'s view, set as fixed ticks: matplotlib
+    builds a tick object (lines and a label, the costliest part of drawing a heatmap) for
+    every position a locator returns, also those outside the view that it never draws."""
+    axis.set_major_locator(locator)
+    low, high = sorted(axis.get_view_interval())
+    axis.set_ticks([t for t in axis.get_majorticklocs() if low <= t <= high])
 
 
 def _side_by_side(title: str, ours, reference, labels: tuple[str, str]) -> bytes:
