@@ -45,7 +45,8 @@ class TensorDiff:
 # digits to underflow, so the vectors need no rescaling first.
 _PLAIN_RANGE = (1e-140, 1e140)
 # Elements per block of the block-wise passes: their float64 temporaries stay under a MB
-# (cheap to allocate, in cache) whatever the tensor's size (a 50M-parameter model's gradients are compared block by block).
+# (cheap to allocate, in cache) whatever the tensor's size (a 50M-parameter model's
+# gradients are compared block by block).
 _BLOCK = 1 << 16
 
 
