@@ -7,7 +7,9 @@ results.json, results.md and scaling.png into --out (default: this folder) and r
 README's Performance section between its markers (without --out, or with --readme).
 
 Threads are fixed before numpy and torch load (OMP/OPENBLAS/MKL_NUM_THREADS and
-torch.set_num_threads, --threads, default 2); every figure is a median of --repeats runs
+torch.set_num_threads, --threads, default 1: with 2 threads on a 2-core machine the two
+libraries' worker threads spin against each other when their calls take turns, and the same
+torch step measured 15 to 88 ms from run to run); every figure is a median of --repeats runs
 after warm-up, both sides of a ratio measured in this run, interleaved.
 
 Run: .venv/bin/python benchmarks/bench.py [--quick] [--threads T] [--repeats N] [--out DIR]
@@ -34,8 +36,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; --repeats defaults to 5, or 2 with --quick."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="threads for NumPy and torch")
-    parser.add_argument("--repeats", type=int, help="timed runs per figure (default 5; quick 2)")
+    parser.add_argument("--threads", type=int, default=1, help="threads for NumPy and torch")
+    parser.add_argument("--repeats", type=int, help="timed runs per figure (default 7; quick 2)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 repeats (tests)")
     parser.add_argument("--out", type=Path, help="folder for the results (default: benchmarks/)")
     parser.add_argument(
@@ -48,7 +50,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     arguments = parser.parse_args(argv)
     if arguments.repeats is None:
-        arguments.repeats = 2 if arguments.quick else 5
+        arguments.repeats = 2 if arguments.quick else 7
     if arguments.repeats < 1 or arguments.threads < 1:
         parser.error("--repeats and --threads must be at least 1")
     return arguments
