@@ -17,7 +17,11 @@ from gradparity.core import metrics
 from gradparity.core.errors import InputError
 from gradparity.core.tolerance import tolerance_for
 from gradparity.corpus.layer_bugs import BiasGradSign, InputGradUsesW, WeightGradZero
-from gradparity.evidence.jacobian import MIN_JACOBIAN_SAMPLES, jacobian_samples
+from gradparity.evidence.jacobian import (
+    MAX_JACOBIAN_BACKWARDS,
+    MIN_JACOBIAN_SAMPLES,
+    jacobian_samples,
+)
 from gradparity.ours import Linear, Sequential, Tanh
 from gradparity.reference import mirror
 from gradparity.sides import lazy_isolation, streaming
@@ -233,6 +237,6 @@ def test_a_non_finite_reference_takes_the_general_rule():
 
 def test_the_jacobian_probe_builds_every_sample_of_a_small_layer_and_a_bounded_number_else():
     assert jacobian_samples(8, 5) == 8
-    assert jacobian_samples(64, 256) == MIN_JACOBIAN_SAMPLES
-    assert jacobian_samples(64, 16) == 64
-    assert jacobian_samples(2, 256) == 2
+    assert jacobian_samples(64, 256) == MIN_JACOBIAN_SAMPLES == 1
+    assert jacobian_samples(64, 16) == MAX_JACOBIAN_BACKWARDS // 16 == 16
+    assert jacobian_samples(2, 4) == 2

@@ -41,8 +41,8 @@ MAX_JACOBIAN_ELEMENTS = 256  # per-sample input size and output size limit (each
 # built for every sample while that takes at most this many passes, else for as many samples
 # as fit (at least MIN_JACOBIAN_SAMPLES): a pattern (a transpose, missing cross terms) shows in
 # every sample alike, and a wide layer's one sample gives many points to fit a formula to.
-MAX_JACOBIAN_BACKWARDS = 1024
-MIN_JACOBIAN_SAMPLES = 4
+MAX_JACOBIAN_BACKWARDS = 256
+MIN_JACOBIAN_SAMPLES = 1
 
 
 def jacobian_samples(batch: int, n_out: int) -> int:
