@@ -26,29 +26,6 @@ class Probe:
     upstream: np.ndarray | None  # None for the loss
 
 
-def run_isolation(
-    pairs: list[LayerPair],
-    loss_pair: LayerPair,
-    reference_loss: Any,
-    ref_chain: dict[str, LayerRecord],
-    target: np.ndarray,
-    rng: np.random.Generator,
-    tdtype: torch.dtype,
-    names: list[str] | None = None,
-) -> dict[str, Probe]:
-    """Probes keyed by layer name plus "loss". ``ref_chain``: the reference's chain records,
-    whose inputs each layer is fed. ``names``: only these layers (and "loss" where named), in
-    that order; None: every layer, then the loss.
-
-    The upstream gradient is random, not the natural dL/dy: the natural one can be exactly
-    zero (the assignment network's hidden layer gets dL/dh = 0), which would hide every
-    backward bug there.
-    """
-    probe = prober(pairs, loss_pair, reference_loss, ref_chain, target, rng, tdtype)
-    order = [*(p.name for p in pairs), "loss"] if names is None else names
-    return {name: probe(name) for name in order}
-
-
 def prober(
     pairs: list[LayerPair],
     loss_pair: LayerPair,
@@ -58,8 +35,13 @@ def prober(
     rng: np.random.Generator,
     tdtype: torch.dtype,
 ) -> Callable[[str], Probe]:
-    """``probe(name)``: that layer (or "loss") run alone on both sides, as ``run_isolation``
-    runs it."""
+    """``probe(name)``: that layer (or "loss") run alone on both sides, fed its input in the
+    reference's chain ``ref_chain``.
+
+    The upstream gradient is random, not the natural dL/dy: the natural one can be exactly
+    zero (the assignment network's hidden layer gets dL/dh = 0), which would hide every
+    backward bug there.
+    """
     by_name = {p.name: p for p in pairs}
 
     def probe(name: str) -> Probe:
