@@ -107,13 +107,12 @@ def first_largest(values: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(tied)), values.shape))
 
 
-def _every_error_below(o: np.ndarray, r: np.ndarray, tol: Tolerance, fraction: float) -> bool:
+def _every_error_below(
+    o: np.ndarray, r: np.ndarray, tol: Tolerance, fraction: float, scale: float
+) -> bool:
     """Whether |o - r| <= ``fraction`` x the allowed error at every element (strictly below
-    when ``fraction`` < 1), by ``Tolerance``'s rule, block by block; False when the reference
-    is not finite (the general rule then handles the non-finite values)."""
-    scale = _largest(r)
-    if not np.isfinite(scale):
-        return False
+    when ``fraction`` < 1), by ``Tolerance``'s rule, block by block; ``scale`` is max |r|,
+    finite (a non-finite reference takes the general rule)."""
     for x, y in _blocks(o, r):
         # In place, in Tolerance.allowed's order: rtol * |r| + rtol * scale + atol.
         allowed = np.abs(y)
@@ -138,10 +137,11 @@ def within_tolerance(ours: np.ndarray, ref: np.ndarray, tol: Tolerance) -> bool:
     """No element of ours out of ``tol`` against ``ref`` (same shapes): ``tensor_diff(...).ok``
     block by block in a few passes, for the common question "does this tensor agree?"."""
     o, r = np.asarray(ours), np.asarray(ref)
-    if o.size == 0 or _every_error_below(o, r, tol, 1.0):
+    if o.size == 0:
         return True
-    if np.isfinite(_largest(r)):
-        return False
+    scale = _largest(r)
+    if np.isfinite(scale):
+        return _every_error_below(o, r, tol, 1.0, scale)
     return not tol.mismatch(o, r).any()
 
 
@@ -149,11 +149,12 @@ def _below_floor(o: np.ndarray, r: np.ndarray, tol: Tolerance) -> TensorDiff | N
     """The statistics of a pair whose every error is below the noise floor (recorded as 0), in
     a few passes without full-size temporaries: what ``tensor_diff`` would compute; None for
     any other pair."""
-    if not _every_error_below(o, r, tol, tol.floor()):
+    scale = _largest(r)
+    if not (np.isfinite(scale) and _every_error_below(o, r, tol, tol.floor(), scale)):
         return None
     first = (0,) * o.ndim  # every ratio is 0: the first element is the first of the tied
     ref_first = float(r[first])
-    allowed = tol.rtol * abs(ref_first) + tol.rtol * _largest(r) + tol.atol
+    allowed = tol.rtol * abs(ref_first) + tol.rtol * scale + tol.atol
     return TensorDiff(
         max_abs=0.0,
         max_rel=0.0,

@@ -129,7 +129,9 @@ def isolate_lazily(
     if stop_at_first:
         probed = probe_until_root(names, run, batch_size, tol)
     else:
-        probed = [name for name in names if run(name)]
+        for name in names:
+            run(name)
+        probed = names
     # In forward order, the loss last, as a run of every layer gives them: the locate stage
     # reads isolated gradients in backward order from it.
     order = [*(p.name for p in pairs), "loss"]

@@ -82,7 +82,7 @@ def _forward(
     layer: Any, x: np.ndarray, rec: LayerRecord, careful: bool = True
 ) -> np.ndarray | None:
     """``careful``: snapshot the parameters to tell a change in forward from one in backward
-    (a streaming run checks them once after the pass instead: ``_params_changed``)."""
+    (otherwise ``run_chain`` checks them once after the pass: ``_params_changed``)."""
     rec.input = before = snapshot(x)
     fed = x.copy()
     params_before = _param_snapshot(layer) if careful else {}

@@ -39,7 +39,7 @@ from gradparity.evidence.float32_budget import (
 from gradparity.pairing.align import LayerPair
 from gradparity.pairing.params import sync_parameters
 from gradparity.sides.training_steps import Key as ParamKey
-from gradparity.sides.training_steps import Shadow, StepResult, reference_step
+from gradparity.sides.training_steps import Shadow, StepResult, float64_step, pairs_on
 
 
 @dataclass
@@ -57,12 +57,8 @@ class ReceivedProbe:
         """Copy the shadow's float64 model (dropout masks are shared with it through the same
         hooks) and point the layer pairs into the copy."""
         model = copy.deepcopy(shadow.model)
-        modules = dict(model.named_modules())
-        pairs = [
-            LayerPair(p.name, p.layer, p.module_name, modules[p.module_name], p.params)
-            for p in shadow.pairs
-        ]
-        return ReceivedProbe(model, pairs, shadow.loss, torch.optim.SGD(model.parameters(), lr=0.0))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        return ReceivedProbe(model, pairs_on(model, shadow.pairs), shadow.loss, optimizer)
 
     def at(self, params: dict[ParamKey, np.ndarray], x: np.ndarray, target: Any) -> StepResult:
         """Loss and gradients (ours' layout) of the copy holding ``params`` (ours' layout, by
@@ -71,15 +67,7 @@ class ReceivedProbe:
             for pair in self.pairs:
                 values = {p.key: params[(pair.name, p.key)] for p in pair.params}
                 sync_parameters(values, pair.torch_module, pair.params)
-        return reference_step(
-            self.model,
-            self.loss,
-            self.optimizer,
-            self.pairs,
-            x.astype(np.float64),
-            target,
-            torch.float64,
-        )
+        return float64_step(self.model, self.loss, self.optimizer, self.pairs, x, target)
 
     def received(
         self, ours: StepResult, ref: StepResult, x: np.ndarray, target: Any

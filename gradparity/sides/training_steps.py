@@ -150,6 +150,24 @@ def reference_step(
     return result
 
 
+def pairs_on(model: nn.Module, pairs: list[LayerPair]) -> list[LayerPair]:
+    """``pairs`` pointed at the same-named modules of ``model`` (a copy of their model)."""
+    modules = dict(model.named_modules())
+    return [
+        LayerPair(p.name, p.layer, p.module_name, modules[p.module_name], p.params) for p in pairs
+    ]
+
+
+def float64_step(
+    model: nn.Module, loss: Any, optimizer: Any, pairs: list[LayerPair], x: np.ndarray, target: Any
+) -> StepResult:
+    """``reference_step`` of a float64 copy of the reference on a float64 copy of x (N, ...);
+    the target is made float64 with the copy's tensors, where it is floating."""
+    return reference_step(
+        model, loss, optimizer, pairs, x.astype(np.float64), target, torch.float64
+    )
+
+
 @dataclass
 class Shadow:
     """A float64 twin of the reference, stepped alongside, to measure how far the reference's
@@ -166,24 +184,11 @@ class Shadow:
         and state carry over) and move the copy to float64 in place."""
         model, opt = copy.deepcopy((ref_model, ref_optimizer))
         model.double()
-        modules = dict(model.named_modules())
-        twin = [
-            LayerPair(p.name, p.layer, p.module_name, modules[p.module_name], p.params)
-            for p in pairs
-        ]
-        return Shadow(model, opt, twin, loss)
+        return Shadow(model, opt, pairs_on(model, pairs), loss)
 
     def step(self, x: np.ndarray, target: np.ndarray) -> StepResult:
         """The twin's step on float64 copies of (x, target). Stepped on every batch the
         reference is, it stays in lockstep with it: its gap to the float32 reference is the
         reference's own float32 drift so far, what earlier steps' rounding carried into this
         one included."""
-        return reference_step(
-            self.model,
-            self.loss,
-            self.optimizer,
-            self.pairs,
-            x.astype(np.float64),
-            target,  # made float64 with the twin's tensors, where it is floating
-            torch.float64,
-        )
+        return float64_step(self.model, self.loss, self.optimizer, self.pairs, x, target)
